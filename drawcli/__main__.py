@@ -1,0 +1,3 @@
+from drawcli.cli import main
+
+main()

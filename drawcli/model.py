@@ -1,0 +1,267 @@
+"""DRAW: A Recurrent Neural Network For Image Generation (Gregor et al., 2015).
+
+One module, paper names, equation numbers from arXiv 1502.04623v2. No I/O here.
+
+Shapes: B batch, T glimpses, H x W image (the paper's B x A), Z latent size,
+N glimpse side. Images are float tensors in [0, 1] of shape (B, H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Column order of every attention-parameter tensor this module returns.
+ATTENTION_FIELDS = ("g_x", "g_y", "delta", "sigma2", "gamma")
+
+FILTER_EPS = 1e-8  # guards the filterbank normalisation (eq 25, 26) when all weights underflow
+
+
+class LSTMCell(nn.Module):
+    """A standard LSTM cell with one GEMM per step: W [x, h] + b.
+
+    Concatenating input and hidden state halves the number of matrix products
+    per step compared with torch.nn.LSTMCell's two, which matters for DRAW's
+    long, narrow time loop.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.linear = nn.Linear(input_size + hidden_size, 4 * hidden_size)
+        with torch.no_grad():
+            # Forget-gate bias 1 (Gers et al.): keeps early gradients flowing through c.
+            self.linear.bias[hidden_size : 2 * hidden_size].fill_(1.0)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        h, c = state
+        gates = self.linear(torch.cat([x, h], dim=1))
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+@dataclass
+class DrawOutput:
+    """Losses in nats per image, shape (B,). Optional per-step records when asked for."""
+
+    lx: torch.Tensor  # L^x = -log D(x | c_T), eq 9
+    lz: torch.Tensor  # L^z, eq 10-11 (analytic KL, summed over t and z dims)
+    log_ratio: torch.Tensor | None = None  # sum_t log q(z_t|.) - log p(z_t) at the sampled z
+    canvases: torch.Tensor | None = None  # (T, B, H, W) canvas logits c_1..c_T
+    read: torch.Tensor | None = None  # (T, B, 5) read attention, ATTENTION_FIELDS
+    write: torch.Tensor | None = None  # (T, B, 5) write attention, ATTENTION_FIELDS
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """L = L^x + L^z per image (eq 12)."""
+        return self.lx + self.lz
+
+
+class DRAW(nn.Module):
+    def __init__(
+        self,
+        height: int = 28,
+        width: int = 28,
+        steps: int = 64,
+        hidden: int = 256,
+        embed: int = 100,
+        attention: bool = True,
+        read_n: int = 2,
+        write_n: int = 5,
+    ):
+        super().__init__()
+        self.height, self.width = height, width
+        self.steps, self.hidden, self.embed = steps, hidden, embed
+        self.attention = attention
+        self.read_n, self.write_n = read_n, write_n
+
+        pixels = height * width
+        read_size = 2 * read_n * read_n if attention else 2 * pixels
+        write_size = write_n * write_n if attention else pixels
+        self.encoder = LSTMCell(read_size + hidden, hidden)  # eq 5: input [r_t, h^dec_{t-1}]
+        self.decoder = LSTMCell(embed, hidden)  # eq 7
+        self.q = nn.Linear(hidden, 2 * embed)  # eq 1-2: mu_t and log sigma_t from h^enc_t
+        self.write_head = nn.Linear(hidden, write_size)  # eq 18 / 28: w_t = W(h^dec_t)
+        if attention:
+            # eq 21: (g~_X, g~_Y, log sigma^2, log delta~, log gamma) = W(h^dec); separate heads.
+            self.read_attention = nn.Linear(hidden, 5)
+            self.write_attention = nn.Linear(hidden, 5)
+
+        # Index vectors hoisted out of the time loop. Pixel coordinates a, b are 1-based,
+        # so g~ = 0 puts the grid centre at (A+1)/2, the image centre (eq 22-23).
+        self.register_buffer("grid_x", torch.arange(1, width + 1, dtype=torch.float32), persistent=False)
+        self.register_buffer("grid_y", torch.arange(1, height + 1, dtype=torch.float32), persistent=False)
+        # eq 19-20 with the paper's 1-based i: offsets (i - N/2 - 0.5), i = 1..N, symmetric about 0.
+        for name, n in (("read_offsets", read_n), ("write_offsets", write_n)):
+            self.register_buffer(name, torch.arange(1, n + 1, dtype=torch.float32) - n / 2 - 0.5, persistent=False)
+
+    # ----------------------------------------------------------------- configuration
+    def config(self) -> dict:
+        """Plain-typed constructor arguments (stored in checkpoints)."""
+        return dict(
+            height=self.height,
+            width=self.width,
+            steps=self.steps,
+            hidden=self.hidden,
+            embed=self.embed,
+            attention=self.attention,
+            read_n=self.read_n,
+            write_n=self.write_n,
+        )
+
+    # ----------------------------------------------------------------- attention
+    def attention_params(self, h: torch.Tensor, head: nn.Linear, n: int) -> torch.Tensor:
+        """Map a decoder state to (B, 5) [g_x, g_y, delta, sigma^2, gamma] (eq 21-24)."""
+        gx_, gy_, log_sigma2, log_delta_, log_gamma = head(h).unbind(-1)
+        A, B = self.width, self.height
+        gx = (A + 1) / 2 * (gx_ + 1)  # eq 22
+        gy = (B + 1) / 2 * (gy_ + 1)  # eq 23
+        # eq 24; for N = 1 the single centre sits at g and delta only sets the window's drawn size.
+        delta = (max(A, B) - 1) / max(n - 1, 1) * torch.exp(log_delta_)
+        return torch.stack([gx, gy, delta, torch.exp(log_sigma2), torch.exp(log_gamma)], dim=-1)
+
+    def filterbank(self, params: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian filterbanks F_X (B, N, A) and F_Y (B, N, B) (eq 19-20, 25-26)."""
+        gx, gy, delta, sigma2 = params[:, 0:1], params[:, 1:2], params[:, 2:3], params[:, 3:4]
+        mu_x = gx + offsets * delta  # eq 19: (B, N)
+        mu_y = gy + offsets * delta  # eq 20
+        two_s2 = (2 * sigma2).unsqueeze(-1)
+        fx = torch.exp(-((self.grid_x - mu_x.unsqueeze(-1)) ** 2) / two_s2)  # eq 25
+        fy = torch.exp(-((self.grid_y - mu_y.unsqueeze(-1)) ** 2) / two_s2)  # eq 26
+        fx = fx / (fx.sum(-1, keepdim=True) + FILTER_EPS)  # Z_X: each row sums to 1
+        fy = fy / (fy.sum(-1, keepdim=True) + FILTER_EPS)  # Z_Y
+        return fx, fy
+
+    def read_glimpse(self, x: torch.Tensor, x_hat: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """eq 27: gamma [F_Y x F_X^T, F_Y x_hat F_X^T], flattened to (B, 2 N^2)."""
+        fx, fy = self.filterbank(params, self.read_offsets)
+        b, n = x.shape[0], self.read_n
+        both = torch.stack([x, x_hat], dim=1).reshape(b, 2 * self.height, self.width)
+        right = torch.bmm(both, fx.transpose(1, 2))  # (B, 2H, N): [x F_X^T ; x_hat F_X^T]
+        right = right.reshape(b, 2, self.height, n).transpose(1, 2).reshape(b, self.height, 2 * n)
+        glimpse = torch.bmm(fy, right)  # (B, N, 2N): F_Y x F_X^T next to F_Y x_hat F_X^T
+        return params[:, 4:5] * glimpse.reshape(b, 2 * n * n)
+
+    def write_patch(self, w: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """eq 29: (1 / gamma) F_Y^T w F_X for a patch w of shape (B, N, N)."""
+        fx, fy = self.filterbank(params, self.write_offsets)
+        out = torch.bmm(torch.bmm(fy.transpose(1, 2), w), fx)  # (B, H, W)
+        return out / params[:, 4].reshape(-1, 1, 1)
+
+    def read(self, x, x_hat, h_dec):
+        """eq 17 (no attention) or eq 27; returns (r_t, attention params or None)."""
+        if not self.attention:
+            return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1), None
+        params = self.attention_params(h_dec, self.read_attention, self.read_n)
+        return self.read_glimpse(x, x_hat, params), params
+
+    def write(self, h_dec):
+        """eq 18 (no attention) or eq 28-29; returns (canvas update, attention params or None)."""
+        w = self.write_head(h_dec)
+        if not self.attention:
+            return w.reshape(-1, self.height, self.width), None
+        params = self.attention_params(h_dec, self.write_attention, self.write_n)
+        return self.write_patch(w.reshape(-1, self.write_n, self.write_n), params), params
+
+    # ----------------------------------------------------------------- the model
+    def _zeros(self, b: int, ref: torch.Tensor):
+        return ref.new_zeros(b, self.hidden)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        record: bool = False,
+        log_ratio: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> DrawOutput:
+        """Encode and reconstruct ``x`` (B, H, W) in [0, 1]; losses in nats per image.
+
+        record: also return every canvas and attention window (for pictures).
+        log_ratio: also return sum_t log q(z_t | x, z_<t) - log p(z_t) at the sampled
+        z, needed for importance-weighted bounds.
+        """
+        b = x.shape[0]
+        h_enc, c_enc = self._zeros(b, x), self._zeros(b, x)
+        h_dec, c_dec = self._zeros(b, x), self._zeros(b, x)
+        canvas = torch.zeros_like(x)  # c_0 = 0
+        # Fresh noise for every step and image, drawn at once outside the loop.
+        eps = torch.randn(self.steps, b, self.embed, device=x.device, dtype=x.dtype, generator=generator)
+        mus, log_sigmas, canvases, reads, writes = [], [], [], [], []
+        for t in range(self.steps):
+            x_hat = x - torch.sigmoid(canvas)  # eq 3
+            r, read_params = self.read(x, x_hat, h_dec)  # eq 4
+            h_enc, c_enc = self.encoder(torch.cat([r, h_dec], dim=1), (h_enc, c_enc))  # eq 5
+            mu, log_sigma = self.q(h_enc).chunk(2, dim=1)  # eq 1-2
+            z = mu + torch.exp(log_sigma) * eps[t]  # eq 6, reparameterised sample of Q(Z_t | h^enc_t)
+            h_dec, c_dec = self.decoder(z, (h_dec, c_dec))  # eq 7
+            update, write_params = self.write(h_dec)
+            canvas = canvas + update  # eq 8
+            mus.append(mu)
+            log_sigmas.append(log_sigma)
+            if record:
+                canvases.append(canvas)
+                if self.attention:
+                    reads.append(read_params)
+                    writes.append(write_params)
+
+        # eq 9: Bernoulli NLL of x under sigmoid(c_T), summed over pixels (logits: safe under autocast).
+        lx = F.binary_cross_entropy_with_logits(canvas, x, reduction="none").flatten(1).sum(1)
+        mu, log_sigma = torch.stack(mus), torch.stack(log_sigmas)  # (T, B, Z)
+        out = DrawOutput(lx=lx, lz=kl_per_image(mu, log_sigma))
+        if log_ratio:
+            # log N(z; mu, sigma) - log N(z; 0, 1) with z = mu + sigma eps, summed over t and Z.
+            z = mu + torch.exp(log_sigma) * eps
+            out.log_ratio = (0.5 * z.pow(2) - 0.5 * eps.pow(2) - log_sigma).sum((0, 2))
+        if record:
+            out.canvases = torch.stack(canvases)
+            if self.attention:
+                out.read, out.write = torch.stack(reads), torch.stack(writes)
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sample from the prior: z_t ~ N(0, I), decode, write (Section 2.3).
+
+        Returns canvas logits of every step, (T, n, H, W) (apply sigmoid for pixel
+        means), and the write attention (T, n, 5) or None without attention.
+        """
+        device = device if device is not None else self.grid_x.device
+        ref = self.grid_x.new_empty(0).to(device)
+        z_all = torch.randn(self.steps, n, self.embed, device=device, dtype=ref.dtype, generator=generator)
+        h_dec, c_dec = self._zeros(n, ref), self._zeros(n, ref)
+        canvas = ref.new_zeros(n, self.height, self.width)
+        canvases, writes = [], []
+        for t in range(self.steps):
+            h_dec, c_dec = self.decoder(z_all[t], (h_dec, c_dec))
+            update, params = self.write(h_dec)
+            canvas = canvas + update
+            canvases.append(canvas)
+            writes.append(params)
+        return torch.stack(canvases), (torch.stack(writes) if self.attention else None)
+
+
+def kl_per_image(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """L^z: KL(N(mu, sigma) || N(0, I)) summed over steps and latent dims, (T, B, Z) -> (B,).
+
+    eq 11: 1/2 sum_t (mu^2 + sigma^2 - log sigma^2) - T/2, where the sum also runs over
+    all Z latent dimensions, so the constant is -T*Z/2 (not -T/2).
+    """
+    t, _, z = mu.shape
+    return 0.5 * (mu.pow(2) + torch.exp(2 * log_sigma) - 2 * log_sigma).sum((0, 2)) - t * z / 2
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["DRAW", "DrawOutput", "LSTMCell", "ATTENTION_FIELDS", "kl_per_image", "count_parameters"]

@@ -1,0 +1,280 @@
+"""Settings shared by every subcommand: frozen dataclasses backed by YAML.
+
+Precedence, lowest first: built-in defaults < ``--config FILE.yaml`` <
+explicit flags < repeated ``--set section.key=value``. Every value goes through
+one validator, so a bad value is rejected the same way wherever it came from,
+with the key's name and, for unknown keys, the nearest valid one.
+
+This module must not import torch: ``draw --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from drawcli.datasets import DATASETS
+from drawcli.errors import DrawError
+
+IMAGE_SIDE_MAX = 28  # refined against the data set's real shape when it is loaded
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    steps: int = 64  # T, glimpses (paper Table 3: 64 for MNIST)
+    hidden: int = 256  # LSTM units, encoder and decoder
+    embed: int = 100  # size of z_t (the original's --embed)
+    attention: bool = True
+    read_n: int = 2  # read glimpse is read_n x read_n
+    write_n: int = 5  # write patch is write_n x write_n
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    dataset: str = "mnist"
+    data_dir: str | None = None  # None: $DRAW_DATA_DIR, else the per-user cache
+    binarize: str = "dynamic"  # dynamic | threshold | none
+    validation: bool = False  # hold out the last 10k training images; evaluate on them
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    beta1: float = 0.5
+    beta2: float = 0.999
+    grad_clip: float = 5.0  # global L2 norm; 0 disables
+    seed: int = 0
+    max_steps: int | None = None  # stop early (then evaluate and checkpoint)
+    eval_batch_size: int = 1000
+    log_every: int = 100  # plain log lines / metrics.jsonl rows every N steps
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    name: str | None = None  # None: run1, run2, ...
+    runs_dir: str = "runs"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_SECTION_CLASSES = {
+    "model": ModelSettings,
+    "data": DataSettings,
+    "train": TrainSettings,
+    "run": RunSettings,
+}
+
+# Allowed values and ranges; checked for every source of a value.
+CHOICES = {
+    ("data", "dataset"): tuple(DATASETS),
+    ("data", "binarize"): ("dynamic", "threshold", "none"),
+}
+MIN = {
+    ("model", "steps"): 1,
+    ("model", "hidden"): 1,
+    ("model", "embed"): 1,
+    ("model", "read_n"): 1,
+    ("model", "write_n"): 1,
+    ("train", "epochs"): 1,
+    ("train", "batch_size"): 1,
+    ("train", "max_steps"): 1,
+    ("train", "eval_batch_size"): 1,
+    ("train", "log_every"): 1,
+    ("train", "grad_clip"): 0.0,
+    ("train", "seed"): 0,
+}
+MAX = {
+    ("model", "read_n"): IMAGE_SIDE_MAX,
+    ("model", "write_n"): IMAGE_SIDE_MAX,
+}
+POSITIVE = {("train", "lr")}  # strictly > 0
+OPEN_UNIT = {("train", "beta1"), ("train", "beta2")}  # in [0, 1)
+
+
+def _nearest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (valid keys: {', '.join(valid)})"
+
+
+def _type_of(section: str, key: str) -> str:
+    cls = _SECTION_CLASSES[section]
+    return {f.name: f.type for f in fields(cls)}[key]
+
+
+def _coerce(section: str, key: str, value: Any) -> Any:
+    """Check one value's type and range; return it in its canonical type."""
+    where = f"{section}.{key}"
+    typ = _type_of(section, key).replace(" ", "")
+    optional = typ.endswith("|None")
+    base = typ.removesuffix("|None")
+    if value is None:
+        if optional:
+            return None
+        raise DrawError(f"{where}: a value is required, got null")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise DrawError(f"{where}: expected true or false, got {value!r}")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise DrawError(f"{where}: expected an integer, got {value!r}")
+    elif base == "float":
+        # YAML 1.1 reads `1e-3` (no dot) as a string: accept it as the number it is.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise DrawError(f"{where}: expected a number, got {value!r}") from None
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DrawError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise DrawError(f"{where}: expected a finite number, got {value!r}")
+    elif base == "str":
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "device":
+                raise DrawError(f"{where}: expected a device name such as 'cpu' or 'cuda:0', got {value!r}")
+            raise DrawError(f"{where}: expected a string, got {value!r}")
+    choices = CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise DrawError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+    lo = MIN.get((section, key))
+    if lo is not None and value < lo:
+        raise DrawError(f"{where}: must be >= {lo}, got {value!r}")
+    hi = MAX.get((section, key))
+    if hi is not None and value > hi:
+        raise DrawError(f"{where}: must be <= {hi} (the image side), got {value!r}")
+    if (section, key) in POSITIVE and not value > 0:
+        raise DrawError(f"{where}: must be > 0, got {value!r}")
+    if (section, key) in OPEN_UNIT and not 0 <= value < 1:
+        raise DrawError(f"{where}: must be in [0, 1), got {value!r}")
+    return value
+
+
+def _check_key(section: str | None, key: str, origin: str) -> None:
+    if section is None:
+        if key not in _SECTION_CLASSES:
+            raise DrawError(f"{origin}{key}: unknown section{_nearest(key, list(_SECTION_CLASSES))}")
+        return
+    valid = [f.name for f in fields(_SECTION_CLASSES[section])]
+    if key not in valid:
+        # A key that belongs to another section is a common slip: say where it lives.
+        for other, cls in _SECTION_CLASSES.items():
+            if key in {f.name for f in fields(cls)}:
+                raise DrawError(f"{origin}{section}.{key}: unknown key (did you mean '{other}.{key}'?)")
+        raise DrawError(f"{origin}{section}.{key}: unknown key{_nearest(key, valid)}")
+
+
+def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], origin: str = "") -> Settings:
+    """Return ``base`` with ``{section: {key: value}}`` applied, every value validated."""
+    if not isinstance(overrides, Mapping):
+        raise DrawError(f"{origin}expected a mapping of sections (model, data, train, run), got {type(overrides).__name__}")
+    sections = {}
+    for section, values in overrides.items():
+        _check_key(None, str(section), origin)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise DrawError(f"{origin}{section}: expected a mapping of keys, got {values!r}")
+        checked = {}
+        for key, value in values.items():
+            _check_key(section, str(key), origin)
+            checked[key] = _coerce(section, key, value)
+        sections[section] = dataclasses.replace(getattr(base, section), **checked)
+    return dataclasses.replace(base, **sections)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DrawError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DrawError(f"cannot read config file {path}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise DrawError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DrawError(f"{path}: expected a mapping of sections (model, data, train, run), got {type(data).__name__}")
+    return data
+
+
+def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """Parse repeated ``--set section.key=value`` into an override mapping."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DrawError(f"--set {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        if dotted.count(".") != 1:
+            raise DrawError(f"--set {item!r}: expected section.key=value, e.g. train.lr=3e-4")
+        section, key = dotted.split(".")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def build_settings(
+    config: str | Path | None = None,
+    flags: Mapping[str, Mapping[str, Any]] | None = None,
+    sets: list[str] | None = None,
+    base: Settings | None = None,
+) -> Settings:
+    """defaults (or ``base``) < YAML file < flags (None means 'not given') < --set."""
+    settings = base or Settings()
+    if config is not None:
+        settings = apply_overrides(settings, load_yaml(config), origin=f"{config}: ")
+    if flags:
+        given = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
+        settings = apply_overrides(settings, {s: kv for s, kv in given.items() if kv}, origin="")
+    settings = apply_overrides(settings, parse_set(sets), origin="--set ")
+    return settings
+
+
+def from_dict(data: Mapping[str, Any]) -> Settings:
+    """Rebuild settings saved by :meth:`Settings.to_dict` (checkpoints, config.yaml)."""
+    return apply_overrides(Settings(), data, origin="saved settings: ")
+
+
+def check_against_image(settings: Settings, height: int, width: int) -> None:
+    """Range rules that depend on the data: glimpse sizes must fit the image."""
+    side = min(height, width)
+    for key in ("read_n", "write_n"):
+        n = getattr(settings.model, key)
+        if n > side:
+            raise DrawError(f"model.{key}: must be <= {side} (the image side), got {n}")
