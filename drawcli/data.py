@@ -84,7 +84,8 @@ def parse_idx(data: bytes, path: Path, ndim: int) -> np.ndarray:
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "too long"
         raise DrawError(f"{path}: {what} IDX data: {len(data)} bytes, header {dims} needs {expected}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    # A writable copy: torch refuses to wrap read-only buffers without a warning.
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
 def parse_amat(data: bytes, path: Path, side: int = 28) -> np.ndarray:

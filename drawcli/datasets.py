@@ -127,7 +127,16 @@ FASHION_MNIST = DatasetSpec(
             "bb300cfdad3c16e7a12a480ee83cd310",
         ),
     ),
-    mirrors=("https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    # Zalando's README links an S3 *website* endpoint, which serves http only; the same
+    # archives are in their GitHub repository (README: "the dataset appears under
+    # data/fashion"), and Keras' fashion_mnist.load_data() fetches them from its GCS bucket.
+    # The http endpoint stays last: it is never tried without --from (https only), but the
+    # error message then names it, so a user can pass it with --from deliberately.
+    mirrors=(
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ),
 )
 
 BINARIZED_MNIST = DatasetSpec(
@@ -156,6 +165,8 @@ BINARIZED_MNIST = DatasetSpec(
             "binarized_mnist_test.amat",
         ),
     ),
+    # Larochelle's files, the URL TensorFlow Datasets uses (its checksums.tsv gives the sizes
+    # and sha256s above), over https.
     mirrors=("https://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",),
     kind="amat",
     prebinarized=True,

@@ -8,6 +8,7 @@ N glimpse side. Images are float tensors in [0, 1] of shape (B, H, W).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,8 @@ class DRAW(nn.Module):
             # eq 21: (g~_X, g~_Y, log sigma^2, log delta~, log gamma) = W(h^dec); separate heads.
             self.read_attention = nn.Linear(hidden, 5)
             self.write_attention = nn.Linear(hidden, 5)
+            self._init_attention(self.read_attention, read_n)
+            self._init_attention(self.write_attention, write_n, write=True)
 
         # Index vectors hoisted out of the time loop. Pixel coordinates a, b are 1-based,
         # so g~ = 0 puts the grid centre at (A+1)/2, the image centre (eq 22-23).
@@ -115,6 +118,31 @@ class DRAW(nn.Module):
         )
 
     # ----------------------------------------------------------------- attention
+    def _init_attention(self, head: nn.Linear, n: int, write: bool = False) -> None:
+        """Start with the N x N grid tiling the whole image with overlapping filters.
+
+        The paper does not give an initialisation. With zero biases, eq 24 gives
+        delta = (max(A,B)-1)/(N-1): for N = 2 the two centres sit on the image's
+        outermost pixels (1 and A), which are blank in MNIST, so the read sees
+        nothing of the digit and training stalls in posterior collapse. Here the
+        centred grid has spacing delta = max(A,B)/N (one cell per filter) and
+        sigma = delta/2, so every pixel is read from the first step.
+
+        For the write head, gamma starts at 1/delta^2: the normalised filters spread
+        each patch value over about delta^2 pixels, so (1/gamma) F_Y^T w F_X then adds
+        about w to each pixel, the same scale as the non-attention write (eq 18).
+        Without it the canvas moves ~delta^2 times slower and training stalls early.
+        """
+        side = max(self.width, self.height)
+        delta = side / n
+        with torch.no_grad():
+            head.bias.zero_()
+            head.bias[2] = math.log((delta / 2) ** 2)  # log sigma^2
+            head.bias[3] = math.log(delta * max(n - 1, 1) / (side - 1))  # log delta~ from eq 24
+            if write:
+                head.bias[4] = -2 * math.log(delta)  # log gamma
+            head.weight.mul_(0.1)  # start near the tiling for every decoder state
+
     def attention_params(self, h: torch.Tensor, head: nn.Linear, n: int) -> torch.Tensor:
         """Map a decoder state to (B, 5) [g_x, g_y, delta, sigma^2, gamma] (eq 21-24)."""
         gx_, gy_, log_sigma2, log_delta_, log_gamma = head(h).unbind(-1)

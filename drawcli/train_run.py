@@ -1,0 +1,110 @@
+"""`draw train`: from resolved settings to a finished run directory.
+
+Resolves the device, data and run directory (new or resumed), then calls
+:func:`drawcli.train.train` with the recorder and progress callbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rich.console import Console
+
+from drawcli import checkpoint as ckpt_io
+from drawcli import runs
+from drawcli.errors import DrawError
+from drawcli.settings import Settings, build_settings, check_against_image, from_dict
+
+
+def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tuple[Settings, Path, dict]:
+    """Saved settings of a run < --config < flags < --set; model shape may not change.
+
+    ``train.max_steps`` is not inherited: a resumed run trains to its epochs
+    unless --max-steps is given again (as a global step count).
+    """
+    run_dir = runs.resolve_run(run_ref, Path(runs_dir))
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise DrawError(f"run {run_dir.name!r} has no last.pt checkpoint to resume from")
+    ckpt = ckpt_io.load(last)
+    saved = from_dict(ckpt["settings"])
+    saved = dataclasses.replace(saved, train=dataclasses.replace(saved.train, max_steps=None))
+    settings = build_settings(config, flags, sets, base=saved)
+    if settings.model != saved.model:
+        changed = [
+            f"{f.name} {getattr(saved.model, f.name)!r} -> {getattr(settings.model, f.name)!r}"
+            for f in dataclasses.fields(saved.model)
+            if getattr(saved.model, f.name) != getattr(settings.model, f.name)
+        ]
+        raise DrawError(f"--resume {run_dir.name}: cannot change the model shape ({'; '.join(changed)})")
+    if settings.data.dataset != saved.data.dataset:
+        raise DrawError(f"--resume {run_dir.name}: cannot change the data set ({saved.data.dataset} -> {settings.data.dataset})")
+    name = settings.run.name
+    if name is not None and name != run_dir.name:
+        raise DrawError(f"--resume {run_dir.name} cannot be combined with --name {name}")
+    settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
+    return settings, run_dir, ckpt
+
+
+def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, console: Console | None = None) -> Path:
+    """Train according to ``settings``; returns the run directory."""
+    from drawcli.data import MissingDataset, load_splits, resolve_data_dir
+    from drawcli.device import describe, resolve_device
+    from drawcli.progress import TrainProgress, summary_table
+    from drawcli.train import train
+
+    console = console or Console()
+    device = resolve_device(settings.run.device)
+    console.print(f"device: {describe(device)}", highlight=False)
+
+    data_dir = resolve_data_dir(settings.data.data_dir)
+    try:
+        splits = load_splits(settings.data.dataset, data_dir, settings.data.validation)
+    except MissingDataset:
+        from drawcli.download import ensure_dataset
+
+        ensure_dataset(settings.data.dataset, data_dir, console=console)
+        splits = load_splits(settings.data.dataset, data_dir, settings.data.validation)
+    check_against_image(settings, splits.spec.height, splits.spec.width)
+    binarize = settings.data.binarize
+    if splits.spec.prebinarized and binarize != "none":
+        # Already 0/1: every binarisation is the identity; record what really happens.
+        settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, binarize="none"))
+        console.print(f"{splits.spec.name} is already binarised: data.binarize={binarize} has no effect", highlight=False)
+
+    if resume is None:
+        run_dir = runs.new_run_dir(Path(settings.run.runs_dir), settings.run.name)
+        ckpt = None
+    else:
+        run_dir, ckpt = resume
+    settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
+    runs.write_config(run_dir, settings)
+    console.print(f"run: {run_dir}" + (f" (resuming at step {ckpt['step']})" if ckpt else ""), highlight=False)
+
+    progress = TrainProgress(console)
+    try:
+        result = train(
+            settings,
+            splits.train,
+            splits.eval,
+            device,
+            callbacks=[runs.RunRecorder(run_dir), progress],
+            resume=ckpt,
+            eval_split=splits.eval_name,
+        )
+    finally:
+        progress.close()
+    if result.eval:
+        summary = {
+            "step": result.step,
+            "epoch": result.epoch,
+            "eval": result.eval,
+            "best_loss": result.best_loss,
+            "seconds": result.seconds,
+            "img_per_s": result.images_per_second,
+        }
+        console.print(summary_table(run_dir, summary, splits.eval_name))
+    else:
+        console.print(f"nothing to do: run {run_dir.name} is already at step {result.step}", highlight=False)
+    return run_dir

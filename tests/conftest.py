@@ -1,0 +1,49 @@
+"""Shared fixtures. Real MNIST comes from $DRAW_TEST_MNIST (set by .ci/run)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The folder with the four real MNIST IDX files (gzipped or not).
+
+    Skips when DRAW_TEST_MNIST is unset; fails when it is set but the files are missing.
+    """
+    value = os.environ.get("DRAW_TEST_MNIST")
+    if not value:
+        pytest.skip("DRAW_TEST_MNIST is not set: tests on real MNIST skipped (point it at the folder with the IDX files)")
+    path = Path(value)
+    missing = [f for f in MNIST_FILES if not (path / f).is_file() and not (path / (f + ".gz")).is_file()]
+    if missing:
+        pytest.fail(f"DRAW_TEST_MNIST={value} is set but lacks {', '.join(missing)}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_data_dir(mnist_dir, tmp_path_factory) -> Path:
+    """A data directory (DATA_DIR/mnist/...) whose files link to the real MNIST files."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "mnist").mkdir()
+    for f in mnist_dir.iterdir():
+        if f.name.startswith(MNIST_FILES):
+            (root / "mnist" / f.name).symlink_to(f.resolve())
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_splits(mnist_data_dir):
+    from drawcli.data import load_splits
+
+    return load_splits("mnist", mnist_data_dir)
