@@ -33,7 +33,7 @@ def _user_errors(fn):
             return fn(*args, **kwargs)
         except DrawError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -141,6 +141,190 @@ def download(
     from drawcli.download import download_command
 
     download_command(name, settings.data.data_dir, source=source, force=force, quiet=quiet, list_only=list_only)
+
+
+SAMPLE_EXAMPLES = """
+Examples:
+
+  draw sample run1
+
+  draw sample run1 -n 16 --nrow 4 --scale 6 -o digits.png
+
+  draw sample runs/run1 --load 20 --binary --npy --seed 3
+"""
+
+
+@app.command(epilog=SAMPLE_EXAMPLES)
+@_user_errors
+def sample(
+    run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
+    n: int = typer.Option(64, "-n", "--number", help="Samples from the prior."),
+    nrow: Optional[int] = typer.Option(None, "--nrow", help="Samples per grid row (default: a near-square grid)."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="Nearest-neighbour upscaling (default 4: a 28-pixel digit becomes 112 pixels)."),
+    binary: bool = typer.Option(False, "--binary", help="Draw Bernoulli pixels instead of the means sigmoid(c_T)."),
+    npy: bool = typer.Option(False, "--npy", help="Also save the raw (n, H, W) float32 array next to the PNG."),
+    load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same picture."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="PNG file (default RUN_DIR/samples.png)."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
+):
+    """A PNG grid of samples from the prior: sigmoid(c_T), the final canvas."""
+    from drawcli.viz import sample_command
+
+    sample_command(
+        run, load=load, n=n, nrow=nrow, scale=scale, binary=binary, npy=npy, seed=seed, device=device, output=output, runs_dir=runs_dir
+    )
+
+
+ANIMATE_EXAMPLES = """
+Examples:
+
+  draw animate run1 -o out.gif
+
+  draw animate run1 --boxes -n 16 --fps 12 --hold 3
+
+  draw animate run1 --reconstruct -o recon.gif
+
+  draw animate run1 -o out.mp4    (needs: pip install imageio-ffmpeg)
+"""
+
+
+@app.command(epilog=ANIMATE_EXAMPLES)
+@_user_errors
+def animate(
+    run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="GIF or MP4 file (default RUN_DIR/animation.gif)."),
+    n: int = typer.Option(16, "-n", "--number", help="Samples (or test images with --reconstruct) in the grid."),
+    nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: a near-square grid)."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images)."),
+    fps: float = typer.Option(10.0, "--fps", help="Glimpses per second (GIF delays are rounded to 10 ms)."),
+    hold: float = typer.Option(2.0, "--hold", help="Seconds the last frame stays before the loop restarts."),
+    boxes: bool = typer.Option(False, "--boxes", help="Overlay each sample's write window (red)."),
+    reconstruct: bool = typer.Option(False, "--reconstruct", help="Animate reconstructions of test images, with read (green) and write (red) windows."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Timeline bar under the frames."),
+    load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same animation."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory for --reconstruct (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
+):
+    """Animate the drawing: one frame per glimpse t = 1..T of sigmoid(c_t); loops forever."""
+    from drawcli.viz import animate_command
+
+    animate_command(
+        run,
+        output=output,
+        load=load,
+        n=n,
+        nrow=nrow,
+        scale=scale,
+        fps=fps,
+        hold=hold,
+        boxes=boxes,
+        reconstruct=reconstruct,
+        progress=progress,
+        seed=seed,
+        device=device,
+        runs_dir=runs_dir,
+        data_dir=data_dir,
+    )
+
+
+INSPECT_EXAMPLES = """
+Examples:
+
+  draw inspect-attention run1
+
+  draw inspect-attention run1 --index 0,5,7 --json attention.json
+
+  draw inspect-attention run1 --generate -n 4 -o prior.gif
+"""
+
+
+@app.command("inspect-attention", epilog=INSPECT_EXAMPLES)
+@_user_errors
+def inspect_attention(
+    run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
+    n: Optional[int] = typer.Option(None, "-n", "--number", help="The first N test images (default 8)."),
+    index: Optional[str] = typer.Option(None, "--index", help="Test images to inspect, e.g. 0,5,7 or 10-15."),
+    generate: bool = typer.Option(False, "--generate", help="Inspect samples from the prior instead (write windows only)."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write g_x, g_y, delta, sigma2, gamma per image and step to this file."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="GIF or MP4 file (default RUN_DIR/attention.gif); the PNG strip goes beside it."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images)."),
+    fps: float = typer.Option(10.0, "--fps", help="Glimpses per second."),
+    hold: float = typer.Option(2.0, "--hold", help="Seconds the last frame stays before the loop restarts."),
+    load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (binarisation and latent noise)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
+):
+    """Show where the model reads (green) and writes (red) at every glimpse: GIF, PNG strip, table or JSON."""
+    from drawcli.viz import inspect_attention_command
+
+    inspect_attention_command(
+        run,
+        load=load,
+        n=n,
+        index=index,
+        generate=generate,
+        json_path=json_path,
+        output=output,
+        scale=scale,
+        fps=fps,
+        hold=hold,
+        seed=seed,
+        device=device,
+        runs_dir=runs_dir,
+        data_dir=data_dir,
+    )
+
+
+EVALUATE_EXAMPLES = """
+Examples:
+
+  draw evaluate run1
+
+  draw evaluate run1 --samples 1000 --load best --device cuda
+
+  draw evaluate run1 --split valid --samples 1
+
+  draw evaluate runs/paper --dataset binarized-mnist --limit 1000 --seed 3
+"""
+
+
+@app.command(epilog=EVALUATE_EXAMPLES)
+@_user_errors
+def evaluate(
+    run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
+    load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
+    split: str = typer.Option("test", "--split", help="test, valid (binarized-mnist's own, else the last 10k of train) or train."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist, fashion-mnist or binarized-mnist (default: the run's)."),
+    samples: int = typer.Option(100, "--samples", "-k", help="Importance samples K per image (K=1 gives the ELBO)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Image copies per forward pass, K per image (default: from a memory budget)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N images of the split."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fixed binarisation and the posterior samples."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
+):
+    """Bounds on -log p(x) in nats (ELBO = L_x + L_z, importance-weighted with K samples) beside the paper's Table 2; writes RUN_DIR/eval.json."""
+    from drawcli.evaluate import evaluate_command
+
+    evaluate_command(
+        run,
+        load=load,
+        split=split,
+        dataset=dataset,
+        samples=samples,
+        batch_size=batch_size,
+        limit=limit,
+        seed=seed,
+        device=device,
+        runs_dir=runs_dir,
+        data_dir=data_dir,
+    )
 
 
 def main() -> None:

@@ -7,3 +7,5 @@ else is a bug and keeps its traceback.
 
 class DrawError(Exception):
     """A problem the user can fix (bad config, missing run, corrupt file...)."""
+
+    exit_code = 1

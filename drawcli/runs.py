@@ -124,6 +124,10 @@ class RunRecorder:
         if is_best:
             ckpt_io.atomic_link(epoch_path, self.ckpt_dir / "best.pt")
 
+    def on_interrupt(self, ckpt: dict) -> None:
+        # Mid-epoch: only last.pt moves on (a new file replaces the link; epoch files stay).
+        ckpt_io.atomic_save(ckpt, self.ckpt_dir / "last.pt")
+
 
 def write_config(run_dir: Path, settings) -> None:
     path = Path(run_dir) / "config.yaml"

@@ -27,12 +27,23 @@ from drawcli.model import DRAW
 from drawcli.settings import Settings
 
 
+class Interrupted(DrawError):
+    """Training stopped on request (SIGINT/SIGTERM) after a checkpoint was written."""
+
+    exit_code = 130  # the shell's convention for SIGINT
+
+    def __init__(self, step: int, detail: str = "last.pt written"):
+        super().__init__(f"interrupted at step {step}; {detail}")
+        self.step = step
+
+
 class Callback(Protocol):  # every method optional
     def on_start(self, info: dict) -> None: ...
     def on_step(self, step: int, epoch: int) -> None: ...
     def on_log(self, row: dict) -> None: ...
     def on_epoch(self, row: dict) -> None: ...
     def on_checkpoint(self, ckpt: dict, is_best: bool) -> None: ...
+    def on_interrupt(self, ckpt: dict) -> None: ...  # mid-epoch checkpoint: becomes last.pt only
     def on_end(self, summary: dict) -> None: ...
 
 
@@ -150,12 +161,16 @@ def train(
     callbacks: list | tuple = (),
     resume: dict | None = None,
     eval_split: str = "test",
+    should_stop=None,
 ) -> TrainResult:
     """Train DRAW on uint8 images (N, H, W); evaluate on ``eval_images`` after each epoch.
 
     Stops after ``settings.train.epochs`` epochs or at global step
     ``settings.train.max_steps``; either way the evaluation runs and a checkpoint
     is handed to the callbacks. ``resume`` is a checkpoint dict from a previous call.
+    ``should_stop()`` is polled after every step (a signal handler sets it); when it
+    turns true the finished step is checkpointed (``on_interrupt``) and
+    :class:`Interrupted` is raised.
     """
     ts = settings.train
     train_x = torch.as_tensor(np.asarray(train_images)).to(device)
@@ -198,6 +213,12 @@ def train(
     params = list(model.parameters())
     lx_sum = torch.zeros((), device=device)
     lz_sum = torch.zeros((), device=device)
+    # Divergence is tracked on the device (no host sync per step): the first step whose
+    # L_x, L_z or gradient norm was not finite, and which of them it was (1, 2, 3).
+    steps_run = torch.zeros((), dtype=torch.int64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    bad_term = torch.zeros((), dtype=torch.int64, device=device)
+    last_metrics = dict(resume.get("metrics", {})) if resume is not None else {}
     seen, t_log, t_start, images_done = 0, time.perf_counter(), time.perf_counter(), 0
     result = TrainResult(model=model, step=step, epoch=step // steps_per_epoch, best_loss=best_loss)
     model.train()
@@ -214,23 +235,34 @@ def train(
             loss = out.loss.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if ts.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, ts.grad_clip)
+            # max_norm=inf still returns the norm: the divergence check below needs it.
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, ts.grad_clip if ts.grad_clip > 0 else math.inf)
             optimizer.step()
             # Running sums stay on the device: no host sync except when a log line is due.
-            lx_sum += out.lx.detach().sum()
-            lz_sum += out.lz.detach().sum()
+            lx_step, lz_step = out.lx.detach().sum(), out.lz.detach().sum()
+            lx_sum += lx_step
+            lz_sum += lz_step
+            steps_run += 1
+            term = torch.where(
+                ~torch.isfinite(lx_step), 1, torch.where(~torch.isfinite(lz_step), 2, torch.where(~torch.isfinite(grad_norm), 3, 0))
+            )
+            newly_bad = (first_bad < 0) & (term > 0)
+            first_bad = torch.where(newly_bad, steps_run, first_bad)
+            bad_term = torch.where(newly_bad, term, bad_term)
             seen += len(idx)
             step += 1
             _emit(callbacks, "on_step", step, epoch + 1)
-            if step % ts.log_every == 0 or step == stop_in_epoch:
-                lx, lz = lx_sum.item() / seen, lz_sum.item() / seen
-                if not (math.isfinite(lx) and math.isfinite(lz)):
-                    term = "L_x" if not math.isfinite(lx) else "L_z"
+            stopping = should_stop is not None and should_stop()
+            if step % ts.log_every == 0 or step == stop_in_epoch or stopping:
+                if first_bad.item() >= 0:
+                    # Parameters after the bad step are unusable: nothing is saved from here on.
+                    bad_step = step - int(steps_run.item()) + int(first_bad.item())
+                    what = {1: "L_x", 2: "L_z", 3: "the gradient norm"}[int(bad_term.item())]
                     raise DrawError(
-                        f"training diverged: {term} is not finite at step {step}; "
-                        "the last good checkpoint is kept (try a lower --lr)"
+                        f"training diverged: {what} was not finite at step {bad_step}; the last good "
+                        "checkpoint is kept (resume it with --resume, perhaps with a lower --lr)"
                     )
+                lx, lz = lx_sum.item() / seen, lz_sum.item() / seen
                 now = time.perf_counter()
                 row = {
                     "kind": "train",
@@ -248,6 +280,12 @@ def train(
                 lx_sum.zero_()
                 lz_sum.zero_()
                 seen, t_log = 0, now
+            if stopping:
+                ckpt = make_checkpoint(
+                    model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), last_metrics, best_loss
+                )
+                _emit(callbacks, "on_interrupt", ckpt)
+                raise Interrupted(step)
 
         # End of an epoch, or an early stop at max_steps: evaluate and checkpoint as usual.
         metrics = evaluate(model, eval_x, settings.data.binarize, ts.eval_batch_size)
@@ -261,6 +299,7 @@ def train(
         )
         _emit(callbacks, "on_checkpoint", ckpt, is_best)
         result.eval, result.epoch = metrics, epoch + 1
+        last_metrics = metrics
 
     elapsed = time.perf_counter() - t_start
     result.step, result.best_loss, result.seconds = step, best_loss, elapsed

@@ -7,6 +7,9 @@ Resolves the device, data and run directory (new or resumed), then calls
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -47,12 +50,45 @@ def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tup
     return settings, run_dir, ckpt
 
 
+class StopOnSignal:
+    """SIGINT or SIGTERM asks training to stop after the current step (and checkpoint).
+
+    The handler only sets a flag; a second SIGINT raises KeyboardInterrupt at once,
+    which still never leaves a partial checkpoint (every write is an atomic replace).
+    """
+
+    def __init__(self):
+        self.flag = False
+        self._old = {}
+
+    def requested(self) -> bool:
+        return self.flag
+
+    def _handle(self, signum, frame):
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag = True
+        # os.write: safe inside a signal handler, unlike buffered or rich output.
+        os.write(2, b"\nstopping after this step to save last.pt (press Ctrl-C again to quit at once)\n")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, console: Console | None = None) -> Path:
     """Train according to ``settings``; returns the run directory."""
     from drawcli.data import MissingDataset, load_splits, resolve_data_dir
     from drawcli.device import describe, resolve_device
     from drawcli.progress import TrainProgress, summary_table
-    from drawcli.train import train
+    from drawcli.train import Interrupted, train
 
     console = console or Console()
     device = resolve_device(settings.run.device)
@@ -84,15 +120,20 @@ def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, conso
 
     progress = TrainProgress(console)
     try:
-        result = train(
-            settings,
-            splits.train,
-            splits.eval,
-            device,
-            callbacks=[runs.RunRecorder(run_dir), progress],
-            resume=ckpt,
-            eval_split=splits.eval_name,
-        )
+        with StopOnSignal() as stop:
+            result = train(
+                settings,
+                splits.train,
+                splits.eval,
+                device,
+                callbacks=[runs.RunRecorder(run_dir), progress],
+                resume=ckpt,
+                eval_split=splits.eval_name,
+                should_stop=stop.requested,
+            )
+    except Interrupted as e:
+        hint = f"saved {run_dir / 'checkpoints' / 'last.pt'}; continue with: draw train --resume {run_dir.name}"
+        raise Interrupted(e.step, hint) from None
     finally:
         progress.close()
     if result.eval:

@@ -1,0 +1,137 @@
+"""Settings: precedence, YAML round trip, every rejection with its message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drawcli.errors import DrawError
+from drawcli.settings import Settings, build_settings, check_against_image, from_dict, parse_set
+
+CONFIGS = sorted((Path(__file__).parent.parent / "sample_configs").glob("*.yaml"))
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_follow_the_original_implementation():
+    s = Settings()
+    assert (s.train.lr, s.train.beta1, s.train.grad_clip, s.train.batch_size) == (1e-3, 0.5, 5.0, 128)
+    assert (s.model.read_n, s.model.write_n, s.model.embed, s.model.hidden) == (2, 5, 100, 256)
+    assert s.run.device == "auto" and s.data.binarize == "dynamic"
+
+
+def test_settings_are_frozen():
+    with pytest.raises(Exception):
+        Settings().model.steps = 3  # type: ignore[misc]
+
+
+def test_precedence_defaults_yaml_flags_set(tmp_path):
+    cfg = write(tmp_path, "model:\n  steps: 10\n  hidden: 64\ntrain:\n  lr: 1e-2\n  epochs: 3\n")
+    s = build_settings(cfg, {"model": {"steps": 20, "hidden": None}}, ["model.steps=30", "train.beta1=0.9"])
+    assert s.model.steps == 30  # --set beats the flag, which beats the file
+    assert s.model.hidden == 64  # file beats default; an unset flag (None) changes nothing
+    assert s.train.lr == 1e-2 and isinstance(s.train.lr, float)  # `1e-2` in YAML 1.1 is a string
+    assert s.train.epochs == 3 and s.train.beta1 == 0.9
+    assert s.model.embed == 100  # default
+
+
+def test_yaml_round_trip(tmp_path):
+    s = build_settings(None, None, ["model.steps=7", "data.binarize=threshold", "train.max_steps=5", "run.name=x"])
+    path = write(tmp_path, s.to_yaml())
+    assert build_settings(path) == s
+    assert from_dict(yaml.safe_load(s.to_yaml())) == s
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_sample_config_loads(path):
+    s = build_settings(path)
+    check_against_image(s, 28, 28)
+
+
+def test_sample_configs_match_the_paper_and_the_original():
+    by_name = {p.name: build_settings(p) for p in CONFIGS}
+    assert {"mnist_attention.yaml", "mnist_no_attention.yaml", "seed.yaml", "quick.yaml"} <= set(by_name)
+    paper = by_name["mnist_attention.yaml"].model
+    assert (paper.steps, paper.hidden, paper.embed, paper.read_n, paper.write_n, paper.attention) == (64, 256, 100, 2, 5, True)
+    assert by_name["mnist_no_attention.yaml"].model.attention is False
+    seed = by_name["seed.yaml"]
+    assert (seed.model.steps, seed.model.read_n, seed.model.write_n, seed.model.embed) == (50, 2, 5, 100)
+    assert (seed.train.lr, seed.train.epochs) == (1e-3, 100)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model:\n  read_m: 3\n", "model.read_m: unknown key (did you mean 'read_n'?)"),
+        ("modle:\n  steps: 3\n", "modle: unknown section (did you mean 'model'?)"),
+        ("model:\n  lr: 0.1\n", "model.lr: unknown key (did you mean 'train.lr'?)"),
+        ("model:\n  steps: ten\n", "model.steps: expected an integer, got 'ten'"),
+        ("model:\n  steps: 2.5\n", "model.steps: expected an integer, got 2.5"),
+        ("model:\n  attention: maybe\n", "model.attention: expected true or false, got 'maybe'"),
+        ("train:\n  lr: fast\n", "train.lr: expected a number, got 'fast'"),
+        ("model:\n  steps: 0\n", "model.steps: must be >= 1, got 0"),
+        ("model:\n  read_n: 0\n", "model.read_n: must be >= 1, got 0"),
+        ("model:\n  write_n: 29\n", "model.write_n: must be <= 28 (the image side), got 29"),
+        ("model:\n  embed: 0\n", "model.embed: must be >= 1, got 0"),
+        ("train:\n  lr: 0\n", "train.lr: must be > 0, got 0.0"),
+        ("train:\n  lr: -1e-3\n", "train.lr: must be > 0, got -0.001"),
+        ("train:\n  batch_size: 0\n", "train.batch_size: must be >= 1, got 0"),
+        ("train:\n  beta1: 1.5\n", "train.beta1: must be in [0, 1), got 1.5"),
+        ("data:\n  binarize: sometimes\n", "data.binarize: expected one of dynamic, threshold, none, got 'sometimes'"),
+        ("data:\n  dataset: cifar\n", "data.dataset: expected one of mnist, fashion-mnist, binarized-mnist, got 'cifar'"),
+        ("- a\n- list\n", "expected a mapping of sections (model, data, train, run), got list"),
+        ("model: 3\n", "model: expected a mapping of keys, got 3"),
+        ("model:\n  steps: [1, 2\n", "not valid YAML (line"),
+        ("model: !!python/object:os.system {}\n", "not valid YAML"),
+    ],
+)
+def test_rejections_name_the_key_and_value(tmp_path, text, message):
+    with pytest.raises(DrawError) as e:
+        build_settings(write(tmp_path, text))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(DrawError, match="config file not found"):
+        build_settings(tmp_path / "nope.yaml")
+
+
+def test_empty_yaml_is_the_defaults(tmp_path):
+    assert build_settings(write(tmp_path, "")) == Settings()
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.lr", "expected section.key=value"),
+        ("lr=1", "expected section.key=value"),
+        ("train.lr.x=1", "expected section.key=value"),
+        ("train.lrr=1", "train.lrr: unknown key (did you mean 'lr'?)"),
+        ("train.epochs=0", "train.epochs: must be >= 1"),
+    ],
+)
+def test_set_rejections(item, message):
+    with pytest.raises(DrawError) as e:
+        build_settings(None, None, [item])
+    assert message in str(e.value)
+
+
+def test_set_parses_yaml_values():
+    assert parse_set(["train.lr=1e-3", "model.attention=false", "train.max_steps=null"]) == {
+        "train": {"lr": "1e-3", "max_steps": None},
+        "model": {"attention": False},
+    }
+    assert build_settings(None, None, ["train.lr=1e-3"]).train.lr == 1e-3
+
+
+def test_glimpse_larger_than_the_image_is_refused():
+    s = build_settings(None, {"model": {"read_n": 20}})
+    with pytest.raises(DrawError, match="model.read_n: must be <= 12"):
+        check_against_image(s, 12, 16)
