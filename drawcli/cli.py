@@ -80,6 +80,7 @@ def train(
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Batch size (default 128)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at this global step, then evaluate and checkpoint."),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="At the end, report the importance-weighted bound with K samples."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist, fashion-mnist or binarized-mnist."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache)."),
@@ -95,7 +96,8 @@ def train(
     flags = {
         "model": {"steps": steps, "embed": embed, "hidden": hidden, "attention": attention, "read_n": read_n, "write_n": write_n},
         "data": {"dataset": dataset, "data_dir": data_dir},
-        "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed},
+        "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed,
+                  "eval_samples": eval_samples},
         "run": {"name": name, "device": device},
     }
     from drawcli.train_run import run_train, settings_for_resume

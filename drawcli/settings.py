@@ -54,6 +54,7 @@ class TrainSettings:
     seed: int = 0
     max_steps: int | None = None  # stop early (then evaluate and checkpoint)
     eval_batch_size: int = 1000
+    eval_samples: int | None = None  # after training: importance-weighted bound with K samples
     log_every: int = 100  # plain log lines / metrics.jsonl rows every N steps
 
 
@@ -100,6 +101,7 @@ MIN = {
     ("train", "batch_size"): 1,
     ("train", "max_steps"): 1,
     ("train", "eval_batch_size"): 1,
+    ("train", "eval_samples"): 1,
     ("train", "log_every"): 1,
     ("train", "grad_clip"): 0.0,
     ("train", "seed"): 0,

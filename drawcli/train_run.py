@@ -136,6 +136,17 @@ def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, conso
         raise Interrupted(e.step, hint) from None
     finally:
         progress.close()
+    if result.eval and settings.train.eval_samples:
+        from drawcli.evaluate import iwae_report, report_line
+
+        console.print(f"importance-weighted bound with K={settings.train.eval_samples} on {splits.eval_name}...", highlight=False)
+        report = iwae_report(result.model, splits.eval, settings.data.binarize, settings.train.eval_samples, seed=settings.train.seed)
+        console.print(report_line(report, splits.eval_name), highlight=False)
+        row = {k: v for k, v in report.items() if k != "binarization"}
+        runs.RunRecorder(run_dir).on_epoch(
+            {"kind": "iwae", "split": splits.eval_name, "step": result.step, "epoch": result.epoch, **row,
+             "binarization": report["binarization"]["description"]}
+        )
     if result.eval:
         summary = {
             "step": result.step,
