@@ -32,7 +32,10 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DrawError as e:
-            typer.echo(f"error: {e}", err=True)
+            from drawcli.distributed import is_quiet_rank
+
+            if not is_quiet_rank():  # in a torchrun job the same error is shown once, by rank 0
+                typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -64,6 +67,8 @@ Examples:
   draw train --no-attention --steps 64 --set train.grad_clip=10
 
   draw train --resume quick --epochs 20
+
+  draw train --nproc 2 --batch-size 256 --device cpu
 """
 
 
@@ -89,6 +94,7 @@ def train(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting: section.key=value (repeatable)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue run NAME from its last.pt."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch."),
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
     from drawcli.settings import build_settings
@@ -102,6 +108,14 @@ def train(
     }
     from drawcli.train_run import run_train, settings_for_resume
 
+    if nproc is not None and nproc > 1:
+        from drawcli.distributed import launch, strip_nproc
+
+        base = build_settings(config, flags, set_)  # refuse bad settings once, before launching
+        if base.train.batch_size % nproc:
+            raise DrawError(f"--batch-size {base.train.batch_size} (the global batch) must be divisible by --nproc {nproc}")
+        launch(nproc, ["train", *strip_nproc(sys.argv[sys.argv.index("train") + 1 :])])
+        return
     if resume is not None:
         base = build_settings(config, flags, set_)  # validates flags before touching the run
         settings, run_dir, ckpt = settings_for_resume(resume, base.run.runs_dir, config, flags, set_)

@@ -22,6 +22,7 @@ import torch
 from drawcli import __version__
 from drawcli.checkpoint import FORMAT, FORMAT_VERSION
 from drawcli.data import to_input
+from drawcli.distributed import DistEnv
 from drawcli.errors import DrawError
 from drawcli.model import DRAW
 from drawcli.settings import Settings
@@ -100,6 +101,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def _block_generators(device: torch.device, seed: int, block: int) -> tuple[torch.Generator, torch.Generator]:
+    base = seed * 1_000_003 + 2 * block
+    return _generator(device, base), _generator(device, base + 1)
+
+
 @torch.no_grad()
 def evaluate(
     model: DRAW,
@@ -107,26 +113,32 @@ def evaluate(
     binarize: str,
     batch_size: int,
     seed: int = 1234,
+    env: DistEnv = DistEnv(),
 ) -> dict[str, float]:
     """Mean L_x, L_z and L in nats per image over ``images`` (uint8, on the model's device).
 
-    Uses a fixed binarisation and fixed posterior noise (seeded), so numbers from
-    different epochs and runs are comparable. Sums accumulate in float64.
+    Uses a fixed binarisation and fixed posterior noise, seeded per block of
+    ``batch_size`` images, so numbers from different epochs, runs and numbers of
+    processes are comparable: in a distributed job block j goes to rank j mod world
+    and the sums are all-reduced, giving the single-process value. Sums are float64.
     """
     device = images.device
     was_training = model.training
     model.eval()
-    data_gen, noise_gen = _generator(device, seed), _generator(device, seed + 1)
-    lx = torch.zeros((), dtype=torch.float64, device=device if device.type != "mps" else "cpu")
-    lz = torch.zeros_like(lx)
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start : start + batch_size], binarize, data_gen)
+    acc = torch.zeros(2, dtype=torch.float64, device=device if device.type != "mps" else "cpu")
+    blocks = math.ceil(len(images) / batch_size)
+    for block in range(env.rank, blocks, env.world):
+        data_gen, noise_gen = _block_generators(device, seed, block)
+        x = to_input(images[block * batch_size : (block + 1) * batch_size], binarize, data_gen)
         out = model(x, generator=noise_gen)
-        lx += out.lx.sum().to(lx)
-        lz += out.lz.sum().to(lz)
+        acc += torch.stack([out.lx.sum(), out.lz.sum()]).to(acc)
+    if env.active:
+        import torch.distributed as dist
+
+        dist.all_reduce(acc)
     model.train(was_training)
     n = len(images)
-    lx_mean, lz_mean = lx.item() / n, lz.item() / n
+    lx_mean, lz_mean = (acc / n).tolist()
     return {"lx": lx_mean, "lz": lz_mean, "loss": lx_mean + lz_mean}
 
 
@@ -162,6 +174,7 @@ def train(
     resume: dict | None = None,
     eval_split: str = "test",
     should_stop=None,
+    env: DistEnv = DistEnv(),
 ) -> TrainResult:
     """Train DRAW on uint8 images (N, H, W); evaluate on ``eval_images`` after each epoch.
 
@@ -171,6 +184,12 @@ def train(
     ``should_stop()`` is polled after every step (a signal handler sets it); when it
     turns true the finished step is checkpointed (``on_interrupt``) and
     :class:`Interrupted` is raised.
+
+    Distributed (``env.active``): ``batch_size`` is the global batch. Every rank
+    draws the binarisation and noise of the whole global batch from identical
+    generators and trains on its contiguous slice, so W processes x B/W images
+    follow exactly the trajectory of one process x B images (up to float sums).
+    Callbacks should be given to rank 0 only. The stop flag is agreed on at log steps.
     """
     ts = settings.train
     train_x = torch.as_tensor(np.asarray(train_images)).to(device)
@@ -178,6 +197,10 @@ def train(
     n, height, width = train_x.shape
     if n == 0:
         raise DrawError("the training set is empty")
+    if env.active and ts.batch_size % env.world:
+        raise DrawError(
+            f"train.batch_size {ts.batch_size} is the global batch and must be divisible by the {env.world} processes"
+        )
 
     torch.manual_seed(ts.seed)  # parameter initialisation
     model = build_model(settings, height, width).to(device)
@@ -189,9 +212,15 @@ def train(
         optimizer.load_state_dict(resume["optimizer"])
         for group in optimizer.param_groups:  # a resumed run may change the learning rate
             group["lr"] = ts.lr
-        data_gen.set_state(resume["rng"]["data"].cpu())
-        noise_gen.set_state(resume["rng"]["noise"].cpu())
         step, best_loss = int(resume["step"]), resume.get("best_loss")
+        try:
+            data_gen.set_state(resume["rng"]["data"].cpu())
+            noise_gen.set_state(resume["rng"]["noise"].cpu())
+        except (RuntimeError, KeyError):
+            # Generator states are device-specific (a CUDA checkpoint resumed on the CPU):
+            # continue with fresh, still deterministic streams.
+            data_gen.manual_seed(ts.seed * 7919 + step)
+            noise_gen.manual_seed(ts.seed * 7919 + step + 1)
 
     batch = ts.batch_size
     steps_per_epoch = math.ceil(n / batch)
@@ -210,6 +239,12 @@ def train(
     }
     _emit(callbacks, "on_start", info)
 
+    net = model
+    if env.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Gradients are averaged over ranks during backward; the loss below is scaled to match.
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = list(model.parameters())
     lx_sum = torch.zeros((), device=device)
     lz_sum = torch.zeros((), device=device)
@@ -230,9 +265,15 @@ def train(
         while step < stop_in_epoch:
             i = step - epoch * steps_per_epoch
             idx = order[i * batch : (i + 1) * batch]
+            m = len(idx)
+            # Binarisation and noise of the whole global batch, from the same generators on every
+            # rank; each rank keeps its slice (with one process: all of it).
             x = to_input(train_x[idx], settings.data.binarize, data_gen)
-            out = model(x, generator=noise_gen)
-            loss = out.loss.mean()
+            eps = torch.randn(model.steps, m, model.embed, device=device, generator=noise_gen)
+            lo, hi = m * env.rank // env.world, m * (env.rank + 1) // env.world
+            out = net(x[lo:hi], eps=eps[:, lo:hi].contiguous())
+            # Mean over the global batch; DDP divides the summed gradients by the world size.
+            loss = out.loss.sum() * (env.world / m)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             # max_norm=inf still returns the norm: the divergence check below needs it.
@@ -249,20 +290,37 @@ def train(
             newly_bad = (first_bad < 0) & (term > 0)
             first_bad = torch.where(newly_bad, steps_run, first_bad)
             bad_term = torch.where(newly_bad, term, bad_term)
-            seen += len(idx)
+            seen += m
             step += 1
             _emit(callbacks, "on_step", step, epoch + 1)
+            at_log = step % ts.log_every == 0 or step == stop_in_epoch
             stopping = should_stop is not None and should_stop()
-            if step % ts.log_every == 0 or step == stop_in_epoch or stopping:
-                if first_bad.item() >= 0:
+            if env.active:
+                # Ranks agree at log steps only (one small all-reduce), so they stop together.
+                stopping = stopping and at_log
+            if at_log or stopping:
+                local_bad = first_bad.item() >= 0
+                totals = [lx_sum.item(), lz_sum.item(), float(stopping), float(local_bad)]
+                if env.active:
+                    import torch.distributed as dist
+
+                    packed = torch.tensor(totals, dtype=torch.float64, device=device)
+                    dist.all_reduce(packed)
+                    totals = packed.tolist()
+                    stopping = stopping or totals[2] > 0
+                if totals[3] > 0:
                     # Parameters after the bad step are unusable: nothing is saved from here on.
-                    bad_step = step - int(steps_run.item()) + int(first_bad.item())
-                    what = {1: "L_x", 2: "L_z", 3: "the gradient norm"}[int(bad_term.item())]
+                    if local_bad:
+                        bad_step = step - int(steps_run.item()) + int(first_bad.item())
+                        what = {1: "L_x", 2: "L_z", 3: "the gradient norm"}[int(bad_term.item())]
+                        where = f"{what} was not finite at step {bad_step}"
+                    else:
+                        where = f"a loss or gradient was not finite on another process before step {step}"
                     raise DrawError(
-                        f"training diverged: {what} was not finite at step {bad_step}; the last good "
-                        "checkpoint is kept (resume it with --resume, perhaps with a lower --lr)"
+                        f"training diverged: {where}; the last good checkpoint is kept "
+                        "(resume it with --resume, perhaps with a lower --lr)"
                     )
-                lx, lz = lx_sum.item() / seen, lz_sum.item() / seen
+                lx, lz = totals[0] / seen, totals[1] / seen
                 now = time.perf_counter()
                 row = {
                     "kind": "train",
@@ -285,10 +343,14 @@ def train(
                     model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), last_metrics, best_loss
                 )
                 _emit(callbacks, "on_interrupt", ckpt)
+                if env.active:
+                    import torch.distributed as dist
+
+                    dist.barrier()  # nobody exits (and gets the job torn down) before rank 0 has saved
                 raise Interrupted(step)
 
         # End of an epoch, or an early stop at max_steps: evaluate and checkpoint as usual.
-        metrics = evaluate(model, eval_x, settings.data.binarize, ts.eval_batch_size)
+        metrics = evaluate(model, eval_x, settings.data.binarize, ts.eval_batch_size, env=env)
         is_best = best_loss is None or metrics["loss"] < best_loss
         if is_best:
             best_loss = metrics["loss"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from drawcli import checkpoint as ckpt_io
-from drawcli import runs
+from drawcli import distributed, runs
 from drawcli.errors import DrawError
 from drawcli.settings import Settings, build_settings, check_against_image, from_dict
 
@@ -57,8 +57,9 @@ class StopOnSignal:
     which still never leaves a partial checkpoint (every write is an atomic replace).
     """
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.flag = False
+        self.announce = announce
         self._old = {}
 
     def requested(self) -> bool:
@@ -68,6 +69,8 @@ class StopOnSignal:
         if self.flag and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.flag = True
+        if not self.announce:
+            return
         # os.write: safe inside a signal handler, unlike buffered or rich output.
         os.write(2, b"\nstopping after this step to save last.pt (press Ctrl-C again to quit at once)\n")
 
@@ -84,15 +87,29 @@ class StopOnSignal:
 
 
 def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, console: Console | None = None) -> Path:
-    """Train according to ``settings``; returns the run directory."""
+    """Train according to ``settings`` (in a torchrun job when WORLD_SIZE > 1); returns the run directory."""
+    env = distributed.env_from_os()
+    try:
+        return _run(settings, resume, console, env)
+    finally:
+        if env.active:
+            distributed.shutdown()
+
+
+def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv) -> Path:
     from drawcli.data import MissingDataset, load_splits, resolve_data_dir
     from drawcli.device import describe, resolve_device
     from drawcli.progress import TrainProgress, summary_table
     from drawcli.train import Interrupted, train
 
-    console = console or Console()
-    device = resolve_device(settings.run.device)
-    console.print(f"device: {describe(device)}", highlight=False)
+    # Rank 0 alone speaks; the others compute.
+    console = console or Console(quiet=not env.is_main)
+    if env.active:
+        device = distributed.init(env, settings.run.device)
+        console.print(f"device: {describe(device)} x {env.world} processes", highlight=False)
+    else:
+        device = resolve_device(settings.run.device)
+        console.print(f"device: {describe(device)}", highlight=False)
 
     data_dir = resolve_data_dir(settings.data.data_dir)
     try:
@@ -109,33 +126,51 @@ def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, conso
         settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, binarize="none"))
         console.print(f"{splits.spec.name} is already binarised: data.binarize={binarize} has no effect", highlight=False)
 
-    if resume is None:
-        run_dir = runs.new_run_dir(Path(settings.run.runs_dir), settings.run.name)
-        ckpt = None
-    else:
+    if env.active and settings.train.batch_size % env.world:
+        raise DrawError(
+            f"train.batch_size {settings.train.batch_size} is the global batch and must be divisible "
+            f"by the {env.world} processes"
+        )
+    # Rank 0 alone creates the run directory and writes its files; it tells the others how that went.
+    run_dir, ckpt, error = None, None, None
+    if resume is not None:
         run_dir, ckpt = resume
-    settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
-    runs.write_config(run_dir, settings)
-    console.print(f"run: {run_dir}" + (f" (resuming at step {ckpt['step']})" if ckpt else ""), highlight=False)
+    if env.is_main:
+        try:
+            if run_dir is None:
+                run_dir = runs.new_run_dir(Path(settings.run.runs_dir), settings.run.name)
+            settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
+            runs.write_config(run_dir, settings)
+        except DrawError as e:
+            error = str(e)
+    distributed.agree(error, env)
+    if error is not None:
+        raise DrawError(error)
+    if env.is_main:
+        console.print(f"run: {run_dir}" + (f" (resuming at step {ckpt['step']})" if ckpt else ""), highlight=False)
 
     progress = TrainProgress(console)
+    callbacks = [runs.RunRecorder(run_dir), progress] if env.is_main else []
     try:
-        with StopOnSignal() as stop:
+        with StopOnSignal(announce=env.is_main) as stop:
             result = train(
                 settings,
                 splits.train,
                 splits.eval,
                 device,
-                callbacks=[runs.RunRecorder(run_dir), progress],
+                callbacks=callbacks,
                 resume=ckpt,
                 eval_split=splits.eval_name,
                 should_stop=stop.requested,
+                env=env,
             )
     except Interrupted as e:
         hint = f"saved {run_dir / 'checkpoints' / 'last.pt'}; continue with: draw train --resume {run_dir.name}"
         raise Interrupted(e.step, hint) from None
     finally:
         progress.close()
+    if not env.is_main:
+        return run_dir
     if result.eval and settings.train.eval_samples:
         from drawcli.evaluate import iwae_report, report_line
 
