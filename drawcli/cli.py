@@ -218,7 +218,9 @@ def animate(
     hold: float = typer.Option(2.0, "--hold", help="Seconds the last frame stays before the loop restarts."),
     boxes: bool = typer.Option(False, "--boxes", help="Overlay each sample's write window (red)."),
     reconstruct: bool = typer.Option(False, "--reconstruct", help="Animate reconstructions of test images, with read (green) and write (red) windows."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Timeline bar under the frames."),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="Timeline bar under the frames (it also stops the GIF encoder merging glimpses that change nothing)."
+    ),
     load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same animation."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
