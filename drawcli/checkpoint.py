@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ def atomic_save(obj: Any, path: Path) -> None:
         except FileNotFoundError:
             pass
         if isinstance(e, OSError):
-            raise DrawError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+            # The destination was never opened: whatever it held before is still there.
+            raise DrawError(
+                f"cannot write checkpoint {path}: {e.strerror or e} (the previous file, if any, is unchanged)"
+            ) from None
         raise
 
 
@@ -67,30 +71,201 @@ def atomic_link(src: Path, dst: Path) -> None:
         raise DrawError(f"cannot write checkpoint {dst}: {e.strerror or e}") from None
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since PyTorch 1.6
+MODEL_KEYS = ("steps", "hidden", "embed", "attention", "read_n", "write_n")  # model_config beyond height, width
+
+
+def _first_sentence(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    return text.splitlines()[0].split(". ")[0][:160]
+
+
+def _refusal(e: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, without its advice to turn the check off."""
+    text = str(e)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"the checkpoint holds Python objects, not only tensors and plain data ({found.group(1)})"
+    found = re.search(r"Unsupported operand \d+", text)
+    return f"its pickle is not plain data ({found.group(0) if found else 'unsupported content'})"
+
+
 def load(path: Path, map_location="cpu") -> dict:
-    """Load and sanity-check a drawcli checkpoint; any problem is a one-line DrawError."""
+    """Load and sanity-check a drawcli checkpoint; any problem is a one-line DrawError.
+
+    Only zip-format PyTorch files are opened, and only with ``weights_only=True``: a file
+    that would run code when unpickled is refused before anything in it runs. Then the
+    contents are checked against each other (weights against model_config, model_config
+    against the saved settings, optimizer state against the weights), so no later step
+    meets a shape it did not expect.
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise DrawError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise DrawError(f"{path}: checkpoint is empty (0 bytes)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise DrawError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if size == 0:
+        raise DrawError(f"{path}: checkpoint is empty (0 bytes)")
+    if head != _ZIP_MAGIC:
+        if head[:1] == b"\x80":  # pickle protocol 2+: a bare pickle or a pre-1.6 torch file
+            raise DrawError(
+                f"{path}: refused to load: a bare pickle, not a drawcli checkpoint "
+                "(pickles can run code; drawcli reads only the zip checkpoints it writes)"
+            )
+        raise DrawError(f"{path}: not a drawcli checkpoint (not a PyTorch zip file; it starts with {head.hex()})")
+    # The zip's own CRCs catch truncation and flipped bits, which torch.load does not check.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise DrawError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_sentence(e)}") from None
+    if bad is not None:
+        raise DrawError(f"{path}: not a readable checkpoint (corrupt: {bad} fails its CRC check)")
+    try:
+        with warnings.catch_warnings():  # torch's warnings would be extra lines around the one error
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses anything but plain types and tensors: a crafted pickle lands here.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
-        raise DrawError(f"{path}: refused to load: not a plain-data checkpoint ({first[:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DrawError(f"{path}: not a readable checkpoint (truncated or corrupt?): {msg[:160]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise DrawError(f"{path}: not a drawcli checkpoint")
+        raise DrawError(f"{path}: refused to load: {_refusal(e)}; drawcli never runs code from a file") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError, TypeError) as e:
+        raise DrawError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_sentence(e)}") from None
+    if not isinstance(ckpt, dict):
+        raise DrawError(f"{path}: not a drawcli checkpoint (a {type(ckpt).__name__}, not a dict)")
+    if ckpt.get("format") != FORMAT:
+        keys = ", ".join(sorted(map(str, ckpt)))
+        keys = keys if len(keys) <= 120 else keys[:117] + "..."
+        raise DrawError(f"{path}: not a drawcli checkpoint (no format {FORMAT!r} in it; its keys: {keys or 'none'})")
+    version = ckpt.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise DrawError(
+            f"{path}: written by a newer drawcli ({ckpt.get('package_version', '?')}, checkpoint format {version}); "
+            f"this one reads format {FORMAT_VERSION}: upgrade drawcli"
+        )
     for key in ("model_config", "model", "settings", "epoch", "step"):
         if key not in ckpt:
             raise DrawError(f"{path}: checkpoint lacks {key!r}")
+    try:
+        _check_contents(ckpt)
+    except DrawError as e:
+        raise DrawError(f"{path}: {e}") from None
     return ckpt
+
+
+def _shape(t) -> str:
+    return "(" + ", ".join(map(str, t.shape)) + ")"
+
+
+def _check_contents(ckpt: dict) -> None:
+    """The parts of a checkpoint agree with each other; a DrawError (without the path) if not."""
+    import torch
+
+    from drawcli.settings import Settings, apply_overrides, from_dict
+
+    for key in ("epoch", "step"):
+        value = ckpt[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DrawError(f"{key} must be a whole number >= 0, got {value!r}")
+
+    cfg = ckpt["model_config"]
+    if not isinstance(cfg, dict) or set(cfg) != {"height", "width", *MODEL_KEYS}:
+        got = sorted(map(str, cfg)) if isinstance(cfg, dict) else type(cfg).__name__
+        raise DrawError(f"model_config must hold height, width, {', '.join(MODEL_KEYS)}; got {got}")
+    for key in ("height", "width"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise DrawError(f"model_config: {key} must be a whole number >= 1, got {cfg[key]!r}")
+    # The same rules as for settings: types and ranges of steps, hidden, embed, ...
+    apply_overrides(Settings(), {"model": {k: cfg[k] for k in MODEL_KEYS}}, origin="model_config: ")
+
+    if not isinstance(ckpt["settings"], dict):
+        raise DrawError(f"settings must be a mapping, got {type(ckpt['settings']).__name__}")
+    saved = from_dict(ckpt["settings"]).model
+    for key in MODEL_KEYS:
+        if getattr(saved, key) != cfg[key]:
+            raise DrawError(
+                f"model_config ({key}={cfg[key]!r}) disagrees with its saved settings "
+                f"(model.{key}={getattr(saved, key)!r}): the file was altered or is corrupt"
+            )
+
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise DrawError("model must be a mapping of names to tensors")
+    from drawcli.model import DRAW
+
+    try:
+        try:
+            with torch.device("meta"):  # shapes only: nothing is allocated
+                expected = DRAW(**cfg)
+        except Exception:  # noqa: BLE001 - an __init__ that needs real tensors: build it for real
+            expected = DRAW(**cfg)
+    except Exception as e:  # noqa: BLE001 - any failure means the config is unusable
+        raise DrawError(f"model_config does not describe a DRAW model: {_first_sentence(e)}") from None
+    want = expected.state_dict()
+    describe = ", ".join(f"{k}={cfg[k]}" for k in MODEL_KEYS)
+    missing = [k for k in want if k not in weights]
+    extra = [k for k in weights if k not in want]
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise DrawError(f"model weights do not match its model_config ({describe}): {what}")
+    for key, tensor in want.items():
+        if weights[key].shape != tensor.shape:
+            raise DrawError(
+                f"model weights do not match its model_config ({describe}): {key} is "
+                f"{_shape(weights[key])}, expected {_shape(tensor)}"
+            )
+
+    optimizer = ckpt.get("optimizer")
+    if optimizer is not None:
+        _check_optimizer(optimizer, list(expected.parameters()))
+    rng = ckpt.get("rng")
+    if rng is not None and (
+        not isinstance(rng, dict)
+        or not all(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1 for v in rng.values())
+    ):
+        raise DrawError("rng must be a mapping of names to generator states (1-D uint8 tensors)")
+    metrics = ckpt.get("metrics")
+    if metrics is not None and (
+        not isinstance(metrics, dict)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
+    ):
+        raise DrawError("metrics must be a mapping of names to numbers")
+    best = ckpt.get("best_loss")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        raise DrawError(f"best_loss must be a number, got {best!r}")
+
+
+def _check_optimizer(optimizer, params) -> None:
+    """An Adam state_dict whose per-parameter state fits the model's parameters, in order."""
+    import torch
+
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    state = optimizer.get("state") if isinstance(optimizer, dict) else None
+    if not isinstance(groups, list) or not isinstance(state, dict) or not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    ):
+        raise DrawError("optimizer must be an optimizer state_dict (state, param_groups)")
+    ids = [i for g in groups for i in g["params"]]
+    if len(ids) != len(params):
+        raise DrawError(f"optimizer state is for {len(ids)} parameter tensors, the model has {len(params)}")
+    if len(groups) != 1:
+        return  # several groups need not follow model.parameters() order: torch checks the rest
+    for i, param in zip(ids, params):
+        for name, value in (state.get(i) or {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise DrawError(
+                    f"optimizer state does not match the model: {name} of parameter {i} is "
+                    f"{_shape(value)}, expected {_shape(param)}"
+                )
 
 
 def epoch_file(epoch: int) -> str:

@@ -8,6 +8,7 @@ registry or gzipped (``<file>.gz``). Images are kept as uint8 0..255 arrays
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import sys
 import zlib
@@ -80,7 +81,7 @@ def parse_idx(data: bytes, path: Path, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DrawError(f"{path}: truncated IDX header")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: a hostile header cannot overflow it
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "too long"
         raise DrawError(f"{path}: {what} IDX data: {len(data)} bytes, header {dims} needs {expected}")

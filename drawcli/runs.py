@@ -56,9 +56,11 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
 def resolve_run(ref: str, runs_dir: Path) -> Path:
     """A run name under runs_dir, or a path to a run directory."""
     candidate = Path(ref)
-    if ("/" in ref or "\\" in ref or ref.startswith(".")) and (candidate / "config.yaml").is_file():
+    # A path (it has a separator, or is . or ..) names a run directory; anything else is a name.
+    pathlike = "/" in ref or "\\" in ref or ref in (".", "..")
+    if pathlike and (candidate / "config.yaml").is_file():
         return candidate
-    if "/" in ref or "\\" in ref or ".." in ref:
+    if pathlike:
         if candidate.is_dir():
             raise DrawError(f"{ref} is not a run directory (no config.yaml in it)")
         raise DrawError(f"run directory not found: {ref}")

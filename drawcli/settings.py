@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -115,7 +116,8 @@ OPEN_UNIT = {("train", "beta1"), ("train", "beta2")}  # in [0, 1)
 
 
 def _nearest(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    # 0.6: 'stepz' -> 'steps' and 'lrr' -> 'lr', but no 'colour' -> 'lr'.
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
     if close:
         return f" (did you mean '{close[0]}'?)"
     return f" (valid keys: {', '.join(valid)})"
@@ -175,6 +177,14 @@ def _coerce(section: str, key: str, value: Any) -> Any:
         raise DrawError(f"{where}: must be > 0, got {value!r}")
     if (section, key) in OPEN_UNIT and not 0 <= value < 1:
         raise DrawError(f"{where}: must be in [0, 1), got {value!r}")
+    if (section, key) == ("run", "name"):
+        # Checked here, before any data is read or downloaded, not only when the run is made.
+        from drawcli.runs import validate_name
+
+        try:
+            validate_name(value)
+        except DrawError as e:
+            raise DrawError(f"{where}: {e}") from None
     return value
 
 
@@ -206,7 +216,10 @@ def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], 
         checked = {}
         for key, value in values.items():
             _check_key(section, str(key), origin)
-            checked[key] = _coerce(section, key, value)
+            try:
+                checked[key] = _coerce(section, key, value)
+            except DrawError as e:  # name where the value came from: the file, --set, ...
+                raise DrawError(f"{origin}{e}") from None
         sections[section] = dataclasses.replace(getattr(base, section), **checked)
     return dataclasses.replace(base, **sections)
 
@@ -217,14 +230,22 @@ def load_yaml(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DrawError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DrawError(f"cannot read config file {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        byte = f"byte 0x{e.object[e.start]:02x} at offset {e.start}"
+        raise DrawError(f"cannot read config file {path}: not UTF-8 text ({byte})") from None
+    except OSError as e:
+        raise DrawError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
+        # safe_load only: a python/* tag is refused, never constructed (nothing runs).
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        tag = re.fullmatch(r"could not determine a constructor for the tag '([^']*)'", problem.strip())
+        if tag:
+            name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            problem = f"tag {name} refused (settings files hold plain values only; nothing in them is run)"
         raise DrawError(f"{path}: not valid YAML{where}: {problem}") from None
     if data is None:
         return {}

@@ -31,6 +31,9 @@ def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tup
     if not last.is_file():
         raise DrawError(f"run {run_dir.name!r} has no last.pt checkpoint to resume from")
     ckpt = ckpt_io.load(last)
+    for key in ("optimizer", "rng"):  # optional for sampling and evaluation, needed to continue training
+        if key not in ckpt:
+            raise DrawError(f"{last}: checkpoint lacks {key!r}, so the run cannot be resumed")
     saved = from_dict(ckpt["settings"])
     saved = dataclasses.replace(saved, train=dataclasses.replace(saved.train, max_steps=None))
     settings = build_settings(config, flags, sets, base=saved)

@@ -260,9 +260,9 @@ def _replace_into(path: Path, write) -> None:
 
     The temp name keeps the suffix: imageio's ffmpeg plugin picks the container by it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
     except OSError as e:
