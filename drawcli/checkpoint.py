@@ -11,6 +11,7 @@ A checkpoint is a dict:
 from __future__ import annotations
 
 import os
+import shutil
 import pickle
 import re
 import warnings
@@ -19,56 +20,29 @@ from pathlib import Path
 from typing import Any
 
 from drawcli.errors import DrawError
+from drawcli.files import replace_atomically
 
 FORMAT = "drawcli-checkpoint"
 FORMAT_VERSION = 1
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then os.replace.
-
-    A crash or a full disk leaves the previous file intact and no temp file behind.
-    """
+    """torch.save through a temp file, fsync and os.replace (see files.replace_atomically)."""
     import torch
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            # The destination was never opened: whatever it held before is still there.
-            raise DrawError(
-                f"cannot write checkpoint {path}: {e.strerror or e} (the previous file, if any, is unchanged)"
-            ) from None
-        raise
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp), what="checkpoint ")
 
 
 def atomic_link(src: Path, dst: Path) -> None:
     """Make dst hold src's checkpoint without another copy on disk where possible (hard link)."""
-    import shutil
 
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    try:
+    def link(tmp: Path) -> None:
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise DrawError(f"cannot write checkpoint {dst}: {e.strerror or e}") from None
+
+    replace_atomically(dst, link, what="checkpoint ")
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since PyTorch 1.6

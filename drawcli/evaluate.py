@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from rich.table import Table
 
 from drawcli import __version__
 from drawcli.errors import DrawError
+from drawcli.files import write_text_atomically
 from drawcli.model import DRAW
 
 SPLITS = ("test", "valid", "train")
@@ -344,22 +344,8 @@ def paper_comparison(
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    """JSON to a temp file beside ``path``, fsync, then os.replace: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise DrawError(f"cannot write {path}: {e.strerror or e}") from None
+    """JSON through a temp file, fsync and os.replace: never a half-written file."""
+    write_text_atomically(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _load_split(dataset: str, data_dir: Path, split: str, run_validation: bool, console: Console) -> np.ndarray:

@@ -9,12 +9,12 @@ Layout of ``RUNS_DIR/NAME/``:
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from drawcli import checkpoint as ckpt_io
 from drawcli.errors import DrawError
+from drawcli.files import write_text_atomically
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -132,10 +132,5 @@ class RunRecorder:
 
 
 def write_config(run_dir: Path, settings) -> None:
-    path = Path(run_dir) / "config.yaml"
-    tmp = path.with_name(".config.yaml.tmp")
-    try:
-        tmp.write_text("# drawcli resolved settings; reproduce with: draw train --config THIS_FILE --name NEW\n" + settings.to_yaml(), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise DrawError(f"cannot write {path}: {e.strerror or e}") from None
+    header = "# drawcli resolved settings; reproduce with: draw train --config THIS_FILE --name NEW\n"
+    write_text_atomically(Path(run_dir) / "config.yaml", header + settings.to_yaml())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from drawcli.errors import DrawError
+from drawcli.files import replace_atomically
 
 WRITE_COLOR = (255, 0, 0)  # red, as in the paper's figures
 READ_COLOR = (0, 255, 0)  # green
@@ -256,20 +256,8 @@ def parse_indices(spec: str | Sequence[int], limit: int) -> list[int]:
 
 # ----------------------------------------------------------------------------- writers
 def _replace_into(path: Path, write) -> None:
-    """Write through a temp file in the same folder, so a failure never leaves half a picture.
-
-    The temp name keeps the suffix: imageio's ffmpeg plugin picks the container by it.
-    """
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise DrawError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write through a temp file in the same folder, so a failure never leaves half a picture."""
+    replace_atomically(path, write)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

@@ -1,0 +1,41 @@
+"""Atomic file writes: every file drawcli writes appears whole or not at all."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from drawcli.errors import DrawError
+
+
+def replace_atomically(path: str | Path, write: Callable[[Path], None], what: str = "") -> None:
+    """Call ``write(tmp)`` for a temp file beside ``path``, fsync it, then ``os.replace`` it into place.
+
+    A crash, a full disk (ENOSPC) or any error leaves the previous file untouched and
+    no temp file behind; an OSError becomes one DrawError line. The temp name keeps
+    the suffix, since some writers (imageio) choose the format by it.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. the parent is not a directory: there is no temp file
+            pass
+        if isinstance(e, OSError):
+            # The destination was never opened: whatever it held before is still there.
+            raise DrawError(
+                f"cannot write {what}{path}: {e.strerror or e} (the previous file, if any, is unchanged)"
+            ) from None
+        raise
+
+
+def write_text_atomically(path: str | Path, text: str, what: str = "") -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), what)
