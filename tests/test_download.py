@@ -729,3 +729,26 @@ def test_progress_bar_on_terminal_and_silence_when_quiet(server, tiny, tmp_path)
 def test_import_does_not_load_torch():
     code = "import sys, drawcli.download; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_draw_train_downloads_a_missing_set_then_trains_on_fashion_mnist(server, tmp_path, monkeypatch):
+    """`draw train --dataset fashion-mnist` fetches the missing set through the same code, then trains."""
+    from typer.testing import CliRunner
+
+    from drawcli import checkpoint
+    from drawcli.cli import app
+
+    syn = make_idx_set(tmp_path / "src", name="fashion-mnist", n_train=20, n_test=6, seed=4)
+    server.mounts["fm"] = syn.gz_dir
+    spec = dataclasses.replace(datasets.FASHION_MNIST, files=syn.spec.files, mirrors=(server.url("fm"),))
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist", spec)
+    monkeypatch.setattr(download, "install_dataset", functools.partial(download.install_dataset, allow_http=True))
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--steps", "2",
+            "--hidden", "8", "--embed", "2", "-b", "10", "--max-steps", "2", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.stderr)
+    assert "downloading it" in result.output
+    assert data.load_splits("fashion-mnist", tmp_path / "data").train.shape == (20, 28, 28)
+    assert checkpoint.load(tmp_path / "runs" / "run1" / "checkpoints" / "last.pt")["step"] == 2
+    assert len(server.requests("fm")) == 4  # once each file, not again for training

@@ -82,3 +82,18 @@ def test_non_finite_loss_stops_with_the_step_and_term(tmp_path, synthetic_data_d
     kept = ckpt_io.load(tmp_path / "runs" / "blow" / "checkpoints" / "last.pt")
     assert kept["step"] == good["step"]
     assert all(torch.equal(kept["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_second_sigint_quits_at_once_without_a_partial_checkpoint(tmp_path, synthetic_data_dir):
+    env = {**os.environ, "DRAW_DATA_DIR": str(synthetic_data_dir), "PYTHONUNBUFFERED": "1"}
+    proc = draw(*ARGS, "--name", "twice", cwd=tmp_path, env=env)
+    ckpts = tmp_path / "runs" / "twice" / "checkpoints"
+    wait_for_step(tmp_path / "runs" / "twice" / "metrics.jsonl", 14, proc)  # epoch 1's checkpoint exists
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    # Whatever happened first, last.pt is a whole checkpoint (the old one or the new one).
+    assert ckpt_io.load(ckpts / "last.pt")["step"] >= 12
+    assert not list(ckpts.glob(".*tmp*"))
