@@ -1,0 +1,440 @@
+"""How fast DRAW trains and samples here, and how close that is to the hardware.
+
+    python benchmarks/speed.py                 # paper config, CPU or CUDA (auto)
+    python benchmarks/speed.py --quick         # smoke test: fewer repeats
+    python benchmarks/speed.py --device cpu --batch-sizes 64,128 --steps 10 --out my.json
+
+In one process, on one device:
+1. the float32 matrix-multiply rate on the model's own GEMM shapes (every distinct shape a
+   training step or a sampling step runs, weighted by how often it runs);
+2. the model's FLOPs per image, counted from its dimensions (see ``flops_per_image``);
+3. training steps (forward, backward, gradient clipping, Adam; after warm-up, median of
+   several) and sampling from the prior, for drawcli's DRAW and for the plain eager baseline
+   in benchmarks/baseline.py; images/s, achieved GFLOP/s, the fraction of the measured GEMM
+   rate, peak memory, and the speedup over the baseline.
+Results go to a JSON file (default benchmarks/results-<device>.json).
+
+Peak memory. CUDA: torch.cuda.max_memory_allocated (reset before each phase). CPU: the
+process's peak resident set size from resource.getrusage (ru_maxrss), which on Linux is reset
+before each phase by writing 5 to /proc/self/clear_refs, so each number is the peak RSS of the
+whole process (Python, torch, data, model, optimizer, buffers) during that phase. Where that
+reset is unavailable the number is the peak since the process started, and the JSON says so.
+(tracemalloc does not see torch's allocations, and ru_maxrss differences between phases are
+not per-phase peaks.)
+
+CPU timings on a shared machine: other processes stealing a core slow OpenMP-parallel code
+far more than their share. Each result records the load average and the ratio of process CPU
+time to wall time (about the thread count when the machine was ours); compare runs only at a
+similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+from drawcli.model import _WORKSPACES, DRAW  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("draw_baseline", HERE / "baseline.py")
+baseline = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(baseline)
+
+PAPER = dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5)
+ADAM = dict(lr=1e-3, betas=(0.5, 0.999))  # drawcli's train defaults
+GRAD_CLIP = 5.0
+
+
+# ----------------------------------------------------------------------------- FLOP counting
+def step_gemms(cfg: dict, batch: int) -> dict[str, list[tuple[int, int, int, int]]]:
+    """The matrix products of one time step, as (m, k, n, count) with FLOPs = 2 m k n count.
+
+    forward: encoder LSTM over [r_t, h^dec_{t-1}, h^enc_{t-1}], q (mu, log sigma) over h^enc_t,
+    decoder LSTM over [z_t, h^dec_{t-1}], write head and attention heads over h^dec_t.
+    Without attention the read is [x, x_hat] (2 H W inputs to the encoder) and the write
+    head emits H W values.
+    """
+    hd, z = cfg["hidden"], cfg["embed"]
+    pixels = cfg["height"] * cfg["width"]
+    read = 2 * cfg["read_n"] ** 2 if cfg["attention"] else 2 * pixels
+    write = cfg["write_n"] ** 2 if cfg["attention"] else pixels
+    heads = write + (10 if cfg["attention"] else 0)
+    return {
+        "encoder": [(batch, read + 2 * hd, 4 * hd, 1)],
+        "q": [(batch, hd, 2 * z, 1)],
+        "decoder": [(batch, z + hd, 4 * hd, 1)],
+        "heads": [(batch, hd, heads, 1)],
+    }
+
+
+def attention_flops(cfg: dict) -> tuple[int, int]:
+    """Per image and step: (read, write) batched-matmul FLOPs of eq 27 and eq 29."""
+    if not cfg["attention"]:
+        return 0, 0
+    H, W, nr, nw = cfg["height"], cfg["width"], cfg["read_n"], cfg["write_n"]
+    read = 2 * nr * H * (2 * W) + 2 * (2 * nr) * W * nr  # F_Y [x | x_hat], then (.) F_X^T
+    write = 2 * H * nw * nw + 2 * H * nw * W  # F_Y^T w, then (.) F_X
+    return read, write
+
+
+def flops_per_image(cfg: dict) -> dict[str, float]:
+    """FLOPs per image, counted from the dimensions (multiply-add = 2 FLOPs).
+
+    forward = T x (the step's GEMMs + the attention bmm's); bias adds, nonlinearities, the
+    filterbank and the losses are elementwise and not counted (a few % at the paper config).
+    training = 3 x forward: backward computes, for every product, the input gradient and the
+    weight gradient, each as many FLOPs as the forward product (also for the attention bmm's).
+    sampling = T x (decoder LSTM + write head + write attention head + write bmm's).
+    These are the model's nominal FLOPs, the same for every implementation. Without attention,
+    drawcli computes x's (constant) share of the encoder input once per sequence instead of
+    once per step, so it does fewer FLOPs than counted and its "fraction of the GEMM rate"
+    overstates the hardware use (with attention the two agree).
+    """
+    gemms = step_gemms(cfg, 1)
+    per_step = {k: sum(2 * m * kk * n * c for m, kk, n, c in v) for k, v in gemms.items()}
+    read_bmm, write_bmm = attention_flops(cfg)
+    forward = cfg["steps"] * (sum(per_step.values()) + read_bmm + write_bmm)
+    write = cfg["write_n"] ** 2 if cfg["attention"] else cfg["height"] * cfg["width"]
+    sample_heads = 2 * cfg["hidden"] * (write + (5 if cfg["attention"] else 0))
+    sampling = cfg["steps"] * (per_step["decoder"] + sample_heads + write_bmm)
+    return {"forward": float(forward), "training": 3.0 * forward, "sampling": float(sampling),
+            "forward_per_step": {k: float(v) for k, v in per_step.items()},
+            "attention_bmm_per_step": {"read": float(read_bmm), "write": float(write_bmm)}}
+
+
+# ----------------------------------------------------------------------------- timing helpers
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int, warmup: int) -> dict:
+    """Wall and process-CPU seconds per call: median, min, max over ``repeats`` after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        sync(device)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return {"median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
+            "cpu_over_wall": statistics.median(c / w for c, w in zip(cpus, walls)), "repeats": repeats}
+
+
+class PeakMemory:
+    """Peak memory of a phase: CUDA allocator peak, or process peak RSS on CPU (see module doc)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.per_phase = True
+
+    def reset(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the peak RSS (VmHWM, ru_maxrss) to the current RSS
+        except OSError:
+            self.per_phase = False
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def gemm_rate(shapes: list[tuple[int, int, int, int]], device, repeats: int) -> dict:
+    """float32 rate on exactly these products, FLOP-weighted: sum(FLOPs) / sum(time).
+
+    Each distinct (m, k, n) runs as an nn.Linear-style product x (m, k) @ W^T (k, n) into a
+    preallocated output, in ``repeats`` bursts of ~30 ms; the fastest burst counts. This is
+    the machine's capability (best of several, unlike the model timings, which are medians), so
+    interference from other processes lowers the achieved fraction rather than raising it."""
+    total_flops, total_time, rows = 0.0, 0.0, []
+    for m, k, n, count in shapes:
+        a = torch.randn(m, k, device=device)
+        w = torch.randn(n, k, device=device)
+        out = torch.empty(m, n, device=device)
+        fn = lambda: torch.mm(a, w.t(), out=out)  # noqa: E731
+        t = timed(fn, device, 3, 2)["median_s"]
+        calls = max(1, min(2000, int(0.03 / max(t, 1e-7))))
+        per_call = []
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync(device)
+            per_call.append((time.perf_counter() - t0) / calls)
+        t = min(per_call)
+        flops = 2.0 * m * k * n
+        rows.append({"m": m, "k": k, "n": n, "count": count, "gflops": flops / t / 1e9})
+        total_flops += flops * count
+        total_time += t * count
+    return {"gflops": total_flops / total_time / 1e9, "shapes": rows}
+
+
+def training_gemms(cfg: dict, batch: int) -> list[tuple[int, int, int, int]]:
+    """Every product of one training step: per time step the forward products, the input-
+    gradient products (same FLOPs), and the weight gradients as one (T * batch)-row product
+    each (as the fast path computes them)."""
+    T, out = cfg["steps"], []
+    for (m, k, n, _), in step_gemms(cfg, batch).values():
+        out.append((m, k, n, T))  # forward
+        out.append((m, n, k, T))  # gradient w.r.t. the inputs
+        out.append((n, T * m, k, 1))  # weight gradient, one long product
+    return out
+
+
+def sampling_gemms(cfg: dict, n: int) -> list[tuple[int, int, int, int]]:
+    (m, k, nn, _), = step_gemms(cfg, n)["decoder"]
+    write = cfg["write_n"] ** 2 if cfg["attention"] else cfg["height"] * cfg["width"]
+    return [(m, k, nn, cfg["steps"]), (n, cfg["hidden"], write + (5 if cfg["attention"] else 0), cfg["steps"])]
+
+
+# ----------------------------------------------------------------------------- the runs
+def make_models(cfg, device, seed=0):
+    torch.manual_seed(seed)
+    fast = DRAW(**cfg).to(device)
+    base = baseline.BaselineDRAW.from_draw(fast)
+    return fast, base
+
+
+def train_step_fn(model, cfg, batch, device):
+    """One training step as drawcli's train loop runs it: forward, backward, clip, Adam."""
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(batch, cfg["height"], cfg["width"], generator=g).bernoulli().to(device)
+    opt = torch.optim.Adam(model.parameters(), **ADAM)
+    params = list(model.parameters())
+
+    def step():
+        out = model(x)
+        loss = (out["loss"] if isinstance(out, dict) else out.loss).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        opt.step()
+
+    return step
+
+
+def sample_fn(model, n, device):
+    g = torch.Generator(device=device).manual_seed(n)
+    return lambda: model.generate(n, generator=g)
+
+
+def release_memory(models):
+    """Drop drawcli's reusable step buffers and hand freed heap back to the OS, so the next
+    phase's peak RSS is its own."""
+    for m in models:
+        _WORKSPACES.pop(m, None)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure(fns: dict, device, repeats: dict, warmup: int, mem: PeakMemory, models) -> dict:
+    """Per implementation: a memory phase alone (warm-up calls, peak memory), then all
+    implementations timed interleaved, call by call, so that load from other processes hits
+    them alike and the speedup ratio stays fair."""
+    out = {}
+    for name, fn in fns.items():
+        release_memory(models)
+        mem.reset()
+        for _ in range(max(1, warmup)):
+            fn()
+        sync(device)
+        out[name] = {"peak_memory_mb": mem.peak_mb(), "walls": [], "cpus": []}
+    for name, fn in fns.items():  # the memory phases dropped drawcli's buffers: rebuild them untimed
+        fn()
+    for i in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if i >= repeats[name]:
+                continue
+            sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            sync(device)
+            out[name]["walls"].append(time.perf_counter() - t0)
+            out[name]["cpus"].append(time.process_time() - c0)
+    for r in out.values():
+        walls, cpus = r.pop("walls"), r.pop("cpus")
+        r.update(median_s=statistics.median(walls), min_s=min(walls), max_s=max(walls), repeats=len(walls),
+                 cpu_over_wall=statistics.median(c / w for c, w in zip(cpus, walls)))
+    return out
+
+
+def summarise(r: dict, images: int, flops_per_img: float, rate: float) -> dict:
+    ips = images / r["median_s"]
+    gflops = ips * flops_per_img / 1e9
+    return dict(r, images_per_s=ips, gflops=gflops, fraction_of_gemm_rate=gflops / rate)
+
+
+def check_equal(cfg, device) -> float:
+    """Sanity check before timing: both implementations give the same loss (float32)."""
+    fast, base = make_models(dict(cfg), device, seed=1)
+    x = torch.rand(4, cfg["height"], cfg["width"], generator=torch.Generator().manual_seed(0)).bernoulli().to(device)
+    with torch.no_grad():
+        a = fast(x, generator=torch.Generator(device=device).manual_seed(0)).loss
+        b = base(x, generator=torch.Generator(device=device).manual_seed(0))["loss"]
+    return float(((a - b).abs() / b.abs()).max())
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    return torch.device(spec)
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--batch-sizes", default="64,128,256", help="training and sampling batch sizes")
+    ap.add_argument("--sample-sizes", default="1000", help="extra sampling batch sizes")
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps per batch size (after warm-up)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--baseline-steps", type=int, default=None, help="default: steps // 2, at least 2")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the baseline (no speedup ratios)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 2 timed steps, 1 warm-up")
+    for key in ("steps", "hidden", "embed", "read_n", "write_n"):
+        ap.add_argument("--" + ("T" if key == "steps" else key.replace("_", "-")), dest="cfg_" + key, type=int,
+                        default=PAPER[key])
+    ap.add_argument("--no-attention", action="store_true")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results-<device>.json)")
+    args = ap.parse_args(argv)
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.steps, args.warmup = 2, 1
+    base_steps = args.baseline_steps or max(2, args.steps // 2)
+    cfg = dict(PAPER, **{k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")})
+    cfg["attention"] = not args.no_attention
+    batches = [int(b) for b in args.batch_sizes.split(",") if b]
+    samples = batches + [int(b) for b in args.sample_sizes.split(",") if b and int(b) not in batches]
+    gemm_repeats = 3 if args.quick else 5
+    flops = flops_per_image(cfg)
+    mem = PeakMemory(device)
+
+    def say(*a):
+        print(*a, flush=True)
+
+    result = {
+        "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "config": cfg, "adam": ADAM, "grad_clip": GRAD_CLIP, "load_average_start": list(os.getloadavg()),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE") if k in os.environ},
+        "flops_per_image": flops, "argv": sys.argv[1:],
+    }
+    say(f"device {device} ({result['device_name']}), torch {torch.__version__}, threads {result['threads']}, "
+        f"load {result['load_average_start'][0]:.2f}")
+    say(f"config {cfg}")
+    say(f"FLOPs per image: training {flops['training'] / 1e6:.1f} M (3 x forward {flops['forward'] / 1e6:.1f} M), "
+        f"sampling {flops['sampling'] / 1e6:.1f} M")
+    err = check_equal(cfg, device)
+    result["baseline_max_relative_loss_difference"] = err
+    say(f"fast path vs baseline, same weights and noise: max relative loss difference {err:.1e}")
+
+    # 1. matrix-multiply rate on the model's own shapes
+    big = gemm_rate([(2048, 2048, 2048, 1)], device, gemm_repeats)["gflops"]
+    result["gemm"] = {"square_2048_gflops": big, "training": {}, "sampling": {}}
+    for b in batches:
+        result["gemm"]["training"][b] = gemm_rate(training_gemms(cfg, b), device, gemm_repeats)
+    for n in samples:
+        result["gemm"]["sampling"][n] = gemm_rate(sampling_gemms(cfg, n), device, gemm_repeats)
+    say(f"float32 GEMM: 2048^3 {big:.0f} GFLOP/s; model shapes, training " +
+        ", ".join(f"B={b}: {result['gemm']['training'][b]['gflops']:.0f}" for b in batches) + "; sampling " +
+        ", ".join(f"n={n}: {result['gemm']['sampling'][n]['gflops']:.0f}" for n in samples) + " GFLOP/s")
+
+    # 2. training and sampling: drawcli's DRAW and the baseline, interleaved
+    result["training"], result["sampling"] = {}, {}
+    impls = ["drawcli"] + ([] if args.no_baseline else ["baseline"])
+    steps = {"drawcli": args.steps, "baseline": base_steps}
+
+    def report(kind, impl, size, r):
+        say(f"{kind:6s} {impl:8s} {'B' if kind == 'train' else 'n'}={size:<5d} {r['images_per_s']:7.1f} img/s  "
+            f"{r['gflops']:6.1f} GFLOP/s  {100 * r['fraction_of_gemm_rate']:5.1f}% of GEMM rate  "
+            f"peak {r['peak_memory_mb']:.0f} MB  (median of {r['repeats']}, best {size / r['min_s']:.0f} img/s, "
+            f"cpu/wall {r['cpu_over_wall']:.2f})")
+
+    for b in batches:
+        fast, base = make_models(cfg, device)
+        models = {"drawcli": fast, "baseline": base}
+        fns = {i: train_step_fn(models[i], cfg, b, device) for i in impls}
+        for impl, r in measure(fns, device, steps, args.warmup, mem, [fast]).items():
+            r = summarise(r, b, flops["training"], result["gemm"]["training"][b]["gflops"])
+            result["training"].setdefault(impl, {})[b] = r
+            report("train", impl, b, r)
+        del fast, base, models, fns
+    fast, base = make_models(cfg, device)
+    models = {"drawcli": fast, "baseline": base}
+    for n in samples:
+        fns = {i: sample_fn(models[i], n, device) for i in impls}
+        reps = {"drawcli": 3 if args.quick else 7, "baseline": 2 if args.quick else 3}
+        for impl, r in measure(fns, device, reps, 1, mem, [fast]).items():
+            r = summarise(r, n, flops["sampling"], result["gemm"]["sampling"][n]["gflops"])
+            result["sampling"].setdefault(impl, {})[n] = r
+            report("sample", impl, n, r)
+    del fast, base, models, fns
+
+    if "baseline" in impls:
+        result["speedup"] = {
+            "training": {b: result["training"]["drawcli"][b]["images_per_s"] / result["training"]["baseline"][b]["images_per_s"]
+                         for b in batches},
+            "sampling": {n: result["sampling"]["drawcli"][n]["images_per_s"] / result["sampling"]["baseline"][n]["images_per_s"]
+                         for n in samples},
+        }
+        say("speedup over the baseline: training " + ", ".join(f"B={b} {s:.2f}x" for b, s in result["speedup"]["training"].items())
+            + "; sampling " + ", ".join(f"n={n} {s:.2f}x" for n, s in result["speedup"]["sampling"].items()))
+    result["memory_note"] = (
+        "CUDA: torch.cuda.max_memory_allocated per phase" if device.type == "cuda" else
+        "CPU: peak RSS of the whole process (resource.getrusage ru_maxrss) "
+        + ("reset per phase via /proc/self/clear_refs" if mem.per_phase else "since process start (no per-phase reset)"))
+    result["load_average_end"] = list(os.getloadavg())
+    say(f"load average at the end {result['load_average_end'][0]:.2f}")
+
+    out = Path(args.out) if args.out else HERE / f"results-{device.type}.json"
+    out.write_text(json.dumps(result, indent=1, default=str))
+    say(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
