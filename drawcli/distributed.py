@@ -64,6 +64,13 @@ def init(env: DistEnv, device_spec: str):
     return device
 
 
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
     import torch.distributed as dist
 

@@ -93,7 +93,12 @@ def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, conso
     """Train according to ``settings`` (in a torchrun job when WORLD_SIZE > 1); returns the run directory."""
     env = distributed.env_from_os()
     try:
-        return _run(settings, resume, console, env)
+        run_dir = _run(settings, resume, console, env)
+        if env.active:
+            # Leave together: a rank that tears its process group down while rank 0 is still
+            # writing files can abort in gloo's threads ("terminate called without an active exception").
+            distributed.barrier()
+        return run_dir
     finally:
         if env.active:
             distributed.shutdown()
