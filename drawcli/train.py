@@ -11,6 +11,7 @@ then says where in an epoch to continue.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -67,17 +68,8 @@ class TrainResult:
 
 
 def build_model(settings: Settings, height: int, width: int) -> DRAW:
-    m = settings.model
-    return DRAW(
-        height=height,
-        width=width,
-        steps=m.steps,
-        hidden=m.hidden,
-        embed=m.embed,
-        attention=m.attention,
-        read_n=m.read_n,
-        write_n=m.write_n,
-    )
+    # ModelSettings' fields are DRAW's constructor arguments, by design.
+    return DRAW(height=height, width=width, **dataclasses.asdict(settings.model))
 
 
 def model_from_checkpoint(ckpt: dict, device) -> DRAW:
