@@ -30,7 +30,10 @@ def run_cli(*args, env=None):
     return result
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["download", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"]] + [[c, "--help"] for c in ("train", "download", "sample", "animate", "inspect-attention", "evaluate")],
+)
 def test_help_does_not_import_torch_and_ends_with_examples(argv):
     code = (
         "import sys\n"
