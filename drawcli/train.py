@@ -276,9 +276,9 @@ def train(
             lx_sum += lx_step
             lz_sum += lz_step
             steps_run += 1
-            term = torch.where(
-                ~torch.isfinite(lx_step), 1, torch.where(~torch.isfinite(lz_step), 2, torch.where(~torch.isfinite(grad_norm), 3, 0))
-            )
+            # 1 = L_x, 2 = L_z, 3 = gradient norm: the first non-finite of the three (0 if none).
+            finite = torch.isfinite(torch.stack([lx_step, lz_step, grad_norm.to(lx_step)]))
+            term = torch.where(finite.all(), 0, (~finite).int().argmax() + 1)
             newly_bad = (first_bad < 0) & (term > 0)
             first_bad = torch.where(newly_bad, steps_run, first_bad)
             bad_term = torch.where(newly_bad, term, bad_term)
