@@ -145,7 +145,7 @@ class BaselineDRAW(nn.Module):
         return out
 
     @torch.no_grad()
-    def generate(self, n, generator=None):
+    def generate(self, n, generator=None, every_step=True):
         """Prior samples (Section 2.3), same noise draws as drawcli's DRAW.generate."""
         p = self.q.weight
         z_all = torch.randn(self.steps, n, self.embed, device=p.device, dtype=p.dtype, generator=generator)
@@ -156,6 +156,7 @@ class BaselineDRAW(nn.Module):
             h, c = self.decoder(z_all[t], (h, c))
             update, params = self.write(h)
             canvas = canvas + update
-            canvases.append(canvas)
-            writes.append(params)
+            if every_step or t == self.steps - 1:
+                canvases.append(canvas)
+                writes.append(params)
         return torch.stack(canvases), (torch.stack(writes) if self.attention else None)

@@ -11,7 +11,9 @@ In one process, on one device:
 3. training steps (forward, backward, gradient clipping, Adam; after warm-up, median of
    several) and sampling from the prior, for drawcli's DRAW and for the plain eager baseline
    in benchmarks/baseline.py; images/s, achieved GFLOP/s, the fraction of the measured GEMM
-   rate, peak memory, and the speedup over the baseline.
+   rate, peak memory, and the speedup over the baseline. Sampling is `draw sample`'s work (final
+   canvases); drawcli-every-step is `draw animate`'s (every step's canvas kept). On CPUs with
+   oneDNN, drawcli-mm is drawcli with its packed per-step products switched off (torch.mm).
 Results go to a JSON file (default benchmarks/results-<device>.json).
 
 Peak memory. CUDA: torch.cuda.max_memory_allocated (reset before each phase). CPU: the
@@ -48,7 +50,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
+from drawcli import model as drawcli_model  # noqa: E402
 from drawcli.model import _WORKSPACES, DRAW  # noqa: E402
+from drawcli.train import make_adam  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("draw_baseline", HERE / "baseline.py")
 baseline = importlib.util.module_from_spec(_spec)
@@ -162,35 +166,56 @@ class PeakMemory:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
+def best_time(fn, device, repeats: int) -> float:
+    """Seconds per call: ``repeats`` bursts of ~30 ms, the fastest burst counts."""
+    t = timed(fn, device, 3, 2)["median_s"]
+    calls = max(1, min(2000, int(0.03 / max(t, 1e-7))))
+    per_call = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync(device)
+        per_call.append((time.perf_counter() - t0) / calls)
+    return min(per_call)
+
+
+def packed_available(device) -> bool:
+    return device.type == "cpu" and drawcli_model._packed_gemm_works()
+
+
 def gemm_rate(shapes: list[tuple[int, int, int, int]], device, repeats: int) -> dict:
     """float32 rate on exactly these products, FLOP-weighted: sum(FLOPs) / sum(time).
 
-    Each distinct (m, k, n) runs as an nn.Linear-style product x (m, k) @ W^T (k, n) into a
-    preallocated output, in ``repeats`` bursts of ~30 ms; the fastest burst counts. This is
-    the machine's capability (best of several, unlike the model timings, which are medians), so
-    interference from other processes lowers the achieved fraction rather than raising it."""
-    total_flops, total_time, rows = 0.0, 0.0, []
+    Each distinct (m, k, n) runs as an nn.Linear-style product x (m, k) @ W^T (k, n), in
+    ``repeats`` bursts of ~30 ms; the fastest burst counts. Two kernels are timed: torch.mm into a
+    preallocated output, and on CPU also oneDNN's linear with the weight packed beforehand (what
+    drawcli's loop uses for the per-step LSTM products). The machine's rate for a shape is the
+    faster of the two. This is the machine's capability (best of several, unlike the model
+    timings, which are medians), so interference from other processes lowers the achieved
+    fraction rather than raising it."""
+    packed = packed_available(device)
+    total_flops, total_time, mm_time, rows = 0.0, 0.0, 0.0, []
     for m, k, n, count in shapes:
         a = torch.randn(m, k, device=device)
         w = torch.randn(n, k, device=device)
         out = torch.empty(m, n, device=device)
-        fn = lambda: torch.mm(a, w.t(), out=out)  # noqa: E731
-        t = timed(fn, device, 3, 2)["median_s"]
-        calls = max(1, min(2000, int(0.03 / max(t, 1e-7))))
-        per_call = []
-        for _ in range(repeats):
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync(device)
-            per_call.append((time.perf_counter() - t0) / calls)
-        t = min(per_call)
+        t_mm = best_time(lambda: torch.mm(a, w.t(), out=out), device, repeats)
         flops = 2.0 * m * k * n
-        rows.append({"m": m, "k": k, "n": n, "count": count, "gflops": flops / t / 1e9})
+        row = {"m": m, "k": k, "n": n, "count": count, "mm_gflops": flops / t_mm / 1e9}
+        t = t_mm
+        if packed:
+            pw = torch.ops.mkldnn._reorder_linear_weight(w, m)
+            t_packed = best_time(lambda: torch.ops.mkldnn._linear_pointwise(a, pw, None, "none", [], ""), device, repeats)
+            row["packed_gflops"] = flops / t_packed / 1e9
+            t = min(t, t_packed)
+        row["gflops"] = flops / t / 1e9
+        rows.append(row)
         total_flops += flops * count
         total_time += t * count
-    return {"gflops": total_flops / total_time / 1e9, "shapes": rows}
+        mm_time += t_mm * count
+    return {"gflops": total_flops / total_time / 1e9, "mm_gflops": total_flops / mm_time / 1e9, "shapes": rows}
 
 
 def training_gemms(cfg: dict, batch: int) -> list[tuple[int, int, int, int]]:
@@ -219,11 +244,26 @@ def make_models(cfg, device, seed=0):
     return fast, base
 
 
+def without_packed(fn):
+    """fn with drawcli's oneDNN packed products switched off (torch.mm everywhere)."""
+    def call():
+        drawcli_model.set_packed_gemm(False)
+        try:
+            return fn()
+        finally:
+            drawcli_model.set_packed_gemm(True)
+    return call
+
+
 def train_step_fn(model, cfg, batch, device):
-    """One training step as drawcli's train loop runs it: forward, backward, clip, Adam."""
+    """One training step as drawcli's train loop runs it: forward, backward, clip, Adam (drawcli's
+    make_adam: the fused kernel where torch has one; the baseline: torch's default Adam)."""
     g = torch.Generator().manual_seed(batch)
     x = torch.rand(batch, cfg["height"], cfg["width"], generator=g).bernoulli().to(device)
-    opt = torch.optim.Adam(model.parameters(), **ADAM)
+    if isinstance(model, DRAW):
+        opt = make_adam(model.parameters(), **ADAM)
+    else:
+        opt = torch.optim.Adam(model.parameters(), **ADAM)
     params = list(model.parameters())
 
     def step():
@@ -237,9 +277,11 @@ def train_step_fn(model, cfg, batch, device):
     return step
 
 
-def sample_fn(model, n, device):
+def sample_fn(model, n, device, every_step=False):
+    """`draw sample`'s work: n samples, final canvases only (every_step=True: `draw animate`'s,
+    every step's canvas kept)."""
     g = torch.Generator(device=device).manual_seed(n)
-    return lambda: model.generate(n, generator=g)
+    return lambda: model.generate(n, generator=g, every_step=every_step)
 
 
 def release_memory(models):
@@ -379,17 +421,22 @@ def main(argv=None) -> dict:
         result["gemm"]["training"][b] = gemm_rate(training_gemms(cfg, b), device, gemm_repeats)
     for n in samples:
         result["gemm"]["sampling"][n] = gemm_rate(sampling_gemms(cfg, n), device, gemm_repeats)
-    say(f"float32 GEMM: 2048^3 {big:.0f} GFLOP/s; model shapes, training " +
-        ", ".join(f"B={b}: {result['gemm']['training'][b]['gflops']:.0f}" for b in batches) + "; sampling " +
-        ", ".join(f"n={n}: {result['gemm']['sampling'][n]['gflops']:.0f}" for n in samples) + " GFLOP/s")
+    def rates(r):
+        return f"{r['gflops']:.0f}" + (f" (torch.mm {r['mm_gflops']:.0f})" if r["gflops"] != r["mm_gflops"] else "")
+
+    say(f"float32 GEMM: 2048^3 {big:.0f} GFLOP/s; model shapes, best kernel per shape, training " +
+        ", ".join(f"B={b}: {rates(result['gemm']['training'][b])}" for b in batches) + "; sampling " +
+        ", ".join(f"n={n}: {rates(result['gemm']['sampling'][n])}" for n in samples) + " GFLOP/s")
 
     # 2. training and sampling: drawcli's DRAW and the baseline, interleaved
     result["training"], result["sampling"] = {}, {}
-    impls = ["drawcli"] + ([] if args.no_baseline else ["baseline"])
-    steps = {"drawcli": args.steps, "baseline": base_steps}
+    # drawcli-mm: drawcli with its oneDNN packed products off (torch.mm), on CPUs that have them.
+    variants = ["drawcli-mm"] if packed_available(device) else []
+    impls = ["drawcli", *variants] + ([] if args.no_baseline else ["baseline"])
+    steps = {"drawcli": args.steps, "drawcli-mm": base_steps, "baseline": base_steps}
 
     def report(kind, impl, size, r):
-        say(f"{kind:6s} {impl:8s} {'B' if kind == 'train' else 'n'}={size:<5d} {r['images_per_s']:7.1f} img/s  "
+        say(f"{kind:6s} {impl:18s} {'B' if kind == 'train' else 'n'}={size:<5d} {r['images_per_s']:7.1f} img/s  "
             f"{r['gflops']:6.1f} GFLOP/s  {100 * r['fraction_of_gemm_rate']:5.1f}% of GEMM rate  "
             f"peak {r['peak_memory_mb']:.0f} MB  (median of {r['repeats']}, best {size / r['min_s']:.0f} img/s, "
             f"cpu/wall {r['cpu_over_wall']:.2f})")
@@ -397,7 +444,9 @@ def main(argv=None) -> dict:
     for b in batches:
         fast, base = make_models(cfg, device)
         models = {"drawcli": fast, "baseline": base}
-        fns = {i: train_step_fn(models[i], cfg, b, device) for i in impls}
+        fns = {i: train_step_fn(models[i.split("-")[0]], cfg, b, device) for i in impls}
+        if "drawcli-mm" in fns:
+            fns["drawcli-mm"] = without_packed(fns["drawcli-mm"])
         for impl, r in measure(fns, device, steps, args.warmup, mem, [fast]).items():
             r = summarise(r, b, flops["training"], result["gemm"]["training"][b]["gflops"])
             result["training"].setdefault(impl, {})[b] = r
@@ -406,8 +455,12 @@ def main(argv=None) -> dict:
     fast, base = make_models(cfg, device)
     models = {"drawcli": fast, "baseline": base}
     for n in samples:
-        fns = {i: sample_fn(models[i], n, device) for i in impls}
+        fns = {i: sample_fn(models[i.split("-")[0]], n, device) for i in impls}
+        if "drawcli-mm" in fns:
+            fns["drawcli-mm"] = without_packed(fns["drawcli-mm"])
+        fns["drawcli-every-step"] = sample_fn(fast, n, device, every_step=True)  # `draw animate`'s work
         reps = {"drawcli": 3 if args.quick else 7, "baseline": 2 if args.quick else 3}
+        reps.update({v: reps["baseline"] for v in fns if v not in reps})
         for impl, r in measure(fns, device, reps, 1, mem, [fast]).items():
             r = summarise(r, n, flops["sampling"], result["gemm"]["sampling"][n]["gflops"])
             result["sampling"].setdefault(impl, {})[n] = r

@@ -25,6 +25,47 @@ FILTER_EPS = 1e-8  # guards the filterbank normalisation (eq 25, 26) when all we
 # Kept outside the module so that state_dict, deepcopy and pickling never see them.
 _WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
+# The LSTM products of one step are (B x 528) @ (528 x 1024)-sized: too short for MKL's sgemm,
+# which re-packs the weight on every call and reaches ~75% of its large-matrix rate here. oneDNN's
+# linear with a weight packed once per loop (the T steps reuse it) runs them 25-40% faster on
+# x86 CPUs (benchmarks/speed.py measures both). These are the private ops PyTorch's own compiler
+# uses for CPU linear layers, so they are probed once and torch.mm is the fallback.
+_PACKED = {"enabled": True, "works": None}
+
+
+def set_packed_gemm(enabled: bool) -> None:
+    """Use oneDNN's packed-weight products on CPU (default) or plain torch.mm everywhere."""
+    _PACKED["enabled"] = bool(enabled)
+
+
+def _packed_gemm_works() -> bool:
+    if _PACKED["works"] is None:
+        try:
+            g = torch.Generator().manual_seed(0)
+            a, w = torch.randn(3, 40, generator=g), torch.randn(24, 40, generator=g)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 3)
+            y = torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+            _PACKED["works"] = bool(torch.allclose(y, a @ w.t(), rtol=1e-4, atol=1e-4))
+        except Exception:  # op missing in this build, or refusing this CPU: torch.mm it is
+            _PACKED["works"] = False
+    return _PACKED["works"]
+
+
+def _step_matmul(w: torch.Tensor, rows: int):
+    """A function x, out -> x @ w.t() for a weight that every step of one loop reuses.
+
+    With oneDNN the weight is packed once here and the product comes back as a new tensor;
+    otherwise it is torch.mm into ``out``. Either way, use the returned tensor.
+    """
+    # Below ~32 rows the packing and oneDNN's per-call overhead cost what the faster kernel saves.
+    if (_PACKED["enabled"] and rows >= 32 and w.device.type == "cpu" and w.dtype == torch.float32
+            and _packed_gemm_works()):
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), rows)
+        linear = torch.ops.mkldnn._linear_pointwise.default
+        return lambda x, out=None: linear(x, packed, None, "none", [], "")
+    wt = w.t()
+    return lambda x, out=None: torch.mm(x, wt, out=out)
+
 
 class LSTMCell(nn.Module):
     """A standard LSTM cell with one GEMM per step: W [x, h] + b.
@@ -304,15 +345,16 @@ class DRAW(nn.Module):
         out[:, 2].mul_(p[:, 2])  # the head emits log delta: dL/d log delta = delta dL/d delta
 
     @staticmethod
-    def _lstm(a, c_prev, c, tc, h):
-        """One LSTM step on pre-activations a (B, 4H) in gate order (i, f, o, g), in place.
+    def _lstm(pre, a, c_prev, c, tc, h):
+        """One LSTM step on pre-activations pre (B, 4H) in gate order (i, f, o, g).
 
-        Writes c_t into c, tanh(c_t) into tc (kept for backward) and h_t into h (a view
-        into the next step's input buffer, so no torch.cat is needed).
+        Writes the activated gates into a (pre itself is fine), c_t into c, tanh(c_t) into tc
+        (both kept for backward) and h_t into h (a view into the next step's input buffer, so
+        no torch.cat is needed).
         """
         hd = c.shape[1]
-        a[:, : 3 * hd].sigmoid_()  # i, f, o: one op thanks to the gate order
-        _tanh_(a[:, 3 * hd :])  # g
+        torch.sigmoid(pre[:, : 3 * hd], out=a[:, : 3 * hd])  # i, f, o: one op thanks to the gate order
+        torch.mul(pre[:, 3 * hd :], 2, out=a[:, 3 * hd :]).sigmoid_().mul_(2).sub_(1)  # g = tanh, as in _tanh_
         torch.mul(a[:, hd : 2 * hd], c_prev, out=c)
         c.addcmul_(a[:, :hd], a[:, 3 * hd :])  # c_t = f c_{t-1} + i g
         torch.mul(c, 2, out=tc).sigmoid_().mul_(2).sub_(1)  # tanh(c_t), as in _tanh_
@@ -385,7 +427,8 @@ class DRAW(nn.Module):
         heads[0] = heads_b  # h^dec_0 = 0: the first read window is the bias alone
         # x's part of the encoder input is the same at every step: one product outside the loop.
         base = None if not lead else x.reshape(b, lead) @ enc_w[:, :lead].t()
-        enc_w_t = enc_w[:, lead:].t()
+        enc_mm = _step_matmul(enc_w[:, lead:], b)  # eq 5's product, weight packed once for all T steps
+        dec_mm = _step_matmul(dec_w, b)  # eq 7's
         canvas, sig = x.new_zeros(b, Hi, Wi), x.new_empty(b, Hi, Wi)  # c_0 = 0
         reads, writes = [], []
         if att:
@@ -416,19 +459,18 @@ class DRAW(nn.Module):
                     rec_read[t] = p
             else:
                 torch.sub(x, sig, out=ei[:, :R].view(b, Hi, Wi))  # eq 3 (r_t = [x, x_hat], eq 17)
+            ge = enc_mm(ei, out=g_enc[gs])  # eq 5
             if lead:
-                ge = torch.addmm(base, ei, enc_w_t, out=g_enc[gs])  # eq 5
-            else:
-                ge = torch.mm(ei, enc_w_t, out=g_enc[gs])  # eq 5
+                ge.add_(base)
             h_enc = ei1[:, R + hd : R + 2 * hd]
-            self._lstm(ge, c_enc[s], c_enc[s1], tc_enc[gs], h_enc)
+            self._lstm(ge, g_enc[gs], c_enc[s], c_enc[s1], tc_enc[gs], h_enc)
             q = torch.addmm(q_b, h_enc, q_w.t(), out=mu_ls[t])  # eq 1-2
             sigma_eps = torch.exp(q[:, Z:], out=se[gs]).mul_(eps[t])
             di = dec_in[s]
             torch.add(q[:, :Z], sigma_eps, out=di[:, :Z])  # eq 6: z_t = mu_t + sigma_t eps_t
-            gd = torch.mm(di, dec_w.t(), out=g_dec[gs])  # eq 7
+            gd = dec_mm(di, out=g_dec[gs])  # eq 7
             h_dec = ei1[:, R : R + hd]
-            self._lstm(gd, c_dec[s], c_dec[s1], tc_dec[gs], h_dec)
+            self._lstm(gd, g_dec[gs], c_dec[s], c_dec[s1], tc_dec[gs], h_dec)
             dec_in[s1][:, Z : Z + hd] = h_dec
             hh = torch.addmm(heads_b, h_dec, heads_w.t(), out=heads[s1])  # eq 18/28 and 21
             if att:
@@ -469,7 +511,10 @@ class DRAW(nn.Module):
         R = 2 * n * n if att else Hi * Wi
         lead = 0 if att else Hi * Wi
         ke, kd = enc_in.shape[2], dec_in.shape[2]
-        enc_w_loop = enc_w[:, lead:]
+        # Input gradients of each step's products: only the columns of real inputs (not the ones or
+        # padding columns), with the weights packed once for all T steps.
+        enc_mm_t = _step_matmul(enc_w[:, lead : lead + R + 2 * hd].t(), b)
+        dec_mm_t = _step_matmul(dec_w[:, : Z + hd].t(), b)
 
         d_canvas = x.new_zeros(b, Hi, Wi) if d_canvas is None else d_canvas.clone()  # dL/dc_t
         dq = x.new_zeros(T, b, 2 * Z)  # dL/d[mu_t | log sigma_t]
@@ -505,13 +550,13 @@ class DRAW(nn.Module):
             # h^dec_t feeds the heads and step t+1's encoder and decoder (eq 5, 7)
             dh = torch.add(d_ei_next[:, R : R + hd], d_di_next[:, Z : Z + hd]).addmm_(dhh, heads_w)
             gd = self._lstm_backward(g_dec[t], sv["c_dec"][t], sv["tc_dec"][t], dh, dc_dec)
-            d_di = torch.mm(gd, dec_w)  # [dz_t | dh^dec_{t-1} | unused]
+            d_di = dec_mm_t(gd)  # [dz_t | dh^dec_{t-1}]
             dz = d_di[:, :Z]
             dq[t, :, :Z] += dz  # eq 6: z = mu + sigma eps
             dq[t, :, Z:].addcmul_(dz, sv["se"][t])  # d/d log sigma = sigma eps dz
             dh = torch.addmm(d_ei_next[:, R + hd : R + 2 * hd], dq[t], q_w)  # h^enc_t feeds q and step t+1's encoder
             ge = self._lstm_backward(g_enc[t], sv["c_enc"][t], sv["tc_enc"][t], dh, dc_enc)
-            d_ei = torch.mm(ge, enc_w_loop)  # [dr_t | dh^dec_{t-1} | dh^enc_{t-1} | unused]
+            d_ei = enc_mm_t(ge)  # [dr_t | dh^dec_{t-1} | dh^enc_{t-1}]
             # read at step t (eq 27; eq 17)
             if att:
                 f, d, left = sv["reads"][t]
@@ -614,50 +659,56 @@ class DRAW(nn.Module):
         n: int,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        every_step: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample from the prior: z_t ~ N(0, I), decode, write (Section 2.3).
 
         Returns canvas logits of every step, (T, n, H, W) (apply sigmoid for pixel
         means), and the write attention (T, n, 5) or None without attention.
+        every_step=False: only the final step's, (1, n, H, W) and (1, n, 5), from the same
+        noise; it skips storing T canvases (200 MB for 1000 MNIST samples at T=64).
         """
         device = device if device is not None else self.grid_x.device
         ref = self.grid_x.new_empty(0).to(device)
         z_all = torch.randn(self.steps, n, self.embed, device=device, dtype=ref.dtype, generator=generator)
         with torch.autocast(ref.device.type, enabled=False):  # the loop writes into buffers of the model's dtype
-            return self._decode_prior(z_all)
+            return self._decode_prior(z_all, every_step)
 
-    def _decode_prior(self, z_all: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _decode_prior(self, z_all: torch.Tensor, every_step: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """generate()'s loop for noise z_all (T, n, Z): decoder, write head and write attention only."""
         T, n, Z = z_all.shape
         hd, Hi, Wi = self.hidden, self.height, self.width
         ref = z_all
         dec_w, (heads_w, heads_b) = self._gates_weight(self.decoder), self._heads_weight(read=False)
         kw = self.write_n**2 if self.attention else Hi * Wi
+        dec_mm = _step_matmul(dec_w, n)  # eq 7's product, weight packed once for all T steps
         dec_in = ref.new_zeros(n, dec_w.shape[1])  # [z_t | h^dec_{t-1} | 1 | 0...]: one product per step
         dec_in[:, Z + hd] = 1
         h = dec_in[:, Z : Z + hd]  # h^dec_0 = 0; the LSTM writes h_t here for the next step
         gates, c, tc = ref.new_empty(n, 4 * hd), ref.new_zeros(2, n, hd), ref.new_empty(n, hd)
-        heads = ref.new_empty(T, n, heads_w.shape[0])  # [w_t | write attention_t]
-        canvases = ref.new_empty(T, n, Hi, Wi)
-        prev = ref.new_zeros(n, Hi, Wi)  # c_0 = 0
+        kept = T if every_step else 1  # steps whose canvas and window are returned
+        heads = ref.new_empty(kept, n, heads_w.shape[0])  # [w_t | write attention_t]
+        canvases = ref.new_empty(T, n, Hi, Wi) if every_step else ref.new_zeros(1, n, Hi, Wi)
+        prev = ref.new_zeros(n, Hi, Wi) if every_step else canvases[0]  # c_0 = 0; updated in place when kept == 1
         if self.attention:
             grid, mask = self._grid(ref.dtype)
             f, d = ref.new_empty(2, n, 2, self.write_n, max(Hi, Wi)).unbind(0)
         for t in range(T):
+            k = t if every_step else 0
             dec_in[:, :Z] = z_all[t]
-            torch.mm(dec_in, dec_w.t(), out=gates)  # eq 7
-            self._lstm(gates, c[t % 2], c[(t + 1) % 2], tc, h)
-            hh = torch.addmm(heads_b, h, heads_w.t(), out=heads[t])  # eq 18/28 and 21
+            pre = dec_mm(dec_in, out=gates)  # eq 7
+            self._lstm(pre, gates, c[t % 2], c[(t + 1) % 2], tc, h)
+            hh = torch.addmm(heads_b, h, heads_w.t(), out=heads[k])  # eq 18/28 and 21
             if self.attention:
                 hh[:, kw + 2 :].exp_()
                 p = hh[:, kw:]
                 self._filters(p, self.write_offsets, grid, mask, f, d)
                 w = torch.div(hh[:, :kw], p[:, 4:5]).view(n, self.write_n, self.write_n)
                 u = torch.bmm(w, f[:, 0, :, :Wi])  # (w / gamma) F_X, as in _loop
-                torch.baddbmm(prev, f[:, 1, :, :Hi].transpose(1, 2), u, out=canvases[t])  # eq 8, 29
+                torch.baddbmm(prev, f[:, 1, :, :Hi].transpose(1, 2), u, out=canvases[k])  # eq 8, 29
             else:
-                torch.add(prev, hh.view(n, Hi, Wi), out=canvases[t])  # eq 8, 18
-            prev = canvases[t]
+                torch.add(prev, hh.view(n, Hi, Wi), out=canvases[k])  # eq 8, 18
+            prev = canvases[k]
         return canvases, (heads[:, :, kw:] if self.attention else None)
 
 

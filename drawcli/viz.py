@@ -502,7 +502,7 @@ def sample_command(
     gen = _generator(loaded, seed)
     model = loaded.model
     with torch.no_grad(), _inference_threads(loaded):
-        logits, _ = model.generate(n, generator=gen, device=loaded.device)
+        logits, _ = model.generate(n, generator=gen, device=loaded.device, every_step=False)
         probs = torch.sigmoid(logits[-1])
         if binary:
             probs = torch.bernoulli(probs, generator=gen)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import drawcli.model as model_module
 from drawcli.model import DRAW
 
 _spec = importlib.util.spec_from_file_location("draw_baseline", Path(__file__).parents[1] / "benchmarks" / "baseline.py")
@@ -156,3 +157,75 @@ def test_autocast_leaves_the_fast_path_in_the_models_dtype():
     assert out.loss.dtype == canvases.dtype == torch.float32
     assert torch.allclose(out.loss, ref["loss"], rtol=1e-5)
     out.loss.sum().backward()
+
+
+@pytest.fixture
+def packed_gemm_off():
+    """Switch drawcli's oneDNN packed products off for one test (and back on afterwards)."""
+    model_module.set_packed_gemm(False)
+    yield
+    model_module.set_packed_gemm(True)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_packed_products_equal_torch_mm_in_float32(attention, monkeypatch):
+    """CPU float32 runs each step's LSTM products through oneDNN with weights packed once per
+    loop; the loss, every gradient and the samples must equal the torch.mm path up to rounding."""
+    if not model_module._packed_gemm_works():
+        pytest.skip("this torch build has no working oneDNN linear: torch.mm is the only path")
+    config = dict(height=12, width=10, steps=5, hidden=32, embed=6, attention=attention, read_n=2, write_n=3)
+    torch.manual_seed(4)
+    fast = DRAW(**config)
+    randomise(fast, 40)
+    x = torch.rand(40, 12, 10, generator=torch.Generator().manual_seed(1))  # >= 32 rows: packed
+    works, packed_calls = model_module._packed_gemm_works, []
+    monkeypatch.setattr(model_module, "_packed_gemm_works", lambda: packed_calls.append(1) or works())
+    results = []
+    for packed in (True, False):
+        model_module.set_packed_gemm(packed)
+        try:
+            fast.zero_grad(set_to_none=True)
+            out = fast(x, generator=torch.Generator().manual_seed(2))
+            out.loss.sum().backward()
+            samples, _ = fast.generate(33, generator=torch.Generator().manual_seed(3))
+        finally:
+            model_module.set_packed_gemm(True)
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in fast.named_parameters()}, samples))
+    (loss_p, grads_p, samples_p), (loss_m, grads_m, samples_m) = results
+    assert len(packed_calls) == 5  # forward 2, backward 2, sampling 1: the packed run packed
+    assert torch.allclose(loss_p, loss_m, rtol=1e-5)
+    assert torch.allclose(samples_p, samples_m, rtol=1e-4, atol=1e-4)
+    for name, g in grads_m.items():
+        err = (grads_p[name] - g).norm() / g.norm().clamp_min(1e-12)
+        assert err < 1e-4, (name, err.item())
+
+
+def test_packed_products_can_be_switched_off(packed_gemm_off, monkeypatch):
+    """With the switch off no weight is packed: every step's product is torch.mm (the comparison
+    benchmarks/speed.py prints)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a weight was packed although packed products are off")
+
+    monkeypatch.setattr(model_module, "_packed_gemm_works", refuse)
+    m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
+    out = m(torch.rand(2, 8, 8))
+    out.loss.sum().backward()
+    m.generate(2)
+    assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_final_step_sampling_equals_the_last_of_every_step(attention):
+    """generate(every_step=False), what `draw sample` uses, returns exactly the last canvas and
+    window of the full sequence drawn from the same noise."""
+    fast, base = pair(seed=8, height=9, width=7, steps=4, hidden=10, embed=3, attention=attention, read_n=2, write_n=3)
+    every, writes = fast.generate(5, generator=torch.Generator().manual_seed(6))
+    last, last_writes = fast.generate(5, generator=torch.Generator().manual_seed(6), every_step=False)
+    assert last.shape == (1, 5, 9, 7)
+    assert torch.equal(last, every[-1:])
+    if attention:
+        assert last_writes.shape == (1, 5, 5) and torch.equal(last_writes, writes[-1:])
+    else:
+        assert last_writes is None and writes is None
+    ref_last, _ = base.generate(5, generator=torch.Generator().manual_seed(6), every_step=False)
+    assert close(last, ref_last)

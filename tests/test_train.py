@@ -102,6 +102,38 @@ def test_training_is_deterministic_for_a_seed_and_differs_across_seeds():
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_adam_uses_the_fused_kernel_where_torch_has_one_and_resume_keeps_this_machines_choice(monkeypatch):
+    """make_adam asks for PyTorch's fused Adam (CPU: torch >= 2.4) and falls back to the default;
+    a checkpoint written with the other kind resumes with this machine's kind."""
+    from drawcli import train as train_module
+
+    layer = torch.nn.Linear(3, 2)
+    fused = train_module.make_adam(layer.parameters(), 1e-3, (0.5, 0.999))
+    from packaging.version import Version
+
+    if Version(torch.__version__.split("+")[0]) >= Version("2.4"):
+        assert fused.param_groups[0]["fused"] is True
+
+    plain = torch.optim.Adam  # a machine without the fused kernel writes the checkpoint
+
+    def refuse_fused(params, lr, betas, fused=None):
+        if fused:
+            raise RuntimeError("fused=True is not supported here")
+        return plain(params, lr=lr, betas=betas)
+
+    cb = Collect()
+    images = synthetic_images()
+    monkeypatch.setattr(train_module.torch.optim, "Adam", refuse_fused)
+    train(tiny_settings("train.max_steps=2"), images, images[:40], torch.device("cpu"), callbacks=[cb])
+    saved = cb.ckpts[-1][0]
+    assert not saved["optimizer"]["param_groups"][0].get("fused")
+    monkeypatch.setattr(train_module.torch.optim, "Adam", plain)
+    cb2 = Collect()
+    train(tiny_settings("train.max_steps=4"), images, images[:40], torch.device("cpu"), callbacks=[cb2], resume=saved)
+    assert cb2.ckpts[-1][0]["step"] == 4
+    assert cb2.ckpts[-1][0]["optimizer"]["param_groups"][0]["fused"] == fused.param_groups[0]["fused"]
+
+
 def test_checkpoint_round_trip_is_weights_only(tmp_path):
     cb = Collect()
     images = synthetic_images()
