@@ -33,6 +33,40 @@ _WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PACKED = {"enabled": True, "works": None}
 
 
+# Evaluation's two-slot buffers, per model, reused by its next no-gradient forward of the same shape.
+_EVAL_WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _take_workspace(model, key, store):
+    """The buffers left by the model's last loop of this kind, if they fit (else None)."""
+    ws = store.pop(model, None)
+    return ws if ws is not None and ws["key"] == key else None
+
+
+class _Views:
+    """Named views into step buffers, made once and reused (see DRAW's step views)."""
+
+    def __init__(self, base: "_Views | None" = None, **views):
+        if base is not None:
+            self.__dict__.update(base.__dict__)
+        self.__dict__.update(views)
+
+    def update(self, **views) -> None:
+        self.__dict__.update(views)
+
+
+def _constants(ref: torch.Tensor) -> _Views:
+    """0-dim tensors of ref's dtype and device for the loop's constants (a Python number makes
+    each op convert it first: ~1.5 us per op on CPU)."""
+    return _Views(**{name: ref.new_tensor(value) for name, value in
+                     (("one", 1.0), ("two", 2.0), ("neg_half", -0.5), ("filter_eps", FILTER_EPS))})
+
+
+def _double_g(w: torch.Tensor, hidden: int) -> torch.Tensor:
+    """An LSTM weight in gate order (i, f, o, g) with the g rows doubled, for DRAW._lstm's forward."""
+    return torch.cat([w[: 3 * hidden], w[3 * hidden :] * 2])
+
+
 def set_packed_gemm(enabled: bool) -> None:
     """Use oneDNN's packed-weight products on CPU (default) or plain torch.mm everywhere."""
     _PACKED["enabled"] = bool(enabled)
@@ -308,83 +342,215 @@ class DRAW(nn.Module):
         grid[0, :A], grid[1, :B] = self.grid_x, self.grid_y
         return grid, (None if A == B else (grid > 0).to(dtype))
 
-    def _filters(self, p, offsets, grid, mask, f=None, d=None):
-        """F_X, F_Y stacked as (B, 2, N, L) from p = (B, 5) ATTENTION_FIELDS; also grid - mu.
-        f, d: optional preallocated outputs (fresh MB-sized temporaries each step page-fault)."""
-        mu = torch.addcmul(p[:, :2, None], p[:, 2:3, None], offsets)  # eq 19-20: (B, 2, N)
-        d = torch.sub(grid[:, None, :], mu[..., None], out=d)  # a - mu_i, b - mu_j: (B, 2, N, L)
-        f = torch.mul(d, d, out=f)
-        f.mul_((-0.5 / p[:, 3]).view(-1, 1, 1, 1)).exp_()  # eq 25-26 before normalising
-        if mask is not None:
-            f.mul_(mask[:, None, :])
-        f.div_(f.sum(-1, keepdim=True).add_(FILTER_EPS))  # Z_X, Z_Y
-        return f, d
+    # ----------------------------------------------------------------- the loop's step views
+    #
+    # The loop below runs ~100 small tensor ops per step, so per-op overhead matters as much as
+    # arithmetic: every view (slicing a buffer, a transpose) costs about a microsecond of
+    # dispatch. All views into the step buffers are therefore made once per workspace (_Views)
+    # and reused by every step of every training step; constants are 0-dim tensors, since a
+    # Python number costs each op a conversion.
+
+    def _bank_views(self, p, f, d, n):
+        """Views for one filterbank (eq 19-26) computed from params p (B, 5, ATTENTION_FIELDS)
+        into f (F_X, F_Y as (B, 2, N, L)) and d (grid - mu, kept for backward)."""
+        b = f.shape[0]
+        mu = p.new_empty(b, 2, n)
+        return _Views(
+            p=p, f=f, d=d, mu=mu, mu4=mu[..., None], g=p[:, 0:2, None], delta=p[:, 2:3, None],
+            sigma2=p[:, 3:4, None, None], scale=p.new_empty(b, 1, 1, 1), zsum=p.new_empty(b, 2, n, 1),
+            fx=f[:, 0, :, : self.width], fy=f[:, 1, :, : self.height],
+            fxT=f[:, 0, :, : self.width].transpose(1, 2), fyT=f[:, 1, :, : self.height].transpose(1, 2),
+            gamma=p[:, 4:5], sigma2_col=p[:, 3:4], delta_col=p[:, 2],
+        )
+
+    def _filters(self, v, offsets, ws):
+        """F_X, F_Y (eq 25-26) into v.f and grid - mu into v.d, from the window v.p (eq 19-20)."""
+        k = ws["k"]
+        torch.addcmul(v.g, v.delta, offsets, out=v.mu)  # eq 19-20: mu = g + (i - N/2 - 0.5) delta
+        torch.sub(ws["grid3"], v.mu4, out=v.d)  # a - mu_i, b - mu_j: (B, 2, N, L)
+        torch.mul(v.d, v.d, out=v.f)
+        torch.div(k.neg_half, v.sigma2, out=v.scale)
+        v.f.mul_(v.scale).exp_()  # eq 25-26 before normalising
+        if ws["mask3"] is not None:
+            v.f.mul_(ws["mask3"])
+        torch.sum(v.f, -1, keepdim=True, out=v.zsum).add_(k.filter_eps)
+        v.f.div_(v.zsum)  # Z_X, Z_Y: each row sums to 1
 
     @staticmethod
     def _mu_map(offsets: torch.Tensor) -> torch.Tensor:
-        """(2N, 3) matrix taking dL/dmu (axis, i) to dL/d(g_X, g_Y, delta) (eq 19-20: mu = g + offset delta)."""
+        """(2N + 1, 4) matrix taking [sum_a dL/de (a - mu) per (axis, i) | sum dL/de (a - mu)^2] to
+        dL/d(g_X, g_Y, delta, log sigma^2), each still to be divided by sigma^2 (eq 19-20, 25-26:
+        e = -(a - mu)^2 / (2 sigma^2), mu = g + offset delta)."""
         n = len(offsets)
-        m = offsets.new_zeros(2, n, 3)
-        m[0, :, 0], m[1, :, 1], m[:, :, 2] = 1, 1, offsets
-        return m.view(2 * n, 3)
+        m = offsets.new_zeros(2 * n + 1, 4)
+        m[:n, 0], m[n : 2 * n, 1] = 1, 1
+        m[:n, 2], m[n : 2 * n, 2] = offsets, offsets
+        m[2 * n, 3] = 0.5
+        return m
 
-    def _filters_backward(self, p, f, d, dfx, dfy, mu_map, out):
-        """dL/d(g_X, g_Y, log delta, log sigma^2) into out[:, :4] (the folded head's outputs);
-        the caller has written dL/d log gamma into out[:, 4]."""
-        b, _, n, L = f.shape
+    def _filters_backward(self, v, dfx, dfy, mu_map, out4, out_delta):
+        """dL/d(g_X, g_Y, log delta, log sigma^2) into out4 (the folded head's outputs) from
+        dL/dF_X, dL/dF_Y; the caller writes dL/d log gamma."""
+        df, prod, zs, S = v.df, v.prod, v.zs, v.S
         if self.width == self.height:
-            df = torch.stack([dfx, dfy], 1)
-        else:
-            df = f.new_zeros(b, 2, n, L)
-            df[:, 0, :, : self.width], df[:, 1, :, : self.height] = dfx, dfy
-        de = df.sub_((df * f).sum(-1, keepdim=True)).mul_(f)  # through Z and exp: dL/d(exponent)
-        m = de.mul_(d)  # times d exponent / d mu = (a - mu) / sigma^2, sigma^2 applied below
-        torch.mm(m.sum(-1).view(b, 2 * n), mu_map, out=out[:, :3])
-        torch.sum(m.mul_(d), (1, 2, 3), out=out[:, 3]).mul_(0.5)  # dL/d log sigma^2, times sigma^2
-        out[:, :4].div_(p[:, 3:4])
-        out[:, 2].mul_(p[:, 2])  # the head emits log delta: dL/d log delta = delta dL/d delta
+            torch.stack([dfx, dfy], 1, out=df)
+        else:  # the padding columns of df stay 0
+            v.dfx.copy_(dfx)
+            v.dfy.copy_(dfy)
+        torch.mul(df, v.f, out=prod)
+        torch.sum(prod, -1, keepdim=True, out=zs)
+        df.sub_(zs).mul_(v.f)  # through Z and exp: dL/d(exponent)
+        df.mul_(v.d)  # times (a - mu); / sigma^2 below
+        torch.sum(df, -1, out=v.S_mu)
+        torch.sum(df.mul_(v.d), (1, 2, 3), out=v.S_sigma)
+        torch.mm(S, mu_map, out=out4)
+        out4.div_(v.sigma2_col)
+        out_delta.mul_(v.delta_col)  # the head emits log delta: dL/d log delta = delta dL/d delta
 
     @staticmethod
-    def _lstm(pre, a, c_prev, c, tc, h):
-        """One LSTM step on pre-activations pre (B, 4H) in gate order (i, f, o, g).
+    def _lstm(pre, v, k):
+        """One LSTM step from pre-activations pre (B, 4H), gate order (i, f, o, g), g rows doubled.
 
-        Writes the activated gates into a (pre itself is fine), c_t into c, tanh(c_t) into tc
-        (both kept for backward) and h_t into h (a view into the next step's input buffer, so
-        no torch.cat is needed).
+        Writes the activated gates into v.a (pre itself is fine), c_t into v.c and tanh(c_t) into
+        v.tc (both kept for backward) and h_t into v.h (a view into the next step's input buffer,
+        so no torch.cat is needed). The doubled g rows (see _loop) make one sigmoid cover all four
+        gates: tanh(z) = 2 sigmoid(2z) - 1.
         """
-        hd = c.shape[1]
-        torch.sigmoid(pre[:, : 3 * hd], out=a[:, : 3 * hd])  # i, f, o: one op thanks to the gate order
-        torch.mul(pre[:, 3 * hd :], 2, out=a[:, 3 * hd :]).sigmoid_().mul_(2).sub_(1)  # g = tanh, as in _tanh_
-        torch.mul(a[:, hd : 2 * hd], c_prev, out=c)
-        c.addcmul_(a[:, :hd], a[:, 3 * hd :])  # c_t = f c_{t-1} + i g
-        torch.mul(c, 2, out=tc).sigmoid_().mul_(2).sub_(1)  # tanh(c_t), as in _tanh_
-        torch.mul(a[:, 2 * hd : 3 * hd], tc, out=h)  # h_t = o tanh(c_t)
+        torch.sigmoid(pre, out=v.a)
+        v.g.mul_(k.two).sub_(k.one)  # g = tanh(z_g)
+        torch.mul(v.f, v.c_prev, out=v.c)
+        v.c.addcmul_(v.i, v.g)  # c_t = f c_{t-1} + i g
+        torch.mul(v.c, k.two, out=v.tc).sigmoid_().mul_(k.two).sub_(k.one)  # tanh(c_t), as in _tanh_
+        torch.mul(v.o, v.tc, out=v.h)  # h_t = o tanh(c_t)
 
     @staticmethod
-    def _lstm_backward(a, c_prev, tc, dh, dc):
-        """Backward of _lstm: overwrites a (activated gates) with dL/d(pre-activations) and
-        turns dc (dL/dc_t from later steps) into dL/dc_{t-1}. Reusing a saves a (T, B, 4H) buffer."""
-        hd = dc.shape[1]
-        i, f, o, g = a.split(hd, 1)
-        dc.add_(_aten.tanh_backward(dh * o, tc))  # dL/dc_t, also through h_t = o tanh(c_t)
-        da = torch.empty_like(a)
-        di, df, do, dg = da.split(hd, 1)
-        torch.mul(dc, g, out=di)
-        torch.mul(dc, c_prev, out=df)
-        torch.mul(dh, tc, out=do)
-        torch.mul(dc, i, out=dg)
-        dc.mul_(f)  # dL/dc_{t-1}
+    def _lstm_backward(v, s, dh, dc):
+        """Backward of _lstm: overwrites v.a (activated gates) with dL/d(pre-activations) and turns
+        dc (dL/dc_t from later steps) into dL/dc_{t-1}. Reusing v.a saves a (T, B, 4H) buffer.
+        s: scratch views (da, da's four gates, tmp)."""
+        torch.mul(dh, v.o, out=s.tmp)
+        dc.add_(_aten.tanh_backward.grad_input(s.tmp, v.tc, grad_input=s.tmp))  # also through h = o tanh(c)
+        torch.mul(dc, v.g, out=s.di)
+        torch.mul(dc, v.c_prev, out=s.df)
+        torch.mul(dh, v.tc, out=s.do)
+        torch.mul(dc, v.i, out=s.dg)
+        dc.mul_(v.f)  # dL/dc_{t-1}
         # ATen's fused derivative kernels (one op each instead of three): s (1 - s) and 1 - g^2.
-        _aten.sigmoid_backward.grad_input(da[:, : 3 * hd], a[:, : 3 * hd], grad_input=a[:, : 3 * hd])
-        _aten.tanh_backward.grad_input(dg, g, grad_input=g)
-        return a
+        _aten.sigmoid_backward.grad_input(s.difo, v.ifo, grad_input=v.ifo)
+        _aten.tanh_backward.grad_input(s.dg, v.g, grad_input=v.g)
+        return v.a
+
+    def _lstm_views(self, a, c_prev, c, tc, h):
+        hd = self.hidden
+        return _Views(a=a, ifo=a[:, : 3 * hd], i=a[:, :hd], f=a[:, hd : 2 * hd], o=a[:, 2 * hd : 3 * hd],
+                      g=a[:, 3 * hd :], c_prev=c_prev, c=c, tc=tc, h=h)
+
+    def _workspace(self, x, ke: int, kd: int, heads_width: int, save: bool):
+        """Step buffers and their per-step views for _loop and _loop_backward.
+
+        save=True (training) keeps every step's inputs and activations for backward, and the set
+        is reused by the next training step once its backward is done (page faults on ~300 MB of
+        fresh memory per step cost several percent on CPU). save=False (evaluation) keeps two
+        slots, reused in turn, so memory does not grow with T.
+        """
+        T, hd, Z, att = self.steps, self.hidden, self.embed, self.attention
+        b, Hi, Wi = x.shape
+        n, nw = self.read_n, self.write_n
+        kw = nw * nw if att else Hi * Wi
+        R = 2 * n * n if att else Hi * Wi
+        slots, steps = (T + 1, T) if save else (2, 1)
+        new = x.new_empty
+        ws = dict(key=(b, x.dtype, x.device, save), k=_constants(x))
+        # Inputs of every step's products, laid out so that no torch.cat is needed; the column of
+        # ones multiplies the bias column of [W | b].
+        enc_in = x.new_zeros(slots, b, ke)  # [r_t | h^dec_{t-1} | h^enc_{t-1} | 1 | 0...], eq 5
+        dec_in = x.new_zeros(slots, b, kd)  # [z_t | h^dec_{t-1} | 1 | 0...], eq 7
+        enc_in[:, :, R + 2 * hd] = 1
+        dec_in[:, :, Z + hd] = 1
+        c_enc, c_dec, heads = new(slots, b, hd), new(slots, b, hd), new(slots, b, heads_width)
+        g_enc, g_dec = new(steps, b, 4 * hd), new(steps, b, 4 * hd)
+        tc_enc, tc_dec, se = new(steps, b, hd), new(steps, b, hd), new(steps, b, Z)
+        ws.update(enc_in=enc_in, dec_in=dec_in, c_enc=c_enc, c_dec=c_dec, heads=heads, g_enc=g_enc, g_dec=g_dec,
+                  tc_enc=tc_enc, tc_dec=tc_dec, se=se, sig=new(b, Hi, Wi))
+        if att:
+            L = max(Hi, Wi)
+            grid, mask = self._grid(x.dtype)
+            ws["grid3"] = grid.to(x.device)[:, None, :]
+            ws["mask3"] = None if mask is None else mask.to(x.device)[:, None, :]
+            # [x | x_hat_t] side by side per row: one bmm applies F_Y to both images (eq 27)
+            xb = ws["xb"] = new(steps, b, Hi, 2, Wi)
+            f_r, d_r = new(2, steps, b, 2, n, L).unbind(0)
+            f_w, d_w = new(2, steps, b, 2, nw, L).unbind(0)
+            ws.update(f_r=f_r, d_r=d_r, f_w=f_w, d_w=d_w)
+        plan = []
+        for s in range(slots - 1 if save else 2):
+            s1, gs = (s + 1) % slots, (s if save else 0)
+            ei, ei1, di, di1, hh = enc_in[s], enc_in[s1], dec_in[s], dec_in[s1], heads[s1]
+            v = _Views(
+                ei=ei, ei_r=ei[:, :R], h_enc=ei1[:, R + hd : R + 2 * hd], h_dec=ei1[:, R : R + hd],
+                di=di, di_z=di[:, :Z], di1_h=di1[:, Z : Z + hd], g_enc=g_enc[gs], g_dec=g_dec[gs], se=se[gs],
+                hh=hh, hh_w=hh[:, :kw], heads_prev=heads[s],
+                enc=self._lstm_views(g_enc[gs], c_enc[s], c_enc[s1], tc_enc[gs], ei1[:, R + hd : R + 2 * hd]),
+                dec=self._lstm_views(g_dec[gs], c_dec[s], c_dec[s1], tc_dec[gs], ei1[:, R : R + hd]),
+            )
+            if att:
+                xbt = xb[gs]
+                v.update(
+                    xhat=xbt[:, :, 1], x_slot=xbt[:, :, 0], xb=xbt.view(b, Hi, 2 * Wi),
+                    xbT=xbt.view(b, Hi, 2 * Wi).transpose(1, 2),
+                    hh_exp=hh[:, kw:].view(b, 2, 5)[:, :, 2:],
+                    read=self._bank_views(heads[s][:, kw + 5 :], f_r[gs], d_r[gs], n),
+                    write=self._bank_views(hh[:, kw : kw + 5], f_w[gs], d_w[gs], nw),
+                )
+            else:
+                v.update(xhat_flat=ei[:, :R].view(b, Hi, Wi), hh_canvas=hh.view(b, Hi, Wi))
+            plan.append(v)
+        ws["plan"] = plan
+        return ws
+
+    def _backward_views(self, ws, b, Hi, Wi):
+        """Scratch buffers and per-step views of _loop_backward, added to a saved workspace once."""
+        T, hd, Z, att = self.steps, self.hidden, self.embed, self.attention
+        n, nw = self.read_n, self.write_n
+        kw = nw * nw if att else Hi * Wi
+        x = ws["sig"]  # any tensor of the loop's dtype and device
+        da = x.new_empty(b, 4 * hd)
+        scratch = _Views(da=da, difo=da[:, : 3 * hd], di=da[:, :hd], df=da[:, hd : 2 * hd],
+                         do=da[:, 2 * hd : 3 * hd], dg=da[:, 3 * hd :], tmp=x.new_empty(b, hd))
+        d_heads = x.new_zeros(T + 1, b, ws["heads"].shape[2])  # slot t: heads over h^dec_{t-1}
+        dq = x.new_zeros(T, b, 2 * Z)
+        d_canvas = x.new_empty(b, Hi, Wi)
+        bw = dict(scratch=scratch, d_heads=d_heads, dq=dq, d_canvas=d_canvas, d_canvasT=d_canvas.transpose(1, 2))
+        if att:
+            L = max(Hi, Wi)
+            for name, nn_ in (("r", n), ("w", nw)):
+                df = x.new_zeros(b, 2, nn_, L)
+                S = x.new_empty(b, 2 * nn_ + 1)
+                bw["bank_" + name] = _Views(df=df, dfx=df[:, 0, :, :Wi], dfy=df[:, 1, :, :Hi], prod=x.new_empty(b, 2, nn_, L),
+                                            zs=x.new_empty(b, 2, nn_, 1), S=S, S_mu=S[:, : 2 * nn_].view(b, 2, nn_),
+                                            S_sigma=S[:, 2 * nn_])
+        steps = []
+        for t, fv in enumerate(ws["plan"]):
+            v = _Views(dhh=d_heads[t + 1], dq=dq[t], dq_mu=dq[t, :, :Z], dq_ls=dq[t, :, Z:])
+            if att:
+                dhh, dhr = d_heads[t + 1], d_heads[t][:, kw + 5 :]
+                # the shared scratch of each filterbank's backward, with this step's filters
+                wb = _Views(bw["bank_w"], f=fv.write.f, d=fv.write.d, sigma2_col=fv.write.sigma2_col,
+                            delta_col=fv.write.delta_col)
+                rb = _Views(bw["bank_r"], f=fv.read.f, d=fv.read.d, sigma2_col=fv.read.sigma2_col,
+                            delta_col=fv.read.delta_col)
+                v.update(dhh_w=dhh[:, :kw], dhh_wgamma=dhh[:, kw + 4], dhh_w4=dhh[:, kw : kw + 4], dhh_wdelta=dhh[:, kw + 2],
+                         dhr_gamma=dhr[:, 4], dhr4=dhr[:, :4], dhr_delta=dhr[:, 2], wbank=wb, rbank=rb)
+            steps.append(v)
+        bw["steps"] = steps
+        ws["backward"] = bw
+        return bw
 
     def _loop(self, x, eps, weights, save: bool, record: bool):
         """eq 3-8 for t = 1..T. Returns (c_T, [mu | log sigma] as (T, B, 2Z), records, saved).
 
         save=True keeps every step's inputs and activations for _loop_backward; save=False
-        (no gradient needed: evaluation) keeps two slots and reuses them, so memory does
-        not grow with T.
+        (no gradient needed: evaluation) keeps two slots and reuses them.
         """
         enc_w, dec_w, q_w, q_b, heads_w, heads_b = weights
         T, hd, Z, att = self.steps, self.hidden, self.embed, self.attention
@@ -393,117 +559,93 @@ class DRAW(nn.Module):
         kw = self.write_n**2 if att else Hi * Wi  # write size
         R = 2 * n * n if att else Hi * Wi  # encoder input that changes with t (r_t, or x_hat_t)
         lead = 0 if att else Hi * Wi  # encoder input that does not (x, in r_t = [x, x_hat_t], eq 17)
-        ke, kd = enc_w.shape[1] - lead, dec_w.shape[1]  # widths of [W | b | 0...] from _fused_weights
-        slots, steps = (T + 1, T) if save else (2, 1)
-        slot = (lambda t: t) if save else (lambda t: t % 2)
-        gslot = (lambda t: t) if save else (lambda t: 0)
 
-        # Step buffers. Training reuses the previous step's set once its backward is done (page
-        # faults on ~300 MB of fresh memory per step cost several percent on CPU).
-        ws = self._take_workspace((b, x.dtype, x.device)) if save else None
+        key = (b, x.dtype, x.device, save)
+        ws = _take_workspace(self, key, _WORKSPACES if save else _EVAL_WORKSPACES)
         if ws is None:
-            ws = dict(key=(b, x.dtype, x.device))
-            # Inputs of every step's products, laid out so that no torch.cat is needed; the final
-            # column of ones multiplies the bias column of [W | b].
-            ws["enc_in"] = x.new_zeros(slots, b, ke)  # [r_t | h^dec_{t-1} | h^enc_{t-1} | 1 | 0...], eq 5
-            ws["dec_in"] = x.new_zeros(slots, b, kd)  # [z_t | h^dec_{t-1} | 1 | 0...], eq 7
-            ws["enc_in"][:, :, R + 2 * hd] = 1
-            ws["dec_in"][:, :, Z + hd] = 1
-            for name, rows, width in (("c_enc", slots, hd), ("c_dec", slots, hd), ("g_enc", steps, 4 * hd),
-                                      ("g_dec", steps, 4 * hd), ("tc_enc", steps, hd), ("tc_dec", steps, hd),
-                                      ("se", steps, Z), ("heads", slots, heads_w.shape[0])):
-                ws[name] = x.new_empty(rows, b, width)
-            if att:  # [x | x_hat_t] side by side per row: one bmm applies F_Y to both images (eq 27)
-                ws["xb"] = x.new_empty(steps, b, Hi, 2, Wi)
-                L = max(Hi, Wi)
-                for name, nn_ in (("r", n), ("w", self.write_n)):  # filterbanks and grid - mu
-                    ws["f_" + name], ws["d_" + name] = x.new_empty(2, steps, b, 2, nn_, L).unbind(0)
+            ws = self._workspace(x, enc_w.shape[1] - lead, dec_w.shape[1], heads_w.shape[0], save)
+        plan, k = ws["plan"], ws["k"]
         enc_in, dec_in, c_enc, c_dec, heads = ws["enc_in"], ws["dec_in"], ws["c_enc"], ws["c_dec"], ws["heads"]
-        g_enc, g_dec, tc_enc, tc_dec, se = ws["g_enc"], ws["g_dec"], ws["tc_enc"], ws["tc_dec"], ws["se"]
         enc_in[0, :, R : R + 2 * hd] = 0  # h_0 = 0 (both LSTMs), c_0 = 0
         dec_in[0, :, Z : Z + hd] = 0
         c_enc[0], c_dec[0] = 0, 0
         mu_ls = x.new_empty(T, b, 2 * Z)  # q's output [mu_t | log sigma_t], eq 1-2
+        mu_rows, eps_rows = mu_ls.unbind(0), eps.unbind(0)
+        mu_parts, ls_parts = mu_ls[..., :Z].unbind(0), mu_ls[..., Z:].unbind(0)
         heads[0] = heads_b  # h^dec_0 = 0: the first read window is the bias alone
         # x's part of the encoder input is the same at every step: one product outside the loop.
-        base = None if not lead else x.reshape(b, lead) @ enc_w[:, :lead].t()
-        enc_mm = _step_matmul(enc_w[:, lead:], b)  # eq 5's product, weight packed once for all T steps
-        dec_mm = _step_matmul(dec_w, b)  # eq 7's
-        canvas, sig = x.new_zeros(b, Hi, Wi), x.new_empty(b, Hi, Wi)  # c_0 = 0
+        base = None if not lead else x.reshape(b, lead) @ _double_g(enc_w[:, :lead], hd).t()
+        # The forward products use the g-gate rows doubled (see _lstm); backward uses the true weights.
+        enc_mm = _step_matmul(_double_g(enc_w[:, lead:], hd), b)  # eq 5's product, packed once for all T steps
+        dec_mm = _step_matmul(_double_g(dec_w, hd), b)  # eq 7's
+        q_wt, heads_wt = q_w.t(), heads_w.t()
+        canvas, sig = x.new_zeros(b, Hi, Wi), ws["sig"]  # c_0 = 0
         reads, writes = [], []
         if att:
-            grid, mask = self._grid(x.dtype)
+            ro, wo = self.read_offsets.to(x.dtype), self.write_offsets.to(x.dtype)
             heads[0, :, kw:].view(b, 2, 5)[:, :, 2:].exp_()  # delta, sigma^2, gamma from their logs
-            xb = ws["xb"]
-            xb[:, :, :, 0] = x
+            ws["xb"][:, :, :, 0] = x
         if record:
             canvases = x.new_empty(T, b, Hi, Wi)
             rec_read, rec_write = (x.new_empty(T, b, 5), x.new_empty(T, b, 5)) if att else (None, None)
 
         for t in range(T):
-            s, s1, gs = slot(t), slot(t + 1), gslot(t)
-            ei, ei1 = enc_in[s], enc_in[s1]
+            v = plan[t] if save else plan[t % 2]
             torch.sigmoid(canvas, out=sig)
             if att:
-                xbt = xb[t if save else 0]
-                torch.sub(x, sig, out=xbt[:, :, 1])  # eq 3: x_hat = x - sigmoid(c_{t-1})
-                p = heads[s][:, kw + 5 :]  # read window from h^dec_{t-1}, eq 21-24
-                f, d = self._filters(p, self.read_offsets, grid, mask, ws["f_r"][gs], ws["d_r"][gs])
-                fx, fy = f[:, 0, :, :Wi], f[:, 1, :, :Hi]
-                left = torch.bmm(fy, xbt.view(b, Hi, 2 * Wi))  # (B, N, 2W): F_Y x | F_Y x_hat
-                glimpse = torch.bmm(left.view(b, 2 * n, Wi), fx.transpose(1, 2))  # rows (i, image)
-                torch.mul(glimpse.view(b, R), p[:, 4:5], out=ei[:, :R])  # eq 27, read_glimpse's layout
+                torch.sub(x, sig, out=v.xhat)  # eq 3: x_hat = x - sigmoid(c_{t-1})
+                rv = v.read  # read window from h^dec_{t-1}, eq 21-24
+                self._filters(rv, ro, ws)
+                left = torch.bmm(rv.fy, v.xb)  # (B, N, 2W): F_Y x | F_Y x_hat
+                glimpse = torch.bmm(left.view(b, 2 * n, Wi), rv.fxT)  # rows (i, image)
+                torch.mul(glimpse.view(b, R), rv.gamma, out=v.ei_r)  # eq 27, read_glimpse's layout
                 if save:
-                    reads.append((f, d, left))
+                    reads.append(left)
                 if record:
-                    rec_read[t] = p
+                    rec_read[t] = rv.p
             else:
-                torch.sub(x, sig, out=ei[:, :R].view(b, Hi, Wi))  # eq 3 (r_t = [x, x_hat], eq 17)
-            ge = enc_mm(ei, out=g_enc[gs])  # eq 5
+                torch.sub(x, sig, out=v.xhat_flat)  # eq 3 (r_t = [x, x_hat], eq 17)
+            pre = enc_mm(v.ei, out=v.g_enc)  # eq 5
             if lead:
-                ge.add_(base)
-            h_enc = ei1[:, R + hd : R + 2 * hd]
-            self._lstm(ge, g_enc[gs], c_enc[s], c_enc[s1], tc_enc[gs], h_enc)
-            q = torch.addmm(q_b, h_enc, q_w.t(), out=mu_ls[t])  # eq 1-2
-            sigma_eps = torch.exp(q[:, Z:], out=se[gs]).mul_(eps[t])
-            di = dec_in[s]
-            torch.add(q[:, :Z], sigma_eps, out=di[:, :Z])  # eq 6: z_t = mu_t + sigma_t eps_t
-            gd = dec_mm(di, out=g_dec[gs])  # eq 7
-            h_dec = ei1[:, R : R + hd]
-            self._lstm(gd, g_dec[gs], c_dec[s], c_dec[s1], tc_dec[gs], h_dec)
-            dec_in[s1][:, Z : Z + hd] = h_dec
-            hh = torch.addmm(heads_b, h_dec, heads_w.t(), out=heads[s1])  # eq 18/28 and 21
+                pre.add_(base)
+            self._lstm(pre, v.enc, k)
+            torch.addmm(q_b, v.h_enc, q_wt, out=mu_rows[t])  # eq 1-2
+            sigma_eps = torch.exp(ls_parts[t], out=v.se).mul_(eps_rows[t])
+            torch.add(mu_parts[t], sigma_eps, out=v.di_z)  # eq 6: z_t = mu_t + sigma_t eps_t
+            pre = dec_mm(v.di, out=v.g_dec)  # eq 7
+            self._lstm(pre, v.dec, k)
+            v.di1_h.copy_(v.dec.h)
+            torch.addmm(heads_b, v.dec.h, heads_wt, out=v.hh)  # eq 18/28 and 21
             if att:
-                hh[:, kw:].view(b, 2, 5)[:, :, 2:].exp_()
-                p = hh[:, kw : kw + 5]
-                f, d = self._filters(p, self.write_offsets, grid, mask, ws["f_w"][gs], ws["d_w"][gs])
-                fx, fy = f[:, 0, :, :Wi], f[:, 1, :, :Hi]
+                v.hh_exp.exp_()
+                wv = v.write
+                self._filters(wv, wo, ws)
                 # eq 29 with 1/gamma applied to the N x N patch instead of the H x W image.
-                w = torch.div(hh[:, :kw], p[:, 4:5]).view(b, self.write_n, self.write_n)
-                u = torch.bmm(w, fx)  # w F_X / gamma first: (B, N, W) products are ~2x faster than (B, H, N)
-                canvas.baddbmm_(fy.transpose(1, 2), u)  # eq 8: c_t = c_{t-1} + F_Y^T w F_X / gamma, in place
+                w = torch.div(v.hh_w, wv.gamma).view(b, self.write_n, self.write_n)
+                u = torch.bmm(w, wv.fx)  # w F_X / gamma first: (B, N, W) products are ~2x faster than (B, H, N)
+                canvas.baddbmm_(wv.fyT, u)  # eq 8: c_t = c_{t-1} + F_Y^T w F_X / gamma, in place
                 if save:
-                    writes.append((f, d, u, w))
+                    writes.append((u, w))
                 if record:
-                    rec_write[t] = p
+                    rec_write[t] = wv.p
             else:
-                canvas.add_(hh.view(b, Hi, Wi))  # eq 8, 18
+                canvas.add_(v.hh_canvas)  # eq 8, 18
             if record:
                 canvases[t] = canvas
 
         records = ()
         if record:
             records = (canvases, rec_read, rec_write) if att else (canvases,)
-        saved = None
-        if save:
-            saved = dict(ws, x=x, weights=weights, reads=reads, writes=writes, workspace=ws)
+        saved = dict(workspace=ws, x=x, weights=weights, reads=reads, writes=writes) if save else None
+        if not save:
+            _EVAL_WORKSPACES[self] = ws
         return canvas, mu_ls, records, saved
 
     def _loop_backward(self, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
         """Backpropagation through time for _loop: (dx or None, gradients of the fused weights)."""
-        x = sv["x"]
+        ws, x = sv["workspace"], sv["x"]
         enc_w, dec_w, q_w, q_b, heads_w, heads_b = sv["weights"]
-        enc_in, dec_in, heads, g_enc, g_dec = sv["enc_in"], sv["dec_in"], sv["heads"], sv["g_enc"], sv["g_dec"]
+        enc_in, dec_in, g_enc, g_dec = ws["enc_in"], ws["dec_in"], ws["g_enc"], ws["g_dec"]
         T, hd, Z, att = self.steps, self.hidden, self.embed, self.attention
         b, Hi, Wi = x.shape
         n = self.read_n
@@ -511,76 +653,81 @@ class DRAW(nn.Module):
         R = 2 * n * n if att else Hi * Wi
         lead = 0 if att else Hi * Wi
         ke, kd = enc_in.shape[2], dec_in.shape[2]
+        plan = ws["plan"]
+        bw = ws.get("backward") or self._backward_views(ws, b, Hi, Wi)
+        scratch, d_heads, dq, dC, dCT = bw["scratch"], bw["d_heads"], bw["dq"], bw["d_canvas"], bw["d_canvasT"]
         # Input gradients of each step's products: only the columns of real inputs (not the ones or
         # padding columns), with the weights packed once for all T steps.
         enc_mm_t = _step_matmul(enc_w[:, lead : lead + R + 2 * hd].t(), b)
         dec_mm_t = _step_matmul(dec_w[:, : Z + hd].t(), b)
 
-        d_canvas = x.new_zeros(b, Hi, Wi) if d_canvas is None else d_canvas.clone()  # dL/dc_t
-        dq = x.new_zeros(T, b, 2 * Z)  # dL/d[mu_t | log sigma_t]
+        if d_canvas is None:
+            dC.zero_()
+        else:
+            dC.copy_(d_canvas)  # dL/dc_t, updated in place as t goes down
         if d_lz is not None:  # eq 11: dL^z/dmu = mu, dL^z/dlog sigma = sigma^2 - 1, in bulk
             mu, log_sigma = mu_ls.split(Z, -1)
             torch.mul(mu, d_lz.view(1, b, 1), out=dq[..., :Z])
             torch.mul(log_sigma, 2, out=dq[..., Z:]).exp_().sub_(1).mul_(d_lz.view(1, b, 1))
+        else:
+            dq.zero_()
         if d_mu_ls is not None:
             dq += d_mu_ls
-        d_heads = x.new_zeros(T + 1, b, heads_w.shape[0])  # slot t: heads over h^dec_{t-1}
+        d_heads.zero_()
         dc_enc, dc_dec = x.new_zeros(b, hd), x.new_zeros(b, hd)
-        d_ei_next, d_di_next = x.new_zeros(b, ke), x.new_zeros(b, kd)  # step t+1's input gradients
+        d_ei_next, d_di_next = x.new_zeros(b, R + 2 * hd), x.new_zeros(b, Z + hd)  # step t+1's input gradients
         dx = torch.zeros_like(x) if need_x else None
         if att:
-            map_r, map_w = self._mu_map(self.read_offsets.to(x.dtype)), self._mu_map(self.write_offsets.to(x.dtype))
+            dt = x.dtype
+            map_r, map_w = self._mu_map(self.read_offsets.to(dt)), self._mu_map(self.write_offsets.to(dt))
+        se_rows = ws["se"].unbind(0)
 
         for t in reversed(range(T)):
-            hh, dhh = heads[t + 1], d_heads[t + 1]
+            v, bv = plan[t], bw["steps"][t]
             # write at step t (eq 8, 29; eq 18): every update receives dL/dc_t
             if att:
-                f, d, u, w = sv["writes"][t]  # update = F_Y^T u, u = (w / gamma) F_X
-                fx, fy = f[:, 0, :, :Wi], f[:, 1, :, :Hi]
-                p = hh[:, kw : kw + 5]
-                du = torch.bmm(fy, d_canvas)  # (B, N, W)
-                dfy = torch.bmm(u, d_canvas.transpose(1, 2))  # (B, N, H)
-                dw = torch.bmm(du, fx.transpose(1, 2))  # dL/d(w / gamma): (B, N, N)
+                wv = v.write  # update = F_Y^T u, u = (w / gamma) F_X
+                u, w = sv["writes"][t]
+                du = torch.bmm(wv.fy, dC)  # (B, N, W)
+                dfy = torch.bmm(u, dCT)  # (B, N, H)
+                dw = torch.bmm(du, wv.fxT)  # dL/d(w / gamma): (B, N, N)
                 dfx = torch.bmm(w.transpose(1, 2), du)  # (B, N, W)
-                torch.sum(dw * w, (1, 2), out=dhh[:, kw + 4]).neg_()  # dL/d log gamma
-                torch.div(dw.view(b, kw), p[:, 4:5], out=dhh[:, :kw])
-                self._filters_backward(p, f, d, dfx, dfy, map_w, dhh[:, kw : kw + 5])
+                torch.sum(dw * w, (1, 2), out=bv.dhh_wgamma).neg_()  # dL/d log gamma
+                torch.div(dw.view(b, kw), wv.gamma, out=bv.dhh_w)
+                self._filters_backward(bv.wbank, dfx, dfy, map_w, bv.dhh_w4, bv.dhh_wdelta)
             else:
-                dhh[:, :kw] = d_canvas.view(b, kw)
+                bv.dhh.copy_(dC.view(b, kw))
             # h^dec_t feeds the heads and step t+1's encoder and decoder (eq 5, 7)
-            dh = torch.add(d_ei_next[:, R : R + hd], d_di_next[:, Z : Z + hd]).addmm_(dhh, heads_w)
-            gd = self._lstm_backward(g_dec[t], sv["c_dec"][t], sv["tc_dec"][t], dh, dc_dec)
+            dh = torch.add(d_ei_next[:, R : R + hd], d_di_next[:, Z : Z + hd]).addmm_(bv.dhh, heads_w)
+            gd = self._lstm_backward(v.dec, scratch, dh, dc_dec)
             d_di = dec_mm_t(gd)  # [dz_t | dh^dec_{t-1}]
             dz = d_di[:, :Z]
-            dq[t, :, :Z] += dz  # eq 6: z = mu + sigma eps
-            dq[t, :, Z:].addcmul_(dz, sv["se"][t])  # d/d log sigma = sigma eps dz
-            dh = torch.addmm(d_ei_next[:, R + hd : R + 2 * hd], dq[t], q_w)  # h^enc_t feeds q and step t+1's encoder
-            ge = self._lstm_backward(g_enc[t], sv["c_enc"][t], sv["tc_enc"][t], dh, dc_enc)
+            bv.dq_mu.add_(dz)  # eq 6: z = mu + sigma eps
+            bv.dq_ls.addcmul_(dz, se_rows[t])  # d/d log sigma = sigma eps dz
+            dh = torch.addmm(d_ei_next[:, R + hd : R + 2 * hd], bv.dq, q_w)  # h^enc_t feeds q and step t+1's encoder
+            ge = self._lstm_backward(v.enc, scratch, dh, dc_enc)
             d_ei = enc_mm_t(ge)  # [dr_t | dh^dec_{t-1} | dh^enc_{t-1}]
             # read at step t (eq 27; eq 17)
             if att:
-                f, d, left = sv["reads"][t]
-                fx, fy = f[:, 0, :, :Wi], f[:, 1, :, :Hi]
-                p = heads[t][:, kw + 5 :]
+                rv = v.read
+                left = sv["reads"][t]
                 dr = d_ei[:, :R]
-                dhr = d_heads[t][:, kw + 5 :]
-                torch.sum(dr * enc_in[t][:, :R], 1, out=dhr[:, 4])  # dL/d log gamma (r = gamma G)
-                dg = (dr * p[:, 4:5]).view(b, 2 * n, n)
-                dleft = torch.bmm(dg, fx)  # (B, 2N, W)
+                torch.sum(dr * v.ei_r, 1, out=bv.dhr_gamma)  # dL/d log gamma (r = gamma G)
+                dg = (dr * rv.gamma).view(b, 2 * n, n)
+                dleft = torch.bmm(dg, rv.fx)  # (B, 2N, W)
                 dfx = torch.bmm(dg.transpose(1, 2), left.view(b, 2 * n, Wi))
                 dleft = dleft.view(b, n, 2 * Wi)
-                xbt = sv["xb"][t].view(b, Hi, 2 * Wi)
-                dfy = torch.bmm(dleft, xbt.transpose(1, 2))
-                dxb = torch.bmm(fy.transpose(1, 2), dleft).view(b, Hi, 2, Wi)
-                self._filters_backward(p, f, d, dfx, dfy, map_r, dhr)
-                d_xhat, x_hat = dxb[:, :, 1], sv["xb"][t][:, :, 1]
+                dfy = torch.bmm(dleft, v.xbT)
+                dxb = torch.bmm(rv.fyT, dleft).view(b, Hi, 2, Wi)
+                self._filters_backward(bv.rbank, dfx, dfy, map_r, bv.dhr4, bv.dhr_delta)
+                d_xhat, x_hat = dxb[:, :, 1], v.xhat
                 if need_x:
                     dx += dxb[:, :, 0]
             else:
-                d_xhat, x_hat = d_ei[:, :R].view(b, Hi, Wi), enc_in[t][:, :R].view(b, Hi, Wi)
+                d_xhat, x_hat = d_ei[:, :R].view(b, Hi, Wi), v.xhat_flat
             if need_x:
                 dx += d_xhat
-            d_canvas.sub_(_aten.sigmoid_backward(d_xhat, x - x_hat))  # dL/dc_{t-1}; x - x_hat = sigmoid(c_{t-1})
+            dC.sub_(_aten.sigmoid_backward(d_xhat, x - x_hat))  # dL/dc_{t-1}; x - x_hat = sigmoid(c_{t-1})
             d_ei_next, d_di_next = d_ei, d_di
 
         # Weight gradients: one (T*B)-row product each instead of T small ones (bias included: the
@@ -598,13 +745,8 @@ class DRAW(nn.Module):
         d_q_w = dq_all.t() @ enc_in[1:, :, R + hd : R + 2 * hd].reshape(rows, hd)  # h^enc_1..T
         d_heads_w = d_heads[1:].view(rows, -1).t() @ enc_in[1:, :, R : R + hd].reshape(rows, hd)  # h^dec_1..T
         grads = (d_enc_w, d_dec_w, d_q_w, dq_all.sum(0), d_heads_w, d_heads.sum((0, 1)))
-        _WORKSPACES[self] = sv["workspace"]  # this forward's buffers are free for the next one
+        _WORKSPACES[self] = ws  # this forward's buffers are free for the next one
         return dx, grads
-
-    def _take_workspace(self, key):
-        """The step buffers of the last finished training step, if they fit (else None)."""
-        ws = _WORKSPACES.pop(self, None)
-        return ws if ws is not None and ws["key"] == key else None
 
     def forward(
         self,
@@ -677,39 +819,46 @@ class DRAW(nn.Module):
     def _decode_prior(self, z_all: torch.Tensor, every_step: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """generate()'s loop for noise z_all (T, n, Z): decoder, write head and write attention only."""
         T, n, Z = z_all.shape
-        hd, Hi, Wi = self.hidden, self.height, self.width
+        hd, Hi, Wi, nw, att = self.hidden, self.height, self.width, self.write_n, self.attention
         ref = z_all
         dec_w, (heads_w, heads_b) = self._gates_weight(self.decoder), self._heads_weight(read=False)
-        kw = self.write_n**2 if self.attention else Hi * Wi
-        dec_mm = _step_matmul(dec_w, n)  # eq 7's product, weight packed once for all T steps
+        kw = nw * nw if att else Hi * Wi
+        k = _constants(ref)
+        dec_mm = _step_matmul(_double_g(dec_w, hd), n)  # eq 7's product, weight packed once for all T steps
         dec_in = ref.new_zeros(n, dec_w.shape[1])  # [z_t | h^dec_{t-1} | 1 | 0...]: one product per step
         dec_in[:, Z + hd] = 1
-        h = dec_in[:, Z : Z + hd]  # h^dec_0 = 0; the LSTM writes h_t here for the next step
+        h, z_in = dec_in[:, Z : Z + hd], dec_in[:, :Z]  # h^dec_0 = 0; the LSTM writes h_t into h
         gates, c, tc = ref.new_empty(n, 4 * hd), ref.new_zeros(2, n, hd), ref.new_empty(n, hd)
+        lstm = [self._lstm_views(gates, c[s], c[1 - s], tc, h) for s in (0, 1)]
         kept = T if every_step else 1  # steps whose canvas and window are returned
         heads = ref.new_empty(kept, n, heads_w.shape[0])  # [w_t | write attention_t]
         canvases = ref.new_empty(T, n, Hi, Wi) if every_step else ref.new_zeros(1, n, Hi, Wi)
         prev = ref.new_zeros(n, Hi, Wi) if every_step else canvases[0]  # c_0 = 0; updated in place when kept == 1
-        if self.attention:
+        out_rows, heads_rows, z_rows = canvases.unbind(0), heads.unbind(0), z_all.unbind(0)
+        heads_wt = heads_w.t()
+        if att:
             grid, mask = self._grid(ref.dtype)
-            f, d = ref.new_empty(2, n, 2, self.write_n, max(Hi, Wi)).unbind(0)
+            wsd = dict(k=k, grid3=grid[:, None, :], mask3=None if mask is None else mask[:, None, :])
+            f, d = ref.new_empty(2, n, 2, nw, max(Hi, Wi)).unbind(0)
+            banks = [self._bank_views(hh[:, kw:], f, d, nw) for hh in heads_rows]
+            offsets = self.write_offsets.to(ref.dtype)
         for t in range(T):
-            k = t if every_step else 0
-            dec_in[:, :Z] = z_all[t]
+            j = t if every_step else 0
+            z_in.copy_(z_rows[t])
             pre = dec_mm(dec_in, out=gates)  # eq 7
-            self._lstm(pre, gates, c[t % 2], c[(t + 1) % 2], tc, h)
-            hh = torch.addmm(heads_b, h, heads_w.t(), out=heads[k])  # eq 18/28 and 21
-            if self.attention:
-                hh[:, kw + 2 :].exp_()
-                p = hh[:, kw:]
-                self._filters(p, self.write_offsets, grid, mask, f, d)
-                w = torch.div(hh[:, :kw], p[:, 4:5]).view(n, self.write_n, self.write_n)
-                u = torch.bmm(w, f[:, 0, :, :Wi])  # (w / gamma) F_X, as in _loop
-                torch.baddbmm(prev, f[:, 1, :, :Hi].transpose(1, 2), u, out=canvases[k])  # eq 8, 29
+            self._lstm(pre, lstm[t % 2], k)
+            hh = torch.addmm(heads_b, h, heads_wt, out=heads_rows[j])  # eq 18/28 and 21
+            if att:
+                bank = banks[j]
+                bank.p[:, 2:].exp_()  # delta, sigma^2, gamma from their logs
+                self._filters(bank, offsets, wsd)
+                w = torch.div(hh[:, :kw], bank.gamma).view(n, nw, nw)
+                u = torch.bmm(w, bank.fx)  # (w / gamma) F_X, as in _loop
+                torch.baddbmm(prev, bank.fyT, u, out=out_rows[j])  # eq 8, 29
             else:
-                torch.add(prev, hh.view(n, Hi, Wi), out=canvases[k])  # eq 8, 18
-            prev = canvases[k]
-        return canvases, (heads[:, :, kw:] if self.attention else None)
+                torch.add(prev, hh.view(n, Hi, Wi), out=out_rows[j])  # eq 8, 18
+            prev = out_rows[j]
+        return canvases, (heads[:, :, kw:] if att else None)
 
 
 class _DrawLoop(torch.autograd.Function):

@@ -229,3 +229,33 @@ def test_final_step_sampling_equals_the_last_of_every_step(attention):
         assert last_writes is None and writes is None
     ref_last, _ = base.generate(5, generator=torch.Generator().manual_seed(6), every_step=False)
     assert close(last, ref_last)
+
+
+def test_reused_step_buffers_give_the_same_results_across_shapes_and_modes():
+    """The loop keeps its step buffers (and views into them) between calls: training per model,
+    evaluation per model. Interleaving batch sizes, training and evaluation, and sampling must not
+    leak anything from one call into the next."""
+    torch.manual_seed(0)
+    m = DRAW(height=9, width=11, steps=3, hidden=16, embed=3, read_n=2, write_n=3).double()
+    randomise(m, 1)
+    xs = {b: torch.rand(b, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(b)) for b in (2, 5)}
+
+    def train_grads(b):
+        m.zero_grad(set_to_none=True)
+        out = m(xs[b], generator=torch.Generator().manual_seed(3))
+        out.loss.sum().backward()
+        return out.loss.detach(), [p.grad.clone() for p in m.parameters()]
+
+    def evaluate(b):
+        with torch.no_grad():
+            return m(xs[b], record=True, generator=torch.Generator().manual_seed(4))
+
+    first = {b: (train_grads(b), evaluate(b)) for b in (2, 5)}
+    for b in (5, 2, 2, 5):
+        m.generate(3)
+        (loss, grads), ev = train_grads(b), evaluate(b)
+        (loss0, grads0), ev0 = first[b]
+        assert torch.equal(loss, loss0)
+        assert all(torch.equal(g, g0) for g, g0 in zip(grads, grads0))
+        assert torch.equal(ev.loss, ev0.loss) and torch.equal(ev.canvases, ev0.canvases)
+        assert torch.equal(ev.read, ev0.read) and torch.equal(ev.write, ev0.write)
