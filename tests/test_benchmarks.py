@@ -1,0 +1,45 @@
+"""benchmarks/speed.py keeps working: its FLOP count and a tiny end-to-end run (numbers are
+printed, never asserted: speed lives in benchmarks/, not in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import speed  # noqa: E402
+
+
+def test_flops_per_image_at_the_paper_config_by_hand():
+    f = speed.flops_per_image(speed.PAPER)
+    # Per step, multiply-add = 2 FLOPs: encoder 2*(8+512)*1024, q 2*256*200, decoder 2*(100+256)*1024,
+    # heads 2*256*(25+10), read bmm's 2*2*28*56 + 2*4*28*2, write bmm's 2*28*5*5 + 2*28*5*28.
+    per_step = 2 * 520 * 1024 + 2 * 256 * 200 + 2 * 356 * 1024 + 2 * 256 * 35 + (2 * 2 * 28 * 56 + 2 * 4 * 28 * 2) + (
+        2 * 28 * 25 + 2 * 28 * 5 * 28)
+    assert f["forward"] == 64 * per_step
+    assert f["training"] == 3 * f["forward"]
+    assert round(f["training"] / 1e6, 1) == 370.6
+    assert f["sampling"] == 64 * (2 * 356 * 1024 + 2 * 256 * 30 + 2 * 28 * 25 + 2 * 28 * 5 * 28)
+
+
+def test_a_tiny_benchmark_run_writes_every_section(tmp_path):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--device", "cpu", "--quick", "--batch-sizes", "4",
+           "--sample-sizes", "40", "--T", "2", "--hidden", "16", "--embed", "4", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["config"]["steps"] == 2 and r["config"]["hidden"] == 16
+    assert r["baseline_max_relative_loss_difference"] < 1e-4
+    assert set(r["training"]["drawcli"]) == {"4"} and set(r["training"]["baseline"]) == {"4"}
+    assert {"drawcli", "baseline", "drawcli-every-step"} <= set(r["sampling"])
+    assert set(r["sampling"]["drawcli"]) == {"4", "40"}
+    for row in (r["training"]["drawcli"]["4"], r["sampling"]["drawcli"]["40"]):
+        assert row["images_per_s"] > 0 and 0 < row["fraction_of_gemm_rate"] and row["peak_memory_mb"] > 0
+    assert r["gemm"]["square_2048_gflops"] > 0
+    assert all(s["gflops"] >= s["mm_gflops"] for s in r["gemm"]["training"]["4"]["shapes"])
+    assert r["speedup"]["training"]["4"] > 0
+    assert "train  drawcli" in proc.stdout and "wrote" in proc.stdout
