@@ -76,7 +76,7 @@ def _packed_gemm_works() -> bool:
     if _PACKED["works"] is None:
         try:
             g = torch.Generator().manual_seed(0)
-            a, w = torch.randn(3, 40, generator=g), torch.randn(24, 40, generator=g)
+            a, w = (torch.randn(shape, generator=g, dtype=torch.float32) for shape in ((3, 40), (24, 40)))
             packed = torch.ops.mkldnn._reorder_linear_weight(w, 3)
             y = torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
             _PACKED["works"] = bool(torch.allclose(y, a @ w.t(), rtol=1e-4, atol=1e-4))
@@ -93,7 +93,7 @@ def _step_matmul(w: torch.Tensor, rows: int):
     """
     # Below ~32 rows the packing and oneDNN's per-call overhead cost what the faster kernel saves.
     if (_PACKED["enabled"] and rows >= 32 and w.device.type == "cpu" and w.dtype == torch.float32
-            and _packed_gemm_works()):
+            and torch.backends.mkldnn.enabled and _packed_gemm_works()):
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), rows)
         linear = torch.ops.mkldnn._linear_pointwise.default
         return lambda x, out=None: linear(x, packed, None, "none", [], "")
@@ -295,7 +295,7 @@ class DRAW(nn.Module):
         - LSTM weights as [W | b | 0...] (the loop's inputs hold a constant 1 column): no bias copy
           per step, and the bias gradient comes out of the weight-gradient product for free. Zero
           columns pad the inner dimension to a multiple of 8 (MKL runs K = 357 ~10% slower than 360).
-        - LSTM gate rows reordered (i, f, g, o) -> (i, f, o, g): one sigmoid covers three gates.
+        - LSTM gate rows reordered (i, f, g, o) -> (i, f, o, g): the sigmoid gates side by side.
         - One head over h^dec_t: [write w_t | write attention_t | read attention_{t+1}] (all three
           read the same state: one matrix product instead of three).
         """
@@ -351,7 +351,7 @@ class DRAW(nn.Module):
     # Python number costs each op a conversion.
 
     def _bank_views(self, p, f, d, n):
-        """Views for one filterbank (eq 19-26) computed from params p (B, 5, ATTENTION_FIELDS)
+        """Views for one filterbank (eq 19-26) computed from params p (B, 5) in ATTENTION_FIELDS order
         into f (F_X, F_Y as (B, 2, N, L)) and d (grid - mu, kept for backward)."""
         b = f.shape[0]
         mu = p.new_empty(b, 2, n)
@@ -394,7 +394,8 @@ class DRAW(nn.Module):
         df, prod, zs, S = v.df, v.prod, v.zs, v.S
         if self.width == self.height:
             torch.stack([dfx, dfy], 1, out=df)
-        else:  # the padding columns of df stay 0
+        else:  # zeroed first: the previous call's arithmetic below wrote (0 times something) into the padding
+            df.zero_()
             v.dfx.copy_(dfx)
             v.dfy.copy_(dfy)
         torch.mul(df, v.f, out=prod)
@@ -420,7 +421,8 @@ class DRAW(nn.Module):
         v.g.mul_(k.two).sub_(k.one)  # g = tanh(z_g)
         torch.mul(v.f, v.c_prev, out=v.c)
         v.c.addcmul_(v.i, v.g)  # c_t = f c_{t-1} + i g
-        torch.mul(v.c, k.two, out=v.tc).sigmoid_().mul_(k.two).sub_(k.one)  # tanh(c_t), as in _tanh_
+        # tanh(c_t) as 2 sigmoid(2 c_t) - 1: this CPU build's tanh is ~6x slower than its sigmoid.
+        torch.mul(v.c, k.two, out=v.tc).sigmoid_().mul_(k.two).sub_(k.one)
         torch.mul(v.o, v.tc, out=v.h)  # h_t = o tanh(c_t)
 
     @staticmethod
@@ -563,7 +565,10 @@ class DRAW(nn.Module):
         key = (b, x.dtype, x.device, save)
         ws = _take_workspace(self, key, _WORKSPACES if save else _EVAL_WORKSPACES)
         if ws is None:
-            ws = self._workspace(x, enc_w.shape[1] - lead, dec_w.shape[1], heads_w.shape[0], save)
+            # Plain tensors even under torch.inference_mode: inference tensors could not be written
+            # by a later no_grad call reusing them.
+            with torch.inference_mode(False):
+                ws = self._workspace(x, enc_w.shape[1] - lead, dec_w.shape[1], heads_w.shape[0], save)
         plan, k = ws["plan"], ws["k"]
         enc_in, dec_in, c_enc, c_dec, heads = ws["enc_in"], ws["dec_in"], ws["c_enc"], ws["c_dec"], ws["heads"]
         enc_in[0, :, R : R + 2 * hd] = 0  # h_0 = 0 (both LSTMs), c_0 = 0
@@ -854,9 +859,14 @@ class DRAW(nn.Module):
                 self._filters(bank, offsets, wsd)
                 w = torch.div(hh[:, :kw], bank.gamma).view(n, nw, nw)
                 u = torch.bmm(w, bank.fx)  # (w / gamma) F_X, as in _loop
-                torch.baddbmm(prev, bank.fyT, u, out=out_rows[j])  # eq 8, 29
-            else:
+                if every_step:
+                    torch.baddbmm(prev, bank.fyT, u, out=out_rows[j])  # eq 8, 29
+                else:
+                    prev.baddbmm_(bank.fyT, u)
+            elif every_step:
                 torch.add(prev, hh.view(n, Hi, Wi), out=out_rows[j])  # eq 8, 18
+            else:
+                prev.add_(hh.view(n, Hi, Wi))
             prev = out_rows[j]
         return canvases, (heads[:, :, kw:] if att else None)
 
@@ -886,16 +896,11 @@ class _DrawLoop(torch.autograd.Function):
         (mu_ls,) = ctx.saved_tensors
         with torch.autocast(mu_ls.device.type, enabled=False):
             dx, grads = ctx.model._loop_backward(ctx.saved, d_canvas, d_mu_ls, d_lz, mu_ls, need_x=ctx.needs_input_grad[2])
-        ctx.saved = None  # free the step buffers now
+        ctx.saved = None  # drop this forward's per-step tensors now (its buffers went back to _WORKSPACES)
         return (None, None, dx, None, *grads)
 
 
 _aten = torch.ops.aten
-
-
-def _tanh_(t: torch.Tensor) -> torch.Tensor:
-    """tanh in place as 2 sigmoid(2t) - 1: this CPU build's tanh is ~6x slower than its sigmoid."""
-    return t.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
 def kl_per_image(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:

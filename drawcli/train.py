@@ -167,6 +167,20 @@ def make_adam(params, lr: float, betas: tuple[float, float]):
         return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
+def load_optimizer_state(optimizer, state: dict, lr: float) -> None:
+    """Load a saved Adam state into this machine's optimizer, with learning rate lr.
+
+    The kernel stays this machine's choice (fused or not), not the saving machine's. It is set in
+    the state before loading because torch places each parameter's step counter by the loaded
+    group's "fused" flag: on the parameter's device when fused, which CUDA's fused kernel requires.
+    """
+    fused = optimizer.param_groups[0].get("fused")
+    state = dict(state, param_groups=[{**group, "fused": fused} for group in state["param_groups"]])
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def train(
     settings: Settings,
     train_images: np.ndarray | torch.Tensor,
@@ -211,11 +225,7 @@ def train(
     step, best_loss = 0, None
     if resume is not None:
         model.load_state_dict(resume["model"])
-        fused = optimizer.param_groups[0].get("fused")
-        optimizer.load_state_dict(resume["optimizer"])
-        for group in optimizer.param_groups:  # a resumed run may change the learning rate
-            group["lr"] = ts.lr
-            group["fused"] = fused  # this machine's choice, not the one of the machine that saved it
+        load_optimizer_state(optimizer, resume["optimizer"], ts.lr)  # a resumed run may change the learning rate
         step, best_loss = int(resume["step"]), resume.get("best_loss")
         try:
             data_gen.set_state(resume["rng"]["data"].cpu())

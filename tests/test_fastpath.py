@@ -259,3 +259,40 @@ def test_reused_step_buffers_give_the_same_results_across_shapes_and_modes():
         assert all(torch.equal(g, g0) for g, g0 in zip(grads, grads0))
         assert torch.equal(ev.loss, ev0.loss) and torch.equal(ev.canvases, ev0.canvases)
         assert torch.equal(ev.read, ev0.read) and torch.equal(ev.write, ev0.write)
+
+
+def test_evaluation_after_inference_mode_reuses_buffers_safely():
+    """Buffers made under torch.inference_mode are plain tensors, so a later no_grad (or frozen
+    model) call that reuses them may write into them."""
+    fast, base = pair(seed=5, height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
+    x = torch.rand(3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        first = fast(x, generator=torch.Generator().manual_seed(1)).loss
+    with torch.no_grad():
+        again = fast(x, generator=torch.Generator().manual_seed(1)).loss
+    fast.requires_grad_(False)
+    frozen = fast(x, generator=torch.Generator().manual_seed(1)).loss
+    ref = base(x, generator=torch.Generator().manual_seed(1))["loss"]
+    assert close(first, ref) and torch.equal(first, again) and torch.equal(first, frozen)
+
+
+@pytest.mark.parametrize("shape", [(9, 12), (12, 9), (10, 10)])
+def test_a_non_finite_batch_does_not_poison_later_gradients(shape):
+    """Backward reuses scratch buffers (the filterbank gradients of non-square images have padding
+    columns): after a batch that produced NaNs, the same clean batch gives the same gradients."""
+    h, w = shape
+    torch.manual_seed(0)
+    m = DRAW(height=h, width=w, steps=2, hidden=8, embed=2, read_n=2, write_n=3).double()
+    x = torch.rand(4, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def grads(inp):
+        m.zero_grad(set_to_none=True)
+        m(inp, generator=torch.Generator().manual_seed(1)).loss.sum().backward()
+        return [p.grad.clone() for p in m.parameters()]
+
+    before = grads(x)
+    bad = x.clone()
+    bad[0, 0, 0] = float("nan")
+    assert not all(torch.isfinite(g).all() for g in grads(bad))
+    after = grads(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))

@@ -134,6 +134,31 @@ def test_adam_uses_the_fused_kernel_where_torch_has_one_and_resume_keeps_this_ma
     assert cb2.ckpts[-1][0]["optimizer"]["param_groups"][0]["fused"] == fused.param_groups[0]["fused"]
 
 
+def test_a_plain_adam_state_loads_into_fused_adam_with_its_step_counters_placed_for_fused():
+    """torch places Adam's step counters by the loaded group's "fused" flag; load_optimizer_state
+    makes that flag this machine's before loading, so a checkpoint from a machine without the
+    fused kernel gets float32 counters on the parameters' device (what CUDA's fused Adam needs),
+    and the learning rate is the resumed run's."""
+    from drawcli.train import load_optimizer_state, make_adam
+
+    layer = torch.nn.Linear(3, 2)
+    plain = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    layer(torch.ones(1, 3)).sum().backward()
+    plain.step()
+    state = plain.state_dict()
+    for st in state["state"].values():  # as a machine whose counters differ from fused placement
+        st["step"] = st["step"].to(torch.float64)
+    fused = make_adam(layer.parameters(), 1e-3, (0.9, 0.999))
+    if not fused.param_groups[0].get("fused"):
+        pytest.skip("this torch has no fused Adam for CPU")
+    load_optimizer_state(fused, state, lr=5e-4)
+    assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["lr"] == 5e-4
+    for p in layer.parameters():
+        step = fused.state[p]["step"]
+        assert step.dtype == torch.float32 and step.device == p.device and step.item() == 1
+    fused.step()  # and it runs
+
+
 def test_checkpoint_round_trip_is_weights_only(tmp_path):
     cb = Collect()
     images = synthetic_images()
