@@ -778,13 +778,7 @@ class DRAW(nn.Module):
         if eps is None:
             eps = torch.randn(self.steps, b, self.embed, device=x.device, dtype=x.dtype, generator=generator)
         weights = self._fused_weights()
-        # The loop writes into preallocated buffers of x's dtype: keep autocast out of it.
-        with torch.autocast(x.device.type, enabled=False):
-            if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
-                canvas, mu_ls, lz, *records = _DrawLoop.apply(self, record, x, eps, *weights)
-            else:  # evaluation: no buffers kept for backward
-                canvas, mu_ls, records, _ = self._loop(x, eps, weights, save=False, record=record)
-                lz = kl_per_image(*mu_ls.split(self.embed, -1))
+        canvas, mu_ls, lz, records = self._time_loop(x, eps, weights, record)
         mu, log_sigma = mu_ls.chunk(2, dim=-1)  # (T, B, Z) each
 
         # eq 9: Bernoulli NLL of x under sigmoid(c_T), summed over pixels (logits: safe under autocast).
@@ -799,6 +793,23 @@ class DRAW(nn.Module):
             if self.attention:
                 out.read, out.write = records[1], records[2]
         return out
+
+    @torch.compiler.disable
+    def _time_loop(self, x, eps, weights, record: bool):
+        """forward()'s loop: (c_T, [mu | log sigma], L^z, records).
+
+        Kept out of torch.compile's tracing: it is already one fused node with buffers reused
+        across calls and private oneDNN ops, none of which the compiler can improve. A compiled
+        DRAW compiles the rest and calls this eagerly.
+        """
+        # The loop writes into preallocated buffers of x's dtype: keep autocast out of it.
+        with torch.autocast(x.device.type, enabled=False):
+            if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+                canvas, mu_ls, lz, *records = _DrawLoop.apply(self, record, x, eps, *weights)
+            else:  # evaluation: no buffers kept for backward
+                canvas, mu_ls, records, _ = self._loop(x, eps, weights, save=False, record=record)
+                lz = kl_per_image(*mu_ls.split(self.embed, -1))
+        return canvas, mu_ls, lz, records
 
     @torch.no_grad()
     def generate(
@@ -821,6 +832,7 @@ class DRAW(nn.Module):
         with torch.autocast(ref.device.type, enabled=False):  # the loop writes into buffers of the model's dtype
             return self._decode_prior(z_all, every_step)
 
+    @torch.compiler.disable
     def _decode_prior(self, z_all: torch.Tensor, every_step: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """generate()'s loop for noise z_all (T, n, Z): decoder, write head and write attention only."""
         T, n, Z = z_all.shape

@@ -296,3 +296,26 @@ def test_a_non_finite_batch_does_not_poison_later_gradients(shape):
     assert not all(torch.isfinite(g).all() for g in grads(bad))
     after = grads(x)
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_torch_compile_of_the_model_runs_the_loop_eagerly_and_agrees():
+    """torch.compile(model) traces around the time loop (it is one fused node already, with
+    buffers and private oneDNN ops no compiler can improve) and gives the eager numbers.
+    aot_eager goes through AOTAutograd like the default backend, without needing a C++ compiler;
+    tracing into the loop fails there."""
+    torch.manual_seed(0)
+    m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
+    compiled = torch.compile(m, backend="aot_eager")
+    x = torch.rand(33, 8, 8, generator=torch.Generator().manual_seed(0))  # >= 32 rows: the packed path
+    eps = torch.randn(2, 33, 2, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for net in (m, compiled):
+        m.zero_grad(set_to_none=True)
+        out = net(x, eps=eps)
+        out.loss.sum().backward()
+        grads.append((out.loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    (loss_e, g_e), (loss_c, g_c) = grads
+    assert torch.allclose(loss_e, loss_c, rtol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g_e, g_c))
+    with torch.no_grad():
+        assert torch.allclose(compiled(x, eps=eps).loss, loss_e, rtol=1e-6)
