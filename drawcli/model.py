@@ -25,14 +25,6 @@ FILTER_EPS = 1e-8  # guards the filterbank normalisation (eq 25, 26) when all we
 # Kept outside the module so that state_dict, deepcopy and pickling never see them.
 _WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-# The LSTM products of one step are (B x 528) @ (528 x 1024)-sized: too short for MKL's sgemm,
-# which re-packs the weight on every call and reaches ~75% of its large-matrix rate here. oneDNN's
-# linear with a weight packed once per loop (the T steps reuse it) runs them 25-40% faster on
-# x86 CPUs (benchmarks/speed.py measures both). These are the private ops PyTorch's own compiler
-# uses for CPU linear layers, so they are probed once and torch.mm is the fallback.
-_PACKED = {"enabled": True, "works": None}
-
-
 # Evaluation's two-slot buffers, per model, reused by its next no-gradient forward of the same shape.
 _EVAL_WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -65,6 +57,14 @@ def _constants(ref: torch.Tensor) -> _Views:
 def _double_g(w: torch.Tensor, hidden: int) -> torch.Tensor:
     """An LSTM weight in gate order (i, f, o, g) with the g rows doubled, for DRAW._lstm's forward."""
     return torch.cat([w[: 3 * hidden], w[3 * hidden :] * 2])
+
+
+# The LSTM products of one step are (B x 528) @ (528 x 1024)-sized: too short for MKL's sgemm,
+# which re-packs the weight on every call and reaches ~75% of its large-matrix rate here. oneDNN's
+# linear with a weight packed once per loop (the T steps reuse it) runs them 20-40% faster on
+# x86 CPUs (benchmarks/speed.py measures both). These are the private ops PyTorch's own compiler
+# uses for CPU linear layers, so they are probed once and torch.mm is the fallback.
+_PACKED = {"enabled": True, "works": None}
 
 
 def set_packed_gemm(enabled: bool) -> None:
@@ -278,8 +278,9 @@ class DRAW(nn.Module):
 
     # ----------------------------------------------------------------- the model
     #
-    # forward() and generate() run eq 3-8 in one lean loop (_loop) with a hand-written
-    # backward (_loop_backward), joined by the autograd Function _DrawLoop below. Why: per
+    # forward() runs eq 3-8 in one lean loop (_loop) with a hand-written backward
+    # (_loop_backward), joined by the autograd Function _DrawLoop below; generate() runs the
+    # decoder half the same way (_decode_prior). Why: per
     # step the matrix products are small (batch x 520 x 1024), so eager autograd spends
     # more time on per-op bookkeeping than on arithmetic, and T small weight-gradient
     # products run far below the machine's rate. The loop writes every step's inputs into
