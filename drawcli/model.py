@@ -389,7 +389,7 @@ class DRAW(nn.Module):
         m[2 * n, 3] = 0.5
         return m
 
-    def _filters_backward(self, v, dfx, dfy, mu_map, out4, out_delta):
+    def _filters_backward(self, v, dfx, dfy, out4, out_delta):
         """dL/d(g_X, g_Y, log delta, log sigma^2) into out4 (the folded head's outputs) from
         dL/dF_X, dL/dF_Y; the caller writes dL/d log gamma."""
         df, prod, zs, S = v.df, v.prod, v.zs, v.S
@@ -405,7 +405,7 @@ class DRAW(nn.Module):
         df.mul_(v.d)  # times (a - mu); / sigma^2 below
         torch.sum(df, -1, out=v.S_mu)
         torch.sum(df.mul_(v.d), (1, 2, 3), out=v.S_sigma)
-        torch.mm(S, mu_map, out=out4)
+        torch.mm(S, v.mu_map, out=out4)
         out4.div_(v.sigma2_col)
         out_delta.mul_(v.delta_col)  # the head emits log delta: dL/d log delta = delta dL/d delta
 
@@ -526,12 +526,12 @@ class DRAW(nn.Module):
         bw = dict(scratch=scratch, d_heads=d_heads, dq=dq, d_canvas=d_canvas, d_canvasT=d_canvas.transpose(1, 2))
         if att:
             L = max(Hi, Wi)
-            for name, nn_ in (("r", n), ("w", nw)):
+            for name, nn_, offsets in (("r", n, self.read_offsets), ("w", nw, self.write_offsets)):
                 df = x.new_zeros(b, 2, nn_, L)
                 S = x.new_empty(b, 2 * nn_ + 1)
                 bw["bank_" + name] = _Views(df=df, dfx=df[:, 0, :, :Wi], dfy=df[:, 1, :, :Hi], prod=x.new_empty(b, 2, nn_, L),
                                             zs=x.new_empty(b, 2, nn_, 1), S=S, S_mu=S[:, : 2 * nn_].view(b, 2, nn_),
-                                            S_sigma=S[:, 2 * nn_])
+                                            S_sigma=S[:, 2 * nn_], mu_map=self._mu_map(offsets.to(x.dtype)))
         steps = []
         for t, fv in enumerate(ws["plan"]):
             v = _Views(dhh=d_heads[t + 1], dq=dq[t], dq_mu=dq[t, :, :Z], dq_ls=dq[t, :, Z:])
@@ -683,9 +683,6 @@ class DRAW(nn.Module):
         dc_enc, dc_dec = x.new_zeros(b, hd), x.new_zeros(b, hd)
         d_ei_next, d_di_next = x.new_zeros(b, R + 2 * hd), x.new_zeros(b, Z + hd)  # step t+1's input gradients
         dx = torch.zeros_like(x) if need_x else None
-        if att:
-            dt = x.dtype
-            map_r, map_w = self._mu_map(self.read_offsets.to(dt)), self._mu_map(self.write_offsets.to(dt))
         se_rows = ws["se"].unbind(0)
 
         for t in reversed(range(T)):
@@ -700,7 +697,7 @@ class DRAW(nn.Module):
                 dfx = torch.bmm(w.transpose(1, 2), du)  # (B, N, W)
                 torch.sum(dw * w, (1, 2), out=bv.dhh_wgamma).neg_()  # dL/d log gamma
                 torch.div(dw.view(b, kw), wv.gamma, out=bv.dhh_w)
-                self._filters_backward(bv.wbank, dfx, dfy, map_w, bv.dhh_w4, bv.dhh_wdelta)
+                self._filters_backward(bv.wbank, dfx, dfy, bv.dhh_w4, bv.dhh_wdelta)
             else:
                 bv.dhh.copy_(dC.view(b, kw))
             # h^dec_t feeds the heads and step t+1's encoder and decoder (eq 5, 7)
@@ -725,7 +722,7 @@ class DRAW(nn.Module):
                 dleft = dleft.view(b, n, 2 * Wi)
                 dfy = torch.bmm(dleft, v.xbT)
                 dxb = torch.bmm(rv.fyT, dleft).view(b, Hi, 2, Wi)
-                self._filters_backward(bv.rbank, dfx, dfy, map_r, bv.dhr4, bv.dhr_delta)
+                self._filters_backward(bv.rbank, dfx, dfy, bv.dhr4, bv.dhr_delta)
                 d_xhat, x_hat = dxb[:, :, 1], v.xhat
                 if need_x:
                     dx += dxb[:, :, 0]

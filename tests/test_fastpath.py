@@ -208,9 +208,9 @@ def test_packed_products_can_be_switched_off(packed_gemm_off, monkeypatch):
 
     monkeypatch.setattr(model_module, "_packed_gemm_works", refuse)
     m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
-    out = m(torch.rand(2, 8, 8))
+    out = m(torch.rand(33, 8, 8))  # >= 32 rows: only the switch keeps these products off oneDNN
     out.loss.sum().backward()
-    m.generate(2)
+    m.generate(33)
     assert all(p.grad is not None for p in m.parameters())
 
 
