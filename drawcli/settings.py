@@ -48,7 +48,12 @@ class DataSettings:
 class TrainSettings:
     epochs: int = 100
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak learning rate (after warm-up)
+    lr_schedule: str = "constant"  # constant | cosine | step: a function of the global step alone
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr over the first steps
+    min_lr: float = 0.0  # cosine: the rate at the last step of train.epochs
+    lr_step_epochs: int = 30  # step: multiply the rate by lr_decay every this many epochs
+    lr_decay: float = 0.1  # step: the factor
     beta1: float = 0.5
     beta2: float = 0.999
     grad_clip: float = 5.0  # global L2 norm; 0 disables
@@ -91,6 +96,7 @@ _SECTION_CLASSES = {
 CHOICES = {
     ("data", "dataset"): tuple(DATASETS),
     ("data", "binarize"): ("dynamic", "threshold", "none"),
+    ("train", "lr_schedule"): ("constant", "cosine", "step"),
 }
 MIN = {
     ("model", "steps"): 1,
@@ -104,6 +110,9 @@ MIN = {
     ("train", "eval_batch_size"): 1,
     ("train", "eval_samples"): 1,
     ("train", "log_every"): 1,
+    ("train", "warmup_steps"): 0,
+    ("train", "min_lr"): 0.0,
+    ("train", "lr_step_epochs"): 1,
     ("train", "grad_clip"): 0.0,
     ("train", "seed"): 0,
 }
@@ -113,6 +122,7 @@ MAX = {
 }
 POSITIVE = {("train", "lr")}  # strictly > 0
 OPEN_UNIT = {("train", "beta1"), ("train", "beta2")}  # in [0, 1)
+UNIT = {("train", "lr_decay")}  # in (0, 1]
 
 
 def _nearest(name: str, valid: list[str]) -> str:
@@ -177,6 +187,8 @@ def _coerce(section: str, key: str, value: Any) -> Any:
         raise DrawError(f"{where}: must be > 0, got {value!r}")
     if (section, key) in OPEN_UNIT and not 0 <= value < 1:
         raise DrawError(f"{where}: must be in [0, 1), got {value!r}")
+    if (section, key) in UNIT and not 0 < value <= 1:
+        raise DrawError(f"{where}: must be in (0, 1], got {value!r}")
     if (section, key) == ("run", "name"):
         # Checked here, before any data is read or downloaded, not only when the run is made.
         from drawcli.runs import validate_name
@@ -221,7 +233,16 @@ def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], 
             except DrawError as e:  # name where the value came from: the file, --set, ...
                 raise DrawError(f"{origin}{e}") from None
         sections[section] = dataclasses.replace(getattr(base, section), **checked)
-    return dataclasses.replace(base, **sections)
+    out = dataclasses.replace(base, **sections)
+    _check_together(out, origin)
+    return out
+
+
+def _check_together(settings: Settings, origin: str) -> None:
+    """Rules between keys, checked after every layer of settings."""
+    ts = settings.train
+    if ts.lr_schedule == "cosine" and ts.min_lr > ts.lr:
+        raise DrawError(f"{origin}train.min_lr: must be <= train.lr ({ts.lr:g}) for the cosine schedule, got {ts.min_lr:g}")
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -157,6 +157,27 @@ def make_checkpoint(
     }
 
 
+def learning_rate(ts, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of global step ``step`` (0-based: the step about to be taken).
+
+    A function of the step and the settings alone, so a resumed run continues the schedule
+    exactly where it stopped. Warm-up rises linearly to ``lr`` over ``warmup_steps``; then
+    ``constant`` keeps it, ``cosine`` follows half a cosine from ``lr`` down to ``min_lr`` at the
+    last step of ``train.epochs`` (max_steps only stops early, it does not shorten the curve), and
+    ``step`` multiplies it by ``lr_decay`` every ``lr_step_epochs`` epochs.
+    """
+    if step < ts.warmup_steps:
+        return ts.lr * (step + 1) / ts.warmup_steps
+    if ts.lr_schedule == "cosine":
+        total = ts.epochs * steps_per_epoch
+        span = max(total - ts.warmup_steps, 1)
+        progress = min(max(step - ts.warmup_steps, 0) / span, 1.0)
+        return ts.min_lr + (ts.lr - ts.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if ts.lr_schedule == "step":
+        return ts.lr * ts.lr_decay ** (step // (ts.lr_step_epochs * steps_per_epoch))
+    return ts.lr
+
+
 def make_adam(params, lr: float, betas: tuple[float, float]):
     """Adam with PyTorch's fused kernel where this build has one for these parameters' device
     (one pass over all parameters instead of several; CPU needs torch >= 2.4), else the default."""
@@ -289,6 +310,9 @@ def train(
             # Mean over the global batch; DDP divides the summed gradients by the world size.
             loss = out.loss.sum() * (env.world / m)
             optimizer.zero_grad(set_to_none=True)
+            lr = learning_rate(ts, step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             loss.backward()
             # max_norm=inf still returns the norm: the divergence check below needs it.
             grad_norm = torch.nn.utils.clip_grad_norm_(params, ts.grad_clip if ts.grad_clip > 0 else math.inf)
@@ -344,7 +368,7 @@ def train(
                     "lz": lz,
                     "loss": lx + lz,
                     "img_per_s": seen / max(now - t_log, 1e-9),
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr,
                     "time": time.time(),
                 }
                 _emit(callbacks, "on_log", row)
