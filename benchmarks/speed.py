@@ -9,8 +9,9 @@ In one process, on one device:
    training step or a sampling step runs, weighted by how often it runs);
 2. the model's FLOPs per image, counted from its dimensions (see ``flops_per_image``);
 3. training steps (forward, backward, gradient clipping, Adam; after warm-up, median of
-   several) and sampling from the prior, for drawcli's DRAW and for the plain eager baseline
-   in benchmarks/baseline.py; images/s, achieved GFLOP/s, the fraction of the measured GEMM
+   several) and sampling from the prior, for drawcli's DRAW (the fused engine) and for the plain
+   eager baseline: the same module with ``model.fused = False`` (drawcli/model/draw.py's loops,
+   autograd for every gradient, torch's default Adam); images/s, achieved GFLOP/s, the fraction of the measured GEMM
    rate, peak memory, and the speedup over the baseline. Sampling is `draw sample`'s work (final
    canvases); drawcli-every-step is `draw animate`'s (every step's canvas kept). On CPUs with
    oneDNN, drawcli-mm is drawcli with its packed per-step products switched off (torch.mm).
@@ -34,8 +35,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import copy
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -50,13 +51,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from drawcli import model as drawcli_model  # noqa: E402
-from drawcli.model import _WORKSPACES, DRAW  # noqa: E402
+from drawcli.model import DRAW, set_packed_gemm  # noqa: E402
+from drawcli.model.fused import _WORKSPACES  # noqa: E402
+from drawcli.model.packed_gemm import packed_gemm_works  # noqa: E402
 from drawcli.train import make_adam  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("draw_baseline", HERE / "baseline.py")
-baseline = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(baseline)
 
 PAPER = dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5)
 ADAM = dict(lr=1e-3, betas=(0.5, 0.999))  # drawcli's train defaults
@@ -182,7 +180,7 @@ def best_time(fn, device, repeats: int) -> float:
 
 
 def packed_available(device) -> bool:
-    return device.type == "cpu" and drawcli_model._packed_gemm_works()
+    return device.type == "cpu" and packed_gemm_works()
 
 
 def gemm_rate(shapes: list[tuple[int, int, int, int]], device, repeats: int) -> dict:
@@ -240,18 +238,19 @@ def sampling_gemms(cfg: dict, n: int) -> list[tuple[int, int, int, int]]:
 def make_models(cfg, device, seed=0):
     torch.manual_seed(seed)
     fast = DRAW(**cfg).to(device)
-    base = baseline.BaselineDRAW.from_draw(fast)
+    base = copy.deepcopy(fast)
+    base.fused = False  # the plain loops of drawcli/model/draw.py
     return fast, base
 
 
 def without_packed(fn):
     """fn with drawcli's oneDNN packed products switched off (torch.mm everywhere)."""
     def call():
-        drawcli_model.set_packed_gemm(False)
+        set_packed_gemm(False)
         try:
             return fn()
         finally:
-            drawcli_model.set_packed_gemm(True)
+            set_packed_gemm(True)
     return call
 
 
@@ -260,7 +259,7 @@ def train_step_fn(model, cfg, batch, device):
     make_adam: the fused kernel where torch has one; the baseline: torch's default Adam)."""
     g = torch.Generator().manual_seed(batch)
     x = torch.rand(batch, cfg["height"], cfg["width"], generator=g).bernoulli().to(device)
-    if isinstance(model, DRAW):
+    if model.fused:
         opt = make_adam(model.parameters(), **ADAM)
     else:
         opt = torch.optim.Adam(model.parameters(), **ADAM)
@@ -268,7 +267,7 @@ def train_step_fn(model, cfg, batch, device):
 
     def step():
         out = model(x)
-        loss = (out["loss"] if isinstance(out, dict) else out.loss).mean()
+        loss = out.loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
@@ -339,7 +338,7 @@ def check_equal(cfg, device) -> float:
     x = torch.rand(4, cfg["height"], cfg["width"], generator=torch.Generator().manual_seed(0)).bernoulli().to(device)
     with torch.no_grad():
         a = fast(x, generator=torch.Generator(device=device).manual_seed(0)).loss
-        b = base(x, generator=torch.Generator(device=device).manual_seed(0))["loss"]
+        b = base(x, generator=torch.Generator(device=device).manual_seed(0)).loss
     return float(((a - b).abs() / b.abs()).max())
 
 

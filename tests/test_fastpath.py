@@ -1,24 +1,19 @@
-"""The fast DRAW loop (hand-written backward) equals a straightforward autograd DRAW.
+"""The fused engine (drawcli/model/fused.py, hand-written backward) equals the plain loops of
+drawcli/model/draw.py: the same module with ``model.fused = False``, autograd for every gradient.
 
-The reference is benchmarks/baseline.py: torch.nn.LSTMCell, one Linear per head, filterbanks
-rebuilt each step, autograd for every gradient. Same weights and the same noise, float64:
-losses, records, samples and every parameter's gradient agree to 1e-6 relative.
+Same weights and the same noise, float64: losses, records, samples and every parameter's
+gradient agree to 1e-6 relative.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import copy
 
 import pytest
 import torch
 
-import drawcli.model as model_module
-from drawcli.model import DRAW
-
-_spec = importlib.util.spec_from_file_location("draw_baseline", Path(__file__).parents[1] / "benchmarks" / "baseline.py")
-baseline = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(baseline)
+from drawcli.model import DRAW, set_packed_gemm
+from drawcli.model import packed_gemm
 
 RTOL = 1e-6
 
@@ -40,11 +35,22 @@ def randomise(model: DRAW, seed: int) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
+def plain_copy(model: DRAW) -> DRAW:
+    """The same weights with the fused engine off: draw.py's loops and autograd."""
+    plain = copy.deepcopy(model)
+    plain.fused = False
+    return plain
+
+
 def pair(seed=0, **config):
     torch.manual_seed(seed)
     fast = DRAW(**config).double()
     randomise(fast, seed + 100)
-    return fast, baseline.BaselineDRAW.from_draw(fast)
+    return fast, plain_copy(fast)
+
+
+def grads_of(model: DRAW) -> dict[str, torch.Tensor]:
+    return {name: p.grad for name, p in model.named_parameters()}
 
 
 CASES = [
@@ -60,7 +66,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:2])) + f"-T{c[2]}-att{int(c[5])}-N{c[6]}{c[7]}-B{c[8]}")
-def test_loss_and_every_gradient_match_the_baseline(case):
+def test_loss_and_every_gradient_match_the_plain_loop(case):
     height, width, steps, hidden, embed, attention, read_n, write_n, batch = case
     config = dict(height=height, width=width, steps=steps, hidden=hidden, embed=embed,
                   attention=attention, read_n=read_n, write_n=write_n)
@@ -70,13 +76,13 @@ def test_loss_and_every_gradient_match_the_baseline(case):
     out = fast(x, log_ratio=True, generator=torch.Generator().manual_seed(7))
     ref = base(x, log_ratio=True, generator=torch.Generator().manual_seed(7))
     for key in ("lx", "lz", "log_ratio"):
-        assert close(getattr(out, key), ref[key]), key
+        assert close(getattr(out, key), getattr(ref, key)), key
     # A loss that reaches every output of the loop: c_T (L^x), mu and sigma (L^z, log_ratio).
     weights = torch.linspace(0.5, 1.5, batch, dtype=torch.float64)
     ((out.loss + 0.3 * out.log_ratio) * weights).sum().backward()
-    ((ref["loss"] + 0.3 * ref["log_ratio"]) * weights).sum().backward()
+    ((ref.loss + 0.3 * ref.log_ratio) * weights).sum().backward()
 
-    expected = base.grads_as_draw()
+    expected = grads_of(base)
     names = [name for name, _ in fast.named_parameters()]
     assert sorted(names) == sorted(expected)
     for name, p in fast.named_parameters():
@@ -91,12 +97,12 @@ def test_gradient_with_respect_to_the_input(attention):
     x = torch.rand(2, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     x_fast, x_base = x.clone().requires_grad_(), x.clone().requires_grad_()
     fast(x_fast, generator=torch.Generator().manual_seed(5)).loss.sum().backward()
-    base(x_base, generator=torch.Generator().manual_seed(5))["loss"].sum().backward()
+    base(x_base, generator=torch.Generator().manual_seed(5)).loss.sum().backward()
     assert close(x_fast.grad, x_base.grad)
 
 
 @pytest.mark.parametrize("attention", [True, False])
-def test_records_evaluation_and_samples_match_the_baseline(attention):
+def test_records_evaluation_and_samples_match_the_plain_loop(attention):
     config = dict(height=10, width=8, steps=4, hidden=12, embed=3, attention=attention, read_n=2, write_n=3)
     fast, base = pair(seed=11, **config)
     x = torch.rand(3, 10, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
@@ -105,10 +111,10 @@ def test_records_evaluation_and_samples_match_the_baseline(attention):
     with torch.no_grad():  # evaluation path: two reused slots instead of T
         out_eval = fast(x, record=True, generator=torch.Generator().manual_seed(9))
     for o in (out, out_eval):
-        assert close(o.loss, ref["loss"])
-        assert close(o.canvases, ref["canvases"])
+        assert close(o.loss, ref.loss)
+        assert close(o.canvases, ref.canvases)
         if attention:
-            assert close(o.read, ref["read"]) and close(o.write, ref["write"])
+            assert close(o.read, ref.read) and close(o.write, ref.write)
         else:
             assert o.read is None and o.write is None
     assert not out.canvases.requires_grad  # pictures only
@@ -121,18 +127,18 @@ def test_records_evaluation_and_samples_match_the_baseline(attention):
         assert close(writes, ref_writes)
 
 
-def test_float32_paper_config_agrees_with_the_baseline():
+def test_float32_paper_config_agrees_with_the_plain_loop():
     """The paper's configuration in float32 at full length: same numbers up to rounding."""
     torch.manual_seed(0)
     fast = DRAW()
-    base = baseline.BaselineDRAW.from_draw(fast)
+    base = plain_copy(fast)
     x = torch.rand(4, 28, 28, generator=torch.Generator().manual_seed(0)).bernoulli()
     out = fast(x, generator=torch.Generator().manual_seed(1))
     ref = base(x, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(out.loss, ref["loss"], rtol=1e-4)
+    assert torch.allclose(out.loss, ref.loss, rtol=1e-4)
     out.loss.mean().backward()
-    ref["loss"].mean().backward()
-    expected = base.grads_as_draw()
+    ref.loss.mean().backward()
+    expected = grads_of(base)
     for name, p in fast.named_parameters():
         err = (p.grad - expected[name]).norm() / expected[name].norm().clamp_min(1e-12)
         assert err < 1e-3, (name, err.item())
@@ -155,41 +161,41 @@ def test_autocast_leaves_the_fast_path_in_the_models_dtype():
         canvases, _ = fast.generate(2)
     ref = base(x, generator=torch.Generator().manual_seed(0))
     assert out.loss.dtype == canvases.dtype == torch.float32
-    assert torch.allclose(out.loss, ref["loss"], rtol=1e-5)
+    assert torch.allclose(out.loss, ref.loss, rtol=1e-5)
     out.loss.sum().backward()
 
 
 @pytest.fixture
 def packed_gemm_off():
     """Switch drawcli's oneDNN packed products off for one test (and back on afterwards)."""
-    model_module.set_packed_gemm(False)
+    set_packed_gemm(False)
     yield
-    model_module.set_packed_gemm(True)
+    set_packed_gemm(True)
 
 
 @pytest.mark.parametrize("attention", [True, False])
 def test_packed_products_equal_torch_mm_in_float32(attention, monkeypatch):
     """CPU float32 runs each step's LSTM products through oneDNN with weights packed once per
     loop; the loss, every gradient and the samples must equal the torch.mm path up to rounding."""
-    if not model_module._packed_gemm_works():
+    if not packed_gemm.packed_gemm_works():
         pytest.skip("this torch build has no working oneDNN linear: torch.mm is the only path")
     config = dict(height=12, width=10, steps=5, hidden=32, embed=6, attention=attention, read_n=2, write_n=3)
     torch.manual_seed(4)
     fast = DRAW(**config)
     randomise(fast, 40)
     x = torch.rand(40, 12, 10, generator=torch.Generator().manual_seed(1))  # >= 32 rows: packed
-    works, packed_calls = model_module._packed_gemm_works, []
-    monkeypatch.setattr(model_module, "_packed_gemm_works", lambda: packed_calls.append(1) or works())
+    works, packed_calls = packed_gemm.packed_gemm_works, []
+    monkeypatch.setattr(packed_gemm, "packed_gemm_works", lambda dtype: packed_calls.append(1) or works(dtype))
     results = []
     for packed in (True, False):
-        model_module.set_packed_gemm(packed)
+        set_packed_gemm(packed)
         try:
             fast.zero_grad(set_to_none=True)
             out = fast(x, generator=torch.Generator().manual_seed(2))
             out.loss.sum().backward()
             samples, _ = fast.generate(33, generator=torch.Generator().manual_seed(3))
         finally:
-            model_module.set_packed_gemm(True)
+            set_packed_gemm(True)
         results.append((out.loss.detach(), {n: p.grad.clone() for n, p in fast.named_parameters()}, samples))
     (loss_p, grads_p, samples_p), (loss_m, grads_m, samples_m) = results
     assert len(packed_calls) == 5  # forward 2, backward 2, sampling 1: the packed run packed
@@ -206,7 +212,7 @@ def test_packed_products_can_be_switched_off(packed_gemm_off, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a weight was packed although packed products are off")
 
-    monkeypatch.setattr(model_module, "_packed_gemm_works", refuse)
+    monkeypatch.setattr(packed_gemm, "packed_gemm_works", refuse)
     m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
     out = m(torch.rand(33, 8, 8))  # >= 32 rows: only the switch keeps these products off oneDNN
     out.loss.sum().backward()
@@ -272,7 +278,7 @@ def test_evaluation_after_inference_mode_reuses_buffers_safely():
         again = fast(x, generator=torch.Generator().manual_seed(1)).loss
     fast.requires_grad_(False)
     frozen = fast(x, generator=torch.Generator().manual_seed(1)).loss
-    ref = base(x, generator=torch.Generator().manual_seed(1))["loss"]
+    ref = base(x, generator=torch.Generator().manual_seed(1)).loss
     assert close(first, ref) and torch.equal(first, again) and torch.equal(first, frozen)
 
 

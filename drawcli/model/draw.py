@@ -1,0 +1,336 @@
+"""DRAW: A Recurrent Neural Network For Image Generation (Gregor et al., 2015), as the paper writes it.
+
+Read this file first. Equation numbers are those of arXiv 1502.04623v2. ``DRAW.forward`` and
+``DRAW.generate`` run the loops below (``encode_decode``, ``decode``) when ``model.fused`` is
+False; by default they run fused.py, a faster engine that computes the same function from the
+same parameters (tests/test_fastpath.py checks the two agree to 1e-6 in float64, forward and
+backward). No I/O here.
+
+Shapes: B batch, T glimpses, H x W image (the paper's B x A), Z latent size, N glimpse side.
+Images are float tensors in [0, 1] of shape (B, H, W).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Column order of every attention-parameter tensor this module returns.
+ATTENTION_FIELDS = ("g_x", "g_y", "delta", "sigma2", "gamma")
+
+FILTER_EPS = 1e-8  # guards the filterbank normalisation (eq 25, 26) when all weights underflow
+
+class LSTMCell(nn.Module):
+    """A standard LSTM cell with one GEMM per step: W [x, h] + b.
+
+    Concatenating input and hidden state halves the number of matrix products
+    per step compared with torch.nn.LSTMCell's two, which matters for DRAW's
+    long, narrow time loop.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.linear = nn.Linear(input_size + hidden_size, 4 * hidden_size)
+        with torch.no_grad():
+            # Forget-gate bias 1 (Gers et al.): keeps early gradients flowing through c.
+            self.linear.bias[hidden_size : 2 * hidden_size].fill_(1.0)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        h, c = state
+        gates = self.linear(torch.cat([x, h], dim=1))
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+@dataclass
+class DrawOutput:
+    """Losses in nats per image, shape (B,). Optional per-step records when asked for."""
+
+    lx: torch.Tensor  # L^x = -log D(x | c_T), eq 9
+    lz: torch.Tensor  # L^z, eq 10-11 (analytic KL, summed over t and z dims)
+    log_ratio: torch.Tensor | None = None  # sum_t log q(z_t|.) - log p(z_t) at the sampled z
+    canvases: torch.Tensor | None = None  # (T, B, H, W) canvas logits c_1..c_T
+    read: torch.Tensor | None = None  # (T, B, 5) read attention, ATTENTION_FIELDS
+    write: torch.Tensor | None = None  # (T, B, 5) write attention, ATTENTION_FIELDS
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """L = L^x + L^z per image (eq 12)."""
+        return self.lx + self.lz
+
+
+class DRAW(nn.Module):
+    """DRAW with or without attention (Sections 2-3); ``config()`` gives its constructor arguments."""
+
+    def __init__(
+        self,
+        height: int = 28,
+        width: int = 28,
+        steps: int = 64,
+        hidden: int = 256,
+        embed: int = 100,
+        attention: bool = True,
+        read_n: int = 2,
+        write_n: int = 5,
+    ):
+        super().__init__()
+        self.height, self.width = height, width
+        self.steps, self.hidden, self.embed = steps, hidden, embed
+        self.attention = attention
+        self.read_n, self.write_n = read_n, write_n
+
+        pixels = height * width
+        read_size = 2 * read_n * read_n if attention else 2 * pixels
+        write_size = write_n * write_n if attention else pixels
+        self.encoder = LSTMCell(read_size + hidden, hidden)  # eq 5: input [r_t, h^dec_{t-1}]
+        self.decoder = LSTMCell(embed, hidden)  # eq 7
+        self.q = nn.Linear(hidden, 2 * embed)  # eq 1-2: mu_t and log sigma_t from h^enc_t
+        self.write_head = nn.Linear(hidden, write_size)  # eq 18 / 28: w_t = W(h^dec_t)
+        if attention:
+            # eq 21: (g~_X, g~_Y, log sigma^2, log delta~, log gamma) = W(h^dec); separate heads.
+            self.read_attention = nn.Linear(hidden, 5)
+            self.write_attention = nn.Linear(hidden, 5)
+            self._init_attention(self.read_attention, read_n)
+            self._init_attention(self.write_attention, write_n, write=True)
+
+        # Index vectors hoisted out of the time loop. Pixel coordinates a, b are 1-based,
+        # so g~ = 0 puts the grid centre at (A+1)/2, the image centre (eq 22-23).
+        self.register_buffer("grid_x", torch.arange(1, width + 1, dtype=torch.float32), persistent=False)
+        self.register_buffer("grid_y", torch.arange(1, height + 1, dtype=torch.float32), persistent=False)
+        # eq 19-20 with the paper's 1-based i: offsets (i - N/2 - 0.5), i = 1..N, symmetric about 0.
+        for name, n in (("read_offsets", read_n), ("write_offsets", write_n)):
+            self.register_buffer(name, torch.arange(1, n + 1, dtype=torch.float32) - n / 2 - 0.5, persistent=False)
+
+        # The one switch between the two implementations of forward() and generate(): the fast
+        # engine in fused.py (default) or the plain loops below. Not a setting: both compute the
+        # same function, and checkpoints do not depend on it.
+        self.fused = True
+
+    # ----------------------------------------------------------------- configuration
+    def config(self) -> dict:
+        """Plain-typed constructor arguments (stored in checkpoints)."""
+        return dict(
+            height=self.height,
+            width=self.width,
+            steps=self.steps,
+            hidden=self.hidden,
+            embed=self.embed,
+            attention=self.attention,
+            read_n=self.read_n,
+            write_n=self.write_n,
+        )
+
+    # ----------------------------------------------------------------- attention
+    def _init_attention(self, head: nn.Linear, n: int, write: bool = False) -> None:
+        """Start with the N x N grid tiling the whole image with overlapping filters.
+
+        The paper does not give an initialisation. With zero biases, eq 24 gives
+        delta = (max(A,B)-1)/(N-1): for N = 2 the two centres sit on the image's
+        outermost pixels (1 and A), which are blank in MNIST, so the read sees
+        nothing of the digit and training stalls in posterior collapse. Here the
+        centred grid has spacing delta = max(A,B)/N (one cell per filter) and
+        sigma = delta/2, so every pixel is read from the first step.
+
+        For the write head, gamma starts at 1/delta^2: the normalised filters spread
+        each patch value over about delta^2 pixels, so (1/gamma) F_Y^T w F_X then adds
+        about w to each pixel, the same scale as the non-attention write (eq 18).
+        Without it the canvas moves ~delta^2 times slower and training stalls early.
+        """
+        side = max(self.width, self.height)
+        delta = side / n
+        with torch.no_grad():
+            head.bias.zero_()
+            head.bias[2] = math.log((delta / 2) ** 2)  # log sigma^2
+            head.bias[3] = math.log(delta * max(n - 1, 1) / (side - 1))  # log delta~ from eq 24
+            if write:
+                head.bias[4] = -2 * math.log(delta)  # log gamma
+            head.weight.mul_(0.1)  # start near the tiling for every decoder state
+
+    def attention_params(self, h: torch.Tensor, head: nn.Linear, n: int) -> torch.Tensor:
+        """Map a decoder state to (B, 5) [g_x, g_y, delta, sigma^2, gamma] (eq 21-24)."""
+        gx_, gy_, log_sigma2, log_delta_, log_gamma = head(h).unbind(-1)
+        A, B = self.width, self.height
+        gx = (A + 1) / 2 * (gx_ + 1)  # eq 22
+        gy = (B + 1) / 2 * (gy_ + 1)  # eq 23
+        # eq 24; for N = 1 the single centre sits at g and delta only sets the window's drawn size.
+        delta = (max(A, B) - 1) / max(n - 1, 1) * torch.exp(log_delta_)
+        return torch.stack([gx, gy, delta, torch.exp(log_sigma2), torch.exp(log_gamma)], dim=-1)
+
+    def filterbank(self, params: torch.Tensor, offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian filterbanks F_X (B, N, A) and F_Y (B, N, B) (eq 19-20, 25-26)."""
+        gx, gy, delta, sigma2 = params[:, 0:1], params[:, 1:2], params[:, 2:3], params[:, 3:4]
+        mu_x = gx + offsets * delta  # eq 19: (B, N)
+        mu_y = gy + offsets * delta  # eq 20
+        two_s2 = (2 * sigma2).unsqueeze(-1)
+        fx = torch.exp(-((self.grid_x - mu_x.unsqueeze(-1)) ** 2) / two_s2)  # eq 25
+        fy = torch.exp(-((self.grid_y - mu_y.unsqueeze(-1)) ** 2) / two_s2)  # eq 26
+        fx = fx / (fx.sum(-1, keepdim=True) + FILTER_EPS)  # Z_X: each row sums to 1
+        fy = fy / (fy.sum(-1, keepdim=True) + FILTER_EPS)  # Z_Y
+        return fx, fy
+
+    def read_glimpse(self, x: torch.Tensor, x_hat: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """eq 27: gamma [F_Y x F_X^T, F_Y x_hat F_X^T], flattened to (B, 2 N^2)."""
+        fx, fy = self.filterbank(params, self.read_offsets)
+        b, n = x.shape[0], self.read_n
+        both = torch.stack([x, x_hat], dim=1).reshape(b, 2 * self.height, self.width)
+        right = torch.bmm(both, fx.transpose(1, 2))  # (B, 2H, N): [x F_X^T ; x_hat F_X^T]
+        right = right.reshape(b, 2, self.height, n).transpose(1, 2).reshape(b, self.height, 2 * n)
+        glimpse = torch.bmm(fy, right)  # (B, N, 2N): F_Y x F_X^T next to F_Y x_hat F_X^T
+        return params[:, 4:5] * glimpse.reshape(b, 2 * n * n)
+
+    def write_patch(self, w: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """eq 29: (1 / gamma) F_Y^T w F_X for a patch w of shape (B, N, N)."""
+        fx, fy = self.filterbank(params, self.write_offsets)
+        out = torch.bmm(torch.bmm(fy.transpose(1, 2), w), fx)  # (B, H, W)
+        return out / params[:, 4].reshape(-1, 1, 1)
+
+    def read(self, x, x_hat, h_dec):
+        """eq 17 (no attention) or eq 27; returns (r_t, attention params or None)."""
+        if not self.attention:
+            return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1), None
+        params = self.attention_params(h_dec, self.read_attention, self.read_n)
+        return self.read_glimpse(x, x_hat, params), params
+
+    def write(self, h_dec):
+        """eq 18 (no attention) or eq 28-29; returns (canvas update, attention params or None)."""
+        w = self.write_head(h_dec)
+        if not self.attention:
+            return w.reshape(-1, self.height, self.width), None
+        params = self.attention_params(h_dec, self.write_attention, self.write_n)
+        return self.write_patch(w.reshape(-1, self.write_n, self.write_n), params), params
+
+    # ----------------------------------------------------------------- the model (Section 2)
+    def forward(
+        self,
+        x: torch.Tensor,
+        record: bool = False,
+        log_ratio: bool = False,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
+    ) -> DrawOutput:
+        """Encode and reconstruct ``x`` (B, H, W) in [0, 1]; losses in nats per image.
+
+        eps: the standard-normal noise of every step, (T, B, Z); drawn here (from
+        ``generator``) when not given. Distributed training passes slices of one
+        global draw so that any number of processes sees the same noise.
+
+        record: also return every canvas and attention window (for pictures; these carry
+        no gradient).
+        log_ratio: also return sum_t log q(z_t | x, z_<t) - log p(z_t) at the sampled
+        z, needed for importance-weighted bounds.
+        """
+        x = x.contiguous()
+        if eps is None:  # fresh noise for every step and image, drawn at once
+            eps = torch.randn(self.steps, x.shape[0], self.embed, device=x.device, dtype=x.dtype, generator=generator)
+        if self.fused:
+            from drawcli.model import fused
+
+            canvas, mu, log_sigma, lz, records = fused.encode_decode(self, x, eps, record)
+        else:
+            canvas, mu, log_sigma, records = self.encode_decode(x, eps, record)
+            lz = kl_per_image(mu, log_sigma)  # eq 10-11
+
+        # eq 9: Bernoulli NLL of x under sigmoid(c_T), summed over pixels (logits: safe under autocast).
+        lx = F.binary_cross_entropy_with_logits(canvas, x, reduction="none").flatten(1).sum(1)
+        out = DrawOutput(lx=lx, lz=lz)
+        if log_ratio:
+            # log N(z; mu, sigma) - log N(z; 0, 1) with z = mu + sigma eps, summed over t and Z.
+            z = mu + torch.exp(log_sigma) * eps
+            out.log_ratio = (0.5 * z.pow(2) - 0.5 * eps.pow(2) - log_sigma).sum((0, 2))
+        if record:
+            out.canvases = records[0]
+            if self.attention:
+                out.read, out.write = records[1], records[2]
+        return out
+
+    def encode_decode(self, x: torch.Tensor, eps: torch.Tensor, record: bool = False):
+        """eq 3-8 for t = 1..T: returns c_T, mu and log sigma (T, B, Z) and the records.
+
+        h^enc_0 = h^dec_0 = 0, c_0 = 0, and the LSTM cell states start at 0 too. The read at step t
+        is steered by h^dec_{t-1} (eq 4), so the first window comes from the read head's bias.
+        """
+        b, hidden = x.shape[0], self.hidden
+        h_enc = c_enc = h_dec = c_dec = x.new_zeros(b, hidden)
+        canvas = x.new_zeros(b, self.height, self.width)  # c_0
+        mus, log_sigmas, canvases, reads, writes = [], [], [], [], []
+        for t in range(self.steps):
+            x_hat = x - torch.sigmoid(canvas)  # eq 3: the error image
+            r, read_params = self.read(x, x_hat, h_dec)  # eq 4
+            h_enc, c_enc = self.encoder(torch.cat([r, h_dec], dim=1), (h_enc, c_enc))  # eq 5
+            mu, log_sigma = self.q(h_enc).chunk(2, dim=1)  # eq 1-2: Q(Z_t | h^enc_t)
+            z = mu + torch.exp(log_sigma) * eps[t]  # eq 6: a sample of Q, reparameterised
+            h_dec, c_dec = self.decoder(z, (h_dec, c_dec))  # eq 7
+            update, write_params = self.write(h_dec)
+            canvas = canvas + update  # eq 8
+            mus.append(mu)
+            log_sigmas.append(log_sigma)
+            if record:
+                canvases.append(canvas.detach())
+                if self.attention:
+                    reads.append(read_params.detach())
+                    writes.append(write_params.detach())
+        records = ()
+        if record:
+            records = (torch.stack(canvases),) + ((torch.stack(reads), torch.stack(writes)) if self.attention else ())
+        return canvas, torch.stack(mus), torch.stack(log_sigmas), records
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        every_step: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sample from the prior: z_t ~ N(0, I), decode, write (Section 2.3).
+
+        Returns canvas logits of every step, (T, n, H, W) (apply sigmoid for pixel
+        means), and the write attention (T, n, 5) or None without attention.
+        every_step=False: only the final step's, (1, n, H, W) and (1, n, 5), from the same
+        noise; it skips storing T canvases (200 MB for 1000 MNIST samples at T=64).
+        """
+        device = device if device is not None else self.grid_x.device
+        dtype = self.grid_x.dtype  # the model's (float64 after .double())
+        z = torch.randn(self.steps, n, self.embed, device=device, dtype=dtype, generator=generator)
+        if self.fused:
+            from drawcli.model import fused
+
+            return fused.decode(self, z, every_step)
+        return self.decode(z, every_step)
+
+    def decode(self, z: torch.Tensor, every_step: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder half for latents z (T, n, Z): eq 7-8 with z_t in place of eq 6's sample."""
+        n = z.shape[1]
+        h_dec = c_dec = z.new_zeros(n, self.hidden)
+        canvas = z.new_zeros(n, self.height, self.width)
+        canvases, writes = [], []
+        for t in range(self.steps):
+            h_dec, c_dec = self.decoder(z[t], (h_dec, c_dec))  # eq 7
+            update, write_params = self.write(h_dec)
+            canvas = canvas + update  # eq 8
+            if every_step or t == self.steps - 1:
+                canvases.append(canvas)
+                writes.append(write_params)
+        return torch.stack(canvases), (torch.stack(writes) if self.attention else None)
+
+
+
+def kl_per_image(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """L^z: KL(N(mu, sigma) || N(0, I)) summed over steps and latent dims, (T, B, Z) -> (B,).
+
+    eq 11: 1/2 sum_t (mu^2 + sigma^2 - log sigma^2) - T/2, where the sum also runs over
+    all Z latent dimensions, so the constant is -T*Z/2 (not -T/2).
+    """
+    t, _, z = mu.shape
+    return 0.5 * (mu.pow(2) + torch.exp(2 * log_sigma) - 2 * log_sigma).sum((0, 2)) - t * z / 2
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

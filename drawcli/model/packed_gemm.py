@@ -1,0 +1,55 @@
+"""oneDNN packed-weight matrix products for the fused loop's per-step LSTM GEMMs, with a switch.
+
+The products of one step are (B x 528) @ (528 x 1024)-sized: too short for MKL's sgemm, which
+re-packs the weight on every call and reaches ~75% of its large-matrix rate here. oneDNN's linear
+with a weight packed once per loop (the T steps reuse it) runs them 20-40% faster on x86 CPUs
+(benchmarks/speed.py measures both). These are the private ops PyTorch's own compiler uses for CPU
+linear layers, so they are probed once per dtype, and torch.mm is the fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_PACKED: dict = {"enabled": True, "works": {}}
+
+
+def set_packed_gemm(enabled: bool) -> None:
+    """Use oneDNN's packed-weight products on CPU (default) or plain torch.mm everywhere."""
+    _PACKED["enabled"] = bool(enabled)
+
+
+def packed_gemm_enabled() -> bool:
+    return _PACKED["enabled"]
+
+
+def packed_gemm_works(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this build and CPU run the packed product correctly for ``dtype`` (probed once)."""
+    works = _PACKED["works"]
+    if dtype not in works:
+        try:
+            g = torch.Generator().manual_seed(0)
+            a, w = (torch.randn(shape, generator=g).to(dtype) for shape in ((3, 40), (24, 40)))
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 3)
+            y = torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+            tol = 1e-4 if dtype == torch.float32 else 3e-2
+            works[dtype] = bool(y.dtype == dtype and torch.allclose(y.float(), a.float() @ w.float().t(), rtol=tol, atol=tol))
+        except Exception:  # op missing in this build, or refusing this CPU: torch.mm it is
+            works[dtype] = False
+    return works[dtype]
+
+
+def step_matmul(w: torch.Tensor, rows: int):
+    """A function x, out -> x @ w.t() for a weight that every step of one loop reuses.
+
+    With oneDNN the weight is packed once here and the product comes back as a new tensor;
+    otherwise it is torch.mm into ``out``. Either way, use the returned tensor.
+    """
+    # Below ~32 rows the packing and oneDNN's per-call overhead cost what the faster kernel saves.
+    if (_PACKED["enabled"] and rows >= 32 and w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.enabled and packed_gemm_works(w.dtype)):
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), rows)
+        linear = torch.ops.mkldnn._linear_pointwise.default
+        return lambda x, out=None: linear(x, packed, None, "none", [], "")
+    wt = w.t()
+    return lambda x, out=None: torch.mm(x, wt, out=out)
