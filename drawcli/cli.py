@@ -86,6 +86,8 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Batch size (default 128)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at this global step, then evaluate and checkpoint."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="At the end, report the importance-weighted bound with K samples."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="float32, bfloat16 or auto: bfloat16 LSTM products where the hardware multiplies them natively (train.precision)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (run.threads; default: the cores idle at start)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist, fashion-mnist or binarized-mnist."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache)."),
@@ -103,8 +105,8 @@ def train(
         "model": {"steps": steps, "embed": embed, "hidden": hidden, "attention": attention, "read_n": read_n, "write_n": write_n},
         "data": {"dataset": dataset, "data_dir": data_dir},
         "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed,
-                  "eval_samples": eval_samples},
-        "run": {"name": name, "device": device},
+                  "eval_samples": eval_samples, "precision": precision},
+        "run": {"name": name, "device": device, "threads": threads},
     }
     from drawcli.train_run import run_train, settings_for_resume
 

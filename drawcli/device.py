@@ -40,3 +40,94 @@ def describe(device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+# ----------------------------------------------------------------------------- precision
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def native_bf16(device) -> str | None:
+    """Why this device multiplies bfloat16 natively ("AMX", "AVX512-BF16", "CUDA sm_80+"), or None."""
+    import torch
+
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"CUDA compute capability {major}.{minor}" if major >= 8 else None
+    if device.type == "cpu":
+        probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+        for name, probe in probes:
+            fn = getattr(torch.cpu, probe, None)
+            try:
+                if fn is not None and fn():
+                    return name
+            except Exception:  # noqa: BLE001 - a probe this build lacks means no
+                continue
+    return None
+
+
+def resolve_precision(name: str, device) -> tuple[str, str]:
+    """train.precision -> ("float32" or "bfloat16", a short reason for people)."""
+    if name not in PRECISIONS:
+        raise DrawError(f"precision: expected one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name != "auto":
+        return name, "as set"
+    why = native_bf16(device)
+    if why:
+        return "bfloat16", f"auto: {describe(device)} multiplies bfloat16 natively ({why})"
+    return "float32", f"auto: no native bfloat16 products on {describe(device)}"
+
+
+def autocast(device, precision: str):
+    """The context that runs a forward pass in ``precision`` ("float32": autocast off)."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bfloat16" else None
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+# ----------------------------------------------------------------------------- CPU threads
+def idle_cores(window: float = 0.25) -> float | None:
+    """How many CPUs sat idle over ``window`` seconds (Linux /proc/stat), else None."""
+    import time
+
+    def sample():
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()[1:]
+        values = [int(v) for v in fields]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return idle, sum(values[:8])
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(window)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if total1 <= total0:
+        return None
+    return cpus * (idle1 - idle0) / (total1 - total0)
+
+
+def thread_policy(setting: int | None, device, processes: int = 1) -> tuple[int | None, str]:
+    """CPU threads for this process: (count or None to leave torch's choice, reason).
+
+    An explicit setting wins. Otherwise on the CPU: the cores that were idle at start, shared
+    among the processes of a job, at least 1 and at most torch's default (the physical cores).
+    OpenMP threads that find their core busy wait for it at every parallel op, which made a
+    2-thread training 3x slower than a 1-thread one beside another busy process.
+    """
+    import torch
+
+    if setting is not None:
+        return setting, "as set"
+    if device.type != "cpu":
+        return None, "not a CPU device"
+    default = torch.get_num_threads()
+    idle = idle_cores()
+    if idle is None:
+        return max(1, default // processes), "no load information"
+    free = max(1, int(idle + 0.5))
+    return max(1, min(default, free) // processes), f"{idle:.1f} of {default} cores idle at start"

@@ -27,7 +27,8 @@ class TrainProgress:
         c.print(
             f"training on {info['train_images']} images, evaluating on {info['eval_images']} "
             f"{info['eval_split']} images; {info['parameters']:,} parameters; "
-            f"steps {info['start_step']} -> {info['total_steps']} ({info['steps_per_epoch']} per epoch)",
+            f"steps {info['start_step']} -> {info['total_steps']} ({info['steps_per_epoch']} per epoch); "
+            f"precision {info.get('precision', 'float32')}",
             highlight=False,
         )
         if c.is_terminal:

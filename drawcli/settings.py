@@ -62,6 +62,7 @@ class TrainSettings:
     eval_batch_size: int = 1000
     eval_samples: int | None = None  # after training: importance-weighted bound with K samples
     log_every: int = 100  # plain log lines / metrics.jsonl rows every N steps
+    precision: str = "float32"  # float32 | bfloat16 | auto (bfloat16 where the hardware multiplies it natively)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class RunSettings:
     name: str | None = None  # None: run1, run2, ...
     runs_dir: str = "runs"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # CPU threads per process; None: drawcli's policy (see drawcli/device.py)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ CHOICES = {
     ("data", "dataset"): tuple(DATASETS),
     ("data", "binarize"): ("dynamic", "threshold", "none"),
     ("train", "lr_schedule"): ("constant", "cosine", "step"),
+    ("train", "precision"): ("float32", "bfloat16", "auto"),
 }
 MIN = {
     ("model", "steps"): 1,
@@ -113,6 +116,7 @@ MIN = {
     ("train", "warmup_steps"): 0,
     ("train", "min_lr"): 0.0,
     ("train", "lr_step_epochs"): 1,
+    ("run", "threads"): 1,
     ("train", "grad_clip"): 0.0,
     ("train", "seed"): 0,
 }

@@ -23,6 +23,7 @@ import torch
 from drawcli import __version__
 from drawcli.checkpoint import FORMAT, FORMAT_VERSION
 from drawcli.data import to_input
+from drawcli.device import autocast, resolve_precision
 from drawcli.distributed import DistEnv
 from drawcli.errors import DrawError
 from drawcli.model import DRAW
@@ -257,6 +258,7 @@ def train(
             data_gen.manual_seed(ts.seed * 7919 + step)
             noise_gen.manual_seed(ts.seed * 7919 + step + 1)
 
+    precision, precision_why = resolve_precision(ts.precision, device)
     batch = ts.batch_size
     steps_per_epoch = math.ceil(n / batch)
     total_steps = ts.epochs * steps_per_epoch
@@ -271,6 +273,8 @@ def train(
         "eval_split": eval_split,
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
+        "precision": precision,
+        "precision_reason": precision_why,
     }
     _emit(callbacks, "on_start", info)
 
@@ -306,7 +310,8 @@ def train(
             x = to_input(train_x[idx], settings.data.binarize, data_gen)
             eps = torch.randn(model.steps, m, model.embed, device=device, generator=noise_gen)
             lo, hi = m * env.rank // env.world, m * (env.rank + 1) // env.world
-            out = net(x[lo:hi], eps=eps[:, lo:hi].contiguous())
+            with autocast(device, precision):  # bfloat16: the LSTM products (see drawcli/model/fused.py)
+                out = net(x[lo:hi], eps=eps[:, lo:hi].contiguous())
             # Mean over the global batch; DDP divides the summed gradients by the world size.
             loss = out.loss.sum() * (env.world / m)
             optimizer.zero_grad(set_to_none=True)

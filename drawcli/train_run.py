@@ -53,6 +53,19 @@ def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tup
     return settings, run_dir, ckpt
 
 
+def apply_threads(settings: Settings, device, env: distributed.DistEnv, console: Console) -> None:
+    """Set this process's CPU threads from run.threads or the policy in drawcli.device."""
+    import torch
+
+    from drawcli.device import thread_policy
+
+    threads, why = thread_policy(settings.run.threads, device, env.world)
+    if threads is None:
+        return
+    torch.set_num_threads(threads)
+    console.print(f"threads: {threads} per process ({why})", highlight=False)
+
+
 class StopOnSignal:
     """SIGINT or SIGTERM asks training to stop after the current step (and checkpoint).
 
@@ -118,6 +131,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
     else:
         device = resolve_device(settings.run.device)
         console.print(f"device: {describe(device)}", highlight=False)
+    apply_threads(settings, device, env, console)
 
     data_dir = resolve_data_dir(settings.data.data_dir)
     try:

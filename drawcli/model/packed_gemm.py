@@ -39,17 +39,44 @@ def packed_gemm_works(dtype: torch.dtype = torch.float32) -> bool:
     return works[dtype]
 
 
-def step_matmul(w: torch.Tensor, rows: int):
+def step_matmul(w: torch.Tensor, rows: int, compute_dtype: torch.dtype | None = None):
     """A function x, out -> x @ w.t() for a weight that every step of one loop reuses.
 
     With oneDNN the weight is packed once here and the product comes back as a new tensor;
     otherwise it is torch.mm into ``out``. Either way, use the returned tensor.
+
+    compute_dtype (e.g. torch.bfloat16): the product's inputs are cast to it (the weight once
+    here, x at every call into a reused buffer); the kernel accumulates in float32, and the result
+    comes back in w's dtype. x must then have ``rows`` rows.
     """
+    dtype = w.dtype
+    low = compute_dtype is not None and compute_dtype != dtype
+    if low:
+        w = w.detach().to(compute_dtype)
+        xbuf = w.new_empty(rows, w.shape[1])
     # Below ~32 rows the packing and oneDNN's per-call overhead cost what the faster kernel saves.
     if (_PACKED["enabled"] and rows >= 32 and w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.enabled and packed_gemm_works(w.dtype)):
         packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), rows)
         linear = torch.ops.mkldnn._linear_pointwise.default
-        return lambda x, out=None: linear(x, packed, None, "none", [], "")
+        if not low:
+            return lambda x, out=None: linear(x, packed, None, "none", [], "")
+        return lambda x, out=None: _back(linear(xbuf.copy_(x), packed, None, "none", [], ""), dtype, out)
     wt = w.t()
-    return lambda x, out=None: torch.mm(x, wt, out=out)
+    if not low:
+        return lambda x, out=None: torch.mm(x, wt, out=out)
+    return lambda x, out=None: _back(torch.mm(xbuf.copy_(x), wt), dtype, out)
+
+
+def _back(result: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    """A low-precision product's result in the loop's dtype (into ``out`` when given)."""
+    if out is not None and out.dtype == dtype:
+        return out.copy_(result)
+    return result.to(dtype)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """a @ b, with the inputs cast to compute_dtype when given (result in a's dtype)."""
+    if compute_dtype is None or compute_dtype == a.dtype:
+        return a @ b
+    return (a.to(compute_dtype) @ b.to(compute_dtype)).to(a.dtype)
