@@ -15,6 +15,12 @@ In one process, on one device:
    rate, peak memory, and the speedup over the baseline. Sampling is `draw sample`'s work (final
    canvases); drawcli-every-step is `draw animate`'s (every step's canvas kept). On CPUs with
    oneDNN, drawcli-mm is drawcli with its packed per-step products switched off (torch.mm).
+   drawcli-bf16 is drawcli with train.precision bfloat16 (the LSTM products in bfloat16), timed
+   where the device multiplies bfloat16 natively (or with --bf16); its GEMM rate is the bfloat16
+   rate on the same shapes, and the float32 one for everything else;
+4. with --threads-mode: training at batch 128 with 1 thread, 2 threads and drawcli's default
+   policy (drawcli.device.thread_policy), on a quiet machine and with one core kept busy by a
+   spinning process, interleaved (see ``threads_mode``).
 Results go to a JSON file (default benchmarks/results-<device>.json).
 
 Peak memory. CUDA: torch.cuda.max_memory_allocated (reset before each phase). CPU: the
@@ -51,6 +57,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
+from drawcli.device import autocast, native_bf16, thread_policy  # noqa: E402
 from drawcli.model import DRAW, set_packed_gemm  # noqa: E402
 from drawcli.model.fused import _WORKSPACES  # noqa: E402
 from drawcli.model.packed_gemm import packed_gemm_works  # noqa: E402
@@ -183,8 +190,8 @@ def packed_available(device) -> bool:
     return device.type == "cpu" and packed_gemm_works()
 
 
-def gemm_rate(shapes: list[tuple[int, int, int, int]], device, repeats: int) -> dict:
-    """float32 rate on exactly these products, FLOP-weighted: sum(FLOPs) / sum(time).
+def gemm_rate(shapes: list[tuple[int, int, int, int]], device, repeats: int, dtype=torch.float32) -> dict:
+    """The rate on exactly these products in ``dtype``, FLOP-weighted: sum(FLOPs) / sum(time).
 
     Each distinct (m, k, n) runs as an nn.Linear-style product x (m, k) @ W^T (k, n), in
     ``repeats`` bursts of ~30 ms; the fastest burst counts. Two kernels are timed: torch.mm into a
@@ -193,12 +200,12 @@ def gemm_rate(shapes: list[tuple[int, int, int, int]], device, repeats: int) -> 
     faster of the two. This is the machine's capability (best of several, unlike the model
     timings, which are medians), so interference from other processes lowers the achieved
     fraction rather than raising it."""
-    packed = packed_available(device)
+    packed = packed_available(device) and packed_gemm_works(dtype)
     total_flops, total_time, mm_time, rows = 0.0, 0.0, 0.0, []
     for m, k, n, count in shapes:
-        a = torch.randn(m, k, device=device)
-        w = torch.randn(n, k, device=device)
-        out = torch.empty(m, n, device=device)
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
+        out = torch.empty(m, n, device=device, dtype=dtype)
         t_mm = best_time(lambda: torch.mm(a, w.t(), out=out), device, repeats)
         flops = 2.0 * m * k * n
         row = {"m": m, "k": k, "n": n, "count": count, "mm_gflops": flops / t_mm / 1e9}
@@ -254,9 +261,10 @@ def without_packed(fn):
     return call
 
 
-def train_step_fn(model, cfg, batch, device):
-    """One training step as drawcli's train loop runs it: forward, backward, clip, Adam (drawcli's
-    make_adam: the fused kernel where torch has one; the baseline: torch's default Adam)."""
+def train_step_fn(model, cfg, batch, device, precision="float32"):
+    """One training step as drawcli's train loop runs it: forward (in ``precision``), backward,
+    clip, Adam (drawcli's make_adam: the fused kernel where torch has one; the baseline: torch's
+    default Adam)."""
     g = torch.Generator().manual_seed(batch)
     x = torch.rand(batch, cfg["height"], cfg["width"], generator=g).bernoulli().to(device)
     if model.fused:
@@ -266,7 +274,8 @@ def train_step_fn(model, cfg, batch, device):
     params = list(model.parameters())
 
     def step():
-        out = model(x)
+        with autocast(device, precision):
+            out = model(x)
         loss = out.loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -276,11 +285,16 @@ def train_step_fn(model, cfg, batch, device):
     return step
 
 
-def sample_fn(model, n, device, every_step=False):
+def sample_fn(model, n, device, every_step=False, precision="float32"):
     """`draw sample`'s work: n samples, final canvases only (every_step=True: `draw animate`'s,
     every step's canvas kept)."""
     g = torch.Generator(device=device).manual_seed(n)
-    return lambda: model.generate(n, generator=g, every_step=every_step)
+
+    def call():
+        with autocast(device, precision):
+            return model.generate(n, generator=g, every_step=every_step)
+
+    return call
 
 
 def release_memory(models):
@@ -362,6 +376,52 @@ def device_name(device) -> str:
     return platform.processor() or "cpu"
 
 
+def busy_core():
+    """A process that keeps one core busy (a spin loop) until killed: the 'busy machine'."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def threads_mode(cfg, device, batch: int, steps: int, say) -> dict:
+    """Training img/s at one batch size with 1 thread, 2 threads and drawcli's default policy,
+    first on the machine as it is, then with one core kept busy by a spinning process; within each
+    condition the three are timed interleaved, step by step. The default is what `draw train`
+    would pick at that moment (thread_policy measures the idle cores itself)."""
+    out = {}
+    precision = "bfloat16" if native_bf16(device) else "float32"
+    for condition in ("as is", "one core busy"):
+        spinner = busy_core() if condition == "one core busy" else None
+        try:
+            time.sleep(1.0 if spinner else 0.0)
+            default, why = thread_policy(None, device)
+            counts = {"threads 1": 1, "threads 2": 2, "default": default or torch.get_num_threads()}
+            fast, _ = make_models(cfg, device)
+            step = train_step_fn(fast, cfg, batch, device, precision)
+
+            def with_threads(n):
+                def call():
+                    torch.set_num_threads(n)
+                    step()
+                return call
+
+            fns = {name: with_threads(n) for name, n in counts.items()}
+            r = measure(fns, device, {k: steps for k in fns}, 1, PeakMemory(device), [fast])
+            row = {name: {"threads": counts[name], "images_per_s": batch / v["median_s"]} for name, v in r.items()}
+            row["default_reason"] = why
+            best = max(row["threads 1"]["images_per_s"], row["threads 2"]["images_per_s"])
+            row["default_over_best"] = row["default"]["images_per_s"] / best
+            out[condition] = row
+            say(f"threads ({condition}, {precision}, B={batch}): " + ", ".join(
+                f"{k} {v['images_per_s']:.0f} img/s" for k, v in row.items() if isinstance(v, dict))
+                + f"; default = {counts['default']} thread(s) ({why}), {100 * row['default_over_best']:.0f}% of the better")
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -371,7 +431,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--baseline-steps", type=int, default=None, help="default: steps // 2, at least 2")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline (no speedup ratios)")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="time drawcli-bf16 too (default: where the device multiplies bfloat16 natively)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--threads-mode", action="store_true",
+                    help="only measure the thread policy: 1 vs 2 threads vs the default, quiet and with one core busy")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 timed steps, 1 warm-up")
     for key in ("steps", "hidden", "embed", "read_n", "write_n"):
         ap.add_argument("--" + ("T" if key == "steps" else key.replace("_", "-")), dest="cfg_" + key, type=int,
@@ -393,19 +457,26 @@ def main(argv=None) -> dict:
     gemm_repeats = 3 if args.quick else 5
     flops = flops_per_image(cfg)
     mem = PeakMemory(device)
+    bf16 = args.bf16 if args.bf16 is not None else bool(native_bf16(device))
 
     def say(*a):
         print(*a, flush=True)
 
     result = {
-        "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+        "device": str(device), "device_name": device_name(device), "cpu_flags": cpu_flags(), "torch": torch.__version__,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "native_bf16": native_bf16(device),
         "config": cfg, "adam": ADAM, "grad_clip": GRAD_CLIP, "load_average_start": list(os.getloadavg()),
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE") if k in os.environ},
         "flops_per_image": flops, "argv": sys.argv[1:],
     }
     say(f"device {device} ({result['device_name']}), torch {torch.__version__}, threads {result['threads']}, "
         f"load {result['load_average_start'][0]:.2f}")
+    say(f"CPU flags for matrix units: {result['cpu_flags'] or 'none'}; native bfloat16: {result['native_bf16'] or 'no'}")
+    if args.threads_mode:
+        b = batches[0] if len(batches) == 1 else 128
+        result["threads_mode"] = threads_mode(cfg, device, b, args.steps, say)
+        return write_result(result, args, device, say)
     say(f"config {cfg}")
     say(f"FLOPs per image: training {flops['training'] / 1e6:.1f} M (3 x forward {flops['forward'] / 1e6:.1f} M), "
         f"sampling {flops['sampling'] / 1e6:.1f} M")
@@ -420,19 +491,31 @@ def main(argv=None) -> dict:
         result["gemm"]["training"][b] = gemm_rate(training_gemms(cfg, b), device, gemm_repeats)
     for n in samples:
         result["gemm"]["sampling"][n] = gemm_rate(sampling_gemms(cfg, n), device, gemm_repeats)
+
     def rates(r):
         return f"{r['gflops']:.0f}" + (f" (torch.mm {r['mm_gflops']:.0f})" if r["gflops"] != r["mm_gflops"] else "")
 
     say(f"float32 GEMM: 2048^3 {big:.0f} GFLOP/s; model shapes, best kernel per shape, training " +
         ", ".join(f"B={b}: {rates(result['gemm']['training'][b])}" for b in batches) + "; sampling " +
         ", ".join(f"n={n}: {rates(result['gemm']['sampling'][n])}" for n in samples) + " GFLOP/s")
+    if bf16:
+        big16 = gemm_rate([(2048, 2048, 2048, 1)], device, gemm_repeats, torch.bfloat16)["gflops"]
+        g16 = result["gemm"]["bfloat16"] = {"square_2048_gflops": big16, "training": {}, "sampling": {}}
+        for b in batches:
+            g16["training"][b] = mixed_rate(cfg, b, device, gemm_repeats, result["gemm"]["training"][b], "training")
+        for n in samples:
+            g16["sampling"][n] = mixed_rate(cfg, n, device, gemm_repeats, result["gemm"]["sampling"][n], "sampling")
+        say(f"bfloat16 GEMM: 2048^3 {big16:.0f} GFLOP/s; model shapes with the LSTM products in bfloat16 and the rest "
+            "in float32 (what drawcli-bf16 runs), training " +
+            ", ".join(f"B={b}: {g16['training'][b]['gflops']:.0f}" for b in batches) + "; sampling " +
+            ", ".join(f"n={n}: {g16['sampling'][n]['gflops']:.0f}" for n in samples) + " GFLOP/s")
 
     # 2. training and sampling: drawcli's DRAW and the baseline, interleaved
     result["training"], result["sampling"] = {}, {}
     # drawcli-mm: drawcli with its oneDNN packed products off (torch.mm), on CPUs that have them.
-    variants = ["drawcli-mm"] if packed_available(device) else []
+    variants = (["drawcli-bf16"] if bf16 else []) + (["drawcli-mm"] if packed_available(device) else [])
     impls = ["drawcli", *variants] + ([] if args.no_baseline else ["baseline"])
-    steps = {"drawcli": args.steps, "drawcli-mm": base_steps, "baseline": base_steps}
+    steps = {"drawcli": args.steps, "drawcli-bf16": args.steps, "drawcli-mm": base_steps, "baseline": base_steps}
 
     def report(kind, impl, size, r):
         say(f"{kind:6s} {impl:18s} {'B' if kind == 'train' else 'n'}={size:<5d} {r['images_per_s']:7.1f} img/s  "
@@ -440,52 +523,99 @@ def main(argv=None) -> dict:
             f"peak {r['peak_memory_mb']:.0f} MB  (median of {r['repeats']}, best {size / r['min_s']:.0f} img/s, "
             f"cpu/wall {r['cpu_over_wall']:.2f})")
 
+    def gemm_of(impl, kind, size):
+        table = result["gemm"]["bfloat16"] if impl.endswith("-bf16") else result["gemm"]
+        return table[kind][size]["gflops"]
+
+    def make_fns(make, models, **kw):
+        fns = {}
+        for i in impls:
+            model = models["baseline" if i == "baseline" else "drawcli"]
+            fns[i] = make(model, precision="bfloat16" if i.endswith("-bf16") else "float32", **kw)
+            if i == "drawcli-mm":
+                fns[i] = without_packed(fns[i])
+        return fns
+
     for b in batches:
         fast, base = make_models(cfg, device)
-        models = {"drawcli": fast, "baseline": base}
-        fns = {i: train_step_fn(models[i.split("-")[0]], cfg, b, device) for i in impls}
-        if "drawcli-mm" in fns:
-            fns["drawcli-mm"] = without_packed(fns["drawcli-mm"])
+        fns = make_fns(lambda m, precision: train_step_fn(m, cfg, b, device, precision), {"drawcli": fast, "baseline": base})
         for impl, r in measure(fns, device, steps, args.warmup, mem, [fast]).items():
-            r = summarise(r, b, flops["training"], result["gemm"]["training"][b]["gflops"])
+            r = summarise(r, b, flops["training"], gemm_of(impl, "training", b))
             result["training"].setdefault(impl, {})[b] = r
             report("train", impl, b, r)
-        del fast, base, models, fns
+        del fast, base, fns
     fast, base = make_models(cfg, device)
-    models = {"drawcli": fast, "baseline": base}
     for n in samples:
-        fns = {i: sample_fn(models[i.split("-")[0]], n, device) for i in impls}
-        if "drawcli-mm" in fns:
-            fns["drawcli-mm"] = without_packed(fns["drawcli-mm"])
+        fns = make_fns(lambda m, precision: sample_fn(m, n, device, precision=precision), {"drawcli": fast, "baseline": base})
         fns["drawcli-every-step"] = sample_fn(fast, n, device, every_step=True)  # `draw animate`'s work
-        reps = {"drawcli": 3 if args.quick else 7, "baseline": 2 if args.quick else 3}
+        reps = {"drawcli": 3 if args.quick else 7, "drawcli-bf16": 3 if args.quick else 7, "baseline": 2 if args.quick else 3}
         reps.update({v: reps["baseline"] for v in fns if v not in reps})
         for impl, r in measure(fns, device, reps, 1, mem, [fast]).items():
-            r = summarise(r, n, flops["sampling"], result["gemm"]["sampling"][n]["gflops"])
+            r = summarise(r, n, flops["sampling"], gemm_of(impl, "sampling", n))
             result["sampling"].setdefault(impl, {})[n] = r
             report("sample", impl, n, r)
-    del fast, base, models, fns
+    del fast, base, fns
 
-    if "baseline" in impls:
-        result["speedup"] = {
-            "training": {b: result["training"]["drawcli"][b]["images_per_s"] / result["training"]["baseline"][b]["images_per_s"]
-                         for b in batches},
-            "sampling": {n: result["sampling"]["drawcli"][n]["images_per_s"] / result["sampling"]["baseline"][n]["images_per_s"]
-                         for n in samples},
-        }
-        say("speedup over the baseline: training " + ", ".join(f"B={b} {s:.2f}x" for b, s in result["speedup"]["training"].items())
-            + "; sampling " + ", ".join(f"n={n} {s:.2f}x" for n, s in result["speedup"]["sampling"].items()))
+    def ratio(kind, a, b):
+        return {size: result[kind][a][size]["images_per_s"] / result[kind][b][size]["images_per_s"]
+                for size in result[kind][a]}
+
+    result["speedup"] = {}
+    pairs = [("drawcli", "baseline"), ("drawcli-bf16", "drawcli"), ("drawcli-bf16", "baseline")]
+    for a, b in pairs:
+        if a in impls and b in impls:
+            key = f"{a} over {b}"
+            result["speedup"][key] = {"training": ratio("training", a, b), "sampling": ratio("sampling", a, b)}
+            say(f"speedup {key}: training " + ", ".join(f"B={s} {v:.2f}x" for s, v in result["speedup"][key]["training"].items())
+                + "; sampling " + ", ".join(f"n={s} {v:.2f}x" for s, v in result["speedup"][key]["sampling"].items()))
     result["memory_note"] = (
         "CUDA: torch.cuda.max_memory_allocated per phase" if device.type == "cuda" else
         "CPU: peak RSS of the whole process (resource.getrusage ru_maxrss) "
         + ("reset per phase via /proc/self/clear_refs" if mem.per_phase else "since process start (no per-phase reset)"))
+    return write_result(result, args, device, say)
+
+
+def write_result(result: dict, args, device, say) -> dict:
     result["load_average_end"] = list(os.getloadavg())
     say(f"load average at the end {result['load_average_end'][0]:.2f}")
-
     out = Path(args.out) if args.out else HERE / f"results-{device.type}.json"
     out.write_text(json.dumps(result, indent=1, default=str))
     say(f"wrote {out}")
     return result
+
+
+def mixed_rate(cfg, size: int, device, repeats: int, f32: dict, kind: str) -> dict:
+    """The GEMM rate drawcli-bf16 can reach: the LSTM products (and their gradients) at the
+    bfloat16 rate, the other products at the float32 rate already measured (``f32``)."""
+    lstm = step_gemms(cfg, size)["encoder"] + step_gemms(cfg, size)["decoder"]
+    lstm_shapes = set()
+    for m, k, n, _ in lstm:
+        lstm_shapes |= {(m, k, n), (m, n, k), (n, cfg["steps"] * m, k)}
+    shapes = training_gemms(cfg, size) if kind == "training" else sampling_gemms(cfg, size)
+    low = [s for s in shapes if s[:3] in lstm_shapes]
+    r16 = gemm_rate(low, device, repeats, torch.bfloat16)
+    by_shape = {(r["m"], r["k"], r["n"]): r["gflops"] for r in r16["shapes"]}
+    by_shape_32 = {(r["m"], r["k"], r["n"]): r["gflops"] for r in f32["shapes"]}
+    flops = t = 0.0
+    for m, k, n, count in shapes:
+        f = 2.0 * m * k * n * count
+        rate = by_shape.get((m, k, n)) or by_shape_32[(m, k, n)]
+        flops += f
+        t += f / (rate * 1e9)
+    return {"gflops": flops / t / 1e9, "lstm_bf16_gflops": r16["gflops"], "shapes": r16["shapes"]}
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's matrix-unit flags (AMX, AVX512-BF16/VNNI/FP16) from /proc/cpuinfo."""
+    wanted = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512_fp16", "avx512f")
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
 
 
 if __name__ == "__main__":

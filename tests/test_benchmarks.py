@@ -41,5 +41,21 @@ def test_a_tiny_benchmark_run_writes_every_section(tmp_path):
         assert row["images_per_s"] > 0 and 0 < row["fraction_of_gemm_rate"] and row["peak_memory_mb"] > 0
     assert r["gemm"]["square_2048_gflops"] > 0
     assert all(s["gflops"] >= s["mm_gflops"] for s in r["gemm"]["training"]["4"]["shapes"])
-    assert r["speedup"]["training"]["4"] > 0
+    assert r["speedup"]["drawcli over baseline"]["training"]["4"] > 0
     assert "train  drawcli" in proc.stdout and "wrote" in proc.stdout
+    if r["native_bf16"]:  # bfloat16 is timed where the CPU multiplies it natively
+        assert set(r["training"]["drawcli-bf16"]) == {"4"} and r["gemm"]["bfloat16"]["training"]["4"]["gflops"] > 0
+        assert r["speedup"]["drawcli-bf16 over drawcli"]["sampling"]["40"] > 0
+
+
+def test_threads_mode_measures_one_two_and_the_default_quiet_and_busy(tmp_path):
+    out = tmp_path / "t.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--device", "cpu", "--threads-mode", "--steps", "2",
+           "--batch-sizes", "8", "--T", "2", "--hidden", "16", "--embed", "4", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())["threads_mode"]
+    assert set(r) == {"as is", "one core busy"}
+    for row in r.values():
+        assert {row[k]["threads"] for k in ("threads 1", "threads 2")} == {1, 2}
+        assert row["default"]["threads"] >= 1 and row["default_over_best"] > 0 and row["default_reason"]
