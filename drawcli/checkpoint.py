@@ -2,7 +2,7 @@
 
 A checkpoint is a dict:
   format: "drawcli-checkpoint", format_version: 1, package_version: str,
-  model_config: dict (DRAW constructor arguments), model: state_dict,
+  model_config: dict (DRAW constructor arguments; channels absent in older files means 1), model: state_dict,
   optimizer: state_dict | absent, epoch: int (completed epochs), step: int,
   settings: dict (Settings.to_dict()), rng: {torch, cuda?, data}: tensors,
   metrics: dict of floats (test losses at save time), best_loss: float | None.
@@ -152,10 +152,13 @@ def _check_contents(ckpt: dict) -> None:
             raise DrawError(f"{key} must be a whole number >= 0, got {value!r}")
 
     cfg = ckpt["model_config"]
-    if not isinstance(cfg, dict) or set(cfg) != {"height", "width", *MODEL_KEYS}:
+    # channels is optional: checkpoints written before colour support are one-channel.
+    if not isinstance(cfg, dict) or set(cfg) - {"channels"} != {"height", "width", *MODEL_KEYS}:
         got = sorted(map(str, cfg)) if isinstance(cfg, dict) else type(cfg).__name__
-        raise DrawError(f"model_config must hold height, width, {', '.join(MODEL_KEYS)}; got {got}")
-    for key in ("height", "width"):
+        raise DrawError(f"model_config must hold height, width, {', '.join(MODEL_KEYS)} (and channels); got {got}")
+    for key in ("height", "width", "channels"):
+        if key not in cfg:
+            continue
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise DrawError(f"model_config: {key} must be a whole number >= 1, got {cfg[key]!r}")
     # The same rules as for settings: types and ranges of steps, hidden, embed, ...

@@ -196,3 +196,23 @@ def test_overfits_one_batch_of_real_mnist(mnist_splits):
     # the latent path must carry information about each digit.
     assert first > 400
     assert final < independent - 25, (first, final, independent)
+
+
+def test_colour_read_and_write_equal_a_per_channel_loop_of_the_grey_functions():
+    """eq 27-29 for C channels: one set of filterbanks applied to every channel."""
+    torch.manual_seed(0)
+    grey = DRAW(height=9, width=11, steps=1, hidden=8, embed=2, read_n=3, write_n=4)
+    colour = DRAW(height=9, width=11, channels=3, steps=1, hidden=8, embed=2, read_n=3, write_n=4)
+    p = torch.tensor([[5.5, 4.0, 1.7, 0.9, 1.3], [3.0, 6.0, 2.2, 1.4, 0.7]])
+    x, x_hat = torch.rand(2, 3, 9, 11), torch.rand(2, 3, 9, 11)
+    r = colour.read_glimpse(x, x_hat, p).reshape(2, 3, 6, 3)  # (B, i, image, j): images x_1..x_3, x_hat_1..x_3
+    for c in range(3):
+        g = grey.read_glimpse(x[:, c], x_hat[:, c], p).reshape(2, 3, 2, 3)  # (B, i, [x, x_hat], j)
+        assert torch.allclose(r[:, :, c], g[:, :, 0], atol=1e-6)
+        assert torch.allclose(r[:, :, 3 + c], g[:, :, 1], atol=1e-6)
+    w = torch.randn(2, 3, 4, 4)
+    out = colour.write_patch(w, p)
+    assert out.shape == (2, 3, 9, 11)
+    for c in range(3):
+        assert torch.allclose(out[:, c], grey.write_patch(w[:, c], p), atol=1e-6)
+    assert colour.encoder.linear.in_features == 2 * 3 * 9 + 2 * 8 and colour.write_head.out_features == 3 * 16

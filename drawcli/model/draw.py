@@ -6,8 +6,10 @@ False; by default they run fused.py, a faster engine that computes the same func
 same parameters (tests/test_fastpath.py checks the two agree to 1e-6 in float64, forward and
 backward). No I/O here.
 
-Shapes: B batch, T glimpses, H x W image (the paper's B x A), Z latent size, N glimpse side.
-Images are float tensors in [0, 1] of shape (B, H, W).
+Shapes: B batch, T glimpses, C channels, H x W image (the paper's B x A), Z latent size, N glimpse
+side. Images are float tensors in [0, 1] of shape (B, C, H, W), or (B, H, W) for one channel; every
+output then has the input's layout. With C > 1 every point of x and x_hat is a C-vector: read and
+write apply one set of attention parameters and filterbanks to every channel (Section 4.3).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class DrawOutput:
     lx: torch.Tensor  # L^x = -log D(x | c_T), eq 9
     lz: torch.Tensor  # L^z, eq 10-11 (analytic KL, summed over t and z dims)
     log_ratio: torch.Tensor | None = None  # sum_t log q(z_t|.) - log p(z_t) at the sampled z
-    canvases: torch.Tensor | None = None  # (T, B, H, W) canvas logits c_1..c_T
+    canvases: torch.Tensor | None = None  # (T, B, [C,] H, W) canvas logits c_1..c_T
     read: torch.Tensor | None = None  # (T, B, 5) read attention, ATTENTION_FIELDS
     write: torch.Tensor | None = None  # (T, B, 5) write attention, ATTENTION_FIELDS
 
@@ -79,16 +81,17 @@ class DRAW(nn.Module):
         attention: bool = True,
         read_n: int = 2,
         write_n: int = 5,
+        channels: int = 1,
     ):
         super().__init__()
-        self.height, self.width = height, width
+        self.height, self.width, self.channels = height, width, channels
         self.steps, self.hidden, self.embed = steps, hidden, embed
         self.attention = attention
         self.read_n, self.write_n = read_n, write_n
 
-        pixels = height * width
-        read_size = 2 * read_n * read_n if attention else 2 * pixels
-        write_size = write_n * write_n if attention else pixels
+        values = channels * height * width
+        read_size = 2 * channels * read_n * read_n if attention else 2 * values  # eq 27 / eq 17
+        write_size = channels * write_n * write_n if attention else values  # eq 28 / eq 18
         self.encoder = LSTMCell(read_size + hidden, hidden)  # eq 5: input [r_t, h^dec_{t-1}]
         self.decoder = LSTMCell(embed, hidden)  # eq 7
         self.q = nn.Linear(hidden, 2 * embed)  # eq 1-2: mu_t and log sigma_t from h^enc_t
@@ -125,6 +128,7 @@ class DRAW(nn.Module):
             attention=self.attention,
             read_n=self.read_n,
             write_n=self.write_n,
+            channels=self.channels,
         )
 
     # ----------------------------------------------------------------- attention
@@ -176,20 +180,24 @@ class DRAW(nn.Module):
         return fx, fy
 
     def read_glimpse(self, x: torch.Tensor, x_hat: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """eq 27: gamma [F_Y x F_X^T, F_Y x_hat F_X^T], flattened to (B, 2 N^2)."""
+        """eq 27: gamma [F_Y x F_X^T, F_Y x_hat F_X^T] for every channel, flattened to (B, 2 C N^2).
+
+        x, x_hat: (B, C, H, W) or (B, H, W). Layout: glimpse row i, then image (the C channels of
+        x, then those of x_hat), then column j.
+        """
         fx, fy = self.filterbank(params, self.read_offsets)
-        b, n = x.shape[0], self.read_n
-        both = torch.stack([x, x_hat], dim=1).reshape(b, 2 * self.height, self.width)
-        right = torch.bmm(both, fx.transpose(1, 2))  # (B, 2H, N): [x F_X^T ; x_hat F_X^T]
-        right = right.reshape(b, 2, self.height, n).transpose(1, 2).reshape(b, self.height, 2 * n)
-        glimpse = torch.bmm(fy, right)  # (B, N, 2N): F_Y x F_X^T next to F_Y x_hat F_X^T
-        return params[:, 4:5] * glimpse.reshape(b, 2 * n * n)
+        images = torch.cat([x, x_hat], dim=1) if x.dim() == 4 else torch.stack([x, x_hat], dim=1)  # (B, 2C, H, W)
+        glimpse = fy[:, None] @ images @ fx.transpose(1, 2)[:, None]  # (B, 2C, N, N)
+        return params[:, 4:5] * glimpse.transpose(1, 2).flatten(1)
 
     def write_patch(self, w: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """eq 29: (1 / gamma) F_Y^T w F_X for a patch w of shape (B, N, N)."""
+        """eq 29: (1 / gamma) F_Y^T w F_X for a patch w of shape (B, C, N, N) or (B, N, N), the same
+        filterbanks for every channel: (B, C, H, W) or (B, H, W)."""
         fx, fy = self.filterbank(params, self.write_offsets)
-        out = torch.bmm(torch.bmm(fy.transpose(1, 2), w), fx)  # (B, H, W)
-        return out / params[:, 4].reshape(-1, 1, 1)
+        if w.dim() == 3:
+            return self.write_patch(w[:, None], params)[:, 0]
+        out = fy.transpose(1, 2)[:, None] @ w @ fx[:, None]  # (B, C, H, W)
+        return out / params[:, 4].reshape(-1, 1, 1, 1)
 
     def read(self, x, x_hat, h_dec):
         """eq 17 (no attention) or eq 27; returns (r_t, attention params or None)."""
@@ -199,12 +207,12 @@ class DRAW(nn.Module):
         return self.read_glimpse(x, x_hat, params), params
 
     def write(self, h_dec):
-        """eq 18 (no attention) or eq 28-29; returns (canvas update, attention params or None)."""
+        """eq 18 (no attention) or eq 28-29; returns (canvas update (B, C, H, W), attention params or None)."""
         w = self.write_head(h_dec)
         if not self.attention:
-            return w.reshape(-1, self.height, self.width), None
+            return w.reshape(-1, self.channels, self.height, self.width), None
         params = self.attention_params(h_dec, self.write_attention, self.write_n)
-        return self.write_patch(w.reshape(-1, self.write_n, self.write_n), params), params
+        return self.write_patch(w.reshape(-1, self.channels, self.write_n, self.write_n), params), params
 
     # ----------------------------------------------------------------- the model (Section 2)
     def forward(
@@ -215,7 +223,8 @@ class DRAW(nn.Module):
         generator: torch.Generator | None = None,
         eps: torch.Tensor | None = None,
     ) -> DrawOutput:
-        """Encode and reconstruct ``x`` (B, H, W) in [0, 1]; losses in nats per image.
+        """Encode and reconstruct ``x`` (B, C, H, W), or (B, H, W) for one channel, in [0, 1]; losses in
+        nats per image.
 
         eps: the standard-normal noise of every step, (T, B, Z); drawn here (from
         ``generator``) when not given. Distributed training passes slices of one
@@ -226,7 +235,10 @@ class DRAW(nn.Module):
         log_ratio: also return sum_t log q(z_t | x, z_<t) - log p(z_t) at the sampled
         z, needed for importance-weighted bounds.
         """
-        x = x.contiguous()
+        grey = x.dim() == 3
+        x = (x[:, None] if grey else x).contiguous()
+        if x.dim() != 4 or x.shape[1:] != (self.channels, self.height, self.width):
+            raise ValueError(f"expected images ({self.channels}, {self.height}, {self.width}), got {tuple(x.shape[1:])}")
         if eps is None:  # fresh noise for every step and image, drawn at once
             eps = torch.randn(self.steps, x.shape[0], self.embed, device=x.device, dtype=x.dtype, generator=generator)
         if self.fused:
@@ -245,20 +257,20 @@ class DRAW(nn.Module):
             z = mu + torch.exp(log_sigma) * eps
             out.log_ratio = (0.5 * z.pow(2) - 0.5 * eps.pow(2) - log_sigma).sum((0, 2))
         if record:
-            out.canvases = records[0]
+            out.canvases = records[0][:, :, 0] if grey else records[0]
             if self.attention:
                 out.read, out.write = records[1], records[2]
         return out
 
     def encode_decode(self, x: torch.Tensor, eps: torch.Tensor, record: bool = False):
-        """eq 3-8 for t = 1..T: returns c_T, mu and log sigma (T, B, Z) and the records.
+        """eq 3-8 for t = 1..T on x (B, C, H, W): returns c_T, mu and log sigma (T, B, Z) and the records.
 
         h^enc_0 = h^dec_0 = 0, c_0 = 0, and the LSTM cell states start at 0 too. The read at step t
         is steered by h^dec_{t-1} (eq 4), so the first window comes from the read head's bias.
         """
         b, hidden = x.shape[0], self.hidden
         h_enc = c_enc = h_dec = c_dec = x.new_zeros(b, hidden)
-        canvas = x.new_zeros(b, self.height, self.width)  # c_0
+        canvas = torch.zeros_like(x)  # c_0
         mus, log_sigmas, canvases, reads, writes = [], [], [], [], []
         for t in range(self.steps):
             x_hat = x - torch.sigmoid(canvas)  # eq 3: the error image
@@ -291,9 +303,9 @@ class DRAW(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample from the prior: z_t ~ N(0, I), decode, write (Section 2.3).
 
-        Returns canvas logits of every step, (T, n, H, W) (apply sigmoid for pixel
-        means), and the write attention (T, n, 5) or None without attention.
-        every_step=False: only the final step's, (1, n, H, W) and (1, n, 5), from the same
+        Returns canvas logits of every step, (T, n, C, H, W), or (T, n, H, W) for one channel
+        (apply sigmoid for pixel means), and the write attention (T, n, 5) or None without attention.
+        every_step=False: only the final step's, (1, n, ...) and (1, n, 5), from the same
         noise; it skips storing T canvases (200 MB for 1000 MNIST samples at T=64).
         """
         device = device if device is not None else self.grid_x.device
@@ -302,14 +314,17 @@ class DRAW(nn.Module):
         if self.fused:
             from drawcli.model import fused
 
-            return fused.decode(self, z, every_step)
-        return self.decode(z, every_step)
+            canvases, writes = fused.decode(self, z, every_step)
+        else:
+            canvases, writes = self.decode(z, every_step)
+        return (canvases[:, :, 0] if self.channels == 1 else canvases), writes
 
     def decode(self, z: torch.Tensor, every_step: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The decoder half for latents z (T, n, Z): eq 7-8 with z_t in place of eq 6's sample."""
+        """The decoder half for latents z (T, n, Z): eq 7-8 with z_t in place of eq 6's sample.
+        Canvases (T or 1, n, C, H, W)."""
         n = z.shape[1]
         h_dec = c_dec = z.new_zeros(n, self.hidden)
-        canvas = z.new_zeros(n, self.height, self.width)
+        canvas = z.new_zeros(n, self.channels, self.height, self.width)
         canvases, writes = [], []
         for t in range(self.steps):
             h_dec, c_dec = self.decoder(z[t], (h_dec, c_dec))  # eq 7

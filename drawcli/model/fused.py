@@ -100,9 +100,24 @@ def fused_weights(m) -> tuple[torch.Tensor, ...]:
     - LSTM gate rows reordered (i, f, g, o) -> (i, f, o, g): the sigmoid gates side by side.
     - One head over h^dec_t: [write w_t | write attention_t | read attention_{t+1}] (all three
       read the same state: one matrix product instead of three).
+    - With C > 1 channels the loop keeps images as (B, H, C, W) (rows of C channels side by side,
+      so one bmm applies a filterbank to every channel); the write head's rows and, without
+      attention, the encoder's x_hat columns are permuted from the parameters' (C, ...) order to
+      match. With C = 1 nothing is permuted.
     """
     return (gates_weight(m, m.encoder), gates_weight(m, m.decoder), m.q.weight, m.q.bias,
             *heads_weight(m, read=True))
+
+
+def channels_last_rows(m) -> torch.Tensor | None:
+    """Index that reorders a (C, A, B)-ordered vector to (A, C, B) order, or None when C = 1.
+
+    A x B is the write patch (N x N) with attention and the image (H x W) without."""
+    c = m.channels
+    if c == 1:
+        return None
+    a, b = (m.write_n, m.write_n) if m.attention else (m.height, m.width)
+    return torch.arange(c * a * b, device=m.grid_x.device).view(c, a, b).transpose(0, 1).flatten()
 
 
 def gates_weight(m, cell: LSTMCell) -> torch.Tensor:
@@ -112,12 +127,18 @@ def gates_weight(m, cell: LSTMCell) -> torch.Tensor:
     perm = torch.cat([torch.arange(0, 2 * hd, device=dev), torch.arange(3 * hd, 4 * hd, device=dev),
                       torch.arange(2 * hd, 3 * hd, device=dev)])
     pad = -(lin.in_features + 1) % 8
-    return torch.cat([lin.weight, lin.bias[:, None], lin.weight.new_zeros(4 * hd, pad)], 1)[perm]
+    weight = lin.weight
+    idx = channels_last_rows(m)
+    if cell is m.encoder and idx is not None and not m.attention:  # x_hat's columns, (C, H, W) -> (H, C, W)
+        v = idx.numel()
+        weight = torch.cat([weight[:, :v], weight[:, v : 2 * v][:, idx], weight[:, 2 * v :]], 1)
+    return torch.cat([weight, lin.bias[:, None], lin.weight.new_zeros(4 * hd, pad)], 1)[perm]
 
 
 def heads_weight(m, read: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """[write head | write attention (| read attention)] weight and bias (read=False: sampling)."""
-    heads = [(m.write_head.weight, m.write_head.bias)]
+    idx = channels_last_rows(m)
+    heads = [(m.write_head.weight, m.write_head.bias) if idx is None else (m.write_head.weight[idx], m.write_head.bias[idx])]
     if m.attention:
         heads.append(folded_attention(m, m.write_attention, m.write_n))
         if read:
@@ -259,10 +280,10 @@ def workspace(m, x, ke: int, kd: int, heads_width: int, save: bool):
     slots, reused in turn, so memory does not grow with T.
     """
     T, hd, Z, att = m.steps, m.hidden, m.embed, m.attention
-    b, Hi, Wi = x.shape
+    b, C, Hi, Wi = x.shape
     n, nw = m.read_n, m.write_n
-    kw = nw * nw if att else Hi * Wi
-    R = 2 * n * n if att else Hi * Wi
+    kw = C * nw * nw if att else C * Hi * Wi
+    R = 2 * C * n * n if att else C * Hi * Wi
     slots, steps = (T + 1, T) if save else (2, 1)
     new = x.new_empty
     ws = dict(key=(b, x.dtype, x.device, save), k=_constants(x))
@@ -276,14 +297,14 @@ def workspace(m, x, ke: int, kd: int, heads_width: int, save: bool):
     g_enc, g_dec = new(steps, b, 4 * hd), new(steps, b, 4 * hd)
     tc_enc, tc_dec, se = new(steps, b, hd), new(steps, b, hd), new(steps, b, Z)
     ws.update(enc_in=enc_in, dec_in=dec_in, c_enc=c_enc, c_dec=c_dec, heads=heads, g_enc=g_enc, g_dec=g_dec,
-              tc_enc=tc_enc, tc_dec=tc_dec, se=se, sig=new(b, Hi, Wi))
+              tc_enc=tc_enc, tc_dec=tc_dec, se=se, sig=new(b, Hi, C, Wi))
     if att:
         L = max(Hi, Wi)
         grid, mask = pixel_grid(m, x.dtype)
         ws["grid3"] = grid.to(x.device)[:, None, :]
         ws["mask3"] = None if mask is None else mask.to(x.device)[:, None, :]
-        # [x | x_hat_t] side by side per row: one bmm applies F_Y to both images (eq 27)
-        xb = ws["xb"] = new(steps, b, Hi, 2, Wi)
+        # [x | x_hat_t] side by side per row (each with its C channels): one bmm applies F_Y to all (eq 27)
+        xb = ws["xb"] = new(steps, b, Hi, 2, C, Wi)
         f_r, d_r = new(2, steps, b, 2, n, L).unbind(0)
         f_w, d_w = new(2, steps, b, 2, nw, L).unbind(0)
         ws.update(f_r=f_r, d_r=d_r, f_w=f_w, d_w=d_w)
@@ -301,32 +322,33 @@ def workspace(m, x, ke: int, kd: int, heads_width: int, save: bool):
         if att:
             xbt = xb[gs]
             v.update(
-                xhat=xbt[:, :, 1], x_slot=xbt[:, :, 0], xb=xbt.view(b, Hi, 2 * Wi),
-                xbT=xbt.view(b, Hi, 2 * Wi).transpose(1, 2),
+                xhat=xbt[:, :, 1], x_slot=xbt[:, :, 0], xb=xbt.view(b, Hi, 2 * C * Wi),
+                xbT=xbt.view(b, Hi, 2 * C * Wi).transpose(1, 2),
                 hh_exp=hh[:, kw:].view(b, 2, 5)[:, :, 2:],
                 read=bank_views(m, heads[s][:, kw + 5 :], f_r[gs], d_r[gs], n),
                 write=bank_views(m, hh[:, kw : kw + 5], f_w[gs], d_w[gs], nw),
             )
         else:
-            v.update(xhat_flat=ei[:, :R].view(b, Hi, Wi), hh_canvas=hh.view(b, Hi, Wi))
+            v.update(xhat_flat=ei[:, :R].view(b, Hi, C, Wi), hh_canvas=hh.view(b, Hi, C, Wi))
         plan.append(v)
     ws["plan"] = plan
     return ws
 
 
-def backward_views(m, ws, b, Hi, Wi):
-    """Scratch buffers and per-step views of _loop_backward, added to a saved workspace once."""
+def backward_views(m, ws, b, C, Hi, Wi):
+    """Scratch buffers and per-step views of loop_backward, added to a saved workspace once."""
     T, hd, Z, att = m.steps, m.hidden, m.embed, m.attention
     n, nw = m.read_n, m.write_n
-    kw = nw * nw if att else Hi * Wi
+    kw = C * nw * nw if att else C * Hi * Wi
     x = ws["sig"]  # any tensor of the loop's dtype and device
     da = x.new_empty(b, 4 * hd)
     scratch = _Views(da=da, difo=da[:, : 3 * hd], di=da[:, :hd], df=da[:, hd : 2 * hd],
                      do=da[:, 2 * hd : 3 * hd], dg=da[:, 3 * hd :], tmp=x.new_empty(b, hd))
     d_heads = x.new_zeros(T + 1, b, ws["heads"].shape[2])  # slot t: heads over h^dec_{t-1}
     dq = x.new_zeros(T, b, 2 * Z)
-    d_canvas = x.new_empty(b, Hi, Wi)
-    bw = dict(scratch=scratch, d_heads=d_heads, dq=dq, d_canvas=d_canvas, d_canvasT=d_canvas.transpose(1, 2))
+    d_canvas = x.new_empty(b, Hi, C * Wi)  # dL/dc_t in the loop's (B, H, C, W) layout
+    bw = dict(scratch=scratch, d_heads=d_heads, dq=dq, d_canvas=d_canvas, d_canvasT=d_canvas.transpose(1, 2),
+              d_canvas4=d_canvas.view(b, Hi, C, Wi))
     if att:
         L = max(Hi, Wi)
         for name, nn_, offsets in (("r", n, m.read_offsets), ("w", nw, m.write_offsets)):
@@ -362,11 +384,12 @@ def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None):
     """
     enc_w, dec_w, q_w, q_b, heads_w, heads_b = weights
     T, hd, Z, att = m.steps, m.hidden, m.embed, m.attention
-    b, Hi, Wi = x.shape
-    n = m.read_n
-    kw = m.write_n**2 if att else Hi * Wi  # write size
-    R = 2 * n * n if att else Hi * Wi  # encoder input that changes with t (r_t, or x_hat_t)
-    lead = 0 if att else Hi * Wi  # encoder input that does not (x, in r_t = [x, x_hat_t], eq 17)
+    b, C, Hi, Wi = x.shape
+    n, nw = m.read_n, m.write_n
+    kw = C * nw * nw if att else C * Hi * Wi  # write size
+    R = 2 * C * n * n if att else C * Hi * Wi  # encoder input that changes with t (r_t, or x_hat_t)
+    lead = 0 if att else C * Hi * Wi  # encoder input that does not (x, in r_t = [x, x_hat_t], eq 17)
+    xi = x.permute(0, 2, 1, 3)  # (B, H, C, W): the loop's image layout (see fused_weights)
 
     key = (b, x.dtype, x.device, save)
     ws = _take_workspace(m, key, _WORKSPACES if save else _EVAL_WORKSPACES)
@@ -390,32 +413,33 @@ def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None):
     enc_mm = step_matmul(_double_g(enc_w[:, lead:], hd), b, mm_dtype)  # eq 5's product, packed once for all T steps
     dec_mm = step_matmul(_double_g(dec_w, hd), b, mm_dtype)  # eq 7's
     q_wt, heads_wt = q_w.t(), heads_w.t()
-    canvas, sig = x.new_zeros(b, Hi, Wi), ws["sig"]  # c_0 = 0
+    canvas, sig = x.new_zeros(b, Hi, C, Wi), ws["sig"]  # c_0 = 0
+    canvas3 = canvas.view(b, Hi, C * Wi)
     reads, writes = [], []
     if att:
         ro, wo = m.read_offsets.to(x.dtype), m.write_offsets.to(x.dtype)
         heads[0, :, kw:].view(b, 2, 5)[:, :, 2:].exp_()  # delta, sigma^2, gamma from their logs
-        ws["xb"][:, :, :, 0] = x
+        ws["xb"][:, :, :, 0] = xi
     if record:
-        canvases = x.new_empty(T, b, Hi, Wi)
+        canvases = x.new_empty(T, b, Hi, C, Wi)
         rec_read, rec_write = (x.new_empty(T, b, 5), x.new_empty(T, b, 5)) if att else (None, None)
 
     for t in range(T):
         v = plan[t] if save else plan[t % 2]
         torch.sigmoid(canvas, out=sig)
         if att:
-            torch.sub(x, sig, out=v.xhat)  # eq 3: x_hat = x - sigmoid(c_{t-1})
+            torch.sub(xi, sig, out=v.xhat)  # eq 3: x_hat = x - sigmoid(c_{t-1})
             rv = v.read  # read window from h^dec_{t-1}, eq 21-24
             filters(rv, ro, ws)
-            left = torch.bmm(rv.fy, v.xb)  # (B, N, 2W): F_Y x | F_Y x_hat
-            glimpse = torch.bmm(left.view(b, 2 * n, Wi), rv.fxT)  # rows (i, image)
+            left = torch.bmm(rv.fy, v.xb)  # (B, N, 2CW): F_Y x | F_Y x_hat, every channel
+            glimpse = torch.bmm(left.view(b, 2 * C * n, Wi), rv.fxT)  # rows (i, image)
             torch.mul(glimpse.view(b, R), rv.gamma, out=v.ei_r)  # eq 27, read_glimpse's layout
             if save:
                 reads.append(left)
             if record:
                 rec_read[t] = rv.p
         else:
-            torch.sub(x, sig, out=v.xhat_flat)  # eq 3 (r_t = [x, x_hat], eq 17)
+            torch.sub(xi, sig, out=v.xhat_flat)  # eq 3 (r_t = [x, x_hat], eq 17)
         pre = enc_mm(v.ei, out=v.g_enc)  # eq 5
         if lead:
             pre.add_(base)
@@ -431,10 +455,11 @@ def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None):
             v.hh_exp.exp_()
             wv = v.write
             filters(wv, wo, ws)
-            # eq 29 with 1/gamma applied to the N x N patch instead of the H x W image.
-            w = torch.div(v.hh_w, wv.gamma).view(b, m.write_n, m.write_n)
-            u = torch.bmm(w, wv.fx)  # w F_X / gamma first: (B, N, W) products are ~2x faster than (B, H, N)
-            canvas.baddbmm_(wv.fyT, u)  # eq 8: c_t = c_{t-1} + F_Y^T w F_X / gamma, in place
+            # eq 29 with 1/gamma applied to the N x N patch instead of the H x W image; rows (i, channel).
+            w = torch.div(v.hh_w, wv.gamma).view(b, nw * C, nw)
+            # w F_X / gamma first: (B, N, W) products are ~2x faster than (B, H, N)
+            u = torch.bmm(w, wv.fx).view(b, nw, C * Wi)
+            canvas3.baddbmm_(wv.fyT, u)  # eq 8: c_t = c_{t-1} + F_Y^T w F_X / gamma, in place
             if save:
                 writes.append((u, w))
             if record:
@@ -446,7 +471,9 @@ def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None):
 
     records = ()
     if record:
+        canvases = canvases.permute(0, 1, 3, 2, 4)  # (T, B, C, H, W)
         records = (canvases, rec_read, rec_write) if att else (canvases,)
+    canvas = canvas.view(b, C, Hi, Wi) if C == 1 else canvas.permute(0, 2, 1, 3).contiguous()
     saved = dict(workspace=ws, x=x, weights=weights, reads=reads, writes=writes, mm_dtype=mm_dtype) if save else None
     if not save:
         _EVAL_WORKSPACES[m] = ws
@@ -459,15 +486,16 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     enc_w, dec_w, q_w, q_b, heads_w, heads_b = sv["weights"]
     enc_in, dec_in, g_enc, g_dec = ws["enc_in"], ws["dec_in"], ws["g_enc"], ws["g_dec"]
     T, hd, Z, att = m.steps, m.hidden, m.embed, m.attention
-    b, Hi, Wi = x.shape
-    n = m.read_n
-    kw = m.write_n**2 if att else Hi * Wi
-    R = 2 * n * n if att else Hi * Wi
-    lead = 0 if att else Hi * Wi
+    b, C, Hi, Wi = x.shape
+    n, nw = m.read_n, m.write_n
+    kw = C * nw * nw if att else C * Hi * Wi
+    R = 2 * C * n * n if att else C * Hi * Wi
+    lead = 0 if att else C * Hi * Wi
     ke, kd = enc_in.shape[2], dec_in.shape[2]
     plan = ws["plan"]
-    bw = ws.get("backward") or backward_views(m, ws, b, Hi, Wi)
+    bw = ws.get("backward") or backward_views(m, ws, b, C, Hi, Wi)
     scratch, d_heads, dq, dC, dCT = bw["scratch"], bw["d_heads"], bw["dq"], bw["d_canvas"], bw["d_canvasT"]
+    dC4, xi = bw["d_canvas4"], x.permute(0, 2, 1, 3)  # the loop's (B, H, C, W) layout
     # Input gradients of each step's products: only the columns of real inputs (not the ones or
     # padding columns), with the weights packed once for all T steps.
     mm_dtype = sv["mm_dtype"]
@@ -477,7 +505,7 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     if d_canvas is None:
         dC.zero_()
     else:
-        dC.copy_(d_canvas)  # dL/dc_t, updated in place as t goes down
+        dC4.copy_(d_canvas.permute(0, 2, 1, 3))  # dL/dc_t, updated in place as t goes down
     if d_lz is not None:  # eq 11: dL^z/dmu = mu, dL^z/dlog sigma = sigma^2 - 1, in bulk
         mu, log_sigma = mu_ls.split(Z, -1)
         torch.mul(mu, d_lz.view(1, b, 1), out=dq[..., :Z])
@@ -490,6 +518,7 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     dc_enc, dc_dec = x.new_zeros(b, hd), x.new_zeros(b, hd)
     d_ei_next, d_di_next = x.new_zeros(b, R + 2 * hd), x.new_zeros(b, Z + hd)  # step t+1's input gradients
     dx = torch.zeros_like(x) if need_x else None
+    dxi = dx.permute(0, 2, 1, 3) if need_x else None
     se_rows = ws["se"].unbind(0)
 
     for t in reversed(range(T)):
@@ -498,9 +527,10 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
         if att:
             wv = v.write  # update = F_Y^T u, u = (w / gamma) F_X
             u, w = sv["writes"][t]
-            du = torch.bmm(wv.fy, dC)  # (B, N, W)
+            du = torch.bmm(wv.fy, dC)  # (B, N, CW)
             dfy = torch.bmm(u, dCT)  # (B, N, H)
-            dw = torch.bmm(du, wv.fxT)  # dL/d(w / gamma): (B, N, N)
+            du = du.view(b, nw * C, Wi)
+            dw = torch.bmm(du, wv.fxT)  # dL/d(w / gamma): (B, NC, N)
             dfx = torch.bmm(w.transpose(1, 2), du)  # (B, N, W)
             torch.sum(dw * w, (1, 2), out=bv.dhh_wgamma).neg_()  # dL/d log gamma
             torch.div(dw.view(b, kw), wv.gamma, out=bv.dhh_w)
@@ -523,21 +553,21 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
             left = sv["reads"][t]
             dr = d_ei[:, :R]
             torch.sum(dr * v.ei_r, 1, out=bv.dhr_gamma)  # dL/d log gamma (r = gamma G)
-            dg = (dr * rv.gamma).view(b, 2 * n, n)
-            dleft = torch.bmm(dg, rv.fx)  # (B, 2N, W)
-            dfx = torch.bmm(dg.transpose(1, 2), left.view(b, 2 * n, Wi))
-            dleft = dleft.view(b, n, 2 * Wi)
+            dg = (dr * rv.gamma).view(b, 2 * C * n, n)
+            dleft = torch.bmm(dg, rv.fx)  # (B, 2CN, W)
+            dfx = torch.bmm(dg.transpose(1, 2), left.view(b, 2 * C * n, Wi))
+            dleft = dleft.view(b, n, 2 * C * Wi)
             dfy = torch.bmm(dleft, v.xbT)
-            dxb = torch.bmm(rv.fyT, dleft).view(b, Hi, 2, Wi)
+            dxb = torch.bmm(rv.fyT, dleft).view(b, Hi, 2, C, Wi)
             filters_backward(m, bv.rbank, dfx, dfy, bv.dhr4, bv.dhr_delta)
             d_xhat, x_hat = dxb[:, :, 1], v.xhat
             if need_x:
-                dx += dxb[:, :, 0]
+                dxi += dxb[:, :, 0]
         else:
-            d_xhat, x_hat = d_ei[:, :R].view(b, Hi, Wi), v.xhat_flat
+            d_xhat, x_hat = d_ei[:, :R].view(b, Hi, C, Wi), v.xhat_flat
         if need_x:
-            dx += d_xhat
-        dC.sub_(_aten.sigmoid_backward(d_xhat, x - x_hat))  # dL/dc_{t-1}; x - x_hat = sigmoid(c_{t-1})
+            dxi += d_xhat
+        dC4.sub_(_aten.sigmoid_backward(d_xhat, xi - x_hat))  # dL/dc_{t-1}; x - x_hat = sigmoid(c_{t-1})
         d_ei_next, d_di_next = d_ei, d_di
 
     # Weight gradients: one (T*B)-row product each instead of T small ones (bias included: the
@@ -549,7 +579,7 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
         g_sum = g_enc.sum(0)  # x's input is the same at every step
         d_enc_w = torch.cat([matmul(g_sum.t(), x.reshape(b, lead), mm_dtype), d_enc_w], 1)
         if need_x:
-            dx += matmul(g_sum, enc_w[:, :lead], mm_dtype).view(b, Hi, Wi)
+            dx += matmul(g_sum, enc_w[:, :lead], mm_dtype).view(b, C, Hi, Wi)
     d_dec_w = matmul(gd_all.t(), dec_in[:T].view(rows, kd), mm_dtype)
     dq_all = dq.view(rows, 2 * Z)
     d_q_w = dq_all.t() @ enc_in[1:, :, R + hd : R + 2 * hd].reshape(rows, hd)  # h^enc_1..T
@@ -601,10 +631,10 @@ def low_precision(ref: torch.Tensor) -> torch.dtype | None:
 
 def _decode(m, z_all: torch.Tensor, every_step: bool, mm_dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
     T, n, Z = z_all.shape
-    hd, Hi, Wi, nw, att = m.hidden, m.height, m.width, m.write_n, m.attention
+    hd, C, Hi, Wi, nw, att = m.hidden, m.channels, m.height, m.width, m.write_n, m.attention
     ref = z_all
     dec_w, (heads_w, heads_b) = gates_weight(m, m.decoder), heads_weight(m, read=False)
-    kw = nw * nw if att else Hi * Wi
+    kw = C * nw * nw if att else C * Hi * Wi
     k = _constants(ref)
     dec_mm = step_matmul(_double_g(dec_w, hd), n, mm_dtype)  # eq 7's product, weight packed once for all T steps
     dec_in = ref.new_zeros(n, dec_w.shape[1])  # [z_t | h^dec_{t-1} | 1 | 0...]: one product per step
@@ -614,8 +644,9 @@ def _decode(m, z_all: torch.Tensor, every_step: bool, mm_dtype) -> tuple[torch.T
     cells = [lstm_views(m, gates, c[s], c[1 - s], tc, h) for s in (0, 1)]
     kept = T if every_step else 1  # steps whose canvas and window are returned
     heads = ref.new_empty(kept, n, heads_w.shape[0])  # [w_t | write attention_t]
-    canvases = ref.new_empty(T, n, Hi, Wi) if every_step else ref.new_zeros(1, n, Hi, Wi)
-    prev = ref.new_zeros(n, Hi, Wi) if every_step else canvases[0]  # c_0 = 0; updated in place when kept == 1
+    # Canvases in the loop's (n, H, C, W) layout, seen as (n, H, CW) by the write's bmm.
+    canvases = ref.new_empty(T, n, Hi, C * Wi) if every_step else ref.new_zeros(1, n, Hi, C * Wi)
+    prev = ref.new_zeros(n, Hi, C * Wi) if every_step else canvases[0]  # c_0 = 0; updated in place when kept == 1
     out_rows, heads_rows, z_rows = canvases.unbind(0), heads.unbind(0), z_all.unbind(0)
     heads_wt = heads_w.t()
     if att:
@@ -634,17 +665,18 @@ def _decode(m, z_all: torch.Tensor, every_step: bool, mm_dtype) -> tuple[torch.T
             bank = banks[j]
             bank.p[:, 2:].exp_()  # delta, sigma^2, gamma from their logs
             filters(bank, offsets, wsd)
-            w = torch.div(hh[:, :kw], bank.gamma).view(n, nw, nw)
-            u = torch.bmm(w, bank.fx)  # (w / gamma) F_X, as in _loop
+            w = torch.div(hh[:, :kw], bank.gamma).view(n, nw * C, nw)
+            u = torch.bmm(w, bank.fx).view(n, nw, C * Wi)  # (w / gamma) F_X, as in loop
             if every_step:
                 torch.baddbmm(prev, bank.fyT, u, out=out_rows[j])  # eq 8, 29
             else:
                 prev.baddbmm_(bank.fyT, u)
         elif every_step:
-            torch.add(prev, hh.view(n, Hi, Wi), out=out_rows[j])  # eq 8, 18
+            torch.add(prev, hh.view(n, Hi, C * Wi), out=out_rows[j])  # eq 8, 18
         else:
-            prev.add_(hh.view(n, Hi, Wi))
+            prev.add_(hh.view(n, Hi, C * Wi))
         prev = out_rows[j]
+    canvases = canvases.view(-1, n, Hi, C, Wi).permute(0, 1, 3, 2, 4)  # (T, n, C, H, W)
     return canvases, (heads[:, :, kw:] if att else None)
 
 
