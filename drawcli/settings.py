@@ -69,6 +69,7 @@ class RunSettings:
     name: str | None = None  # None: run1, run2, ...
     runs_dir: str = "runs"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    tensorboard: str = "auto"  # auto (log when the package is importable) | true | false; YAML booleans accepted
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ CHOICES = {
     ("data", "dataset"): tuple(DATASETS),
     ("data", "binarize"): ("dynamic", "threshold", "none"),
     ("train", "lr_schedule"): ("constant", "cosine", "step"),
+    ("run", "tensorboard"): ("auto", "true", "false"),
 }
 MIN = {
     ("model", "steps"): 1,
@@ -144,6 +146,10 @@ def _coerce(section: str, key: str, value: Any) -> Any:
     typ = _type_of(section, key).replace(" ", "")
     optional = typ.endswith("|None")
     base = typ.removesuffix("|None")
+    if (section, key) == ("run", "tensorboard") and not isinstance(value, str):
+        if not isinstance(value, bool):
+            raise DrawError(f"{where}: expected auto, true or false, got {value!r}")
+        value = "true" if value else "false"  # YAML and --set read true/false as booleans
     if value is None:
         if optional:
             return None
