@@ -150,7 +150,7 @@ def build_figure(
             for attention in shown:
                 value = PAPER_NLL[bool(attention)]
                 what = "with attention" if attention else "no attention"
-                ax.axhline(value, color="0.35", ls="--", lw=1.1,
+                ax.axhline(value, color="0.35", ls="--" if attention else "-.", lw=1.1,
                            label=f"paper, {what}: {value:.2f} (binarized MNIST, Table 2)")
             if not shown:
                 notes.append("--paper: none of these runs is an MNIST run; no paper line drawn")

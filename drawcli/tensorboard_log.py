@@ -37,22 +37,25 @@ FLUSH_SECS = 15
 
 
 def _summary_writer_class():
-    """torch's SummaryWriter, or None when the tensorboard package is not importable."""
+    """(torch's SummaryWriter or None, why not): None when the tensorboard package is not importable."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        return None
-    return SummaryWriter
+        return None, "the tensorboard package is not installed"
+    except Exception as e:  # noqa: BLE001 - installed but broken (e.g. a protobuf it cannot use)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        return None, f"torch.utils.tensorboard does not import ({first})"
+    return SummaryWriter, ""
 
 
 def use_tensorboard(mode: str) -> bool:
     """Whether to log, from ``run.tensorboard``; ``true`` without the package is a DrawError."""
     if mode == "false":
         return False
-    available = _summary_writer_class() is not None
-    if mode == "true" and not available:
-        raise DrawError(f"run.tensorboard is true but the tensorboard package is not installed: {INSTALL_HINT}")
-    return available
+    writer_class, why = _summary_writer_class()
+    if mode == "true" and writer_class is None:
+        raise DrawError(f"run.tensorboard is true but {why}: {INSTALL_HINT}")
+    return writer_class is not None
 
 
 def _images(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,9 +98,9 @@ class TensorBoardLogger:
 
     # -- callbacks
     def on_start(self, info: dict) -> None:
-        writer_class = _summary_writer_class()
+        writer_class, why = _summary_writer_class()
         if writer_class is None:  # checked before training by use_tensorboard; uninstalled since?
-            raise DrawError(f"the tensorboard package is not installed: {INSTALL_HINT}")
+            raise DrawError(f"cannot log to TensorBoard: {why}: {INSTALL_HINT}")
         self.model = info.get("model")
         start = int(info.get("start_step", 0))
         # A resumed run continues after its checkpoint's step: anything logged beyond it by a run
