@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+import yaml
+
 from drawcli.errors import DrawError
 
 CURVE_KINDS = ("train", "eval")
@@ -91,3 +93,12 @@ def steps_per_epoch(rows: list[dict]) -> int | None:
         if row.get("kind") in CURVE_KINDS and step and isinstance(epoch, int) and epoch >= 1:
             best = max(best or 0, -(-step // epoch))
     return best
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """A run's config.yaml as a plain mapping, unvalidated; {} when missing or unreadable."""
+    try:
+        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from drawcli.errors import DrawError
 from drawcli.files import replace_atomically
-from drawcli.metrics import current_rows, read_metrics, steps_per_epoch
+from drawcli.metrics import current_rows, read_config, read_metrics, steps_per_epoch
 
 INSTALL_HINT = 'pip install "drawcli[plot]"'
 DPI = 100
@@ -65,12 +65,6 @@ def _run_dir(ref: str, runs_dir: str | Path) -> Path:
     return resolve_run(ref, Path(runs_dir))
 
 
-def _config(run_dir: Path) -> dict:
-    from drawcli.runs_list import _config as read_config
-
-    return read_config(run_dir)
-
-
 class RunCurves:
     """One run's rows, ready to draw."""
 
@@ -87,7 +81,7 @@ class RunCurves:
             why = "does not exist" if not where.is_file() else "has no train or eval rows"
             raise DrawError(f"run {self.name!r} has no metrics to plot yet ({where} {why})")
         self.spe = steps_per_epoch(self.train + self.eval)
-        config = _config(self.dir)
+        config = read_config(self.dir)
         data, model = config.get("data") or {}, config.get("model") or {}
         self.dataset = data.get("dataset") if isinstance(data, dict) else None
         self.attention = model.get("attention", True) if isinstance(model, dict) else None

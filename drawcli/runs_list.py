@@ -19,14 +19,11 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
 from drawcli.errors import DrawError
-from drawcli.metrics import current_rows, read_metrics, steps_per_epoch
+from drawcli.metrics import current_rows, read_config, read_metrics, steps_per_epoch
 
 LOCK_FILE = ".lock"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
-MNIST_SETS = ("mnist", "binarized-mnist")
 
 
 def lock_holder(run_dir: str | Path) -> dict | None:
@@ -60,14 +57,6 @@ def lock_holder(run_dir: str | Path) -> dict | None:
         return holder if isinstance(holder, dict) else {}
     finally:
         os.close(fd)
-
-
-def _config(run_dir: Path) -> dict:
-    try:
-        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _section(config: dict, name: str) -> dict:
@@ -141,7 +130,7 @@ def _iwae_results(run_dir: Path, rows: list[dict]) -> list[dict]:
 def run_info(run_dir: str | Path) -> dict:
     """Everything `draw runs` shows about one run directory, as plain JSON-ready data."""
     run_dir = Path(run_dir)
-    config = _config(run_dir)
+    config = read_config(run_dir)
     model, data, train = _section(config, "model"), _section(config, "data"), _section(config, "train")
     rows = current_rows(read_metrics(run_dir / "metrics.jsonl"))
     curve = [r for r in rows if r.get("kind") in ("train", "eval")]
