@@ -97,6 +97,9 @@ def train(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting: section.key=value (repeatable)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue run NAME from its last.pt."),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch."),
+    tensorboard: Optional[bool] = typer.Option(
+        None, "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed)."
+    ),
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
     from drawcli.settings import build_settings
@@ -106,7 +109,7 @@ def train(
         "data": {"dataset": dataset, "data_dir": data_dir},
         "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed,
                   "eval_samples": eval_samples, "precision": precision},
-        "run": {"name": name, "device": device, "threads": threads},
+        "run": {"name": name, "device": device, "threads": threads, "tensorboard": tensorboard},
     }
     from drawcli.train_run import run_train, settings_for_resume
 
@@ -345,6 +348,62 @@ def evaluate(
         runs_dir=runs_dir,
         data_dir=data_dir,
     )
+
+
+PLOT_EXAMPLES = """
+Examples:
+
+  draw plot run1
+
+  draw plot quick paper -o curves.png --paper
+
+  draw plot run1 --parts --x epoch --log
+
+  draw plot runs/a runs/b --ymax 150 --size 1200x700 -o compare.svg
+"""
+
+
+@app.command(epilog=PLOT_EXAMPLES)
+@_user_errors
+def plot(
+    runs: List[str] = typer.Argument(..., help="Run names under the runs directory or run directories; several go in one figure."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="PNG, SVG or PDF file (default RUN_DIR/curves.png for one run, curves.png for several)."),
+    x: str = typer.Option("step", "--x", help="Horizontal axis: step or epoch."),
+    parts: bool = typer.Option(False, "--parts", help="Also plot L_x and L_z, each in its own panel."),
+    log: bool = typer.Option(False, "--log/--linear", help="Logarithmic or linear loss axis."),
+    paper: bool = typer.Option(False, "--paper", help="Horizontal lines at the paper's 80.97 (attention) / 87.40 (no attention) for MNIST runs."),
+    ymin: Optional[float] = typer.Option(None, "--ymin", help="Lower limit of the loss axis."),
+    ymax: Optional[float] = typer.Option(None, "--ymax", help="Upper limit of the loss axis (hides the first steps' large losses)."),
+    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT in pixels (default 1000x600, or 1500x500 with --parts)."),
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
+):
+    """Learning curves from metrics.jsonl: train loss per log step, evaluation loss per epoch (needs matplotlib)."""
+    from drawcli.plot import plot_command
+
+    plot_command(runs, output, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=size, runs_dir=runs_dir)
+
+
+RUNS_EXAMPLES = """
+Examples:
+
+  draw runs
+
+  draw runs --runs-dir ~/experiments/runs
+
+  draw runs --json
+"""
+
+
+@app.command("runs", epilog=RUNS_EXAMPLES)
+@_user_errors
+def runs_command(
+    runs_dir: str = typer.Option("runs", "--runs-dir", help="The runs folder to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the same data as JSON, for scripts."),
+):
+    """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, empty, locked)."""
+    from drawcli.runs_list import runs_command as list_command
+
+    list_command(runs_dir, as_json=as_json)
 
 
 def main() -> None:

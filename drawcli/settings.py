@@ -71,6 +71,7 @@ class RunSettings:
     runs_dir: str = "runs"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # CPU threads per process; None: drawcli's policy (see drawcli/device.py)
+    tensorboard: str = "auto"  # auto (log when the package is importable) | true | false; YAML booleans accepted
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ CHOICES = {
     ("data", "binarize"): ("dynamic", "threshold", "none"),
     ("train", "lr_schedule"): ("constant", "cosine", "step"),
     ("train", "precision"): ("float32", "bfloat16", "auto"),
+    ("run", "tensorboard"): ("auto", "true", "false"),
 }
 MIN = {
     ("model", "steps"): 1,
@@ -148,6 +150,10 @@ def _coerce(section: str, key: str, value: Any) -> Any:
     typ = _type_of(section, key).replace(" ", "")
     optional = typ.endswith("|None")
     base = typ.removesuffix("|None")
+    if (section, key) == ("run", "tensorboard") and not isinstance(value, str):
+        if not isinstance(value, bool):
+            raise DrawError(f"{where}: expected auto, true or false, got {value!r}")
+        value = "true" if value else "false"  # YAML and --set read true/false as booleans
     if value is None:
         if optional:
             return None

@@ -275,6 +275,7 @@ def train(
         "device": str(device),
         "precision": precision,
         "precision_reason": precision_why,
+        "model": model,  # for callbacks that sample from it (TensorBoard images); they must not change it
     }
     _emit(callbacks, "on_start", info)
 
@@ -287,6 +288,7 @@ def train(
     params = list(model.parameters())
     lx_sum = torch.zeros((), device=device)
     lz_sum = torch.zeros((), device=device)
+    grad_norm_sum, window_steps = torch.zeros((), device=device), 0  # mean gradient norm per log row
     # Divergence is tracked on the device (no host sync per step): the first step whose
     # L_x, L_z or gradient norm was not finite, and which of them it was (1, 2, 3).
     steps_run = torch.zeros((), dtype=torch.int64, device=device)
@@ -326,6 +328,8 @@ def train(
             lx_step, lz_step = out.lx.detach().sum(), out.lz.detach().sum()
             lx_sum += lx_step
             lz_sum += lz_step
+            grad_norm_sum += grad_norm.detach().to(grad_norm_sum)
+            window_steps += 1
             steps_run += 1
             # 1 = L_x, 2 = L_z, 3 = gradient norm: the first non-finite of the three (0 if none).
             finite = torch.isfinite(torch.stack([lx_step, lz_step, grad_norm.to(lx_step)]))
@@ -374,13 +378,15 @@ def train(
                     "loss": lx + lz,
                     "img_per_s": seen / max(now - t_log, 1e-9),
                     "lr": lr,
+                    "grad_norm": grad_norm_sum.item() / max(window_steps, 1),  # before clipping, mean over the rows' steps
                     "time": time.time(),
                 }
                 _emit(callbacks, "on_log", row)
                 images_done += seen
                 lx_sum.zero_()
                 lz_sum.zero_()
-                seen, t_log = 0, now
+                grad_norm_sum.zero_()
+                seen, t_log, window_steps = 0, now, 0
             if stopping:
                 ckpt = make_checkpoint(
                     model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), last_metrics, best_loss

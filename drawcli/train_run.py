@@ -121,8 +121,10 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
     from drawcli.data import MissingDataset, load_splits, resolve_data_dir
     from drawcli.device import describe, resolve_device
     from drawcli.progress import TrainProgress, summary_table
+    from drawcli.tensorboard_log import TB_DIR, TensorBoardLogger, use_tensorboard
     from drawcli.train import Interrupted, train
 
+    tensorboard = use_tensorboard(settings.run.tensorboard)  # run.tensorboard=true without the package: refused here
     # Rank 0 alone speaks; the others compute.
     console = console or Console(quiet=not env.is_main)
     if env.active:
@@ -173,6 +175,8 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
 
     progress = TrainProgress(console)
     callbacks = [runs.RunRecorder(run_dir), progress] if env.is_main else []
+    tb = TensorBoardLogger(run_dir / TB_DIR, seed=settings.train.seed) if tensorboard and env.is_main else None
+    callbacks += [tb] if tb is not None else []
     try:
         with StopOnSignal(announce=env.is_main) as stop:
             result = train(
@@ -191,6 +195,8 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         raise Interrupted(e.step, hint) from None
     finally:
         progress.close()
+        if tb is not None:
+            tb.close()  # readable event files however training ended
     if not env.is_main:
         return run_dir
     if result.eval and settings.train.eval_samples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,6 +54,8 @@ def test_nproc_cli_single_writer_checkpoint_loads_and_resume_in_one_process(tmp_
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [row["step"] for row in rows if row["kind"] == "train"]
     assert steps == [1, 2, 3]  # 96 images / 32: one writer, each step once
+    if importlib.util.find_spec("tensorboard") is not None:  # run.tensorboard auto: rank 0 alone writes events
+        assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
     assert r.stdout.count("epoch 1 (step 3)") == 1  # printed once, by rank 0
     ckpt = ckpt_io.load(run / "checkpoints" / "last.pt")
     model = model_from_checkpoint(ckpt, "cpu")  # the unwrapped model's keys: loads in one process

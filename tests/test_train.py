@@ -32,7 +32,8 @@ def run_cli(*args, env=None):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"]] + [[c, "--help"] for c in ("train", "download", "sample", "animate", "inspect-attention", "evaluate")],
+    [["--help"]] + [[c, "--help"] for c in ("train", "download", "sample", "animate", "inspect-attention", "evaluate",
+                                          "plot", "runs")],
 )
 def test_help_does_not_import_torch_and_ends_with_examples(argv):
     code = (

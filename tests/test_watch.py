@@ -1,0 +1,414 @@
+"""Watching and comparing training: TensorBoard logs, `draw plot`, `draw runs`."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from drawcli.cli import app
+from drawcli.errors import DrawError
+from drawcli.metrics import current_rows, steps_per_epoch
+from drawcli.settings import build_settings
+from drawcli.tensorboard_log import TensorBoardLogger
+from drawcli.train import Interrupted, train
+
+from conftest import synthetic_images
+
+runner = CliRunner()
+TINY = ["--steps", "3", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu",
+        "--set", "train.eval_batch_size=50", "--set", "train.log_every=1"]
+
+
+def run_cli(*args, env=None):
+    result = runner.invoke(app, list(args), env=env)
+    assert "Traceback" not in result.output and "Traceback" not in (result.stderr or "")
+    return result
+
+
+def one_error_line(result, *needles):
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def in_subprocess_without_torch(argv, cwd):
+    """Run the CLI in a fresh interpreter; return (stdout, whether torch got imported)."""
+    code = (
+        "import sys\n"
+        "from drawcli.cli import app\n"
+        f"try:\n    app({argv!r}, prog_name='draw')\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_NOT_LOADED')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout, "TORCH_LOADED" in out.stdout
+
+
+# ----------------------------------------------------------------------------- settings
+def test_tensorboard_setting_accepts_booleans_and_auto_and_refuses_others(tmp_path):
+    for raw, want in [("true", "true"), ("false", "false"), ("auto", "auto"), ("yes", "true")]:
+        assert build_settings(None, None, [f"run.tensorboard={raw}"]).run.tensorboard == want
+    assert build_settings().run.tensorboard == "auto"
+    assert build_settings(None, {"run": {"tensorboard": False}}).run.tensorboard == "false"
+    for text, want in [("run: {tensorboard: true}\n", "true"), ("run: {tensorboard: auto}\n", "auto")]:
+        (tmp_path / "c.yaml").write_text(text)
+        settings = build_settings(tmp_path / "c.yaml")
+        assert settings.run.tensorboard == want
+        # what config.yaml holds reads back the same
+        (tmp_path / "saved.yaml").write_text(settings.to_yaml())
+        assert build_settings(tmp_path / "saved.yaml").run.tensorboard == want
+    for raw, message in [("maybe", "run.tensorboard: expected one of auto, true, false, got 'maybe'"),
+                         ("1", "run.tensorboard: expected auto, true or false, got 1")]:
+        with pytest.raises(DrawError, match=message):
+            build_settings(None, None, [f"run.tensorboard={raw}"])
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+def tiny(*sets):
+    return build_settings(None, None, ["model.steps=3", "model.hidden=16", "model.embed=4", "train.batch_size=32",
+                                       "train.log_every=1", "train.eval_batch_size=50", "train.epochs=3", *sets])
+
+
+class Collect:
+    def __init__(self, stop_at=None):
+        self.logs, self.ckpts, self.interrupted, self.stop_at, self.stop = [], [], None, stop_at, False
+
+    def on_step(self, step, epoch):
+        self.stop = self.stop or step == self.stop_at
+
+    def on_log(self, row):
+        self.logs.append(row)
+
+    def on_checkpoint(self, ckpt, is_best):
+        self.ckpts.append(ckpt)
+
+    def on_interrupt(self, ckpt):
+        self.interrupted = ckpt
+
+
+def events(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def next_second():
+    """Event file names start with the wall-clock second: keep a second writer's file after the first's."""
+    start = int(time.time())
+    while int(time.time()) == start:
+        time.sleep(0.02)
+
+
+def test_train_rows_carry_the_gradient_norm():
+    cb = Collect()
+    images = synthetic_images()
+    train(tiny("train.max_steps=4", "train.log_every=2"), images, images[:40], torch.device("cpu"), callbacks=[cb])
+    assert [r["step"] for r in cb.logs] == [2, 3, 4]
+    assert all(r["grad_norm"] > 0 and r["grad_norm"] < float("inf") for r in cb.logs)
+
+
+def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_and_change_nothing(tmp_path):
+    pytest.importorskip("tensorboard")
+    images, cpu = synthetic_images(), torch.device("cpu")
+    logdir = tmp_path / "tb"
+
+    # 96 images / 32 = 3 steps per epoch, 9 in all; stop after step 5 (mid epoch 2).
+    cut = Collect(stop_at=5)
+    with pytest.raises(Interrupted):
+        train(tiny(), images, images[:40], cpu, callbacks=[cut, TensorBoardLogger(logdir, seed=0)],
+              should_stop=lambda: cut.stop)
+    acc = events(logdir)  # readable as left by the interrupted run
+    assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3, 4, 5]
+    assert [e.step for e in acc.Scalars("loss/test")] == [3]
+
+    next_second()
+    resumed = Collect()
+    result = train(tiny(), images, images[:40], cpu, callbacks=[resumed, TensorBoardLogger(logdir, seed=0)],
+                   resume=cut.interrupted)
+    acc = events(logdir)
+    for tag in ("loss/train", "L_x/train", "L_z/train", "optim/lr", "optim/grad_norm", "speed/img_per_s"):
+        assert [e.step for e in acc.Scalars(tag)] == list(range(1, 10)), tag
+    assert [e.step for e in acc.Scalars("loss/test")] == [3, 6, 9]
+    logged = {e.step: e.value for e in acc.Scalars("loss/train")}
+    for row in cut.logs + resumed.logs:
+        assert logged[row["step"]] == pytest.approx(row["loss"], rel=1e-6)
+    assert all(e.value > 0 for e in acc.Scalars("optim/grad_norm"))
+    assert acc.Scalars("L_x/test")[-1].value + acc.Scalars("L_z/test")[-1].value == pytest.approx(
+        acc.Scalars("loss/test")[-1].value, rel=1e-5)
+    from drawcli.viz import grid_for
+
+    prior, strip = acc.Images("samples/prior"), acc.Images("samples/glimpses")
+    assert [e.step for e in prior] == [e.step for e in strip] == [3, 6, 9]
+    assert (prior[0].height, prior[0].width) == grid_for(64, None, 56, 56).shape  # 8 x 8 samples, 2x upscaled
+    assert (strip[0].height, strip[0].width) == grid_for(3, 3, 56, 56).shape  # T = 3 glimpses in a row
+
+    # TensorBoard's sampling uses its own generator: training with and without it is bit-identical,
+    # and the interrupted-and-resumed run with TensorBoard equals a straight run without it.
+    straight = train(tiny(), images, images[:40], cpu)
+    assert result.step == straight.step == 9
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, result.model.state_dict()[key]), key
+
+
+def test_a_resume_from_an_older_checkpoint_hides_the_steps_logged_after_it(tmp_path):
+    """A run that died after logging past its last checkpoint: the resumed run's curve replaces it."""
+    pytest.importorskip("tensorboard")
+    images, cpu = synthetic_images(), torch.device("cpu")
+    first = Collect()
+    train(tiny(), images, images[:40], cpu, callbacks=[first, TensorBoardLogger(tmp_path, seed=0)])
+    epoch1 = first.ckpts[0]
+    assert epoch1["step"] == 3
+    next_second()
+    again = Collect()  # another learning rate after step 3, so the two histories differ
+    train(tiny("train.lr=3e-3"), images, images[:40], cpu, callbacks=[again, TensorBoardLogger(tmp_path, seed=0)],
+          resume=epoch1)
+    scalars = events(tmp_path).Scalars("loss/train")
+    assert [e.step for e in scalars] == list(range(1, 10))  # no step twice, never back in time
+    later = {r["step"]: r["loss"] for r in again.logs}
+    earlier = {r["step"]: r["loss"] for r in first.logs}
+    for e in scalars:
+        want = later[e.step] if e.step > 3 else earlier[e.step]
+        assert e.value == pytest.approx(want, rel=1e-6), e.step
+    assert any(later[s] != pytest.approx(earlier[s], rel=1e-6) for s in later)
+
+
+def test_cli_tensorboard_flag_setting_and_missing_package(tmp_path, monkeypatch, synthetic_data_dir):
+    monkeypatch.chdir(tmp_path)
+    env = {"DRAW_DATA_DIR": str(synthetic_data_dir)}
+    # Without the package: auto trains without logs, true is one error line before anything is made.
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    r = run_cli("train", *TINY, "--epochs", "1", "--name", "auto", env=env)
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "runs" / "auto" / "tb").exists()
+    for argv in (["--tensorboard"], ["--set", "run.tensorboard=true"]):
+        r = run_cli("train", *TINY, "--epochs", "1", "--name", "wanted", *argv, env=env)
+        one_error_line(r, "run.tensorboard is true", 'pip install "drawcli[tensorboard]"')
+        assert not (tmp_path / "runs" / "wanted").exists()
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard")
+
+    pytest.importorskip("tensorboard")
+    r = run_cli("train", *TINY, "--epochs", "1", "--name", "tb", "--tensorboard", env=env)
+    assert r.exit_code == 0, r.output
+    assert build_settings(tmp_path / "runs" / "tb" / "config.yaml").run.tensorboard == "true"
+    assert [e.step for e in events(tmp_path / "runs" / "tb" / "tb").Scalars("loss/test")] == [3]
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "tb" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 0 for r in rows if r["kind"] == "train")
+    r = run_cli("train", *TINY, "--epochs", "1", "--name", "off", "--no-tensorboard", env=env)
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "runs" / "off" / "tb").exists()
+
+
+# ----------------------------------------------------------------------------- metrics rows
+def test_current_rows_drop_what_a_resume_rewrote_and_steps_per_epoch():
+    def tr(step, loss=1.0):
+        return {"kind": "train", "step": step, "epoch": (step - 1) // 3 + 1, "lx": loss, "lz": 0.0, "loss": loss}
+
+    rows = [tr(1), tr(2), tr(3), {"kind": "eval", "step": 3, "epoch": 1, "lx": 1, "lz": 0, "loss": 1}, tr(4), tr(5),
+            {"kind": "resume", "step": 3}, tr(4, 2.0), tr(5, 2.0), tr(6, 2.0), "junk", {"kind": "iwae", "step": 6}]
+    kept = current_rows([r for r in rows if isinstance(r, dict)])
+    assert [(r["kind"], r["step"]) for r in kept] == [("train", 1), ("train", 2), ("train", 3), ("eval", 3),
+                                                      ("resume", 3), ("train", 4), ("train", 5), ("train", 6),
+                                                      ("iwae", 6)]
+    assert [r["loss"] for r in kept if r["kind"] == "train"][3:] == [2.0, 2.0, 2.0]
+    # no resume row: a step that is not after the last one of its kind replaces the older rows
+    kept = current_rows([tr(1), tr(2), tr(3), tr(4), tr(3, 5.0), tr(4, 5.0)])
+    assert [(r["step"], r["loss"]) for r in kept] == [(1, 1.0), (2, 1.0), (3, 5.0), (4, 5.0)]
+    assert steps_per_epoch([tr(1), tr(2), tr(3), tr(4)]) == 3
+
+
+# ----------------------------------------------------------------------------- draw plot
+def fake_run(runs_dir: Path, name: str, *, epochs=3, done_epochs=3, spe=4, attention=True, dataset="mnist",
+             max_steps=None, extra_rows=(), metrics=True, checkpoints=True) -> Path:
+    """A run directory as `draw train` leaves it, without training (checkpoints are empty files:
+    `draw runs` and `draw plot` read only their names)."""
+    run = runs_dir / name
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = build_settings(None, None, [f"train.epochs={epochs}", f"model.attention={str(attention).lower()}",
+                                      f"data.dataset={dataset}", f"run.name={name}", "model.steps=8"]
+                         + ([f"train.max_steps={max_steps}"] if max_steps else []))
+    (run / "config.yaml").write_text(cfg.to_yaml())
+    rows = []
+    for step in range(1, done_epochs * spe + 1):
+        epoch = (step - 1) // spe + 1
+        loss = 200.0 / (1 + step)
+        rows.append({"kind": "train", "step": step, "epoch": epoch, "lx": loss * 0.8, "lz": loss * 0.2, "loss": loss,
+                     "img_per_s": 100.0, "lr": 1e-3, "grad_norm": 2.0})
+        if step % spe == 0:
+            rows.append({"kind": "eval", "split": "test", "step": step, "epoch": epoch, "lx": loss * 0.8 + 1,
+                         "lz": loss * 0.2, "loss": loss + 1})
+            if checkpoints:
+                (run / "checkpoints" / f"epoch_{epoch:03d}.pt").write_bytes(b"")
+    rows += list(extra_rows)
+    if metrics:
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_plot_writes_pngs_of_the_expected_size_for_one_and_two_runs(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    fake_run(runs, "att", extra_rows=[{"kind": "iwae", "split": "test", "step": 12, "epoch": 3, "iwae": 60.0,
+                                       "samples": 10}])
+    fake_run(runs, "noatt", attention=False, extra_rows=[{"kind": "resume", "step": 4}])
+
+    r = run_cli("plot", "att")
+    assert r.exit_code == 0, r.output
+    assert png_size(runs / "att" / "curves.png") == (1000, 600)  # default: beside the run
+
+    r = run_cli("plot", "att", "runs/noatt", "-o", "both.png", "--parts", "--x", "epoch", "--log", "--paper")
+    assert r.exit_code == 0, r.output
+    assert png_size(tmp_path / "both.png") == (1500, 500)
+    r = run_cli("plot", "att", "noatt", "--size", "640x480", "--ymax", "100")
+    assert r.exit_code == 0, r.output
+    assert png_size(tmp_path / "curves.png") == (640, 480)
+    assert not list(tmp_path.glob(".*tmp*"))  # written through a temp file that is gone
+
+
+def test_plot_draws_the_current_rows_of_each_run_and_the_papers_lines(tmp_path):
+    pytest.importorskip("matplotlib")
+    from drawcli.plot import build_figure, load_runs
+
+    runs = tmp_path / "runs"
+    # "att" died after logging steps 13-14 past its last checkpoint (step 12) and was resumed there.
+    stale = [{"kind": "train", "step": s, "epoch": 4, "lx": 9.0, "lz": 9.0, "loss": 18.0} for s in (13, 14)]
+    again = [{"kind": "resume", "step": 12}] + [
+        {"kind": "train", "step": s, "epoch": 4, "lx": 1.0, "lz": 2.0, "loss": 3.0} for s in (13, 14, 15, 16)]
+    fake_run(runs, "att", epochs=4, extra_rows=stale + again)
+    fake_run(runs, "noatt", attention=False, done_epochs=2)
+    fake_run(runs, "fashion", dataset="fashion-mnist", done_epochs=1)
+
+    fig, notes = build_figure(load_runs(["att", "noatt", "fashion"], runs), paper=True, parts=True)
+    loss_ax, lx_ax, lz_ax = fig.axes
+    lines = {line.get_label(): line for line in loss_ax.get_lines()}
+    train = lines["att train"]
+    assert list(train.get_xdata()) == list(range(1, 17))  # 13 and 14 once, from the resumed run
+    assert list(train.get_ydata())[12:] == [3.0] * 4
+    assert list(lines["att test"].get_xdata()) == [4, 8, 12]
+    assert list(lines["noatt test"].get_ydata()) == pytest.approx([200 / 5 + 1, 200 / 9 + 1])
+    paper = sorted(line.get_ydata()[0] for label, line in lines.items() if label.startswith("paper"))
+    assert paper == [80.97, 87.40] and notes == []  # one line per MNIST kind; none for fashion-mnist
+    lx = {line.get_label(): line for line in lx_ax.get_lines()}
+    assert list(lx["att train"].get_ydata())[12:] == [1.0] * 4
+    assert not any(line.get_label().startswith("paper") for line in lz_ax.get_lines())
+
+    fig, notes = build_figure(load_runs(["noatt"], runs), x="epoch")  # fractional epochs: 4 steps per epoch
+    train = {line.get_label(): line for line in fig.axes[0].get_lines()}["noatt train"]
+    assert list(train.get_xdata()) == [s / 4 for s in range(1, 9)]
+    fig, notes = build_figure(load_runs(["fashion"], runs), paper=True)
+    assert notes == ["--paper: none of these runs is an MNIST run; no paper line drawn"]
+
+
+def test_plot_errors_are_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    fake_run(runs, "empty", metrics=False, checkpoints=False)
+    fake_run(runs, "good")
+    for argv, needles in [
+        (["plot", "empty"], ["run 'empty' has no metrics to plot yet", "metrics.jsonl does not exist"]),
+        (["plot", "ghost"], ["run 'ghost' not found"]),
+        (["plot", "good", "--x", "time"], ["--x: expected step or epoch"]),
+        (["plot", "good", "-o", "curves.gif"], ["expected a .png, .svg or .pdf"]),
+        (["plot", "good", "--size", "big"], ["--size: expected WIDTHxHEIGHT"]),
+    ]:
+        one_error_line(run_cli(*argv), *needles)
+    (runs / "empty" / "metrics.jsonl").write_text('{"kind": "resume", "step": 0}\n{"cut sh')
+    one_error_line(run_cli("plot", "empty"), "has no train or eval rows")
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake_run(tmp_path / "runs", "good")
+    for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, module, None)
+    one_error_line(run_cli("plot", "good"), 'pip install "drawcli[plot]"')
+
+
+def test_plot_and_runs_do_not_import_torch(tmp_path):
+    fake_run(tmp_path / "runs", "a")
+    out, torch_loaded = in_subprocess_without_torch(["runs", "--json"], tmp_path)
+    assert not torch_loaded and json.loads(out.split("TORCH_")[0])[0]["name"] == "a"
+    pytest.importorskip("matplotlib")
+    out, torch_loaded = in_subprocess_without_torch(["plot", "a", "-o", "a.png"], tmp_path)
+    assert not torch_loaded and (tmp_path / "a.png").is_file()
+
+
+# ----------------------------------------------------------------------------- draw runs
+def test_runs_lists_finished_interrupted_empty_and_locked_runs(tmp_path, monkeypatch, synthetic_data_dir):
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    # A real finished run (1 epoch of 3 steps), then hand-made ones.
+    r = run_cli("train", *TINY, "--epochs", "1", "--name", "real", "--no-tensorboard",
+                env={"DRAW_DATA_DIR": str(synthetic_data_dir)})
+    assert r.exit_code == 0, r.output
+    (runs / "real" / "eval.json").write_text(json.dumps({"iwae": 150.5, "iwae_stderr": 1.0, "samples": 7,
+                                                         "split": "test", "step": 3}))
+    fake_run(runs, "stopped", epochs=3, done_epochs=2)  # 2 of 3 epochs
+    fake_run(runs, "capped", epochs=100, done_epochs=2, spe=4, max_steps=8)  # stopped at its max_steps
+    fake_run(runs, "early", epochs=2, done_epochs=1, spe=4,  # an early stop inside epoch 2, max_steps since dropped
+             extra_rows=[{"kind": "train", "step": 6, "epoch": 2, "lx": 1, "lz": 1, "loss": 2},
+                         {"kind": "eval", "split": "test", "step": 6, "epoch": 2, "lx": 1, "lz": 1, "loss": 2}])
+    fake_run(runs, "fresh", metrics=False, checkpoints=False)
+    fake_run(runs, "busy", epochs=3, done_epochs=1, extra_rows=[{"kind": "iwae", "iwae": 88.0, "samples": 5,
+                                                                  "split": "test", "step": 4, "time": 1.0}])
+    (runs / "notarun").mkdir()
+    with open(runs / "busy" / ".lock", "w") as lock:
+        lock.write(json.dumps({"pid": 4242, "host": "h", "started": "now"}))
+        lock.flush()
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        r = run_cli("runs", "--json")
+        table = run_cli("runs")
+    assert r.exit_code == 0 and table.exit_code == 0, (r.output, table.output)
+    info = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(info) == {"real", "stopped", "capped", "early", "fresh", "busy"}
+    status = {name: row["status"] for name, row in info.items()}
+    assert status == {"real": "finished", "stopped": "interrupted", "capped": "finished", "early": "interrupted",
+                      "fresh": "empty", "busy": "locked"}
+    assert info["busy"]["lock"]["pid"] == 4242
+    real = info["real"]
+    assert real["dataset"] == "mnist" and real["epochs"] == 1 and real["epochs_target"] == 1 and real["steps"] == 3
+    assert real["model"] == {"steps": 3, "read_n": 2, "write_n": 5, "hidden": 16, "embed": 4, "attention": True}
+    rows = [json.loads(line) for line in (runs / "real" / "metrics.jsonl").read_text().splitlines()]
+    assert real["best_eval"]["loss"] == pytest.approx(min(r["loss"] for r in rows if r["kind"] == "eval"))
+    assert real["iwae"]["iwae"] == 150.5 and real["iwae"]["samples"] == 7 and real["iwae"]["source"] == "eval.json"
+    assert info["busy"]["iwae"]["iwae"] == 88.0
+    assert info["stopped"]["epochs"] == 2 and info["stopped"]["steps"] == 8
+    assert info["fresh"]["best_eval"] is None and info["fresh"]["steps"] == 0
+    assert real["last_change_unix"] == pytest.approx(
+        max(p.stat().st_mtime for p in [runs / "real", *(runs / "real").rglob("*")]), abs=1e-3)
+    for name in info:
+        assert name in table.stdout
+    for word in ("finished", "interrupted", "empty", "locked (pid 4242)", "T3 r2 w5 h16 z4", "150.50 K7"):
+        assert word in table.stdout, word
+
+    # The lock is gone once its holder closes it: busy is interrupted again.
+    r = run_cli("runs", "--json")
+    assert {row["name"]: row["status"] for row in json.loads(r.stdout)}["busy"] == "interrupted"
+    # An empty or missing runs folder
+    r = run_cli("runs", "--runs-dir", "nowhere")
+    assert r.exit_code == 0 and "no runs in nowhere" in r.stdout
+    assert json.loads(run_cli("runs", "--runs-dir", "nowhere", "--json").stdout) == []
