@@ -94,7 +94,10 @@ def _user_errors(fn):
                 typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            from drawcli.distributed import is_quiet_rank
+
+            if not is_quiet_rank():
+                typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
     return wrapper

@@ -175,7 +175,7 @@ class Bounds:
         return self.lx + self.lz
 
     def summary(self) -> dict:
-        """Means over images with standard errors, under the keys eval.json uses.
+        """Means over images with standard errors, under the keys the eval-*.json files use.
 
         ``elbo_minus_iwae`` is the paired per-image difference: its standard error is far
         smaller than either bound's, so it shows whether the K samples tightened the bound.
@@ -275,7 +275,7 @@ def iwae_report(
 ) -> dict:
     """Summary of :func:`likelihood_bounds` for ``draw train --eval-samples K``.
 
-    Returns eval.json's number keys (elbo, elbo_lx, elbo_lz, iwae, elbo_minus_iwae, each
+    Returns the eval-*.json number keys (elbo, elbo_lx, elbo_lz, iwae, elbo_minus_iwae, each
     with ``*_stderr``; images, samples) plus ``binarization`` (a dict) and ``seconds``.
     """
     t0 = time.perf_counter()

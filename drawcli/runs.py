@@ -80,6 +80,9 @@ def has_checkpoint(run_dir: Path) -> bool:
 def existing_run_message(path: Path) -> str:
     """Why --name NAME cannot be used again, and what to do instead."""
     name, runs_dir = path.name, path.parent
+    holder = lock_holder(path) if path.is_dir() else None
+    if holder is not None:
+        return f"run {name!r} already exists in {runs_dir} and is being trained by {_describe_holder(holder)}; pick another --name"
     if path.is_dir() and not has_checkpoint(path):
         # Stopped before its first checkpoint (e.g. a double Ctrl-C): nothing in it to resume.
         return (

@@ -85,12 +85,13 @@ def resume_run(run_ref: str, runs_dir: str, config, flags, sets) -> Path:
     writes nothing; last.pt is then checked to be the file that was read.
     """
     run_dir = runs.resolve_run(run_ref, Path(runs_dir))
+    if distributed.is_quiet_rank():  # rank 0 of the job holds the lock (and may hold it already)
+        settings, run_dir, ckpt = settings_for_resume(run_ref, runs_dir, config, flags, sets)
+        return run_train(settings, resume=(run_dir, ckpt))
     runs.check_not_locked(run_dir)  # the usual case answered at once, before torch is imported
     last = run_dir / "checkpoints" / "last.pt"
     before = runs.file_identity(last)
     settings, run_dir, ckpt = settings_for_resume(run_ref, runs_dir, config, flags, sets)
-    if distributed.is_quiet_rank():
-        return run_train(settings, resume=(run_dir, ckpt))
     with runs.run_lock(run_dir):
         if runs.file_identity(last) != before:
             raise DrawError(
