@@ -3,9 +3,12 @@
 A checkpoint is a dict:
   format: "drawcli-checkpoint", format_version: 1, package_version: str,
   model_config: dict (DRAW constructor arguments; channels absent in older files means 1), model: state_dict,
-  optimizer: state_dict | absent, epoch: int (completed epochs), step: int,
+  optimizer: state_dict | absent, epoch: int, epoch_images: int (absent before it existed), step: int,
   settings: dict (Settings.to_dict()), rng: {torch, cuda?, data}: tensors,
   metrics: dict of floats (test losses at save time), best_loss: float | None.
+
+epoch_images 0 (or absent): ``epoch`` epochs are complete. epoch_images > 0: epoch ``epoch`` is in
+progress (an interrupt or --max-steps) and that many of its images have been trained on.
 """
 
 from __future__ import annotations
@@ -146,7 +149,9 @@ def _check_contents(ckpt: dict) -> None:
 
     from drawcli.settings import Settings, apply_overrides, from_dict
 
-    for key in ("epoch", "step"):
+    for key in ("epoch", "step", "epoch_images"):
+        if key not in ckpt:
+            continue  # epoch_images: absent in checkpoints written before it existed
         value = ckpt[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise DrawError(f"{key} must be a whole number >= 0, got {value!r}")

@@ -6,16 +6,72 @@ each command imports its implementation when it runs.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import importlib
 import sys
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from drawcli import __version__
 from drawcli.errors import DrawError
 
+# click's exceptions as typer raises them (recent typer versions vendor their own click).
+clickx = importlib.import_module(typer.BadParameter.__module__)
+
+
+def usage_line(e) -> str:
+    """Click's usage errors (unknown option, bad value, missing argument) as one line, with a
+    suggestion where a name was mistyped: the same shape as every other error."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "draw"
+    if isinstance(e, clickx.NoSuchOption):
+        near = difflib.get_close_matches(e.option_name, e.possibilities or [], n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else f"see {where} --help"
+        return f"{where}: unknown option {e.option_name} ({hint})"
+    text = e.format_message()
+    name = getattr(e, "command_name", None)
+    if name is None and text.startswith("No such command") and "'" in text:
+        name = text.split("'")[1]  # older click: a plain UsageError
+    if name is not None:
+        commands = list(ctx.command.list_commands(ctx)) if ctx is not None and hasattr(ctx.command, "list_commands") else []
+        near = difflib.get_close_matches(name, commands, n=1, cutoff=0.6)
+        hint = f"did you mean '{near[0]}'?" if near else f"commands: {', '.join(commands)}"
+        return f"unknown command {name!r} ({hint})"
+    message = " ".join(text.split())  # one line, whatever click wrapped
+    message = message[:1].lower() + message[1:]
+    if message.endswith("."):
+        message = message[:-1]
+    if isinstance(e, clickx.MissingParameter):
+        message += f" (see {where} --help)"
+    return f"{where}: {message}"
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors end like all others: one `error:` line on stderr and exit code 2, not a box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except clickx.ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":
+                code = 2  # `draw` alone: the help was printed
+            else:
+                typer.echo(f"error: {usage_line(e)}", err=True)
+                code = e.exit_code
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="draw",
     help="DRAW (Gregor et al., ICML 2015): train recurrent attentive image generators, sample, animate and inspect attention.",
     no_args_is_help=True,
@@ -38,7 +94,10 @@ def _user_errors(fn):
                 typer.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            from drawcli.distributed import is_quiet_rank
+
+            if not is_quiet_rank():
+                typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -48,6 +107,17 @@ def _version(value: bool):
     if value:
         typer.echo(f"draw (drawcli) {__version__}")
         raise typer.Exit()
+
+
+def _locate(run: str, load: Optional[str], runs_dir: str, device: str) -> None:
+    """Answer a wrong run name, --load or --device before the command imports torch (seconds)."""
+    from pathlib import Path
+
+    from drawcli import runs
+    from drawcli.device import check_spec
+
+    runs.resolve_checkpoint(runs.resolve_run(run, Path(runs_dir)), load)
+    check_spec(device)
 
 
 @app.callback()
@@ -100,6 +170,7 @@ def train(
     tensorboard: Optional[bool] = typer.Option(
         None, "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed)."
     ),
+    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="Where runs are created and looked up (run.runs_dir; default runs)."),
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
     from drawcli.settings import build_settings
@@ -109,22 +180,30 @@ def train(
         "data": {"dataset": dataset, "data_dir": data_dir},
         "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed,
                   "eval_samples": eval_samples, "precision": precision},
-        "run": {"name": name, "device": device, "threads": threads, "tensorboard": tensorboard},
+        "run": {"name": name, "device": device, "runs_dir": runs_dir, "threads": threads, "tensorboard": tensorboard},
     }
-    from drawcli.train_run import run_train, settings_for_resume
+    from drawcli.train_run import resume_run, run_train
 
+    if nproc is not None and nproc < 1:
+        raise DrawError(f"--nproc must be at least 1, got {nproc}")
     if nproc is not None and nproc > 1:
+        from pathlib import Path
+
+        from drawcli import runs
         from drawcli.distributed import launch, strip_nproc
 
         base = build_settings(config, flags, set_)  # refuse bad settings once, before launching
         if base.train.batch_size % nproc:
             raise DrawError(f"--batch-size {base.train.batch_size} (the global batch) must be divisible by --nproc {nproc}")
+        if resume is not None:  # the answers one process would give, before N processes start
+            runs.check_not_locked(runs.resolve_run(resume, Path(base.run.runs_dir)))
+        else:
+            runs.check_new_run(Path(base.run.runs_dir), base.run.name)
         launch(nproc, ["train", *strip_nproc(sys.argv[sys.argv.index("train") + 1 :])])
         return
     if resume is not None:
         base = build_settings(config, flags, set_)  # validates flags before touching the run
-        settings, run_dir, ckpt = settings_for_resume(resume, base.run.runs_dir, config, flags, set_)
-        run_train(settings, resume=(run_dir, ckpt))
+        resume_run(resume, base.run.runs_dir, config, flags, set_)
     else:
         run_train(build_settings(config, flags, set_))
 
@@ -187,10 +266,11 @@ def sample(
     load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same picture."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="PNG file (default RUN_DIR/samples.png)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="PNG file (default RUN_DIR/samples-CKPT-nN-seedS.png)."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
 ):
     """A PNG grid of samples from the prior: sigmoid(c_T), the final canvas."""
+    _locate(run, load, runs_dir, device)
     from drawcli.viz import sample_command
 
     sample_command(
@@ -215,7 +295,7 @@ Examples:
 @_user_errors
 def animate(
     run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="GIF or MP4 file (default RUN_DIR/animation.gif)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="GIF or MP4 file (default RUN_DIR/animation-CKPT-nN-seedS.gif)."),
     n: int = typer.Option(16, "-n", "--number", help="Samples (or test images with --reconstruct) in the grid."),
     nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: a near-square grid)."),
     scale: Optional[int] = typer.Option(None, "--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images)."),
@@ -233,6 +313,7 @@ def animate(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory for --reconstruct (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
 ):
     """Animate the drawing: one frame per glimpse t = 1..T of sigmoid(c_t); loops forever."""
+    _locate(run, load, runs_dir, device)
     from drawcli.viz import animate_command
 
     animate_command(
@@ -273,7 +354,7 @@ def inspect_attention(
     index: Optional[str] = typer.Option(None, "--index", help="Test images to inspect, e.g. 0,5,7 or 10-15."),
     generate: bool = typer.Option(False, "--generate", help="Inspect samples from the prior instead (write windows only)."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write g_x, g_y, delta, sigma2, gamma per image and step to this file."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="GIF or MP4 file (default RUN_DIR/attention.gif); the PNG strip goes beside it."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="GIF or MP4 file (default RUN_DIR/attention-CKPT-....gif); the PNG strip goes beside it."),
     scale: Optional[int] = typer.Option(None, "--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images)."),
     fps: float = typer.Option(10.0, "--fps", help="Glimpses per second."),
     hold: float = typer.Option(2.0, "--hold", help="Seconds the last frame stays before the loop restarts."),
@@ -284,6 +365,7 @@ def inspect_attention(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
 ):
     """Show where the model reads (green) and writes (red) at every glimpse: GIF, PNG strip, table or JSON."""
+    _locate(run, load, runs_dir, device)
     from drawcli.viz import inspect_attention_command
 
     inspect_attention_command(
@@ -314,6 +396,8 @@ Examples:
   draw evaluate run1 --split valid --samples 1
 
   draw evaluate runs/paper --dataset binarized-mnist --limit 1000 --seed 3
+
+  draw evaluate run1 -o results/run1-test.json
 """
 
 
@@ -331,8 +415,16 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="JSON file (default RUN_DIR/eval-SPLIT-kK[-limitN]-CKPT.json)."),
 ):
-    """Bounds on -log p(x) in nats (ELBO = L_x + L_z, importance-weighted with K samples) beside the paper's Table 2; writes RUN_DIR/eval.json."""
+    """Bounds on -log p(x) in nats (ELBO = L_x + L_z, importance-weighted with K samples) beside the paper's Table 2; writes RUN_DIR/eval-....json."""
+    from drawcli.datasets import EVAL_SPLITS
+
+    if split not in EVAL_SPLITS:
+        raise DrawError(f"--split: expected one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if output is not None and not output.lower().endswith(".json"):
+        raise DrawError(f"{output}: the results are written as JSON; use a .json file name")
+    _locate(run, load, runs_dir, device)
     from drawcli.evaluate import evaluate_command
 
     evaluate_command(
@@ -347,6 +439,7 @@ def evaluate(
         device=device,
         runs_dir=runs_dir,
         data_dir=data_dir,
+        output=output,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import shlex
 import sys
 import zlib
 from dataclasses import dataclass
@@ -46,6 +47,14 @@ def resolve_data_dir(setting: str | None) -> Path:
     if env:
         return Path(env).expanduser()
     return default_data_dir()
+
+
+def download_hint(name: str, root: Path) -> str:
+    """`draw download NAME`, with --data-dir when ROOT is not where that command would put it."""
+    command = f"draw download {name}"
+    if Path(root).expanduser().absolute() != resolve_data_dir(None).absolute():
+        command += f" --data-dir {shlex.quote(str(root))}"
+    return command
 
 
 def find_file(directory: Path, name: str) -> Path | None:
@@ -119,7 +128,7 @@ def load_images(spec: DatasetSpec, directory: Path, role: str) -> np.ndarray:
     if path is None:
         raise MissingDataset(
             f"data set {spec.name!r} is missing {entry.name}[.gz] in {directory}; "
-            f"run `draw download {spec.name}` (or `draw download {spec.name} --from PATH`)"
+            f"run `{download_hint(spec.name, directory.parent)}` (or add `--from PATH`: a folder with the files)"
         )
     if spec.kind == "amat":
         cache = directory / (entry.name + ".npy")

@@ -21,6 +21,7 @@ class DataFile:
     size: int  # decompressed size in bytes
     remote: str  # file name on the mirrors (often NAME.gz)
     remote_md5: str | None = None  # official archive's md5 (fast path only)
+    remote_size: int | None = None  # the official archive's size (a mirror's gzip may differ a little)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,13 @@ class DatasetSpec:
 
     @property
     def size(self) -> int:
+        """Bytes on disk once unpacked."""
         return sum(f.size for f in self.files)
+
+    @property
+    def download_size(self) -> int:
+        """About the bytes a download fetches (the official archives; unpacked files count as they are)."""
+        return sum(f.remote_size or f.size for f in self.files)
 
 
 MNIST = DatasetSpec(
@@ -57,6 +64,7 @@ MNIST = DatasetSpec(
             47040016,
             "train-images-idx3-ubyte.gz",
             "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            remote_size=9912422,
         ),
         DataFile(
             "train_labels",
@@ -65,6 +73,7 @@ MNIST = DatasetSpec(
             60008,
             "train-labels-idx1-ubyte.gz",
             "d53e105ee54ea40749a09fcbcd1e9432",
+            remote_size=28881,
         ),
         DataFile(
             "test_images",
@@ -73,6 +82,7 @@ MNIST = DatasetSpec(
             7840016,
             "t10k-images-idx3-ubyte.gz",
             "9fb629c4189551a2d022fa330f9573f3",
+            remote_size=1648877,
         ),
         DataFile(
             "test_labels",
@@ -81,6 +91,7 @@ MNIST = DatasetSpec(
             10008,
             "t10k-labels-idx1-ubyte.gz",
             "ec29112dd5afa0611ce80d1b7f02629c",
+            remote_size=4542,
         ),
     ),
     mirrors=(
@@ -101,6 +112,7 @@ FASHION_MNIST = DatasetSpec(
             47040016,
             "train-images-idx3-ubyte.gz",
             "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            remote_size=26421880,
         ),
         DataFile(
             "train_labels",
@@ -109,6 +121,7 @@ FASHION_MNIST = DatasetSpec(
             60008,
             "train-labels-idx1-ubyte.gz",
             "25c81989df183df01b3e8a0aad5dffbe",
+            remote_size=29515,
         ),
         DataFile(
             "test_images",
@@ -117,6 +130,7 @@ FASHION_MNIST = DatasetSpec(
             7840016,
             "t10k-images-idx3-ubyte.gz",
             "bef4ecab320f06d8554ea6380940ec79",
+            remote_size=4422102,
         ),
         DataFile(
             "test_labels",
@@ -125,6 +139,7 @@ FASHION_MNIST = DatasetSpec(
             10008,
             "t10k-labels-idx1-ubyte.gz",
             "bb300cfdad3c16e7a12a480ee83cd310",
+            remote_size=5148,
         ),
     ),
     # Zalando's README links an S3 *website* endpoint, which serves http only; the same
@@ -175,11 +190,18 @@ BINARIZED_MNIST = DatasetSpec(
 
 DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (MNIST, FASHION_MNIST, BINARIZED_MNIST)}
 
+# `draw evaluate --split`: test; valid (binarized-mnist's own, else the last 10k of train); train.
+EVAL_SPLITS = ("test", "valid", "train")
+
 
 def get_spec(name: str) -> DatasetSpec:
     from drawcli.errors import DrawError
 
+    import difflib
+
     try:
         return DATASETS[name]
     except KeyError:
-        raise DrawError(f"unknown data set {name!r}; known data sets: {', '.join(DATASETS)}") from None
+        near = difflib.get_close_matches(str(name), list(DATASETS), n=1, cutoff=0.6)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise DrawError(f"unknown data set {name!r}{hint}; known data sets: {', '.join(DATASETS)}") from None

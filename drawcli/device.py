@@ -9,13 +9,19 @@ from drawcli.errors import DrawError
 _PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def resolve_device(spec: str):
-    """Turn a settings value into an available torch.device, or raise a clear DrawError."""
-    import torch
-
+def check_spec(spec: str) -> str:
+    """The device spec, normalised; a DrawError for a malformed one (without importing torch)."""
     spec = spec.strip().lower()
     if not _PATTERN.match(spec):
         raise DrawError(f"run.device: expected auto, cpu, cuda, cuda:N or mps, got {spec!r}")
+    return spec
+
+
+def resolve_device(spec: str):
+    """Turn a settings value into an available torch.device, or raise a clear DrawError."""
+    spec = check_spec(spec)  # before the import: a typo is answered at once
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     mps_ok = bool(mps and mps.is_available())
     if spec == "auto":

@@ -90,21 +90,73 @@ def agree(error: str | None, env: DistEnv) -> None:
         raise DrawError(box[0])
 
 
-def launch(nproc: int, argv: list[str]) -> None:
-    """`draw train --nproc N ...`: run the same command in N local processes via torchrun."""
-    from torch.distributed import run as torchrun
+# How long the launcher waits for workers to stop after Ctrl-C before killing them. They stop at
+# the next log step (train.log_every steps at most) once rank 0 has written last.pt.
+SHUTDOWN_TIMEOUT = 600
+INTERRUPTED = 130  # a worker's exit code after an interrupt (drawcli.train.Interrupted)
 
-    args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "drawcli", *argv]
+
+def _interrupted(error) -> bool:
+    """A ChildFailedError whose workers ended by an interrupt (130), or were stopped after one."""
+    import signal
+
+    codes = [f.exitcode for f in getattr(error, "failures", {}).values()]
+    ok = {INTERRUPTED, -signal.SIGINT, -signal.SIGTERM}
+    return INTERRUPTED in codes and all(c in ok for c in codes)
+
+
+def launch(nproc: int, argv: list[str]) -> None:
+    """`draw train --nproc N ...`: run the same command in N local processes via torchrun.
+
+    Ctrl-C goes to every process of the terminal's group, so each worker has it already;
+    torchrun would pass SIGINT on once more, and a second SIGINT means "quit at once" to a
+    worker. So the launcher handles SIGINT itself (also one sent to it alone) and asks the
+    workers with SIGTERM, which only ever means "stop after this step". The workers save
+    last.pt and say so in one line (rank 0); the launcher adds nothing and exits 130.
+    """
+    import logging
+    import signal
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    options = {o for action in torchrun.get_args_parser()._actions for o in action.option_strings}
+    args = ["--standalone", f"--nproc-per-node={nproc}"]
+    if "--signals-to-handle" in options:  # recent torch; older versions pass SIGINT on themselves
+        args.append("--signals-to-handle=SIGTERM,SIGHUP,SIGQUIT")
+    if "--shutdown-timeout" in options:
+        args.append(f"--shutdown-timeout={SHUTDOWN_TIMEOUT}")
+    args += ["-m", "drawcli", *argv]
+
+    def on_sigint(signum, frame):
+        raise SignalException(f"Process {os.getpid()} got signal: {signum}", sigval=signal.SIGTERM)
+
+    # torchrun's own log lines ("Received 15 death signal, shutting down workers", ...) would
+    # come on top of the one line that says what happened. Its loggers each set their own level.
+    quiet = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+             if name.startswith("torch.distributed.elastic")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         torchrun.main(args)
+    except SignalException:
+        raise SystemExit(INTERRUPTED) from None  # rank 0 has said where last.pt is
     except SystemExit as e:  # torchrun exits with the failing worker's code
         if e.code not in (0, None):
             raise DrawError(f"distributed training failed (exit code {e.code}); see the messages above") from None
     except Exception as e:  # ChildFailedError: the failing rank's error was already printed
         name = type(e).__name__
         if name == "ChildFailedError":
+            if _interrupted(e):
+                raise SystemExit(INTERRUPTED) from None
             raise DrawError("distributed training failed; the failing rank's message is above") from None
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def strip_nproc(argv: list[str]) -> list[str]:

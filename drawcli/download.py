@@ -51,9 +51,10 @@ from rich.progress import (
 from rich.table import Table
 
 from drawcli import __version__
-from drawcli.data import MissingDataset, find_file, resolve_data_dir
+from drawcli.data import MissingDataset, download_hint, find_file, resolve_data_dir
 from drawcli.datasets import DATASETS, DataFile, DatasetSpec, get_spec
 from drawcli.errors import DrawError
+from drawcli.progress import make_console
 
 RETRIES = 3  # extra attempts per URL after a transient failure
 BACKOFF_BASE = 1.0  # seconds before the first retry; doubles on each further one
@@ -556,7 +557,7 @@ def install_dataset(
     the registry's) are tried in order, https only unless ``allow_http`` (tests).
     """
     directory = Path(directory)
-    console = console if console is not None else Console()
+    console = console if console is not None else make_console()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -575,7 +576,7 @@ def install_dataset(
     )
     if source is None and not mirrors:
         raise DrawError(
-            f"data set {spec.name!r} has no mirrors; install it with `draw download {spec.name} --from PATH`"
+            f"data set {spec.name!r} has no mirrors; install it with `{download_hint(spec.name, directory.parent)} --from PATH`"
         )
     dead: dict[str, str] = {}  # host label -> why it cannot be reached (not retried for other files)
     stamp = _load_stamp(directory)
@@ -605,7 +606,7 @@ def install_dataset(
                     if len(sources) > 1:
                         report.say(f"  {src.label} failed: {e}")
             else:
-                raise DrawError(_failure_message(spec, entry, source, errors, looked_for, from_url))
+                raise DrawError(_failure_message(spec, entry, source, errors, looked_for, from_url, directory))
     return len(todo)
 
 
@@ -622,11 +623,11 @@ def _host(location: str | Path) -> str | None:
 
 
 def _failure_message(spec: DatasetSpec, entry: DataFile, source: str | None, errors: list[str],
-                     looked_for: list[str], from_url: bool) -> str:
+                     looked_for: list[str], from_url: bool, directory: Path) -> str:
     if source is None:
         return (
             f"could not download {entry.remote} of data set {spec.name!r}: every mirror failed: "
-            f"{'; '.join(errors)}. Install it from a copy with `draw download {spec.name} --from PATH_OR_URL`"
+            f"{'; '.join(errors)}. Install it from a copy with `{download_hint(spec.name, directory.parent)} --from PATH_OR_URL`"
         )
     if not errors and not from_url:
         return (
@@ -672,7 +673,7 @@ def _ensure_here(spec: DatasetSpec, directory: Path, console: Console | None, qu
     if all(s == OK for s in statuses.values()):
         return
     missing, bad = _problems(spec, statuses)
-    console = console if console is not None else Console()
+    console = console if console is not None else make_console()
     if not quiet:
         if bad and not missing:
             why = f"has corrupt files ({', '.join(bad)})"
@@ -710,14 +711,15 @@ def ensure_dataset(name: str, data_dir: Path, console: Console | None = None, qu
         raise MissingDataset(
             f"rank {dist.get_rank()}: data set {spec.name!r} is not usable in {directory} after rank 0 "
             f"installed it ({', '.join(missing + bad)}); on several machines, put the data directory on a "
-            f"shared filesystem or run `draw download {spec.name}` on each one"
+            f"shared filesystem or run `{download_hint(spec.name, Path(data_dir))}` on each one"
         )
 
 
 def _list(console: Console, root: Path, names: list[str]) -> None:
     table = Table(title=f"Data sets in {escape(str(root))}", title_justify="left")
     table.add_column("name", style="bold")
-    table.add_column("size", justify="right")
+    table.add_column("download", justify="right")
+    table.add_column("unpacked", justify="right")
     table.add_column("status")
     table.add_column("description")
     for name in names:
@@ -732,7 +734,9 @@ def _list(console: Console, root: Path, names: list[str]) -> None:
             status = "[dim]missing[/dim]"
         else:
             status = f"[yellow]incomplete: missing {escape(', '.join(missing))}[/yellow]"
-        table.add_row(escape(name), _human(spec.size), status, escape(spec.description))
+        fetched = _human(spec.download_size)
+        fetched = fetched if spec.download_size == spec.size else f"~{fetched}"  # mirrors' gzip levels differ
+        table.add_row(escape(name), fetched, _human(spec.size), status, escape(spec.description))
     console.print(table)
 
 
@@ -746,7 +750,7 @@ def download_command(
     console: Console | None = None,
 ) -> None:
     """`draw download NAME [--from PATH_OR_URL] [--force] [--quiet] [--data-dir D]` and `draw download --list`."""
-    console = console if console is not None else Console()
+    console = console if console is not None else make_console()
     root = resolve_data_dir(data_dir)
     if list_only:
         _list(console, root, [get_spec(name).name] if name else list(DATASETS))

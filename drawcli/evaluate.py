@@ -42,11 +42,13 @@ from rich.progress import (
 from rich.table import Table
 
 from drawcli import __version__
+from drawcli.datasets import EVAL_SPLITS
 from drawcli.errors import DrawError
+from drawcli.progress import make_console
 from drawcli.files import write_text_atomically
 from drawcli.model import DRAW
 
-SPLITS = ("test", "valid", "train")
+SPLITS = EVAL_SPLITS
 EVAL_FORMAT = "drawcli-eval"
 EVAL_FORMAT_VERSION = 1
 
@@ -173,7 +175,7 @@ class Bounds:
         return self.lx + self.lz
 
     def summary(self) -> dict:
-        """Means over images with standard errors, under the keys eval.json uses.
+        """Means over images with standard errors, under the keys the eval-*.json files use.
 
         ``elbo_minus_iwae`` is the paired per-image difference: its standard error is far
         smaller than either bound's, so it shows whether the K samples tightened the bound.
@@ -273,7 +275,7 @@ def iwae_report(
 ) -> dict:
     """Summary of :func:`likelihood_bounds` for ``draw train --eval-samples K``.
 
-    Returns eval.json's number keys (elbo, elbo_lx, elbo_lz, iwae, elbo_minus_iwae, each
+    Returns the eval-*.json number keys (elbo, elbo_lx, elbo_lz, iwae, elbo_minus_iwae, each
     with ``*_stderr``; images, samples) plus ``binarization`` (a dict) and ``seconds``.
     """
     t0 = time.perf_counter()
@@ -435,8 +437,10 @@ def evaluate_command(
     data_dir: str | None = None,
     limit: int | None = None,
     console: Console | None = None,
+    output: str | Path | None = None,
 ) -> dict:
-    """Evaluate a run's checkpoint; write ``RUN/eval.json``, print a table; return what was written."""
+    """Evaluate a run's checkpoint; print a table, then write ``output`` (default: a name in the run
+    directory that says what it holds, see :func:`eval_file_name`); return what was written."""
     from drawcli import checkpoint as ckpt_io
     from drawcli import runs
     from drawcli.data import resolve_data_dir
@@ -445,7 +449,7 @@ def evaluate_command(
     from drawcli.settings import from_dict
     from drawcli.train import model_from_checkpoint
 
-    console = console or Console()
+    console = console or make_console()
     if split not in SPLITS:
         raise DrawError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
     for flag, value, low in (("--samples", samples, 1), ("--batch-size", batch_size, 1), ("--seed", seed, 0), ("--limit", limit, 1)):
@@ -454,6 +458,7 @@ def evaluate_command(
 
     run_dir = runs.resolve_run(run, Path(runs_dir))
     ckpt_path = runs.resolve_checkpoint(run_dir, load)
+    path = Path(output) if output is not None else run_dir / eval_file_name(split, samples, limit, ckpt_path, dataset, seed)
     dev = resolve_device(device)
     ckpt = ckpt_io.load(ckpt_path)
     settings = from_dict(ckpt["settings"])
@@ -513,13 +518,22 @@ def evaluate_command(
         "seconds": seconds,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    path = run_dir / "eval.json"
-    write_json_atomic(path, result)
+    # The numbers first: a file that cannot be written must not cost minutes of evaluation.
     console.print(results_table(result))
     for line in _footnotes(result):
         console.print(line, highlight=False)
+    write_json_atomic(path, result)
     console.print(f"wrote {path} ({seconds:.1f} s)", highlight=False)
     return result
+
+
+def eval_file_name(split: str, samples: int, limit: int | None, checkpoint: Path, dataset: str | None = None,
+                   seed: int = 0) -> str:
+    """eval-[DATASET-]SPLIT-kK[-limitN][-seedS]-CHECKPOINT.json, e.g. eval-test-k100-best.json: results
+    with other settings never replace each other (the same settings again do, with fresh numbers)."""
+    parts = ["eval", dataset or "", split, f"k{samples}", f"limit{limit}" if limit is not None else "",
+             f"seed{seed}" if seed else "", Path(checkpoint).stem]
+    return "-".join(p for p in parts if p) + ".json"
 
 
 def results_table(result: dict) -> Table:

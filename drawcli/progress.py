@@ -6,12 +6,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+WIDE = 1000  # columns for output that is not a terminal: tables fit their contents, nothing is cut
+
+
+def make_console(**kwargs) -> Console:
+    """A Console that never hard-wraps or crops when its output is not a terminal (logs, pipes, CI).
+
+    Rich assumes 80 columns there and would split log lines and cut paths and hashes in tables.
+    """
+    console = Console(soft_wrap=True, **kwargs)
+    if not console.is_terminal and "width" not in kwargs:
+        console.width = WIDE
+    return console
+
 
 class TrainProgress:
     """Training callback: shows progress, epoch results and a final summary table."""
 
     def __init__(self, console: Console | None = None, quiet: bool = False):
-        self.console = console or Console()
+        self.console = console or make_console()
         self.quiet = quiet
         self.bar: Progress | None = None
         self.task = None

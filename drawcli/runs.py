@@ -1,15 +1,24 @@
 """Run directories: naming, lookup, and the recorder that writes a run's files.
 
 Layout of ``RUNS_DIR/NAME/``:
-  config.yaml          resolved settings (reproduce with ``draw train --config``)
-  metrics.jsonl        one JSON object per logged step and per epoch
+  config.yaml          the settings the run was started with (reproduce with ``draw train --config``)
+  metrics.jsonl        one JSON object per logged step, per epoch and per resume
   checkpoints/epoch_NNN.pt, last.pt, best.pt
+  .lock                held (flock) by the process that trains the run
+
+This module must not import torch: run lookups and their errors stay fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import re
+import socket
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from drawcli import checkpoint as ckpt_io
@@ -22,7 +31,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 def validate_name(name: str) -> str:
     if not name or "/" in name or "\\" in name or ".." in name or not _NAME.match(name):
         raise DrawError(
-            f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no path separators or '..')"
+            f"invalid run name {name!r}: start with a letter or digit, then use letters, digits, '.', '_' "
+            "and '-' (no path separators or '..')"
         )
     return name
 
@@ -45,12 +55,50 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
     validate_name(name)
     path = runs_dir / name
     if path.exists():
-        raise DrawError(f"run {name!r} already exists in {runs_dir}; pick another --name or continue it with --resume {name}")
+        raise DrawError(existing_run_message(path))
     try:
         (path / "checkpoints").mkdir(parents=True)
     except OSError as e:
         raise DrawError(f"cannot create run directory {path}: {e.strerror or e}") from None
     return path
+
+
+def file_identity(path: Path) -> tuple | None:
+    """What changes when a file is replaced (inode, size, mtime); None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    ckpts = Path(run_dir) / "checkpoints"
+    return ckpts.is_dir() and any(p.suffix == ".pt" for p in ckpts.iterdir())
+
+
+def existing_run_message(path: Path) -> str:
+    """Why --name NAME cannot be used again, and what to do instead."""
+    name, runs_dir = path.name, path.parent
+    holder = lock_holder(path) if path.is_dir() else None
+    if holder is not None:
+        return f"run {name!r} already exists in {runs_dir} and is being trained by {_describe_holder(holder)}; pick another --name"
+    if path.is_dir() and not has_checkpoint(path):
+        # Stopped before its first checkpoint (e.g. a double Ctrl-C): nothing in it to resume.
+        return (
+            f"run {name!r} already exists in {runs_dir} but has no checkpoint to resume (it stopped before "
+            f"its first one); delete {path.absolute()} to start it again, or pick another --name"
+        )
+    return f"run {name!r} already exists in {runs_dir}; pick another --name or continue it with --resume {name}"
+
+
+def check_new_run(runs_dir: Path, name: str | None) -> None:
+    """Fail fast (before torch and data are loaded) when --name names an existing run."""
+    if name is not None:
+        validate_name(name)
+        path = Path(runs_dir) / name
+        if path.exists():
+            raise DrawError(existing_run_message(path))
 
 
 def resolve_run(ref: str, runs_dir: Path) -> Path:
@@ -68,8 +116,9 @@ def resolve_run(ref: str, runs_dir: Path) -> Path:
     path = Path(runs_dir) / ref
     if not (path / "config.yaml").is_file():
         runs = existing_runs(Path(runs_dir))
-        listing = f"existing runs: {', '.join(runs)}" if runs else f"no runs yet in {runs_dir}"
-        raise DrawError(f"run {ref!r} not found in {runs_dir} ({listing})")
+        where = Path(runs_dir).absolute()  # the folder it looked in, whatever the working directory
+        listing = f"existing runs: {', '.join(runs)}" if runs else "no runs there yet"
+        raise DrawError(f"run {ref!r} not found in {where} ({listing})")
     return path
 
 
@@ -119,10 +168,26 @@ class RunRecorder:
         self._append(row)
 
     def on_checkpoint(self, ckpt: dict, is_best: bool) -> None:
+        last = self.ckpt_dir / "last.pt"
+        if ckpt.get("epoch_images", 0):
+            # A stop inside an epoch (--max-steps): last.pt only, so that epoch_NNN.pt always
+            # means "after NNN complete epochs" and is never written twice.
+            ckpt_io.atomic_save(ckpt, last)
+            if is_best:
+                ckpt_io.atomic_link(last, self.ckpt_dir / "best.pt")
+            return
         epoch_path = self.ckpt_dir / ckpt_io.epoch_file(ckpt["epoch"])
+        if epoch_path.exists():
+            # Another training state already holds this name (e.g. last.pt was replaced by an
+            # older checkpoint): keep both, the new one as last.pt, and say so.
+            ckpt_io.atomic_save(ckpt, last)
+            raise DrawError(
+                f"{epoch_path} already exists; it was not replaced by this run's epoch {ckpt['epoch']} "
+                f"(step {ckpt['step']}), which is saved as {last} instead"
+            )
         ckpt_io.atomic_save(ckpt, epoch_path)
         # last.pt and best.pt are hard links to the epoch file: no extra disk, same atomicity.
-        ckpt_io.atomic_link(epoch_path, self.ckpt_dir / "last.pt")
+        ckpt_io.atomic_link(epoch_path, last)
         if is_best:
             ckpt_io.atomic_link(epoch_path, self.ckpt_dir / "best.pt")
 
@@ -134,3 +199,151 @@ class RunRecorder:
 def write_config(run_dir: Path, settings) -> None:
     header = "# drawcli resolved settings; reproduce with: draw train --config THIS_FILE --name NEW\n"
     write_text_atomically(Path(run_dir) / "config.yaml", header + settings.to_yaml())
+
+
+# ----------------------------------------------------------------------------- the run lock
+# An advisory lock held by the one process that trains a run. The lock is the flock on
+# RUN_DIR/.lock, not the file: the OS drops it when the process ends in any way (kill -9
+# included), so a stale file never blocks. The file only says who holds it. Windows has no
+# flock: msvcrt's byte lock is used there, and where neither exists runs are not locked.
+LOCK_FILE = ".lock"
+_held: dict[str, tuple[int, int]] = {}  # resolved run dir -> (fd, depth): re-entrant in one process
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+    try:
+        import msvcrt
+    except ImportError:
+        msvcrt = None
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the lock on fd without waiting; False when another process holds it."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        elif msvcrt is not None:  # pragma: no cover - Windows
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)):
+            return False  # held by another process
+        raise
+    return True
+
+
+def _unlock(fd: int) -> None:
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        elif msvcrt is not None:  # pragma: no cover - Windows
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    except OSError:
+        pass
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 65536)
+        info = json.loads(data.decode("utf-8")) if data.strip() else {}
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}  # being rewritten right now: the holder is real, its details unknown
+
+
+def _describe_holder(info: dict) -> str:
+    parts = [f"pid {info['pid']}" if info.get("pid") is not None else "another process"]
+    if info.get("host"):
+        parts.append(f"on {info['host']}")
+    if info.get("started"):
+        parts.append(f"since {info['started']}")
+    return " ".join(parts)
+
+
+def lock_holder(run_dir: Path) -> dict | None:
+    """Who trains this run: the lock file's contents, when another process holds its lock; else None."""
+    path = Path(run_dir) / LOCK_FILE
+    key = str(Path(run_dir).resolve())
+    if key in _held or (fcntl is None and msvcrt is None):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY if fcntl is not None else os.O_RDWR)
+    except OSError:
+        return None  # no lock file: nobody has ever trained it with a lock
+    try:
+        if _try_lock(fd):
+            _unlock(fd)
+            return None
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _locked(run_dir: Path, info: dict) -> DrawError:
+    return DrawError(
+        f"run {Path(run_dir).name!r} is being trained by {_describe_holder(info)}; "
+        "wait for it to finish or stop it, then try again"
+    )
+
+
+def check_not_locked(run_dir: Path) -> None:
+    """Fail fast when another process trains the run (run_lock is what makes it safe)."""
+    info = lock_holder(run_dir)
+    if info is not None:
+        raise _locked(run_dir, info)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold RUN_DIR/.lock while the block runs; a DrawError naming the holder if another process has it."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _held:  # this process holds it already (the CLI took it, training nests)
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _held[key]
+            _held[key] = (fd, depth - 1)
+        return
+    if fcntl is None and msvcrt is None:  # pragma: no cover - no locking on this platform
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DrawError(f"cannot create the run lock {path}: {e.strerror or e}") from None
+    try:
+        if not _try_lock(fd):
+            raise _locked(run_dir, _read_holder(fd))
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["draw", *sys.argv[1:]]),
+        }
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
+        except OSError:
+            pass  # the lock holds without its description
+        _held[key] = (fd, 1)
+        try:
+            yield
+        finally:
+            _held.pop(key, None)
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def append_resume(run_dir: Path, row: dict) -> None:
+    """One ``"kind": "resume"`` row in metrics.jsonl: what changed when the run was continued."""
+    RunRecorder(run_dir)._append({"kind": "resume", **row})

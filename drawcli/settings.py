@@ -186,7 +186,9 @@ def _coerce(section: str, key: str, value: Any) -> Any:
             raise DrawError(f"{where}: expected a string, got {value!r}")
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
-        raise DrawError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DrawError(f"{where}: expected one of {', '.join(choices)}, got {value!r}{hint}")
     lo = MIN.get((section, key))
     if lo is not None and value < lo:
         raise DrawError(f"{where}: must be >= {lo}, got {value!r}")
@@ -267,6 +269,9 @@ def load_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise DrawError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
+        # PyYAML keeps the last of two equal keys without a word; a settings file that says
+        # a thing twice is refused instead (first the bare syntax tree, where lines are known).
+        _refuse_duplicates(yaml.compose(text, Loader=yaml.SafeLoader), path)
         # safe_load only: a python/* tag is refused, never constructed (nothing runs).
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -283,6 +288,28 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise DrawError(f"{path}: expected a mapping of sections (model, data, train, run), got {type(data).__name__}")
     return data
+
+
+def _refuse_duplicates(node, path: Path, where: str = "") -> None:
+    """A DrawError naming the first key or section that appears twice in one mapping, with its lines."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key, line = key_node.value, key_node.start_mark.line + 1
+                if key in first:
+                    what = f"key '{where}{key}'" if where else f"section '{key}'"
+                    raise DrawError(
+                        f"{path}: duplicate {what} at line {line} (first at line {first[key]}); "
+                        "give each setting once"
+                    )
+                first[key] = line
+                _refuse_duplicates(value_node, path, f"{where}{key}.")
+            else:
+                _refuse_duplicates(value_node, path, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicates(item, path, where)
 
 
 def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -318,6 +345,17 @@ def build_settings(
         settings = apply_overrides(settings, {s: kv for s, kv in given.items() if kv}, origin="")
     settings = apply_overrides(settings, parse_set(sets), origin="--set ")
     return settings
+
+
+def changed_settings(old: Settings, new: Settings) -> dict[str, list]:
+    """``{"section.key": [old, new]}`` for every setting that differs."""
+    a, b = old.to_dict(), new.to_dict()
+    return {
+        f"{section}.{key}": [a[section][key], b[section][key]]
+        for section in a
+        for key in a[section]
+        if a[section][key] != b[section][key]
+    }
 
 
 def from_dict(data: Mapping[str, Any]) -> Settings:

@@ -5,8 +5,10 @@ an optional checkpoint to resume from), so tests call it directly.
 
 Determinism: data order for epoch e is a permutation drawn from a generator
 seeded with (seed, e); binarisation and the model's noise use their own
-generators whose states travel in every checkpoint. The step counter alone
-then says where in an epoch to continue.
+generators whose states travel in every checkpoint. Every checkpoint also says
+how far training got in epoch terms (``epoch`` and ``epoch_images``), so a run
+resumed with another batch size continues the same epoch at the same image and
+its epoch numbers never go back.
 """
 
 from __future__ import annotations
@@ -140,8 +142,11 @@ def rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[str
 
 
 def make_checkpoint(
-    model: DRAW, optimizer, settings: Settings, epoch: int, step: int, rng: dict, metrics: dict, best_loss
+    model: DRAW, optimizer, settings: Settings, epoch: int, step: int, rng: dict, metrics: dict, best_loss,
+    epoch_images: int = 0,
 ) -> dict[str, Any]:
+    """``epoch_images`` 0: ``epoch`` epochs are complete; > 0: epoch ``epoch`` is in progress and
+    that many of its images (in its seeded order) have been trained on."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -150,6 +155,7 @@ def make_checkpoint(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
+        "epoch_images": epoch_images,
         "step": step,
         "settings": settings.to_dict(),
         "rng": {k: v.cpu() for k, v in rng.items()},
@@ -177,6 +183,23 @@ def learning_rate(ts, step: int, steps_per_epoch: int) -> float:
     if ts.lr_schedule == "step":
         return ts.lr * ts.lr_decay ** (step // (ts.lr_step_epochs * steps_per_epoch))
     return ts.lr
+
+
+def resume_position(ckpt: dict, n: int, batch: int) -> tuple[int, int]:
+    """(0-based epoch in progress, images of it already trained on) after checkpoint ``ckpt``.
+
+    Checkpoints before ``epoch_images`` existed are placed by their step count, as they were
+    written: with this batch size (the same as theirs unless it was changed on resume).
+    """
+    step = int(ckpt["step"])
+    if "epoch_images" not in ckpt:
+        spe = math.ceil(n / batch)
+        epoch = step // spe
+        return epoch, min((step - epoch * spe) * batch, n)
+    done = int(ckpt["epoch_images"])
+    if done == 0:
+        return int(ckpt["epoch"]), 0
+    return int(ckpt["epoch"]) - 1, min(done, n)
 
 
 def make_adam(params, lr: float, betas: tuple[float, float]):
@@ -261,9 +284,15 @@ def train(
     precision, precision_why = resolve_precision(ts.precision, device)
     batch = ts.batch_size
     steps_per_epoch = math.ceil(n / batch)
-    total_steps = ts.epochs * steps_per_epoch
+    # Where training stands: epoch (0-based, in progress) and images of it done. Counted in
+    # images, not steps, so that a new batch size on resume continues the same epoch.
+    epoch, pos = resume_position(resume, n, batch) if resume is not None else (0, 0)
+    if epoch >= ts.epochs:
+        total_steps = step
+    else:
+        total_steps = step + math.ceil((n - pos) / batch) + (ts.epochs - epoch - 1) * steps_per_epoch
     if ts.max_steps is not None:
-        total_steps = min(total_steps, ts.max_steps)
+        total_steps = min(total_steps, max(ts.max_steps, step))
     info = {
         "start_step": step,
         "total_steps": total_steps,
@@ -296,16 +325,13 @@ def train(
     bad_term = torch.zeros((), dtype=torch.int64, device=device)
     last_metrics = dict(resume.get("metrics", {})) if resume is not None else {}
     seen, t_log, t_start, images_done = 0, time.perf_counter(), time.perf_counter(), 0
-    result = TrainResult(model=model, step=step, epoch=step // steps_per_epoch, best_loss=best_loss)
+    result = TrainResult(model=model, step=step, epoch=epoch + (pos > 0), best_loss=best_loss)
     model.train()
 
-    while step < total_steps:
-        epoch = step // steps_per_epoch  # 0-based epoch in progress
+    while step < total_steps or (pos >= n and epoch < ts.epochs):
         order = epoch_order(n, ts.seed, epoch).to(device)
-        stop_in_epoch = min((epoch + 1) * steps_per_epoch, total_steps)
-        while step < stop_in_epoch:
-            i = step - epoch * steps_per_epoch
-            idx = order[i * batch : (i + 1) * batch]
+        while pos < n and step < total_steps:
+            idx = order[pos : pos + batch]
             m = len(idx)
             # Binarisation and noise of the whole global batch, from the same generators on every
             # rank; each rank keeps its slice (with one process: all of it).
@@ -338,9 +364,10 @@ def train(
             first_bad = torch.where(newly_bad, steps_run, first_bad)
             bad_term = torch.where(newly_bad, term, bad_term)
             seen += m
+            pos += m
             step += 1
             _emit(callbacks, "on_step", step, epoch + 1)
-            at_log = step % ts.log_every == 0 or step == stop_in_epoch
+            at_log = step % ts.log_every == 0 or pos >= n or step == total_steps
             stopping = should_stop is not None and should_stop()
             if env.active:
                 # Ranks agree at log steps only (one small all-reduce), so they stop together.
@@ -389,7 +416,8 @@ def train(
                 seen, t_log, window_steps = 0, now, 0
             if stopping:
                 ckpt = make_checkpoint(
-                    model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), last_metrics, best_loss
+                    model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), last_metrics, best_loss,
+                    epoch_images=pos,
                 )
                 _emit(callbacks, "on_interrupt", ckpt)
                 if env.active:
@@ -399,6 +427,8 @@ def train(
                 raise Interrupted(step)
 
         # End of an epoch, or an early stop at max_steps: evaluate and checkpoint as usual.
+        # A stop inside an epoch checkpoints with epoch_images > 0 (last.pt, not an epoch file).
+        complete = pos >= n
         metrics = evaluate(model, eval_x, settings.data.binarize, ts.eval_batch_size, env=env)
         is_best = best_loss is None or metrics["loss"] < best_loss
         if is_best:
@@ -406,11 +436,14 @@ def train(
         row = {"kind": "eval", "split": eval_split, "step": step, "epoch": epoch + 1, **metrics, "time": time.time()}
         _emit(callbacks, "on_epoch", row)
         ckpt = make_checkpoint(
-            model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), metrics, best_loss
+            model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), metrics, best_loss,
+            epoch_images=0 if complete else pos,
         )
         _emit(callbacks, "on_checkpoint", ckpt, is_best)
         result.eval, result.epoch = metrics, epoch + 1
         last_metrics = metrics
+        if complete:
+            epoch, pos = epoch + 1, 0
 
     elapsed = time.perf_counter() - t_start
     result.step, result.best_loss, result.seconds = step, best_loss, elapsed

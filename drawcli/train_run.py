@@ -6,10 +6,13 @@ Resolves the device, data and run directory (new or resumed), then calls
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -17,7 +20,16 @@ from rich.console import Console
 from drawcli import checkpoint as ckpt_io
 from drawcli import distributed, runs
 from drawcli.errors import DrawError
-from drawcli.settings import Settings, build_settings, check_against_image, from_dict
+from drawcli.progress import make_console
+from drawcli.settings import Settings, build_settings, changed_settings, check_against_image, from_dict
+
+# Settings a resumed run may not change, and why: with them the continued run would no longer
+# be the run its config.yaml describes.
+FIXED_ON_RESUME = {
+    "train.seed": "the data order, binarisation and noise streams derive from it",
+    "data.binarize": "the model would be trained on differently binarised images from here on",
+    "data.validation": "best.pt would compare losses on different evaluation splits",
+}
 
 
 def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tuple[Settings, Path, dict]:
@@ -29,6 +41,11 @@ def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tup
     run_dir = runs.resolve_run(run_ref, Path(runs_dir))
     last = run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
+        if not runs.has_checkpoint(run_dir):
+            raise DrawError(
+                f"run {run_dir.name!r} has no checkpoint to resume from (it stopped before its first one); "
+                f"delete {run_dir.absolute()} and train it again"
+            )
         raise DrawError(f"run {run_dir.name!r} has no last.pt checkpoint to resume from")
     ckpt = ckpt_io.load(last)
     for key in ("optimizer", "rng"):  # optional for sampling and evaluation, needed to continue training
@@ -49,6 +66,14 @@ def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tup
     name = settings.run.name
     if name is not None and name != run_dir.name:
         raise DrawError(f"--resume {run_dir.name} cannot be combined with --name {name}")
+    changes = changed_settings(saved, settings)
+    for key, why in FIXED_ON_RESUME.items():
+        if key in changes:
+            old, new = changes[key]
+            raise DrawError(
+                f"--resume {run_dir.name}: {key} cannot change ({old!r} -> {new!r}): {why}, so the run would no "
+                f"longer be reproducible; start a new run for that"
+            )
     settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
     return settings, run_dir, ckpt
 
@@ -64,6 +89,40 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
         return
     torch.set_num_threads(threads)
     console.print(f"threads: {threads} per process ({why})", highlight=False)
+
+
+def resume_run(run_ref: str, runs_dir: str, config, flags, sets) -> Path:
+    """`draw train --resume`: continue a run, holding its lock (rank 0 of a job holds it for all).
+
+    The lock is taken once the checkpoint has been read and checked, so that a refused resume
+    writes nothing; last.pt is then checked to be the file that was read.
+    """
+    run_dir = runs.resolve_run(run_ref, Path(runs_dir))
+    if distributed.is_quiet_rank():  # rank 0 of the job holds the lock (and may hold it already)
+        settings, run_dir, ckpt = settings_for_resume(run_ref, runs_dir, config, flags, sets)
+        return run_train(settings, resume=(run_dir, ckpt))
+    runs.check_not_locked(run_dir)  # the usual case answered at once, before torch is imported
+    last = run_dir / "checkpoints" / "last.pt"
+    before = runs.file_identity(last)
+    settings, run_dir, ckpt = settings_for_resume(run_ref, runs_dir, config, flags, sets)
+    with runs.run_lock(run_dir):
+        if runs.file_identity(last) != before:
+            raise DrawError(
+                f"run {run_dir.name!r}: last.pt changed while it was being read (another process trained the run); "
+                "run the command again"
+            )
+        return run_train(settings, resume=(run_dir, ckpt))
+
+
+def resume_changes(settings: Settings, ckpt: dict) -> dict[str, list]:
+    """What this resume changes against the checkpoint's settings (max_steps is never inherited)."""
+    saved = from_dict(ckpt["settings"])
+    saved = dataclasses.replace(
+        saved,
+        train=dataclasses.replace(saved.train, max_steps=None),
+        run=dataclasses.replace(saved.run, name=settings.run.name),
+    )
+    return changed_settings(saved, settings)
 
 
 class StopOnSignal:
@@ -84,8 +143,8 @@ class StopOnSignal:
     def _handle(self, signum, frame):
         if self.flag and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.flag = True
-        if not self.announce:
+        first, self.flag = not self.flag, True
+        if not self.announce or not first:  # a SIGTERM after the SIGINT (torchrun passing it on): said already
             return
         # os.write: safe inside a signal handler, unlike buffered or rich output.
         os.write(2, b"\nstopping after this step to save last.pt (press Ctrl-C again to quit at once)\n")
@@ -120,13 +179,13 @@ def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, conso
 def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv) -> Path:
     from drawcli.data import MissingDataset, load_splits, resolve_data_dir
     from drawcli.device import describe, resolve_device
-    from drawcli.progress import TrainProgress, summary_table
-    from drawcli.tensorboard_log import TB_DIR, TensorBoardLogger, use_tensorboard
-    from drawcli.train import Interrupted, train
+    from drawcli.tensorboard_log import use_tensorboard
 
+    if resume is None and env.is_main:
+        runs.check_new_run(Path(settings.run.runs_dir), settings.run.name)  # before torch and minutes of setup
     tensorboard = use_tensorboard(settings.run.tensorboard)  # run.tensorboard=true without the package: refused here
     # Rank 0 alone speaks; the others compute.
-    console = console or Console(quiet=not env.is_main)
+    console = console or make_console(quiet=not env.is_main)
     if env.active:
         device = distributed.init(env, settings.run.device)
         console.print(f"device: {describe(device)} x {env.world} processes", highlight=False)
@@ -144,6 +203,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         ensure_dataset(settings.data.dataset, data_dir, console=console)
         splits = load_splits(settings.data.dataset, data_dir, settings.data.validation)
     check_against_image(settings, splits.spec.height, splits.spec.width)
+    changes = resume_changes(settings, resume[1]) if resume is not None else {}
     binarize = settings.data.binarize
     if splits.spec.prebinarized and binarize != "none":
         # Already 0/1: every binarisation is the identity; record what really happens.
@@ -155,23 +215,68 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
             f"train.batch_size {settings.train.batch_size} is the global batch and must be divisible "
             f"by the {env.world} processes"
         )
-    # Rank 0 alone creates the run directory and writes its files; it tells the others how that went.
+    # Rank 0 alone creates the run directory, holds its lock and writes its files; it tells the
+    # others how that went. config.yaml is written once, when the run is created: a resume
+    # records its changes in metrics.jsonl instead, so the file keeps reproducing the run.
     run_dir, ckpt, error = None, None, None
     if resume is not None:
         run_dir, ckpt = resume
-    if env.is_main:
+    with contextlib.ExitStack() as held:
+        created = False
+        if env.is_main:
+            try:
+                if run_dir is None:
+                    run_dir = runs.new_run_dir(Path(settings.run.runs_dir), settings.run.name)
+                    created = True
+                    held.enter_context(runs.run_lock(run_dir))
+                    settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
+                    runs.write_config(run_dir, settings)
+                else:
+                    held.enter_context(runs.run_lock(run_dir))
+                    runs.append_resume(
+                        run_dir, {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"]), "changes": changes, "time": time.time()}
+                    )
+            except DrawError as e:
+                error = str(e)
+                if created:
+                    _remove_unfinished(run_dir)
+        distributed.agree(error, env)
+        if error is not None:
+            raise DrawError(error)
         try:
-            if run_dir is None:
-                run_dir = runs.new_run_dir(Path(settings.run.runs_dir), settings.run.name)
-            settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
-            runs.write_config(run_dir, settings)
-        except DrawError as e:
-            error = str(e)
-    distributed.agree(error, env)
-    if error is not None:
-        raise DrawError(error)
+            return _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard)
+        except KeyboardInterrupt:
+            if created and not runs.has_checkpoint(run_dir):
+                # A second Ctrl-C before the first checkpoint: nothing in the run to resume, so
+                # leave no half-made run behind to block --name (other failures say what to do).
+                _remove_unfinished(run_dir)
+                err = DrawError(f"interrupted before the first checkpoint; removed the unfinished run {run_dir}")
+                err.exit_code = 130
+                raise err from None
+            raise
+
+
+def _remove_unfinished(run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard: bool) -> Path:
+    """Train with the run directory ready (and locked, on rank 0); print the summary."""
+    from drawcli.progress import TrainProgress, summary_table
+    from drawcli.tensorboard_log import TB_DIR, TensorBoardLogger
+    from drawcli.train import Interrupted, train
+
     if env.is_main:
         console.print(f"run: {run_dir}" + (f" (resuming at step {ckpt['step']})" if ckpt else ""), highlight=False)
+        if ckpt is not None:
+            shown = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            console.print(f"changed on resume: {shown}" if shown else "no settings changed on resume", highlight=False)
+            if "train.batch_size" in changes:
+                console.print(
+                    "warning: a new train.batch_size continues the same epochs image by image, but the run is no "
+                    "longer bit-identical to one trained without the change, nor reproducible from config.yaml",
+                    highlight=False,
+                )
 
     progress = TrainProgress(console)
     callbacks = [runs.RunRecorder(run_dir), progress] if env.is_main else []
@@ -191,6 +296,8 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
                 env=env,
             )
     except Interrupted as e:
+        if run_dir is None:  # ranks other than 0 do not know the run directory, and stay quiet anyway
+            raise
         hint = f"saved {run_dir / 'checkpoints' / 'last.pt'}; continue with: draw train --resume {run_dir.name}"
         raise Interrupted(e.step, hint) from None
     finally:

@@ -260,10 +260,17 @@ def _replace_into(path: Path, write) -> None:
     replace_atomically(path, write)
 
 
+def _write_encoded(path: Path, data: bytes) -> None:
+    """Put bytes that are already encoded in place. Encoding in memory first keeps imageio's
+    writers away from the file system: a writer that failed to open its file would retry in
+    its finaliser and print a traceback after the one-line error."""
+    _replace_into(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_png(path: Path, image: np.ndarray) -> None:
     import imageio.v3 as iio
 
-    _replace_into(path, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
+    _write_encoded(path, iio.imwrite("<bytes>", image, extension=".png"))
 
 
 def gif_durations(frames: int, fps: float, hold: float) -> list[int]:
@@ -299,35 +306,39 @@ def check_animation_path(path: Path) -> None:
         )
 
 
-def write_animation(path: Path, frames: np.ndarray, fps: float, hold: float) -> None:
-    """Indexed frames (T, H, W) (PALETTE indices) -> looping GIF, or MP4 by the suffix."""
+def write_animation(path: Path, frames: np.ndarray, fps: float, hold: float) -> tuple[int, int, int]:
+    """Indexed frames (T, H, W) (PALETTE indices) -> looping GIF, or MP4 by the suffix.
+
+    Returns what the file holds: (frames, width, height). A GIF has one frame per glimpse and
+    holds the last by its delay; a video repeats the last frame and pads odd sides by a pixel.
+    """
     import imageio.v3 as iio
 
     check_animation_path(path)
+    t, h, w = frames.shape
     if path.suffix.lower() == ".gif":
-        durations = gif_durations(len(frames), fps, hold)
+        durations = gif_durations(t, fps, hold)
         # mode "L" hands pillow the indices untouched; its GIF writer then uses our palette.
-        _replace_into(
-            path,
-            lambda tmp: iio.imwrite(
-                tmp, frames, extension=".gif", is_batch=True, mode="L", palette=PALETTE.tobytes(), duration=durations, loop=0
-            ),
+        data = iio.imwrite(
+            "<bytes>", frames, extension=".gif", is_batch=True, mode="L", palette=PALETTE.tobytes(), duration=durations, loop=0
         )
-        return
+        _write_encoded(path, data)
+        return t, w, h
     import imageio.v2 as iio2
 
     # Video has one frame rate: hold the last frame by repeating it; yuv420p needs even sides.
-    t, h, w = frames.shape
     even = np.full((h + h % 2, w + w % 2), GREY_INDEX[PAD_VALUE], dtype=np.uint8)
     repeats = max(0, math.ceil(hold * fps) - 1)
 
     def write(tmp: Path) -> None:
+        tmp.write_bytes(b"")  # an unwritable folder fails here, in our hands, not inside ffmpeg
         with iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=2) as writer:
             for i in range(t + repeats):
                 even[:h, :w] = frames[min(i, t - 1)]
                 writer.append_data(to_rgb(even))
 
     _replace_into(path, write)
+    return t + repeats, even.shape[1], even.shape[0]
 
 
 def check_frame_memory(steps: int, height: int, width: int) -> None:
@@ -350,16 +361,33 @@ class LoadedRun:
     device: object  # torch.device
 
 
-def load_run(run: str, load: str | None, device: str, runs_dir: str | Path) -> LoadedRun:
-    """Run name or directory + --load -> the model, ready to draw."""
-    from drawcli import checkpoint as ckpt_io
-    from drawcli.device import resolve_device
+def locate_run(run: str, load: str | None, device: str, runs_dir: str | Path) -> tuple[Path, Path]:
+    """The run directory and checkpoint file, with the device spec checked: every mistake in a
+    name is answered here, before torch is imported (which takes seconds)."""
+    from drawcli.device import check_spec
     from drawcli.runs import resolve_checkpoint, resolve_run
-    from drawcli.settings import from_dict
-    from drawcli.train import model_from_checkpoint
 
     run_dir = resolve_run(run, Path(runs_dir))
     path = resolve_checkpoint(run_dir, load)
+    check_spec(device)
+    return run_dir, path
+
+
+def default_output(run_dir: Path, checkpoint: Path, kind: str, suffix: str, *parts: str) -> Path:
+    """RUN_DIR/KIND-CHECKPOINT-PARTS.SUFFIX, e.g. samples-best-n64-seed0.png: a name that says
+    what the file holds, so that outputs made with other options never replace each other."""
+    return Path(run_dir) / ("-".join([kind, checkpoint.stem, *(p for p in parts if p)]) + suffix)
+
+
+def load_run(run: str, load: str | None, device: str, runs_dir: str | Path,
+             located: tuple[Path, Path] | None = None) -> LoadedRun:
+    """Run name or directory + --load -> the model, ready to draw."""
+    from drawcli import checkpoint as ckpt_io
+    from drawcli.device import resolve_device
+    from drawcli.settings import from_dict
+    from drawcli.train import model_from_checkpoint
+
+    run_dir, path = located or locate_run(run, load, device, runs_dir)
     dev = resolve_device(device)
     ckpt = ckpt_io.load(path)
     settings = from_dict(ckpt["settings"])
@@ -388,11 +416,15 @@ def _inference_threads(loaded: LoadedRun):
         torch.set_num_threads(before)
 
 
+def _check_seed(seed: int) -> None:
+    if seed < 0:
+        raise DrawError(f"--seed must be 0 or more, got {seed}")
+
+
 def _generator(loaded: LoadedRun, seed: int):
     import torch
 
-    if seed < 0:
-        raise DrawError(f"--seed must be 0 or more, got {seed}")
+    _check_seed(seed)
     return torch.Generator(device=loaded.device).manual_seed(seed)
 
 
@@ -468,9 +500,9 @@ def _check_timing(fps: float, hold: float) -> None:
 def _console(console):
     if console is not None:
         return console
-    from rich.console import Console
+    from drawcli.progress import make_console
 
-    return Console()
+    return make_console()
 
 
 # ----------------------------------------------------------------------------- draw sample
@@ -490,15 +522,19 @@ def sample_command(
     console=None,
 ) -> list[Path]:
     """A PNG grid of sigmoid(c_T) for n prior samples (Bernoulli pixels with ``binary``)."""
-    import torch
-
     _positive("-n", n)
     _positive("--nrow", nrow)
     _positive("--scale", scale)
-    loaded = load_run(run, load, device, runs_dir)
-    out = Path(output) if output is not None else loaded.run_dir / "samples.png"
+    _check_seed(seed)
+    located = locate_run(run, load, device, runs_dir)
+    out = Path(output) if output is not None else default_output(
+        *located, "samples", ".png", f"n{n}", f"seed{seed}", "binary" if binary else ""
+    )
     if out.suffix.lower() != ".png":
         raise DrawError(f"{out}: samples are written as PNG; use a .png file name")
+    import torch  # only now: every mistake above is answered without it
+
+    loaded = load_run(run, load, device, runs_dir, located)
     gen = _generator(loaded, seed)
     model = loaded.model
     with torch.no_grad(), _inference_threads(loaded):
@@ -573,9 +609,14 @@ def animate_command(
     _positive("--nrow", nrow)
     _positive("--scale", scale)
     _check_timing(fps, hold)
-    loaded = load_run(run, load, device, runs_dir)
-    out = Path(output) if output is not None else loaded.run_dir / "animation.gif"
-    check_animation_path(out)  # before the model runs: a wrong suffix should fail fast
+    _check_seed(seed)
+    located = locate_run(run, load, device, runs_dir)
+    what = "reconstruct" if reconstruct else ("boxes" if boxes else "")
+    out = Path(output) if output is not None else default_output(
+        *located, "animation", ".gif", f"n{n}", f"seed{seed}", what
+    )
+    check_animation_path(out)  # before torch and the model: a wrong suffix should fail fast
+    loaded = load_run(run, load, device, runs_dir, located)
     con = _console(console)
     model = loaded.model
     if boxes and not reconstruct:
@@ -595,9 +636,15 @@ def animate_command(
             write = write_params
     s = scale or default_scale(model.height, model.width)
     frames = animation_frames(probs, s, nrow, read, write, model.read_n, model.write_n, progress)
-    write_animation(out, frames, fps, hold)
-    con.print(f"wrote {out} ({len(probs)} frames, {frames.shape[2]}x{frames.shape[1]})", highlight=False, soft_wrap=True)
+    count, width, height = write_animation(out, frames, fps, hold)
+    con.print(f"wrote {out} ({_frames_note(count, len(probs))}, {width}x{height})", highlight=False, soft_wrap=True)
     return [out]
+
+
+def _frames_note(count: int, glimpses: int) -> str:
+    if count == glimpses:
+        return f"{count} frames"
+    return f"{count} frames: {glimpses} glimpses, then the last held"
 
 
 # ----------------------------------------------------------------------------- draw inspect-attention
@@ -711,6 +758,21 @@ def inspect_strip(
     return image
 
 
+def _inspected(generate: bool, n: int | None, index) -> tuple[str, ...]:
+    """The part of a default inspect-attention file name that says which images it shows."""
+    if generate:
+        return ("prior", f"n{n or 8}")
+    if index is None:
+        return ("test", f"n{n or 8}")
+    spec = index if isinstance(index, str) else ",".join(map(str, index))
+    spec = "".join(spec.split())
+    if len(spec) > 40:  # a long list: a short, stable digest of it instead
+        import hashlib
+
+        spec = hashlib.sha256(spec.encode()).hexdigest()[:10]
+    return ("test", f"i{spec}")
+
+
 def inspect_attention_command(
     run: str,
     *,
@@ -737,10 +799,16 @@ def inspect_attention_command(
         raise DrawError("--index picks test images; it cannot be combined with --generate")
     if n is not None and index is not None:
         raise DrawError("give either -n (the first N test images) or --index (chosen test images), not both")
-    loaded = load_run(run, load, device, runs_dir)
-    _require_attention(loaded, "to inspect")
-    out = Path(output) if output is not None else loaded.run_dir / "attention.gif"
+    _check_seed(seed)
+    if isinstance(index, str):
+        parse_indices(index, limit=2**62)  # the syntax now; the range once the test set is read
+    located = locate_run(run, load, device, runs_dir)
+    out = Path(output) if output is not None else default_output(*located, "attention", ".gif", *_inspected(generate, n, index), f"seed{seed}")
     check_animation_path(out)
+    if json_path is not None and Path(json_path).suffix.lower() != ".json":
+        raise DrawError(f"{json_path}: --json writes JSON; use a .json file name")
+    loaded = load_run(run, load, device, runs_dir, located)
+    _require_attention(loaded, "to inspect")
     strip_path = out.with_suffix(".png")
     model = loaded.model
     gen = _generator(loaded, seed)
@@ -762,7 +830,7 @@ def inspect_attention_command(
 
     s = scale or default_scale(model.height, model.width)
     frames = add_progress(inspect_animation(inputs, probs, read, write, model.read_n, model.write_n, s))
-    write_animation(out, frames, fps, hold)
+    count, width, height = write_animation(out, frames, fps, hold)
     steps = strip_steps(len(probs))
     write_png(strip_path, to_rgb(inspect_strip(inputs, probs, read, write, model.read_n, model.write_n, s, steps)))
     written = [out, strip_path]
@@ -790,7 +858,7 @@ def inspect_attention_command(
         for table in attention_tables(read, write, model.read_n, model.write_n):
             con.print(table)
     shown = ", ".join(str(int(t) + 1) for t in steps)
-    con.print(f"wrote {out} ({len(probs)} frames)", highlight=False, soft_wrap=True)
+    con.print(f"wrote {out} ({_frames_note(count, len(probs))}, {width}x{height})", highlight=False, soft_wrap=True)
     con.print(f"wrote {strip_path} (steps t = {shown})", highlight=False, soft_wrap=True)
     if json_path is not None:
         con.print(f"wrote {written[-1]}", highlight=False, soft_wrap=True)

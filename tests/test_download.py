@@ -595,7 +595,7 @@ def test_names_are_checked(tmp_path):
     console, _ = quiet_console()
     with pytest.raises(DrawError, match="mnist, fashion-mnist, binarized-mnist"):
         download.download_command(None, str(tmp_path), console=console)
-    with pytest.raises(DrawError, match="unknown data set 'mnits'; known data sets: mnist"):
+    with pytest.raises(DrawError, match=r"unknown data set 'mnits' \(did you mean 'mnist'\?\); known data sets: mnist"):
         download.download_command("mnits", str(tmp_path), console=console)
 
 

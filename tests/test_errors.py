@@ -197,15 +197,16 @@ def test_unknown_key(tmp_path, how, fragment):
         (["--set", "data.dataset=7"], "--set data.dataset: expected a string, got 7"),
         (["--set", "run.device=0"], "--set run.device: expected a device name such as 'cpu' or 'cuda:0', got 0"),
         (["--set", "model.hidden="], "--set model.hidden: a value is required, got null"),
-        (["--steps", "three"], "Invalid value for '--steps'"),
+        (["--steps", "three"], "draw train: invalid value for '--steps'"),
     ],
     ids=["int-word", "int-float", "bool", "float-word", "float-list", "float-bool", "str-int", "device-int", "null", "flag"],
 )
 def test_wrong_type(args, fragment, tmp_path):
     result = draw("train", *args)
     if args[0] == "--steps":
-        # click's own usage error: exit code 2, a usage box, but never a traceback.
-        assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.output
+        # click's own usage error: exit code 2 (as click has it), one line, never a traceback.
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
         assert result.exception is None or isinstance(result.exception, SystemExit)
         return
     fails_with(result, fragment)
@@ -278,18 +279,25 @@ def test_config_path_that_does_not_exist(tmp_path, argv, fragment):
     ids=lambda a: a[0],
 )
 def test_run_name_that_does_not_exist_lists_the_existing_ones(runs, env, argv):
-    fails_with(draw(*argv, env=env), "run 'ghost' not found in runs (existing runs: alpha, beta)")
+    # The folder it looked in, absolute: a relative "runs" says nothing once the cwd is forgotten.
+    where = pathlib.Path("runs").absolute()
+    fails_with(draw(*argv, env=env), f"run 'ghost' not found in {where} (existing runs: alpha, beta)")
 
 
 def test_run_name_that_does_not_exist_without_any_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    fails_with(draw("evaluate", "ghost"), "run 'ghost' not found in runs (no runs yet in runs)")
+    where = pathlib.Path("runs").absolute()
+    fails_with(draw("evaluate", "ghost"), f"run 'ghost' not found in {where} (no runs there yet)")
+    fails_with(draw("train", "--resume", "ghost", "--runs-dir", "elsewhere"),
+               f"run 'ghost' not found in {pathlib.Path('elsewhere').absolute()} (no runs there yet)")
 
 
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["train", "--name", "a/b"], "run.name: invalid run name 'a/b': use letters, digits, '.', '_' and '-' (no path separators or '..')"),
+        (["train", "--name", "a/b"], "run.name: invalid run name 'a/b': start with a letter or digit, then use letters, "
+                                     "digits, '.', '_' and '-' (no path separators or '..')"),
+        (["train", "--name", "-dash"], "invalid run name '-dash': start with a letter or digit"),
         (["train", "--name", "../evil"], "invalid run name '../evil'"),
         (["train", "--name", ".."], "invalid run name '..'"),
         (["train", "--name", "a..b"], "invalid run name 'a..b'"),
@@ -301,7 +309,7 @@ def test_run_name_that_does_not_exist_without_any_runs(tmp_path, monkeypatch):
         (["sample", "runs/../runs"], "runs/../runs is not a run directory (no config.yaml in it)"),
         (["train", "--resume", "../alpha"], "run directory not found: ../alpha"),
     ],
-    ids=["slash", "dotdot-slash", "dotdot", "dotdot-inside", "backslash", "set", "evaluate-dotdot", "evaluate-path",
+    ids=["slash", "dash-first", "dotdot-slash", "dotdot", "dotdot-inside", "backslash", "set", "evaluate-dotdot", "evaluate-path",
          "evaluate-parent", "sample-folder", "resume-path"],
 )
 def test_run_name_with_slash_or_dotdot(runs, env, argv, fragment):

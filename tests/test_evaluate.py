@@ -122,7 +122,8 @@ def exact_nll(model: DRAW, images: torch.Tensor) -> torch.Tensor:
     zeros = torch.zeros(len(z), d.hidden, dtype=torch.float64)
     with torch.no_grad():
         h, _ = d.decoder(z, (zeros, zeros))
-        logits, _ = d.write(h)  # (J, 2, 2)
+        logits, _ = d.write(h)
+        logits = logits[:, 0]  # (J, 1, 2, 2): one channel
     x = images.double() / 255
     log_px_z = -torch.nn.functional.binary_cross_entropy_with_logits(
         logits.unsqueeze(0).expand(len(x), -1, -1, -1), x.unsqueeze(1).expand(-1, len(z), -1, -1), reduction="none"
@@ -287,7 +288,7 @@ def test_cli_writes_eval_json_and_the_table(tmp_path, data_dir):
     args = ["evaluate", "tiny", "--runs-dir", str(tmp_path / "runs"), "--samples", "3", "--device", "cpu", "--load", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    saved = json.loads((run_dir / "eval.json").read_text())
+    saved = json.loads((run_dir / "eval-test-k3-epoch_002.json").read_text())
     assert saved["format"] == "drawcli-eval" and saved["run"] == "tiny"
     assert saved["checkpoint"].endswith("epoch_002.pt") and (saved["epoch"], saved["step"]) == (2, 20)
     assert (saved["dataset"], saved["split"], saved["images"], saved["samples"]) == ("mnist", "test", 48, 3)
@@ -297,7 +298,7 @@ def test_cli_writes_eval_json_and_the_table(tmp_path, data_dir):
         assert saved[key] > 0 and saved[f"{key}_stderr"] > 0
     assert saved["elbo"] == pytest.approx(saved["elbo_lx"] + saved["elbo_lz"])
     assert saved["seconds"] > 0 and saved["paper"]["comparable"] is False
-    assert not list(run_dir.glob(".eval.json.tmp*"))  # the atomic write left no temp file
+    assert not list(run_dir.glob(".eval*.tmp*"))  # the atomic write left no temp file
     out = result.stdout
     assert "IWAE bound, K=3" in out and "(80.97)*" in out and "not comparable" in out and "T 2 (paper 64)" in out
     assert "K=3: 48/48 images" in out  # plain progress lines when not on a terminal
@@ -306,7 +307,7 @@ def test_cli_writes_eval_json_and_the_table(tmp_path, data_dir):
     again = evaluate_command(
         str(run_dir), load="2", samples=3, device="cpu", console=Console(file=io.StringIO())
     )
-    reread = json.loads((run_dir / "eval.json").read_text())
+    reread = json.loads((run_dir / "eval-test-k3-epoch_002.json").read_text())
     assert reread == again
     for key in ("elbo", "elbo_lx", "elbo_lz", "iwae", "iwae_stderr"):
         assert again[key] == saved[key]
@@ -324,7 +325,9 @@ def test_binarized_mnist_is_used_as_is_and_matches_the_paper_setup(tmp_path, dat
     valid = evaluate_command("paper", dataset="binarized-mnist", split="valid", limit=3, **common)
     assert valid["images"] == 3 and valid["split"] == "valid"
     assert not valid["paper"]["comparable"] and any("split valid" in d for d in valid["paper"]["differences"])
-    assert json.loads((run_dir / "eval.json").read_text())["split"] == "valid"  # the last evaluation
+    # Each result keeps its own file: the quick one on valid did not replace the one on test.
+    assert json.loads((run_dir / "eval-binarized-mnist-test-k2-best.json").read_text())["split"] == "test"
+    assert json.loads((run_dir / "eval-binarized-mnist-valid-k2-limit3-best.json").read_text())["split"] == "valid"
 
     console = Console(record=True, width=140, file=io.StringIO())
     evaluate_command("paper", dataset="binarized-mnist", console=console, **{k: v for k, v in common.items() if k != "console"})
@@ -357,5 +360,4 @@ def test_clear_errors(tmp_path, data_dir):
         assert message in result.stderr, (extra, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
         assert "Traceback" not in result.output
-    assert not (runs_dir / "empty" / "eval.json").exists()
-    assert not (runs_dir / "tiny" / "eval.json").exists()
+    assert not list(runs_dir.glob("*/eval*.json"))

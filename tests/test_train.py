@@ -180,7 +180,7 @@ def test_run_names(tmp_path):
     for bad in ("a/b", "..", "../x", "", ".hidden"):
         with pytest.raises(DrawError, match="invalid run name"):
             validate_name(bad)
-    with pytest.raises(DrawError, match=r"no runs yet"):
+    with pytest.raises(DrawError, match=r"no runs there yet"):
         resolve_run("nope", tmp_path / "empty")
 
 
@@ -199,8 +199,10 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
     assert {"kind", "step", "epoch", "lx", "lz", "loss", "img_per_s", "lr", "time"} <= set(rows[0])
     assert rows[-1]["kind"] == "eval" and rows[-1]["step"] == 4
     ckpts = run / "checkpoints"
-    assert {p.name for p in ckpts.iterdir()} == {"epoch_001.pt", "epoch_002.pt", "last.pt", "best.pt"}
+    # Step 4 is inside epoch 2: last.pt (and best.pt) only; epoch_002.pt is for the whole epoch.
+    assert {p.name for p in ckpts.iterdir()} == {"epoch_001.pt", "last.pt", "best.pt"}
     assert ckpt_io.load(ckpts / "last.pt")["step"] == 4
+    config_before = (run / "config.yaml").read_text()
 
     # --resume continues the step count, inheriting the saved settings.
     r = run_cli("train", "--resume", "run1", "--epochs", "3", env=env)
@@ -209,10 +211,12 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
     assert ckpt_io.load(ckpts / "last.pt")["step"] == 9  # 3 epochs x 3 steps
     assert ckpt_io.list_epochs(ckpts) == [1, 2, 3]
     assert resolve_checkpoint(run, "3").name == "epoch_003.pt"
+    assert (run / "config.yaml").read_text() == config_before  # the original settings, for good
 
-    # Reproduce from the saved config under another name: the uninterrupted copy ends with
-    # exactly the weights of the run that was stopped at step 4 and resumed.
-    r = run_cli("train", "--config", str(run / "config.yaml"), "--name", "copy", env=env)
+    # Reproduce from the saved config under another name, with what the resume changed: the
+    # uninterrupted copy ends with exactly the weights of the run stopped at step 4 and resumed.
+    r = run_cli("train", "--config", str(run / "config.yaml"), "--name", "copy", "--epochs", "3",
+                "--set", "train.max_steps=null", env=env)
     assert r.exit_code == 0, r.output
     copy = ckpt_io.load(tmp_path / "runs" / "copy" / "checkpoints" / "last.pt")
     original = ckpt_io.load(ckpts / "last.pt")
@@ -221,7 +225,7 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
 
     for argv, message in [
         (["train", "--resume", "run1", "--steps", "5"], "cannot change the model shape (steps 3 -> 5)"),
-        (["train", "--resume", "ghost"], "run 'ghost' not found in runs (existing runs: run1, copy)"),
+        (["train", "--resume", "ghost"], f"run 'ghost' not found in {tmp_path / 'runs'} (existing runs: run1, copy)"),
         (["train", "--name", "run1", *args[1:]], "run 'run1' already exists"),
         (["train", "--name", "../evil"], "invalid run name"),
         (["train", "--set", "model.read_m=3"], "model.read_m: unknown key (did you mean 'read_n'?)"),

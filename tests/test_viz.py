@@ -268,7 +268,7 @@ def test_sample_png_size_values_and_npy(runs, tmp_path):
 
 def test_sample_default_output_binary_and_seed(runs, tmp_path):
     first = viz.sample_command("att", n=4, binary=True, npy=True, device="cpu", runs_dir=runs, console=_quiet())
-    assert first[0] == runs / "att" / "samples.png"
+    assert first[0] == runs / "att" / "samples-best-n4-seed0-binary.png"  # named by what it holds
     raw = np.load(first[1])
     assert set(np.unique(raw).tolist()) <= {0.0, 1.0}
     a = iio.imread(first[0])
@@ -403,7 +403,8 @@ def test_inspect_attention_table_and_default_outputs(runs):
     result = cli("inspect-attention", "att", "-n", 2, "--runs-dir", runs, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "read window" in result.output and "write window" in result.output and "±" in result.output
-    assert (runs / "att" / "attention.gif").is_file() and (runs / "att" / "attention.png").is_file()
+    assert (runs / "att" / "attention-best-test-n2-seed0.gif").is_file()
+    assert (runs / "att" / "attention-best-test-n2-seed0.png").is_file()
 
 
 def test_inspect_attention_generate_has_write_windows_only(runs, tmp_path):
