@@ -2,7 +2,12 @@
 
 Layout: ``DATA_DIR/<dataset>/<file>``, each file either as named in the
 registry or gzipped (``<file>.gz``). Images are kept as uint8 0..255 arrays
-(pre-binarised sets as 0/255), so one binarisation rule serves every set.
+(pre-binarised sets as 0/255), so one binarisation rule serves every set:
+(N, H, W) for grey sets, (N, C, H, W) channel first for colour ones.
+
+Formats that are slow to parse (binarized-mnist's text, SVHN's .mat, CIFAR-10's
+archive of pickles) are cached as ``.npy`` beside their files after the first load.
+``folder:PATH`` sets are read by drawcli/folders.py and cached under DATA_DIR/folders/.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from drawcli.datasets import DatasetSpec, get_spec
+from drawcli.datasets import DatasetSpec, get_spec, is_folder
 from drawcli.errors import DrawError
+from drawcli.files import replace_atomically
 
 VALIDATION_SIZE = 10_000  # held out from the end of a 60k training set when asked
 
@@ -121,54 +128,145 @@ def parse_amat(data: bytes, path: Path, side: int = 28) -> np.ndarray:
     return (values * 255).astype(np.uint8).reshape(len(lines), side, side)
 
 
-def load_images(spec: DatasetSpec, directory: Path, role: str) -> np.ndarray:
-    """uint8 images (N, H, W) with values 0..255 for one registry role (e.g. test_images)."""
-    entry = spec.file(role)
+def image_shape(spec: DatasetSpec) -> tuple[int, ...]:
+    """The shape of one image as the arrays hold it: (H, W) for grey sets, (C, H, W) for colour."""
+    if spec.channels == 1:
+        return (spec.height, spec.width)
+    return (spec.channels, spec.height, spec.width)
+
+
+def _cached(cache: Path, source: Path, shape: tuple[int, ...], build: Callable[[], np.ndarray]) -> np.ndarray:
+    """``build()``'s uint8 array, kept in ``cache`` (.npy) for the next load.
+
+    The cache is used only when it is newer than ``source`` (a re-download replaces the
+    source, so its mtime moves on) and holds uint8 images of ``shape``; anything else is
+    rebuilt. Written atomically; a data directory that cannot be written still works,
+    only slower.
+    """
+    try:
+        fresh = cache.is_file() and cache.stat().st_mtime >= source.stat().st_mtime
+    except OSError:
+        fresh = False
+    if fresh:
+        try:
+            images = np.load(cache, allow_pickle=False)
+            if images.dtype == np.uint8 and images.shape[1:] == shape:
+                return images
+        except (OSError, ValueError, EOFError):
+            pass  # unreadable cache: rebuild it below
+    images = build()
+    save_cache(cache, images)
+    return images
+
+
+def save_cache(cache: Path, images: np.ndarray) -> None:
+    """Write a .npy cache atomically; quietly skip it when the folder cannot be written."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, images, allow_pickle=False)
+
+    try:
+        replace_atomically(cache, write)
+    except DrawError:
+        pass  # a read-only data directory still works, only slower
+
+
+def _source(spec: DatasetSpec, directory: Path, role: str) -> Path:
+    """The file that holds ``role``'s images: its own file, or cifar10's single archive."""
+    entry = spec.file("archive" if spec.kind == "cifar" else role)
     path = find_file(directory, entry.name)
     if path is None:
+        how = (f"it is built from {spec.built_from}" if spec.built_from
+               else "or add `--from PATH`: a folder with the files")
         raise MissingDataset(
             f"data set {spec.name!r} is missing {entry.name}[.gz] in {directory}; "
-            f"run `{download_hint(spec.name, directory.parent)}` (or add `--from PATH`: a folder with the files)"
+            f"run `{download_hint(spec.name, directory.parent)}` ({how})"
         )
+    return path
+
+
+def load_images(spec: DatasetSpec, directory: Path, role: str) -> np.ndarray:
+    """uint8 images for one registry role (e.g. test_images), values 0..255.
+
+    Grey sets give (N, H, W), colour sets (N, C, H, W) (see ``image_shape``).
+    """
+    path = _source(spec, directory, role)
+    shape = image_shape(spec)
     if spec.kind == "amat":
-        cache = directory / (entry.name + ".npy")
-        if cache.is_file() and cache.stat().st_mtime >= path.stat().st_mtime:
-            try:
-                images = np.load(cache, allow_pickle=False)
-                if images.dtype == np.uint8 and images.shape[1:] == (spec.height, spec.width):
-                    return images
-            except (OSError, ValueError):
-                pass  # unreadable cache: rebuild it below
-        images = parse_amat(read_bytes(path), path, spec.height)
-        try:
-            tmp = cache.with_suffix(".npy.tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, images, allow_pickle=False)
-            os.replace(tmp, cache)
-        except OSError:
-            pass  # a read-only data directory still works, only slower
-        return images
+        return _cached(directory / (spec.file(role).name + ".npy"), path, shape,
+                       lambda: parse_amat(read_bytes(path), path, spec.height))
+    if spec.kind == "mat":
+        from drawcli.formats import load_svhn_mat
+
+        return _cached(directory / (spec.file(role).name + ".npy"), path, shape, lambda: load_svhn_mat(path))
+    if spec.kind == "cifar":
+        return _load_cifar(spec, directory, path, role)
     images = parse_idx(read_bytes(path), path, 3)
-    if images.shape[1:] != (spec.height, spec.width):
-        raise DrawError(f"{path}: images are {images.shape[1:]}, expected {(spec.height, spec.width)}")
+    if images.shape[1:] != shape:
+        raise DrawError(f"{path}: images are {images.shape[1:]}, expected {shape}")
+    return images
+
+
+def _load_cifar(spec: DatasetSpec, directory: Path, archive: Path, role: str) -> np.ndarray:
+    """One split of cifar10: from its .npy cache, else from the archive (caching both splits)."""
+    from drawcli.formats import load_cifar
+
+    shape = image_shape(spec)
+    built: dict[str, np.ndarray] = {}
+
+    def build() -> np.ndarray:
+        built.update(load_cifar(archive))
+        for other, images in built.items():  # one extraction serves both splits
+            if other != role:
+                save_cache(directory / f"{other}.npy", images)
+        return built[role]
+
+    images = _cached(directory / f"{role}.npy", archive, shape, build)
+    if images.shape[1:] != shape:
+        raise DrawError(f"{archive}: images are {images.shape[1:]}, expected {shape}")
     return images
 
 
 @dataclass
 class Splits:
-    train: np.ndarray  # uint8 (N, H, W), 0..255
+    train: np.ndarray  # uint8 0..255: (N, H, W) when spec.channels == 1, else (N, C, H, W)
     eval: np.ndarray
     eval_name: str  # "test" or "valid"
-    spec: DatasetSpec
+    spec: DatasetSpec  # height, width and channels of the images
+    notes: tuple[str, ...] = ()  # lines worth showing the user (e.g. files a folder set skipped)
 
 
-def load_splits(dataset: str, data_dir: Path, validation: bool = False) -> Splits:
+def load_splits(
+    dataset: str,
+    data_dir: Path,
+    validation: bool = False,
+    *,
+    image_size: int | None = None,
+    channels: int | None = None,
+    test_fraction: float | None = None,
+) -> Splits:
     """Training images and the images to evaluate on each epoch.
 
     With ``validation`` the evaluation set is the validation split (binarized-mnist's
     own, or the last 10k of a 60k training set), so model selection never sees test.
+
+    ``folder:PATH`` data sets (drawcli/folders.py) take ``image_size``, ``channels`` and
+    ``test_fraction`` (the data.* settings of the same names); a registry set has its own
+    size and channels, and ``channels`` may only repeat them.
     """
+    if is_folder(dataset):
+        from drawcli.folders import load_folder_splits
+
+        return load_folder_splits(dataset, data_dir, validation, image_size=image_size, channels=channels,
+                                  test_fraction=test_fraction)
     spec = get_spec(dataset)
+    if image_size is not None or test_fraction is not None:
+        key = "image_size" if image_size is not None else "test_fraction"
+        raise DrawError(f"data.{key}: only for folder:PATH data sets; {spec.name} has fixed images and splits")
+    if channels is not None and channels != spec.channels:
+        raise DrawError(f"data.channels: {spec.name} has {spec.channels} channel(s), got {channels}; "
+                        f"leave it unset for a registry data set")
     directory = data_dir / spec.name
     train = load_images(spec, directory, "train_images")
     if not validation:
@@ -178,6 +276,12 @@ def load_splits(dataset: str, data_dir: Path, validation: bool = False) -> Split
     if len(train) <= VALIDATION_SIZE:
         raise DrawError(f"data set {spec.name!r} has too few training images to hold out {VALIDATION_SIZE}")
     return Splits(train[:-VALIDATION_SIZE], train[-VALIDATION_SIZE:], "valid", spec)
+
+
+def load_data(data, data_dir: Path) -> Splits:
+    """``load_splits`` for a DataSettings (settings.data): every data.* key that matters, passed on."""
+    return load_splits(data.dataset, data_dir, data.validation, image_size=data.image_size,
+                       channels=data.channels, test_fraction=data.test_fraction)
 
 
 def to_input(images, mode: str, generator=None):

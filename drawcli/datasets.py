@@ -6,6 +6,15 @@ Pure data, no I/O and no torch. The loader (data.py) and the downloader
 Authority for integrity is the sha256 of each file's *decompressed* contents:
 it does not depend on how a mirror gzipped the file. The official archives'
 own hashes are kept as a fast path for files that came from an official host.
+
+Some sets are published with an md5 alone (svhn, cifar10): for those files
+``sha256`` is None and the authority is the md5 *and* the exact size of the file
+as downloaded, never decompressed (cifar10's .tar.gz is kept as it is). An md5
+still pins the bytes here: what matters is a second preimage of a fixed digest,
+which is not feasible for MD5 (only collisions of two chosen files are).
+
+A set can also be built locally from another one (``built_from``): its files are
+made by drawcli, deterministically, and their sha256 is recorded like any other.
 """
 
 from __future__ import annotations
@@ -17,11 +26,16 @@ from dataclasses import dataclass
 class DataFile:
     role: str  # train_images, train_labels, test_images, ... (what the loader asks for)
     name: str  # decompressed file name under DATA_DIR/<dataset>/
-    sha256: str  # of the decompressed contents: the authority
-    size: int  # decompressed size in bytes
+    sha256: str | None  # of the decompressed contents: the authority; None: md5 + size are (see below)
+    size: int  # decompressed size in bytes (as downloaded when sha256 is None)
     remote: str  # file name on the mirrors (often NAME.gz)
-    remote_md5: str | None = None  # official archive's md5 (fast path only)
+    remote_md5: str | None = None  # official archive's md5: a fast path, or the authority when sha256 is None
     remote_size: int | None = None  # the official archive's size (a mirror's gzip may differ a little)
+
+    @property
+    def as_downloaded(self) -> bool:
+        """Verified by md5 + size of the bytes as downloaded, and stored exactly so (never gunzipped)."""
+        return self.sha256 is None
 
 
 @dataclass(frozen=True)
@@ -32,12 +46,19 @@ class DatasetSpec:
     mirrors: tuple[str, ...]  # base URLs, tried in order; a file's URL is base + remote
     height: int = 28
     width: int = 28
-    kind: str = "idx"  # idx (IDX ubyte) or amat (rows of 0/1 digits)
+    # idx (IDX ubyte), amat (rows of 0/1 digits), mat (SVHN's MATLAB files), cifar (python pickles in a .tar.gz)
+    kind: str = "idx"
     prebinarized: bool = False  # pixels already 0/1: no further binarisation
     splits: tuple[str, ...] = ("train", "test")
+    channels: int = 1  # 1: uint8 arrays (N, H, W); 3: colour, uint8 (N, 3, H, W), channel first
+    extras: tuple[DataFile, ...] = ()  # optional files, fetched only when asked (svhn's extra set)
+    # Plain-http mirrors may be used without --from: only for files pinned by the registry
+    # (a tampered transfer fails the md5/sha256 + size check and is never installed).
+    http_mirrors: bool = False
+    built_from: str | None = None  # made locally from this installed data set, not downloaded
 
     def file(self, role: str) -> DataFile:
-        for f in self.files:
+        for f in self.files + self.extras:
             if f.role == role:
                 return f
         raise KeyError(role)
@@ -188,7 +209,103 @@ BINARIZED_MNIST = DatasetSpec(
     splits=("train", "valid", "test"),
 )
 
-DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (MNIST, FASHION_MNIST, BINARIZED_MNIST)}
+SVHN = DatasetSpec(
+    name="svhn",
+    description="Street View House Numbers, cropped digits (format 2), 73,257 train / 26,032 test, colour 32x32 "
+    "(--extra: 531,131 more training images, 1.3 GB)",
+    files=(
+        DataFile("train_images", "train_32x32.mat", None, 182040794, "train_32x32.mat",
+                 "e26dedcc434d2e4c54c9b2d4a06d8373"),
+        DataFile("test_images", "test_32x32.mat", None, 64275384, "test_32x32.mat",
+                 "eb5a983be6a315427106f1b164d9cef3"),
+    ),
+    # Size from TensorFlow Datasets' url_checksums/svhn_cropped.txt (1,329,278,602 bytes).
+    extras=(
+        DataFile("extra_images", "extra_32x32.mat", None, 1329278602, "extra_32x32.mat",
+                 "a93ce644f1a588dc4d68dda5feec44a7"),
+    ),
+    # The official host serves http only. Allowed without --from because every file is
+    # pinned by md5 + exact size: a tampered or truncated transfer is deleted, never used.
+    mirrors=("http://ufldl.stanford.edu/housenumbers/",),
+    http_mirrors=True,
+    height=32,
+    width=32,
+    channels=3,
+    kind="mat",
+)
+
+CIFAR10 = DatasetSpec(
+    name="cifar10",
+    description="CIFAR-10 (Krizhevsky), 50k train / 10k test, colour 32x32",
+    files=(
+        DataFile(
+            "archive",
+            "cifar-10-python.tar.gz",
+            None,
+            170498071,
+            "cifar-10-python.tar.gz",
+            "c58f30108f718f92721af3b95e74349a",
+        ),
+    ),
+    mirrors=("https://www.cs.toronto.edu/~kriz/",),
+    height=32,
+    width=32,
+    channels=3,
+    kind="cifar",
+)
+
+# Built by `draw download two-digit-mnist` from the installed mnist (drawcli/twodigit.py):
+# the sha256s are those of the files built from the registry's MNIST with twodigit.SEED.
+TWO_DIGIT_MNIST = DatasetSpec(
+    name="two-digit-mnist",
+    description="Two MNIST digits on a 60x60 canvas (the paper's section 4.2), 60k train / 10k test, "
+    "built locally from mnist",
+    files=(
+        DataFile(
+            "train_images",
+            "train-images-idx3-ubyte",
+            "269d013423c97e55fbaab29b99dba449c1ede921e21360a0f3f4bb1d6f0100d9",
+            216000016,
+            "train-images-idx3-ubyte",
+        ),
+        DataFile(
+            "train_layout",
+            "train-layout-idx2-int",
+            "7c90dda88712f430755851df2a558c2a95bc9b1ba9ed499c78c641ffe99ad37c",
+            1920012,
+            "train-layout-idx2-int",
+        ),
+        DataFile(
+            "test_images",
+            "t10k-images-idx3-ubyte",
+            "f273b96ebb0d69015f29b7f577eebdcd6c8ab133521fc443e63c212bd3123920",
+            36000016,
+            "t10k-images-idx3-ubyte",
+        ),
+        DataFile(
+            "test_layout",
+            "t10k-layout-idx2-int",
+            "eb600b2d4e3786d59c0459a9710f3ca3648805ad9537017dcff1633c3669f8db",
+            320012,
+            "t10k-layout-idx2-int",
+        ),
+    ),
+    mirrors=(),
+    height=60,
+    width=60,
+    built_from="mnist",
+)
+
+DATASETS: dict[str, DatasetSpec] = {
+    d.name: d for d in (MNIST, FASHION_MNIST, BINARIZED_MNIST, SVHN, CIFAR10, TWO_DIGIT_MNIST)
+}
+
+FOLDER_PREFIX = "folder:"  # --dataset folder:PATH: the user's own pictures (drawcli/folders.py)
+
+
+def is_folder(name: str) -> bool:
+    """A ``folder:PATH`` data set rather than a registry name."""
+    return name.startswith(FOLDER_PREFIX)
 
 # `draw evaluate --split`: test; valid (binarized-mnist's own, else the last 10k of train); train.
 EVAL_SPLITS = ("test", "valid", "train")

@@ -13,6 +13,14 @@ request where the server answers 206; 403/404 and friends move on to the next mi
 a host that cannot be reached at all (refused, unknown, bad certificate) is skipped for
 the rest of the run. Without ``--from`` only https mirrors are used, and redirects to
 anything but https are refused; ``--from`` accepts http because the user chose it.
+A data set whose registry entry says ``http_mirrors`` (svhn: its only host serves
+http) may use its plain-http mirrors too: its files are pinned by md5 + exact size.
+
+Files with no sha256 in the registry (svhn, cifar10: published with an md5 only) are
+verified by md5 and size of the bytes as downloaded and stored exactly as downloaded
+(cifar10's .tar.gz stays a .tar.gz). A data set ``built_from`` another one
+(two-digit-mnist) is made locally from that installed set, then verified by sha256
+like a download.
 
 Standard library only for the transfer (urllib). No torch at import time: torch is
 touched only to coordinate torchrun ranks, and only when torch is already loaded.
@@ -52,7 +60,7 @@ from rich.table import Table
 
 from drawcli import __version__
 from drawcli.data import MissingDataset, download_hint, find_file, resolve_data_dir
-from drawcli.datasets import DATASETS, DataFile, DatasetSpec, get_spec
+from drawcli.datasets import DATASETS, DataFile, DatasetSpec, get_spec, is_folder
 from drawcli.errors import DrawError
 from drawcli.progress import make_console
 
@@ -65,10 +73,14 @@ USER_AGENT = f"drawcli/{__version__} (+https://arxiv.org/abs/1502.04623)"
 
 # Statuses of one file, as verify_dataset reports them.
 OK, MISSING, BAD_SIZE, BAD_HASH, UNREADABLE = "ok", "missing", "bad size", "bad hash", "unreadable"
+BAD_FILE_SIZE, BAD_MD5, CANNOT_READ = "bad file size", "bad md5", "cannot read"  # files kept as downloaded
 _PROBLEM = {
     BAD_SIZE: "wrong size after decompression",
     BAD_HASH: "sha256 mismatch",
     UNREADABLE: "corrupt gzip data",
+    BAD_FILE_SIZE: "wrong file size",
+    BAD_MD5: "md5 mismatch",
+    CANNOT_READ: "cannot be read",
 }
 
 
@@ -136,6 +148,8 @@ def _check_file(path: Path, entry: DataFile) -> str:
     Streams, and stops as soon as the contents outgrow the expected size, so a hostile
     gzip bomb costs no more than reading the real file would.
     """
+    if entry.as_downloaded:
+        return _check_as_downloaded(path, entry)
     digest = hashlib.sha256()
     size = 0
     try:
@@ -153,6 +167,25 @@ def _check_file(path: Path, entry: DataFile) -> str:
     if size != entry.size:
         return BAD_SIZE
     return OK if digest.hexdigest() == entry.sha256 else BAD_HASH
+
+
+def _check_as_downloaded(path: Path, entry: DataFile) -> str:
+    """OK, BAD_FILE_SIZE, BAD_MD5 or CANNOT_READ: the file's own bytes (never gunzipped) against md5 + size."""
+    try:
+        if path.stat().st_size != entry.size:  # cheap, and it bounds what is hashed
+            return BAD_FILE_SIZE
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return CANNOT_READ
+    return OK if digest.hexdigest() == entry.remote_md5 else BAD_MD5
+
+
+def _pin(entry: DataFile) -> dict:
+    """What a verification stamp records as the registry's digest for ``entry``."""
+    return {"md5": entry.remote_md5} if entry.as_downloaded else {"sha256": entry.sha256}
 
 
 def _fingerprint(path: Path) -> dict:
@@ -180,11 +213,14 @@ def _save_stamp(directory: Path, stamp: dict) -> None:
 
 
 def _remember(stamp: dict, entry: DataFile, path: Path) -> None:
-    stamp[entry.name] = {**_fingerprint(path), "sha256": entry.sha256}
+    stamp[entry.name] = {**_fingerprint(path), **_pin(entry)}
 
 
-def verify_dataset(spec: DatasetSpec, directory: Path) -> dict[str, str]:
+def verify_dataset(spec: DatasetSpec, directory: Path, extras: bool = False) -> dict[str, str]:
     """role -> "ok" | "missing" | "bad size" | "bad hash" | "unreadable", for the files in ``directory``.
+
+    (Files kept as downloaded give "bad file size", "bad md5" or "cannot read" instead.)
+    ``extras``: also the optional files (svhn's extra set).
 
     Checks the file the loader would read (``find_file``). A file already verified and
     unchanged since (same size, mtime, ctime and inode, recorded in ``.verified.json``)
@@ -194,13 +230,13 @@ def verify_dataset(spec: DatasetSpec, directory: Path) -> dict[str, str]:
     stamp = _load_stamp(directory)
     changed = False
     result: dict[str, str] = {}
-    for entry in spec.files:
+    for entry in spec.files + (spec.extras if extras else ()):
         path = find_file(directory, entry.name)
         if path is None:
             result[entry.role] = MISSING
             continue
         try:
-            known = stamp.get(entry.name) == {**_fingerprint(path), "sha256": entry.sha256}
+            known = stamp.get(entry.name) == {**_fingerprint(path), **_pin(entry)}
         except OSError:
             known = False
         status = OK if known else _check_file(path, entry)
@@ -457,7 +493,7 @@ def _copy(src: Path, part: Path, entry: DataFile, report: _Reporter) -> None:
 def _install_part(part: Path, entry: DataFile, directory: Path, stamp: dict) -> Path:
     """Move a verified part into place under the name its contents call for."""
     with open(part, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
+        gz = f.read(2) == b"\x1f\x8b" and not entry.as_downloaded  # a .tar.gz keeps its own name
     final = directory / (entry.name + ".gz" if gz else entry.name)
     other = directory / (entry.name if gz else entry.name + ".gz")
     try:
@@ -493,7 +529,8 @@ def _try_source(src: _Source, entry: DataFile, directory: Path, report: _Reporte
             status = _check_file(part, entry)
             if status == OK:
                 final = _install_part(part, entry, directory, stamp)
-                report.say(f"  {final.name}: {_human(final.stat().st_size)}, sha256 verified")
+                how = "md5 and size verified" if entry.as_downloaded else "sha256 verified"
+                report.say(f"  {final.name}: {_human(final.stat().st_size)}, {how}")
                 return final
             part.unlink(missing_ok=True)  # a file that failed verification is never kept
             if not resumed or retried:
@@ -550,11 +587,14 @@ def install_dataset(
     retries: int | None = None,
     backoff: float | None = None,
     timeout: float | None = None,
+    extras: bool = False,
 ) -> int:
     """Download (or copy) every file of ``spec`` that is not present and verified; return how many.
 
     ``source`` is --from (folder or URL, http allowed). Otherwise ``mirrors`` (default:
-    the registry's) are tried in order, https only unless ``allow_http`` (tests).
+    the registry's) are tried in order, https only unless ``allow_http`` (tests) or the
+    registry allows http for the set. A set built from another one is built, unless
+    ``source`` names a copy of it. ``extras``: the optional files too.
     """
     directory = Path(directory)
     console = console if console is not None else make_console()
@@ -562,10 +602,14 @@ def install_dataset(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DrawError(f"cannot create data directory {directory}: {e.strerror or e}") from None
-    statuses = {} if force else verify_dataset(spec, directory)
-    todo = [entry for entry in spec.files if force or statuses[entry.role] != OK]
+    files = spec.files + (spec.extras if extras else ())
+    statuses = {} if force else verify_dataset(spec, directory, extras)
+    todo = [entry for entry in files if force or statuses[entry.role] != OK]
     if not todo:
         return 0
+    if spec.built_from and source is None:
+        return _build_dataset(spec, directory, todo, console, quiet)
+    allow_http = allow_http or spec.http_mirrors
     mirrors = tuple(spec.mirrors if mirrors is None else mirrors)
     from_url = source is not None and _local_folder(source) is None
     opts = _Options(
@@ -607,6 +651,41 @@ def install_dataset(
                         report.say(f"  {src.label} failed: {e}")
             else:
                 raise DrawError(_failure_message(spec, entry, source, errors, looked_for, from_url, directory))
+    return len(todo)
+
+
+def _build_dataset(spec: DatasetSpec, directory: Path, todo: list[DataFile], console: Console, quiet: bool) -> int:
+    """Build ``spec`` from its installed source set, verify each file by sha256, install it."""
+    from drawcli import twodigit
+
+    root = directory.parent
+    source = get_spec(spec.built_from)
+    statuses = verify_dataset(source, root / source.name)
+    if not all(s == OK for s in statuses.values()):
+        missing, bad = _problems(source, statuses)
+        state = "not installed" if len(missing) == len(statuses) else f"not usable ({', '.join(missing + bad)})"
+        raise MissingDataset(
+            f"data set {spec.name!r} is built from {source.name!r}, which is {state} in {root}; "
+            f"run `draw download {source.name} --data-dir {root}` first"
+        )
+    stamp = _load_stamp(directory)
+    with _Reporter(console, quiet) as report:
+        report.say(f"building {spec.name} from {root / source.name} (seed {twodigit.SEED})")
+        contents = twodigit.build_from_mnist(root / source.name, spec=source)
+        for entry in todo:
+            part = _part_path(directory, entry, "built")
+            with _open_part(part, "wb") as out:
+                # gzip (level 6, no timestamp): a tenth of the disk; data.py and the check read either form.
+                _write(out, gzip.compress(contents[entry.name], compresslevel=6, mtime=0), part)
+            status = _check_file(part, entry)
+            if status != OK:
+                part.unlink(missing_ok=True)
+                raise DrawError(
+                    f"built {entry.name} of data set {spec.name!r} does not match the registry ({_PROBLEM[status]}); "
+                    f"this drawcli builds it differently from the one that recorded its sha256"
+                )
+            final = _install_part(part, entry, directory, stamp)
+            report.say(f"  {final.name}: {_human(final.stat().st_size)}, sha256 verified")
     return len(todo)
 
 
@@ -681,7 +760,8 @@ def _ensure_here(spec: DatasetSpec, directory: Path, console: Console | None, qu
             why = "is not in the data directory"
         else:
             why = f"is incomplete (missing {', '.join(missing + bad)})"
-        console.print(f"data set {spec.name!r} {why}; downloading it into {directory}",
+        verb = "building" if spec.built_from else "downloading"  # two-digit-mnist is made, not fetched
+        console.print(f"data set {spec.name!r} {why}; {verb} it into {directory}",
                       markup=False, highlight=False, soft_wrap=True)
     install_dataset(spec, directory, console=console, quiet=quiet)
 
@@ -692,6 +772,8 @@ def ensure_dataset(name: str, data_dir: Path, console: Console | None = None, qu
     Cheap when the set is there (a stat per file, thanks to the verification stamp). In a
     torchrun job only rank 0 downloads; the other ranks wait at a barrier, then check.
     """
+    if is_folder(name):
+        return  # the user's own folder: nothing to download (data.py says if it is missing)
     spec = get_spec(name)
     directory = Path(data_dir) / spec.name
     dist = _distributed()
@@ -748,8 +830,12 @@ def download_command(
     quiet: bool = False,
     list_only: bool = False,
     console: Console | None = None,
+    extra: bool = False,
 ) -> None:
-    """`draw download NAME [--from PATH_OR_URL] [--force] [--quiet] [--data-dir D]` and `draw download --list`."""
+    """`draw download NAME [--from PATH_OR_URL] [--force] [--quiet] [--data-dir D]` and `draw download --list`.
+
+    ``extra``: also the set's optional files (svhn's extra_32x32.mat, 1.3 GB).
+    """
     console = console if console is not None else make_console()
     root = resolve_data_dir(data_dir)
     if list_only:
@@ -762,12 +848,15 @@ def download_command(
         )
     spec = get_spec(name)
     directory = root / spec.name
-    if not force and all(s == OK for s in verify_dataset(spec, directory).values()):
+    if extra and not spec.extras:
+        raise DrawError(f"--extra: data set {spec.name!r} has no optional files "
+                        f"(only {', '.join(n for n, d in DATASETS.items() if d.extras) or 'none'} has)")
+    if not force and all(s == OK for s in verify_dataset(spec, directory, extra).values()):
         if not quiet:
             console.print(f"{spec.name}: present and verified in {directory}; nothing to download "
                           f"(--force downloads it again)", markup=False, highlight=False, soft_wrap=True)
         return
-    count = install_dataset(spec, directory, source=source, force=force, console=console, quiet=quiet)
+    count = install_dataset(spec, directory, source=source, force=force, console=console, quiet=quiet, extras=extra)
     if not quiet:
         console.print(f"{spec.name}: {count} file(s) installed and verified in {directory}",
                       markup=False, highlight=False, soft_wrap=True)

@@ -223,8 +223,9 @@ def likelihood_bounds(
     n = len(targets)
     if n == 0:
         raise DrawError("no images to evaluate")
-    if tuple(targets.shape[1:]) != (model.height, model.width):
-        raise DrawError(f"images are {tuple(targets.shape[1:])}, the model expects {(model.height, model.width)}")
+    expected = (model.height, model.width) if model.channels == 1 else (model.channels, model.height, model.width)
+    if tuple(targets.shape[1:]) != expected:
+        raise DrawError(f"images are {tuple(targets.shape[1:])}, the model expects {expected}")
     rows = batch_size or rows_per_pass(model, device, budget)
     per_block = max(1, rows // samples)  # images per pass when all K copies fit
     per_pass = min(samples, max(1, rows // per_block))  # else K is split over passes

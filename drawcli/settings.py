@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from drawcli.datasets import DATASETS
+from drawcli.datasets import DATASETS, FOLDER_PREFIX, is_folder
 from drawcli.errors import DrawError
 
 IMAGE_SIDE_MAX = 28  # refined against the data set's real shape when it is loaded
@@ -42,6 +42,10 @@ class DataSettings:
     data_dir: str | None = None  # None: $DRAW_DATA_DIR, else the per-user cache
     binarize: str = "dynamic"  # dynamic | threshold | none
     validation: bool = False  # hold out the last 10k training images; evaluate on them
+    # folder:PATH data sets only (drawcli/folders.py):
+    image_size: int | None = None  # resize every image to S x S; None: all must have the first image's size
+    channels: int | None = None  # 1 (grey) or 3 (colour); None: a folder's default, 3, or a registry set's own
+    test_fraction: float | None = None  # held-out test share; None: 10%, at most 10,000 images
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,6 @@ _SECTION_CLASSES = {
 
 # Allowed values and ranges; checked for every source of a value.
 CHOICES = {
-    ("data", "dataset"): tuple(DATASETS),
     ("data", "binarize"): ("dynamic", "threshold", "none"),
     ("train", "lr_schedule"): ("constant", "cosine", "step"),
     ("train", "precision"): ("float32", "bfloat16", "auto"),
@@ -119,6 +122,7 @@ MIN = {
     ("train", "min_lr"): 0.0,
     ("train", "lr_step_epochs"): 1,
     ("run", "threads"): 1,
+    ("data", "image_size"): 1,
     ("train", "grad_clip"): 0.0,
     ("train", "seed"): 0,
 }
@@ -147,6 +151,9 @@ def _type_of(section: str, key: str) -> str:
 def _coerce(section: str, key: str, value: Any) -> Any:
     """Check one value's type and range; return it in its canonical type."""
     where = f"{section}.{key}"
+    if (section, key) == ("data", "dataset") and isinstance(value, dict) and list(value) == ["folder"]:
+        # YAML reads `folder:` (nothing after the colon, e.g. from --set) as a mapping: the string was meant.
+        value = FOLDER_PREFIX + ("" if value["folder"] is None else str(value["folder"]))
     typ = _type_of(section, key).replace(" ", "")
     optional = typ.endswith("|None")
     base = typ.removesuffix("|None")
@@ -201,6 +208,12 @@ def _coerce(section: str, key: str, value: Any) -> Any:
         raise DrawError(f"{where}: must be in [0, 1), got {value!r}")
     if (section, key) in UNIT and not 0 < value <= 1:
         raise DrawError(f"{where}: must be in (0, 1], got {value!r}")
+    if (section, key) == ("data", "dataset"):
+        _check_dataset(where, value)
+    if (section, key) == ("data", "channels") and value not in (1, 3):
+        raise DrawError(f"{where}: expected 1 (grey) or 3 (colour), got {value!r}")
+    if (section, key) == ("data", "test_fraction") and not 0 < value < 1:
+        raise DrawError(f"{where}: must be in (0, 1), got {value!r}")
     if (section, key) == ("run", "name"):
         # Checked here, before any data is read or downloaded, not only when the run is made.
         from drawcli.runs import validate_name
@@ -210,6 +223,18 @@ def _coerce(section: str, key: str, value: Any) -> Any:
         except DrawError as e:
             raise DrawError(f"{where}: {e}") from None
     return value
+
+
+def _check_dataset(where: str, value: str) -> None:
+    """A registry name, or folder:PATH with a non-empty PATH (whether it exists is checked on loading)."""
+    if is_folder(value):
+        if not value[len(FOLDER_PREFIX):].strip():
+            raise DrawError(f"{where}: {FOLDER_PREFIX} needs a path to a folder of images, e.g. folder:~/pictures")
+        return
+    if value not in DATASETS:
+        close = difflib.get_close_matches(value, list(DATASETS), n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise DrawError(f"{where}: expected one of {', '.join(DATASETS)} or folder:PATH, got {value!r}{hint}")
 
 
 def _check_key(section: str | None, key: str, origin: str) -> None:
@@ -252,6 +277,16 @@ def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], 
 
 def _check_together(settings: Settings, origin: str) -> None:
     """Rules between keys, checked after every layer of settings."""
+    ds = settings.data
+    if not is_folder(ds.dataset):
+        spec = DATASETS[ds.dataset]
+        for key in ("image_size", "test_fraction"):
+            if getattr(ds, key) is not None:
+                raise DrawError(f"{origin}data.{key}: only for folder:PATH data sets; {spec.name} has fixed "
+                                f"{spec.width}x{spec.height} images and its own splits")
+        if ds.channels is not None and ds.channels != spec.channels:
+            raise DrawError(f"{origin}data.channels: {spec.name} has {spec.channels} channel(s), got {ds.channels}; "
+                            f"leave it unset for a registry data set")
     ts = settings.train
     if ts.lr_schedule == "cosine" and ts.min_lr > ts.lr:
         raise DrawError(f"{origin}train.min_lr: must be <= train.lr ({ts.lr:g}) for the cosine schedule, got {ts.min_lr:g}")

@@ -65,8 +65,6 @@ def _images(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """
     import torch
 
-    from drawcli.viz import grid_for, to_uint8, upscale
-
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
@@ -74,10 +72,20 @@ def _images(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with torch.no_grad():
             logits, _ = model.generate(n, generator=generator, device=device, every_step=True)
-            probs = torch.sigmoid(logits.float()).cpu().numpy()  # (T, n, H, W)
+            probs = torch.sigmoid(logits.float()).cpu().numpy()  # (T, n, [C,] H, W)
     finally:
         model.train(was_training)
-    steps, _, height, width = probs.shape
+    if probs.ndim == 5:  # colour (T, n, C, H, W): the same layout for every channel, stacked as HWC
+        pairs = [_images_from(probs[:, :, c], n) for c in range(probs.shape[2])]
+        return np.stack([g for g, _ in pairs], -1), np.stack([s for _, s in pairs], -1)
+    return _images_from(probs, n)
+
+
+def _images_from(probs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prior grid, glimpse strip) of one channel's probabilities (T, n, H, W)."""
+    from drawcli.viz import grid_for, to_uint8, upscale
+
+    steps = probs.shape[0]
     cells = upscale(to_uint8(probs), SCALE)  # (T, n, h, w)
     h, w = cells.shape[-2:]
     grid = grid_for(n, None, h, w).place(cells[-1])
@@ -129,8 +137,9 @@ class TensorBoardLogger:
             self.writer.add_scalar(f"{tag}/{split}", row[key], step)
         if self.images and self.model is not None:
             grid, strip = _images(self.model, self.samples, self.seed)
-            self.writer.add_image("samples/prior", grid, step, dataformats="HW")
-            self.writer.add_image("samples/glimpses", strip, step, dataformats="HW")
+            layout = "HWC" if grid.ndim == 3 else "HW"
+            self.writer.add_image("samples/prior", grid, step, dataformats=layout)
+            self.writer.add_image("samples/glimpses", strip, step, dataformats=layout)
         self.writer.flush()
 
     def on_interrupt(self, ckpt: dict) -> None:

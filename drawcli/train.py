@@ -70,9 +70,9 @@ class TrainResult:
     images_per_second: float = 0.0
 
 
-def build_model(settings: Settings, height: int, width: int) -> DRAW:
-    # ModelSettings' fields are DRAW's constructor arguments, by design.
-    return DRAW(height=height, width=width, **dataclasses.asdict(settings.model))
+def build_model(settings: Settings, height: int, width: int, channels: int = 1) -> DRAW:
+    # ModelSettings' fields are DRAW's constructor arguments, by design; the image shape comes from the data.
+    return DRAW(height=height, width=width, channels=channels, **dataclasses.asdict(settings.model))
 
 
 def model_from_checkpoint(ckpt: dict, device) -> DRAW:
@@ -255,7 +255,8 @@ def train(
     ts = settings.train
     train_x = torch.as_tensor(np.asarray(train_images)).to(device)
     eval_x = torch.as_tensor(np.asarray(eval_images)).to(device)
-    n, height, width = train_x.shape
+    n, *shape = train_x.shape  # (N, H, W) grey, (N, C, H, W) colour
+    channels, height, width = (1, *shape) if len(shape) == 2 else shape
     if n == 0:
         raise DrawError("the training set is empty")
     if env.active and ts.batch_size % env.world:
@@ -264,7 +265,7 @@ def train(
         )
 
     torch.manual_seed(ts.seed)  # parameter initialisation
-    model = build_model(settings, height, width).to(device)
+    model = build_model(settings, height, width, channels).to(device)
     optimizer = make_adam(model.parameters(), ts.lr, (ts.beta1, ts.beta2))
     data_gen, noise_gen = _generator(device, ts.seed + 1), _generator(device, ts.seed + 2)
     step, best_loss = 0, None

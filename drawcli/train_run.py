@@ -177,7 +177,7 @@ def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, conso
 
 
 def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv) -> Path:
-    from drawcli.data import MissingDataset, load_splits, resolve_data_dir
+    from drawcli.data import MissingDataset, load_data, resolve_data_dir
     from drawcli.device import describe, resolve_device
     from drawcli.tensorboard_log import use_tensorboard
 
@@ -196,12 +196,14 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
 
     data_dir = resolve_data_dir(settings.data.data_dir)
     try:
-        splits = load_splits(settings.data.dataset, data_dir, settings.data.validation)
+        splits = load_data(settings.data, data_dir)
     except MissingDataset:
         from drawcli.download import ensure_dataset
 
         ensure_dataset(settings.data.dataset, data_dir, console=console)
-        splits = load_splits(settings.data.dataset, data_dir, settings.data.validation)
+        splits = load_data(settings.data, data_dir)
+    for note in splits.notes:
+        console.print(note, highlight=False)
     check_against_image(settings, splits.spec.height, splits.spec.width)
     changes = resume_changes(settings, resume[1]) if resume is not None else {}
     binarize = settings.data.binarize

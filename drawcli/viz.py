@@ -392,6 +392,11 @@ def load_run(run: str, load: str | None, device: str, runs_dir: str | Path,
     ckpt = ckpt_io.load(path)
     settings = from_dict(ckpt["settings"])
     model = model_from_checkpoint(ckpt, dev).eval()
+    if model.channels != 1:
+        # Training and `draw evaluate` handle colour; the pictures (RGB frames, window colours
+        # chosen against the image) are the remaining part of issue #16.
+        raise DrawError(f"run {run_dir.name!r} draws {model.channels}-channel images: pictures of colour models are not "
+                        "supported by this version yet (train and evaluate them with draw train and draw evaluate)")
     return LoadedRun(run_dir, path, int(ckpt["epoch"]), settings, model, dev)
 
 

@@ -637,9 +637,20 @@ def test_fashion_mnist_from_url(server, tmp_path, monkeypatch):
 
 def test_registry_mirrors_are_usable():
     for spec in datasets.DATASETS.values():
-        assert spec.mirrors and spec.mirrors[0].startswith("https://"), spec.name
+        files = spec.files + spec.extras
+        assert len({e.remote for e in files}) == len(files)
+        if spec.built_from:  # made locally: no mirror, and every file pinned by sha256
+            assert not spec.mirrors and spec.built_from in datasets.DATASETS, spec.name
+            assert all(e.sha256 for e in files), spec.name
+            continue
+        # Plain http only where the registry says so, and then every file is pinned by md5 + size.
+        scheme = "http://" if spec.http_mirrors else "https://"
+        assert spec.mirrors and spec.mirrors[0].startswith(scheme), spec.name
         assert all(m.endswith("/") for m in spec.mirrors), spec.name
-        assert len({e.remote for e in spec.files}) == len(spec.files)
+        if spec.http_mirrors:
+            assert all(e.remote_md5 and e.size for e in files), spec.name
+        for e in files:  # either the sha256 of the contents, or md5 + size of the bytes as downloaded
+            assert (e.sha256 is not None and len(e.sha256) == 64) or (e.as_downloaded and len(e.remote_md5) == 32)
 
 
 # --------------------------------------------------------------------------- draw train's entry point
@@ -756,3 +767,240 @@ def test_draw_train_downloads_a_missing_set_then_trains_on_fashion_mnist(server,
     assert data.load_splits("fashion-mnist", tmp_path / "data").train.shape == (20, 28, 28)
     assert checkpoint.load(tmp_path / "runs" / "run1" / "checkpoints" / "last.pt")["step"] == 2
     assert len(server.requests("fm")) == 4  # once each file, not again for training
+
+
+# --------------------------------------------------------------------------- svhn, cifar10 (md5 + size)
+
+
+def _md5_entry(entry: DataFile, body: bytes) -> DataFile:
+    """The registry entry, pinned to a test file: md5 + size of the bytes as downloaded."""
+    return dataclasses.replace(entry, size=len(body), remote_md5=hashlib.md5(body).hexdigest())
+
+
+@pytest.fixture
+def svhn_files(tmp_path, server, monkeypatch):
+    """svhn's registry entry pointed at small real-format .mat files on the local server (plain http)."""
+    from colour_files import svhn_mat
+
+    mirror = tmp_path / "svhn-mirror"
+    mirror.mkdir()
+    arrays = {}
+    for name, n, seed in (("train_32x32.mat", 6, 1), ("test_32x32.mat", 4, 2), ("extra_32x32.mat", 3, 3)):
+        body, arrays[name] = svhn_mat(n, seed)
+        (mirror / name).write_bytes(body)
+    server.mounts["svhn"] = mirror
+    spec = dataclasses.replace(
+        datasets.SVHN,
+        files=tuple(_md5_entry(e, (mirror / e.remote).read_bytes()) for e in datasets.SVHN.files),
+        extras=tuple(_md5_entry(e, (mirror / e.remote).read_bytes()) for e in datasets.SVHN.extras),
+        mirrors=(server.url("svhn"),),
+    )
+    monkeypatch.setitem(datasets.DATASETS, "svhn", spec)
+    return spec, arrays
+
+
+def test_svhn_downloads_over_http_verified_by_md5_and_loads(server, svhn_files, tmp_path):
+    spec, arrays = svhn_files
+    assert spec.http_mirrors and spec.mirrors[0].startswith("http://")
+    console, out = quiet_console()
+    # No allow_http: the registry allows this set's http mirror because md5 + size pin every file.
+    download.download_command("svhn", str(tmp_path / "data"), console=console)
+    target = tmp_path / "data" / "svhn"
+    assert "md5 and size verified" in out.getvalue() and "2 file(s) installed" in out.getvalue()
+    assert [p for p, *_ in server.requests("svhn")] == ["/svhn/train_32x32.mat", "/svhn/test_32x32.mat"]  # no extra
+    assert installed(target) == [download.STAMP_NAME, "test_32x32.mat", "train_32x32.mat"]
+    assert (target / "train_32x32.mat").read_bytes() == (server.mounts["svhn"] / "train_32x32.mat").read_bytes()
+    stamp = download._load_stamp(target)
+    assert stamp["train_32x32.mat"]["md5"] == spec.file("train_images").remote_md5 and "sha256" not in stamp["train_32x32.mat"]
+    splits = data.load_splits("svhn", tmp_path / "data")
+    np.testing.assert_array_equal(splits.train, arrays["train_32x32.mat"])
+    np.testing.assert_array_equal(splits.eval, arrays["test_32x32.mat"])
+
+    # Present and verified: nothing fetched again. --extra fetches the extra file alone.
+    count = len(server.requests())
+    download.download_command("svhn", str(tmp_path / "data"), console=console)
+    assert len(server.requests()) == count
+    download.download_command("svhn", str(tmp_path / "data"), console=console, extra=True)
+    assert [p for p, *_ in server.requests()[count:]] == ["/svhn/extra_32x32.mat"]
+    assert download.verify_dataset(spec, target, extras=True)["extra_images"] == "ok"
+    np.testing.assert_array_equal(data.load_images(spec, target, "extra_images"), arrays["extra_32x32.mat"])
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncated-on-server"])
+def test_svhn_file_failing_md5_or_size_is_never_installed(server, svhn_files, tmp_path, fault):
+    spec, _ = svhn_files
+    if fault == "corrupt":
+        server.corrupt.add("/svhn/test_32x32.mat")
+        problem = "md5 mismatch"
+    else:
+        body = (server.mounts["svhn"] / "test_32x32.mat").read_bytes()
+        (server.mounts["svhn"] / "test_32x32.mat").write_bytes(body[:-10])
+        problem = "wrong file size"
+    console, _ = quiet_console()
+    with pytest.raises(DrawError) as e:
+        download.download_command("svhn", str(tmp_path / "data"), console=console)
+    assert "test_32x32.mat of data set 'svhn': every mirror failed" in str(e.value) and problem in str(e.value)
+    target = tmp_path / "data" / "svhn"
+    assert "test_32x32.mat" not in installed(target) and not list(target.glob("*.part"))
+
+
+def test_svhn_file_changed_on_disk_is_caught(svhn_files, tmp_path):
+    spec, _ = svhn_files
+    console, _ = quiet_console()
+    download.download_command("svhn", str(tmp_path / "data"), console=console)
+    f = tmp_path / "data" / "svhn" / "train_32x32.mat"
+    body = bytearray(f.read_bytes())
+    body[-1] ^= 1
+    f.write_bytes(bytes(body))
+    assert download.verify_dataset(spec, f.parent)["train_images"] == "bad md5"
+    f.write_bytes(bytes(body[:-1]))
+    assert download.verify_dataset(spec, f.parent)["train_images"] == "bad file size"
+
+
+def test_extra_is_only_for_sets_that_have_one(tmp_path):
+    console, _ = quiet_console()
+    with pytest.raises(DrawError, match="--extra: data set 'mnist' has no optional files \\(only svhn has\\)"):
+        download.download_command("mnist", str(tmp_path), console=console, extra=True)
+
+
+@pytest.fixture
+def cifar_file(tmp_path, server, monkeypatch):
+    from colour_files import cifar_archive
+
+    mirror = tmp_path / "cifar-mirror"
+    mirror.mkdir()
+    body, expected = cifar_archive(per_batch=3, n_test=2, seed=7)
+    (mirror / "cifar-10-python.tar.gz").write_bytes(body)
+    server.mounts["cifar"] = mirror
+    spec = dataclasses.replace(datasets.CIFAR10, files=(_md5_entry(datasets.CIFAR10.files[0], body),))
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", spec)
+    return spec, body, expected
+
+
+def test_cifar10_downloads_kept_as_tar_gz_and_loads(server, cifar_file, tmp_path):
+    spec, body, expected = cifar_file
+    target = tmp_path / "data" / "cifar10"
+    log = install(spec, target, [server.url("cifar")])
+    assert "md5 and size verified" in log
+    # gzip bytes, but kept under its own name: the md5 is of the .tar.gz itself.
+    assert installed(target) == [download.STAMP_NAME, "cifar-10-python.tar.gz"]
+    assert (target / "cifar-10-python.tar.gz").read_bytes() == body
+    assert download.verify_dataset(spec, target) == {"archive": "ok"}
+    splits = data.load_splits("cifar10", tmp_path / "data")
+    np.testing.assert_array_equal(splits.train, expected["train_images"])
+    np.testing.assert_array_equal(splits.eval, expected["test_images"])
+    assert installed(target) == [download.STAMP_NAME, "cifar-10-python.tar.gz", "test_images.npy", "train_images.npy"]
+
+
+def test_cifar10_from_url_and_corrupt_copy(server, cifar_file, tmp_path):
+    spec, body, _ = cifar_file
+    server.corrupt.add("/cifar/cifar-10-python.tar.gz")
+    console, _ = quiet_console()
+    with pytest.raises(DrawError, match=r"cifar-10-python.tar.gz.*md5 mismatch"):
+        download.download_command("cifar10", str(tmp_path / "data"), source=server.url("cifar"), console=console)
+    assert installed(tmp_path / "data" / "cifar10") == []
+    server.corrupt.clear()
+    download.download_command("cifar10", str(tmp_path / "data"), source=server.url("cifar"), console=console)
+    assert download.verify_dataset(spec, tmp_path / "data" / "cifar10") == {"archive": "ok"}
+
+
+def test_http_mirror_still_refused_for_other_sets(server, tiny, tmp_path):
+    server.mounts["m"] = tiny.gz_dir
+    console, _ = quiet_console()
+    with pytest.raises(DrawError, match="refused: not https; use --from to allow it"):
+        download.install_dataset(tiny.spec, tmp_path / "t", mirrors=(server.url("m"),), console=console)
+    assert server.requests() == []
+
+
+def test_list_shows_the_new_sets_with_sizes(tmp_path):
+    console, out = quiet_console()
+    download.download_command(None, str(tmp_path), list_only=True, console=console)
+    table = out.getvalue()
+    for name, size in (("svhn", "246.3 MB"), ("cifar10", "170.5 MB"), ("two-digit-mnist", "254.2 MB")):
+        row = next(line for line in table.splitlines() if f" {name} " in line)
+        assert size in row and "missing" in row, row
+    assert "folder" not in table
+
+
+# --------------------------------------------------------------------------- two-digit-mnist (built here)
+
+
+def _synthetic_mnist(tmp_path, monkeypatch) -> Path:
+    """DATA_DIR with a verified synthetic 'mnist' (40 train, 12 test digits) standing in for the real one."""
+    syn = make_idx_set(tmp_path / "src", name="mnist", n_train=40, n_test=12, seed=5)
+    monkeypatch.setitem(datasets.DATASETS, "mnist", syn.spec)
+    root = tmp_path / "data"
+    console, _ = quiet_console()
+    download.download_command("mnist", str(root), source=str(syn.gz_dir), console=console)
+    return root
+
+
+def test_two_digit_mnist_is_built_verified_and_loaded(tmp_path, monkeypatch):
+    from drawcli import twodigit
+
+    root = _synthetic_mnist(tmp_path, monkeypatch)
+    built = twodigit.build_from_mnist(root / "mnist", spec=datasets.DATASETS["mnist"])
+    files = tuple(dataclasses.replace(e, sha256=hashlib.sha256(built[e.name]).hexdigest(), size=len(built[e.name]))
+                  for e in datasets.TWO_DIGIT_MNIST.files)
+    spec = dataclasses.replace(datasets.TWO_DIGIT_MNIST, files=files)
+    monkeypatch.setitem(datasets.DATASETS, "two-digit-mnist", spec)
+
+    console, out = quiet_console()
+    download.download_command("two-digit-mnist", str(root), console=console)
+    assert "building two-digit-mnist from" in out.getvalue() and "4 file(s) installed and verified" in out.getvalue()
+    target = root / "two-digit-mnist"
+    assert installed(target) == sorted([e.name + ".gz" for e in files] + [download.STAMP_NAME])
+    assert all(s == "ok" for s in download.verify_dataset(spec, target).values())
+    splits = data.load_splits("two-digit-mnist", root)
+    assert splits.train.shape == (40, 60, 60) and splits.eval.shape == (12, 60, 60) and splits.spec.channels == 1
+    assert splits.train.tobytes() == built["train-images-idx3-ubyte"][16:]
+    layout = twodigit.load_layout(target, "test")
+    assert layout.shape == (12, 8) and (layout[:, 0] == np.arange(12)).all()
+
+    # Present and verified: not built again; ensure_dataset (draw train's path) agrees.
+    console, out = quiet_console()
+    download.download_command("two-digit-mnist", str(root), console=console)
+    assert "nothing to download" in out.getvalue()
+    download.ensure_dataset("two-digit-mnist", root, console=console)
+
+
+def test_two_digit_mnist_built_differently_is_refused(tmp_path, monkeypatch):
+    root = _synthetic_mnist(tmp_path, monkeypatch)  # not the real MNIST: the registry's sha256 cannot match
+    console, _ = quiet_console()
+    with pytest.raises(DrawError, match=r"built train-images-idx3-ubyte of data set 'two-digit-mnist' does not match "
+                                        r"the registry \(wrong size after decompression\)"):
+        download.download_command("two-digit-mnist", str(root), console=console)
+    assert installed(root / "two-digit-mnist") == []
+
+
+def test_two_digit_mnist_needs_mnist_first(tmp_path):
+    console, _ = quiet_console()
+    root = tmp_path / "data"
+    with pytest.raises(DrawError) as e:
+        download.download_command("two-digit-mnist", str(root), console=console)
+    assert str(e.value) == (f"data set 'two-digit-mnist' is built from 'mnist', which is not installed in {root}; "
+                            f"run `draw download mnist --data-dir {root}` first")
+    with pytest.raises(data.MissingDataset, match=r"run `draw download two-digit-mnist --data-dir \S+` \(it is built from mnist\)"):
+        data.load_splits("two-digit-mnist", root)
+
+
+def test_two_digit_mnist_from_real_mnist_matches_the_registry(mnist_dir, tmp_path):
+    """Built from the real MNIST, the files have the sha256 recorded in the registry, and hold both digits."""
+    from drawcli import twodigit
+
+    root = tmp_path / "data"
+    (root / "mnist").mkdir(parents=True)
+    for f in mnist_dir.iterdir():
+        (root / "mnist" / f.name).symlink_to(f.resolve())
+    console, out = quiet_console()
+    download.download_command("two-digit-mnist", str(root), console=console)
+    assert "4 file(s) installed and verified" in out.getvalue()
+    splits = data.load_splits("two-digit-mnist", root)
+    assert splits.train.shape == (60000, 60, 60) and splits.eval.shape == (10000, 60, 60)
+    mnist = data.load_splits("mnist", root)
+    for split, images, digits in (("train", splits.train, mnist.train), ("test", splits.eval, mnist.eval)):
+        layout = twodigit.load_layout(root / "two-digit-mnist", split)
+        for i in range(0, len(images), 997):
+            a, ra, ca, _, b, rb, cb, _ = layout[i]
+            assert (images[i, ra : ra + 28, ca : ca + 28] >= digits[a]).all()
+            assert (images[i, rb : rb + 28, cb : cb + 28] >= digits[b]).all()

@@ -242,7 +242,7 @@ def test_wrong_type(args, fragment, tmp_path):
         (["--set", "train.grad_clip=-1"], "--set train.grad_clip: must be >= 0.0, got -1.0"),
         (["--set", "train.eval_batch_size=0"], "--set train.eval_batch_size: must be >= 1, got 0"),
         (["--set", "train.log_every=0"], "--set train.log_every: must be >= 1, got 0"),
-        (["--dataset", "cifar"], "data.dataset: expected one of mnist, fashion-mnist, binarized-mnist, got 'cifar'"),
+        (["--dataset", "cifar"], "data.dataset: expected one of mnist, fashion-mnist, binarized-mnist, svhn, cifar10, two-digit-mnist or folder:PATH, got 'cifar'"),
         (["--set", "data.binarize=half"], "--set data.binarize: expected one of dynamic, threshold, none, got 'half'"),
         (["--device", "tpu"], "run.device: expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
     ],
@@ -676,3 +676,130 @@ def test_yaml_python_tag_is_refused(tmp_path, tag, where):
     name = tag.split()[0].split("[")[0]
     assert line.endswith(f": tag {name} refused (settings files hold plain values only; nothing in them is run)")
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- colour and folder data sets (issue 16)
+def _folder_case(root: pathlib.Path, kind: str) -> pathlib.Path:
+    """A folder of pictures with one problem; returns the path the message must name."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    if kind == "empty":
+        (root / "notes.txt").write_text("no pictures here\n")
+        return root
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(root / "a.png")
+    if kind == "corrupt":
+        (root / "cats").mkdir()
+        (root / "cats" / "b.jpg").write_bytes(b"this is not a JPEG\n")
+        return root / "cats" / "b.jpg"
+    if kind == "mixed-sizes":
+        Image.new("RGB", (12, 10), (10, 20, 30)).save(root / "b.png")
+        return root / "b.png"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, fragment",
+    [
+        ("empty", "{path}: no PNG, JPEG, BMP or GIF images in this folder or its subfolders (skipped 1 file not PNG, JPEG, BMP or GIF (notes.txt))"),
+        ("corrupt", "{path}: cannot read this image (not an image Pillow can identify)"),
+        ("mixed-sizes", "{path}: 12x10 pixels, but the first image, {root}/a.png, is 8x8 (width x height); set data.image_size to resize every image to one square size"),
+        ("missing", "{path}: no such folder (data.dataset folder:{path})"),
+    ],
+)
+def test_bad_image_folder(tmp_path, monkeypatch, kind, fragment):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "pictures"
+    path = root if kind == "missing" else _folder_case(root, kind)
+    fails_with(draw("train", *TRAIN_FLAGS, "--dataset", f"folder:{root}", "--data-dir", tmp_path / "data"),
+               fragment.format(path=path, root=root))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--dataset", "folder:"], "data.dataset: folder: needs a path to a folder of images, e.g. folder:~/pictures"),
+        (["--set", "data.dataset=folder:"], "--set data.dataset: folder: needs a path to a folder of images"),
+        (["--set", "data.channels=2"], "--set data.channels: expected 1 (grey) or 3 (colour), got 2"),
+        (["--set", "data.image_size=0"], "--set data.image_size: must be >= 1, got 0"),
+        (["--set", "data.image_size=32"], "--set data.image_size: only for folder:PATH data sets; mnist has fixed 28x28 images and its own splits"),
+        (["--set", "data.test_fraction=1.5"], "--set data.test_fraction: must be in (0, 1), got 1.5"),
+        (["--dataset", "cifar10", "--set", "data.channels=1"], "--set data.channels: cifar10 has 3 channel(s), got 1; leave it unset for a registry data set"),
+    ],
+    ids=["folder-empty-path", "set-folder-empty-path", "channels", "image-size-zero", "image-size-registry",
+         "test-fraction", "channels-registry"],
+)
+def test_bad_data_setting(args, fragment):
+    fails_with(draw("train", *args), fragment)
+
+
+def test_two_digit_mnist_without_mnist(tmp_path):
+    root = tmp_path / "data"
+    fails_with(draw("download", "two-digit-mnist", "--data-dir", root),
+               f"data set 'two-digit-mnist' is built from 'mnist', which is not installed in {root}; "
+               f"run `draw download mnist --data-dir {root}` first")
+
+
+def _archive_with(member) -> bytes:
+    from colour_files import cifar_archive
+
+    return cifar_archive(per_batch=1, n_test=1, more=[member])[0]
+
+
+def _cifar_case(kind: str, marker: pathlib.Path) -> bytes:
+    import tarfile
+
+    from colour_files import cifar_archive, file_member, py2_pickle
+
+    if kind == "dotdot":
+        return _archive_with(file_member("cifar-10-batches-py/../../evil", b"x"))
+    if kind == "absolute":
+        return _archive_with(file_member("/tmp/drawcli-evil", b"x"))
+    if kind == "symlink":
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        return _archive_with((info, None))
+    if kind == "os-system-pickle":
+        return cifar_archive(per_batch=1, n_test=1,
+                             replace={"cifar-10-batches-py/test_batch": py2_pickle(_RunsShell(marker))})[0]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, fragment",
+    [
+        ("dotdot", "{archive}: refused to extract member 'cifar-10-batches-py/../../evil': '..' in its path; nothing was extracted"),
+        ("absolute", "{archive}: refused to extract member '/tmp/drawcli-evil': an absolute path; nothing was extracted"),
+        ("symlink", "{archive}: refused to extract member 'cifar-10-batches-py/data_batch_1': a link (to '/etc/passwd')"),
+        ("os-system-pickle", "{archive}: cifar-10-batches-py/test_batch: refused to unpickle posix.system: CIFAR batches hold only numpy arrays and plain data (nothing in the file was run)"),
+    ],
+)
+def test_untrusted_cifar_archive(tmp_path, monkeypatch, kind, fragment):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "MARKER"
+    archive = tmp_path / "data" / "cifar10" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(_cifar_case(kind, marker))
+    fails_with(draw("train", *TRAIN_FLAGS, "--dataset", "cifar10", "--data-dir", tmp_path / "data"),
+               fragment.format(archive=archive))
+    assert not marker.exists() and not (tmp_path / "evil").exists() and not pathlib.Path("/tmp/drawcli-evil").exists()
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["cifar-10-python.tar.gz"]  # no scratch, no cache
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"<html>404 Not Found</html>\n", "train_32x32.mat: not a readable MATLAB .mat file"),
+        (b"", "train_32x32.mat: not a readable MATLAB .mat file"),
+    ],
+    ids=["html", "empty"],
+)
+def test_bad_svhn_file(tmp_path, monkeypatch, content, fragment):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / "svhn"
+    folder.mkdir(parents=True)
+    (folder / "train_32x32.mat").write_bytes(content)
+    fails_with(draw("train", *TRAIN_FLAGS, "--dataset", "svhn", "--data-dir", tmp_path / "data"), fragment)
+    assert not (tmp_path / "runs").exists()

@@ -85,7 +85,7 @@ def test_sample_configs_match_the_paper_and_the_original():
         ("train:\n  batch_size: 0\n", "train.batch_size: must be >= 1, got 0"),
         ("train:\n  beta1: 1.5\n", "train.beta1: must be in [0, 1), got 1.5"),
         ("data:\n  binarize: sometimes\n", "data.binarize: expected one of dynamic, threshold, none, got 'sometimes'"),
-        ("data:\n  dataset: cifar\n", "data.dataset: expected one of mnist, fashion-mnist, binarized-mnist, got 'cifar'"),
+        ("data:\n  dataset: cifar\n", "data.dataset: expected one of mnist, fashion-mnist, binarized-mnist, svhn, cifar10, two-digit-mnist or folder:PATH, got 'cifar'"),
         ("- a\n- list\n", "expected a mapping of sections (model, data, train, run), got list"),
         ("model: 3\n", "model: expected a mapping of keys, got 3"),
         ("model:\n  steps: [1, 2\n", "not valid YAML (line"),
