@@ -111,13 +111,9 @@ def _version(value: bool):
 
 def _locate(run: str, load: Optional[str], runs_dir: str, device: str) -> None:
     """Answer a wrong run name, --load or --device before the command imports torch (seconds)."""
-    from pathlib import Path
+    from drawcli.runs import locate
 
-    from drawcli import runs
-    from drawcli.device import check_spec
-
-    runs.resolve_checkpoint(runs.resolve_run(run, Path(runs_dir)), load)
-    check_spec(device)
+    locate(run, load, device, runs_dir)
 
 
 @app.callback()
@@ -497,6 +493,26 @@ def runs_command(
     from drawcli.runs_list import runs_command as list_command
 
     list_command(runs_dir, as_json=as_json)
+
+
+MODELS_EXAMPLES = """
+Examples:
+
+  draw models
+
+  draw models --json
+"""
+
+
+@app.command("models", epilog=MODELS_EXAMPLES)
+@_user_errors
+def models_command(
+    as_json: bool = typer.Option(False, "--json", help="Print the same data as JSON, for scripts."),
+):
+    """The built-in models (use one as @NAME with sample, animate, inspect-attention and evaluate), with their settings and measured numbers."""
+    from drawcli.models_list import models_command as list_command
+
+    list_command(as_json=as_json)
 
 
 def main() -> None:

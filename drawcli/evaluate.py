@@ -441,13 +441,10 @@ def evaluate_command(
 ) -> dict:
     """Evaluate a run's checkpoint; print a table, then write ``output`` (default: a name in the run
     directory that says what it holds, see :func:`eval_file_name`); return what was written."""
-    from drawcli import checkpoint as ckpt_io
     from drawcli import runs
     from drawcli.data import resolve_data_dir
     from drawcli.datasets import get_spec
-    from drawcli.device import describe, resolve_device
-    from drawcli.settings import from_dict
-    from drawcli.train import model_from_checkpoint
+    from drawcli.device import describe
 
     console = console or make_console()
     if split not in SPLITS:
@@ -456,19 +453,22 @@ def evaluate_command(
         if value is not None and value < low:
             raise DrawError(f"{flag} must be >= {low}, got {value}")
 
-    run_dir = runs.resolve_run(run, Path(runs_dir))
-    ckpt_path = runs.resolve_checkpoint(run_dir, load)
-    path = Path(output) if output is not None else run_dir / eval_file_name(split, samples, limit, ckpt_path, dataset, seed)
-    dev = resolve_device(device)
-    ckpt = ckpt_io.load(ckpt_path)
-    settings = from_dict(ckpt["settings"])
-    model = model_from_checkpoint(ckpt, dev)
+    located = runs.locate(run, load, device, runs_dir)
+    if output is not None:
+        path = Path(output)
+    elif located.builtin is not None:  # no run directory: the current one
+        path = Path(f"{located.builtin.name}-" + eval_file_name(split, samples, limit, None, dataset, seed))
+    else:
+        path = located.run_dir / eval_file_name(split, samples, limit, located.checkpoint, dataset, seed)
+    loaded = runs.load_run(run, load, device, runs_dir, located)
+    settings, model, dev = loaded.settings, loaded.model, loaded.device
+    source = str(located.checkpoint) if located.checkpoint is not None else located.label
 
     name = dataset or settings.data.dataset
     spec = get_spec(name)
     if (spec.height, spec.width) != (model.height, model.width):
         raise DrawError(
-            f"data set {name} has {spec.height}x{spec.width} images; run {run_dir.name!r} models {model.height}x{model.width}"
+            f"data set {name} has {spec.height}x{spec.width} images; {located.label!r} models {model.height}x{model.width}"
         )
     images = _load_split(name, resolve_data_dir(data_dir or settings.data.data_dir), split, settings.data.validation, console)
     total = len(images)
@@ -479,13 +479,13 @@ def evaluate_command(
     notes = []
     if split == "valid" and "valid" not in spec.splits and name == settings.data.dataset and not settings.data.validation:
         notes.append(
-            f"run {run_dir.name!r} trained without data.validation: these last {len(images)} training images were in its training set"
+            f"run {located.label!r} trained without data.validation: these last {len(images)} training images were in its training set"
         )
     if split == "train":
         notes.append("the train split measures fit, not generalisation")
 
     console.print(
-        f"evaluating {ckpt_path} (epoch {ckpt['epoch']}, step {ckpt['step']}) on {len(images)} {name} {split} images, "
+        f"evaluating {source} (epoch {loaded.epoch}, step {loaded.step}) on {len(images)} {name} {split} images, "
         f"K={samples}, device {describe(dev)}",
         highlight=False,
     )
@@ -500,11 +500,11 @@ def evaluate_command(
         "format": EVAL_FORMAT,
         "format_version": EVAL_FORMAT_VERSION,
         "package_version": __version__,
-        "run": run_dir.name,
-        "checkpoint": str(ckpt_path),
-        "epoch": int(ckpt["epoch"]),
-        "step": int(ckpt["step"]),
-        "settings": ckpt["settings"],
+        "run": located.label,
+        "checkpoint": str(located.checkpoint) if located.checkpoint is not None else None,
+        "epoch": loaded.epoch,
+        "step": loaded.step,
+        "settings": loaded.saved_settings,
         "dataset": name,
         "split": split,
         "limit": limit,
@@ -527,12 +527,13 @@ def evaluate_command(
     return result
 
 
-def eval_file_name(split: str, samples: int, limit: int | None, checkpoint: Path, dataset: str | None = None,
+def eval_file_name(split: str, samples: int, limit: int | None, checkpoint: Path | None, dataset: str | None = None,
                    seed: int = 0) -> str:
     """eval-[DATASET-]SPLIT-kK[-limitN][-seedS]-CHECKPOINT.json, e.g. eval-test-k100-best.json: results
-    with other settings never replace each other (the same settings again do, with fresh numbers)."""
+    with other settings never replace each other (the same settings again do, with fresh numbers).
+    ``checkpoint`` None (a built-in model): no checkpoint part."""
     parts = ["eval", dataset or "", split, f"k{samples}", f"limit{limit}" if limit is not None else "",
-             f"seed{seed}" if seed else "", Path(checkpoint).stem]
+             f"seed{seed}" if seed else "", Path(checkpoint).stem if checkpoint is not None else ""]
     return "-".join(p for p in parts if p) + ".json"
 
 

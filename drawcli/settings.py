@@ -24,6 +24,17 @@ from drawcli.datasets import DATASETS
 from drawcli.errors import DrawError
 
 IMAGE_SIDE_MAX = 28  # refined against the data set's real shape when it is loaded
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def validate_run_name(name: str) -> str:
+    """A run name is one folder name: no separators, no '..' (the rule of run.name and --name)."""
+    if not name or "/" in name or "\\" in name or ".." in name or not _RUN_NAME.match(name):
+        raise DrawError(
+            f"invalid run name {name!r}: start with a letter or digit, then use letters, digits, '.', '_' "
+            "and '-' (no path separators or '..')"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -203,10 +214,8 @@ def _coerce(section: str, key: str, value: Any) -> Any:
         raise DrawError(f"{where}: must be in (0, 1], got {value!r}")
     if (section, key) == ("run", "name"):
         # Checked here, before any data is read or downloaded, not only when the run is made.
-        from drawcli.runs import validate_name
-
         try:
-            validate_name(value)
+            validate_run_name(value)
         except DrawError as e:
             raise DrawError(f"{where}: {e}") from None
     return value

@@ -13,7 +13,6 @@ its epoch numbers never go back.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from drawcli import __version__
-from drawcli.checkpoint import FORMAT, FORMAT_VERSION
+from drawcli.checkpoint import build_model, make_checkpoint, model_from_checkpoint, rng_state  # noqa: F401 - also imported from here
 from drawcli.data import to_input
 from drawcli.device import autocast, resolve_precision
 from drawcli.distributed import DistEnv
@@ -68,22 +66,6 @@ class TrainResult:
     best_loss: float | None = None
     seconds: float = 0.0
     images_per_second: float = 0.0
-
-
-def build_model(settings: Settings, height: int, width: int) -> DRAW:
-    # ModelSettings' fields are DRAW's constructor arguments, by design.
-    return DRAW(height=height, width=width, **dataclasses.asdict(settings.model))
-
-
-def model_from_checkpoint(ckpt: dict, device) -> DRAW:
-    """Rebuild the model a checkpoint describes and load its weights."""
-    try:
-        model = DRAW(**ckpt["model_config"])
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DrawError(f"checkpoint does not match the DRAW model it describes: {first[:200]}") from None
-    return model.to(device)
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -135,33 +117,6 @@ def evaluate(
     n = len(images)
     lx_mean, lz_mean = (acc / n).tolist()
     return {"lx": lx_mean, "lz": lz_mean, "loss": lx_mean + lz_mean}
-
-
-def rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"data": data_gen.get_state(), "noise": noise_gen.get_state()}
-
-
-def make_checkpoint(
-    model: DRAW, optimizer, settings: Settings, epoch: int, step: int, rng: dict, metrics: dict, best_loss,
-    epoch_images: int = 0,
-) -> dict[str, Any]:
-    """``epoch_images`` 0: ``epoch`` epochs are complete; > 0: epoch ``epoch`` is in progress and
-    that many of its images (in its seeded order) have been trained on."""
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "model_config": model.config(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "epoch_images": epoch_images,
-        "step": step,
-        "settings": settings.to_dict(),
-        "rng": {k: v.cpu() for k, v in rng.items()},
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "best_loss": None if best_loss is None else float(best_loss),
-    }
 
 
 def learning_rate(ts, step: int, steps_per_epoch: int) -> float:

@@ -28,6 +28,7 @@ import numpy as np
 
 from drawcli.errors import DrawError
 from drawcli.files import replace_atomically
+from drawcli.runs import LoadedRun, load_run, locate
 
 WRITE_COLOR = (255, 0, 0)  # red, as in the paper's figures
 READ_COLOR = (0, 255, 0)  # green
@@ -351,50 +352,6 @@ def check_frame_memory(steps: int, height: int, width: int) -> None:
 
 
 # ----------------------------------------------------------------------------- runs and models
-@dataclass
-class LoadedRun:
-    run_dir: Path
-    checkpoint: Path
-    epoch: int
-    settings: object  # drawcli.settings.Settings
-    model: object  # drawcli.model.DRAW, in eval mode on ``device``
-    device: object  # torch.device
-
-
-def locate_run(run: str, load: str | None, device: str, runs_dir: str | Path) -> tuple[Path, Path]:
-    """The run directory and checkpoint file, with the device spec checked: every mistake in a
-    name is answered here, before torch is imported (which takes seconds)."""
-    from drawcli.device import check_spec
-    from drawcli.runs import resolve_checkpoint, resolve_run
-
-    run_dir = resolve_run(run, Path(runs_dir))
-    path = resolve_checkpoint(run_dir, load)
-    check_spec(device)
-    return run_dir, path
-
-
-def default_output(run_dir: Path, checkpoint: Path, kind: str, suffix: str, *parts: str) -> Path:
-    """RUN_DIR/KIND-CHECKPOINT-PARTS.SUFFIX, e.g. samples-best-n64-seed0.png: a name that says
-    what the file holds, so that outputs made with other options never replace each other."""
-    return Path(run_dir) / ("-".join([kind, checkpoint.stem, *(p for p in parts if p)]) + suffix)
-
-
-def load_run(run: str, load: str | None, device: str, runs_dir: str | Path,
-             located: tuple[Path, Path] | None = None) -> LoadedRun:
-    """Run name or directory + --load -> the model, ready to draw."""
-    from drawcli import checkpoint as ckpt_io
-    from drawcli.device import resolve_device
-    from drawcli.settings import from_dict
-    from drawcli.train import model_from_checkpoint
-
-    run_dir, path = located or locate_run(run, load, device, runs_dir)
-    dev = resolve_device(device)
-    ckpt = ckpt_io.load(path)
-    settings = from_dict(ckpt["settings"])
-    model = model_from_checkpoint(ckpt, dev).eval()
-    return LoadedRun(run_dir, path, int(ckpt["epoch"]), settings, model, dev)
-
-
 @contextlib.contextmanager
 def _inference_threads(loaded: LoadedRun):
     """One CPU thread while the model runs, restored afterwards.
@@ -431,9 +388,13 @@ def _generator(loaded: LoadedRun, seed: int):
 def _require_attention(loaded: LoadedRun, what: str) -> None:
     if not loaded.model.attention:
         raise DrawError(
-            f"run {loaded.run_dir.name!r} was trained without attention (model.attention: false), "
+            f"{_named(loaded)} was trained without attention (model.attention: false), "
             f"so it has no read or write windows {what}"
         )
+
+
+def _named(loaded: LoadedRun) -> str:
+    return f"run {loaded.label!r}" if loaded.run_dir is not None else f"the built-in model {loaded.label}"
 
 
 def load_test_images(loaded: LoadedRun, data_dir: str | None) -> np.ndarray:
@@ -526,9 +487,9 @@ def sample_command(
     _positive("--nrow", nrow)
     _positive("--scale", scale)
     _check_seed(seed)
-    located = locate_run(run, load, device, runs_dir)
-    out = Path(output) if output is not None else default_output(
-        *located, "samples", ".png", f"n{n}", f"seed{seed}", "binary" if binary else ""
+    located = locate(run, load, device, runs_dir)
+    out = Path(output) if output is not None else located.output(
+        "samples", ".png", f"n{n}", f"seed{seed}", "binary" if binary else ""
     )
     if out.suffix.lower() != ".png":
         raise DrawError(f"{out}: samples are written as PNG; use a .png file name")
@@ -610,10 +571,10 @@ def animate_command(
     _positive("--scale", scale)
     _check_timing(fps, hold)
     _check_seed(seed)
-    located = locate_run(run, load, device, runs_dir)
+    located = locate(run, load, device, runs_dir)
     what = "reconstruct" if reconstruct else ("boxes" if boxes else "")
-    out = Path(output) if output is not None else default_output(
-        *located, "animation", ".gif", f"n{n}", f"seed{seed}", what
+    out = Path(output) if output is not None else located.output(
+        "animation", ".gif", f"n{n}", f"seed{seed}", what
     )
     check_animation_path(out)  # before torch and the model: a wrong suffix should fail fast
     loaded = load_run(run, load, device, runs_dir, located)
@@ -802,8 +763,8 @@ def inspect_attention_command(
     _check_seed(seed)
     if isinstance(index, str):
         parse_indices(index, limit=2**62)  # the syntax now; the range once the test set is read
-    located = locate_run(run, load, device, runs_dir)
-    out = Path(output) if output is not None else default_output(*located, "attention", ".gif", *_inspected(generate, n, index), f"seed{seed}")
+    located = locate(run, load, device, runs_dir)
+    out = Path(output) if output is not None else located.output("attention", ".gif", *_inspected(generate, n, index), f"seed{seed}")
     check_animation_path(out)
     if json_path is not None and Path(json_path).suffix.lower() != ".json":
         raise DrawError(f"{json_path}: --json writes JSON; use a .json file name")
@@ -838,8 +799,8 @@ def inspect_attention_command(
     con = _console(console)
     if json_path is not None:
         doc = {
-            "run": str(loaded.run_dir),
-            "checkpoint": str(loaded.checkpoint),
+            "run": str(loaded.run_dir) if loaded.run_dir is not None else loaded.label,
+            "checkpoint": str(loaded.checkpoint) if loaded.checkpoint is not None else None,
             "epoch": loaded.epoch,
             "source": "prior samples" if generate else "test images",
             "coordinates": "g_x, g_y: the paper's 1-based pixel coordinates (pixel a = 1..A, centre (A+1)/2); "
