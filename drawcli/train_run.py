@@ -210,11 +210,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, binarize="none"))
         console.print(f"{splits.spec.name} is already binarised: data.binarize={binarize} has no effect", highlight=False)
 
-    if env.active and settings.train.batch_size % env.world:
-        raise DrawError(
-            f"train.batch_size {settings.train.batch_size} is the global batch and must be divisible "
-            f"by the {env.world} processes"
-        )
+    distributed.check_global_batch(settings.train.batch_size, env.world)
     # Rank 0 alone creates the run directory, holds its lock and writes its files; it tells the
     # others how that went. config.yaml is written once, when the run is created: a resume
     # records its changes in metrics.jsonl instead, so the file keeps reproducing the run.
@@ -307,7 +303,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
     if not env.is_main:
         return run_dir
     if result.eval and settings.train.eval_samples:
-        from drawcli.evaluate import iwae_report, report_line
+        from drawcli.bounds import iwae_report, report_line
 
         console.print(f"importance-weighted bound with K={settings.train.eval_samples} on {splits.eval_name}...", highlight=False)
         report = iwae_report(result.model, splits.eval, settings.data.binarize, settings.train.eval_samples, seed=settings.train.seed)
