@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import pickle
 import re
+import shutil
 import warnings
 import zipfile
 from pathlib import Path

@@ -80,18 +80,21 @@ def evaluate_command(
     limit: int | None = None,
     console: Console | None = None,
     output: str | Path | None = None,
+    precision: str = "float32",
 ) -> dict:
     """Evaluate a run's checkpoint; print a table, then write ``output`` (default: a name in the run
     directory that says what it holds, see :func:`eval_file_name`); return what was written."""
     from drawcli import runs
     from drawcli.data import resolve_data_dir
     from drawcli.datasets import get_spec
-    from drawcli.device import describe
+    from drawcli.device import autocast, describe
+    from drawcli.settings import check_command_options
 
     console = console or make_console()
     if split not in SPLITS:
         raise DrawError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    for flag, value, low in (("--samples", samples, 1), ("--batch-size", batch_size, 1), ("--seed", seed, 0), ("--limit", limit, 1)):
+    check_command_options(seed=seed, precision=precision)
+    for flag, value, low in (("--samples", samples, 1), ("--batch-size", batch_size, 1), ("--limit", limit, 1)):
         if value is not None and value < low:
             raise DrawError(f"{flag} must be >= {low}, got {value}")
 
@@ -102,7 +105,7 @@ def evaluate_command(
         path = Path(f"{located.builtin.name}-" + eval_file_name(split, samples, limit, None, dataset, seed))
     else:
         path = located.run_dir / eval_file_name(split, samples, limit, located.checkpoint, dataset, seed)
-    loaded = runs.load_run(run, load, device, runs_dir, located)
+    loaded = runs.load_run(run, load, device, runs_dir, located, precision)
     settings, model, dev = loaded.settings, loaded.model, loaded.device
     source = str(located.checkpoint) if located.checkpoint is not None else located.label
 
@@ -128,13 +131,14 @@ def evaluate_command(
 
     console.print(
         f"evaluating {source} (epoch {loaded.epoch}, step {loaded.step}) on {len(images)} {name} {split} images, "
-        f"K={samples}, device {describe(dev)}",
+        f"K={samples}, device {describe(dev)}, precision {loaded.precision}",
         highlight=False,
     )
     t0 = time.perf_counter()
     with Reporter(console, columns=count_columns("images"), transient=True, unit="images") as bar:
         bar.begin(f"K={samples}", len(images))
-        bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size, progress=bar.tick)
+        with autocast(dev, loaded.precision):
+            bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size, progress=bar.tick)
     seconds = time.perf_counter() - t0
     numbers = bounds.summary()
     check_finite(numbers)
@@ -158,6 +162,8 @@ def evaluate_command(
         "paper": paper_comparison(model.config(), name, split, len(images), total, settings.data.dataset),
         "notes": notes,
         "device": describe(dev),
+        "precision": loaded.precision,
+        "precision_reason": loaded.precision_reason,
         "seconds": seconds,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -185,7 +191,7 @@ def results_table(result: dict) -> Table:
     paper = result["paper"]
     title = (
         f"run {escape(result['run'])}, epoch {result['epoch']}: -log p(x) bounds, nats per image, "
-        f"{result['images']} {escape(result['dataset'])} {result['split']} images"
+        f"{result['images']} {escape(result['dataset'])} {result['split']} images, {result.get('precision', 'float32')}"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("bound")

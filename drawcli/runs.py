@@ -179,6 +179,8 @@ class LoadedRun:
     saved_settings: dict  # the same, as saved in the file
     model: Any  # drawcli.model.DRAW, in eval mode on ``device``
     device: Any  # torch.device
+    precision: str = "float32"  # resolved: float32 or bfloat16 (run the model under drawcli.device.autocast)
+    precision_reason: str = "as set"
 
     @property
     def run_dir(self) -> Path | None:
@@ -215,22 +217,24 @@ def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Loc
 
 
 def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: str | Path = "runs",
-             located: Located | None = None) -> LoadedRun:
-    """Run name, run directory or @NAME (+ --load) -> the model in eval mode on the device, with its settings."""
+             located: Located | None = None, precision: str = "float32") -> LoadedRun:
+    """Run name, run directory or @NAME (+ --load) -> the model in eval mode on the device, with its
+    settings and the precision (float32, bfloat16 or auto) resolved for that device."""
     from drawcli import builtin
-    from drawcli.device import resolve_device
+    from drawcli.device import resolve_device, resolve_precision
 
     located = located or locate(ref, load, device, runs_dir)
     dev = resolve_device(device)
+    how = resolve_precision(precision, dev)
     if located.builtin is not None:
         model, settings, data = builtin.build(located.builtin, dev)
         # The data folder of the machine that trained it means nothing here: use this machine's default.
         settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, data_dir=None))
-        return LoadedRun(located, int(data.get("epoch", 0)), int(data.get("step", 0)), settings, data["settings"], model, dev)
+        return LoadedRun(located, int(data.get("epoch", 0)), int(data.get("step", 0)), settings, data["settings"], model, dev, *how)
     ckpt = ckpt_io.load(located.checkpoint)
     settings = from_dict(ckpt["settings"])
     model = ckpt_io.model_from_checkpoint(ckpt, dev).eval()
-    return LoadedRun(located, int(ckpt["epoch"]), int(ckpt["step"]), settings, ckpt["settings"], model, dev)
+    return LoadedRun(located, int(ckpt["epoch"]), int(ckpt["step"]), settings, ckpt["settings"], model, dev, *how)
 
 
 class RunRecorder:

@@ -372,6 +372,20 @@ def from_dict(data: Mapping[str, Any]) -> Settings:
     return apply_overrides(Settings(), data, origin="saved settings: ")
 
 
+def check_command_options(seed: int | None = None, device: str | None = None, precision: str | None = None) -> None:
+    """The one check of --seed, --device and --precision for the commands that load a model
+    (sample, animate, inspect-attention, evaluate): a one-line DrawError, before torch is imported."""
+    if seed is not None and seed < 0:
+        raise DrawError(f"--seed must be 0 or more, got {seed}")
+    if device is not None:
+        from drawcli.device import check_spec
+
+        check_spec(device)
+    choices = CHOICES[("train", "precision")]
+    if precision is not None and precision not in choices:
+        raise DrawError(f"--precision: expected one of {', '.join(choices)}, got {precision!r}")
+
+
 def check_against_image(settings: Settings, height: int, width: int) -> None:
     """Range rules that depend on the data: glimpse sizes must fit the image."""
     side = min(height, width)

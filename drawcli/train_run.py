@@ -11,6 +11,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -89,6 +90,30 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
         return
     torch.set_num_threads(threads)
     console.print(f"threads: {threads} per process ({why})", highlight=False)
+
+
+def train_command(config: str | None, flags: dict, sets: list[str] | None, resume: str | None = None,
+                  nproc: int | None = None, argv: list[str] | None = None) -> Path | None:
+    """`draw train`: a new run, a resumed one (--resume), or N processes of either (--nproc N > 1).
+
+    Settings are checked once, before anything starts; with --nproc the answers one process would
+    give (batch divisibility, a locked or existing run) come before the N processes are launched.
+    """
+    if nproc is not None and nproc < 1:
+        raise DrawError(f"--nproc must be at least 1, got {nproc}")
+    base = build_settings(config, flags, sets)  # refuse bad settings once, before touching a run or launching
+    if nproc is not None and nproc > 1:
+        distributed.check_global_batch(base.train.batch_size, nproc, launcher=True)
+        if resume is not None:
+            runs.check_not_locked(runs.resolve_run(resume, Path(base.run.runs_dir)))
+        else:
+            runs.check_new_run(Path(base.run.runs_dir), base.run.name)
+        argv = list(sys.argv if argv is None else argv)
+        distributed.launch(nproc, ["train", *distributed.strip_nproc(argv[argv.index("train") + 1 :])])
+        return None
+    if resume is not None:
+        return resume_run(resume, base.run.runs_dir, config, flags, sets)
+    return run_train(base)
 
 
 def resume_run(run_ref: str, runs_dir: str, config, flags, sets) -> Path:

@@ -34,6 +34,7 @@ from drawcli.render import (
     write_png,
 )
 from drawcli.runs import LoadedRun, load_run, locate
+from drawcli.settings import check_command_options
 
 
 def parse_indices(spec: str | Sequence[int], limit: int) -> list[int]:
@@ -61,8 +62,8 @@ def parse_indices(spec: str | Sequence[int], limit: int) -> list[int]:
 
 # ----------------------------------------------------------------------------- runs and models
 @contextlib.contextmanager
-def _inference_threads(loaded: LoadedRun):
-    """One CPU thread while the model runs, restored afterwards.
+def running(loaded: LoadedRun):
+    """No gradients, the loaded precision (autocast), and one CPU thread while the model runs.
 
     DRAW's per-step ops are tiny (a few hundred rows at most), so extra threads
     only add synchronisation; on a busy machine each op then waits for a second
@@ -70,26 +71,24 @@ def _inference_threads(loaded: LoadedRun):
     """
     import torch
 
-    if loaded.device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    from drawcli.device import autocast
 
-
-def _check_seed(seed: int) -> None:
-    if seed < 0:
-        raise DrawError(f"--seed must be 0 or more, got {seed}")
+    with torch.no_grad(), autocast(loaded.device, loaded.precision):
+        if loaded.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def _generator(loaded: LoadedRun, seed: int):
     import torch
 
-    _check_seed(seed)
+    check_command_options(seed=seed)
     return torch.Generator(device=loaded.device).manual_seed(seed)
 
 
@@ -135,12 +134,12 @@ def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator):
 
     from drawcli.data import to_input
 
-    with torch.no_grad(), _inference_threads(loaded):
+    with running(loaded):
         x = to_input(torch.from_numpy(images).to(loaded.device), loaded.settings.data.binarize, generator)
         out = loaded.model(x, record=True, generator=generator)
-    probs = torch.sigmoid(out.canvases).cpu().numpy()
-    read = None if out.read is None else out.read.cpu().numpy()
-    write = None if out.write is None else out.write.cpu().numpy()
+    probs = torch.sigmoid(out.canvases.float()).cpu().numpy()
+    read = None if out.read is None else out.read.float().cpu().numpy()
+    write = None if out.write is None else out.write.float().cpu().numpy()
     return x.cpu().numpy(), probs, read, write
 
 
@@ -148,10 +147,10 @@ def sample_prior(loaded: LoadedRun, n: int, generator):
     """Prior samples: canvas probs (T, n, H, W) and write windows (T, n, 5) or None, as numpy."""
     import torch
 
-    with _inference_threads(loaded):
+    with running(loaded):
         logits, write = loaded.model.generate(n, generator=generator, device=loaded.device)
-        probs = torch.sigmoid(logits).cpu().numpy()
-    return probs, (None if write is None else write.cpu().numpy())
+        probs = torch.sigmoid(logits.float()).cpu().numpy()
+    return probs, (None if write is None else write.float().cpu().numpy())
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -188,13 +187,14 @@ def sample_command(
     device: str = "auto",
     output: str | Path | None = None,
     runs_dir: str | Path = "runs",
+    precision: str = "float32",
     console=None,
 ) -> list[Path]:
     """A PNG grid of sigmoid(c_T) for n prior samples (Bernoulli pixels with ``binary``)."""
     _positive("-n", n)
     _positive("--nrow", nrow)
     _positive("--scale", scale)
-    _check_seed(seed)
+    check_command_options(seed=seed, precision=precision)
     located = locate(run, load, device, runs_dir)
     out = Path(output) if output is not None else located.output(
         "samples", ".png", f"n{n}", f"seed{seed}", "binary" if binary else ""
@@ -203,12 +203,12 @@ def sample_command(
         raise DrawError(f"{out}: samples are written as PNG; use a .png file name")
     import torch  # only now: every mistake above is answered without it
 
-    loaded = load_run(run, load, device, runs_dir, located)
+    loaded = load_run(run, load, device, runs_dir, located, precision)
     gen = _generator(loaded, seed)
     model = loaded.model
-    with torch.no_grad(), _inference_threads(loaded):
+    with running(loaded):
         logits, _ = model.generate(n, generator=gen, device=loaded.device, every_step=False)
-        probs = torch.sigmoid(logits[-1])
+        probs = torch.sigmoid(logits[-1].float())
         if binary:
             probs = torch.bernoulli(probs, generator=gen)
     pixels = probs.float().cpu().numpy()  # (n, H, W)
@@ -244,6 +244,7 @@ def animate_command(
     device: str = "auto",
     runs_dir: str | Path = "runs",
     data_dir: str | None = None,
+    precision: str = "float32",
     console=None,
 ) -> list[Path]:
     """One frame per glimpse t = 1..T of sigmoid(c_t) for a grid of samples (or reconstructions)."""
@@ -251,14 +252,14 @@ def animate_command(
     _positive("--nrow", nrow)
     _positive("--scale", scale)
     _check_timing(fps, hold)
-    _check_seed(seed)
+    check_command_options(seed=seed, precision=precision)
     located = locate(run, load, device, runs_dir)
     what = "reconstruct" if reconstruct else ("boxes" if boxes else "")
     out = Path(output) if output is not None else located.output(
         "animation", ".gif", f"n{n}", f"seed{seed}", what
     )
     check_animation_path(out)  # before torch and the model: a wrong suffix should fail fast
-    loaded = load_run(run, load, device, runs_dir, located)
+    loaded = load_run(run, load, device, runs_dir, located, precision)
     con = _console(console)
     model = loaded.model
     if boxes and not reconstruct:
@@ -364,6 +365,7 @@ def inspect_attention_command(
     device: str = "auto",
     runs_dir: str | Path = "runs",
     data_dir: str | None = None,
+    precision: str = "float32",
     console=None,
 ) -> list[Path]:
     """Animation (GIF) and PNG strip of read/write windows over time, plus JSON or a summary table."""
@@ -374,7 +376,7 @@ def inspect_attention_command(
         raise DrawError("--index picks test images; it cannot be combined with --generate")
     if n is not None and index is not None:
         raise DrawError("give either -n (the first N test images) or --index (chosen test images), not both")
-    _check_seed(seed)
+    check_command_options(seed=seed, precision=precision)
     if isinstance(index, str):
         parse_indices(index, limit=2**62)  # the syntax now; the range once the test set is read
     located = locate(run, load, device, runs_dir)
@@ -382,7 +384,7 @@ def inspect_attention_command(
     check_animation_path(out)
     if json_path is not None and Path(json_path).suffix.lower() != ".json":
         raise DrawError(f"{json_path}: --json writes JSON; use a .json file name")
-    loaded = load_run(run, load, device, runs_dir, located)
+    loaded = load_run(run, load, device, runs_dir, located, precision)
     _require_attention(loaded, "to inspect")
     strip_path = out.with_suffix(".png")
     model = loaded.model
