@@ -25,8 +25,8 @@ import yaml
 from typer.testing import CliRunner
 
 from drawcli import checkpoint as ckpt_io
-from drawcli import runs as runs_mod
 from drawcli import render
+from drawcli import runs as runs_mod
 from drawcli.cli import app
 from drawcli.errors import DrawError
 
@@ -117,9 +117,10 @@ def test_item1_resume_with_another_batch_size_keeps_epochs_monotonic_and_epoch_f
 def test_item1_checkpoints_without_epoch_images_still_resume_as_before():
     import torch
 
-    from conftest import synthetic_images
     from drawcli.settings import build_settings
     from drawcli.train import resume_position, train
+
+    from conftest import synthetic_images
 
     assert resume_position({"step": 7, "epoch": 3}, n=96, batch=32) == (2, 32)  # old: placed by step
     assert resume_position({"step": 7, "epoch": 3, "epoch_images": 64}, n=96, batch=64) == (2, 64)
