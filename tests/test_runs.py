@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from drawcli import runs
 from drawcli.cli import app
 from drawcli.errors import DrawError
+from drawcli.runs import new_run_dir, resolve_run, validate_name
 
 from test_builtin import tiny_builtin  # noqa: F401 - a fixture
 
@@ -90,3 +91,16 @@ def test_no_import_loop_between_settings_runs_and_checkpoint():
         code = f"import sys, {first}; import drawcli.runs, drawcli.checkpoint, drawcli.settings; print('torch' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.strip() == "False"
+
+
+def test_run_names(tmp_path):
+    assert new_run_dir(tmp_path, None).name == "run1"
+    assert new_run_dir(tmp_path, None).name == "run2"
+    assert new_run_dir(tmp_path, "mine").name == "mine"
+    with pytest.raises(DrawError, match="already exists"):
+        new_run_dir(tmp_path, "mine")
+    for bad in ("a/b", "..", "../x", "", ".hidden"):
+        with pytest.raises(DrawError, match="invalid run name"):
+            validate_name(bad)
+    with pytest.raises(DrawError, match=r"no runs there yet"):
+        resolve_run("nope", tmp_path / "empty")
