@@ -1,29 +1,41 @@
-"""Checkpoints: plain types and tensors only, written atomically, loaded weights-only.
+"""The checkpoint format: writing, reading, validating, and rebuilding the model from it.
 
-A checkpoint is a dict:
-  format: "drawcli-checkpoint", format_version: 1, package_version: str,
-  model_config: dict (DRAW constructor arguments; channels absent in older files means 1), model: state_dict,
-  optimizer: state_dict | absent, epoch: int, epoch_images: int (absent before it existed), step: int,
-  settings: dict (Settings.to_dict()), rng: {torch, cuda?, data}: tensors,
-  metrics: dict of floats (test losses at save time), best_loss: float | None.
+Plain types and tensors only, written atomically, loaded weights-only. What
+:func:`make_checkpoint` writes today is a dict:
 
-epoch_images 0 (or absent): ``epoch`` epochs are complete. epoch_images > 0: epoch ``epoch`` is in
-progress (an interrupt or --max-steps) and that many of its images have been trained on.
+  format: "drawcli-checkpoint", format_version: 1, package_version: str (drawcli's version),
+  model_config: DRAW constructor arguments (height, width, steps, hidden, embed, attention,
+      read_n, write_n, and channels; files written before colour support lack channels: 1),
+  model: state_dict (CPU tensors), optimizer: Adam state_dict,
+  epoch: int, epoch_images: int, step: int (global optimizer steps),
+  settings: Settings.to_dict(), rng: {"data": uint8 tensor, "noise": uint8 tensor}
+      (the binarisation and posterior-noise generator states),
+  metrics: {"lx", "lz", "loss"}: floats (the last evaluation), best_loss: float | None.
+
+epoch_images 0: ``epoch`` epochs are complete. epoch_images > 0: epoch ``epoch`` is in progress
+(an interrupt or --max-steps) and that many of its images have been trained on. Readers accept
+files written before epoch_images existed (placed by their step count) and files without
+optimizer or rng (enough to sample and evaluate, not to resume).
+
+This module imports torch only inside the functions that need it: run lookups stay fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import shutil
 import pickle
 import re
+import shutil
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from drawcli import __version__
 from drawcli.errors import DrawError
 from drawcli.files import replace_atomically
+from drawcli.settings import Settings, apply_overrides, from_dict
 
 FORMAT = "drawcli-checkpoint"
 FORMAT_VERSION = 1
@@ -71,7 +83,7 @@ def _refusal(e: pickle.UnpicklingError) -> str:
     return f"its pickle is not plain data ({found.group(0) if found else 'unsupported content'})"
 
 
-def load(path: Path, map_location="cpu") -> dict:
+def load(path: Path, map_location: str = "cpu") -> dict:
     """Load and sanity-check a drawcli checkpoint; any problem is a one-line DrawError.
 
     Only zip-format PyTorch files are opened, and only with ``weights_only=True``: a file
@@ -146,8 +158,6 @@ def _shape(t) -> str:
 def _check_contents(ckpt: dict) -> None:
     """The parts of a checkpoint agree with each other; a DrawError (without the path) if not."""
     import torch
-
-    from drawcli.settings import Settings, apply_overrides, from_dict
 
     for key in ("epoch", "step", "epoch_images"):
         if key not in ckpt:
@@ -250,6 +260,60 @@ def _check_optimizer(optimizer, params) -> None:
                 )
 
 
+# ----------------------------------------------------------------------------- writing and rebuilding
+def build_model(settings: Settings, height: int, width: int, channels: int = 1):
+    """A fresh DRAW for ``settings``: ModelSettings' fields are DRAW's constructor arguments, by design;
+    the image shape comes from the data."""
+    from drawcli.model import DRAW
+
+    return DRAW(height=height, width=width, channels=channels, **dataclasses.asdict(settings.model))
+
+
+def model_from_checkpoint(ckpt: dict, device):
+    """Rebuild the model a checkpoint describes and load its weights."""
+    from drawcli.model import DRAW
+
+    try:
+        model = DRAW(**ckpt["model_config"])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DrawError(f"checkpoint does not match the DRAW model it describes: {first[:200]}") from None
+    return model.to(device)
+
+
+def rng_state(data_gen, noise_gen) -> dict:
+    """The generator states a checkpoint carries: binarisation ("data") and posterior noise ("noise")."""
+    return {"data": data_gen.get_state(), "noise": noise_gen.get_state()}
+
+
+def make_checkpoint(
+    model, optimizer, settings: Settings, epoch: int, step: int, rng: dict, metrics: dict, best_loss: float | None,
+    epoch_images: int = 0,
+) -> dict[str, Any]:
+    """The checkpoint dict described at the top of this module.
+
+    ``epoch_images`` 0: ``epoch`` epochs are complete; > 0: epoch ``epoch`` is in progress and
+    that many of its images (in its seeded order) have been trained on.
+    """
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "model_config": model.config(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "epoch_images": epoch_images,
+        "step": step,
+        "settings": settings.to_dict(),
+        "rng": {k: v.cpu() for k, v in rng.items()},
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "best_loss": None if best_loss is None else float(best_loss),
+    }
+
+
+# ----------------------------------------------------------------------------- file names
 def epoch_file(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
 

@@ -1,22 +1,23 @@
-"""The `draw` command line. Thin: parse, build settings, call one function.
+"""The `draw` command line. Thin: parse, check the options that need no torch, call one function.
 
 Nothing here imports torch at module level, so `draw --help` stays fast;
-each command imports its implementation when it runs.
+each command imports its implementation when it runs. Options shared by several
+commands are declared once, as ``Annotated`` aliases; help texts that name a
+default take it from the settings dataclasses.
 """
-
-from __future__ import annotations
 
 import difflib
 import functools
 import importlib
 import sys
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from drawcli import __version__
 from drawcli.errors import DrawError
+from drawcli.settings import DataSettings, ModelSettings, RunSettings, TrainSettings
 
 # click's exceptions as typer raises them (recent typer versions vendor their own click).
 clickx = importlib.import_module(typer.BadParameter.__module__)
@@ -109,15 +110,33 @@ def _version(value: bool):
         raise typer.Exit()
 
 
-def _locate(run: str, load: Optional[str], runs_dir: str, device: str) -> None:
-    """Answer a wrong run name, --load or --device before the command imports torch (seconds)."""
-    from pathlib import Path
+# ----------------------------------------------------------------------------- shared options
+RunArg = Annotated[str, typer.Argument(
+    help="Run name under the runs directory (e.g. run1), path to a run directory, or a built-in model @NAME (see draw models).")]
+LoadOpt = Annotated[Optional[str], typer.Option("--load", help="Checkpoint: EPOCH, last or best (default best, else last).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+RunsDirOpt = Annotated[str, typer.Option("--runs-dir", help="Where run names are looked up.")]
+DataDirOpt = Annotated[Optional[str], typer.Option(
+    "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache).")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="float32, bfloat16 or auto: run the model with bfloat16 products (auto: where the hardware has them).")]
+FpsOpt = Annotated[float, typer.Option("--fps", help="Glimpses per second (GIF delays are rounded to 10 ms).")]
+HoldOpt = Annotated[float, typer.Option("--hold", help="Seconds the last frame stays before the loop restarts.")]
+ScaleOpt = Annotated[Optional[int], typer.Option("--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images).")]
+DEFAULT_DEVICE = RunSettings.device
+DEFAULT_RUNS_DIR = RunSettings.runs_dir
+DEFAULT_PRECISION = TrainSettings.precision
 
-    from drawcli import runs
-    from drawcli.device import check_spec
 
-    runs.resolve_checkpoint(runs.resolve_run(run, Path(runs_dir)), load)
-    check_spec(device)
+def _locate(run: str, load: Optional[str], runs_dir: str, device: str, seed: Optional[int] = None,
+            precision: Optional[str] = None) -> None:
+    """Answer a wrong run name, --load, --seed, --device or --precision before the command imports torch (seconds)."""
+    from drawcli.runs import locate
+    from drawcli.settings import check_command_options
+
+    check_command_options(seed=seed, device=device, precision=precision)
+    locate(run, load, device, runs_dir)
 
 
 @app.callback()
@@ -145,36 +164,33 @@ Examples:
 @app.command(epilog=TRAIN_EXAMPLES)
 @_user_errors
 def train(
-    steps: Optional[int] = typer.Option(None, "--steps", "--step", "-T", help="Glimpses T (model.steps; default 64)."),
-    embed: Optional[int] = typer.Option(None, "--embed", "-z", help="Latent size per step (model.embed; default 100)."),
-    hidden: Optional[int] = typer.Option(None, "--hidden", help="LSTM units, encoder and decoder (default 256)."),
-    attention: Optional[bool] = typer.Option(None, "--attention/--no-attention", help="Gaussian read/write attention (default on)."),
-    read_n: Optional[int] = typer.Option(None, "--read-n", help="Read glimpse side N (default 2)."),
-    write_n: Optional[int] = typer.Option(None, "--write-n", help="Write patch side N (default 5)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "--epoch", help="Training epochs (default 100)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default 1e-3)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Batch size (default 128)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop at this global step, then evaluate and checkpoint."),
-    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="At the end, report the importance-weighted bound with K samples."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="float32, bfloat16 or auto: bfloat16 LSTM products where the hardware multiplies them natively (train.precision)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (run.threads; default: the cores idle at start)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default 0)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist, fashion-mnist or binarized-mnist."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name under runs/ (default run1, run2, ...)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps (default auto)."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override any setting: section.key=value (repeatable)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue run NAME from its last.pt."),
-    nproc: Optional[int] = typer.Option(None, "--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch."),
-    tensorboard: Optional[bool] = typer.Option(
-        None, "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed)."
-    ),
-    runs_dir: Optional[str] = typer.Option(None, "--runs-dir", help="Where runs are created and looked up (run.runs_dir; default runs)."),
+    steps: Annotated[Optional[int], typer.Option("--steps", "--step", "-T", help=f"Glimpses T (model.steps; default {ModelSettings.steps}).")] = None,
+    embed: Annotated[Optional[int], typer.Option("--embed", "-z", help=f"Latent size per step (model.embed; default {ModelSettings.embed}).")] = None,
+    hidden: Annotated[Optional[int], typer.Option("--hidden", help=f"LSTM units, encoder and decoder (default {ModelSettings.hidden}).")] = None,
+    attention: Annotated[Optional[bool], typer.Option("--attention/--no-attention", help=f"Gaussian read/write attention (default {'on' if ModelSettings.attention else 'off'}).")] = None,
+    read_n: Annotated[Optional[int], typer.Option("--read-n", help=f"Read glimpse side N (default {ModelSettings.read_n}).")] = None,
+    write_n: Annotated[Optional[int], typer.Option("--write-n", help=f"Write patch side N (default {ModelSettings.write_n}).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", "--epoch", help=f"Training epochs (default {TrainSettings.epochs}).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help=f"Adam learning rate (default {TrainSettings.lr:g}).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help=f"Batch size (default {TrainSettings.batch_size}).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop at this global step, then evaluate and checkpoint.")] = None,
+    eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", help="At the end, report the importance-weighted bound with K samples.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help=f"float32, bfloat16 or auto: bfloat16 LSTM products where the hardware multiplies them natively (train.precision; default {TrainSettings.precision}).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per process (run.threads; default: the cores idle at start).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help=f"Random seed (default {TrainSettings.seed}).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help=f"Data set (default {DataSettings.dataset}; see draw download --list).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name under runs/ (default run1, run2, ...).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help=f"auto, cpu, cuda, cuda:N or mps (default {RunSettings.device}).")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml).")] = None,
+    set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt.")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch.")] = None,
+    tensorboard: Annotated[Optional[bool], typer.Option(
+        "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed).")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option("--runs-dir", help=f"Where runs are created and looked up (run.runs_dir; default {RunSettings.runs_dir}).")] = None,
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
-    from drawcli.settings import build_settings
-
     flags = {
         "model": {"steps": steps, "embed": embed, "hidden": hidden, "attention": attention, "read_n": read_n, "write_n": write_n},
         "data": {"dataset": dataset, "data_dir": data_dir},
@@ -182,30 +198,9 @@ def train(
                   "eval_samples": eval_samples, "precision": precision},
         "run": {"name": name, "device": device, "runs_dir": runs_dir, "threads": threads, "tensorboard": tensorboard},
     }
-    from drawcli.train_run import resume_run, run_train
+    from drawcli.train_run import train_command
 
-    if nproc is not None and nproc < 1:
-        raise DrawError(f"--nproc must be at least 1, got {nproc}")
-    if nproc is not None and nproc > 1:
-        from pathlib import Path
-
-        from drawcli import runs
-        from drawcli.distributed import launch, strip_nproc
-
-        base = build_settings(config, flags, set_)  # refuse bad settings once, before launching
-        if base.train.batch_size % nproc:
-            raise DrawError(f"--batch-size {base.train.batch_size} (the global batch) must be divisible by --nproc {nproc}")
-        if resume is not None:  # the answers one process would give, before N processes start
-            runs.check_not_locked(runs.resolve_run(resume, Path(base.run.runs_dir)))
-        else:
-            runs.check_new_run(Path(base.run.runs_dir), base.run.name)
-        launch(nproc, ["train", *strip_nproc(sys.argv[sys.argv.index("train") + 1 :])])
-        return
-    if resume is not None:
-        base = build_settings(config, flags, set_)  # validates flags before touching the run
-        resume_run(resume, base.run.runs_dir, config, flags, set_)
-    else:
-        run_train(build_settings(config, flags, set_))
+    train_command(config, flags, set_, resume=resume, nproc=nproc, argv=sys.argv)
 
 
 DOWNLOAD_EXAMPLES = """
@@ -257,24 +252,26 @@ Examples:
 @app.command(epilog=SAMPLE_EXAMPLES)
 @_user_errors
 def sample(
-    run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
-    n: int = typer.Option(64, "-n", "--number", help="Samples from the prior."),
-    nrow: Optional[int] = typer.Option(None, "--nrow", help="Samples per grid row (default: a near-square grid)."),
-    scale: Optional[int] = typer.Option(None, "--scale", help="Nearest-neighbour upscaling (default 4: a 28-pixel digit becomes 112 pixels)."),
-    binary: bool = typer.Option(False, "--binary", help="Draw Bernoulli pixels instead of the means sigmoid(c_T)."),
-    npy: bool = typer.Option(False, "--npy", help="Also save the raw (n, H, W) float32 array next to the PNG."),
-    load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same picture."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="PNG file (default RUN_DIR/samples-CKPT-nN-seedS.png)."),
-    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
+    run: RunArg,
+    n: Annotated[int, typer.Option("-n", "--number", help="Samples from the prior.")] = 64,
+    nrow: Annotated[Optional[int], typer.Option("--nrow", help="Samples per grid row (default: a near-square grid).")] = None,
+    scale: Annotated[Optional[int], typer.Option("--scale", help="Nearest-neighbour upscaling (default 4: a 28-pixel digit becomes 112 pixels).")] = None,
+    binary: Annotated[bool, typer.Option("--binary", help="Draw Bernoulli pixels instead of the means sigmoid(c_T).")] = False,
+    npy: Annotated[bool, typer.Option("--npy", help="Also save the raw (n, H, W) float32 array next to the PNG.")] = False,
+    load: LoadOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG file (default RUN_DIR/samples-CKPT-nN-seedS.png; NAME-samples-nN-seedS.png here for @NAME).")] = None,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
     """A PNG grid of samples from the prior: sigmoid(c_T), the final canvas."""
-    _locate(run, load, runs_dir, device)
+    _locate(run, load, runs_dir, device, seed, precision)
     from drawcli.viz import sample_command
 
     sample_command(
-        run, load=load, n=n, nrow=nrow, scale=scale, binary=binary, npy=npy, seed=seed, device=device, output=output, runs_dir=runs_dir
+        run, load=load, n=n, nrow=nrow, scale=scale, binary=binary, npy=npy, seed=seed, device=device, output=output,
+        runs_dir=runs_dir, precision=precision,
     )
 
 
@@ -294,44 +291,31 @@ Examples:
 @app.command(epilog=ANIMATE_EXAMPLES)
 @_user_errors
 def animate(
-    run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="GIF or MP4 file (default RUN_DIR/animation-CKPT-nN-seedS.gif)."),
-    n: int = typer.Option(16, "-n", "--number", help="Samples (or test images with --reconstruct) in the grid."),
-    nrow: Optional[int] = typer.Option(None, "--nrow", help="Images per grid row (default: a near-square grid)."),
-    scale: Optional[int] = typer.Option(None, "--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images)."),
-    fps: float = typer.Option(10.0, "--fps", help="Glimpses per second (GIF delays are rounded to 10 ms)."),
-    hold: float = typer.Option(2.0, "--hold", help="Seconds the last frame stays before the loop restarts."),
-    boxes: bool = typer.Option(False, "--boxes", help="Overlay each sample's write window (red)."),
-    reconstruct: bool = typer.Option(False, "--reconstruct", help="Animate reconstructions of test images, with read (green) and write (red) windows."),
-    progress: bool = typer.Option(
-        True, "--progress/--no-progress", help="Timeline bar under the frames (it also stops the GIF encoder merging glimpses that change nothing)."
-    ),
-    load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same animation."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory for --reconstruct (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
+    run: RunArg,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="GIF or MP4 file (default RUN_DIR/animation-CKPT-nN-seedS.gif).")] = None,
+    n: Annotated[int, typer.Option("-n", "--number", help="Samples (or test images with --reconstruct) in the grid.")] = 16,
+    nrow: Annotated[Optional[int], typer.Option("--nrow", help="Images per grid row (default: a near-square grid).")] = None,
+    scale: ScaleOpt = None,
+    fps: FpsOpt = 10.0,
+    hold: HoldOpt = 2.0,
+    boxes: Annotated[bool, typer.Option("--boxes", help="Overlay each sample's write window (red).")] = False,
+    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="Animate reconstructions of test images, with read (green) and write (red) windows.")] = False,
+    progress: Annotated[bool, typer.Option(
+        "--progress/--no-progress", help="Timeline bar under the frames (it also stops the GIF encoder merging glimpses that change nothing).")] = True,
+    load: LoadOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
+    data_dir: DataDirOpt = None,
 ):
     """Animate the drawing: one frame per glimpse t = 1..T of sigmoid(c_t); loops forever."""
-    _locate(run, load, runs_dir, device)
+    _locate(run, load, runs_dir, device, seed, precision)
     from drawcli.viz import animate_command
 
     animate_command(
-        run,
-        output=output,
-        load=load,
-        n=n,
-        nrow=nrow,
-        scale=scale,
-        fps=fps,
-        hold=hold,
-        boxes=boxes,
-        reconstruct=reconstruct,
-        progress=progress,
-        seed=seed,
-        device=device,
-        runs_dir=runs_dir,
-        data_dir=data_dir,
+        run, output=output, load=load, n=n, nrow=nrow, scale=scale, fps=fps, hold=hold, boxes=boxes, reconstruct=reconstruct,
+        progress=progress, seed=seed, device=device, runs_dir=runs_dir, data_dir=data_dir, precision=precision,
     )
 
 
@@ -349,40 +333,29 @@ Examples:
 @app.command("inspect-attention", epilog=INSPECT_EXAMPLES)
 @_user_errors
 def inspect_attention(
-    run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
-    n: Optional[int] = typer.Option(None, "-n", "--number", help="The first N test images (default 8)."),
-    index: Optional[str] = typer.Option(None, "--index", help="Test images to inspect, e.g. 0,5,7 or 10-15."),
-    generate: bool = typer.Option(False, "--generate", help="Inspect samples from the prior instead (write windows only)."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write g_x, g_y, delta, sigma2, gamma per image and step to this file."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="GIF or MP4 file (default RUN_DIR/attention-CKPT-....gif); the PNG strip goes beside it."),
-    scale: Optional[int] = typer.Option(None, "--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images)."),
-    fps: float = typer.Option(10.0, "--fps", help="Glimpses per second."),
-    hold: float = typer.Option(2.0, "--hold", help="Seconds the last frame stays before the loop restarts."),
-    load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (binarisation and latent noise)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
+    run: RunArg,
+    n: Annotated[Optional[int], typer.Option("-n", "--number", help="The first N test images (default 8).")] = None,
+    index: Annotated[Optional[str], typer.Option("--index", help="Test images to inspect, e.g. 0,5,7 or 10-15.")] = None,
+    generate: Annotated[bool, typer.Option("--generate", help="Inspect samples from the prior instead (write windows only).")] = False,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write g_x, g_y, delta, sigma2, gamma per image and step to this file.")] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="GIF or MP4 file (default RUN_DIR/attention-CKPT-....gif); the PNG strip goes beside it.")] = None,
+    scale: ScaleOpt = None,
+    fps: FpsOpt = 10.0,
+    hold: HoldOpt = 2.0,
+    load: LoadOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
+    data_dir: DataDirOpt = None,
 ):
     """Show where the model reads (green) and writes (red) at every glimpse: GIF, PNG strip, table or JSON."""
-    _locate(run, load, runs_dir, device)
+    _locate(run, load, runs_dir, device, seed, precision)
     from drawcli.viz import inspect_attention_command
 
     inspect_attention_command(
-        run,
-        load=load,
-        n=n,
-        index=index,
-        generate=generate,
-        json_path=json_path,
-        output=output,
-        scale=scale,
-        fps=fps,
-        hold=hold,
-        seed=seed,
-        device=device,
-        runs_dir=runs_dir,
-        data_dir=data_dir,
+        run, load=load, n=n, index=index, generate=generate, json_path=json_path, output=output, scale=scale, fps=fps,
+        hold=hold, seed=seed, device=device, runs_dir=runs_dir, data_dir=data_dir, precision=precision,
     )
 
 
@@ -404,18 +377,19 @@ Examples:
 @app.command(epilog=EVALUATE_EXAMPLES)
 @_user_errors
 def evaluate(
-    run: str = typer.Argument(..., help="Run name under the runs directory (e.g. run1) or path to a run directory."),
-    load: Optional[str] = typer.Option(None, "--load", help="Checkpoint: EPOCH, last or best (default best, else last)."),
-    split: str = typer.Option("test", "--split", help="test, valid (binarized-mnist's own, else the last 10k of train) or train."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist, fashion-mnist or binarized-mnist (default: the run's)."),
-    samples: int = typer.Option(100, "--samples", "-k", help="Importance samples K per image (K=1 gives the ELBO)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Image copies per forward pass, K per image (default: from a memory budget)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N images of the split."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the fixed binarisation and the posterior samples."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache)."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="JSON file (default RUN_DIR/eval-SPLIT-kK[-limitN]-CKPT.json)."),
+    run: RunArg,
+    load: LoadOpt = None,
+    split: Annotated[str, typer.Option("--split", help="test, valid (binarized-mnist's own, else the last 10k of train) or train.")] = "test",
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Data set to evaluate on (default: the run's).")] = None,
+    samples: Annotated[int, typer.Option("--samples", "-k", help="Importance samples K per image (K=1 gives the ELBO).")] = 100,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Image copies per forward pass, K per image (default: from a memory budget).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images of the split.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fixed binarisation and the posterior samples.")] = 0,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
+    data_dir: DataDirOpt = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="JSON file (default RUN_DIR/eval-SPLIT-kK[-limitN]-CKPT.json; NAME-eval-....json here for @NAME).")] = None,
 ):
     """Bounds on -log p(x) in nats (ELBO = L_x + L_z, importance-weighted with K samples) beside the paper's Table 2; writes RUN_DIR/eval-....json."""
     from drawcli.datasets import EVAL_SPLITS
@@ -424,22 +398,12 @@ def evaluate(
         raise DrawError(f"--split: expected one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if output is not None and not output.lower().endswith(".json"):
         raise DrawError(f"{output}: the results are written as JSON; use a .json file name")
-    _locate(run, load, runs_dir, device)
+    _locate(run, load, runs_dir, device, seed, precision)
     from drawcli.evaluate import evaluate_command
 
     evaluate_command(
-        run,
-        load=load,
-        split=split,
-        dataset=dataset,
-        samples=samples,
-        batch_size=batch_size,
-        limit=limit,
-        seed=seed,
-        device=device,
-        runs_dir=runs_dir,
-        data_dir=data_dir,
-        output=output,
+        run, load=load, split=split, dataset=dataset, samples=samples, batch_size=batch_size, limit=limit, seed=seed,
+        device=device, runs_dir=runs_dir, data_dir=data_dir, output=output, precision=precision,
     )
 
 
@@ -468,7 +432,7 @@ def plot(
     ymin: Optional[float] = typer.Option(None, "--ymin", help="Lower limit of the loss axis."),
     ymax: Optional[float] = typer.Option(None, "--ymax", help="Upper limit of the loss axis (hides the first steps' large losses)."),
     size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT in pixels (default 1000x600, or 1500x500 with --parts)."),
-    runs_dir: str = typer.Option("runs", "--runs-dir", help="Where run names are looked up."),
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
     """Learning curves from metrics.jsonl: train loss per log step, evaluation loss per epoch (needs matplotlib)."""
     from drawcli.plot import plot_command
@@ -497,6 +461,26 @@ def runs_command(
     from drawcli.runs_list import runs_command as list_command
 
     list_command(runs_dir, as_json=as_json)
+
+
+MODELS_EXAMPLES = """
+Examples:
+
+  draw models
+
+  draw models --json
+"""
+
+
+@app.command("models", epilog=MODELS_EXAMPLES)
+@_user_errors
+def models_command(
+    as_json: bool = typer.Option(False, "--json", help="Print the same data as JSON, for scripts."),
+):
+    """The built-in models (use one as @NAME with sample, animate, inspect-attention and evaluate), with their settings and measured numbers."""
+    from drawcli.models_list import models_command as list_command
+
+    list_command(as_json=as_json)
 
 
 def main() -> None:

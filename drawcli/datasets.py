@@ -312,9 +312,9 @@ EVAL_SPLITS = ("test", "valid", "train")
 
 
 def get_spec(name: str) -> DatasetSpec:
-    from drawcli.errors import DrawError
-
     import difflib
+
+    from drawcli.errors import DrawError
 
     try:
         return DATASETS[name]

@@ -28,6 +28,17 @@ class DistEnv:
         return self.world > 1
 
 
+def check_global_batch(batch_size: int, world: int, launcher: bool = False) -> None:
+    """The one check that the global batch divides among the processes (each trains an equal slice).
+
+    ``launcher``: said in the words of `draw train --nproc N` (before any process starts).
+    """
+    if world > 1 and batch_size % world:
+        if launcher:
+            raise DrawError(f"--batch-size {batch_size} (the global batch) must be divisible by --nproc {world}")
+        raise DrawError(f"train.batch_size {batch_size} is the global batch and must be divisible by the {world} processes")
+
+
 def env_from_os() -> DistEnv:
     """What torchrun says about this process (a single process when nothing is set)."""
     try:

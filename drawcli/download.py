@@ -48,21 +48,13 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from drawcli import __version__
 from drawcli.data import MissingDataset, download_hint, find_file, resolve_data_dir
 from drawcli.datasets import DATASETS, DataFile, DatasetSpec, get_spec, is_folder
 from drawcli.errors import DrawError
-from drawcli.progress import make_console
+from drawcli.progress import Reporter, bytes_columns, make_console
 
 RETRIES = 3  # extra attempts per URL after a transient failure
 BACKOFF_BASE = 1.0  # seconds before the first retry; doubles on each further one
@@ -255,53 +247,6 @@ def verify_dataset(spec: DatasetSpec, directory: Path, extras: bool = False) -> 
 # --------------------------------------------------------------------------- output
 
 
-class _Reporter:
-    """Progress output: a rich bar on a terminal, plain lines otherwise, nothing when quiet."""
-
-    def __init__(self, console: Console, quiet: bool):
-        self.console = console
-        self.quiet = quiet
-        self._progress: Progress | None = None
-        self._task = None
-
-    def __enter__(self) -> "_Reporter":
-        if not self.quiet and self.console.is_terminal:
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-    def begin(self, label: str, total: int | None, completed: int) -> None:
-        if self._progress is None:
-            return
-        if self._task is None:
-            self._task = self._progress.add_task(escape(label), total=total, completed=completed)
-        else:  # a retry of the same file: the bar jumps back to what is on disk
-            self._progress.update(self._task, total=total, completed=completed)
-
-    def update(self, completed: int) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=completed)
-
-    def end(self) -> None:
-        self._task = None
-
-
 def _human(size: float) -> str:
     if size < 1000:
         return f"{size:.0f} B"
@@ -354,7 +299,7 @@ def _remove_parts(directory: Path, entry: DataFile) -> None:
         part.unlink(missing_ok=True)
 
 
-def _fetch_once(url: str, part: Path, entry: DataFile, report: _Reporter, opts: _Options, midway: bool) -> None:
+def _fetch_once(url: str, part: Path, entry: DataFile, report: Reporter, opts: _Options, midway: bool) -> None:
     """One HTTP request for ``url``, appending to ``part`` when the server honours Range."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -449,7 +394,7 @@ def _write(out, chunk: bytes, part: Path) -> None:
         raise DrawError(f"cannot write {part}: {e.strerror or e}") from None
 
 
-def _fetch(url: str, part: Path, entry: DataFile, report: _Reporter, opts: _Options) -> bool:
+def _fetch(url: str, part: Path, entry: DataFile, report: Reporter, opts: _Options) -> bool:
     """Download ``url`` into ``part`` with retries and resume. True when bytes were resumed."""
     resumed = part.exists() and part.stat().st_size > 0
     answered = False  # whether any attempt got a response: refusals after that are transient
@@ -473,7 +418,7 @@ def _fetch(url: str, part: Path, entry: DataFile, report: _Reporter, opts: _Opti
                 resumed = True
 
 
-def _copy(src: Path, part: Path, entry: DataFile, report: _Reporter) -> None:
+def _copy(src: Path, part: Path, entry: DataFile, report: Reporter) -> None:
     report.say(f"copying {src}")
     try:
         total = src.stat().st_size
@@ -514,7 +459,7 @@ class _Source:
     location: str | Path  # a full URL, or a local file
 
 
-def _try_source(src: _Source, entry: DataFile, directory: Path, report: _Reporter, opts: _Options,
+def _try_source(src: _Source, entry: DataFile, directory: Path, report: Reporter, opts: _Options,
                 stamp: dict) -> Path:
     """Fetch or copy one candidate, verify it, and install it. Raises _SourceFailed."""
     part = _part_path(directory, entry, str(src.location))
@@ -624,7 +569,7 @@ def install_dataset(
         )
     dead: dict[str, str] = {}  # host label -> why it cannot be reached (not retried for other files)
     stamp = _load_stamp(directory)
-    with _Reporter(console, quiet) as report:
+    with Reporter(console, quiet, bytes_columns()) as report:
         for entry in todo:
             if force:
                 _remove_parts(directory, entry)
@@ -669,7 +614,7 @@ def _build_dataset(spec: DatasetSpec, directory: Path, todo: list[DataFile], con
             f"run `draw download {source.name} --data-dir {root}` first"
         )
     stamp = _load_stamp(directory)
-    with _Reporter(console, quiet) as report:
+    with Reporter(console, quiet) as report:
         report.say(f"building {spec.name} from {root / source.name} (seed {twodigit.SEED})")
         contents = twodigit.build_from_mnist(root / source.name, spec=source)
         for entry in todo:

@@ -1,9 +1,24 @@
-"""Training progress for people: a rich bar on a terminal, plain log lines otherwise."""
+"""Progress for people: one reporter (a rich bar on a terminal, plain lines otherwise) used by
+download, training and evaluation, and the training callback and summary table built on it."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 WIDE = 1000  # columns for output that is not a terminal: tables fit their contents, nothing is cut
@@ -20,14 +35,104 @@ def make_console(**kwargs) -> Console:
     return console
 
 
+def count_columns(unit: str) -> list[ProgressColumn]:
+    """label, bar, done/total UNIT, elapsed, remaining."""
+    return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
+            TimeRemainingColumn()]
+
+
+def bytes_columns() -> list[ProgressColumn]:
+    """label, bar, size, speed, remaining."""
+    return [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+
+
+def train_columns() -> list[ProgressColumn]:
+    """epoch, bar, step/total, loss and throughput, elapsed, remaining."""
+    return [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  {task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+
+
+class Reporter:
+    """Progress output: a rich bar on a terminal, plain lines otherwise, nothing (but errors) when quiet.
+
+    One task at a time: :meth:`begin` starts it (or resets it, for a retry), :meth:`update` moves it,
+    :meth:`end` finishes it. :meth:`say` prints a plain line (above the bar, when there is one);
+    :meth:`tick` moves the task and, without a bar, prints a plain line at every tenth of the total.
+    Use as a context manager, or call :meth:`close`, so the bar stops however the work ended.
+    """
+
+    def __init__(self, console: Console | None = None, quiet: bool = False, columns: Sequence[ProgressColumn] | None = None,
+                 transient: bool = False, unit: str = ""):
+        self.console = console or make_console()
+        self.quiet = quiet
+        self.unit = unit
+        self._columns = list(columns) if columns is not None else count_columns(unit)
+        self._transient = transient
+        self._bar: Progress | None = None
+        self._task = None
+        self._label, self._total, self._next_line, self._t0 = "", None, 0.1, time.perf_counter()
+
+    def start(self) -> Reporter:
+        if self._bar is None and not self.quiet and self.console.is_terminal:
+            self._bar = Progress(*self._columns, console=self.console, transient=self._transient)
+            self._bar.start()
+        return self
+
+    @property
+    def has_bar(self) -> bool:
+        return self._bar is not None
+
+    def __enter__(self) -> Reporter:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def begin(self, label: str, total: float | None, completed: float = 0, **fields) -> None:
+        self._label, self._total, self._next_line, self._t0 = label, total, 0.1, time.perf_counter()
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task(escape(label), total=total, completed=completed, **fields)
+        else:  # a retry of the same work: the bar jumps back
+            self._bar.update(self._task, total=total, completed=completed, **fields)
+
+    def update(self, completed: float | None = None, **fields) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=completed, **fields)
+
+    def tick(self, done: int) -> None:
+        """``done`` of the total finished: the bar moves, or a plain line at every tenth."""
+        if self._bar is not None:
+            self.update(done)
+            return
+        total = self._total or 0
+        if done >= self._next_line * total or done == total:
+            unit = f" {self.unit}" if self.unit else ""
+            self.say(f"{self._label}: {done}/{total}{unit} ({time.perf_counter() - self._t0:.1f} s)")
+            while self._next_line * total <= done:
+                self._next_line += 0.1
+
+    def end(self) -> None:
+        self._task = None
+
+
 class TrainProgress:
     """Training callback: shows progress, epoch results and a final summary table."""
 
     def __init__(self, console: Console | None = None, quiet: bool = False):
         self.console = console or make_console()
         self.quiet = quiet
-        self.bar: Progress | None = None
-        self.task = None
+        self.reporter = Reporter(self.console, quiet, train_columns())
         self.last_row: dict | None = None
         self.info: dict = {}
 
@@ -36,40 +141,25 @@ class TrainProgress:
         self.info = info
         if self.quiet:
             return
-        c = self.console
-        c.print(
+        self.console.print(
             f"training on {info['train_images']} images, evaluating on {info['eval_images']} "
             f"{info['eval_split']} images; {info['parameters']:,} parameters; "
             f"steps {info['start_step']} -> {info['total_steps']} ({info['steps_per_epoch']} per epoch); "
             f"precision {info.get('precision', 'float32')}",
             highlight=False,
         )
-        if c.is_terminal:
-            self.bar = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  {task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=c,
-                transient=False,
-            )
-            self.task = self.bar.add_task(
-                "train", total=info["total_steps"], completed=info["start_step"], epoch=1, loss="-", rate=""
-            )
-            self.bar.start()
+        self.reporter.start()
+        self.reporter.begin("train", info["total_steps"], info["start_step"], epoch=1, loss="-", rate="")
 
     def on_step(self, step: int, epoch: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, epoch=epoch)
+        self.reporter.update(step, epoch=epoch)
 
     def on_log(self, row: dict) -> None:
         self.last_row = row
         if self.quiet:
             return
-        if self.bar is not None:
-            self.bar.update(self.task, loss=f"{row['loss']:.2f}", rate=f"{row['img_per_s']:.0f} img/s")
+        if self.reporter.has_bar:
+            self.reporter.update(loss=f"{row['loss']:.2f}", rate=f"{row['img_per_s']:.0f} img/s")
         else:
             self.console.print(
                 f"step {row['step']}/{self.info.get('total_steps', '?')}  epoch {row['epoch']}  "
@@ -87,18 +177,15 @@ class TrainProgress:
         )
 
     def on_end(self, summary: dict) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.reporter.close()
 
     def close(self) -> None:
         """Stop the bar even when training ended with an error."""
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.reporter.close()
 
 
 def summary_table(run_dir, summary: dict, eval_split: str) -> Table:
+    """The end-of-training table: steps, epochs, losses, time, throughput, run directory."""
     table = Table(title=f"run {run_dir.name}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")

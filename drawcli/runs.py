@@ -1,4 +1,4 @@
-"""Run directories: naming, lookup, and the recorder that writes a run's files.
+"""Run directories: naming, lookup, loading a trained model, and the recorder that writes a run's files.
 
 Layout of ``RUNS_DIR/NAME/``:
   config.yaml          the settings the run was started with (reproduce with ``draw train --config``)
@@ -6,35 +6,34 @@ Layout of ``RUNS_DIR/NAME/``:
   checkpoints/epoch_NNN.pt, last.pt, best.pt
   .lock                held (flock) by the process that trains the run
 
-This module must not import torch: run lookups and their errors stay fast.
+A model to draw with or evaluate is named by a run (a name under the runs folder or a run
+directory) or by a built-in model written ``@NAME`` (drawcli/builtin.py). :func:`locate`
+answers every mistake in such a reference without torch; :func:`load_run` then loads it.
+
+This module must not import torch at module level: run lookups and their errors stay fast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
 import re
 import socket
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from drawcli import checkpoint as ckpt_io
 from drawcli.errors import DrawError
 from drawcli.files import write_text_atomically
+from drawcli.settings import from_dict, validate_run_name
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def validate_name(name: str) -> str:
-    if not name or "/" in name or "\\" in name or ".." in name or not _NAME.match(name):
-        raise DrawError(
-            f"invalid run name {name!r}: start with a letter or digit, then use letters, digits, '.', '_' "
-            "and '-' (no path separators or '..')"
-        )
-    return name
+validate_name = validate_run_name  # the rule lives with the settings (run.name); lookups use it here
 
 
 def existing_runs(runs_dir: Path) -> list[str]:
@@ -143,6 +142,99 @@ def resolve_checkpoint(run_dir: Path, load: str | None) -> Path:
         have = ", ".join(map(str, epochs)) if epochs else "none"
         raise DrawError(f"run {run_dir.name!r} has no checkpoint for epoch {int(load)} (epochs with checkpoints: {have})")
     return path
+
+
+# ----------------------------------------------------------------------------- loading a model
+@dataclass(frozen=True)
+class Located:
+    """What a model reference names, found without torch: a run's checkpoint or a built-in model."""
+
+    ref: str
+    run_dir: Path | None  # None for a built-in model
+    checkpoint: Path | None  # None for a built-in model (its file is found and verified when loaded)
+    builtin: Any = None  # drawcli.builtin.BuiltinModel for @NAME
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the run's name, or @NAME."""
+        return f"@{self.builtin.name}" if self.builtin is not None else self.run_dir.name
+
+    def output(self, kind: str, suffix: str, *parts: str) -> Path:
+        """A default output file whose name says what it holds, so that outputs made with other options
+        never replace each other: RUN_DIR/KIND-CHECKPOINT-PARTS.SUFFIX (e.g. samples-best-n64-seed0.png),
+        or NAME-KIND-PARTS.SUFFIX in the current directory for a built-in model."""
+        if self.builtin is not None:
+            return Path("-".join([self.builtin.name, kind, *(p for p in parts if p)]) + suffix)
+        return self.run_dir / ("-".join([kind, self.checkpoint.stem, *(p for p in parts if p)]) + suffix)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready to draw or evaluate, and where it came from."""
+
+    located: Located
+    epoch: int
+    step: int
+    settings: Any  # drawcli.settings.Settings: the ones it was trained with
+    saved_settings: dict  # the same, as saved in the file
+    model: Any  # drawcli.model.DRAW, in eval mode on ``device``
+    device: Any  # torch.device
+    precision: str = "float32"  # resolved: float32 or bfloat16 (run the model under drawcli.device.autocast)
+    precision_reason: str = "as set"
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.located.run_dir
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.located.checkpoint
+
+    @property
+    def label(self) -> str:
+        return self.located.label
+
+    def output(self, kind: str, suffix: str, *parts: str) -> Path:
+        return self.located.output(kind, suffix, *parts)
+
+
+def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Located:
+    """A run name, run directory or @NAME, with --load and --device checked: every mistake in them
+    is answered here, before torch is imported (which takes seconds)."""
+    from drawcli import builtin
+    from drawcli.device import check_spec
+
+    if builtin.is_builtin_ref(ref):
+        entry = builtin.get_builtin(ref)
+        if load is not None:
+            raise DrawError(f"--load picks a run's checkpoint; the built-in model {ref} has one set of weights")
+        check_spec(device)
+        return Located(ref, None, None, entry)
+    run_dir = resolve_run(ref, Path(runs_dir))
+    path = resolve_checkpoint(run_dir, load)
+    check_spec(device)
+    return Located(ref, run_dir, path)
+
+
+def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: str | Path = "runs",
+             located: Located | None = None, precision: str = "float32") -> LoadedRun:
+    """Run name, run directory or @NAME (+ --load) -> the model in eval mode on the device, with its
+    settings and the precision (float32, bfloat16 or auto) resolved for that device."""
+    from drawcli import builtin
+    from drawcli.device import resolve_device, resolve_precision
+
+    located = located or locate(ref, load, device, runs_dir)
+    dev = resolve_device(device)
+    how = resolve_precision(precision, dev)
+    if located.builtin is not None:
+        model, settings, data = builtin.build(located.builtin, dev)
+        # The data folder of the machine that trained it means nothing here: use this machine's default.
+        settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, data_dir=None))
+        return LoadedRun(located, int(data.get("epoch", 0)), int(data.get("step", 0)), settings, data["settings"], model, dev, *how)
+    ckpt = ckpt_io.load(located.checkpoint)
+    settings = from_dict(ckpt["settings"])
+    model = ckpt_io.model_from_checkpoint(ckpt, dev).eval()
+    return LoadedRun(located, int(ckpt["epoch"]), int(ckpt["step"]), settings, ckpt["settings"], model, dev, *how)
 
 
 class RunRecorder:

@@ -24,6 +24,17 @@ from drawcli.datasets import DATASETS, FOLDER_PREFIX, is_folder
 from drawcli.errors import DrawError
 
 IMAGE_SIDE_MAX = 28  # refined against the data set's real shape when it is loaded
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def validate_run_name(name: str) -> str:
+    """A run name is one folder name: no separators, no '..' (the rule of run.name and --name)."""
+    if not name or "/" in name or "\\" in name or ".." in name or not _RUN_NAME.match(name):
+        raise DrawError(
+            f"invalid run name {name!r}: start with a letter or digit, then use letters, digits, '.', '_' "
+            "and '-' (no path separators or '..')"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -216,10 +227,8 @@ def _coerce(section: str, key: str, value: Any) -> Any:
         raise DrawError(f"{where}: must be in (0, 1), got {value!r}")
     if (section, key) == ("run", "name"):
         # Checked here, before any data is read or downloaded, not only when the run is made.
-        from drawcli.runs import validate_name
-
         try:
-            validate_name(value)
+            validate_run_name(value)
         except DrawError as e:
             raise DrawError(f"{where}: {e}") from None
     return value
@@ -396,6 +405,20 @@ def changed_settings(old: Settings, new: Settings) -> dict[str, list]:
 def from_dict(data: Mapping[str, Any]) -> Settings:
     """Rebuild settings saved by :meth:`Settings.to_dict` (checkpoints, config.yaml)."""
     return apply_overrides(Settings(), data, origin="saved settings: ")
+
+
+def check_command_options(seed: int | None = None, device: str | None = None, precision: str | None = None) -> None:
+    """The one check of --seed, --device and --precision for the commands that load a model
+    (sample, animate, inspect-attention, evaluate): a one-line DrawError, before torch is imported."""
+    if seed is not None and seed < 0:
+        raise DrawError(f"--seed must be 0 or more, got {seed}")
+    if device is not None:
+        from drawcli.device import check_spec
+
+        check_spec(device)
+    choices = CHOICES[("train", "precision")]
+    if precision is not None and precision not in choices:
+        raise DrawError(f"--precision: expected one of {', '.join(choices)}, got {precision!r}")
 
 
 def check_against_image(settings: Settings, height: int, width: int) -> None:

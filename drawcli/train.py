@@ -13,20 +13,18 @@ its epoch numbers never go back.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from drawcli import __version__
-from drawcli.checkpoint import FORMAT, FORMAT_VERSION
+from drawcli.checkpoint import build_model, make_checkpoint, model_from_checkpoint, rng_state  # noqa: F401 - also imported from here
 from drawcli.data import to_input
 from drawcli.device import autocast, resolve_precision
-from drawcli.distributed import DistEnv
+from drawcli.distributed import DistEnv, check_global_batch
 from drawcli.errors import DrawError
 from drawcli.model import DRAW
 from drawcli.settings import Settings
@@ -68,22 +66,6 @@ class TrainResult:
     best_loss: float | None = None
     seconds: float = 0.0
     images_per_second: float = 0.0
-
-
-def build_model(settings: Settings, height: int, width: int, channels: int = 1) -> DRAW:
-    # ModelSettings' fields are DRAW's constructor arguments, by design; the image shape comes from the data.
-    return DRAW(height=height, width=width, channels=channels, **dataclasses.asdict(settings.model))
-
-
-def model_from_checkpoint(ckpt: dict, device) -> DRAW:
-    """Rebuild the model a checkpoint describes and load its weights."""
-    try:
-        model = DRAW(**ckpt["model_config"])
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DrawError(f"checkpoint does not match the DRAW model it describes: {first[:200]}") from None
-    return model.to(device)
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -135,33 +117,6 @@ def evaluate(
     n = len(images)
     lx_mean, lz_mean = (acc / n).tolist()
     return {"lx": lx_mean, "lz": lz_mean, "loss": lx_mean + lz_mean}
-
-
-def rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"data": data_gen.get_state(), "noise": noise_gen.get_state()}
-
-
-def make_checkpoint(
-    model: DRAW, optimizer, settings: Settings, epoch: int, step: int, rng: dict, metrics: dict, best_loss,
-    epoch_images: int = 0,
-) -> dict[str, Any]:
-    """``epoch_images`` 0: ``epoch`` epochs are complete; > 0: epoch ``epoch`` is in progress and
-    that many of its images (in its seeded order) have been trained on."""
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "model_config": model.config(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "epoch_images": epoch_images,
-        "step": step,
-        "settings": settings.to_dict(),
-        "rng": {k: v.cpu() for k, v in rng.items()},
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "best_loss": None if best_loss is None else float(best_loss),
-    }
 
 
 def learning_rate(ts, step: int, steps_per_epoch: int) -> float:
@@ -226,6 +181,186 @@ def load_optimizer_state(optimizer, state: dict, lr: float) -> None:
         group["lr"] = lr
 
 
+def restore(resume: dict, model: DRAW, optimizer, data_gen: torch.Generator, noise_gen: torch.Generator, ts) -> tuple[int, float | None]:
+    """Load a checkpoint's weights, optimizer and generator states; returns (step, best_loss)."""
+    model.load_state_dict(resume["model"])
+    load_optimizer_state(optimizer, resume["optimizer"], ts.lr)  # a resumed run may change the learning rate
+    step, best_loss = int(resume["step"]), resume.get("best_loss")
+    try:
+        data_gen.set_state(resume["rng"]["data"].cpu())
+        noise_gen.set_state(resume["rng"]["noise"].cpu())
+    except (RuntimeError, KeyError):
+        # Generator states are device-specific (a CUDA checkpoint resumed on the CPU):
+        # continue with fresh, still deterministic streams.
+        data_gen.manual_seed(ts.seed * 7919 + step)
+        noise_gen.manual_seed(ts.seed * 7919 + step + 1)
+    return step, best_loss
+
+
+def planned_steps(ts, step: int, epoch: int, pos: int, n: int) -> int:
+    """The global step training stops at: the end of train.epochs, or train.max_steps if sooner."""
+    steps_per_epoch = math.ceil(n / ts.batch_size)
+    if epoch >= ts.epochs:
+        total = step
+    else:
+        total = step + math.ceil((n - pos) / ts.batch_size) + (ts.epochs - epoch - 1) * steps_per_epoch
+    if ts.max_steps is not None:
+        total = min(total, max(ts.max_steps, step))
+    return total
+
+
+def draw_batch(images: torch.Tensor, idx: torch.Tensor, binarize: str, model: DRAW, data_gen: torch.Generator,
+               noise_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model input and posterior noise of one (global) batch, from the run's two generators."""
+    x = to_input(images[idx], binarize, data_gen)
+    eps = torch.randn(model.steps, len(idx), model.embed, device=images.device, generator=noise_gen)
+    return x, eps
+
+
+def train_step(net, optimizer, params: list, x: torch.Tensor, eps: torch.Tensor, lr: float, grad_clip: float,
+               precision: str, env: DistEnv) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on this rank's slice of the global batch.
+
+    Returns the slice's summed L_x and L_z and the gradient norm before clipping, as device
+    tensors (no host sync).
+    """
+    m = len(x)
+    lo, hi = m * env.rank // env.world, m * (env.rank + 1) // env.world
+    with autocast(x.device, precision):  # bfloat16: the LSTM products (see drawcli/model/fused.py)
+        out = net(x[lo:hi], eps=eps[:, lo:hi].contiguous())
+    # Mean over the global batch; DDP divides the summed gradients by the world size.
+    loss = out.loss.sum() * (env.world / m)
+    optimizer.zero_grad(set_to_none=True)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss.backward()
+    # max_norm=inf still returns the norm: the divergence check needs it.
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    optimizer.step()
+    return out.lx.detach().sum(), out.lz.detach().sum(), grad_norm
+
+
+class DivergenceWatch:
+    """The first step whose L_x, L_z or gradient norm was not finite, and which of them it was.
+
+    Tracked on the device (no host sync per step); read at log steps only.
+    """
+
+    TERMS = {1: "L_x", 2: "L_z", 3: "the gradient norm"}
+
+    def __init__(self, device: torch.device):
+        self.steps_run = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_term = torch.zeros((), dtype=torch.int64, device=device)
+
+    def record(self, lx: torch.Tensor, lz: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.steps_run += 1
+        # 1 = L_x, 2 = L_z, 3 = gradient norm: the first non-finite of the three (0 if none).
+        finite = torch.isfinite(torch.stack([lx, lz, grad_norm.to(lx)]))
+        term = torch.where(finite.all(), 0, (~finite).int().argmax() + 1)
+        newly_bad = (self.first_bad < 0) & (term > 0)
+        self.first_bad = torch.where(newly_bad, self.steps_run, self.first_bad)
+        self.bad_term = torch.where(newly_bad, term, self.bad_term)
+
+    def diverged_here(self) -> bool:
+        """Whether this process saw a non-finite step (a host sync)."""
+        return self.first_bad.item() >= 0
+
+    def error(self, step: int, here: bool) -> DrawError:
+        """The one-line error for a run that diverged by global step ``step`` (here or on another rank)."""
+        if here:
+            bad_step = step - int(self.steps_run.item()) + int(self.first_bad.item())
+            where = f"{self.TERMS[int(self.bad_term.item())]} was not finite at step {bad_step}"
+        else:
+            where = f"a loss or gradient was not finite on another process before step {step}"
+        return DrawError(
+            f"training diverged: {where}; the last good checkpoint is kept (resume it with --resume, perhaps with a lower --lr)"
+        )
+
+
+class LogWindow:
+    """The steps since the last log row: summed losses and gradient norms on the device, images, time."""
+
+    def __init__(self, device: torch.device):
+        self.lx = torch.zeros((), device=device)
+        self.lz = torch.zeros((), device=device)
+        self.grad_norm = torch.zeros((), device=device)
+        self.steps, self.images, self.started = 0, 0, time.perf_counter()
+
+    def add(self, lx: torch.Tensor, lz: torch.Tensor, grad_norm: torch.Tensor, images: int) -> None:
+        self.lx += lx
+        self.lz += lz
+        self.grad_norm += grad_norm.detach().to(self.grad_norm)
+        self.steps += 1
+        self.images += images
+
+    def row(self, step: int, epoch: int, lr: float, lx_total: float, lz_total: float) -> dict:
+        """The metrics.jsonl row (kind "train"): losses per image over all ranks, throughput, lr, gradient norm."""
+        lx, lz = lx_total / self.images, lz_total / self.images
+        now = time.perf_counter()
+        row = {
+            "kind": "train",
+            "step": step,
+            "epoch": epoch,
+            "lx": lx,
+            "lz": lz,
+            "loss": lx + lz,
+            "img_per_s": self.images / max(now - self.started, 1e-9),
+            "lr": lr,
+            "grad_norm": self.grad_norm.item() / max(self.steps, 1),  # before clipping, mean over the rows' steps
+            "time": time.time(),
+        }
+        self.lx.zero_()
+        self.lz.zero_()
+        self.grad_norm.zero_()
+        self.steps, self.images, self.started = 0, 0, now
+        return row
+
+
+def agree_at_log(window: LogWindow, watch: DivergenceWatch, stopping: bool, env: DistEnv) -> tuple[float, float, bool, bool, bool]:
+    """Host sync at a log step: (L_x sum, L_z sum, stop?, diverged anywhere?, diverged here?), summed over ranks."""
+    here = watch.diverged_here()
+    totals = [window.lx.item(), window.lz.item(), float(stopping), float(here)]
+    if env.active:
+        import torch.distributed as dist
+
+        packed = torch.tensor(totals, dtype=torch.float64, device=window.lx.device)
+        dist.all_reduce(packed)
+        totals = packed.tolist()
+        stopping = stopping or totals[2] > 0
+    return totals[0], totals[1], stopping, totals[3] > 0, here
+
+
+def stop_now(model: DRAW, optimizer, settings: Settings, epoch: int, step: int, pos: int, rng: dict, metrics: dict,
+             best_loss: float | None, callbacks, env: DistEnv) -> Interrupted:
+    """A stop request inside an epoch: checkpoint the finished step (``on_interrupt``); returns the exception to raise."""
+    ckpt = make_checkpoint(model, optimizer, settings, epoch, step, rng, metrics, best_loss, epoch_images=pos)
+    _emit(callbacks, "on_interrupt", ckpt)
+    if env.active:
+        import torch.distributed as dist
+
+        dist.barrier()  # nobody exits (and gets the job torn down) before rank 0 has saved
+    return Interrupted(step)
+
+
+def end_epoch(model: DRAW, optimizer, settings: Settings, eval_x: torch.Tensor, eval_split: str, epoch: int, step: int,
+              pos: int, n: int, rng: dict, best_loss: float | None, callbacks, env: DistEnv) -> tuple[dict, float, bool]:
+    """End of an epoch, or an early stop at max_steps: evaluate, report, checkpoint.
+
+    A stop inside an epoch checkpoints with epoch_images > 0 (last.pt, not an epoch file).
+    Returns (metrics, best_loss, whether the epoch is complete).
+    """
+    complete = pos >= n
+    metrics = evaluate(model, eval_x, settings.data.binarize, settings.train.eval_batch_size, env=env)
+    is_best = best_loss is None or metrics["loss"] < best_loss
+    if is_best:
+        best_loss = metrics["loss"]
+    _emit(callbacks, "on_epoch", {"kind": "eval", "split": eval_split, "step": step, "epoch": epoch, **metrics, "time": time.time()})
+    ckpt = make_checkpoint(model, optimizer, settings, epoch, step, rng, metrics, best_loss, epoch_images=0 if complete else pos)
+    _emit(callbacks, "on_checkpoint", ckpt, is_best)
+    return metrics, best_loss, complete
+
+
 def train(
     settings: Settings,
     train_images: np.ndarray | torch.Tensor,
@@ -259,41 +394,21 @@ def train(
     channels, height, width = (1, *shape) if len(shape) == 2 else shape
     if n == 0:
         raise DrawError("the training set is empty")
-    if env.active and ts.batch_size % env.world:
-        raise DrawError(
-            f"train.batch_size {ts.batch_size} is the global batch and must be divisible by the {env.world} processes"
-        )
+    check_global_batch(ts.batch_size, env.world)
 
+    # -- set up: model, optimizer, generators; a resumed run continues from its checkpoint
     torch.manual_seed(ts.seed)  # parameter initialisation
     model = build_model(settings, height, width, channels).to(device)
     optimizer = make_adam(model.parameters(), ts.lr, (ts.beta1, ts.beta2))
     data_gen, noise_gen = _generator(device, ts.seed + 1), _generator(device, ts.seed + 2)
-    step, best_loss = 0, None
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        load_optimizer_state(optimizer, resume["optimizer"], ts.lr)  # a resumed run may change the learning rate
-        step, best_loss = int(resume["step"]), resume.get("best_loss")
-        try:
-            data_gen.set_state(resume["rng"]["data"].cpu())
-            noise_gen.set_state(resume["rng"]["noise"].cpu())
-        except (RuntimeError, KeyError):
-            # Generator states are device-specific (a CUDA checkpoint resumed on the CPU):
-            # continue with fresh, still deterministic streams.
-            data_gen.manual_seed(ts.seed * 7919 + step)
-            noise_gen.manual_seed(ts.seed * 7919 + step + 1)
-
+    step, best_loss = restore(resume, model, optimizer, data_gen, noise_gen, ts) if resume is not None else (0, None)
     precision, precision_why = resolve_precision(ts.precision, device)
     batch = ts.batch_size
     steps_per_epoch = math.ceil(n / batch)
     # Where training stands: epoch (0-based, in progress) and images of it done. Counted in
     # images, not steps, so that a new batch size on resume continues the same epoch.
     epoch, pos = resume_position(resume, n, batch) if resume is not None else (0, 0)
-    if epoch >= ts.epochs:
-        total_steps = step
-    else:
-        total_steps = step + math.ceil((n - pos) / batch) + (ts.epochs - epoch - 1) * steps_per_epoch
-    if ts.max_steps is not None:
-        total_steps = min(total_steps, max(ts.max_steps, step))
+    total_steps = planned_steps(ts, step, epoch, pos, n)
     info = {
         "start_step": step,
         "total_steps": total_steps,
@@ -313,134 +428,51 @@ def train(
     if env.active:
         from torch.nn.parallel import DistributedDataParallel
 
-        # Gradients are averaged over ranks during backward; the loss below is scaled to match.
+        # Gradients are averaged over ranks during backward; the loss is scaled to match (train_step).
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = list(model.parameters())
-    lx_sum = torch.zeros((), device=device)
-    lz_sum = torch.zeros((), device=device)
-    grad_norm_sum, window_steps = torch.zeros((), device=device), 0  # mean gradient norm per log row
-    # Divergence is tracked on the device (no host sync per step): the first step whose
-    # L_x, L_z or gradient norm was not finite, and which of them it was (1, 2, 3).
-    steps_run = torch.zeros((), dtype=torch.int64, device=device)
-    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-    bad_term = torch.zeros((), dtype=torch.int64, device=device)
+    window, watch = LogWindow(device), DivergenceWatch(device)
     last_metrics = dict(resume.get("metrics", {})) if resume is not None else {}
-    seen, t_log, t_start, images_done = 0, time.perf_counter(), time.perf_counter(), 0
+    t_start, images_done = time.perf_counter(), 0
     result = TrainResult(model=model, step=step, epoch=epoch + (pos > 0), best_loss=best_loss)
     model.train()
 
+    # -- the loop: epochs of seeded orders, steps of global batches
     while step < total_steps or (pos >= n and epoch < ts.epochs):
         order = epoch_order(n, ts.seed, epoch).to(device)
         while pos < n and step < total_steps:
-            idx = order[pos : pos + batch]
-            m = len(idx)
             # Binarisation and noise of the whole global batch, from the same generators on every
-            # rank; each rank keeps its slice (with one process: all of it).
-            x = to_input(train_x[idx], settings.data.binarize, data_gen)
-            eps = torch.randn(model.steps, m, model.embed, device=device, generator=noise_gen)
-            lo, hi = m * env.rank // env.world, m * (env.rank + 1) // env.world
-            with autocast(device, precision):  # bfloat16: the LSTM products (see drawcli/model/fused.py)
-                out = net(x[lo:hi], eps=eps[:, lo:hi].contiguous())
-            # Mean over the global batch; DDP divides the summed gradients by the world size.
-            loss = out.loss.sum() * (env.world / m)
-            optimizer.zero_grad(set_to_none=True)
+            # rank; each rank trains on its slice (with one process: all of it).
+            x, eps = draw_batch(train_x, order[pos : pos + batch], settings.data.binarize, model, data_gen, noise_gen)
             lr = learning_rate(ts, step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss.backward()
-            # max_norm=inf still returns the norm: the divergence check below needs it.
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, ts.grad_clip if ts.grad_clip > 0 else math.inf)
-            optimizer.step()
-            # Running sums stay on the device: no host sync except when a log line is due.
-            lx_step, lz_step = out.lx.detach().sum(), out.lz.detach().sum()
-            lx_sum += lx_step
-            lz_sum += lz_step
-            grad_norm_sum += grad_norm.detach().to(grad_norm_sum)
-            window_steps += 1
-            steps_run += 1
-            # 1 = L_x, 2 = L_z, 3 = gradient norm: the first non-finite of the three (0 if none).
-            finite = torch.isfinite(torch.stack([lx_step, lz_step, grad_norm.to(lx_step)]))
-            term = torch.where(finite.all(), 0, (~finite).int().argmax() + 1)
-            newly_bad = (first_bad < 0) & (term > 0)
-            first_bad = torch.where(newly_bad, steps_run, first_bad)
-            bad_term = torch.where(newly_bad, term, bad_term)
-            seen += m
-            pos += m
+            lx_step, lz_step, grad_norm = train_step(net, optimizer, params, x, eps, lr, ts.grad_clip, precision, env)
+            window.add(lx_step, lz_step, grad_norm, len(x))
+            watch.record(lx_step, lz_step, grad_norm)
+            pos += len(x)
             step += 1
             _emit(callbacks, "on_step", step, epoch + 1)
+
+            # -- a log row, and the stop and divergence checks (host syncs at log steps only)
             at_log = step % ts.log_every == 0 or pos >= n or step == total_steps
             stopping = should_stop is not None and should_stop()
             if env.active:
-                # Ranks agree at log steps only (one small all-reduce), so they stop together.
-                stopping = stopping and at_log
+                stopping = stopping and at_log  # ranks agree at log steps only (one small all-reduce)
             if at_log or stopping:
-                local_bad = first_bad.item() >= 0
-                totals = [lx_sum.item(), lz_sum.item(), float(stopping), float(local_bad)]
-                if env.active:
-                    import torch.distributed as dist
-
-                    packed = torch.tensor(totals, dtype=torch.float64, device=device)
-                    dist.all_reduce(packed)
-                    totals = packed.tolist()
-                    stopping = stopping or totals[2] > 0
-                if totals[3] > 0:
+                lx_total, lz_total, stopping, diverged, here = agree_at_log(window, watch, stopping, env)
+                if diverged:
                     # Parameters after the bad step are unusable: nothing is saved from here on.
-                    if local_bad:
-                        bad_step = step - int(steps_run.item()) + int(first_bad.item())
-                        what = {1: "L_x", 2: "L_z", 3: "the gradient norm"}[int(bad_term.item())]
-                        where = f"{what} was not finite at step {bad_step}"
-                    else:
-                        where = f"a loss or gradient was not finite on another process before step {step}"
-                    raise DrawError(
-                        f"training diverged: {where}; the last good checkpoint is kept "
-                        "(resume it with --resume, perhaps with a lower --lr)"
-                    )
-                lx, lz = totals[0] / seen, totals[1] / seen
-                now = time.perf_counter()
-                row = {
-                    "kind": "train",
-                    "step": step,
-                    "epoch": epoch + 1,
-                    "lx": lx,
-                    "lz": lz,
-                    "loss": lx + lz,
-                    "img_per_s": seen / max(now - t_log, 1e-9),
-                    "lr": lr,
-                    "grad_norm": grad_norm_sum.item() / max(window_steps, 1),  # before clipping, mean over the rows' steps
-                    "time": time.time(),
-                }
-                _emit(callbacks, "on_log", row)
-                images_done += seen
-                lx_sum.zero_()
-                lz_sum.zero_()
-                grad_norm_sum.zero_()
-                seen, t_log, window_steps = 0, now, 0
+                    raise watch.error(step, here)
+                images_done += window.images
+                _emit(callbacks, "on_log", window.row(step, epoch + 1, lr, lx_total, lz_total))
             if stopping:
-                ckpt = make_checkpoint(
-                    model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), last_metrics, best_loss,
-                    epoch_images=pos,
-                )
-                _emit(callbacks, "on_interrupt", ckpt)
-                if env.active:
-                    import torch.distributed as dist
+                rng = rng_state(data_gen, noise_gen)
+                raise stop_now(model, optimizer, settings, epoch + 1, step, pos, rng, last_metrics, best_loss, callbacks, env)
 
-                    dist.barrier()  # nobody exits (and gets the job torn down) before rank 0 has saved
-                raise Interrupted(step)
-
-        # End of an epoch, or an early stop at max_steps: evaluate and checkpoint as usual.
-        # A stop inside an epoch checkpoints with epoch_images > 0 (last.pt, not an epoch file).
-        complete = pos >= n
-        metrics = evaluate(model, eval_x, settings.data.binarize, ts.eval_batch_size, env=env)
-        is_best = best_loss is None or metrics["loss"] < best_loss
-        if is_best:
-            best_loss = metrics["loss"]
-        row = {"kind": "eval", "split": eval_split, "step": step, "epoch": epoch + 1, **metrics, "time": time.time()}
-        _emit(callbacks, "on_epoch", row)
-        ckpt = make_checkpoint(
-            model, optimizer, settings, epoch + 1, step, rng_state(data_gen, noise_gen), metrics, best_loss,
-            epoch_images=0 if complete else pos,
+        # -- end of an epoch (or an early stop at max_steps): evaluate and checkpoint
+        metrics, best_loss, complete = end_epoch(
+            model, optimizer, settings, eval_x, eval_split, epoch + 1, step, pos, n, rng_state(data_gen, noise_gen),
+            best_loss, callbacks, env,
         )
-        _emit(callbacks, "on_checkpoint", ckpt, is_best)
         result.eval, result.epoch = metrics, epoch + 1
         last_metrics = metrics
         if complete:

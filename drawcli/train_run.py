@@ -11,6 +11,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -89,6 +90,30 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
         return
     torch.set_num_threads(threads)
     console.print(f"threads: {threads} per process ({why})", highlight=False)
+
+
+def train_command(config: str | None, flags: dict, sets: list[str] | None, resume: str | None = None,
+                  nproc: int | None = None, argv: list[str] | None = None) -> Path | None:
+    """`draw train`: a new run, a resumed one (--resume), or N processes of either (--nproc N > 1).
+
+    Settings are checked once, before anything starts; with --nproc the answers one process would
+    give (batch divisibility, a locked or existing run) come before the N processes are launched.
+    """
+    if nproc is not None and nproc < 1:
+        raise DrawError(f"--nproc must be at least 1, got {nproc}")
+    base = build_settings(config, flags, sets)  # refuse bad settings once, before touching a run or launching
+    if nproc is not None and nproc > 1:
+        distributed.check_global_batch(base.train.batch_size, nproc, launcher=True)
+        if resume is not None:
+            runs.check_not_locked(runs.resolve_run(resume, Path(base.run.runs_dir)))
+        else:
+            runs.check_new_run(Path(base.run.runs_dir), base.run.name)
+        argv = list(sys.argv if argv is None else argv)
+        distributed.launch(nproc, ["train", *distributed.strip_nproc(argv[argv.index("train") + 1 :])])
+        return None
+    if resume is not None:
+        return resume_run(resume, base.run.runs_dir, config, flags, sets)
+    return run_train(base)
 
 
 def resume_run(run_ref: str, runs_dir: str, config, flags, sets) -> Path:
@@ -212,11 +237,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, binarize="none"))
         console.print(f"{splits.spec.name} is already binarised: data.binarize={binarize} has no effect", highlight=False)
 
-    if env.active and settings.train.batch_size % env.world:
-        raise DrawError(
-            f"train.batch_size {settings.train.batch_size} is the global batch and must be divisible "
-            f"by the {env.world} processes"
-        )
+    distributed.check_global_batch(settings.train.batch_size, env.world)
     # Rank 0 alone creates the run directory, holds its lock and writes its files; it tells the
     # others how that went. config.yaml is written once, when the run is created: a resume
     # records its changes in metrics.jsonl instead, so the file keeps reproducing the run.
@@ -309,7 +330,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
     if not env.is_main:
         return run_dir
     if result.eval and settings.train.eval_samples:
-        from drawcli.evaluate import iwae_report, report_line
+        from drawcli.bounds import iwae_report, report_line
 
         console.print(f"importance-weighted bound with K={settings.train.eval_samples} on {splits.eval_name}...", highlight=False)
         report = iwae_report(result.model, splits.eval, settings.data.binarize, settings.train.eval_samples, seed=settings.train.seed)

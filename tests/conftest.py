@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from helpers import idx_bytes, synthetic_images  # noqa: F401 - tests import them from here too
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -48,19 +49,6 @@ def mnist_splits(mnist_data_dir):
     from drawcli.data import load_splits
 
     return load_splits("mnist", mnist_data_dir)
-
-
-def synthetic_images(n: int = 96, seed: int = 0) -> np.ndarray:
-    """Soft blobs on a 28x28 canvas, uint8: structure to learn from, instant to make."""
-    g = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:28, 0:28]
-    cy, cx = g.uniform(8, 20, (2, n, 1, 1))
-    return (np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 20.0) * 255).astype(np.uint8)
-
-
-def idx_bytes(images: np.ndarray) -> bytes:
-    """An IDX ubyte file (magic 0x00000803 for 3-D images)."""
-    return b"\x00\x00\x08\x03" + b"".join(int(v).to_bytes(4, "big") for v in images.shape) + images.tobytes()
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import synthetic_images  # noqa: E402
-
 from drawcli import distributed  # noqa: E402
 from drawcli.settings import build_settings  # noqa: E402
 from drawcli.train import train  # noqa: E402
+
+from conftest import synthetic_images  # noqa: E402
 
 
 def main(out: str, steps: str) -> None:

@@ -11,8 +11,7 @@ from drawcli import builtin
 from drawcli.errors import DrawError
 from drawcli.train import train
 
-from conftest import synthetic_images
-from test_train import Collect, tiny_settings
+from helpers import Collect, synthetic_images, tiny_settings
 
 
 @pytest.fixture

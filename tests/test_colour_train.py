@@ -51,4 +51,4 @@ def test_a_folder_of_colour_pictures_trains_resumes_and_evaluates(pictures, tmp_
     events = list((tmp_path / "runs" / "rgb" / "tb").glob("events.*"))
     assert events, "TensorBoard logs colour runs too (RGB sample grids)"
     sample = draw("sample", "rgb", "--runs-dir", tmp_path / "runs")
-    assert sample.exit_code == 1 and "pictures of colour models are not supported by this version yet" in sample.output
+    assert sample.exit_code == 1 and "rgb draws 3-channel images: pictures of colour models are not supported" in sample.output

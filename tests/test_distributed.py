@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from conftest import synthetic_images
 from drawcli import checkpoint as ckpt_io
 from drawcli.settings import build_settings
 from drawcli.train import model_from_checkpoint, train
+
+from conftest import synthetic_images
 
 HERE = Path(__file__).parent
 

@@ -22,7 +22,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import idx_bytes, synthetic_images
 from typer.testing import CliRunner
 
 from drawcli import checkpoint as ckpt_io
@@ -30,6 +29,8 @@ from drawcli.cli import app
 from drawcli.runs import write_config
 from drawcli.settings import build_settings
 from drawcli.train import build_model, make_checkpoint, rng_state
+
+from conftest import idx_bytes, synthetic_images
 
 runner = CliRunner()
 

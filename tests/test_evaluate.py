@@ -23,10 +23,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from drawcli import runs
-from drawcli.cli import app
-from drawcli.data import to_input
-from drawcli.evaluate import (
-    evaluate_command,
+from drawcli.bounds import (
     fixed_binarization,
     iwae_report,
     likelihood_bounds,
@@ -34,6 +31,9 @@ from drawcli.evaluate import (
     report_line,
     rows_per_pass,
 )
+from drawcli.cli import app
+from drawcli.data import to_input
+from drawcli.evaluate import evaluate_command
 from drawcli.model import DRAW
 from drawcli.settings import (
     DataSettings,

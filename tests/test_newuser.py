@@ -25,8 +25,8 @@ import yaml
 from typer.testing import CliRunner
 
 from drawcli import checkpoint as ckpt_io
+from drawcli import render
 from drawcli import runs as runs_mod
-from drawcli import viz
 from drawcli.cli import app
 from drawcli.errors import DrawError
 
@@ -117,9 +117,10 @@ def test_item1_resume_with_another_batch_size_keeps_epochs_monotonic_and_epoch_f
 def test_item1_checkpoints_without_epoch_images_still_resume_as_before():
     import torch
 
-    from conftest import synthetic_images
     from drawcli.settings import build_settings
     from drawcli.train import resume_position, train
+
+    from conftest import synthetic_images
 
     assert resume_position({"step": 7, "epoch": 3}, n=96, batch=32) == (2, 32)  # old: placed by step
     assert resume_position({"step": 7, "epoch": 3, "epoch_images": 64}, n=96, batch=64) == (2, 64)
@@ -293,9 +294,9 @@ def test_item6_an_unwritable_gif_is_one_error_and_no_finaliser_traceback(monkeyp
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     frames = np.zeros((3, 8, 8), dtype=np.uint8)
     with pytest.raises(DrawError, match="cannot write .*: Permission denied"):
-        viz.write_animation(where / "a.gif", frames, fps=10, hold=1)
+        render.write_animation(where / "a.gif", frames, fps=10, hold=1)
     with pytest.raises(DrawError, match="cannot write"):
-        viz.write_png(where / "a.png", np.zeros((8, 8), dtype=np.uint8))
+        render.write_png(where / "a.png", np.zeros((8, 8), dtype=np.uint8))
     gc.collect()
     assert unraisable == []  # imageio's writer never held the failed file
 
@@ -510,7 +511,7 @@ def test_item20_the_mp4_message_says_what_the_file_holds(tiny, monkeypatch, tmp_
         def append_data(self, frame):
             appended.append(frame.shape)
 
-    monkeypatch.setattr(viz, "ffmpeg_available", lambda: True)
+    monkeypatch.setattr(render, "ffmpeg_available", lambda: True)
     monkeypatch.setattr(imageio.v2, "get_writer", lambda *a, **k: FakeWriter())
     out = tmp_path / "a.mp4"
     r = cli("animate", "tiny", "-o", out, "--fps", "10", "--hold", "2")

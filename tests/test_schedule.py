@@ -11,8 +11,7 @@ from drawcli.errors import DrawError
 from drawcli.settings import build_settings
 from drawcli.train import learning_rate, train
 
-from conftest import synthetic_images
-from test_train import Collect, tiny_settings
+from helpers import Collect, synthetic_images, tiny_settings
 
 
 def ts(*sets):

@@ -14,12 +14,11 @@ from typer.testing import CliRunner
 from drawcli import __version__
 from drawcli import checkpoint as ckpt_io
 from drawcli.cli import app
-from drawcli.errors import DrawError
-from drawcli.runs import new_run_dir, resolve_checkpoint, resolve_run, validate_name
+from drawcli.runs import resolve_checkpoint
 from drawcli.settings import build_settings
 from drawcli.train import train
 
-from conftest import synthetic_images
+from helpers import Collect, synthetic_images, tiny_settings  # noqa: F401 - other tests import them from here too
 
 runner = CliRunner()
 
@@ -53,29 +52,6 @@ def test_help_does_not_import_torch_and_ends_with_examples(argv):
 def test_python_dash_m_and_version():
     out = subprocess.run([sys.executable, "-m", "drawcli", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and __version__ in out.stdout
-
-
-class Collect:
-    def __init__(self):
-        self.logs, self.epochs, self.ckpts = [], [], []
-
-    def on_log(self, row):
-        self.logs.append(row)
-
-    def on_epoch(self, row):
-        self.epochs.append(row)
-
-    def on_checkpoint(self, ckpt, is_best):
-        self.ckpts.append((ckpt, is_best))
-
-
-def tiny_settings(*sets):
-    return build_settings(
-        None,
-        None,
-        ["model.steps=3", "model.hidden=16", "model.embed=4", "train.batch_size=32", "train.log_every=2",
-         "train.eval_batch_size=50", *sets],
-    )
 
 
 def test_train_function_reports_and_checkpoints_plain_data():
@@ -158,30 +134,6 @@ def test_a_plain_adam_state_loads_into_fused_adam_with_its_step_counters_placed_
         step = fused.state[p]["step"]
         assert step.dtype == torch.float32 and step.device == p.device and step.item() == 1
     fused.step()  # and it runs
-
-
-def test_checkpoint_round_trip_is_weights_only(tmp_path):
-    cb = Collect()
-    images = synthetic_images()
-    train(tiny_settings("train.max_steps=2"), images, images[:40], torch.device("cpu"), callbacks=[cb])
-    path = tmp_path / "x.pt"
-    ckpt_io.atomic_save(cb.ckpts[-1][0], path)
-    assert not list(tmp_path.glob(".*tmp*"))  # the temp file was renamed into place
-    loaded = torch.load(path, weights_only=True)  # plain types and tensors only
-    assert loaded["step"] == 2 and loaded["format"] == ckpt_io.FORMAT
-
-
-def test_run_names(tmp_path):
-    assert new_run_dir(tmp_path, None).name == "run1"
-    assert new_run_dir(tmp_path, None).name == "run2"
-    assert new_run_dir(tmp_path, "mine").name == "mine"
-    with pytest.raises(DrawError, match="already exists"):
-        new_run_dir(tmp_path, "mine")
-    for bad in ("a/b", "..", "../x", "", ".hidden"):
-        with pytest.raises(DrawError, match="invalid run name"):
-            validate_name(bad)
-    with pytest.raises(DrawError, match=r"no runs there yet"):
-        resolve_run("nope", tmp_path / "empty")
 
 
 def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monkeypatch, synthetic_data_dir):

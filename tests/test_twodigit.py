@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_images
 
 from drawcli import data, datasets, twodigit
 from drawcli.errors import DrawError
+
+from conftest import synthetic_images
 
 
 def _digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

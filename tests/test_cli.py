@@ -1,0 +1,105 @@
+"""drawcli/cli.py: shared options, help defaults from the settings, --precision on the model commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from drawcli import viz
+from drawcli.cli import app
+from drawcli.settings import ModelSettings, TrainSettings
+
+from test_viz import make_run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    make_run(root, "att")
+    return root
+
+
+def test_help_defaults_come_from_the_settings():
+    params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
+    assert f"default {ModelSettings.steps})" in params["steps"].help
+    assert f"default {TrainSettings.batch_size})" in params["batch_size"].help
+    assert f"default {TrainSettings.precision})" in params["precision"].help
+
+
+@pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention", "evaluate"])
+def test_shared_options_are_the_same_everywhere(command):
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    for name in ("load", "seed", "device", "runs_dir", "precision"):
+        assert name in params, name
+    assert params["precision"].default == "float32" and params["device"].default == "auto"
+
+
+@pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention", "evaluate"])
+def test_a_bad_precision_is_one_line_before_torch(command, tmp_path):
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from drawcli.cli import app\n"
+        f"r = CliRunner().invoke(app, [{command!r}, 'nosuch', '--precision', 'half'])\n"
+        "print(r.exit_code, repr(r.output), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert out.startswith("1 'error: --precision: expected one of float32, bfloat16, auto, got 'half'") or \
+        out.startswith("1 \"error: --precision: expected one of float32, bfloat16, auto, got 'half'")
+    assert out.strip().endswith("False")
+
+
+def test_sample_in_bfloat16_is_close_to_float32(runs, tmp_path):
+    a = viz.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "f32.png",
+                           console=_quiet())
+    b = viz.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "bf16.png",
+                           precision="bfloat16", console=_quiet())
+    f32, bf16 = np.load(a[1]), np.load(b[1])
+    assert f32.dtype == np.float32 and bf16.dtype == np.float32
+    assert np.abs(f32 - bf16).max() < 0.1
+
+
+@pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention"])
+def test_precision_reaches_the_model(command, runs, tmp_path, monkeypatch):
+    import drawcli.device
+
+    seen = []
+    real = drawcli.device.autocast
+
+    def spy(device, precision):
+        seen.append(precision)
+        return real(device, precision)
+
+    monkeypatch.setattr(drawcli.device, "autocast", spy)
+    extra = ["--generate", "-n", "2"] if command == "inspect-attention" else ["-n", "2"]
+    out = tmp_path / ("x.png" if command == "sample" else "x.gif")
+    r = CliRunner().invoke(app, [command, "att", "--runs-dir", str(runs), "--device", "cpu", "--precision", "bfloat16",
+                                 "-o", str(out), *extra])
+    assert r.exit_code == 0, r.output
+    assert seen and set(seen) == {"bfloat16"}
+
+
+def test_evaluate_states_its_precision(runs, tmp_path, synthetic_data_dir):
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / f"{precision}.json"
+        r = CliRunner().invoke(app, ["evaluate", "att", "--runs-dir", str(runs), "--device", "cpu", "--samples", "2",
+                                     "--limit", "8", "--data-dir", str(synthetic_data_dir), "--precision", precision,
+                                     "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        outputs[precision] = json.loads(out.read_text())
+        assert f"8 mnist test images, {precision}" in " ".join(r.output.split())
+    assert outputs["float32"]["precision"] == "float32" and outputs["bfloat16"]["precision"] == "bfloat16"
+    assert abs(outputs["float32"]["elbo"] - outputs["bfloat16"]["elbo"]) < 0.05 * abs(outputs["float32"]["elbo"])
+
+
+def _quiet():
+    from rich.console import Console
+
+    return Console(quiet=True)

@@ -1,0 +1,106 @@
+"""drawcli/runs.py: run lookup and one load_run for runs and built-in models (@NAME)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from drawcli import runs
+from drawcli.cli import app
+from drawcli.errors import DrawError
+from drawcli.runs import new_run_dir, resolve_run, validate_name
+
+from test_builtin import tiny_builtin  # noqa: F401 - a fixture
+
+
+def test_load_run_of_a_builtin_has_no_run_directory(tiny_builtin, tmp_path):  # noqa: F811
+    loaded = runs.load_run("@tiny", None, "cpu", tmp_path / "no-runs-here")
+    assert loaded.run_dir is None and loaded.checkpoint is None and loaded.label == "@tiny"
+    assert not loaded.model.training and loaded.settings.model.steps == 3 and loaded.step == 2
+    assert loaded.settings.data.data_dir is None  # the training machine's folder is not used
+    assert loaded.output("samples", ".png", "n64", "seed0").as_posix() == "tiny-samples-n64-seed0.png"
+
+
+def test_builtin_refuses_load_with_one_line(tiny_builtin, tmp_path):  # noqa: F811
+    with pytest.raises(DrawError, match=r"^--load picks a run's checkpoint; the built-in model @tiny has one set"):
+        runs.locate("@tiny", "best", "cpu", tmp_path)
+    result = CliRunner().invoke(app, ["sample", "@tiny", "--load", "3"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "error: --load picks" in result.output
+
+
+def test_sample_and_animate_a_builtin_write_into_the_current_directory(tiny_builtin, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["sample", "@tiny", "-n", "4", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "tiny-samples-n4-seed0.png").is_file()
+    r = CliRunner().invoke(app, ["animate", "@tiny", "-n", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "tiny-animation-n2-seed0.gif").is_file()
+
+
+def test_evaluate_a_builtin_writes_json_in_the_current_directory(tiny_builtin, tmp_path, monkeypatch,  # noqa: F811
+                                                                  synthetic_data_dir):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["evaluate", "@tiny", "--samples", "2", "--limit", "8", "--device", "cpu",
+                                 "--data-dir", str(synthetic_data_dir)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "tiny-eval-test-k2-limit8.json").read_text())
+    assert doc["run"] == "@tiny" and doc["checkpoint"] is None and doc["images"] == 8
+
+
+def test_load_run_of_a_run_and_of_a_directory_agree(tmp_path):
+    from test_viz import make_run
+
+    make_run(tmp_path, "r1")
+    by_name = runs.load_run("r1", None, "cpu", tmp_path)
+    by_path = runs.load_run(str(tmp_path / "r1"), "last", "cpu", "elsewhere")
+    assert by_name.run_dir == tmp_path / "r1" and by_name.checkpoint.name == "best.pt"
+    assert by_path.checkpoint.name == "last.pt" and by_name.label == "r1"
+    assert by_name.output("samples", ".png", "n4").name == "samples-best-n4.png"
+    a = dict(by_name.model.state_dict())
+    assert all(torch.equal(a[k], v) for k, v in by_path.model.state_dict().items())
+
+
+def test_models_lists_without_torch_and_says_when_empty():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from drawcli.cli import app\n"
+        "r = CliRunner().invoke(app, ['models'])\n"
+        "print(r.exit_code, repr(r.output), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("0 'no built-in models in this version") and out.strip().endswith("False")
+
+
+def test_models_json_lists_the_registry(tiny_builtin):  # noqa: F811
+    r = CliRunner().invoke(app, ["models", "--json"])
+    models = json.loads(r.output)
+    assert [m["ref"] for m in models] == ["@tiny"] and models[0]["model"]["steps"] == 3
+    r = CliRunner().invoke(app, ["models"])
+    assert "@tiny" in r.output and "a test model" in r.output
+
+
+def test_no_import_loop_between_settings_runs_and_checkpoint():
+    for first in ("drawcli.settings", "drawcli.runs", "drawcli.checkpoint"):
+        code = f"import sys, {first}; import drawcli.runs, drawcli.checkpoint, drawcli.settings; print('torch' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "False"
+
+
+def test_run_names(tmp_path):
+    assert new_run_dir(tmp_path, None).name == "run1"
+    assert new_run_dir(tmp_path, None).name == "run2"
+    assert new_run_dir(tmp_path, "mine").name == "mine"
+    with pytest.raises(DrawError, match="already exists"):
+        new_run_dir(tmp_path, "mine")
+    for bad in ("a/b", "..", "../x", "", ".hidden"):
+        with pytest.raises(DrawError, match="invalid run name"):
+            validate_name(bad)
+    with pytest.raises(DrawError, match=r"no runs there yet"):
+        resolve_run("nope", tmp_path / "empty")
