@@ -70,18 +70,24 @@ def test_models_lists_without_torch_and_says_when_empty():
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
+        "from drawcli import builtin\n"
         "from drawcli.cli import app\n"
+        "r = CliRunner().invoke(app, ['models'])\n"
+        "print(r.exit_code, '@mnist' in r.output, 'torch' in sys.modules)\n"
+        "builtin.BUILTINS.clear()\n"
         "r = CliRunner().invoke(app, ['models'])\n"
         "print(r.exit_code, repr(r.output), 'torch' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.startswith("0 'no built-in models in this version") and out.strip().endswith("False")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "0 True False"
+    assert out[1].startswith("0 'no built-in models in this version") and out[1].strip().endswith("False")
 
 
 def test_models_json_lists_the_registry(tiny_builtin):  # noqa: F811
     r = CliRunner().invoke(app, ["models", "--json"])
     models = json.loads(r.output)
-    assert [m["ref"] for m in models] == ["@tiny"] and models[0]["model"]["steps"] == 3
+    tiny = [m for m in models if m["ref"] == "@tiny"]
+    assert [m["ref"] for m in models] == ["@mnist", "@tiny"] and tiny[0]["model"]["steps"] == 3
     r = CliRunner().invoke(app, ["models"])
     assert "@tiny" in r.output and "a test model" in r.output
 
