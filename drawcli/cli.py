@@ -126,7 +126,7 @@ HoldOpt = Annotated[float, typer.Option("--hold", help="Seconds the last frame s
 ScaleOpt = Annotated[Optional[int], typer.Option("--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images).")]
 DEFAULT_DEVICE = RunSettings.device
 DEFAULT_RUNS_DIR = RunSettings.runs_dir
-DEFAULT_PRECISION = TrainSettings.precision
+DEFAULT_PRECISION = "float32"  # pictures and bounds: float32 unless asked (training defaults to train.precision)
 
 
 def _locate(run: str, load: Optional[str], runs_dir: str, device: str, seed: Optional[int] = None,

@@ -77,7 +77,7 @@ class TrainSettings:
     eval_batch_size: int = 1000
     eval_samples: int | None = None  # after training: importance-weighted bound with K samples
     log_every: int = 100  # plain log lines / metrics.jsonl rows every N steps
-    precision: str = "float32"  # float32 | bfloat16 | auto (bfloat16 where the hardware multiplies it natively)
+    precision: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the hardware multiplies it natively)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path):
     # The same settings in one process: batch 64 instead of 2 x 32.
     settings = build_settings(None, None, [
         "model.steps=3", "model.hidden=16", "model.embed=4", "train.batch_size=64", "data.binarize=threshold",
-        "train.max_steps=5", "train.eval_batch_size=30", "train.log_every=2", "train.seed=3",
+        "train.max_steps=5", "train.eval_batch_size=30", "train.log_every=2", "train.seed=3", "train.precision=float32",
     ])
     images = synthetic_images(200, seed=5)
     single = train(settings, images, images[:70], torch.device("cpu"))

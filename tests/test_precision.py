@@ -114,7 +114,7 @@ def test_bf16_training_resumes_bit_exactly_and_its_checkpoint_is_float32():
     resumed = train(tiny_settings(*sets), images, images[:40], CPU, resume=ckpt)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    f32 = train(tiny_settings("train.epochs=2", "train.batch_size=48"), images, images[:40], CPU)
+    f32 = train(tiny_settings("train.epochs=2", "train.batch_size=48", "train.precision=float32"), images, images[:40], CPU)
     assert not all(torch.equal(a[k], f32.model.state_dict()[k]) for k in a)  # bf16 really changed the numbers
 
 
