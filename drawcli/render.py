@@ -2,7 +2,9 @@
 
 * pixel conversion, nearest upscaling, grid layout, the timeline bar;
 * attention-window geometry and box drawing;
-* the frames of `draw animate` and `draw inspect-attention` (grids of canvases with windows);
+* the frames of `draw animate` and `draw inspect-attention` (grids of canvases with windows):
+  palette indices for grey models, RGB for colour ones (C = 3), quantised to a fixed palette
+  only when a GIF is written;
 * writers: PNG, GIF (imageio's pillow plugin), MP4 (imageio's ffmpeg plugin, optional),
   each written atomically (encoded in memory, then put in place).
 
@@ -48,6 +50,26 @@ PALETTE[:GREY_LEVELS] = np.rint(np.arange(GREY_LEVELS) * 255 / (GREY_LEVELS - 1)
 PALETTE[WRITE_INDEX], PALETTE[READ_INDEX] = WRITE_COLOR, READ_COLOR
 GREY_INDEX = np.rint(np.arange(256) * (GREY_LEVELS - 1) / 255).astype(np.uint8)  # grey 0..255 -> index
 
+# Colour models (C = 3) are drawn as RGB frames (..., H, W, 3); grey ones stay indexed as above.
+# A GIF still needs a palette, so colour frames are quantised once, when written, to a fixed
+# one: a 6x7x6 RGB cube (green gets the extra level: the eye tells greens apart best), then the
+# two greys of the padding and the timeline bar, then the two window colours. Fixed, so every
+# frame is an exact palette image and pillow's slow per-frame quantisation is still skipped.
+# Ordered (Bayer) dithering hides the cube's coarse steps: over a 4x4 block the mean colour is
+# within about one unit of the true one, and the pattern is the same in every frame, so it
+# does not flicker. Pure red, pure green and black are cube colours, so they survive exactly.
+CUBE_LEVELS = (6, 7, 6)  # red, green, blue
+CUBE_SIZE = math.prod(CUBE_LEVELS)  # 252
+PAD_INDEX_RGB, PROGRESS_INDEX_RGB = CUBE_SIZE, CUBE_SIZE + 1
+OUTLINE_COLOR = (0, 0, 0)
+COLOUR_PALETTE = np.zeros((256, 3), dtype=np.uint8)
+COLOUR_PALETTE[:CUBE_SIZE] = np.stack(
+    np.meshgrid(*(np.rint(np.arange(k) * 255 / (k - 1)) for k in CUBE_LEVELS), indexing="ij"), axis=-1
+).reshape(-1, 3)  # index = (r * 7 + g) * 6 + b
+COLOUR_PALETTE[PAD_INDEX_RGB], COLOUR_PALETTE[PROGRESS_INDEX_RGB] = (PAD_VALUE,) * 3, (PROGRESS_VALUE,) * 3
+COLOUR_PALETTE[WRITE_INDEX], COLOUR_PALETTE[READ_INDEX] = WRITE_COLOR, READ_COLOR
+BAYER = np.array([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]])  # 4x4 ordered-dither ranks
+
 
 # ----------------------------------------------------------------------------- pixels and grids
 def default_scale(height: int, width: int) -> int:
@@ -81,6 +103,49 @@ def to_rgb(indexed: np.ndarray) -> np.ndarray:
     return PALETTE[indexed]
 
 
+def is_colour(probs: np.ndarray, grey_ndim: int) -> bool:
+    """Whether canvas probs carry a channel axis: grey arrays have ``grey_ndim`` axes, colour one more."""
+    return probs.ndim == grey_ndim + 1
+
+
+def image_cells(probs: np.ndarray, scale: int, colour: bool) -> np.ndarray:
+    """Intensities -> upscaled frame cells: grey (..., H, W) to PALETTE indices (..., h, w);
+    colour (..., 3, H, W) to RGB (..., h, w, 3). Upscaled while small, before the grid."""
+    if not colour:
+        return upscale(to_indexed(to_uint8(probs)), scale)
+    return np.moveaxis(upscale(to_uint8(probs), scale), -3, -1)
+
+
+def quantise(frames: np.ndarray) -> np.ndarray:
+    """RGB frames (T, H, W, 3) -> COLOUR_PALETTE indices (T, H, W), ordered-dithered.
+
+    Colours that are palette entries of their own (padding, timeline bar, windows) map
+    to them exactly; anything else to the cube, level = floor(v * (k-1)/255 + threshold)
+    with the Bayer threshold of the pixel's place in the frame. One frame at a time:
+    the float temporaries stay the size of one frame.
+    """
+    t, h, w, _ = frames.shape
+    threshold = (np.tile(BAYER, (-(-h // 4), -(-w // 4)))[:h, :w, None] + 0.5) / 16
+    top = np.array(CUBE_LEVELS, dtype=np.float64) - 1
+    weights = np.array([CUBE_LEVELS[1] * CUBE_LEVELS[2], CUBE_LEVELS[2], 1])
+    exact = {_key(COLOUR_PALETTE[i]): i for i in (PAD_INDEX_RGB, PROGRESS_INDEX_RGB, WRITE_INDEX, READ_INDEX)}
+    out = np.empty((t, h, w), dtype=np.uint8)
+    for f in range(t):
+        levels = np.minimum(np.floor(frames[f] * (top / 255) + threshold), top).astype(np.int64)
+        index = levels @ weights
+        keys = _key(frames[f])
+        for key, i in exact.items():
+            index[keys == key] = i
+        out[f] = index
+    return out
+
+
+def _key(rgb: np.ndarray) -> np.ndarray:
+    """RGB (..., 3) -> one integer per colour, to compare colours in one operation."""
+    rgb = np.asarray(rgb, dtype=np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
 @dataclass(frozen=True)
 class Grid:
     """Layout of equal cells in rows and columns, with padding and optional grouping.
@@ -112,18 +177,21 @@ class Grid:
         y, x = self.origin(self.rows * self.cols - 1)
         return y + self.cell_h + self.pad, x + self.cell_w + self.pad
 
-    def place(self, cells: np.ndarray, pad_value: int = PAD_VALUE) -> np.ndarray:
+    def place(self, cells: np.ndarray, pad_value: int = PAD_VALUE, rgb: bool = False) -> np.ndarray:
         """Cells (..., k, cell_h, cell_w) -> one image (..., H, W); cells beyond k stay padding.
 
+        rgb: cells (..., k, cell_h, cell_w, 3) -> (..., H, W, 3); ``pad_value`` is then a grey.
         One slice assignment per cell, each vectorised over the leading axes (time).
         """
-        k = cells.shape[-3]
+        tail = cells.shape[-1:] if rgb else ()
+        k = cells.shape[-3 - len(tail)]
         if k > self.rows * self.cols:
             raise ValueError(f"{k} cells do not fit a {self.rows}x{self.cols} grid")
-        out = np.full(cells.shape[:-3] + self.shape, pad_value, dtype=cells.dtype)
+        out = np.full(cells.shape[: -3 - len(tail)] + self.shape + tail, pad_value, dtype=cells.dtype)
+        rest = (slice(None),) * len(tail)
         for i in range(k):
             y, x = self.origin(i)
-            out[..., y : y + self.cell_h, x : x + self.cell_w] = cells[..., i, :, :]
+            out[(..., slice(y, y + self.cell_h), slice(x, x + self.cell_w), *rest)] = cells[(..., i, slice(None), slice(None), *rest)]
         return out
 
 
@@ -133,8 +201,9 @@ def grid_for(n: int, nrow: int | None, cell_h: int, cell_w: int) -> Grid:
     return Grid(rows=math.ceil(n / cols), cols=cols, cell_h=cell_h, cell_w=cell_w)
 
 
-def add_progress(frames: np.ndarray) -> np.ndarray:
-    """Append a timeline bar under indexed frames (T, H, W): frame t of T fills t/T of the width.
+def add_progress(frames: np.ndarray, rgb: bool = False) -> np.ndarray:
+    """Append a timeline bar under indexed frames (T, H, W) (RGB (T, H, W, 3) with ``rgb``):
+    frame t of T fills t/T of the width.
 
     It shows where the loop starts, and it keeps consecutive frames distinct, so
     the GIF encoder (which merges identical consecutive frames) keeps one frame
@@ -143,9 +212,11 @@ def add_progress(frames: np.ndarray) -> np.ndarray:
     t = frames.shape[0]
     width = frames.shape[2]
     filled = np.rint(width * np.arange(1, t + 1) / t)
-    done, todo = GREY_INDEX[PROGRESS_VALUE], GREY_INDEX[PAD_VALUE]
+    done, todo = (PROGRESS_VALUE, PAD_VALUE) if rgb else (GREY_INDEX[PROGRESS_VALUE], GREY_INDEX[PAD_VALUE])
     row = np.where(np.arange(width)[None, :] < filled[:, None], done, todo).astype(np.uint8)
     bar = np.broadcast_to(row[:, None, :], (t, PROGRESS_HEIGHT, width))
+    if rgb:
+        bar = np.broadcast_to(bar[..., None], (*bar.shape, 3))
     return np.concatenate([frames, bar], axis=1)
 
 
@@ -206,15 +277,25 @@ def draw_box(image: np.ndarray, box: Sequence[int], width: int, color) -> np.nda
 
 
 def draw_windows(
-    frames: np.ndarray, grid: Grid, cells: Sequence[int], params: np.ndarray, n: int, scale: int, color
+    frames: np.ndarray, grid: Grid, cells: Sequence[int], params: np.ndarray, n: int, scale: int, color,
+    outline=None,
 ) -> np.ndarray:
-    """Draw one window per (frame, cell): frames (F, H, W[, 3]), params (F, len(cells), 5). In place."""
+    """Draw one window per (frame, cell): frames (F, H, W[, 3]), params (F, len(cells), 5). In place.
+
+    outline: a colour for a one-pixel line on both sides of the border. On colour images the
+    window colour alone can vanish (a red box on a red patch); black next to it always stands
+    out there, and where the image is dark the red or green line itself does. Grey images need
+    none: no grey is red or green.
+    """
     boxes = window_boxes(params, n, scale)
     widths = border_widths(params, scale)
     origins = [grid.origin(c) for c in cells]
     for f in range(frames.shape[0]):
         for j, (y, x) in enumerate(origins):
             cell = frames[f, y : y + grid.cell_h, x : x + grid.cell_w]
+            if outline is not None:
+                x0, y0, x1, y1 = (int(v) for v in boxes[f, j])
+                draw_box(cell, (x0 - 1, y0 - 1, x1 + 1, y1 + 1), widths[f, j] + 2, outline)
             draw_box(cell, boxes[f, j], widths[f, j], color)
     return frames
 
@@ -279,7 +360,8 @@ def check_animation_path(path: Path) -> None:
 
 
 def write_animation(path: Path, frames: np.ndarray, fps: float, hold: float) -> tuple[int, int, int]:
-    """Indexed frames (T, H, W) (PALETTE indices) -> looping GIF, or MP4 by the suffix.
+    """Frames -> looping GIF, or MP4 by the suffix. Indexed frames (T, H, W) hold PALETTE indices
+    (grey models); RGB frames (T, H, W, 3) are colour ones, quantised to COLOUR_PALETTE for a GIF.
 
     Returns what the file holds: (frames, width, height). A GIF has one frame per glimpse and
     holds the last by its delay; a video repeats the last frame and pads odd sides by a pixel.
@@ -287,19 +369,24 @@ def write_animation(path: Path, frames: np.ndarray, fps: float, hold: float) -> 
     import imageio.v3 as iio
 
     check_animation_path(path)
-    t, h, w = frames.shape
+    rgb = frames.ndim == 4
+    t, h, w = frames.shape[:3]
     if path.suffix.lower() == ".gif":
         durations = gif_durations(t, fps, hold)
+        indexed, palette = (quantise(frames), COLOUR_PALETTE) if rgb else (frames, PALETTE)
         # mode "L" hands pillow the indices untouched; its GIF writer then uses our palette.
         data = iio.imwrite(
-            "<bytes>", frames, extension=".gif", is_batch=True, mode="L", palette=PALETTE.tobytes(), duration=durations, loop=0
+            "<bytes>", indexed, extension=".gif", is_batch=True, mode="L", palette=palette.tobytes(), duration=durations, loop=0
         )
         _write_encoded(path, data)
         return t, w, h
     import imageio.v2 as iio2
 
     # Video has one frame rate: hold the last frame by repeating it; yuv420p needs even sides.
-    even = np.full((h + h % 2, w + w % 2), GREY_INDEX[PAD_VALUE], dtype=np.uint8)
+    if rgb:  # colour frames go to the video as they are, not through the GIF palette
+        even = np.full((h + h % 2, w + w % 2, 3), PAD_VALUE, dtype=np.uint8)
+    else:
+        even = np.full((h + h % 2, w + w % 2), GREY_INDEX[PAD_VALUE], dtype=np.uint8)
     repeats = max(0, math.ceil(hold * fps) - 1)
 
     def write(tmp: Path) -> None:
@@ -307,14 +394,14 @@ def write_animation(path: Path, frames: np.ndarray, fps: float, hold: float) -> 
         with iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=2) as writer:
             for i in range(t + repeats):
                 even[:h, :w] = frames[min(i, t - 1)]
-                writer.append_data(to_rgb(even))
+                writer.append_data(even if rgb else to_rgb(even))
 
     _replace_into(path, write)
     return t + repeats, even.shape[1], even.shape[0]
 
 
-def check_frame_memory(steps: int, height: int, width: int) -> None:
-    need = steps * height * width  # one byte per pixel: indexed frames
+def check_frame_memory(steps: int, height: int, width: int, channels: int = 1) -> None:
+    need = steps * height * width * channels  # bytes: one per pixel for indexed frames, three for RGB
     if need > MAX_FRAME_BYTES:
         raise DrawError(
             f"the animation would need {need / 2**30:.1f} GiB of frames ({steps} frames of {width}x{height}); "
@@ -323,6 +410,18 @@ def check_frame_memory(steps: int, height: int, width: int) -> None:
 
 
 # ----------------------------------------------------------------------------- frames of the commands
+# Canvas probs are (T, n, H, W) for grey models and (T, n, 3, H, W) for colour ones (inputs
+# likewise without T). Grey frames are PALETTE indices, colour frames RGB; windows are drawn
+# in each one's encoding, with a black outline on colour (see draw_windows).
+def _window_inks(rgb: bool) -> tuple:
+    """(read colour, write colour, outline) in the frames' encoding."""
+    return (READ_COLOR, WRITE_COLOR, OUTLINE_COLOR) if rgb else (READ_INDEX, WRITE_INDEX, None)
+
+
+def _pad(rgb: bool) -> int:
+    return PAD_VALUE if rgb else GREY_INDEX[PAD_VALUE]
+
+
 def animation_frames(
     probs: np.ndarray,
     scale: int,
@@ -333,29 +432,33 @@ def animation_frames(
     write_n: int = 0,
     progress: bool = True,
 ) -> np.ndarray:
-    """Canvas probs (T, n, H, W) -> indexed frames (T, H', W') of a grid, windows drawn when given.
+    """Canvas probs (T, n, [3,] H, W) -> frames (T, H', W') indexed, or (T, H', W', 3) RGB for
+    colour, of a grid, windows drawn when given.
 
     read/write: (T, n, 5) attention parameters; read (green) is drawn first so
     the write window (red) stays visible where they overlap.
     """
-    t, n, h, w = probs.shape
+    rgb = is_colour(probs, 4)
+    t, n = probs.shape[:2]
+    h, w = probs.shape[-2:]
     grid = grid_for(n, nrow, h * scale, w * scale)
-    check_frame_memory(t, grid.shape[0] + PROGRESS_HEIGHT, grid.shape[1])
+    check_frame_memory(t, grid.shape[0] + PROGRESS_HEIGHT, grid.shape[1], 3 if rgb else 1)
     # Index and upscale the small (T, n, H, W) array, not the big frames.
-    frames = grid.place(upscale(to_indexed(to_uint8(probs)), scale), pad_value=GREY_INDEX[PAD_VALUE])
+    frames = grid.place(image_cells(probs, scale, rgb), pad_value=_pad(rgb), rgb=rgb)
+    read_ink, write_ink, outline = _window_inks(rgb)
     if read is not None:
-        draw_windows(frames, grid, range(n), read, read_n, scale, READ_INDEX)
+        draw_windows(frames, grid, range(n), read, read_n, scale, read_ink, outline)
     if write is not None:
-        draw_windows(frames, grid, range(n), write, write_n, scale, WRITE_INDEX)
-    return add_progress(frames) if progress else frames
+        draw_windows(frames, grid, range(n), write, write_n, scale, write_ink, outline)
+    return add_progress(frames, rgb) if progress else frames
 
 
-def _panel_cells(inputs: np.ndarray | None, probs: np.ndarray, scale: int, steps) -> np.ndarray:
-    """Indexed, upscaled cells (S, n, panels, h, w) for the chosen steps: [input,] canvas."""
-    canvas = upscale(to_indexed(to_uint8(probs[steps])), scale)  # (S, n, h, w)
+def _panel_cells(inputs: np.ndarray | None, probs: np.ndarray, scale: int, steps, rgb: bool) -> np.ndarray:
+    """Upscaled cells (S, n, panels, h, w[, 3]) for the chosen steps: [input,] canvas."""
+    canvas = image_cells(probs[steps], scale, rgb)  # (S, n, h, w[, 3])
     if inputs is None:
         return canvas[:, :, None]
-    shown = np.broadcast_to(upscale(to_indexed(to_uint8(inputs)), scale), canvas.shape)
+    shown = np.broadcast_to(image_cells(inputs, scale, rgb), canvas.shape)
     return np.stack([shown, canvas], axis=2)
 
 
@@ -368,22 +471,26 @@ def inspect_animation(
     write_n: int,
     scale: int,
 ) -> np.ndarray:
-    """Indexed frames (T, H, W): per image a pair [input + read window | canvas + write window].
+    """Frames (T, H, W) indexed, or (T, H, W, 3) RGB for colour: per image a pair
+    [input + read window | canvas + write window].
 
     Without inputs (prior samples) each image is its canvas alone. The pairs sit
     in a near-square grid, with a wider gap between pairs than inside one.
     """
-    t, n, h, w = probs.shape
-    cells = _panel_cells(inputs, probs, scale, slice(None))
+    rgb = is_colour(probs, 4)
+    t, n = probs.shape[:2]
+    h, w = probs.shape[-2:]
+    cells = _panel_cells(inputs, probs, scale, slice(None), rgb)
     panels = cells.shape[2]
     per_row = math.ceil(math.sqrt(n))
     grid = Grid(math.ceil(n / per_row), per_row * panels, h * scale, w * scale, col_group=panels if panels > 1 else 0)
-    check_frame_memory(t, grid.shape[0] + PROGRESS_HEIGHT, grid.shape[1])
-    frames = grid.place(cells.reshape(t, n * panels, h * scale, w * scale), pad_value=GREY_INDEX[PAD_VALUE])
+    check_frame_memory(t, grid.shape[0] + PROGRESS_HEIGHT, grid.shape[1], 3 if rgb else 1)
+    frames = grid.place(cells.reshape(t, n * panels, *cells.shape[3:]), pad_value=_pad(rgb), rgb=rgb)
     canvas_cells = np.arange(n) * panels + (panels - 1)
+    read_ink, write_ink, outline = _window_inks(rgb)
     if read is not None:
-        draw_windows(frames, grid, canvas_cells - 1, read, read_n, scale, READ_INDEX)
-    draw_windows(frames, grid, canvas_cells, write, write_n, scale, WRITE_INDEX)
+        draw_windows(frames, grid, canvas_cells - 1, read, read_n, scale, read_ink, outline)
+    draw_windows(frames, grid, canvas_cells, write, write_n, scale, write_ink, outline)
     return frames
 
 
@@ -397,21 +504,31 @@ def inspect_strip(
     scale: int,
     steps: np.ndarray,
 ) -> np.ndarray:
-    """One indexed image over time: per image a row of inputs with read windows above a row of
-    canvases with write windows (canvases only without inputs), one column per chosen step."""
-    _, n, h, w = probs.shape
+    """One image over time, indexed (H, W) or RGB (H, W, 3) for colour: per image a row of inputs
+    with read windows above a row of canvases with write windows (canvases only without
+    inputs), one column per chosen step."""
+    rgb = is_colour(probs, 4)
+    n = probs.shape[1]
+    h, w = probs.shape[-2:]
     k = len(steps)
-    cells = _panel_cells(inputs, probs, scale, steps)  # (k, n, panels, h', w')
+    cells = _panel_cells(inputs, probs, scale, steps, rgb)  # (k, n, panels, h', w'[, 3])
     panels = cells.shape[2]
     grid = Grid(n * panels, k, h * scale, w * scale, row_group=panels if panels > 1 else 0)
     # Row-major cells: image, panel, step.
-    image = grid.place(cells.transpose(1, 2, 0, 3, 4).reshape(n * panels * k, h * scale, w * scale), pad_value=GREY_INDEX[PAD_VALUE])
+    order = (1, 2, 0, *range(3, cells.ndim))
+    image = grid.place(cells.transpose(order).reshape(n * panels * k, *cells.shape[3:]), pad_value=_pad(rgb), rgb=rgb)
     canvas_cells = ((np.arange(n) * panels + panels - 1)[:, None] * k + np.arange(k)).ravel()  # image-major
 
     def per_cell(params: np.ndarray) -> np.ndarray:  # (T, n, 5) -> (1, n*k, 5) in cell order
         return params[steps].transpose(1, 0, 2).reshape(1, n * k, 5)
 
+    read_ink, write_ink, outline = _window_inks(rgb)
     if read is not None:
-        draw_windows(image[None], grid, canvas_cells - k, per_cell(read), read_n, scale, READ_INDEX)
-    draw_windows(image[None], grid, canvas_cells, per_cell(write), write_n, scale, WRITE_INDEX)
+        draw_windows(image[None], grid, canvas_cells - k, per_cell(read), read_n, scale, read_ink, outline)
+    draw_windows(image[None], grid, canvas_cells, per_cell(write), write_n, scale, write_ink, outline)
     return image
+
+
+def strip_rgb(image: np.ndarray) -> np.ndarray:
+    """An inspect strip as RGB for the PNG: indexed (grey models) through PALETTE, RGB as it is."""
+    return image if image.ndim == 3 else to_rgb(image)

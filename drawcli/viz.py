@@ -1,5 +1,8 @@
 """The picture commands: `draw sample`, `draw animate`, `draw inspect-attention`.
 
+Grey and colour models alike: a colour model's canvases keep their channel axis,
+(T, n, C, H, W), and drawcli.render draws them as RGB.
+
 Each checks its options, loads the model (drawcli.runs.load_run: a run or a built-in @NAME),
 runs it under the requested precision, and hands numpy arrays to drawcli.render, which builds
 the frames and writes the files.
@@ -24,10 +27,11 @@ from drawcli.render import (
     check_animation_path,
     default_scale,
     grid_for,
+    image_cells,
     inspect_animation,
     inspect_strip,
+    strip_rgb,
     strip_steps,
-    to_rgb,
     to_uint8,
     upscale,
     write_animation,
@@ -105,27 +109,38 @@ def _named(loaded: LoadedRun) -> str:
 
 
 def load_test_images(loaded: LoadedRun, data_dir: str | None) -> np.ndarray:
-    """The run's test images, uint8 (N, H, W); a missing data set is the usual one-line error.
+    """The run's test images, uint8 (N, H, W), or (N, C, H, W) for colour; a missing data set is
+    the usual one-line error.
 
-    Only the test file is read: pictures never need the 47 MB training set.
+    A registry set reads only its test file: pictures never need the 47 MB training set. A
+    ``folder:PATH`` set is read as training read it (its data.* settings, from its cache when
+    the folder is unchanged), and its held-out test split is shown.
     """
-    from drawcli.data import load_images, resolve_data_dir
-    from drawcli.datasets import get_spec
+    import dataclasses
 
-    spec = get_spec(loaded.settings.data.dataset)
-    directory = resolve_data_dir(data_dir or loaded.settings.data.data_dir) / spec.name
-    images = load_images(spec, directory, "test_images")
+    from drawcli.data import load_data, load_images, resolve_data_dir
+    from drawcli.datasets import get_spec, is_folder
+
+    data = loaded.settings.data
+    root = resolve_data_dir(data_dir or data.data_dir)
+    if is_folder(data.dataset):
+        # The test split even for a run that validated: that is what "test images" says.
+        name, images = data.dataset, load_data(dataclasses.replace(data, validation=False), root).eval
+    else:
+        spec = get_spec(data.dataset)
+        name, images = spec.name, load_images(spec, root / spec.name, "test_images")
     model = loaded.model
-    if images.shape[1:] != (model.height, model.width):
-        raise DrawError(
-            f"{spec.name} images are {images.shape[2]}x{images.shape[1]} but the model draws "
-            f"{model.width}x{model.height}"
-        )
+    shape = (model.height, model.width) if model.channels == 1 else (model.channels, model.height, model.width)
+    if images.shape[1:] != shape:
+        def describe(s) -> str:
+            return f"{s[-1]}x{s[-2]}" + (f" with {s[0]} channels" if len(s) == 3 else " grey")
+
+        raise DrawError(f"{name} images are {describe(images.shape[1:])} but the model draws {describe(shape)}")
     return images
 
 
 def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator):
-    """Encode and redraw test images: (inputs (B,H,W), canvas probs (T,B,H,W), read, write) as numpy.
+    """Encode and redraw test images: (inputs (B,[C,]H,W), canvas probs (T,B,[C,]H,W), read, write) as numpy.
 
     The input is binarised as in training (the run's data.binarize, seeded), so
     the picture shows what the model actually read.
@@ -144,7 +159,7 @@ def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator):
 
 
 def sample_prior(loaded: LoadedRun, n: int, generator):
-    """Prior samples: canvas probs (T, n, H, W) and write windows (T, n, 5) or None, as numpy."""
+    """Prior samples: canvas probs (T, n, [C,] H, W) and write windows (T, n, 5) or None, as numpy."""
     import torch
 
     with running(loaded):
@@ -174,15 +189,6 @@ def _console(console):
 
 
 # ----------------------------------------------------------------------------- draw sample
-def _grey_only(loaded):
-    """Pictures of colour models (RGB frames, window colours chosen against the image) are the part
-    of issue #16 still to come; training and `draw evaluate` handle them already."""
-    if loaded.model.channels != 1:
-        raise DrawError(f"{loaded.label} draws {loaded.model.channels}-channel images: pictures of colour models are not "
-                        "supported by this version yet (train and evaluate them with draw train and draw evaluate)")
-    return loaded
-
-
 def sample_command(
     run: str,
     *,
@@ -199,7 +205,8 @@ def sample_command(
     precision: str = "float32",
     console=None,
 ) -> list[Path]:
-    """A PNG grid of sigmoid(c_T) for n prior samples (Bernoulli pixels with ``binary``)."""
+    """A PNG grid of sigmoid(c_T) for n prior samples (Bernoulli pixels with ``binary``); RGB for
+    colour models, each channel its own sigmoid. ``npy`` keeps the floats, (n, [C,] H, W)."""
     _positive("-n", n)
     _positive("--nrow", nrow)
     _positive("--scale", scale)
@@ -212,7 +219,7 @@ def sample_command(
         raise DrawError(f"{out}: samples are written as PNG; use a .png file name")
     import torch  # only now: every mistake above is answered without it
 
-    loaded = _grey_only(load_run(run, load, device, runs_dir, located, precision))
+    loaded = load_run(run, load, device, runs_dir, located, precision)
     gen = _generator(loaded, seed)
     model = loaded.model
     with running(loaded):
@@ -220,10 +227,13 @@ def sample_command(
         probs = torch.sigmoid(logits[-1].float())
         if binary:
             probs = torch.bernoulli(probs, generator=gen)
-    pixels = probs.float().cpu().numpy()  # (n, H, W)
+    pixels = probs.float().cpu().numpy()  # (n, H, W), or (n, C, H, W) for colour
     s = scale or default_scale(model.height, model.width)
     grid = grid_for(n, nrow, model.height * s, model.width * s)
-    write_png(out, grid.place(upscale(to_uint8(pixels), s)))
+    if model.channels == 1:  # grey levels as they are (an "L" PNG), not palette indices
+        write_png(out, grid.place(upscale(to_uint8(pixels), s)))
+    else:
+        write_png(out, grid.place(image_cells(pixels, s, colour=True), rgb=True))
     written = [out]
     if npy:
         raw = out.with_suffix(".npy")
@@ -268,7 +278,7 @@ def animate_command(
         "animation", ".gif", f"n{n}", f"seed{seed}", what
     )
     check_animation_path(out)  # before torch and the model: a wrong suffix should fail fast
-    loaded = _grey_only(load_run(run, load, device, runs_dir, located, precision))
+    loaded = load_run(run, load, device, runs_dir, located, precision)
     con = _console(console)
     model = loaded.model
     if boxes and not reconstruct:
@@ -393,7 +403,7 @@ def inspect_attention_command(
     check_animation_path(out)
     if json_path is not None and Path(json_path).suffix.lower() != ".json":
         raise DrawError(f"{json_path}: --json writes JSON; use a .json file name")
-    loaded = _grey_only(load_run(run, load, device, runs_dir, located, precision))
+    loaded = load_run(run, load, device, runs_dir, located, precision)
     _require_attention(loaded, "to inspect")
     strip_path = out.with_suffix(".png")
     model = loaded.model
@@ -415,10 +425,10 @@ def inspect_attention_command(
             raise DrawError(f"the model produced non-finite {name} attention parameters (is the checkpoint diverged?)")
 
     s = scale or default_scale(model.height, model.width)
-    frames = add_progress(inspect_animation(inputs, probs, read, write, model.read_n, model.write_n, s))
+    frames = add_progress(inspect_animation(inputs, probs, read, write, model.read_n, model.write_n, s), model.channels > 1)
     count, width, height = write_animation(out, frames, fps, hold)
     steps = strip_steps(len(probs))
-    write_png(strip_path, to_rgb(inspect_strip(inputs, probs, read, write, model.read_n, model.write_n, s, steps)))
+    write_png(strip_path, strip_rgb(inspect_strip(inputs, probs, read, write, model.read_n, model.write_n, s, steps)))
     written = [out, strip_path]
 
     con = _console(console)

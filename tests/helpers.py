@@ -1,4 +1,4 @@
-"""Helpers shared by the tests (fixtures live in conftest.py): synthetic images, tiny settings, a callback that collects."""
+"""Helpers shared by the tests (fixtures live in conftest.py): synthetic images, tiny settings, a tiny colour run, a callback that collects."""
 
 from __future__ import annotations
 
@@ -32,6 +32,32 @@ class Collect:
 
     def on_checkpoint(self, ckpt, is_best):
         self.ckpts.append((ckpt, is_best))
+
+
+def make_colour_run(runs_dir, name: str, folder, data_dir, steps: int = 3, height: int = 12, width: int = 10):
+    """A run of an untrained 3-channel model (16 hidden units, read 2x2, write 3x3) on the
+    pictures in ``folder`` (data.binarize none: the model reads the pictures themselves),
+    written as a real run directory with one checkpoint, last.pt."""
+    import torch
+
+    from drawcli.checkpoint import atomic_save, build_model, make_checkpoint
+    from drawcli.runs import write_config
+
+    settings = build_settings(
+        flags={
+            "model": {"steps": steps, "hidden": 16, "embed": 4, "read_n": 2, "write_n": 3},
+            "data": {"dataset": f"folder:{folder}", "data_dir": str(data_dir), "binarize": "none"},
+            "run": {"name": name, "runs_dir": str(runs_dir), "device": "cpu"},
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(settings, height, width, 3)
+    run_dir = runs_dir / name
+    (run_dir / "checkpoints").mkdir(parents=True)
+    write_config(run_dir, settings)
+    ckpt = make_checkpoint(model, torch.optim.Adam(model.parameters()), settings, 1, 10, {}, {"loss": 500.0}, 500.0)
+    atomic_save(ckpt, run_dir / "checkpoints" / "last.pt")
+    return run_dir
 
 
 def tiny_settings(*sets):

@@ -1,4 +1,4 @@
-"""Colour training end to end: a folder of RGB pictures trains, resumes and evaluates."""
+"""Colour training end to end: a folder of RGB pictures trains, resumes, evaluates and samples."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def pictures(tmp_path):
     return tmp_path / "pics"
 
 
-def test_a_folder_of_colour_pictures_trains_resumes_and_evaluates(pictures, tmp_path, monkeypatch):
+def test_a_folder_of_colour_pictures_trains_resumes_evaluates_and_samples(pictures, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     common = ["--data-dir", tmp_path / "data", "--runs-dir", tmp_path / "runs", "--device", "cpu"]
     first = draw("train", "--dataset", f"folder:{pictures}", "--steps", "2", "--hidden", "16", "--embed", "4",
@@ -50,5 +50,6 @@ def test_a_folder_of_colour_pictures_trains_resumes_and_evaluates(pictures, tmp_
     assert [r["step"] for r in evals] == [3, 5] and all(np.isfinite(r["loss"]) for r in evals)
     events = list((tmp_path / "runs" / "rgb" / "tb").glob("events.*"))
     assert events, "TensorBoard logs colour runs too (RGB sample grids)"
-    sample = draw("sample", "rgb", "--runs-dir", tmp_path / "runs")
-    assert sample.exit_code == 1 and "rgb draws 3-channel images: pictures of colour models are not supported" in sample.output
+    sample = draw("sample", "rgb", "--runs-dir", tmp_path / "runs", "-n", "4", "-o", tmp_path / "s.png")
+    assert sample.exit_code == 0, sample.output
+    assert np.asarray(Image.open(tmp_path / "s.png")).shape[-1] == 3  # an RGB grid of the colour samples

@@ -735,6 +735,34 @@ def test_bad_data_setting(args, fragment):
     fails_with(draw("train", *args), fragment)
 
 
+@pytest.mark.parametrize("command", ["sample", "animate --reconstruct", "inspect-attention"])
+@pytest.mark.parametrize(
+    "kind, fragment",
+    [
+        ("missing", "{root}: no such folder (data.dataset folder:{root})"),
+        ("other-size", "folder:{root} images are 8x8 with 3 channels but the model draws 10x12 with 3 channels"),
+    ],
+)
+def test_pictures_of_a_colour_run_without_its_pictures(tmp_path, command, kind, fragment):
+    """The picture commands read a folder run's test images from its folder: gone or resized, one line."""
+    from PIL import Image
+
+    from helpers import make_colour_run
+
+    root = tmp_path / "pictures"
+    if kind == "other-size":
+        root.mkdir()
+        for i in range(4):
+            Image.new("RGB", (8, 8), (10 * i, 20, 30)).save(root / f"{i}.png")
+    make_colour_run(tmp_path / "runs", "rgb", root, tmp_path / "data")
+    args = [*command.split(), "rgb", "-n", "1", "--runs-dir", tmp_path / "runs", "--device", "cpu"]
+    result = draw(*args)
+    if command == "sample":  # prior samples need no data: it works whatever happened to the folder
+        assert result.exit_code == 0, result.output
+        return
+    fails_with(result, fragment.format(root=root))
+
+
 def test_two_digit_mnist_without_mnist(tmp_path):
     root = tmp_path / "data"
     fails_with(draw("download", "two-digit-mnist", "--data-dir", root),
