@@ -64,6 +64,15 @@ def test_sample_configs_match_the_paper_and_the_original():
     seed = by_name["seed.yaml"]
     assert (seed.model.steps, seed.model.read_n, seed.model.write_n, seed.model.embed) == (50, 2, 5, 100)
     assert (seed.train.lr, seed.train.epochs) == (1e-3, 100)
+    # Table 3's SVHN and CIFAR-10 rows: (T, LSTM, z, read N, write N); continuous intensities, not binarised
+    for name, want, dataset in (("svhn.yaml", (32, 800, 100, 12, 12), "svhn"), ("cifar10.yaml", (64, 400, 200, 5, 5), "cifar10")):
+        s = by_name[name]
+        assert (s.model.steps, s.model.hidden, s.model.embed, s.model.read_n, s.model.write_n) == want
+        assert s.data.dataset == dataset and s.data.binarize == "none" and s.model.attention
+    repro = by_name["mnist_reproduce.yaml"]
+    assert repro.model == paper and repro.train.lr_schedule == "cosine" and repro.train.precision == "auto"
+    assert by_name["two_digit_mnist.yaml"].data.dataset == "two-digit-mnist"
+    assert by_name["colour_quick.yaml"].data.channels == 3 and by_name["colour_quick.yaml"].data.dataset.startswith("folder:")
 
 
 @pytest.mark.parametrize(
