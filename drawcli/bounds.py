@@ -86,7 +86,9 @@ def fixed_binarization(images, mode: str, seed: int) -> tuple[torch.Tensor, floa
     else:
         raise DrawError(f"unknown binarisation {mode!r}; expected dynamic, threshold or none")
     digest = hashlib.sha256(targets.contiguous().numpy().tobytes()).hexdigest()[:16]
-    info = {"mode": mode, "seed": seed if mode == "dynamic" else None, "sha256": digest, "description": description}
+    info = {"mode": mode, "seed": seed if mode == "dynamic" else None, "sha256": digest, "description": description,
+            # grey levels or colours as targets: the loss is a cross-entropy, not a bound on -log p(x)
+            "binary": mode != "none" or binary}
     return targets, scale, info
 
 

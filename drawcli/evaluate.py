@@ -4,12 +4,13 @@ print them beside the paper's Table 2, and write them as JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -33,34 +34,39 @@ def write_json_atomic(path: Path, obj) -> None:
     write_text_atomically(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def _load_split(dataset: str, data_dir: Path, split: str, run_validation: bool, console: Console) -> np.ndarray:
-    from drawcli.data import MissingDataset, load_splits
+def _load_split(data, data_dir: Path, split: str, console: Console):
+    """(images of ``split``, the data set's spec) for DataSettings ``data`` (registry sets and folder:PATH)."""
+    from drawcli.data import MissingDataset, load_data
 
     def load():
         if split == "test":
-            return load_splits(dataset, data_dir, validation=False).eval
+            splits = load_data(dataclasses.replace(data, validation=False), data_dir)
+            return splits.eval, splits.spec
         if split == "valid":
-            return load_splits(dataset, data_dir, validation=True).eval
-        # train: the images the run trained on (without its held-out 10k if it had them).
-        return load_splits(dataset, data_dir, validation=run_validation).train
+            splits = load_data(dataclasses.replace(data, validation=True), data_dir)
+            return splits.eval, splits.spec
+        # train: the images the run trained on (without its held-out part if it had one).
+        splits = load_data(data, data_dir)
+        return splits.train, splits.spec
 
     try:
         return load()
     except MissingDataset:
         from drawcli.download import ensure_dataset
 
-        ensure_dataset(dataset, data_dir, console=console)
+        ensure_dataset(data.dataset, data_dir, console=console)
         return load()
 
 
 def _eval_binarize(spec, settings) -> str:
     """The run's binarisation, except: a pre-binarised set is used as is, and a run trained on
     one (recorded as 'none') evaluates grey-level sets with the paper's dynamic rule."""
-    from drawcli.datasets import get_spec
+    from drawcli.datasets import get_spec, is_folder
 
     if spec.prebinarized:
         return "none"
-    if settings.data.binarize == "none" and get_spec(settings.data.dataset).prebinarized:
+    trained_on = settings.data.dataset
+    if settings.data.binarize == "none" and not is_folder(trained_on) and get_spec(trained_on).prebinarized:
         return "dynamic"
     return settings.data.binarize
 
@@ -86,7 +92,7 @@ def evaluate_command(
     directory that says what it holds, see :func:`eval_file_name`); return what was written."""
     from drawcli import runs
     from drawcli.data import resolve_data_dir
-    from drawcli.datasets import get_spec
+    from drawcli.datasets import get_spec, is_folder
     from drawcli.device import autocast, describe
     from drawcli.settings import check_command_options
 
@@ -110,12 +116,20 @@ def evaluate_command(
     source = str(located.checkpoint) if located.checkpoint is not None else located.label
 
     name = dataset or settings.data.dataset
-    spec = get_spec(name)
-    if (spec.height, spec.width) != (model.height, model.width):
-        raise DrawError(
-            f"data set {name} has {spec.height}x{spec.width} images; {located.label!r} models {model.height}x{model.width}"
-        )
-    images = _load_split(name, resolve_data_dir(data_dir or settings.data.data_dir), split, settings.data.validation, console)
+    data = settings.data
+    if name != data.dataset:  # another data set: the run's folder-only settings do not apply to it
+        data = dataclasses.replace(data, dataset=name, image_size=None, channels=None, test_fraction=None)
+    if not is_folder(name):  # a wrong shape is answered before any file is read
+        known = get_spec(name)
+        if (known.channels, known.height, known.width) != (model.channels, model.height, model.width):
+            raise DrawError(
+                f"data set {name} has {known.height}x{known.width} images with {known.channels} channel(s); "
+                f"{located.label!r} models {model.height}x{model.width} with {model.channels}"
+            )
+    images, spec = _load_split(data, resolve_data_dir(data_dir or settings.data.data_dir), split, console)
+    expected = (model.height, model.width) if model.channels == 1 else (model.channels, model.height, model.width)
+    if tuple(images.shape[1:]) != expected:
+        raise DrawError(f"{name} images are {tuple(images.shape[1:])}; {located.label!r} models {expected}")
     total = len(images)
     if limit is not None:
         images = images[:limit]
@@ -160,6 +174,8 @@ def evaluate_command(
         "binarization": bounds.binarization,
         **numbers,
         "paper": paper_comparison(model.config(), name, split, len(images), total, settings.data.dataset),
+        "continuous": not bounds.binarization.get("binary", True),
+        **per_value(numbers, model.channels * model.height * model.width),
         "notes": notes,
         "device": describe(dev),
         "precision": loaded.precision,
@@ -186,11 +202,20 @@ def eval_file_name(split: str, samples: int, limit: int | None, checkpoint: Path
     return "-".join(p for p in parts if p) + ".json"
 
 
+def per_value(numbers: dict, values: int) -> dict:
+    """The ELBO and IWAE numbers per sub-pixel (C x H x W values per image), in nats and in bits."""
+    return {"values_per_image": values,
+            **{f"{key}_per_value_nats": numbers[key] / values for key in ("elbo", "iwae")},
+            **{f"{key}_per_value_bits": numbers[key] / values / math.log(2) for key in ("elbo", "iwae")}}
+
+
 def results_table(result: dict) -> Table:
     """Our bounds with standard errors; the paper's Table 2 number on the ELBO row."""
     paper = result["paper"]
+    what = ("Bernoulli cross-entropy of continuous targets (not a likelihood bound)" if result.get("continuous")
+            else "-log p(x) bounds")
     title = (
-        f"run {escape(result['run'])}, epoch {result['epoch']}: -log p(x) bounds, nats per image, "
+        f"run {escape(result['run'])}, epoch {result['epoch']}: {what}, nats per image, "
         f"{result['images']} {escape(result['dataset'])} {result['split']} images, {result.get('precision', 'float32')}"
     )
     table = Table(title=title, title_justify="left")
@@ -210,6 +235,11 @@ def results_table(result: dict) -> Table:
     table.add_row("  L^z latent KL (eq 11)", f"{result['elbo_lz']:.2f}", se("elbo_lz"), "")
     table.add_row(f"IWAE bound, K={k}", f"{result['iwae']:.2f}", se("iwae"), "")
     table.add_row("ELBO - IWAE (paired)", f"{result['elbo_minus_iwae']:.2f}", se("elbo_minus_iwae"), "")
+    if "values_per_image" in result:
+        n = result["values_per_image"]
+        for key, label in (("elbo", "ELBO"), ("iwae", "IWAE")):
+            table.add_row(f"{label} per sub-pixel ({n} per image)",
+                          f"{result[key + '_per_value_nats']:.4f} nats = {result[key + '_per_value_bits']:.4f} bits", "", "")
     return table
 
 
@@ -225,6 +255,9 @@ def _footnotes(result: dict) -> list[str]:
         lines.append(
             f"* not comparable with the paper's {paper['table2']:.2f}: " + "; ".join(paper["differences"])
         )
+    if result.get("continuous"):
+        lines.append("the targets are grey levels or colours in [0, 1], not binary pixels: these numbers are Bernoulli "
+                     "cross-entropies in nats, useful to compare runs, but not bounds on a likelihood.")
     if result["samples"] == 1:
         lines.append("K=1: the IWAE row is a one-sample ELBO with a sampled KL; use --samples 100 or more for a tighter bound.")
     lines.extend(result["notes"])

@@ -39,7 +39,7 @@ def test_a_folder_of_colour_pictures_trains_resumes_evaluates_and_samples(pictur
     monkeypatch.chdir(tmp_path)
     common = ["--data-dir", tmp_path / "data", "--runs-dir", tmp_path / "runs", "--device", "cpu"]
     first = draw("train", "--dataset", f"folder:{pictures}", "--steps", "2", "--hidden", "16", "--embed", "4",
-                 "--read-n", "2", "--write-n", "3", "-b", "8", "--max-steps", "3", "--name", "rgb", *common)
+                 "--read-n", "2", "--write-n", "3", "-b", "8", "--max-steps", "3", "--name", "rgb", "--set", "data.binarize=none", *common)
     assert first.exit_code == 0, first.output
     ckpt = torch.load(tmp_path / "runs" / "rgb" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["model_config"]["channels"] == 3 and ckpt["model_config"]["height"] == 12
@@ -48,6 +48,13 @@ def test_a_folder_of_colour_pictures_trains_resumes_evaluates_and_samples(pictur
     rows = [json.loads(line) for line in (tmp_path / "runs" / "rgb" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [3, 5] and all(np.isfinite(r["loss"]) for r in evals)
+    ev = draw("evaluate", "rgb", "--samples", "2", "--runs-dir", tmp_path / "runs", "--data-dir", tmp_path / "data",
+              "-o", tmp_path / "e.json")
+    assert ev.exit_code == 0, ev.output
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["continuous"] is True and result["values_per_image"] == 3 * 12 * 12
+    assert result["elbo_per_value_bits"] == pytest.approx(result["elbo"] / 432 / np.log(2))
+    assert "not bounds on a likelihood" in ev.output and "Bernoulli cross-entropy of continuous targets" in ev.output
     events = list((tmp_path / "runs" / "rgb" / "tb").glob("events.*"))
     assert events, "TensorBoard logs colour runs too (RGB sample grids)"
     sample = draw("sample", "rgb", "--runs-dir", tmp_path / "runs", "-n", "4", "-o", tmp_path / "s.png")
