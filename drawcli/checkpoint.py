@@ -22,7 +22,6 @@ This module imports torch only inside the functions that need it: run lookups st
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import re
@@ -35,7 +34,7 @@ from typing import Any
 from drawcli import __version__
 from drawcli.errors import DrawError
 from drawcli.files import replace_atomically
-from drawcli.settings import Settings, apply_overrides, from_dict
+from drawcli.settings import Settings, apply_overrides, from_dict, model_arguments
 
 FORMAT = "drawcli-checkpoint"
 FORMAT_VERSION = 1
@@ -62,6 +61,7 @@ def atomic_link(src: Path, dst: Path) -> None:
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since PyTorch 1.6
 MODEL_KEYS = ("steps", "hidden", "embed", "attention", "read_n", "write_n")  # model_config beyond height, width
+SETTING_OF = {"steps": "glimpses", "embed": "latent"}  # DRAW's argument -> its settings key (settings.model_arguments)
 
 
 def _first_sentence(e: BaseException) -> str:
@@ -181,12 +181,12 @@ def _check_contents(ckpt: dict) -> None:
 
     if not isinstance(ckpt["settings"], dict):
         raise DrawError(f"settings must be a mapping, got {type(ckpt['settings']).__name__}")
-    saved = from_dict(ckpt["settings"]).model
+    saved = model_arguments(from_dict(ckpt["settings"]).model)
     for key in MODEL_KEYS:
-        if getattr(saved, key) != cfg[key]:
+        if saved[key] != cfg[key]:
             raise DrawError(
                 f"model_config ({key}={cfg[key]!r}) disagrees with its saved settings "
-                f"(model.{key}={getattr(saved, key)!r}): the file was altered or is corrupt"
+                f"(model.{SETTING_OF.get(key, key)}={saved[key]!r}): the file was altered or is corrupt"
             )
 
     weights = ckpt["model"]
@@ -262,11 +262,11 @@ def _check_optimizer(optimizer, params) -> None:
 
 # ----------------------------------------------------------------------------- writing and rebuilding
 def build_model(settings: Settings, height: int, width: int, channels: int = 1):
-    """A fresh DRAW for ``settings``: ModelSettings' fields are DRAW's constructor arguments, by design;
-    the image shape comes from the data."""
+    """A fresh DRAW for ``settings`` (settings.model_arguments maps the settings' names to DRAW's); the
+    image shape comes from the data."""
     from drawcli.model import DRAW
 
-    return DRAW(height=height, width=width, channels=channels, **dataclasses.asdict(settings.model))
+    return DRAW(height=height, width=width, channels=channels, **model_arguments(settings.model))
 
 
 def model_from_checkpoint(ckpt: dict, device):

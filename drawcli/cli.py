@@ -151,9 +151,9 @@ Examples:
 
   draw train --config sample_configs/quick.yaml --name quick
 
-  draw train --steps 50 --read-n 2 --write-n 5 --lr 1e-3
+  draw train --glimpses 50 --read-n 2 --write-n 5 --lr 1e-3
 
-  draw train --no-attention --steps 64 --set train.grad_clip=10
+  draw train --no-attention --glimpses 64 --set train.grad_clip=10
 
   draw train --resume quick --epochs 20
 
@@ -164,8 +164,8 @@ Examples:
 @app.command(epilog=TRAIN_EXAMPLES)
 @_user_errors
 def train(
-    steps: Annotated[Optional[int], typer.Option("--steps", "--step", "-T", help=f"Glimpses T (model.steps; default {ModelSettings.steps}).")] = None,
-    embed: Annotated[Optional[int], typer.Option("--embed", "-z", help=f"Latent size per step (model.embed; default {ModelSettings.embed}).")] = None,
+    glimpses: Annotated[Optional[int], typer.Option("--glimpses", "-T", "--steps", "--step", help=f"Glimpses T: drawing steps per image (model.glimpses; default {ModelSettings.glimpses}).")] = None,
+    latent: Annotated[Optional[int], typer.Option("--latent", "-z", "--embed", help=f"Size of each latent z_t (model.latent; default {ModelSettings.latent}).")] = None,
     hidden: Annotated[Optional[int], typer.Option("--hidden", help=f"LSTM units, encoder and decoder (default {ModelSettings.hidden}).")] = None,
     attention: Annotated[Optional[bool], typer.Option("--attention/--no-attention", help=f"Gaussian read/write attention (default {'on' if ModelSettings.attention else 'off'}).")] = None,
     read_n: Annotated[Optional[int], typer.Option("--read-n", help=f"Read glimpse side N (default {ModelSettings.read_n}).")] = None,
@@ -192,7 +192,7 @@ def train(
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
     flags = {
-        "model": {"steps": steps, "embed": embed, "hidden": hidden, "attention": attention, "read_n": read_n, "write_n": write_n},
+        "model": {"glimpses": glimpses, "latent": latent, "hidden": hidden, "attention": attention, "read_n": read_n, "write_n": write_n},
         "data": {"dataset": dataset, "data_dir": data_dir},
         "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed,
                   "eval_samples": eval_samples, "precision": precision},

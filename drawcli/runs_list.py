@@ -171,7 +171,10 @@ def run_info(run_dir: str | Path) -> dict:
         "status": status,
         "lock": lock,
         "dataset": data.get("dataset"),
-        "model": {k: model.get(k) for k in ("steps", "read_n", "write_n", "hidden", "embed", "attention")},
+        # config.yaml of runs made before the rename says steps and embed (drawcli.settings.ALIASES)
+        "model": {"glimpses": model.get("glimpses", model.get("steps")), "read_n": model.get("read_n"),
+                  "write_n": model.get("write_n"), "hidden": model.get("hidden"),
+                  "latent": model.get("latent", model.get("embed")), "attention": model.get("attention")},
         "epochs": epochs_done,
         "epochs_target": epochs_target,
         "steps": steps_done,
@@ -217,7 +220,7 @@ def model_summary(model: dict) -> str:
 
     attention = model.get("attention")
     middle = [part("r", "read_n"), part("w", "write_n")] if attention is not False else ["no-att"]
-    return " ".join([part("T", "steps"), *middle, part("h", "hidden"), part("z", "embed")])
+    return " ".join([part("T", "glimpses"), *middle, part("h", "hidden"), part("z", "latent")])
 
 
 def _age(unix: float | None, now: float | None = None) -> str:

@@ -39,9 +39,9 @@ def validate_run_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    steps: int = 64  # T, glimpses (paper Table 3: 64 for MNIST)
+    glimpses: int = 64  # T, the drawing steps of one image (paper Table 3: 64 for MNIST); old name: steps
     hidden: int = 256  # LSTM units, encoder and decoder
-    embed: int = 100  # size of z_t (the original's --embed)
+    latent: int = 100  # size of each z_t (paper Table 3's Z); old name: embed (the original's --embed)
     attention: bool = True
     read_n: int = 2  # read glimpse is read_n x read_n
     write_n: int = 5  # write patch is write_n x write_n
@@ -118,9 +118,9 @@ CHOICES = {
     ("run", "tensorboard"): ("auto", "true", "false"),
 }
 MIN = {
-    ("model", "steps"): 1,
+    ("model", "glimpses"): 1,
     ("model", "hidden"): 1,
-    ("model", "embed"): 1,
+    ("model", "latent"): 1,
     ("model", "read_n"): 1,
     ("model", "write_n"): 1,
     ("train", "epochs"): 1,
@@ -159,9 +159,21 @@ def _type_of(section: str, key: str) -> str:
     return {f.name: f.type for f in fields(cls)}[key]
 
 
-def _coerce(section: str, key: str, value: Any) -> Any:
+# Old names still accepted wherever settings are read (YAML, --set, config.yaml and checkpoints of
+# older runs): model.steps was easy to confuse with optimizer steps (--max-steps), and embed is the
+# latent size. Messages name the key as it was written.
+ALIASES = {("model", "steps"): "glimpses", ("model", "embed"): "latent"}
+
+
+def model_arguments(model: ModelSettings) -> dict[str, Any]:
+    """DRAW's constructor arguments for ``model`` (DRAW keeps the paper's T = steps and Z = embed)."""
+    return dict(steps=model.glimpses, hidden=model.hidden, embed=model.latent, attention=model.attention,
+                read_n=model.read_n, write_n=model.write_n)
+
+
+def _coerce(section: str, key: str, value: Any, shown: str | None = None) -> Any:
     """Check one value's type and range; return it in its canonical type."""
-    where = f"{section}.{key}"
+    where = f"{section}.{shown or key}"
     if (section, key) == ("data", "dataset") and isinstance(value, dict) and list(value) == ["folder"]:
         # YAML reads `folder:` (nothing after the colon, e.g. from --set) as a mapping: the string was meant.
         value = FOLDER_PREFIX + ("" if value["folder"] is None else str(value["folder"]))
@@ -255,9 +267,11 @@ def _check_key(section: str | None, key: str, origin: str) -> None:
     if key not in valid:
         # A key that belongs to another section is a common slip: say where it lives.
         for other, cls in _SECTION_CLASSES.items():
-            if key in {f.name for f in fields(cls)}:
+            if key in {f.name for f in fields(cls)} | {old for (sec, old) in ALIASES if sec == other}:
                 raise DrawError(f"{origin}{section}.{key}: unknown key (did you mean '{other}.{key}'?)")
-        raise DrawError(f"{origin}{section}.{key}: unknown key{_nearest(key, valid)}")
+        old = [name for (sec, name) in ALIASES if sec == section]
+        hint = _nearest(key, valid + old) if difflib.get_close_matches(key, valid + old, n=1, cutoff=0.6) else _nearest(key, valid)
+        raise DrawError(f"{origin}{section}.{key}: unknown key{hint}")
 
 
 def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], origin: str = "") -> Settings:
@@ -271,11 +285,15 @@ def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], 
             continue
         if not isinstance(values, Mapping):
             raise DrawError(f"{origin}{section}: expected a mapping of keys, got {values!r}")
-        checked = {}
+        checked, written = {}, {}
         for key, value in values.items():
-            _check_key(section, str(key), origin)
+            name = ALIASES.get((str(section), str(key)), str(key))
+            _check_key(section, name, origin)
+            if name in written:
+                raise DrawError(f"{origin}{section}.{key}: the same setting as {section}.{written[name]}; give one of them")
+            written[name] = key
             try:
-                checked[key] = _coerce(section, key, value)
+                checked[name] = _coerce(section, name, value, shown=str(key))
             except DrawError as e:  # name where the value came from: the file, --set, ...
                 raise DrawError(f"{origin}{e}") from None
         sections[section] = dataclasses.replace(getattr(base, section), **checked)

@@ -40,7 +40,7 @@ def test_export_holds_weights_only_in_float32(tiny_builtin):
 def test_a_builtin_loads_and_samples_deterministically(tiny_builtin):
     entry, _ = tiny_builtin
     model, settings, data = builtin.build(builtin.get_builtin("@tiny"), torch.device("cpu"))
-    assert not model.training and settings.model.steps == 3 and data["note"] == "test"
+    assert not model.training and settings.model.glimpses == 3 and data["note"] == "test"
     a, _ = model.generate(4, generator=torch.Generator().manual_seed(1))
     b, _ = model.generate(4, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)

@@ -31,7 +31,7 @@ def test_the_bundled_model_samples_deterministically_for_a_seed():
     b, _ = model.generate(3, generator=torch.Generator().manual_seed(5), every_step=False)
     c, _ = model.generate(3, generator=torch.Generator().manual_seed(6), every_step=False)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert settings.model.steps == 64 and settings.data.dataset == "mnist"
+    assert settings.model.glimpses == 64 and settings.data.dataset == "mnist"
 
 
 def test_draw_models_lists_it_without_torch():

@@ -198,7 +198,7 @@ def test_unknown_key(tmp_path, how, fragment):
         (["--set", "data.dataset=7"], "--set data.dataset: expected a string, got 7"),
         (["--set", "run.device=0"], "--set run.device: expected a device name such as 'cpu' or 'cuda:0', got 0"),
         (["--set", "model.hidden="], "--set model.hidden: a value is required, got null"),
-        (["--steps", "three"], "draw train: invalid value for '--steps'"),
+        (["--steps", "three"], "draw train: invalid value for '--glimpses' / '-T' / '--steps'"),
     ],
     ids=["int-word", "int-float", "bool", "float-word", "float-list", "float-bool", "str-int", "device-int", "null", "flag"],
 )
@@ -222,9 +222,9 @@ def test_wrong_type(args, fragment, tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--steps", "0"], "model.steps: must be >= 1, got 0"),
+        (["--steps", "0"], "model.glimpses: must be >= 1, got 0"),
         (["--hidden", "0"], "model.hidden: must be >= 1, got 0"),
-        (["--embed", "0"], "model.embed: must be >= 1, got 0"),
+        (["--embed", "0"], "model.latent: must be >= 1, got 0"),
         (["--read-n", "0"], "model.read_n: must be >= 1, got 0"),
         (["--read-n", "29"], "model.read_n: must be <= 28 (the image side), got 29"),
         (["--write-n", "0"], "model.write_n: must be >= 1, got 0"),

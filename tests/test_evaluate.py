@@ -185,7 +185,7 @@ def test_rows_per_pass_follows_the_memory_budget():
 @pytest.fixture(scope="module")
 def trained(mnist_splits):
     settings = Settings(
-        model=ModelSettings(steps=4, hidden=64, embed=8, attention=False),
+        model=ModelSettings(glimpses=4, hidden=64, latent=8, attention=False),
         train=TrainSettings(epochs=1, batch_size=64, lr=3e-3, max_steps=200, eval_batch_size=500, log_every=100),
     )
     result = train(settings, mnist_splits.train[:12_800], mnist_splits.eval[:100], torch.device("cpu"))
@@ -280,7 +280,7 @@ def make_run(runs_dir: Path, name: str, model: ModelSettings, data_dir: Path | N
     return run_dir
 
 
-TINY = ModelSettings(steps=2, hidden=8, embed=2, attention=True, read_n=2, write_n=3)
+TINY = ModelSettings(glimpses=2, hidden=8, latent=2, attention=True, read_n=2, write_n=3)
 
 
 def test_cli_writes_eval_json_and_the_table(tmp_path, data_dir):
@@ -292,7 +292,7 @@ def test_cli_writes_eval_json_and_the_table(tmp_path, data_dir):
     assert saved["format"] == "drawcli-eval" and saved["run"] == "tiny"
     assert saved["checkpoint"].endswith("epoch_002.pt") and (saved["epoch"], saved["step"]) == (2, 20)
     assert (saved["dataset"], saved["split"], saved["images"], saved["samples"]) == ("mnist", "test", 48, 3)
-    assert saved["settings"]["model"]["steps"] == 2 and saved["settings"]["run"]["name"] == "tiny"
+    assert saved["settings"]["model"]["glimpses"] == 2 and saved["settings"]["run"]["name"] == "tiny"
     assert saved["binarization"]["mode"] == "dynamic" and saved["binarization"]["seed"] == 0
     for key in ("elbo", "elbo_lx", "elbo_lz", "iwae"):
         assert saved[key] > 0 and saved[f"{key}_stderr"] > 0
@@ -315,7 +315,7 @@ def test_cli_writes_eval_json_and_the_table(tmp_path, data_dir):
 
 
 def test_binarized_mnist_is_used_as_is_and_matches_the_paper_setup(tmp_path, data_dir):
-    paper = ModelSettings(steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5)
+    paper = ModelSettings(glimpses=64, hidden=256, latent=100, attention=True, read_n=2, write_n=5)
     run_dir = make_run(tmp_path / "runs", "paper", paper, None, dataset="binarized-mnist")
     quiet = Console(file=io.StringIO())
     common = {"runs_dir": tmp_path / "runs", "data_dir": str(data_dir), "samples": 2, "device": "cpu", "console": quiet}

@@ -21,7 +21,7 @@ from test_builtin import tiny_builtin  # noqa: F401 - a fixture
 def test_load_run_of_a_builtin_has_no_run_directory(tiny_builtin, tmp_path):  # noqa: F811
     loaded = runs.load_run("@tiny", None, "cpu", tmp_path / "no-runs-here")
     assert loaded.run_dir is None and loaded.checkpoint is None and loaded.label == "@tiny"
-    assert not loaded.model.training and loaded.settings.model.steps == 3 and loaded.step == 2
+    assert not loaded.model.training and loaded.settings.model.glimpses == 3 and loaded.step == 2
     assert loaded.settings.data.data_dir is None  # the training machine's folder is not used
     assert loaded.output("samples", ".png", "n64", "seed0").as_posix() == "tiny-samples-n64-seed0.png"
 

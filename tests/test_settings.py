@@ -23,23 +23,23 @@ def write(tmp_path, text: str) -> Path:
 def test_defaults_follow_the_original_implementation():
     s = Settings()
     assert (s.train.lr, s.train.beta1, s.train.grad_clip, s.train.batch_size) == (1e-3, 0.5, 5.0, 128)
-    assert (s.model.read_n, s.model.write_n, s.model.embed, s.model.hidden) == (2, 5, 100, 256)
+    assert (s.model.read_n, s.model.write_n, s.model.latent, s.model.hidden) == (2, 5, 100, 256)
     assert s.run.device == "auto" and s.data.binarize == "dynamic"
 
 
 def test_settings_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        Settings().model.steps = 3  # type: ignore[misc]
+        Settings().model.glimpses = 3  # type: ignore[misc]
 
 
 def test_precedence_defaults_yaml_flags_set(tmp_path):
     cfg = write(tmp_path, "model:\n  steps: 10\n  hidden: 64\ntrain:\n  lr: 1e-2\n  epochs: 3\n")
     s = build_settings(cfg, {"model": {"steps": 20, "hidden": None}}, ["model.steps=30", "train.beta1=0.9"])
-    assert s.model.steps == 30  # --set beats the flag, which beats the file
+    assert s.model.glimpses == 30  # --set beats the flag, which beats the file
     assert s.model.hidden == 64  # file beats default; an unset flag (None) changes nothing
     assert s.train.lr == 1e-2 and isinstance(s.train.lr, float)  # `1e-2` in YAML 1.1 is a string
     assert s.train.epochs == 3 and s.train.beta1 == 0.9
-    assert s.model.embed == 100  # default
+    assert s.model.latent == 100  # default
 
 
 def test_yaml_round_trip(tmp_path):
@@ -59,15 +59,15 @@ def test_sample_configs_match_the_paper_and_the_original():
     by_name = {p.name: build_settings(p) for p in CONFIGS}
     assert {"mnist_attention.yaml", "mnist_no_attention.yaml", "seed.yaml", "quick.yaml"} <= set(by_name)
     paper = by_name["mnist_attention.yaml"].model
-    assert (paper.steps, paper.hidden, paper.embed, paper.read_n, paper.write_n, paper.attention) == (64, 256, 100, 2, 5, True)
+    assert (paper.glimpses, paper.hidden, paper.latent, paper.read_n, paper.write_n, paper.attention) == (64, 256, 100, 2, 5, True)
     assert by_name["mnist_no_attention.yaml"].model.attention is False
     seed = by_name["seed.yaml"]
-    assert (seed.model.steps, seed.model.read_n, seed.model.write_n, seed.model.embed) == (50, 2, 5, 100)
+    assert (seed.model.glimpses, seed.model.read_n, seed.model.write_n, seed.model.latent) == (50, 2, 5, 100)
     assert (seed.train.lr, seed.train.epochs) == (1e-3, 100)
     # Table 3's SVHN and CIFAR-10 rows: (T, LSTM, z, read N, write N); continuous intensities, not binarised
     for name, want, dataset in (("svhn.yaml", (32, 800, 100, 12, 12), "svhn"), ("cifar10.yaml", (64, 400, 200, 5, 5), "cifar10")):
         s = by_name[name]
-        assert (s.model.steps, s.model.hidden, s.model.embed, s.model.read_n, s.model.write_n) == want
+        assert (s.model.glimpses, s.model.hidden, s.model.latent, s.model.read_n, s.model.write_n) == want
         assert s.data.dataset == dataset and s.data.binarize == "none" and s.model.attention
     repro = by_name["mnist_reproduce.yaml"]
     assert repro.model == paper and repro.train.lr_schedule == "cosine" and repro.train.precision == "auto"
@@ -145,3 +145,19 @@ def test_glimpse_larger_than_the_image_is_refused():
     s = build_settings(None, {"model": {"read_n": 20}})
     with pytest.raises(DrawError, match="model.read_n: must be <= 12"):
         check_against_image(s, 12, 16)
+
+
+def test_glimpses_and_latent_keep_their_old_names_as_aliases(tmp_path):
+    """model.glimpses (T) and model.latent (Z) were model.steps and model.embed: the old names still
+    work in YAML, --set and saved settings, and giving both names of one setting is refused."""
+    old = build_settings(write(tmp_path, "model:\n  steps: 12\n  embed: 7\n"), None, ["model.embed=9"])
+    assert (old.model.glimpses, old.model.latent) == (12, 9)
+    assert from_dict({"model": {"steps": 5, "embed": 3}}).model == dataclasses.replace(Settings().model, glimpses=5, latent=3)
+    assert "glimpses: 12" in old.to_yaml() and "steps" not in old.to_yaml().split("train:")[0]
+    with pytest.raises(DrawError, match=r"model.steps: the same setting as model.glimpses; give one of them"):
+        build_settings(write(tmp_path, "model:\n  glimpses: 3\n  steps: 4\n"))
+    with pytest.raises(DrawError, match=r"model.steps: must be >= 1, got 0"):  # messages use the name as written
+        build_settings(None, None, ["model.steps=0"])
+    from drawcli.settings import model_arguments
+
+    assert model_arguments(old.model)["steps"] == 12 and model_arguments(old.model)["embed"] == 9

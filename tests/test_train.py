@@ -146,7 +146,7 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
     assert "device: cpu" in r.output and "runs/run1" in r.output
     run = tmp_path / "runs" / "run1"
     cfg = build_settings(run / "config.yaml")
-    assert cfg.model.steps == 3 and cfg.train.max_steps == 4 and cfg.run.name == "run1"
+    assert cfg.model.glimpses == 3 and cfg.train.max_steps == 4 and cfg.run.name == "run1"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"kind", "step", "epoch", "lx", "lz", "loss", "img_per_s", "lr", "time"} <= set(rows[0])
     assert rows[-1]["kind"] == "eval" and rows[-1]["step"] == 4
@@ -176,7 +176,7 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
     assert all(torch.equal(copy["model"][k], original["model"][k]) for k in original["model"])
 
     for argv, message in [
-        (["train", "--resume", "run1", "--steps", "5"], "cannot change the model shape (steps 3 -> 5)"),
+        (["train", "--resume", "run1", "--steps", "5"], "cannot change the model shape (glimpses 3 -> 5)"),
         (["train", "--resume", "ghost"], f"run 'ghost' not found in {tmp_path / 'runs'} (existing runs: run1, copy)"),
         (["train", "--name", "run1", *args[1:]], "run 'run1' already exists"),
         (["train", "--name", "../evil"], "invalid run name"),

@@ -391,7 +391,7 @@ def test_runs_lists_finished_interrupted_empty_and_locked_runs(tmp_path, monkeyp
     assert info["busy"]["lock"]["pid"] == 4242
     real = info["real"]
     assert real["dataset"] == "mnist" and real["epochs"] == 1 and real["epochs_target"] == 1 and real["steps"] == 3
-    assert real["model"] == {"steps": 3, "read_n": 2, "write_n": 5, "hidden": 16, "embed": 4, "attention": True}
+    assert real["model"] == {"glimpses": 3, "read_n": 2, "write_n": 5, "hidden": 16, "latent": 4, "attention": True}
     rows = [json.loads(line) for line in (runs / "real" / "metrics.jsonl").read_text().splitlines()]
     assert real["best_eval"]["loss"] == pytest.approx(min(r["loss"] for r in rows if r["kind"] == "eval"))
     assert real["iwae"]["iwae"] == 150.5 and real["iwae"]["samples"] == 7 and real["iwae"]["source"] == "eval.json"
