@@ -221,13 +221,14 @@ Examples:
 @app.command(epilog=DOWNLOAD_EXAMPLES)
 @_user_errors
 def download(
-    name: Optional[str] = typer.Argument(None, help="mnist, fashion-mnist or binarized-mnist."),
-    list_only: bool = typer.Option(False, "--list", help="Show every data set and whether it is present and verified."),
-    source: Optional[str] = typer.Option(None, "--from", help="Install from a local folder or base URL holding the same files."),
-    force: bool = typer.Option(False, "--force", help="Download again even if present and verified."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache)."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML settings file (its data.data_dir is used)."),
+    name: Annotated[Optional[str], typer.Argument(help="A data set: see draw download --list (mnist, fashion-mnist, binarized-mnist, two-digit-mnist, svhn, cifar10).")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="Show every data set and whether it is present and verified.")] = False,
+    source: Annotated[Optional[str], typer.Option("--from", help="Install from a local folder or base URL holding the same files.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if present and verified.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache).")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (its data.data_dir is used).")] = None,
+    extra: Annotated[bool, typer.Option("--extra", help="Also the set's optional files (svhn: extra_32x32.mat, 1.3 GB).")] = False,
 ):
     """Download a data set from verified mirrors (sha256-checked) into the data directory."""
     from drawcli.settings import build_settings
@@ -235,7 +236,7 @@ def download(
     settings = build_settings(config, {"data": {"data_dir": data_dir}})
     from drawcli.download import download_command
 
-    download_command(name, settings.data.data_dir, source=source, force=force, quiet=quiet, list_only=list_only)
+    download_command(name, settings.data.data_dir, source=source, force=force, quiet=quiet, list_only=list_only, extra=extra)
 
 
 SAMPLE_EXAMPLES = """
@@ -423,15 +424,15 @@ Examples:
 @app.command(epilog=PLOT_EXAMPLES)
 @_user_errors
 def plot(
-    runs: List[str] = typer.Argument(..., help="Run names under the runs directory or run directories; several go in one figure."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="PNG, SVG or PDF file (default RUN_DIR/curves.png for one run, curves.png for several)."),
-    x: str = typer.Option("step", "--x", help="Horizontal axis: step or epoch."),
-    parts: bool = typer.Option(False, "--parts", help="Also plot L_x and L_z, each in its own panel."),
-    log: bool = typer.Option(False, "--log/--linear", help="Logarithmic or linear loss axis."),
-    paper: bool = typer.Option(False, "--paper", help="Horizontal lines at the paper's 80.97 (attention) / 87.40 (no attention) for MNIST runs."),
-    ymin: Optional[float] = typer.Option(None, "--ymin", help="Lower limit of the loss axis."),
-    ymax: Optional[float] = typer.Option(None, "--ymax", help="Upper limit of the loss axis (hides the first steps' large losses)."),
-    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT in pixels (default 1000x600, or 1500x500 with --parts)."),
+    runs: Annotated[List[str], typer.Argument(help="Run names under the runs directory or run directories; several go in one figure.")],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG, SVG or PDF file (default RUN_DIR/curves.png for one run, curves.png for several).")] = None,
+    x: Annotated[str, typer.Option("--x", help="Horizontal axis: step or epoch.")] = "step",
+    parts: Annotated[bool, typer.Option("--parts", help="Also plot L_x and L_z, each in its own panel.")] = False,
+    log: Annotated[bool, typer.Option("--log/--linear", help="Logarithmic or linear loss axis.")] = False,
+    paper: Annotated[bool, typer.Option("--paper", help="Horizontal lines at the paper's 80.97 (attention) / 87.40 (no attention) for MNIST runs.")] = False,
+    ymin: Annotated[Optional[float], typer.Option("--ymin", help="Lower limit of the loss axis.")] = None,
+    ymax: Annotated[Optional[float], typer.Option("--ymax", help="Upper limit of the loss axis (hides the first steps' large losses).")] = None,
+    size: Annotated[Optional[str], typer.Option("--size", help="WIDTHxHEIGHT in pixels (default 1000x600, or 1500x500 with --parts).")] = None,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
     """Learning curves from metrics.jsonl: train loss per log step, evaluation loss per epoch (needs matplotlib)."""
@@ -454,8 +455,8 @@ Examples:
 @app.command("runs", epilog=RUNS_EXAMPLES)
 @_user_errors
 def runs_command(
-    runs_dir: str = typer.Option("runs", "--runs-dir", help="The runs folder to list."),
-    as_json: bool = typer.Option(False, "--json", help="Print the same data as JSON, for scripts."),
+    runs_dir: Annotated[str, typer.Option("--runs-dir", help="The runs folder to list.")] = "runs",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
     """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, empty, locked)."""
     from drawcli.runs_list import runs_command as list_command
@@ -475,7 +476,7 @@ Examples:
 @app.command("models", epilog=MODELS_EXAMPLES)
 @_user_errors
 def models_command(
-    as_json: bool = typer.Option(False, "--json", help="Print the same data as JSON, for scripts."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
     """The built-in models (use one as @NAME with sample, animate, inspect-attention and evaluate), with their settings and measured numbers."""
     from drawcli.models_list import models_command as list_command

@@ -103,3 +103,16 @@ def _quiet():
     from rich.console import Console
 
     return Console(quiet=True)
+
+
+def test_download_extra_reaches_the_downloader(monkeypatch, tmp_path):
+    """`draw download svhn --extra` asks for the set's optional files (svhn's extra_32x32.mat)."""
+    from drawcli import download
+
+    seen = {}
+    monkeypatch.setattr(download, "download_command", lambda name, data_dir, **kw: seen.update(name=name, **kw))
+    result = CliRunner().invoke(app, ["download", "svhn", "--extra", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen["name"] == "svhn" and seen["extra"] is True
+    CliRunner().invoke(app, ["download", "svhn", "--data-dir", str(tmp_path)])
+    assert seen["extra"] is False
