@@ -7,6 +7,14 @@ The registry is pure data: listing the models (``draw models``) imports no torch
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from drawcli.model import DRAW
+    from drawcli.settings import Settings
+
 import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -112,7 +120,7 @@ def load_weights(entry: BuiltinModel, path: Path | None = None) -> dict:
     return data
 
 
-def build(entry: BuiltinModel, device, path: Path | None = None):
+def build(entry: BuiltinModel, device: torch.device | str, path: Path | None = None) -> tuple[DRAW, Settings, dict]:
     """(model in eval mode on ``device``, settings, file data) for a built-in model."""
     from drawcli.model import DRAW
     from drawcli.settings import from_dict

@@ -29,7 +29,12 @@ import shutil
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from drawcli.model import DRAW
 
 from drawcli import __version__
 from drawcli.errors import DrawError
@@ -261,7 +266,7 @@ def _check_optimizer(optimizer, params) -> None:
 
 
 # ----------------------------------------------------------------------------- writing and rebuilding
-def build_model(settings: Settings, height: int, width: int, channels: int = 1):
+def build_model(settings: Settings, height: int, width: int, channels: int = 1) -> DRAW:
     """A fresh DRAW for ``settings`` (settings.model_arguments maps the settings' names to DRAW's); the
     image shape comes from the data."""
     from drawcli.model import DRAW
@@ -269,7 +274,7 @@ def build_model(settings: Settings, height: int, width: int, channels: int = 1):
     return DRAW(height=height, width=width, channels=channels, **model_arguments(settings.model))
 
 
-def model_from_checkpoint(ckpt: dict, device):
+def model_from_checkpoint(ckpt: dict, device: torch.device | str) -> DRAW:
     """Rebuild the model a checkpoint describes and load its weights."""
     from drawcli.model import DRAW
 
@@ -282,7 +287,7 @@ def model_from_checkpoint(ckpt: dict, device):
     return model.to(device)
 
 
-def rng_state(data_gen, noise_gen) -> dict:
+def rng_state(data_gen: torch.Generator, noise_gen: torch.Generator) -> dict:
     """The generator states a checkpoint carries: binarisation ("data") and posterior noise ("noise")."""
     return {"data": data_gen.get_state(), "noise": noise_gen.get_state()}
 

@@ -20,7 +20,12 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+    from drawcli.settings import DataSettings
 
 import numpy as np
 
@@ -278,13 +283,13 @@ def load_splits(
     return Splits(train[:-VALIDATION_SIZE], train[-VALIDATION_SIZE:], "valid", spec)
 
 
-def load_data(data, data_dir: Path) -> Splits:
+def load_data(data: DataSettings, data_dir: Path) -> Splits:
     """``load_splits`` for a DataSettings (settings.data): every data.* key that matters, passed on."""
     return load_splits(data.dataset, data_dir, data.validation, image_size=data.image_size,
                        channels=data.channels, test_fraction=data.test_fraction)
 
 
-def to_input(images, mode: str, generator=None):
+def to_input(images: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 0..255 tensor -> float model input in [0, 1].
 
     dynamic: a fresh Bernoulli sample of the intensities every call;

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported when a function runs: `draw --help` stays fast
+    import torch
+
 import re
 
 from drawcli.errors import DrawError
@@ -17,7 +22,7 @@ def check_spec(spec: str) -> str:
     return spec
 
 
-def resolve_device(spec: str):
+def resolve_device(spec: str) -> torch.device:
     """Turn a settings value into an available torch.device, or raise a clear DrawError."""
     spec = check_spec(spec)  # before the import: a typo is answered at once
     import torch
@@ -40,7 +45,7 @@ def resolve_device(spec: str):
     return torch.device(spec)
 
 
-def describe(device) -> str:
+def describe(device: torch.device) -> str:
     import torch
 
     if device.type == "cuda":
@@ -52,7 +57,7 @@ def describe(device) -> str:
 PRECISIONS = ("float32", "bfloat16", "auto")
 
 
-def native_bf16(device) -> str | None:
+def native_bf16(device: torch.device) -> str | None:
     """Why this device multiplies bfloat16 natively ("AMX", "AVX512-BF16", "CUDA sm_80+"), or None."""
     import torch
 
@@ -71,7 +76,7 @@ def native_bf16(device) -> str | None:
     return None
 
 
-def resolve_precision(name: str, device) -> tuple[str, str]:
+def resolve_precision(name: str, device: torch.device) -> tuple[str, str]:
     """train.precision -> ("float32" or "bfloat16", a short reason for people)."""
     if name not in PRECISIONS:
         raise DrawError(f"precision: expected one of {', '.join(PRECISIONS)}, got {name!r}")
@@ -83,7 +88,7 @@ def resolve_precision(name: str, device) -> tuple[str, str]:
     return "float32", f"auto: no native bfloat16 products on {describe(device)}"
 
 
-def autocast(device, precision: str):
+def autocast(device: torch.device, precision: str) -> torch.autocast:
     """The context that runs a forward pass in ``precision`` ("float32": autocast off)."""
     import torch
 
@@ -117,7 +122,7 @@ def idle_cores(window: float = 0.25) -> float | None:
     return cpus * (idle1 - idle0) / (total1 - total0)
 
 
-def thread_policy(setting: int | None, device, processes: int = 1) -> tuple[int | None, str]:
+def thread_policy(setting: int | None, device: torch.device, processes: int = 1) -> tuple[int | None, str]:
     """CPU threads for this process: (count or None to leave torch's choice, reason).
 
     An explicit setting wins. Otherwise on the CPU: the cores that were idle at start, shared

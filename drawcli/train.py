@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,7 +28,7 @@ from drawcli.device import autocast, resolve_precision
 from drawcli.distributed import DistEnv, check_global_batch
 from drawcli.errors import DrawError
 from drawcli.model import DRAW
-from drawcli.settings import Settings
+from drawcli.settings import Settings, TrainSettings
 
 
 class Interrupted(DrawError):
@@ -119,7 +120,7 @@ def evaluate(
     return {"lx": lx_mean, "lz": lz_mean, "loss": lx_mean + lz_mean}
 
 
-def learning_rate(ts, step: int, steps_per_epoch: int) -> float:
+def learning_rate(ts: TrainSettings, step: int, steps_per_epoch: int) -> float:
     """The learning rate of global step ``step`` (0-based: the step about to be taken).
 
     A function of the step and the settings alone, so a resumed run continues the schedule
@@ -157,7 +158,7 @@ def resume_position(ckpt: dict, n: int, batch: int) -> tuple[int, int]:
     return int(ckpt["epoch"]) - 1, min(done, n)
 
 
-def make_adam(params, lr: float, betas: tuple[float, float]):
+def make_adam(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
     """Adam with PyTorch's fused kernel where this build has one for these parameters' device
     (one pass over all parameters instead of several; CPU needs torch >= 2.4), else the default."""
     params = list(params)

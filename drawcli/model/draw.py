@@ -42,7 +42,7 @@ class LSTMCell(nn.Module):
             # Forget-gate bias 1 (Gers et al.): keeps early gradients flowing through c.
             self.linear.bias[hidden_size : 2 * hidden_size].fill_(1.0)
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
         gates = self.linear(torch.cat([x, h], dim=1))
         i, f, g, o = gates.chunk(4, dim=1)
@@ -199,14 +199,14 @@ class DRAW(nn.Module):
         out = fy.transpose(1, 2)[:, None] @ w @ fx[:, None]  # (B, C, H, W)
         return out / params[:, 4].reshape(-1, 1, 1, 1)
 
-    def read(self, x, x_hat, h_dec):
+    def read(self, x: torch.Tensor, x_hat: torch.Tensor, h_dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """eq 17 (no attention) or eq 27; returns (r_t, attention params or None)."""
         if not self.attention:
             return torch.cat([x.flatten(1), x_hat.flatten(1)], dim=1), None
         params = self.attention_params(h_dec, self.read_attention, self.read_n)
         return self.read_glimpse(x, x_hat, params), params
 
-    def write(self, h_dec):
+    def write(self, h_dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """eq 18 (no attention) or eq 28-29; returns (canvas update (B, C, H, W), attention params or None)."""
         w = self.write_head(h_dec)
         if not self.attention:
@@ -262,7 +262,9 @@ class DRAW(nn.Module):
                 out.read, out.write = records[1], records[2]
         return out
 
-    def encode_decode(self, x: torch.Tensor, eps: torch.Tensor, record: bool = False):
+    def encode_decode(
+        self, x: torch.Tensor, eps: torch.Tensor, record: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """eq 3-8 for t = 1..T on x (B, C, H, W): returns c_T, mu and log sigma (T, B, Z) and the records.
 
         h^enc_0 = h^dec_0 = 0, c_0 = 0, and the LSTM cell states start at 0 too. The read at step t

@@ -9,6 +9,8 @@ linear layers, so they are probed once per dtype, and torch.mm is the fallback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 _PACKED: dict = {"enabled": True, "works": {}}
@@ -39,7 +41,7 @@ def packed_gemm_works(dtype: torch.dtype = torch.float32) -> bool:
     return works[dtype]
 
 
-def step_matmul(w: torch.Tensor, rows: int, compute_dtype: torch.dtype | None = None):
+def step_matmul(w: torch.Tensor, rows: int, compute_dtype: torch.dtype | None = None) -> Callable[..., torch.Tensor]:
     """A function x, out -> x @ w.t() for a weight that every step of one loop reuses.
 
     With oneDNN the weight is packed once here and the product comes back as a new tensor;
