@@ -44,23 +44,24 @@ BUILTINS: dict[str, BuiltinModel] = {
     "mnist": BuiltinModel(
         name="mnist",
         file="mnist.pt",
-        sha256="09fc6dc41fcb1eb58c9254ac94672951f70c839d636166e34338b9787f481e8b",
+        sha256="b089c635ce273e26e0eab0b3bb142d6960c47d6a8a41b0403907165638ba2956",
         description="DRAW with attention on MNIST, the paper's Table 3 model (an interim checkpoint of the reproduction run)",
         dataset="mnist",
         model=dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5, channels=1),
-        trained="epoch 6 of sample_configs/mnist_reproduce.yaml (batch 64, cosine over 80 epochs, bfloat16), "
+        trained="epoch 13 of sample_configs/mnist_reproduce.yaml (batch 64, cosine over 80 epochs, bfloat16), "
                 "1 thread of a 2-core AMD EPYC",
         results={
-            "test ELBO (all 10k, K=1)": 97.92,
-            "test ELBO (first 500, K=1)": 96.53,
-            "epoch-6 test loss during training": 97.89,
+            "test ELBO (all 10k, K=1)": 91.51,
+            "test ELBO (first 500, K=1)": 89.73,
+            "test IWAE bound (first 1000, K=100)": 84.77,
+            "epoch-13 test loss during training": 91.64,
         },
     ),
 }
 
 # The figure the regression test holds the bundled file to: `draw evaluate @mnist --samples 1 --limit 500`
-# (the fixed binarisation of seed 0, posterior noise of seed 1) measured 96.53 on this file.
-REGRESSION = {"mnist": {"limit": 500, "samples": 1, "elbo": 96.53}}
+# (the fixed binarisation of seed 0, posterior noise of seed 1) measured 89.73 on this file.
+REGRESSION = {"mnist": {"limit": 500, "samples": 1, "elbo": 89.73}}
 
 
 def is_builtin_ref(ref: str) -> bool:
