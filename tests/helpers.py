@@ -67,3 +67,23 @@ def tiny_settings(*sets):
         ["model.steps=3", "model.hidden=16", "model.embed=4", "train.batch_size=32", "train.log_every=2",
          "train.eval_batch_size=50", *sets],
     )
+
+
+def cli_in_fresh_interpreter(argv: list[str], cwd=None) -> tuple[str, bool]:
+    """Run the CLI in a new Python process: (stdout, whether torch got imported). Exit code 0 expected."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from drawcli.cli import app\n"
+        f"try:\n    app({argv!r}, prog_name='draw')\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_NOT_LOADED')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout, "TORCH_LOADED" in out.stdout

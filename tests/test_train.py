@@ -18,7 +18,7 @@ from drawcli.runs import resolve_checkpoint
 from drawcli.settings import build_settings
 from drawcli.train import train
 
-from helpers import Collect, synthetic_images, tiny_settings  # noqa: F401 - other tests import them from here too
+from helpers import Collect, cli_in_fresh_interpreter, synthetic_images, tiny_settings  # noqa: F401 - other tests import them from here too
 
 runner = CliRunner()
 
@@ -32,21 +32,13 @@ def run_cli(*args, env=None):
 @pytest.mark.parametrize(
     "argv",
     [["--help"]] + [[c, "--help"] for c in ("train", "download", "sample", "animate", "inspect-attention", "evaluate",
-                                          "plot", "runs")],
+                                          "plot", "runs", "models")],
 )
 def test_help_does_not_import_torch_and_ends_with_examples(argv):
-    code = (
-        "import sys\n"
-        "from drawcli.cli import app\n"
-        f"try:\n    app({argv!r}, prog_name='draw')\n"
-        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-        "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_NOT_LOADED')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "TORCH_NOT_LOADED" in out.stdout
+    out, torch_loaded = cli_in_fresh_interpreter(argv)
+    assert not torch_loaded
     if argv != ["--help"]:
-        assert "Examples" in out.stdout and f"draw {argv[0]}" in out.stdout.split("Examples")[-1]
+        assert "Examples" in out and f"draw {argv[0]}" in out.split("Examples")[-1]
 
 
 def test_python_dash_m_and_version():

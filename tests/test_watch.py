@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from drawcli.tensorboard_log import TensorBoardLogger
 from drawcli.train import Interrupted, train
 
 from conftest import synthetic_images
+from helpers import cli_in_fresh_interpreter
 
 runner = CliRunner()
 TINY = ["--steps", "3", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu",
@@ -42,19 +41,7 @@ def one_error_line(result, *needles):
         assert needle in lines[0], lines[0]
 
 
-def in_subprocess_without_torch(argv, cwd):
-    """Run the CLI in a fresh interpreter; return (stdout, whether torch got imported)."""
-    code = (
-        "import sys\n"
-        "from drawcli.cli import app\n"
-        f"try:\n    app({argv!r}, prog_name='draw')\n"
-        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-        "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_NOT_LOADED')\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
-    assert out.returncode == 0, out.stderr
-    return out.stdout, "TORCH_LOADED" in out.stdout
+in_subprocess_without_torch = cli_in_fresh_interpreter
 
 
 # ----------------------------------------------------------------------------- settings
