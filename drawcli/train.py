@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from drawcli.checkpoint import build_model, make_checkpoint, model_from_checkpoint, rng_state  # noqa: F401 - also imported from here
+from drawcli.checkpoint import build_model, make_checkpoint, rng_state
 from drawcli.data import to_input
 from drawcli.device import autocast, resolve_precision
 from drawcli.distributed import DistEnv, check_global_batch

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import idx_bytes, synthetic_images  # noqa: F401 - tests import them from here too
+from helpers import idx_bytes, synthetic_images
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",

@@ -10,7 +10,7 @@ from drawcli import distributed  # noqa: E402
 from drawcli.settings import build_settings  # noqa: E402
 from drawcli.train import train  # noqa: E402
 
-from conftest import synthetic_images  # noqa: E402
+from helpers import synthetic_images  # noqa: E402
 
 
 def main(out: str, steps: str) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 
 from drawcli import checkpoint as ckpt_io
+from drawcli.checkpoint import model_from_checkpoint
 from drawcli.settings import build_settings
-from drawcli.train import model_from_checkpoint, train
+from drawcli.train import train
 
-from conftest import synthetic_images
+from helpers import synthetic_images
 
 HERE = Path(__file__).parent
 

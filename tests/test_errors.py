@@ -25,12 +25,12 @@ import torch
 from typer.testing import CliRunner
 
 from drawcli import checkpoint as ckpt_io
+from drawcli.checkpoint import build_model, make_checkpoint, rng_state
 from drawcli.cli import app
 from drawcli.runs import write_config
 from drawcli.settings import build_settings
-from drawcli.train import build_model, make_checkpoint, rng_state
 
-from conftest import idx_bytes, synthetic_images
+from helpers import idx_bytes, synthetic_images
 
 runner = CliRunner()
 

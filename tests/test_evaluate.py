@@ -31,6 +31,7 @@ from drawcli.bounds import (
     report_line,
     rows_per_pass,
 )
+from drawcli.checkpoint import build_model, make_checkpoint
 from drawcli.cli import app
 from drawcli.data import to_input
 from drawcli.evaluate import evaluate_command
@@ -42,7 +43,7 @@ from drawcli.settings import (
     Settings,
     TrainSettings,
 )
-from drawcli.train import build_model, evaluate, make_checkpoint, train
+from drawcli.train import evaluate, train
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -120,7 +120,7 @@ def test_item1_checkpoints_without_epoch_images_still_resume_as_before():
     from drawcli.settings import build_settings
     from drawcli.train import resume_position, train
 
-    from conftest import synthetic_images
+    from helpers import synthetic_images
 
     assert resume_position({"step": 7, "epoch": 3}, n=96, batch=32) == (2, 32)  # old: placed by step
     assert resume_position({"step": 7, "epoch": 3, "epoch_images": 64}, n=96, batch=64) == (2, 64)

@@ -13,8 +13,7 @@ from drawcli.model import DRAW
 from drawcli.model import fused as fused_module
 from drawcli.train import train
 
-from conftest import synthetic_images
-from test_train import Collect, tiny_settings
+from helpers import Collect, synthetic_images, tiny_settings
 
 CPU = torch.device("cpu")
 
@@ -120,8 +119,7 @@ def test_bf16_training_resumes_bit_exactly_and_its_checkpoint_is_float32():
 
 def test_a_bf16_checkpoint_samples_in_float32(tmp_path):
     """A bf16-trained run's checkpoint is ordinary float32 weights: draw sample loads it."""
-    from drawcli.checkpoint import atomic_save, load
-    from drawcli.train import model_from_checkpoint
+    from drawcli.checkpoint import atomic_save, load, model_from_checkpoint
 
     cb = Collect()
     images = synthetic_images()

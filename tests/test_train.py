@@ -18,7 +18,7 @@ from drawcli.runs import resolve_checkpoint
 from drawcli.settings import build_settings
 from drawcli.train import train
 
-from helpers import Collect, cli_in_fresh_interpreter, synthetic_images, tiny_settings  # noqa: F401 - other tests import them from here too
+from helpers import Collect, cli_in_fresh_interpreter, synthetic_images, tiny_settings
 
 runner = CliRunner()
 

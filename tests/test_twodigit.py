@@ -15,7 +15,7 @@ import pytest
 from drawcli import data, datasets, twodigit
 from drawcli.errors import DrawError
 
-from conftest import synthetic_images
+from helpers import synthetic_images
 
 
 def _digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

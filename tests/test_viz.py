@@ -22,12 +22,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from drawcli import render, viz
-from drawcli.checkpoint import atomic_save
+from drawcli.checkpoint import atomic_save, build_model, make_checkpoint
 from drawcli.cli import app
 from drawcli.errors import DrawError
 from drawcli.runs import write_config
 from drawcli.settings import build_settings
-from drawcli.train import build_model, make_checkpoint
 
 T = 4
 N_TEST = 12  # synthetic test images

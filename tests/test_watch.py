@@ -19,8 +19,7 @@ from drawcli.settings import build_settings
 from drawcli.tensorboard_log import TensorBoardLogger
 from drawcli.train import Interrupted, train
 
-from conftest import synthetic_images
-from helpers import cli_in_fresh_interpreter
+from helpers import cli_in_fresh_interpreter, synthetic_images
 
 runner = CliRunner()
 TINY = ["--steps", "3", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu",
