@@ -568,6 +568,8 @@ def main(argv=None) -> dict:
             result["speedup"][key] = {"training": ratio("training", a, b), "sampling": ratio("sampling", a, b)}
             say(f"speedup {key}: training " + ", ".join(f"B={s} {v:.2f}x" for s, v in result["speedup"][key]["training"].items())
                 + "; sampling " + ", ".join(f"n={s} {v:.2f}x" for s, v in result["speedup"][key]["sampling"].items()))
+    if "baseline" in impls:
+        result["budget"] = budget(result, impls, flops["training"], gemm_of, say)
     result["memory_note"] = (
         "CUDA: torch.cuda.max_memory_allocated per phase" if device.type == "cuda" else
         "CPU: peak RSS of the whole process (resource.getrusage ru_maxrss) "
@@ -582,6 +584,30 @@ def write_result(result: dict, args, device, say) -> dict:
     out.write_text(json.dumps(result, indent=1, default=str))
     say(f"wrote {out}")
     return result
+
+
+def budget(result: dict, impls: list[str], flops_per_img: float, gemm_of, say, bar: float = 3.5) -> dict:
+    """Where a training step's time goes, against a speedup bar over the baseline (issue #14's 3.5x).
+
+    The products alone, at the GEMM rate measured on the model's own shapes, take
+    images x FLOPs / rate: no implementation doing the model's FLOPs with these kernels can be
+    faster, so baseline time / that time is the ceiling of the speedup. The rest of a measured
+    step (everything that is not a matrix product: elementwise ops, casts, Python and dispatch)
+    is the step time minus that, and ``bar`` leaves (baseline time / bar) - product time for it.
+    """
+    out = {}
+    for impl in (i for i in ("drawcli", "drawcli-bf16") if i in impls):
+        for size, r in result["training"][impl].items():
+            base_s = size / result["training"]["baseline"][size]["images_per_s"]
+            gemm_s = size * flops_per_img / (gemm_of(impl, "training", size) * 1e9)
+            step_s = size / r["images_per_s"]
+            row = dict(step_ms=1e3 * step_s, products_ms=1e3 * gemm_s, rest_ms=1e3 * (step_s - gemm_s),
+                       ceiling_over_baseline=base_s / gemm_s, bar=bar, rest_ms_at_bar=1e3 * (base_s / bar - gemm_s))
+            out.setdefault(impl, {})[size] = row
+            say(f"budget {impl:12s} B={size:<4d} step {row['step_ms']:.0f} ms = products {row['products_ms']:.0f} ms "
+                f"(at the measured GEMM rate) + the rest {row['rest_ms']:.0f} ms; the products alone would be "
+                f"{row['ceiling_over_baseline']:.2f}x the baseline; {bar}x leaves {row['rest_ms_at_bar']:.0f} ms for the rest")
+    return out
 
 
 def mixed_rate(cfg, size: int, device, repeats: int, f32: dict, kind: str) -> dict:

@@ -43,6 +43,12 @@ def test_a_tiny_benchmark_run_writes_every_section(tmp_path):
     assert all(s["gflops"] >= s["mm_gflops"] for s in r["gemm"]["training"]["4"]["shapes"])
     assert r["speedup"]["drawcli over baseline"]["training"]["4"] > 0
     assert "train  drawcli" in proc.stdout and "wrote" in proc.stdout
+    b = r["budget"]["drawcli"]["4"]  # the step split into products (at the GEMM rate) and the rest
+    assert b["products_ms"] > 0 and abs(b["products_ms"] + b["rest_ms"] - b["step_ms"]) < 1e-6 * b["step_ms"]
+    base_ms = 4e3 / r["training"]["baseline"]["4"]["images_per_s"]
+    assert abs(b["ceiling_over_baseline"] - base_ms / b["products_ms"]) < 1e-9 * b["ceiling_over_baseline"]
+    assert abs(b["rest_ms_at_bar"] - (base_ms / 3.5 - b["products_ms"])) < 1e-6 * base_ms
+    assert "budget drawcli" in proc.stdout
     if r["native_bf16"]:  # bfloat16 is timed where the CPU multiplies it natively
         assert set(r["training"]["drawcli-bf16"]) == {"4"} and r["gemm"]["bfloat16"]["training"]["4"]["gflops"] > 0
         assert r["speedup"]["drawcli-bf16 over drawcli"]["sampling"]["40"] > 0
