@@ -134,17 +134,23 @@ def build(entry: BuiltinModel, device: torch.device | str, path: Path | None = N
 
 def export_weights(ckpt: dict, path: Path, extra: dict | None = None) -> str:
     """Write a checkpoint's weights (float32, no optimizer or RNG state) as a built-in model file;
-    returns its sha256."""
+    returns its sha256. The training machine's folders (data.data_dir, run.runs_dir) are left out
+    of the settings: they mean nothing where the package is installed."""
+    import copy
+
     import torch
 
     from drawcli.files import replace_atomically
 
+    settings = copy.deepcopy(ckpt["settings"])
+    settings.get("data", {}).pop("data_dir", None)
+    settings.get("run", {}).pop("runs_dir", None)
     data = {
         "format": WEIGHTS_FORMAT,
         "format_version": 1,
         "model_config": dict(ckpt["model_config"]),
         "model": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in ckpt["model"].items()},
-        "settings": ckpt["settings"],
+        "settings": settings,
         "epoch": int(ckpt["epoch"]),
         "step": int(ckpt["step"]),
         **(extra or {}),

@@ -37,6 +37,19 @@ def test_export_holds_weights_only_in_float32(tiny_builtin):
     assert builtin.sha256_of(path) == entry.sha256
 
 
+def test_export_leaves_out_the_training_machines_folders(tmp_path):
+    cb = Collect()
+    images = synthetic_images()
+    settings = tiny_settings("train.max_steps=1", f"data.data_dir={tmp_path / 'mydata'}", f"run.runs_dir={tmp_path / 'myruns'}")
+    train(settings, images, images[:40], torch.device("cpu"), callbacks=[cb])
+    ckpt = cb.ckpts[-1][0]
+    assert ckpt["settings"]["data"]["data_dir"] == str(tmp_path / "mydata")
+    builtin.export_weights(ckpt, tmp_path / "w.pt")
+    saved = torch.load(tmp_path / "w.pt", weights_only=True)["settings"]
+    assert "data_dir" not in saved["data"] and "runs_dir" not in saved["run"] and str(tmp_path) not in repr(saved)
+    assert saved["model"] == ckpt["settings"]["model"] and ckpt["settings"]["data"]["data_dir"]  # the checkpoint is untouched
+
+
 def test_a_builtin_loads_and_samples_deterministically(tiny_builtin):
     entry, _ = tiny_builtin
     model, settings, data = builtin.build(builtin.get_builtin("@tiny"), torch.device("cpu"))
