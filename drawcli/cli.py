@@ -433,12 +433,14 @@ def plot(
     ymin: Annotated[Optional[float], typer.Option("--ymin", help="Lower limit of the loss axis.")] = None,
     ymax: Annotated[Optional[float], typer.Option("--ymax", help="Upper limit of the loss axis (hides the first steps' large losses).")] = None,
     size: Annotated[Optional[str], typer.Option("--size", help="WIDTHxHEIGHT in pixels (default 1000x600, or 1500x500 with --parts).")] = None,
+    lr: Annotated[bool, typer.Option("--lr", help="Also plot the learning rate (dashed, on a second axis).")] = False,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
     """Learning curves from metrics.jsonl: train loss per log step, evaluation loss per epoch (needs matplotlib)."""
     from drawcli.plot import plot_command
 
-    plot_command(runs, output, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=size, runs_dir=runs_dir)
+    plot_command(runs, output, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=size, lr=lr,
+                 runs_dir=runs_dir)
 
 
 RUNS_EXAMPLES = """

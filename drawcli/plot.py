@@ -3,7 +3,8 @@
 Train loss at every log step (a thin line: the mean over the steps since the previous log
 row), evaluation loss at every epoch (a thicker line with dots), IWAE bounds from
 ``draw train --eval-samples`` as stars and resumes as dotted vertical lines, each run in its
-own colour. ``parts`` adds panels for L^x and L^z. matplotlib (an optional extra) draws with
+own colour. ``parts`` adds panels for L^x and L^z; ``lr`` the learning rate of every train row
+on a second axis of the loss panel (dashed). matplotlib (an optional extra) draws with
 its Agg backend, through a Figure object (no pyplot state); the file is written atomically.
 Never imports torch.
 """
@@ -113,6 +114,7 @@ def build_figure(
     ymin: float | None = None,
     ymax: float | None = None,
     size: tuple[int, int] | None = None,
+    lr: bool = False,
 ):
     """The matplotlib Figure (Agg canvas) of the runs' curves, and notes for the user."""
     Figure, FigureCanvasAgg = _matplotlib()
@@ -156,7 +158,22 @@ def build_figure(
         if key == "loss" and (ymin is not None or ymax is not None):
             ax.set_ylim(bottom=ymin, top=ymax)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize="small", loc="upper right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if lr:
+        rates = [(run, color, [r for r in run.train if isinstance(r.get("lr"), (int, float))]) for run, color in zip(runs, colors)]
+        if any(rows for _, _, rows in rates):
+            twin = axes[0].twinx()
+            for run, color, rows in rates:
+                if rows:
+                    twin.plot([run.x(r, x) for r in rows], [r["lr"] for r in rows], color=color, ls="--", lw=1.2,
+                              label=f"{run.name} learning rate")
+            twin.set_ylabel("learning rate")
+            twin.set_ylim(bottom=0)
+            more_handles, more_labels = twin.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        else:
+            notes.append("--lr: none of these runs logged a learning rate; none drawn")
+    axes[0].legend(handles, labels, fontsize="small", loc="upper right")
     return fig, notes
 
 
@@ -171,6 +188,7 @@ def plot_runs(
     ymin: float | None = None,
     ymax: float | None = None,
     size: str | None = None,
+    lr: bool = False,
     runs_dir: str | Path = "runs",
 ) -> tuple[Path, list[str]]:
     """Draw the runs' curves into ``output``; returns the path and notes for the user."""
@@ -188,7 +206,7 @@ def plot_runs(
     if output is None:
         output = runs[0].dir / "curves.png" if len(runs) == 1 else Path("curves.png")
     output = Path(output)
-    fig, notes = build_figure(runs, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=pixels)
+    fig, notes = build_figure(runs, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=pixels, lr=lr)
     fmt = FORMATS[output.suffix.lower()]
     replace_atomically(output, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI), what="plot ")
     return output, notes

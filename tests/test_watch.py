@@ -308,6 +308,29 @@ def test_plot_draws_the_current_rows_of_each_run_and_the_papers_lines(tmp_path):
     assert notes == ["--paper: none of these runs is an MNIST run; no paper line drawn"]
 
 
+def test_plot_lr_draws_each_runs_schedule_on_a_second_axis(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from drawcli.plot import build_figure, load_runs
+
+    runs = tmp_path / "runs"
+    decay = [{"kind": "train", "step": s, "epoch": 4, "lx": 1.0, "lz": 1.0, "loss": 2.0, "lr": 1e-3 / s} for s in (13, 14)]
+    fake_run(runs, "att", epochs=4, done_epochs=3, extra_rows=decay)
+    fig, notes = build_figure(load_runs(["att"], runs), lr=True)
+    assert len(fig.axes) == 2 and notes == []
+    rate = {line.get_label(): line for line in fig.axes[1].get_lines()}["att learning rate"]
+    assert list(rate.get_ydata()) == [1e-3] * 12 + [1e-3 / 13, 1e-3 / 14]
+    assert "att learning rate" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(build_figure(load_runs(["att"], runs))[0].axes) == 1  # only when asked
+
+    old = [json.loads(line) for line in (runs / "att" / "metrics.jsonl").read_text().splitlines()]
+    (runs / "att" / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "lr"}) + "\n" for r in old))
+    fig, notes = build_figure(load_runs(["att"], runs), lr=True)
+    assert len(fig.axes) == 1 and notes == ["--lr: none of these runs logged a learning rate; none drawn"]
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("plot", "att", "--lr", "-o", "lr.png")
+    assert r.exit_code == 0 and "none of these runs logged a learning rate" in r.output and png_size(tmp_path / "lr.png") == (1000, 600)
+
+
 def test_plot_errors_are_one_line(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
