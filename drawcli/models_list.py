@@ -25,12 +25,13 @@ def _model_text(model: dict) -> str:
     return ", ".join(parts)
 
 
-def _results_text(results: dict) -> str:
-    return "; ".join(f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}" for key, value in results.items())
+def _results_lines(results: dict) -> list[str]:
+    return [f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}" for key, value in results.items()]
 
 
 def models_command(as_json: bool = False, console=None) -> list[dict]:
-    """Print the built-in models as a table, or as JSON with ``as_json``; return them."""
+    """Print the built-in models, a block each (fits an 80-column terminal), or as JSON with
+    ``as_json``; return them."""
     models = list_models()
     if as_json:
         print(json.dumps(models, indent=2))
@@ -43,11 +44,16 @@ def models_command(as_json: bool = False, console=None) -> list[dict]:
     if not models:
         console.print("no built-in models in this version (train one with: draw train)", highlight=False)
         return models
-    table = Table(title="built-in models (use as: draw sample @NAME)")
-    for column in ("model", "data set", "settings", "trained", "measured (nats per image)", "description"):
-        table.add_column(column)
     for m in models:
-        table.add_row(m["ref"], m["dataset"], _model_text(m["model"]), m["trained"], _results_text(m["results"]) or "-",
-                      m["description"])
-    console.print(table)
+        console.print(f"[bold]{m['ref']}[/bold]  {m['description']}", highlight=False)
+        table = Table(show_header=False, box=None, padding=(0, 2, 0, 2))
+        table.add_column(style="dim", no_wrap=True)
+        table.add_column(overflow="fold")
+        table.add_row("data set", m["dataset"])
+        table.add_row("settings", _model_text(m["model"]))
+        table.add_row("trained", m["trained"])
+        table.add_row("measured", "\n".join(_results_lines(m["results"])) or "-")
+        table.add_row("try", f"draw animate {m['ref']} -o {m['name']}.gif")
+        console.print(table)
+    console.print("(nats per image; draw models --json for scripts)", style="dim", highlight=False)
     return models

@@ -89,7 +89,8 @@ def test_models_json_lists_the_registry(tiny_builtin):  # noqa: F811
     tiny = [m for m in models if m["ref"] == "@tiny"]
     assert [m["ref"] for m in models] == ["@mnist", "@tiny"] and tiny[0]["model"]["steps"] == 3
     r = CliRunner().invoke(app, ["models"])
-    assert "@tiny" in r.output and "a test model" in r.output
+    assert "@tiny" in r.output and "a test model" in r.output and "draw animate @tiny -o tiny.gif" in r.output
+    assert max(len(line.rstrip()) for line in r.output.splitlines()) < 200
 
 
 def test_no_import_loop_between_settings_runs_and_checkpoint():
