@@ -225,7 +225,7 @@ def test_iwae_is_tighter_than_the_elbo_on_a_trained_model(trained):
 def test_paper_comparison_matches_only_the_table_3_setup():
     paper = {"height": 28, "width": 28, "steps": 64, "hidden": 256, "embed": 100, "attention": True, "read_n": 2, "write_n": 5}
     same = paper_comparison(paper, "binarized-mnist", "test", 10_000, 10_000)
-    assert same == {"table2": 80.97, "row": "DRAW", "comparable": True, "differences": []}
+    assert same == {"table2": 80.97, "row": "DRAW", "comparable": True, "applies": True, "differences": []}
     plain = paper_comparison(dict(paper, attention=False, read_n=7), "binarized-mnist", "test", 10_000, 10_000)
     assert plain["table2"] == 87.40 and plain["comparable"]  # the windows do not matter without attention
     assert paper_comparison(paper, "binarized-mnist", "test", 10_000, 10_000, "binarized-mnist")["comparable"]
@@ -234,6 +234,26 @@ def test_paper_comparison_matches_only_the_table_3_setup():
     text = "; ".join(other["differences"])
     for part in ("T 16", "z size 20 (paper 100)", "trained on mnist", "data set mnist", "split valid", "first 100 of 10000"):
         assert part in text
+    assert other["applies"]
+    for config, dataset in ((dict(paper, height=60, width=60), "two-digit-mnist"), (dict(paper, channels=3), "mnist"),
+                            (paper, "fashion-mnist")):
+        none = paper_comparison(config, dataset, "test", 10_000, 10_000, dataset)
+        assert not none["applies"] and not none["comparable"]
+
+
+def test_the_results_table_drops_the_paper_column_where_table_2_has_no_number():
+    from drawcli.evaluate import _footnotes, results_table
+
+    paper = {"height": 28, "width": 28, "steps": 64, "hidden": 256, "embed": 100, "attention": True, "read_n": 2, "write_n": 5}
+    result = {"run": "r", "epoch": 1, "images": 10, "dataset": "two-digit-mnist", "split": "test", "samples": 1,
+              "elbo": 200.0, "elbo_lx": 120.0, "elbo_lz": 80.0, "iwae": 200.0, "elbo_minus_iwae": 0.0,
+              "binarization": {"description": "fixed", "sha256": "ab"}, "notes": [],
+              "paper": paper_comparison(dict(paper, height=60, width=60), "two-digit-mnist", "test", 10, 10)}
+    assert len(results_table(result).columns) == 3
+    assert any("has no number for two-digit-mnist" in line for line in _footnotes(result))
+    assert not any("80.97" in line for line in _footnotes(result))
+    result["paper"] = paper_comparison(paper, "binarized-mnist", "test", 10, 10)
+    assert len(results_table(result).columns) == 4
 
 
 # --------------------------------------------------------------------------- the command
