@@ -27,8 +27,9 @@ import weakref
 import torch
 import torch.nn as nn
 
+from drawcli import native
 from drawcli.model.draw import FILTER_EPS, LSTMCell, kl_per_image
-from drawcli.model.packed_gemm import matmul, step_matmul
+from drawcli.model.packed_gemm import matmul, packed_gemm_enabled, packed_gemm_works, step_matmul
 
 _aten = torch.ops.aten
 
@@ -382,6 +383,8 @@ def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None):
     (no gradient needed: evaluation) keeps two slots and reuses them. mm_dtype (bfloat16 or
     None): the LSTM products' inputs are cast to it (see low_precision).
     """
+    if save and native_applies(m, x, record, mm_dtype):
+        return native_loop(m, x, eps, weights, mm_dtype)
     enc_w, dec_w, q_w, q_b, heads_w, heads_b = weights
     T, hd, Z, att = m.steps, m.hidden, m.embed, m.attention
     b, C, Hi, Wi = x.shape
@@ -482,6 +485,8 @@ def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None):
 
 def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     """Backpropagation through time for _loop: (dx or None, gradients of the fused weights)."""
+    if sv.get("native"):
+        return native_loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x)
     ws, x = sv["workspace"], sv["x"]
     enc_w, dec_w, q_w, q_b, heads_w, heads_b = sv["weights"]
     enc_in, dec_in, g_enc, g_dec = ws["enc_in"], ws["dec_in"], ws["g_enc"], ws["g_dec"]
@@ -589,6 +594,153 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     return dx, grads
 
 
+def native_applies(m, x: torch.Tensor, record: bool, mm_dtype) -> bool:
+    """Whether csrc/draw_loop.cpp runs this training forward (else the Python loop above)."""
+    return (native.ready() and m.attention and m.channels == 1 and not record and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and mm_dtype in (None, torch.bfloat16)
+            and (mm_dtype is None or x.dtype == torch.float32))
+
+
+# The native loop's buffers, in the order draw_loop.cpp's make_loop takes them (the last four only
+# with bfloat16 products). mu_ls, canvas and lz are each call's outputs, not kept.
+NATIVE_BUFFERS = ("enc_in", "dec_in", "c_enc", "c_dec", "g_enc", "g_dec", "tc_enc", "tc_dec", "se", "heads",
+                  "mu_ls", "xhat", "f_r", "d_r", "f_w", "d_w", "left", "u", "wdiv", "canvas", "lz",
+                  "enc_lp", "dec_lp", "g_enc_lp", "g_dec_lp")
+
+
+def native_workspace(m, b: int, dtype, ke: int, kd: int, lowp: bool) -> dict:
+    """The native loop's buffers for batch b, made once per shape (layouts as in workspace())."""
+    T, hd, Z, H, W = m.steps, m.hidden, m.embed, m.height, m.width
+    n, nw, L = m.read_n, m.write_n, max(H, W)
+    R, hw = 2 * n * n, nw * nw + 10
+
+    def new(*shape, dt=dtype, zero=False):
+        return torch.zeros(shape, dtype=dt) if zero else torch.empty(shape, dtype=dt)
+
+    ws = dict(
+        # [r_t | h^dec_{t-1} | h^enc_{t-1} | 1 | 0...] and [z_t | h^dec_{t-1} | 1 | 0...]: slot t is step t's input
+        enc_in=new(T + 1, b, ke, zero=True), dec_in=new(T + 1, b, kd, zero=True),
+        c_enc=new(T + 1, b, hd), c_dec=new(T + 1, b, hd),
+        g_enc=new(T, b, 4 * hd), g_dec=new(T, b, 4 * hd),  # activated gates (i, f, o, g), then their gradients
+        tc_enc=new(T, b, hd), tc_dec=new(T, b, hd), se=new(T, b, Z),  # tanh(c_t), sigma_t eps_t
+        heads=new(T + 1, b, nw * nw + 10),  # slot t + 1: [w_t | write window_t | read window_{t+1}] over h^dec_t
+        xhat=new(T, b, H * W), f_r=new(T, b, 2, n, L, zero=True), d_r=new(T, b, 2, n, L, zero=True),
+        f_w=new(T, b, 2, nw, L, zero=True), d_w=new(T, b, 2, nw, L, zero=True),  # F_X, F_Y and grid - mu
+        left=new(T, b, n, 2 * W), u=new(T, b, nw, W), wdiv=new(T, b, nw * nw),  # F_Y [x | x_hat], (w/gamma) F_X, w/gamma
+        mu_ls=None, canvas=None, lz=None,
+    )
+    ws["enc_in"][:, :, R + 2 * hd] = 1  # the column that multiplies the bias column of [W | b]
+    ws["dec_in"][:, :, Z + hd] = 1
+    if lowp:  # the products' inputs in bfloat16, written where they are made, read again for the weight gradients
+        ws.update(enc_lp=new(T, b, ke, dt=torch.bfloat16, zero=True), dec_lp=new(T, b, kd, dt=torch.bfloat16, zero=True),
+                  g_enc_lp=new(T, b, 4 * hd, dt=torch.bfloat16), g_dec_lp=new(T, b, 4 * hd, dt=torch.bfloat16))
+        ws["enc_lp"][:, :, R + 2 * hd] = 1
+        ws["dec_lp"][:, :, Z + hd] = 1
+    ws.update(d_heads=new(T + 1, b, hw), dq=new(T, b, 2 * Z), d_canvas=new(b, H, W))
+    return ws
+
+
+def native_buffers(ws: dict, lowp: bool) -> list[torch.Tensor]:
+    return [ws[name] for name in NATIVE_BUFFERS[: len(NATIVE_BUFFERS) if lowp else -4]]
+
+
+def native_weights(m, enc_w, dec_w, b: int, mm_dtype) -> list[torch.Tensor]:
+    """The LSTM weights in the products' dtype (bfloat16, or empty tensors), and packed by oneDNN for
+    the chunk's rows (see packed_gemm.py; empty where that is off or unavailable): forward, then
+    the input gradients' W[:, :inputs]^T."""
+    cd = m.embed + m.hidden
+    ce = 2 * m.read_n * m.read_n + 2 * m.hidden
+    lp = [w.to(mm_dtype).contiguous() for w in (enc_w, dec_w)] if mm_dtype is not None else [enc_w.new_empty(0)] * 2
+    dtype = mm_dtype or enc_w.dtype
+    chunks = max(1, min(native_chunks(), b // 8))
+    rows = -(-b // chunks)
+    if not (packed_gemm_enabled() and rows >= 32 and dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.enabled and packed_gemm_works(dtype)):
+        return lp + [enc_w.new_empty(0)] * 4
+    mats = (enc_w, dec_w, enc_w[:, :ce].t(), dec_w[:, :cd].t())
+    return lp + [torch.ops.mkldnn._reorder_linear_weight(w.to(dtype).contiguous(), rows) for w in mats]
+
+
+def native_dims(m, b: int) -> list[int]:
+    return [m.steps, b, m.height, m.width, m.hidden, m.embed, m.read_n, m.write_n]
+
+
+def native_chunks() -> int:
+    """One chunk of the batch per thread (draw_loop.cpp runs them side by side)."""
+    return max(1, torch.get_num_threads())
+
+
+def native_loop(m, x, eps, weights, mm_dtype):
+    """loop(save=True) by csrc/draw_loop.cpp (drawcli/native.py loads it): attention, one
+    channel, CPU. The same outputs, plus L^z (eq 11, summed as the loop goes), and the buffers
+    that native_loop_backward reads."""
+    enc_w, dec_w, q_w, q_b, heads_w, heads_b = weights
+    T, hd, Z = m.steps, m.hidden, m.embed
+    b, _, H, W = x.shape
+    n, nw = m.read_n, m.write_n
+    kw, R, lowp = nw * nw, 2 * n * n, mm_dtype is not None
+    key = ("native", b, x.dtype, lowp)
+    ws = _take_workspace(m, key, _WORKSPACES)
+    if ws is None:
+        with torch.inference_mode(False):
+            ws = native_workspace(m, b, x.dtype, enc_w.shape[1], dec_w.shape[1], lowp)
+        ws["key"] = key
+    ws["enc_in"][0, :, R : R + 2 * hd] = 0  # h_0 = 0 (both LSTMs), c_0 = 0
+    ws["dec_in"][0, :, Z : Z + hd] = 0
+    ws["c_enc"][0], ws["c_dec"][0] = 0, 0
+    if lowp:
+        ws["enc_lp"][0, :, R : R + 2 * hd] = 0
+        ws["dec_lp"][0, :, Z : Z + hd] = 0
+    heads = ws["heads"]
+    heads[0] = heads_b  # h^dec_0 = 0: the first read window is the bias alone
+    heads[0, :, kw:].view(b, 2, 5)[:, :, 2:].exp_()
+    mu_ls, canvas, lz = x.new_empty(T, b, 2 * Z), x.new_zeros(b, H, W), x.new_zeros(b)
+    grid, _ = pixel_grid(m, x.dtype)
+    ins = [x.reshape(b, H, W).contiguous(), eps.contiguous(), grid.contiguous(),
+           m.read_offsets.to(x.dtype).contiguous(), m.write_offsets.to(x.dtype).contiguous(),
+           *(w.detach().contiguous() for w in weights)]
+    ins += native_weights(m, enc_w.detach(), dec_w.detach(), b, mm_dtype)
+    bufs = native_buffers(dict(ws, mu_ls=mu_ls, canvas=canvas, lz=lz), lowp)
+    torch.ops.drawcli.loop_forward(ins, bufs, native_dims(m, b), lowp, FILTER_EPS, native_chunks())
+    saved = dict(native=True, workspace=ws, x=x, ins=ins, mm_dtype=mm_dtype, lz=lz)
+    return canvas.view(b, 1, H, W), mu_ls, (), saved
+
+
+def native_loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
+    """loop_backward for native_loop: the recurrence in C++, the weight gradients here."""
+    ws, x, ins = sv["workspace"], sv["x"], sv["ins"]
+    T, hd, Z = m.steps, m.hidden, m.embed
+    b, _, H, W = x.shape
+    R, lowp = 2 * m.read_n * m.read_n, sv["mm_dtype"] is not None
+    d_heads, dq, dC = ws["d_heads"], ws["dq"], ws["d_canvas"]  # dq: written by the loop (eq 11, d_mu_ls, z)
+    d_heads.zero_()
+    if d_canvas is None:
+        dC.zero_()
+    else:
+        dC.copy_(d_canvas.reshape(b, H, W))
+    d_lz = x.new_zeros(b) if d_lz is None else d_lz.contiguous()
+    d_mu_ls = x.new_empty(0) if d_mu_ls is None else d_mu_ls.contiguous()
+    dx = x.new_zeros(b, H, W) if need_x else x.new_empty(0)
+    bufs = native_buffers(dict(ws, mu_ls=mu_ls, canvas=dC, lz=d_lz), lowp)  # backward reads mu_ls, not the other two
+    torch.ops.drawcli.loop_backward(ins, bufs, [d_heads, dq, dC, dx, d_lz, d_mu_ls], native_dims(m, b), lowp,
+                                    FILTER_EPS, native_chunks())
+    # Weight gradients: one (T*B)-row product each, as loop_backward's (bias included: the
+    # inputs' column of ones); with bfloat16 products their inputs were written in bfloat16.
+    rows, enc_in = T * b, ws["enc_in"]
+    if lowp:
+        d_enc_w = (ws["g_enc_lp"].view(rows, -1).t() @ ws["enc_lp"].view(rows, -1)).to(x.dtype)
+        d_dec_w = (ws["g_dec_lp"].view(rows, -1).t() @ ws["dec_lp"].view(rows, -1)).to(x.dtype)
+    else:
+        d_enc_w = ws["g_enc"].view(rows, -1).t() @ enc_in[:T].view(rows, -1)
+        d_dec_w = ws["g_dec"].view(rows, -1).t() @ ws["dec_in"][:T].view(rows, -1)
+    dq_all = dq.view(rows, 2 * Z)
+    d_q_w = dq_all.t() @ enc_in[1:, :, R + hd : R + 2 * hd].reshape(rows, hd)  # h^enc_1..T
+    d_heads_w = d_heads[1:].view(rows, -1).t() @ enc_in[1:, :, R : R + hd].reshape(rows, hd)  # h^dec_1..T
+    grads = (d_enc_w, d_dec_w, d_q_w, dq_all.sum(0), d_heads_w, d_heads.sum((0, 1)))
+    _WORKSPACES[m] = ws  # this forward's buffers are free for the next one
+    return (dx.view(b, 1, H, W) if need_x else None), grads
+
+
 @_eager
 def encode_decode(m, x: torch.Tensor, eps: torch.Tensor, record: bool):
     """DRAW.encode_decode, fused: (c_T, mu, log sigma, L^z, records)."""
@@ -691,7 +843,9 @@ class _DrawLoop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, model, record, mm_dtype, x, eps, *weights):
         canvas, mu_ls, records, saved = loop(model, x, eps, weights, save=True, record=record, mm_dtype=mm_dtype)
-        lz = kl_per_image(*mu_ls.split(model.embed, -1))
+        lz = saved.pop("lz", None)  # the native loop sums eq 11 as it goes
+        if lz is None:
+            lz = kl_per_image(*mu_ls.split(model.embed, -1))
         ctx.model, ctx.saved = model, saved
         ctx.save_for_backward(mu_ls)  # an output: saved this way to avoid a reference cycle
         ctx.mark_non_differentiable(*records)
