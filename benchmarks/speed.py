@@ -57,6 +57,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
+from drawcli import native  # noqa: E402
 from drawcli.device import autocast, native_bf16, thread_policy  # noqa: E402
 from drawcli.model import DRAW, set_packed_gemm  # noqa: E402
 from drawcli.model.fused import _WORKSPACES  # noqa: E402
@@ -250,6 +251,17 @@ def make_models(cfg, device, seed=0):
     return fast, base
 
 
+def without_native(fn):
+    """fn with the native training loop switched off (fused.py's Python loop)."""
+    def call():
+        native.set_native(False)
+        try:
+            return fn()
+        finally:
+            native.set_native(True)
+    return call
+
+
 def without_packed(fn):
     """fn with drawcli's oneDNN packed products switched off (torch.mm everywhere)."""
     def call():
@@ -441,6 +453,7 @@ def main(argv=None) -> dict:
         ap.add_argument("--" + ("T" if key == "steps" else key.replace("_", "-")), dest="cfg_" + key, type=int,
                         default=PAPER[key])
     ap.add_argument("--no-attention", action="store_true")
+    ap.add_argument("--no-native", action="store_true", help="do not build or use the native training loop")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results-<device>.json)")
     args = ap.parse_args(argv)
 
@@ -473,6 +486,13 @@ def main(argv=None) -> dict:
     say(f"device {device} ({result['device_name']}), torch {torch.__version__}, threads {result['threads']}, "
         f"load {result['load_average_start'][0]:.2f}")
     say(f"CPU flags for matrix units: {result['cpu_flags'] or 'none'}; native bfloat16: {result['native_bf16'] or 'no'}")
+    if device.type == "cpu" and not args.no_native:
+        native.load(say=say)
+    else:
+        native.set_native(False)
+    result["native_loop"] = {"used": native.ready(), "why_not": native.unavailable_reason()}
+    say("training loop: " + ("native (drawcli/model/csrc/draw_loop.cpp)" if native.ready() else
+                             f"Python ({native.unavailable_reason() or 'off'})"))
     if args.threads_mode:
         b = batches[0] if len(batches) == 1 else 128
         result["threads_mode"] = threads_mode(cfg, device, b, args.steps, say)
@@ -513,9 +533,12 @@ def main(argv=None) -> dict:
     # 2. training and sampling: drawcli's DRAW and the baseline, interleaved
     result["training"], result["sampling"] = {}, {}
     # drawcli-mm: drawcli with its oneDNN packed products off (torch.mm), on CPUs that have them.
-    variants = (["drawcli-bf16"] if bf16 else []) + (["drawcli-mm"] if packed_available(device) else [])
+    # drawcli-bf16-python: drawcli-bf16 with the native training loop off (fused.py's Python loop).
+    variants = ((["drawcli-bf16"] + (["drawcli-bf16-python"] if native.ready() else [])) if bf16 else []) + (
+        ["drawcli-mm"] if packed_available(device) else [])
     impls = ["drawcli", *variants] + ([] if args.no_baseline else ["baseline"])
-    steps = {"drawcli": args.steps, "drawcli-bf16": args.steps, "drawcli-mm": base_steps, "baseline": base_steps}
+    steps = {"drawcli": args.steps, "drawcli-bf16": args.steps, "drawcli-mm": base_steps, "baseline": base_steps,
+             "drawcli-bf16-python": base_steps}
 
     def report(kind, impl, size, r):
         say(f"{kind:6s} {impl:18s} {'B' if kind == 'train' else 'n'}={size:<5d} {r['images_per_s']:7.1f} img/s  "
@@ -524,16 +547,18 @@ def main(argv=None) -> dict:
             f"cpu/wall {r['cpu_over_wall']:.2f})")
 
     def gemm_of(impl, kind, size):
-        table = result["gemm"]["bfloat16"] if impl.endswith("-bf16") else result["gemm"]
+        table = result["gemm"]["bfloat16"] if "-bf16" in impl else result["gemm"]
         return table[kind][size]["gflops"]
 
     def make_fns(make, models, **kw):
         fns = {}
         for i in impls:
             model = models["baseline" if i == "baseline" else "drawcli"]
-            fns[i] = make(model, precision="bfloat16" if i.endswith("-bf16") else "float32", **kw)
+            fns[i] = make(model, precision="bfloat16" if "-bf16" in i else "float32", **kw)
             if i == "drawcli-mm":
                 fns[i] = without_packed(fns[i])
+            if i == "drawcli-bf16-python":
+                fns[i] = without_native(fns[i])
         return fns
 
     for b in batches:
@@ -561,7 +586,8 @@ def main(argv=None) -> dict:
                 for size in result[kind][a]}
 
     result["speedup"] = {}
-    pairs = [("drawcli", "baseline"), ("drawcli-bf16", "drawcli"), ("drawcli-bf16", "baseline")]
+    pairs = [("drawcli", "baseline"), ("drawcli-bf16", "drawcli"), ("drawcli-bf16", "baseline"),
+             ("drawcli-bf16", "drawcli-bf16-python")]
     for a, b in pairs:
         if a in impls and b in impls:
             key = f"{a} over {b}"
@@ -596,7 +622,7 @@ def budget(result: dict, impls: list[str], flops_per_img: float, gemm_of, say, b
     is the step time minus that, and ``bar`` leaves (baseline time / bar) - product time for it.
     """
     out = {}
-    for impl in (i for i in ("drawcli", "drawcli-bf16") if i in impls):
+    for impl in (i for i in ("drawcli", "drawcli-bf16", "drawcli-bf16-python") if i in impls):
         for size, r in result["training"][impl].items():
             base_s = size / result["training"]["baseline"][size]["images_per_s"]
             gemm_s = size * flops_per_img / (gemm_of(impl, "training", size) * 1e9)

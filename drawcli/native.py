@@ -8,7 +8,7 @@ weight gradients after it are fused.py's. tests/test_native.py checks it against
 
 The library is built the first time it is needed, with the C++ compiler torch's own extensions
 use ($CXX, else c++), into $DRAWCLI_CACHE (default ~/.cache/drawcli)/native/<key>/, where the
-key covers this source, torch's version and the CPU's flags. Building takes about a minute;
+key covers this source, torch's version and the CPU's flags. Building takes 10-30 s;
 later processes load the file. Where no compiler works (or DRAWCLI_NATIVE=0), the loop stays
 fused.py's Python one: the numbers are the same, only slower.
 
@@ -88,7 +88,7 @@ def build(dest: Path, cxx: str) -> None:
         obj, so = Path(tmp) / "draw_loop.o", Path(tmp) / dest.name
         # -ffast-math at compile time only (vectorised exp from libmvec); linking without it keeps
         # crtfastmath (flush-to-zero for the whole process) out of the library.
-        compile_cmd = [cxx, "-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++17",
+        compile_cmd = [cxx, "-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c++20",
                        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
                        *(f"-I{p}" for p in include_paths()), "-c", str(SOURCE), "-o", str(obj)]
         link_cmd = [cxx, "-shared", str(obj), "-o", str(so), "-fopenmp", *(f"-L{p}" for p in libs),
@@ -105,7 +105,7 @@ def build(dest: Path, cxx: str) -> None:
 def load(quiet: bool = True, say=None) -> bool:
     """Build (once per machine) and load the library; False, with the reason kept, if impossible.
 
-    say: called with one line before a build starts (the build takes about a minute)."""
+    say: called with one line before a build starts (the build takes 10-30 s)."""
     if _STATE["loaded"] is not None:
         return _STATE["loaded"]
     ok = False
@@ -122,7 +122,7 @@ def load(quiet: bool = True, say=None) -> bool:
             if cxx is None:
                 raise RuntimeError("no C++ compiler (set CXX, or install g++)")
             if say is not None:
-                say(f"building the native training loop once for this machine into {dest.parent} (about a minute)")
+                say(f"building the native training loop once for this machine into {dest.parent} (10-30 s)")
             try:
                 build(dest, cxx)
             except Exception as e:

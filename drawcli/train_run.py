@@ -92,6 +92,24 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
     console.print(f"threads: {threads} per process ({why})", highlight=False)
 
 
+def apply_native(settings: Settings, device, console: Console) -> None:
+    """Load the native training loop (drawcli/native.py) where it can run: CPU, attention.
+
+    It is built once per machine (10-30 s; a line says so first). Without a C++ compiler,
+    or with DRAWCLI_NATIVE=0, training runs fused.py's Python loop: the same numbers, slower."""
+    from drawcli import native
+
+    if device.type != "cpu" or not settings.model.attention:
+        return
+    if not native.native_enabled():
+        console.print("training loop: Python (DRAWCLI_NATIVE=0)", highlight=False)
+        return
+    if native.load(say=lambda line: console.print(line, highlight=False)):
+        console.print("training loop: native (C++)", highlight=False)
+    else:
+        console.print(f"training loop: Python; the native one is unavailable: {native.unavailable_reason()}", highlight=False)
+
+
 def train_command(config: str | None, flags: dict, sets: list[str] | None, resume: str | None = None,
                   nproc: int | None = None, argv: list[str] | None = None) -> Path | None:
     """`draw train`: a new run, a resumed one (--resume), or N processes of either (--nproc N > 1).
@@ -218,6 +236,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         device = resolve_device(settings.run.device)
         console.print(f"device: {describe(device)}", highlight=False)
     apply_threads(settings, device, env, console)
+    apply_native(settings, device, console)
 
     data_dir = resolve_data_dir(settings.data.data_dir)
     try:

@@ -59,3 +59,14 @@ def synthetic_data_dir(tmp_path) -> Path:
     (root / "mnist" / "train-images-idx3-ubyte").write_bytes(idx_bytes(synthetic_images(96, seed=1)))
     (root / "mnist" / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(synthetic_images(40, seed=2)))
     return root
+
+
+@pytest.fixture
+def python_loop():
+    """fused.py's Python training loop even where the native one is loaded (tests of its internals)."""
+    from drawcli import native
+
+    before = native.native_enabled()
+    native.set_native(False)
+    yield
+    native.set_native(before)

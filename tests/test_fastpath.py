@@ -175,6 +175,7 @@ def packed_gemm_off():
     set_packed_gemm(True)
 
 
+@pytest.mark.usefixtures("python_loop")
 @pytest.mark.parametrize("attention", [True, False])
 def test_packed_products_equal_torch_mm_in_float32(attention, monkeypatch):
     """CPU float32 runs each step's LSTM products through oneDNN with weights packed once per

@@ -51,6 +51,7 @@ def test_bf16_loss_and_gradients_agree_with_float32(attention):
         assert relative(g16[name], g32[name]) < 2e-2, name
 
 
+@pytest.mark.usefixtures("python_loop")
 def test_bf16_runs_the_lstm_products_in_bf16_and_nothing_else(monkeypatch):
     """Under autocast the fused engine passes bfloat16 to the LSTM products only; the plain path
     (model.fused = False) follows autocast's own rules and agrees up to rounding."""

@@ -91,66 +91,81 @@ struct Dims {
 };
 
 // ---------------------------------------------------------------- filterbanks (eq 19-26)
-// F_X (a = 0, W columns) and F_Y (a = 1, H columns) of one window p = (g_X, g_Y, delta,
-// sigma^2, gamma) into f (2, N, L), and grid - mu into d; padding columns are never touched.
+// The attention work is done for V images at once, image innermost ("lanes"): every array below
+// is (..., V), so each loop runs over the V images of a chunk, with no per-image short loops and
+// no horizontal sums. p: the window (g_X, g_Y, delta, sigma^2, gamma) as (5, V).
+// F_X (a = 0, W columns) and F_Y (a = 1, H columns) into f (2, N, L, V), grid - mu into d.
 template <typename T>
-void filters(const T* p, const T* off, const T* grid, int64_t N, int64_t L, int64_t W, int64_t H, T eps,
-             T* f, T* d) {
-  const T scale = T(-0.5) / p[3];
+void filters(const T* p, const T* off, const T* grid, int64_t N, int64_t L, int64_t W, int64_t H, int64_t V,
+             T eps, T* f, T* d, T* mu, T* scale, T* s) {
+  IVDEP
+  for (int64_t v = 0; v < V; ++v) scale[v] = T(-0.5) / p[3 * V + v];
   for (int64_t a = 0; a < 2; ++a) {
     const int64_t len = a == 0 ? W : H;
-    const T* ga = grid + a * L;
     for (int64_t i = 0; i < N; ++i) {
-      const T mu = p[a] + off[i] * p[2];
-      T* fr = f + (a * N + i) * L;
-      T* dr = d + (a * N + i) * L;
-      T s = 0;
       IVDEP
-      for (int64_t l = 0; l < len; ++l) {
-        const T dl = ga[l] - mu;
-        dr[l] = dl;
-        const T e = std::exp(dl * dl * scale);
-        fr[l] = e;
-        s += e;
+      for (int64_t v = 0; v < V; ++v) {
+        mu[v] = p[a * V + v] + off[i] * p[2 * V + v];
+        s[v] = 0;
       }
-      const T inv = T(1) / (s + eps);
+      T* fr = f + (a * N + i) * L * V;
+      T* dr = d + (a * N + i) * L * V;
+      for (int64_t l = 0; l < len; ++l) {
+        const T gl = grid[a * L + l];
+        IVDEP
+        for (int64_t v = 0; v < V; ++v) {
+          const T dl = gl - mu[v];
+          dr[l * V + v] = dl;
+          const T e = std::exp(dl * dl * scale[v]);
+          fr[l * V + v] = e;
+          s[v] += e;
+        }
+      }
       IVDEP
-      for (int64_t l = 0; l < len; ++l) fr[l] *= inv;
+      for (int64_t v = 0; v < V; ++v) s[v] = T(1) / (s[v] + eps);
+      for (int64_t l = 0; l < len; ++l) {
+        IVDEP
+        for (int64_t v = 0; v < V; ++v) fr[l * V + v] *= s[v];
+      }
     }
   }
 }
 
-// dL/d(g_X, g_Y, log delta, log sigma^2) into out[0..3] from dL/dF in df (2, N, L).
+// dL/d(g_X, g_Y, log delta, log sigma^2) of each image into out (4, V), from dL/dF in df (2, N, L, V).
 template <typename T>
 void filters_backward(const T* df, const T* f, const T* d, const T* p, const T* off, int64_t N, int64_t L,
-                      int64_t W, int64_t H, T* out) {
-  T smu[2] = {0, 0};
-  T sdelta = 0, ssig = 0;
+                      int64_t W, int64_t H, int64_t V, T* out, T* z) {
+  std::fill(out, out + 4 * V, T(0));
   for (int64_t a = 0; a < 2; ++a) {
     const int64_t len = a == 0 ? W : H;
     for (int64_t i = 0; i < N; ++i) {
-      const int64_t o = (a * N + i) * L;
+      const int64_t o = (a * N + i) * L * V;
       const T *g = df + o, *fr = f + o, *dr = d + o;
-      T z = 0;
-      IVDEP
-      for (int64_t l = 0; l < len; ++l) z += g[l] * fr[l];
-      T sm = 0, ss = 0;
-      IVDEP
+      std::fill(z, z + V, T(0));
       for (int64_t l = 0; l < len; ++l) {
-        const T ed = (g[l] - z) * fr[l] * dr[l];  // dL/d(exponent) times (a - mu)
-        sm += ed;
-        ss += ed * dr[l];
+        IVDEP
+        for (int64_t v = 0; v < V; ++v) z[v] += g[l * V + v] * fr[l * V + v];
       }
-      smu[a] += sm;
-      sdelta += off[i] * sm;
-      ssig += ss;
+      for (int64_t l = 0; l < len; ++l) {
+        IVDEP
+        for (int64_t v = 0; v < V; ++v) {
+          const int64_t k = l * V + v;
+          const T ed = (g[k] - z[v]) * fr[k] * dr[k];  // dL/d(exponent) times (a - mu)
+          out[a * V + v] += ed;
+          out[2 * V + v] += off[i] * ed;
+          out[3 * V + v] += ed * dr[k];
+        }
+      }
     }
   }
-  const T inv = T(1) / p[3];
-  out[0] = smu[0] * inv;
-  out[1] = smu[1] * inv;
-  out[2] = sdelta * inv * p[2];
-  out[3] = T(0.5) * ssig * inv;
+  IVDEP
+  for (int64_t v = 0; v < V; ++v) {
+    const T inv = T(1) / p[3 * V + v];
+    out[v] *= inv;
+    out[V + v] *= inv;
+    out[2 * V + v] *= inv * p[2 * V + v];
+    out[3 * V + v] *= T(0.5) * inv;
+  }
 }
 
 // ---------------------------------------------------------------- LSTM cell (eq 5, 7)
@@ -239,50 +254,73 @@ struct Loop {
     }
   }
 
+  // A chunk's block of a per-image buffer, laid out (T, size, V) with the chunk's V images innermost.
+  T* lanes(T* base, int64_t b0, int64_t V, int64_t size, int64_t t) const {
+    return base + b0 * D.T * size + t * size * V;
+  }
+
+  // dst (cols, V) = src[b0 + v][off + c] (rows of width `width`)
+  static void gather(T* dst, const T* src, int64_t b0, int64_t V, int64_t width, int64_t off, int64_t cols) {
+    for (int64_t v = 0; v < V; ++v) {
+      const T* r = src + (b0 + v) * width + off;
+      for (int64_t c = 0; c < cols; ++c) dst[c * V + v] = r[c];
+    }
+  }
+
+  // (HW, V) image lanes <-> rows
+  void to_lanes(T* dst, const T* rows, int64_t b0, int64_t V) const {
+    const int64_t HW = D.H * D.W;
+    for (int64_t v = 0; v < V; ++v)
+      for (int64_t k = 0; k < HW; ++k) dst[k * V + v] = rows[(b0 + v) * HW + k];
+  }
+
   void forward_chunk(int64_t b0, int64_t nb) {
     const Dims& d = D;
-    const int64_t HW = d.H * d.W, L = d.L, R = d.R, hd = d.hd, Z = d.Z, n = d.n, nw = d.nw, kw = d.kw;
+    const int64_t HW = d.H * d.W, L = d.L, R = d.R, hd = d.hd, Z = d.Z, n = d.n, nw = d.nw, kw = d.kw, V = nb;
     Tensor pre_lp = lowp ? at::empty({nb, 4 * hd}, enc_in.options().dtype(at::kBFloat16)) : Tensor();
+    std::vector<T> xs_(HW * V), cv_(HW * V, T(0)), win(5 * V), s1(V), s2(V), s3(V);
+    T *xs = xs_.data(), *cv = cv_.data();  // x and the canvas c_t, as (HW, V)
+    to_lanes(xs, x, b0, V);
     for (int64_t t = 0; t < d.T; ++t) {
       const bool next_lp = lowp && t + 1 < d.T;
-      // eq 3 and the read, eq 17, 27 (window from h^dec_{t-1})
-      for (int64_t b = b0; b < b0 + nb; ++b) {
-        const T* xb = x + b * HW;
-        const T* cb = canvas + b * HW;
-        T* xh = row(xhat, t, b, HW);
-        IVDEP
-        for (int64_t k = 0; k < HW; ++k) xh[k] = xb[k] - sigm<T>(cb[k]);
-        const T* p = row(p_heads, t, b, d.hw) + kw + 5;
-        T* f = row(f_r, t, b, 2 * n * L);
-        filters<T>(p, roff, grid, n, L, d.W, d.H, feps, f, row(d_r, t, b, 2 * n * L));
-        const T *fx = f, *fy = f + n * L;
-        T* lf = row(left, t, b, 2 * n * d.W);
-        for (int64_t i = 0; i < n; ++i) {
-          T* lx = lf + i * 2 * d.W;
-          T* lh = lx + d.W;
-          std::fill(lx, lx + 2 * d.W, T(0));
-          for (int64_t h = 0; h < d.H; ++h) {
-            const T cf = fy[i * L + h];
-            const T *xr = xb + h * d.W, *hr = xh + h * d.W;
+      // eq 3 and the read, eq 17, 27 (window from h^dec_{t-1}), for the chunk's V images at once
+      T* xh = lanes(xhat, b0, V, HW, t);  // (HW, V)
+      IVDEP
+      for (int64_t k = 0; k < HW * V; ++k) xh[k] = xs[k] - sigm<T>(cv[k]);
+      gather(win.data(), p_heads + t * d.B * d.hw, b0, V, d.hw, kw + 5, 5);
+      T* fr = lanes(f_r, b0, V, 2 * n * L, t);
+      filters<T>(win.data(), roff, grid, n, L, d.W, d.H, V, feps, fr, lanes(d_r, b0, V, 2 * n * L, t), s1.data(),
+                 s2.data(), s3.data());
+      const T *fx = fr, *fy = fr + n * L * V;
+      T* lf = lanes(left, b0, V, 2 * n * d.W, t);  // rows (i, image): F_Y x | F_Y x_hat, (2n, W, V)
+      std::fill(lf, lf + 2 * n * d.W * V, T(0));
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t h = 0; h < d.H; ++h) {
+          const T* c = fy + (i * L + h) * V;
+          for (int64_t w = 0; w < d.W; ++w) {
+            T *lx = lf + ((2 * i) * d.W + w) * V, *lh = lf + ((2 * i + 1) * d.W + w) * V;
+            const T *xv = xs + (h * d.W + w) * V, *hv = xh + (h * d.W + w) * V;
             IVDEP
-            for (int64_t w = 0; w < d.W; ++w) {
-              lx[w] += cf * xr[w];
-              lh[w] += cf * hr[w];
+            for (int64_t v = 0; v < V; ++v) {
+              lx[v] += c[v] * xv[v];
+              lh[v] += c[v] * hv[v];
             }
           }
         }
-        T* r = row(p_enc_in, t, b, d.ke);
-        for (int64_t q = 0; q < 2 * n; ++q) {
-          const T* lq = lf + q * d.W;
-          for (int64_t j = 0; j < n; ++j) {
-            T s = 0;
+      for (int64_t q = 0; q < 2 * n; ++q)
+        for (int64_t j = 0; j < n; ++j) {
+          T* acc = s1.data();
+          std::fill(acc, acc + V, T(0));
+          for (int64_t w = 0; w < d.W; ++w) {
+            const T *a = lf + (q * d.W + w) * V, *c = fx + (j * L + w) * V;
             IVDEP
-            for (int64_t w = 0; w < d.W; ++w) s += lq[w] * fx[j * L + w];
-            r[q * n + j] = p[4] * s;
+            for (int64_t v = 0; v < V; ++v) acc[v] += a[v] * c[v];
           }
+          T* r = p_enc_in + (t * d.B + b0) * d.ke + q * n + j;  // eq 27: gamma F_Y x F_X^T
+          for (int64_t v = 0; v < V; ++v) r[v * d.ke] = win[4 * V + v] * acc[v];
         }
-        if (lowp) to_lp(row(p_enc_lp, t, b, d.ke), r, R);
-      }
+      if (lowp)
+        for (int64_t b = b0; b < b0 + nb; ++b) to_lp(row(p_enc_lp, t, b, d.ke), row(p_enc_in, t, b, d.ke), R);
       // eq 5: the encoder
       cell(t, b0, nb, enc_in, enc_lp, enc_w, enc_w_lp, enc_pk, pre_lp, g_enc, p_g_enc, c_enc, tc_enc,
            p_enc_in + (t + 1) * d.B * d.ke, d.ke, R + hd);
@@ -324,39 +362,48 @@ struct Loop {
       at::addmm_out(head_rows, heads_b, enc_in[t + 1].narrow(0, b0, nb).narrow(1, R, hd), heads_w.t());
       for (int64_t b = b0; b < b0 + nb; ++b) {
         T* hh = row(p_heads, t + 1, b, d.hw);
-        for (int64_t k = 2; k < 5; ++k) {
+        for (int64_t k = 2; k < 5; ++k) {  // delta, sigma^2, gamma from their logs
           hh[kw + k] = std::exp(hh[kw + k]);
           hh[kw + 5 + k] = std::exp(hh[kw + 5 + k]);
         }
-        const T* p = hh + kw;
-        T* f = row(f_w, t, b, 2 * nw * L);
-        filters<T>(p, woff, grid, nw, L, d.W, d.H, feps, f, row(d_w, t, b, 2 * nw * L));
-        const T *fx = f, *fy = f + nw * L;
-        T* wd = row(wdiv, t, b, nw * nw);
-        IVDEP
-        for (int64_t k = 0; k < nw * nw; ++k) wd[k] = hh[k] / p[4];
-        T* ub = row(u, t, b, nw * d.W);
-        for (int64_t i = 0; i < nw; ++i) {
-          T* ui = ub + i * d.W;
-          std::fill(ui, ui + d.W, T(0));
-          for (int64_t j = 0; j < nw; ++j) {
-            const T cf = wd[i * nw + j];
-            IVDEP
-            for (int64_t w = 0; w < d.W; ++w) ui[w] += cf * fx[j * L + w];
-          }
-        }
-        T* cb = canvas + b * HW;
-        for (int64_t h = 0; h < d.H; ++h) {
-          T* ch = cb + h * d.W;
-          for (int64_t i = 0; i < nw; ++i) {
-            const T cf = fy[i * L + h];
-            const T* ui = ub + i * d.W;
-            IVDEP
-            for (int64_t w = 0; w < d.W; ++w) ch[w] += cf * ui[w];
-          }
-        }
       }
+      const T* hrows = p_heads + ((t + 1) * d.B) * d.hw;
+      gather(win.data(), hrows, b0, V, d.hw, kw, 5);
+      T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
+      filters<T>(win.data(), woff, grid, nw, L, d.W, d.H, V, feps, fw, lanes(d_w, b0, V, 2 * nw * L, t), s1.data(),
+                 s2.data(), s3.data());
+      const T *wfx = fw, *wfy = fw + nw * L * V;
+      T* wd = lanes(wdiv, b0, V, nw * nw, t);  // w / gamma, (N^2, V)
+      gather(wd, hrows, b0, V, d.hw, 0, nw * nw);
+      for (int64_t k = 0; k < nw * nw; ++k) {
+        IVDEP
+        for (int64_t v = 0; v < V; ++v) wd[k * V + v] /= win[4 * V + v];
+      }
+      T* ub = lanes(u, b0, V, nw * d.W, t);  // (w / gamma) F_X, (N, W, V)
+      std::fill(ub, ub + nw * d.W * V, T(0));
+      for (int64_t i = 0; i < nw; ++i)
+        for (int64_t j = 0; j < nw; ++j) {
+          const T* c = wd + (i * nw + j) * V;
+          for (int64_t w = 0; w < d.W; ++w) {
+            T* o = ub + (i * d.W + w) * V;
+            const T* fv = wfx + (j * L + w) * V;
+            IVDEP
+            for (int64_t v = 0; v < V; ++v) o[v] += c[v] * fv[v];
+          }
+        }
+      for (int64_t h = 0; h < d.H; ++h)  // eq 8, 29: c_t = c_{t-1} + F_Y^T (w / gamma) F_X
+        for (int64_t i = 0; i < nw; ++i) {
+          const T* c = wfy + (i * L + h) * V;
+          for (int64_t w = 0; w < d.W; ++w) {
+            T* o = cv + (h * d.W + w) * V;
+            const T* uv = ub + (i * d.W + w) * V;
+            IVDEP
+            for (int64_t v = 0; v < V; ++v) o[v] += c[v] * uv[v];
+          }
+        }
     }
+    for (int64_t v = 0; v < V; ++v)  // c_T back to one image per row
+      for (int64_t k = 0; k < HW; ++k) canvas[(b0 + v) * HW + k] = cv[k * V + v];
   }
 
   // backward ------------------------------------------------------------------------
@@ -395,8 +442,13 @@ struct Loop {
       ei_lp = at::empty({nb, ce}, opt.dtype(at::kBFloat16));
       di_lp = at::empty({nb, cd}, opt.dtype(at::kBFloat16));
     }
-    const int64_t nmax = std::max(n, nw);
-    std::vector<T> df(2 * nmax * L, T(0)), du(nmax * W), dw(nmax * nmax), dg(2 * n * n), dleft(2 * n * W);
+    const int64_t nmax = std::max(n, nw), V = nb;
+    // lanes (see forward_chunk): dL/dF (2, N, L, V), dL/du (N, W, V), dL/dleft (2n, W, V), ...
+    std::vector<T> df(2 * nmax * L * V, T(0)), du(nw * W * V), dg(2 * n * n * V), dleft(2 * n * W * V),
+        win(5 * V), out4(4 * V), s1(V), s2(V), xs_(HW * V), dcv_(HW * V), dx_(dx ? HW * V : 0, T(0));
+    T *xs = xs_.data(), *dcv = dcv_.data(), *dxv = dx ? dx_.data() : nullptr;
+    to_lanes(xs, x, b0, V);
+    to_lanes(dcv, dC, b0, V);  // dL/dc_T, then dL/dc_t as t goes down
     T* pdh = dh.data_ptr<T>();
     T *pdce = dc_enc.data_ptr<T>(), *pdcd = dc_dec.data_ptr<T>();
     int cur = 0;
@@ -404,51 +456,60 @@ struct Loop {
       const T* ei_next = dei[1 - cur].data_ptr<T>();
       const T* di_next = ddi[1 - cur].data_ptr<T>();
       // the write of step t (eq 8, 29; eq 18): dL/dc_t reaches it unchanged
-      for (int64_t b = b0; b < b0 + nb; ++b) {
-        const T* hh = row(p_heads, t + 1, b, d.hw);
-        const T* p = hh + kw;
-        const T* f = row(f_w, t, b, 2 * nw * L);
-        const T *fx = f, *fy = f + nw * L;
-        const T* ub = row(u, t, b, nw * W);
-        const T* wd = row(wdiv, t, b, nw * nw);
-        const T* dcb = dC + b * HW;
-        T* dfx = df.data();
-        T* dfy = df.data() + nw * L;
-        std::fill(du.begin(), du.begin() + nw * W, T(0));
-        for (int64_t h = 0; h < d.H; ++h) {
-          const T* dch = dcb + h * W;
-          for (int64_t i = 0; i < nw; ++i) {
-            const T cf = fy[i * L + h];
-            T* dui = du.data() + i * W;
-            T s = 0;
-            const T* ui = ub + i * W;
-            IVDEP
+      {
+        const T* hrows = p_heads + ((t + 1) * d.B) * d.hw;
+        gather(win.data(), hrows, b0, V, d.hw, kw, 5);
+        const T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
+        const T *fx = fw, *fy = fw + nw * L * V;
+        const T* ub = lanes(u, b0, V, nw * W, t);
+        const T* wd = lanes(wdiv, b0, V, nw * nw, t);
+        T *dfx = df.data(), *dfy = df.data() + nw * L * V;
+        std::fill(du.begin(), du.end(), T(0));
+        for (int64_t i = 0; i < nw; ++i)
+          for (int64_t h = 0; h < d.H; ++h) {
+            const T* c = fy + (i * L + h) * V;
+            T* sy = dfy + (i * L + h) * V;  // dL/dF_Y = u dC^T
+            std::fill(sy, sy + V, T(0));
             for (int64_t w = 0; w < W; ++w) {
-              dui[w] += cf * dch[w];
-              s += ui[w] * dch[w];
+              const T *g = dcv + (h * W + w) * V, *uv = ub + (i * W + w) * V;
+              T* o = du.data() + (i * W + w) * V;  // dL/du = F_Y dC
+              IVDEP
+              for (int64_t v = 0; v < V; ++v) {
+                o[v] += c[v] * g[v];
+                sy[v] += uv[v] * g[v];
+              }
             }
-            dfy[i * L + h] = s;
           }
-        }
-        for (int64_t j = 0; j < nw; ++j) std::fill(dfx + j * L, dfx + j * L + W, T(0));
-        T* dhh = row(d_heads, t + 1, b, d.hw);
-        T gsum = 0;
-        for (int64_t i = 0; i < nw; ++i) {
-          const T* dui = du.data() + i * W;
+        std::fill(dfx, dfx + nw * L * V, T(0));
+        T* gsum = s2.data();
+        std::fill(gsum, gsum + V, T(0));
+        T* dhh = d_heads + ((t + 1) * d.B + b0) * d.hw;
+        for (int64_t i = 0; i < nw; ++i)
           for (int64_t j = 0; j < nw; ++j) {
-            T s = 0;
-            IVDEP
-            for (int64_t w = 0; w < W; ++w) s += dui[w] * fx[j * L + w];
-            const T cf = wd[i * nw + j];
-            gsum += s * cf;
-            dhh[i * nw + j] = s / p[4];
-            T* dfj = dfx + j * L;
-            IVDEP
-            for (int64_t w = 0; w < W; ++w) dfj[w] += cf * dui[w];
+            T* acc = s1.data();  // dL/d(w / gamma) = du F_X^T
+            std::fill(acc, acc + V, T(0));
+            const T* c = wd + (i * nw + j) * V;
+            for (int64_t w = 0; w < W; ++w) {
+              const T *g = du.data() + (i * W + w) * V, *fv = fx + (j * L + w) * V;
+              T* o = dfx + (j * L + w) * V;  // dL/dF_X = (w / gamma)^T du
+              IVDEP
+              for (int64_t v = 0; v < V; ++v) {
+                acc[v] += g[v] * fv[v];
+                o[v] += c[v] * g[v];
+              }
+            }
+            for (int64_t v = 0; v < V; ++v) {
+              gsum[v] += acc[v] * c[v];
+              dhh[v * d.hw + i * nw + j] = acc[v] / win[4 * V + v];
+            }
           }
+        filters_backward<T>(df.data(), fw, lanes(d_w, b0, V, 2 * nw * L, t), win.data(), woff, nw, L, W, d.H, V,
+                            out4.data(), s1.data());
+        for (int64_t v = 0; v < V; ++v) {
+          T* o = dhh + v * d.hw + kw;
+          for (int64_t k = 0; k < 4; ++k) o[k] = out4[k * V + v];
+          o[4] = -gsum[v];  // dL/d log gamma: w / gamma
         }
-        dhh[kw + 4] = -gsum;
-        filters_backward<T>(df.data(), f, row(d_w, t, b, 2 * nw * L), p, woff, nw, L, W, d.H, dhh + kw);
       }
       // h^dec_t feeds the heads and step t+1's encoder and decoder
       for (int64_t b = 0; b < nb; ++b) {
@@ -493,72 +554,74 @@ struct Loop {
       }
       input_grads(t, b0, nb, g_enc, g_enc_lp, enc_w, enc_w_lp, enc_pk_t, ce, dei[cur], ei_lp);  // [dr_t | dh^dec | dh^enc]
       // the read of step t (eq 27, 17) and x_hat = x - sigmoid(c_{t-1}) (eq 3)
-      const T* dec_ = dei[cur].data_ptr<T>();
-      for (int64_t b = b0; b < b0 + nb; ++b) {
-        const T* dr = dec_ + (b - b0) * ce;
-        const T* r = row(p_enc_in, t, b, d.ke);
-        T* dhr = row(d_heads, t, b, d.hw) + kw + 5;
-        const T* p = row(p_heads, t, b, d.hw) + kw + 5;
-        const T* f = row(f_r, t, b, 2 * n * L);
-        const T *fx = f, *fy = f + n * L;
-        const T* lf = row(left, t, b, 2 * n * W);
-        const T* xb = x + b * HW;
-        const T* xh = row(xhat, t, b, HW);
-        T gsum = 0;
-        IVDEP
-        for (int64_t k = 0; k < 2 * n * n; ++k) {
-          gsum += dr[k] * r[k];
-          dg[k] = dr[k] * p[4];
+      {
+        const T* dec_ = dei[cur].data_ptr<T>();
+        gather(win.data(), p_heads + t * d.B * d.hw, b0, V, d.hw, kw + 5, 5);
+        const T* fr = lanes(f_r, b0, V, 2 * n * L, t);
+        const T *fx = fr, *fy = fr + n * L * V;
+        const T* lf = lanes(left, b0, V, 2 * n * W, t);
+        const T* xh = lanes(xhat, b0, V, HW, t);
+        T* gsum = s2.data();
+        std::fill(gsum, gsum + V, T(0));
+        for (int64_t v = 0; v < V; ++v) {
+          const T* dr = dec_ + v * ce;
+          const T* r = p_enc_in + (t * d.B + b0 + v) * d.ke;
+          for (int64_t k = 0; k < R; ++k) {
+            gsum[v] += dr[k] * r[k];  // dL/d log gamma (r = gamma G)
+            dg[k * V + v] = dr[k] * win[4 * V + v];
+          }
         }
-        dhr[4] = gsum;
-        T* dfx = df.data();
-        T* dfy = df.data() + n * L;
-        for (int64_t j = 0; j < n; ++j) std::fill(dfx + j * L, dfx + j * L + W, T(0));
-        for (int64_t q = 0; q < 2 * n; ++q) {
-          T* dl = dleft.data() + q * W;
-          const T* lq = lf + q * W;
-          std::fill(dl, dl + W, T(0));
+        T *dfx = df.data(), *dfy = df.data() + n * L * V;
+        std::fill(dfx, dfx + n * L * V, T(0));
+        std::fill(dleft.begin(), dleft.end(), T(0));
+        for (int64_t q = 0; q < 2 * n; ++q)
           for (int64_t j = 0; j < n; ++j) {
-            const T cf = dg[q * n + j];
-            const T* fj = fx + j * L;
-            T* dfj = dfx + j * L;
-            IVDEP
+            const T* c = dg.data() + (q * n + j) * V;
             for (int64_t w = 0; w < W; ++w) {
-              dl[w] += cf * fj[w];
-              dfj[w] += cf * lq[w];
+              const T *fv = fx + (j * L + w) * V, *lv = lf + (q * W + w) * V;
+              T *dl = dleft.data() + (q * W + w) * V, *o = dfx + (j * L + w) * V;
+              IVDEP
+              for (int64_t v = 0; v < V; ++v) {
+                dl[v] += c[v] * fv[v];
+                o[v] += c[v] * lv[v];
+              }
             }
           }
-        }
-        for (int64_t i = 0; i < n; ++i) {
-          const T *dlx = dleft.data() + i * 2 * W, *dlh = dlx + W;
+        for (int64_t i = 0; i < n; ++i)
           for (int64_t h = 0; h < d.H; ++h) {
-            const T *xr = xb + h * W, *hr = xh + h * W;
-            T s = 0;
-            IVDEP
-            for (int64_t w = 0; w < W; ++w) s += dlx[w] * xr[w] + dlh[w] * hr[w];
-            dfy[i * L + h] = s;
-          }
-        }
-        T* dcb = dC + b * HW;
-        T* dxr = dx ? dx + b * HW : nullptr;
-        for (int64_t h = 0; h < d.H; ++h) {
-          const T *xr = xb + h * W, *hr = xh + h * W;
-          T* dch = dcb + h * W;
-          for (int64_t i = 0; i < n; ++i) {
-            const T cf = fy[i * L + h];
-            const T *dlx = dleft.data() + i * 2 * W, *dlh = dlx + W;
-            IVDEP
+            const T* c = fy + (i * L + h) * V;
+            T* sy = dfy + (i * L + h) * V;
+            std::fill(sy, sy + V, T(0));
             for (int64_t w = 0; w < W; ++w) {
-              const T s = xr[w] - hr[w];  // sigmoid(c_{t-1})
-              dch[w] -= cf * dlh[w] * s * (T(1) - s);
-              if (dxr) dxr[h * W + w] += cf * (dlx[w] + dlh[w]);
+              const T *dlx = dleft.data() + ((2 * i) * W + w) * V, *dlh = dleft.data() + ((2 * i + 1) * W + w) * V;
+              const T *xv = xs + (h * W + w) * V, *hv = xh + (h * W + w) * V;
+              T* g = dcv + (h * W + w) * V;
+              IVDEP
+              for (int64_t v = 0; v < V; ++v) {
+                sy[v] += dlx[v] * xv[v] + dlh[v] * hv[v];
+                const T sg = xv[v] - hv[v];  // sigmoid(c_{t-1})
+                g[v] -= c[v] * dlh[v] * sg * (T(1) - sg);  // through x_hat, eq 3
+              }
+              if (dxv) {
+                T* o = dxv + (h * W + w) * V;
+                IVDEP
+                for (int64_t v = 0; v < V; ++v) o[v] += c[v] * (dlx[v] + dlh[v]);
+              }
             }
           }
+        filters_backward<T>(df.data(), fr, lanes(d_r, b0, V, 2 * n * L, t), win.data(), roff, n, L, W, d.H, V,
+                            out4.data(), s1.data());
+        T* dhr = d_heads + (t * d.B + b0) * d.hw + kw + 5;
+        for (int64_t v = 0; v < V; ++v) {
+          for (int64_t k = 0; k < 4; ++k) dhr[v * d.hw + k] = out4[k * V + v];
+          dhr[v * d.hw + 4] = gsum[v];
         }
-        filters_backward<T>(df.data(), f, row(d_r, t, b, 2 * n * L), p, roff, n, L, W, d.H, dhr);
       }
       cur = 1 - cur;
     }
+    if (dxv)
+      for (int64_t v = 0; v < V; ++v)
+        for (int64_t k = 0; k < HW; ++k) dx[(b0 + v) * HW + k] = dxv[k * V + v];
   }
 };
 
