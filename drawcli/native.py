@@ -102,7 +102,7 @@ def build(dest: Path, cxx: str) -> None:
         os.replace(so, dest)
 
 
-def load(quiet: bool = True, say=None) -> bool:
+def load(say=None) -> bool:
     """Build (once per machine) and load the library; False, with the reason kept, if impossible.
 
     say: called with one line before a build starts (the build takes 10-30 s)."""
