@@ -551,10 +551,14 @@ def main(argv=None) -> dict:
         return table[kind][size]["gflops"]
 
     def make_fns(make, models, **kw):
+        """One model per implementation, all with the same weights: each keeps its own step buffers
+        (the fused engine keeps one set per model, made for its precision and loop), as a training
+        process would; sharing one model would rebuild them at every interleaved call."""
         fns = {}
         for i in impls:
-            model = models["baseline" if i == "baseline" else "drawcli"]
-            fns[i] = make(model, precision="bfloat16" if "-bf16" in i else "float32", **kw)
+            if i not in models:
+                models[i] = copy.deepcopy(models["drawcli"])
+            fns[i] = make(models[i], precision="bfloat16" if "-bf16" in i else "float32", **kw)
             if i == "drawcli-mm":
                 fns[i] = without_packed(fns[i])
             if i == "drawcli-bf16-python":
@@ -563,12 +567,14 @@ def main(argv=None) -> dict:
 
     for b in batches:
         fast, base = make_models(cfg, device)
-        fns = make_fns(lambda m, precision: train_step_fn(m, cfg, b, device, precision), {"drawcli": fast, "baseline": base})
-        for impl, r in measure(fns, device, steps, args.warmup, mem, [fast]).items():
+        models = {"drawcli": fast, "baseline": base}
+        fns = make_fns(lambda m, precision: train_step_fn(m, cfg, b, device, precision), models)
+        drawcli_models = [m for name, m in models.items() if name != "baseline"]
+        for impl, r in measure(fns, device, steps, args.warmup, mem, drawcli_models).items():
             r = summarise(r, b, flops["training"], gemm_of(impl, "training", b))
             result["training"].setdefault(impl, {})[b] = r
             report("train", impl, b, r)
-        del fast, base, fns
+        del fast, base, fns, models, drawcli_models
     fast, base = make_models(cfg, device)
     for n in samples:
         fns = make_fns(lambda m, precision: sample_fn(m, n, device, precision=precision), {"drawcli": fast, "baseline": base})

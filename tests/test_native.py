@@ -111,6 +111,25 @@ def test_chunks_on_two_threads_equal_one_thread():
         assert rel(two[3][k], one[3][k]) < 1e-10, k
 
 
+def test_threads_changed_between_forward_and_backward_do_not_change_the_gradient():
+    m = model_for(4, height=12, width=9, steps=3, hidden=8, embed=3, read_n=3, write_n=2)
+    x = torch.rand(24, 12, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ref = run(m, x, False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # two chunks in forward ...
+        m.zero_grad(set_to_none=True)
+        out = m(x, generator=torch.Generator().manual_seed(7))
+        torch.set_num_threads(1)  # ... and the backward must cut the batch the same way
+        b = x.shape[0]
+        ((out.lx * torch.linspace(0.5, 1.5, b, dtype=x.dtype)).sum()
+         + (out.lz * torch.linspace(1.2, 0.3, b, dtype=x.dtype)).sum()).backward()
+    finally:
+        torch.set_num_threads(before)
+    for k, p in m.named_parameters():
+        assert rel(p.grad, ref[3][k]) < 1e-10, k
+
+
 def test_float32_paper_shapes_with_packed_products_agree_with_the_python_loop():
     # batch 64: oneDNN's packed products (32 rows or more per chunk) in both engines
     m = model_for(5, dtype=torch.float32, height=28, width=28, steps=6, hidden=64, embed=10, read_n=2, write_n=5)

@@ -604,7 +604,7 @@ def native_applies(m, x: torch.Tensor, record: bool, mm_dtype) -> bool:
 # The native loop's buffers, in the order draw_loop.cpp's make_loop takes them (the last four only
 # with bfloat16 products). mu_ls, canvas and lz are each call's outputs, not kept.
 NATIVE_BUFFERS = ("enc_in", "dec_in", "c_enc", "c_dec", "g_enc", "g_dec", "tc_enc", "tc_dec", "se", "heads",
-                  "mu_ls", "xhat", "f_r", "d_r", "f_w", "d_w", "left", "u", "wdiv", "canvas", "lz",
+                  "mu_ls", "xhat", "f_r", "f_w", "left", "u", "wdiv", "canvas", "lz",
                   "enc_lp", "dec_lp", "g_enc_lp", "g_dec_lp")
 
 
@@ -624,8 +624,7 @@ def native_workspace(m, b: int, dtype, ke: int, kd: int, lowp: bool) -> dict:
         g_enc=new(T, b, 4 * hd), g_dec=new(T, b, 4 * hd),  # activated gates (i, f, o, g), then their gradients
         tc_enc=new(T, b, hd), tc_dec=new(T, b, hd), se=new(T, b, Z),  # tanh(c_t), sigma_t eps_t
         heads=new(T + 1, b, nw * nw + 10),  # slot t + 1: [w_t | write window_t | read window_{t+1}] over h^dec_t
-        xhat=new(T, b, H * W), f_r=new(T, b, 2, n, L, zero=True), d_r=new(T, b, 2, n, L, zero=True),
-        f_w=new(T, b, 2, nw, L, zero=True), d_w=new(T, b, 2, nw, L, zero=True),  # F_X, F_Y and grid - mu
+        xhat=new(T, b, H * W), f_r=new(T, b, 2, n, L), f_w=new(T, b, 2, nw, L),  # F_X, F_Y
         left=new(T, b, n, 2 * W), u=new(T, b, nw, W), wdiv=new(T, b, nw * nw),  # F_Y [x | x_hat], (w/gamma) F_X, w/gamma
         mu_ls=None, canvas=None, lz=None,
     )
@@ -645,9 +644,10 @@ def native_buffers(ws: dict, lowp: bool) -> list[torch.Tensor]:
 
 
 def native_weights(m, enc_w, dec_w, b: int, mm_dtype) -> list[torch.Tensor]:
-    """The LSTM weights in the products' dtype (bfloat16, or empty tensors), and packed by oneDNN for
-    the chunk's rows (see packed_gemm.py; empty where that is off or unavailable): forward, then
-    the input gradients' W[:, :inputs]^T."""
+    """The LSTM weights in the products' dtype (bfloat16, or empty tensors), then packed by oneDNN
+    for the chunk's rows (see packed_gemm.py; empty where that is off or unavailable): forward,
+    then the input gradients' W[:, :inputs]^T. (q's and the heads' products, 64 x 256 x 200 and
+    smaller, stay torch.addmm: packing did not make them faster.)"""
     cd = m.embed + m.hidden
     ce = 2 * m.read_n * m.read_n + 2 * m.hidden
     lp = [w.to(mm_dtype).contiguous() for w in (enc_w, dec_w)] if mm_dtype is not None else [enc_w.new_empty(0)] * 2
@@ -701,8 +701,9 @@ def native_loop(m, x, eps, weights, mm_dtype):
            *(w.detach().contiguous() for w in weights)]
     ins += native_weights(m, enc_w.detach(), dec_w.detach(), b, mm_dtype)
     bufs = native_buffers(dict(ws, mu_ls=mu_ls, canvas=canvas, lz=lz), lowp)
-    torch.ops.drawcli.loop_forward(ins, bufs, native_dims(m, b), lowp, FILTER_EPS, native_chunks())
-    saved = dict(native=True, workspace=ws, x=x, ins=ins, mm_dtype=mm_dtype, lz=lz)
+    chunks = native_chunks()  # backward must cut the batch the same way: the buffers are laid out per chunk
+    torch.ops.drawcli.loop_forward(ins, bufs, native_dims(m, b), lowp, FILTER_EPS, chunks)
+    saved = dict(native=True, workspace=ws, x=x, ins=ins, mm_dtype=mm_dtype, lz=lz, chunks=chunks)
     return canvas.view(b, 1, H, W), mu_ls, (), saved
 
 
@@ -723,7 +724,7 @@ def native_loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     dx = x.new_zeros(b, H, W) if need_x else x.new_empty(0)
     bufs = native_buffers(dict(ws, mu_ls=mu_ls, canvas=dC, lz=d_lz), lowp)  # backward reads mu_ls, not the other two
     torch.ops.drawcli.loop_backward(ins, bufs, [d_heads, dq, dC, dx, d_lz, d_mu_ls], native_dims(m, b), lowp,
-                                    FILTER_EPS, native_chunks())
+                                    FILTER_EPS, sv["chunks"])
     # Weight gradients: one (T*B)-row product each, as loop_backward's (bias included: the
     # inputs' column of ones); with bfloat16 products their inputs were written in bfloat16.
     rows, enc_in = T * b, ws["enc_in"]

@@ -94,10 +94,10 @@ struct Dims {
 // The attention work is done for V images at once, image innermost ("lanes"): every array below
 // is (..., V), so each loop runs over the V images of a chunk, with no per-image short loops and
 // no horizontal sums. p: the window (g_X, g_Y, delta, sigma^2, gamma) as (5, V).
-// F_X (a = 0, W columns) and F_Y (a = 1, H columns) into f (2, N, L, V), grid - mu into d.
+// F_X (a = 0, W columns) and F_Y (a = 1, H columns) into f (2, N, L, V).
 template <typename T>
 void filters(const T* p, const T* off, const T* grid, int64_t N, int64_t L, int64_t W, int64_t H, int64_t V,
-             T eps, T* f, T* d, T* mu, T* scale, T* s) {
+             T eps, T* f, T* mu, T* scale, T* s) {
   IVDEP
   for (int64_t v = 0; v < V; ++v) scale[v] = T(-0.5) / p[3 * V + v];
   for (int64_t a = 0; a < 2; ++a) {
@@ -109,13 +109,11 @@ void filters(const T* p, const T* off, const T* grid, int64_t N, int64_t L, int6
         s[v] = 0;
       }
       T* fr = f + (a * N + i) * L * V;
-      T* dr = d + (a * N + i) * L * V;
       for (int64_t l = 0; l < len; ++l) {
         const T gl = grid[a * L + l];
         IVDEP
         for (int64_t v = 0; v < V; ++v) {
           const T dl = gl - mu[v];
-          dr[l * V + v] = dl;
           const T e = std::exp(dl * dl * scale[v]);
           fr[l * V + v] = e;
           s[v] += e;
@@ -131,29 +129,34 @@ void filters(const T* p, const T* off, const T* grid, int64_t N, int64_t L, int6
   }
 }
 
-// dL/d(g_X, g_Y, log delta, log sigma^2) of each image into out (4, V), from dL/dF in df (2, N, L, V).
+// dL/d(g_X, g_Y, log delta, log sigma^2) of each image into out (4, V), from dL/dF in df (2, N, L, V)
+// (grid - mu is recomputed: cheaper than storing it for every step).
 template <typename T>
-void filters_backward(const T* df, const T* f, const T* d, const T* p, const T* off, int64_t N, int64_t L,
-                      int64_t W, int64_t H, int64_t V, T* out, T* z) {
+void filters_backward(const T* df, const T* f, const T* p, const T* off, const T* grid, int64_t N, int64_t L,
+                      int64_t W, int64_t H, int64_t V, T* out, T* z, T* mu) {
   std::fill(out, out + 4 * V, T(0));
   for (int64_t a = 0; a < 2; ++a) {
     const int64_t len = a == 0 ? W : H;
     for (int64_t i = 0; i < N; ++i) {
       const int64_t o = (a * N + i) * L * V;
-      const T *g = df + o, *fr = f + o, *dr = d + o;
+      const T *g = df + o, *fr = f + o;
+      IVDEP
+      for (int64_t v = 0; v < V; ++v) mu[v] = p[a * V + v] + off[i] * p[2 * V + v];
       std::fill(z, z + V, T(0));
       for (int64_t l = 0; l < len; ++l) {
         IVDEP
         for (int64_t v = 0; v < V; ++v) z[v] += g[l * V + v] * fr[l * V + v];
       }
       for (int64_t l = 0; l < len; ++l) {
+        const T gl = grid[a * L + l];
         IVDEP
         for (int64_t v = 0; v < V; ++v) {
           const int64_t k = l * V + v;
-          const T ed = (g[k] - z[v]) * fr[k] * dr[k];  // dL/d(exponent) times (a - mu)
+          const T dl = gl - mu[v];
+          const T ed = (g[k] - z[v]) * fr[k] * dl;  // dL/d(exponent) times (a - mu)
           out[a * V + v] += ed;
           out[2 * V + v] += off[i] * ed;
-          out[3 * V + v] += ed * dr[k];
+          out[3 * V + v] += ed * dl;
         }
       }
     }
@@ -214,7 +217,7 @@ struct Loop {
   // buffers (see native.py's workspace for the layouts)
   Tensor enc_in, dec_in, mu_ls, heads, g_enc, g_dec, enc_lp, dec_lp, g_enc_lp, g_dec_lp;
   T *p_enc_in, *p_dec_in, *c_enc, *c_dec, *p_g_enc, *p_g_dec, *tc_enc, *tc_dec, *se, *p_heads, *p_mu_ls,
-      *xhat, *f_r, *d_r, *f_w, *d_w, *left, *u, *wdiv, *canvas, *lz;
+      *xhat, *f_r, *f_w, *left, *u, *wdiv, *canvas, *lz;
   BF *p_enc_lp, *p_dec_lp, *p_g_enc_lp, *p_g_dec_lp;
   T feps;
 
@@ -289,7 +292,7 @@ struct Loop {
       for (int64_t k = 0; k < HW * V; ++k) xh[k] = xs[k] - sigm<T>(cv[k]);
       gather(win.data(), p_heads + t * d.B * d.hw, b0, V, d.hw, kw + 5, 5);
       T* fr = lanes(f_r, b0, V, 2 * n * L, t);
-      filters<T>(win.data(), roff, grid, n, L, d.W, d.H, V, feps, fr, lanes(d_r, b0, V, 2 * n * L, t), s1.data(),
+      filters<T>(win.data(), roff, grid, n, L, d.W, d.H, V, feps, fr, s1.data(),
                  s2.data(), s3.data());
       const T *fx = fr, *fy = fr + n * L * V;
       T* lf = lanes(left, b0, V, 2 * n * d.W, t);  // rows (i, image): F_Y x | F_Y x_hat, (2n, W, V)
@@ -370,7 +373,7 @@ struct Loop {
       const T* hrows = p_heads + ((t + 1) * d.B) * d.hw;
       gather(win.data(), hrows, b0, V, d.hw, kw, 5);
       T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
-      filters<T>(win.data(), woff, grid, nw, L, d.W, d.H, V, feps, fw, lanes(d_w, b0, V, 2 * nw * L, t), s1.data(),
+      filters<T>(win.data(), woff, grid, nw, L, d.W, d.H, V, feps, fw, s1.data(),
                  s2.data(), s3.data());
       const T *wfx = fw, *wfy = fw + nw * L * V;
       T* wd = lanes(wdiv, b0, V, nw * nw, t);  // w / gamma, (N^2, V)
@@ -445,7 +448,7 @@ struct Loop {
     const int64_t nmax = std::max(n, nw), V = nb;
     // lanes (see forward_chunk): dL/dF (2, N, L, V), dL/du (N, W, V), dL/dleft (2n, W, V), ...
     std::vector<T> df(2 * nmax * L * V, T(0)), du(nw * W * V), dg(2 * n * n * V), dleft(2 * n * W * V),
-        win(5 * V), out4(4 * V), s1(V), s2(V), xs_(HW * V), dcv_(HW * V), dx_(dx ? HW * V : 0, T(0));
+        win(5 * V), out4(4 * V), s1(V), s2(V), s3(V), xs_(HW * V), dcv_(HW * V), dx_(dx ? HW * V : 0, T(0));
     T *xs = xs_.data(), *dcv = dcv_.data(), *dxv = dx ? dx_.data() : nullptr;
     to_lanes(xs, x, b0, V);
     to_lanes(dcv, dC, b0, V);  // dL/dc_T, then dL/dc_t as t goes down
@@ -503,8 +506,8 @@ struct Loop {
               dhh[v * d.hw + i * nw + j] = acc[v] / win[4 * V + v];
             }
           }
-        filters_backward<T>(df.data(), fw, lanes(d_w, b0, V, 2 * nw * L, t), win.data(), woff, nw, L, W, d.H, V,
-                            out4.data(), s1.data());
+        filters_backward<T>(df.data(), fw, win.data(), woff, grid, nw, L, W, d.H, V, out4.data(), s1.data(),
+                            s3.data());
         for (int64_t v = 0; v < V; ++v) {
           T* o = dhh + v * d.hw + kw;
           for (int64_t k = 0; k < 4; ++k) o[k] = out4[k * V + v];
@@ -609,8 +612,8 @@ struct Loop {
               }
             }
           }
-        filters_backward<T>(df.data(), fr, lanes(d_r, b0, V, 2 * n * L, t), win.data(), roff, n, L, W, d.H, V,
-                            out4.data(), s1.data());
+        filters_backward<T>(df.data(), fr, win.data(), roff, grid, n, L, W, d.H, V, out4.data(), s1.data(),
+                            s3.data());
         T* dhr = d_heads + (t * d.B + b0) * d.hw + kw + 5;
         for (int64_t v = 0; v < V; ++v) {
           for (int64_t k = 0; k < 4; ++k) dhr[v * d.hw + k] = out4[k * V + v];
@@ -653,19 +656,19 @@ Loop<T> make_loop(const std::vector<Tensor>& in, const std::vector<Tensor>& buf,
     if (in[13 + k].numel()) *packs[k] = in[13 + k];
   d.ke = lp.enc_w.size(1);
   d.kd = lp.dec_w.size(1);
-  // buf: enc_in, dec_in, c_enc, c_dec, g_enc, g_dec, tc_enc, tc_dec, se, heads, mu_ls, xhat, f_r, d_r, f_w, d_w,
+  // buf: enc_in, dec_in, c_enc, c_dec, g_enc, g_dec, tc_enc, tc_dec, se, heads, mu_ls, xhat, f_r, f_w,
   //      left, u, wdiv, canvas, lz (, enc_lp, dec_lp, g_enc_lp, g_dec_lp)
   lp.enc_in = buf[0], lp.dec_in = buf[1], lp.g_enc = buf[4], lp.g_dec = buf[5], lp.heads = buf[9], lp.mu_ls = buf[10];
   T** ptrs[] = {&lp.p_enc_in, &lp.p_dec_in, &lp.c_enc, &lp.c_dec, &lp.p_g_enc, &lp.p_g_dec, &lp.tc_enc,
-                &lp.tc_dec, &lp.se, &lp.p_heads, &lp.p_mu_ls, &lp.xhat, &lp.f_r, &lp.d_r, &lp.f_w, &lp.d_w,
+                &lp.tc_dec, &lp.se, &lp.p_heads, &lp.p_mu_ls, &lp.xhat, &lp.f_r, &lp.f_w,
                 &lp.left, &lp.u, &lp.wdiv, &lp.canvas, &lp.lz};
-  for (size_t k = 0; k < 21; ++k) *ptrs[k] = buf[k].data_ptr<T>();
+  for (size_t k = 0; k < 19; ++k) *ptrs[k] = buf[k].data_ptr<T>();
   if (lowp) {
-    lp.enc_lp = buf[21], lp.dec_lp = buf[22], lp.g_enc_lp = buf[23], lp.g_dec_lp = buf[24];
-    lp.p_enc_lp = buf[21].data_ptr<BF>();
-    lp.p_dec_lp = buf[22].data_ptr<BF>();
-    lp.p_g_enc_lp = buf[23].data_ptr<BF>();
-    lp.p_g_dec_lp = buf[24].data_ptr<BF>();
+    lp.enc_lp = buf[19], lp.dec_lp = buf[20], lp.g_enc_lp = buf[21], lp.g_dec_lp = buf[22];
+    lp.p_enc_lp = buf[19].data_ptr<BF>();
+    lp.p_dec_lp = buf[20].data_ptr<BF>();
+    lp.p_g_enc_lp = buf[21].data_ptr<BF>();
+    lp.p_g_dec_lp = buf[22].data_ptr<BF>();
   }
   return lp;
 }
@@ -688,7 +691,7 @@ void over_chunks(int64_t B, int64_t chunks, const F& run) {
 }
 
 void check(const std::vector<Tensor>& in, const std::vector<Tensor>& buf, bool lowp) {
-  TORCH_CHECK(in.size() == 17u && buf.size() == (lowp ? 25u : 21u), "drawcli loop: wrong arguments");
+  TORCH_CHECK(in.size() == 17u && buf.size() == (lowp ? 23u : 19u), "drawcli loop: wrong arguments");
   for (const auto& t : buf) TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "drawcli loop: buffers must be contiguous CPU tensors");
   for (size_t k = 0; k < 5; ++k) TORCH_CHECK(in[k].is_contiguous(), "drawcli loop: inputs must be contiguous");
 }
