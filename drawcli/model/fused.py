@@ -376,14 +376,14 @@ def backward_views(m, ws, b, C, Hi, Wi):
     return bw
 
 
-def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None):
+def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None, native: bool = False):
     """eq 3-8 for t = 1..T. Returns (c_T, [mu | log sigma] as (T, B, 2Z), records, saved).
 
     save=True keeps every step's inputs and activations for loop_backward; save=False
     (no gradient needed: evaluation) keeps two slots and reuses them. mm_dtype (bfloat16 or
     None): the LSTM products' inputs are cast to it (see low_precision).
     """
-    if save and native_applies(m, x, record, mm_dtype):
+    if native:
         return native_loop(m, x, eps, weights, mm_dtype)
     enc_w, dec_w, q_w, q_b, heads_w, heads_b = weights
     T, hd, Z, att = m.steps, m.hidden, m.embed, m.attention
@@ -594,6 +594,19 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     return dx, grads
 
 
+def native_fused_weights(m) -> tuple[torch.Tensor, ...]:
+    """fused_weights for the native loop: the LSTM weights as [W | b | 0...] in LSTMCell's gate
+    order (no reordering: one concatenation each), q, and the heads as fused_weights has them."""
+    return (native_gates_weight(m.encoder), native_gates_weight(m.decoder), m.q.weight, m.q.bias,
+            *heads_weight(m, read=True))
+
+
+def native_gates_weight(cell: LSTMCell) -> torch.Tensor:
+    lin = cell.linear
+    pad = -(lin.in_features + 1) % 8
+    return torch.cat([lin.weight, lin.bias[:, None], lin.weight.new_zeros(lin.out_features, pad)], 1)
+
+
 def native_applies(m, x: torch.Tensor, record: bool, mm_dtype) -> bool:
     """Whether csrc/draw_loop.cpp runs this training forward (else the Python loop above)."""
     return (native.ready() and m.attention and m.channels == 1 and not record and x.device.type == "cpu"
@@ -745,13 +758,15 @@ def native_loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
 @_eager
 def encode_decode(m, x: torch.Tensor, eps: torch.Tensor, record: bool):
     """DRAW.encode_decode, fused: (c_T, mu, log sigma, L^z, records)."""
-    weights = fused_weights(m)
     mm_dtype = low_precision(x)
+    training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in m.parameters()))
+    use_native = training and native_applies(m, x, record, mm_dtype)
+    weights = native_fused_weights(m) if use_native else fused_weights(m)
     # The loop writes into preallocated buffers of x's dtype: autocast stays out of it, and
     # mm_dtype says which products run in low precision instead.
     with torch.autocast(x.device.type, enabled=False):
-        if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
-            canvas, mu_ls, lz, *records = _DrawLoop.apply(m, record, mm_dtype, x, eps, *weights)
+        if training:
+            canvas, mu_ls, lz, *records = _DrawLoop.apply(m, record, mm_dtype, use_native, x, eps, *weights)
         else:  # evaluation: no buffers kept for backward
             canvas, mu_ls, records, _ = loop(m, x, eps, weights, save=False, record=record, mm_dtype=mm_dtype)
             lz = kl_per_image(*mu_ls.split(m.embed, -1))
@@ -836,14 +851,16 @@ def _decode(m, z_all: torch.Tensor, every_step: bool, mm_dtype) -> tuple[torch.T
 class _DrawLoop(torch.autograd.Function):
     """DRAW's time loop as one autograd node: forward DRAW._loop, backward DRAW._loop_backward.
 
-    Inputs: the module (for its shapes), record flag, the low-precision dtype of the LSTM products (or None), x, eps, the fused weights.
+    Inputs: the module (for its shapes), record flag, the low-precision dtype of the LSTM products (or None),
+    whether the native loop runs it (its weights are native_fused_weights), x, eps, the fused weights.
     Outputs: c_T, [mu | log sigma] (T, B, 2Z), L^z (B,) (eq 11, here so that its gradient
     is three bulk ops instead of an autograd graph), then the records (no gradient).
     """
 
     @staticmethod
-    def forward(ctx, model, record, mm_dtype, x, eps, *weights):
-        canvas, mu_ls, records, saved = loop(model, x, eps, weights, save=True, record=record, mm_dtype=mm_dtype)
+    def forward(ctx, model, record, mm_dtype, native, x, eps, *weights):
+        canvas, mu_ls, records, saved = loop(model, x, eps, weights, save=True, record=record, mm_dtype=mm_dtype,
+                                             native=native)
         lz = saved.pop("lz", None)  # the native loop sums eq 11 as it goes
         if lz is None:
             lz = kl_per_image(*mu_ls.split(model.embed, -1))
@@ -859,9 +876,9 @@ class _DrawLoop(torch.autograd.Function):
             raise RuntimeError("DRAW's fused backward reuses its buffers: backward through one forward only once")
         (mu_ls,) = ctx.saved_tensors
         with torch.autocast(mu_ls.device.type, enabled=False):
-            dx, grads = loop_backward(ctx.model, ctx.saved, d_canvas, d_mu_ls, d_lz, mu_ls, need_x=ctx.needs_input_grad[3])
+            dx, grads = loop_backward(ctx.model, ctx.saved, d_canvas, d_mu_ls, d_lz, mu_ls, need_x=ctx.needs_input_grad[4])
         ctx.saved = None  # drop this forward's per-step tensors now (its buffers went back to _WORKSPACES)
-        return (None, None, None, dx, None, *grads)
+        return (None, None, None, None, dx, None, *grads)
 
 
 

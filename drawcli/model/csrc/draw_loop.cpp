@@ -172,36 +172,38 @@ void filters_backward(const T* df, const T* f, const T* p, const T* off, const T
 }
 
 // ---------------------------------------------------------------- LSTM cell (eq 5, 7)
-// Gates in the order (i, f, o, g); pre may alias a.
+// Gates in LSTMCell's order (i, f, g, o), so that the weights need no reordering; pre may alias a.
 template <typename T, typename P>
 void lstm_forward(const P* pre, T* a, const T* cp, T* c, T* tc, T* h, int64_t hd) {
   IVDEP
-  for (int64_t j = 0; j < 3 * hd; ++j) a[j] = sigm<T>(as<T>(pre[j]));
+  for (int64_t j = 0; j < 2 * hd; ++j) a[j] = sigm<T>(as<T>(pre[j]));
   IVDEP
-  for (int64_t j = 3 * hd; j < 4 * hd; ++j) a[j] = tanh2<T>(as<T>(pre[j]));
-IVDEP
+  for (int64_t j = 2 * hd; j < 3 * hd; ++j) a[j] = tanh2<T>(as<T>(pre[j]));
+  IVDEP
+  for (int64_t j = 3 * hd; j < 4 * hd; ++j) a[j] = sigm<T>(as<T>(pre[j]));
+  IVDEP
   for (int64_t j = 0; j < hd; ++j) {
-    const T cj = a[hd + j] * cp[j] + a[j] * a[3 * hd + j];
+    const T cj = a[hd + j] * cp[j] + a[j] * a[2 * hd + j];
     c[j] = cj;
     const T tj = tanh2<T>(cj);
     tc[j] = tj;
-    h[j] = a[2 * hd + j] * tj;
+    h[j] = a[3 * hd + j] * tj;
   }
 }
 
 // Overwrites the activated gates a with dL/d(pre-activations); dc: dL/dc_t in, dL/dc_{t-1} out.
 template <typename T>
 void lstm_backward(T* a, const T* dh, T* dc, const T* cp, const T* tc, int64_t hd) {
-IVDEP
+  IVDEP
   for (int64_t j = 0; j < hd; ++j) {
-    const T i = a[j], f = a[hd + j], o = a[2 * hd + j], g = a[3 * hd + j], t = tc[j];
+    const T i = a[j], f = a[hd + j], g = a[2 * hd + j], o = a[3 * hd + j], t = tc[j];
     const T dcj = dc[j] + dh[j] * o * (T(1) - t * t);
     const T di = dcj * g, df = dcj * cp[j], d_o = dh[j] * t, dg = dcj * i;
     dc[j] = dcj * f;
     a[j] = di * i * (T(1) - i);
     a[hd + j] = df * f * (T(1) - f);
-    a[2 * hd + j] = d_o * o * (T(1) - o);
-    a[3 * hd + j] = dg * (T(1) - g * g);
+    a[2 * hd + j] = dg * (T(1) - g * g);
+    a[3 * hd + j] = d_o * o * (T(1) - o);
   }
 }
 
