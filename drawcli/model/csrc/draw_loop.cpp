@@ -191,19 +191,24 @@ void lstm_forward(const P* pre, T* a, const T* cp, T* c, T* tc, T* h, int64_t hd
   }
 }
 
-// Overwrites the activated gates a with dL/d(pre-activations); dc: dL/dc_t in, dL/dc_{t-1} out.
-template <typename T>
-void lstm_backward(T* a, const T* dh, T* dc, const T* cp, const T* tc, int64_t hd) {
+inline void store(float* p, float v) { *p = v; }
+inline void store(double* p, double v) { *p = v; }
+inline void store(BF* p, float v) { *reinterpret_cast<uint16_t*>(p) = lp_bits(v); }
+
+// dL/d(pre-activations) into g (T, or bfloat16 when the products take bfloat16: the float32 copy would
+// never be read) from the activated gates a; g may be a itself. dc: dL/dc_t in, dL/dc_{t-1} out.
+template <typename T, typename G>
+void lstm_backward(const T* a, G* g, const T* dh, T* dc, const T* cp, const T* tc, int64_t hd) {
   IVDEP
   for (int64_t j = 0; j < hd; ++j) {
-    const T i = a[j], f = a[hd + j], g = a[2 * hd + j], o = a[3 * hd + j], t = tc[j];
+    const T i = a[j], f = a[hd + j], gg = a[2 * hd + j], o = a[3 * hd + j], t = tc[j];
     const T dcj = dc[j] + dh[j] * o * (T(1) - t * t);
-    const T di = dcj * g, df = dcj * cp[j], d_o = dh[j] * t, dg = dcj * i;
+    const T di = dcj * gg, df = dcj * cp[j], d_o = dh[j] * t, dg = dcj * i;
     dc[j] = dcj * f;
-    a[j] = di * i * (T(1) - i);
-    a[hd + j] = df * f * (T(1) - f);
-    a[2 * hd + j] = dg * (T(1) - g * g);
-    a[3 * hd + j] = d_o * o * (T(1) - o);
+    store(g + j, di * i * (T(1) - i));
+    store(g + hd + j, df * f * (T(1) - f));
+    store(g + 2 * hd + j, dg * (T(1) - gg * gg));
+    store(g + 3 * hd + j, d_o * o * (T(1) - o));
   }
 }
 
@@ -526,8 +531,11 @@ struct Loop {
       dh.addmm_(at::from_blob(row(d_heads, t + 1, b0, d.hw), {nb, d.hw}, enc_in.options()), heads_w);
       for (int64_t b = 0; b < nb; ++b) {
         T* a = row(p_g_dec, t, b0 + b, 4 * hd);
-        lstm_backward<T>(a, pdh + b * hd, pdcd + b * hd, row(c_dec, t, b0 + b, hd), row(tc_dec, t, b0 + b, hd), hd);
-        if (lowp) to_lp(row(p_g_dec_lp, t, b0 + b, 4 * hd), a, 4 * hd);
+        const T *cp = row(c_dec, t, b0 + b, hd), *tc = row(tc_dec, t, b0 + b, hd);
+        if (lowp)
+          lstm_backward<T, BF>(a, row(p_g_dec_lp, t, b0 + b, 4 * hd), pdh + b * hd, pdcd + b * hd, cp, tc, hd);
+        else
+          lstm_backward<T, T>(a, a, pdh + b * hd, pdcd + b * hd, cp, tc, hd);
       }
       input_grads(t, b0, nb, g_dec, g_dec_lp, dec_w, dec_w_lp, dec_pk_t, cd, ddi[cur], di_lp);  // [dz_t | dh^dec_{t-1}]
       const T* ddc = ddi[cur].data_ptr<T>();
@@ -554,8 +562,11 @@ struct Loop {
       dh.addmm_(at::from_blob(row(dq, t, b0, 2 * Z), {nb, 2 * Z}, enc_in.options()), q_w);
       for (int64_t b = 0; b < nb; ++b) {
         T* a = row(p_g_enc, t, b0 + b, 4 * hd);
-        lstm_backward<T>(a, pdh + b * hd, pdce + b * hd, row(c_enc, t, b0 + b, hd), row(tc_enc, t, b0 + b, hd), hd);
-        if (lowp) to_lp(row(p_g_enc_lp, t, b0 + b, 4 * hd), a, 4 * hd);
+        const T *cp = row(c_enc, t, b0 + b, hd), *tc = row(tc_enc, t, b0 + b, hd);
+        if (lowp)
+          lstm_backward<T, BF>(a, row(p_g_enc_lp, t, b0 + b, 4 * hd), pdh + b * hd, pdce + b * hd, cp, tc, hd);
+        else
+          lstm_backward<T, T>(a, a, pdh + b * hd, pdce + b * hd, cp, tc, hd);
       }
       input_grads(t, b0, nb, g_enc, g_enc_lp, enc_w, enc_w_lp, enc_pk_t, ce, dei[cur], ei_lp);  // [dr_t | dh^dec | dh^enc]
       // the read of step t (eq 27, 17) and x_hat = x - sigmoid(c_{t-1}) (eq 3)
