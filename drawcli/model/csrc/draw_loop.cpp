@@ -439,6 +439,20 @@ struct Loop {
     }
   }
 
+  // The LSTM's backward for rows [b0, b0 + nb) at step t: dL/d(pre-activations) into g (or g_lp).
+  void cell_backward(int64_t t, int64_t b0, int64_t nb, T* g, BF* g_lp, const T* c, const T* tc, const T* dh,
+                     T* dc) {
+    const int64_t hd = D.hd;
+    for (int64_t b = 0; b < nb; ++b) {
+      T* a = row(g, t, b0 + b, 4 * hd);
+      const T *cp = row(const_cast<T*>(c), t, b0 + b, hd), *tcb = row(const_cast<T*>(tc), t, b0 + b, hd);
+      if (lowp)
+        lstm_backward<T, BF>(a, row(g_lp, t, b0 + b, 4 * hd), dh + b * hd, dc + b * hd, cp, tcb, hd);
+      else
+        lstm_backward<T, T>(a, a, dh + b * hd, dc + b * hd, cp, tcb, hd);
+    }
+  }
+
   void backward_chunk(int64_t b0, int64_t nb) {
     const Dims& d = D;
     const int64_t HW = d.H * d.W, L = d.L, R = d.R, hd = d.hd, Z = d.Z, n = d.n, nw = d.nw, kw = d.kw, W = d.W;
@@ -529,14 +543,7 @@ struct Loop {
         for (int64_t j = 0; j < hd; ++j) o[j] = a[j] + c[j];
       }
       dh.addmm_(at::from_blob(row(d_heads, t + 1, b0, d.hw), {nb, d.hw}, enc_in.options()), heads_w);
-      for (int64_t b = 0; b < nb; ++b) {
-        T* a = row(p_g_dec, t, b0 + b, 4 * hd);
-        const T *cp = row(c_dec, t, b0 + b, hd), *tc = row(tc_dec, t, b0 + b, hd);
-        if (lowp)
-          lstm_backward<T, BF>(a, row(p_g_dec_lp, t, b0 + b, 4 * hd), pdh + b * hd, pdcd + b * hd, cp, tc, hd);
-        else
-          lstm_backward<T, T>(a, a, pdh + b * hd, pdcd + b * hd, cp, tc, hd);
-      }
+      cell_backward(t, b0, nb, p_g_dec, p_g_dec_lp, c_dec, tc_dec, pdh, pdcd);
       input_grads(t, b0, nb, g_dec, g_dec_lp, dec_w, dec_w_lp, dec_pk_t, cd, ddi[cur], di_lp);  // [dz_t | dh^dec_{t-1}]
       const T* ddc = ddi[cur].data_ptr<T>();
       for (int64_t b = 0; b < nb; ++b) {
@@ -560,14 +567,7 @@ struct Loop {
       // h^enc_t feeds q and step t+1's encoder
       for (int64_t b = 0; b < nb; ++b) std::copy(ei_next + b * ce + R + hd, ei_next + b * ce + R + 2 * hd, pdh + b * hd);
       dh.addmm_(at::from_blob(row(dq, t, b0, 2 * Z), {nb, 2 * Z}, enc_in.options()), q_w);
-      for (int64_t b = 0; b < nb; ++b) {
-        T* a = row(p_g_enc, t, b0 + b, 4 * hd);
-        const T *cp = row(c_enc, t, b0 + b, hd), *tc = row(tc_enc, t, b0 + b, hd);
-        if (lowp)
-          lstm_backward<T, BF>(a, row(p_g_enc_lp, t, b0 + b, 4 * hd), pdh + b * hd, pdce + b * hd, cp, tc, hd);
-        else
-          lstm_backward<T, T>(a, a, pdh + b * hd, pdce + b * hd, cp, tc, hd);
-      }
+      cell_backward(t, b0, nb, p_g_enc, p_g_enc_lp, c_enc, tc_enc, pdh, pdce);
       input_grads(t, b0, nb, g_enc, g_enc_lp, enc_w, enc_w_lp, enc_pk_t, ce, dei[cur], ei_lp);  // [dr_t | dh^dec | dh^enc]
       // the read of step t (eq 27, 17) and x_hat = x - sigmoid(c_{t-1}) (eq 3)
       {
