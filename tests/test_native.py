@@ -72,7 +72,7 @@ def model_for(seed: int, dtype=torch.float64, **config) -> DRAW:
 CASES = [
     # (height, width, steps, hidden, embed, read_n, write_n, batch)
     (28, 28, 4, 16, 5, 2, 5, 3),  # the paper's MNIST attention shapes, short
-    (12, 9, 3, 8, 3, 3, 2, 20),  # non-square, wider than tall; two chunks on two threads
+    (12, 9, 3, 8, 3, 3, 2, 20),  # non-square, taller than wide; two chunks on two threads
     (7, 10, 2, 8, 2, 1, 1, 17),  # N = 1 read and write; uneven chunks
     (6, 6, 1, 8, 4, 2, 3, 5),  # T = 1
     (10, 10, 3, 8, 3, 4, 4, 1),  # batch 1
@@ -138,6 +138,41 @@ def test_float32_paper_shapes_with_packed_products_agree_with_the_python_loop():
     assert rel(a[0], b[0]) < 1e-5 and rel(a[1], b[1]) < 1e-5
     for k in b[3]:
         assert rel(a[3][k], b[3][k]) < 1e-3, k
+
+
+def test_uneven_chunks_with_packed_products_agree_with_the_python_loop():
+    """97 images on two threads: chunks of 49 and 48 rows, the weights packed by oneDNN for 49."""
+    m = model_for(7, dtype=torch.float32, height=28, width=28, steps=3, hidden=64, embed=10, read_n=2, write_n=5)
+    x = torch.rand(97, 28, 28, generator=torch.Generator().manual_seed(6)).bernoulli()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for bf16 in (False, True):
+            a, b = run(m, x, True, bf16=bf16), run(m, x, False, bf16=bf16)
+            assert a[5] and not b[5]
+            assert rel(a[0], b[0]) < (1e-2 if bf16 else 1e-5)
+            for k in b[3]:
+                if bf16:
+                    cos = torch.nn.functional.cosine_similarity(a[3][k].flatten(), b[3][k].flatten(), dim=0)
+                    assert cos > 0.99, k
+                else:
+                    assert rel(a[3][k], b[3][k]) < 1e-3, k
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_nan_weight_reaches_the_loss():
+    """The compiled loop must not turn a NaN into a saturated gate (training's finite-loss check
+    would then miss a broken model)."""
+    m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)
+    with torch.no_grad():
+        m.encoder.linear.weight[0, 0] = float("nan")
+    x = torch.rand(4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    assert not torch.isfinite(out.loss).all()
+    out.loss.sum().backward()
+    assert _WORKSPACES[m]["key"][0] == "native"
 
 
 def test_bfloat16_products_agree_with_the_python_loops_bfloat16():

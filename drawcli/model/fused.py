@@ -634,7 +634,7 @@ def native_workspace(m, b: int, dtype, ke: int, kd: int, lowp: bool) -> dict:
         # [r_t | h^dec_{t-1} | h^enc_{t-1} | 1 | 0...] and [z_t | h^dec_{t-1} | 1 | 0...]: slot t is step t's input
         enc_in=new(T + 1, b, ke, zero=True), dec_in=new(T + 1, b, kd, zero=True),
         c_enc=new(T + 1, b, hd), c_dec=new(T + 1, b, hd),
-        g_enc=new(T, b, 4 * hd), g_dec=new(T, b, 4 * hd),  # activated gates (i, f, o, g), then their gradients
+        g_enc=new(T, b, 4 * hd), g_dec=new(T, b, 4 * hd),  # activated gates (i, f, g, o), then their gradients
         tc_enc=new(T, b, hd), tc_dec=new(T, b, hd), se=new(T, b, Z),  # tanh(c_t), sigma_t eps_t
         heads=new(T + 1, b, nw * nw + 10),  # slot t + 1: [w_t | write window_t | read window_{t+1}] over h^dec_t
         xhat=new(T, b, H * W), f_r=new(T, b, 2, n, L), f_w=new(T, b, 2, nw, L),  # F_X, F_Y

@@ -34,17 +34,16 @@ namespace {
 using at::Tensor;
 using BF = c10::BFloat16;
 
-// Clamped so that exp never overflows (this file is compiled with -ffast-math).
+// No clamps: exp overflows to inf and 1 / inf is 0 (the hardware's IEEE arithmetic, whatever
+// -ffast-math lets the compiler assume), and a NaN stays NaN, so training's finite-loss check sees it.
 template <typename T>
 inline T sigm(T x) {
-  x = std::min(std::max(x, T(-80)), T(80));
   return T(1) / (T(1) + std::exp(-x));
 }
 
 // tanh(x) = 2 sigmoid(2x) - 1, as the Python engine computes it.
 template <typename T>
 inline T tanh2(T x) {
-  x = std::min(std::max(x, T(-40)), T(40));
   return T(2) / (T(1) + std::exp(T(-2) * x)) - T(1);
 }
 
@@ -60,7 +59,9 @@ inline float from_lp(const BF& v) {
 inline uint16_t lp_bits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan = (u >> 16) | 0x40u;  // quiet, whatever the payload
+  return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
 }
 
 template <typename T>
@@ -720,7 +721,7 @@ void loop_forward(std::vector<Tensor> in, std::vector<Tensor> buf, std::vector<i
   });
 }
 
-// grads: d_heads (T+1, B, hw) zeroed, dq (T, B, 2Z) (written), d_canvas (B, H, W) = dL/dc_T (overwritten),
+// grads: d_heads (T+1, B, hw) zeroed, dq (T, B, 2Z) (written), d_canvas (B, H, W) = dL/dc_T (read),
 // dx (B, H, W) zeroed or empty, dL/dL^z (B,), dL/d[mu | log sigma] (T, B, 2Z) or empty.
 void loop_backward(std::vector<Tensor> in, std::vector<Tensor> buf, std::vector<Tensor> grads,
                    std::vector<int64_t> dims, bool lowp, double filter_eps, int64_t chunks) {
