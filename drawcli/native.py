@@ -71,7 +71,7 @@ def _cpu_id() -> str:
     return platform.processor() + platform.machine()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiler_version(cxx: str) -> str:
     try:
         done = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
