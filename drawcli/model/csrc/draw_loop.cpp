@@ -34,17 +34,33 @@ namespace {
 using at::Tensor;
 using BF = c10::BFloat16;
 
-// No clamps: exp overflows to inf and 1 / inf is 0 (the hardware's IEEE arithmetic, whatever
-// -ffast-math lets the compiler assume), and a NaN stays NaN, so training's finite-loss check sees it.
+// NaN tested on the bits: -ffast-math lets the compiler assume that x != x is never true.
+inline bool is_nan(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return (u & 0x7FFFFFFFu) > 0x7F800000u;
+}
+
+inline bool is_nan(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return (u & 0x7FFFFFFFFFFFFFFFull) > 0x7FF0000000000000ull;
+}
+
+// Clamped so that exp never overflows: under -ffast-math, 1 / (1 + inf) may be computed through a
+// reciprocal estimate that gives NaN. A NaN input stays NaN (not a saturated gate), so training's
+// finite-loss check sees it.
 template <typename T>
 inline T sigm(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  const T y = T(1) / (T(1) + std::exp(-std::min(std::max(x, T(-80)), T(80))));
+  return is_nan(x) ? x : y;
 }
 
 // tanh(x) = 2 sigmoid(2x) - 1, as the Python engine computes it.
 template <typename T>
 inline T tanh2(T x) {
-  return T(2) / (T(1) + std::exp(T(-2) * x)) - T(1);
+  const T y = T(2) / (T(1) + std::exp(T(-2) * std::min(std::max(x, T(-40)), T(40)))) - T(1);
+  return is_nan(x) ? x : y;
 }
 
 // bfloat16 <-> float by bit arithmetic, rounding to nearest even as c10::BFloat16 does (NaN
