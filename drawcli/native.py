@@ -8,8 +8,8 @@ weight gradients after it are fused.py's. tests/test_native.py checks it against
 
 The library is built the first time it is needed, with the C++ compiler torch's own extensions
 use ($CXX, else c++), into $DRAWCLI_CACHE (default ~/.cache/drawcli)/native/<key>/, where the
-key covers this source, torch's version and the CPU's flags. Building takes 10-30 s;
-later processes load the file. Where no compiler works (or DRAWCLI_NATIVE=0), the loop stays
+key covers this source, torch's version, the CPU's flags, the compiler and its commands. Building
+takes 10-30 s; later processes load the file. Where no compiler works (or DRAWCLI_NATIVE=0), the loop stays
 fused.py's Python one: the numbers are the same, only slower.
 
 The model never builds or loads anything itself (it does no I/O): the commands that train
@@ -83,9 +83,10 @@ def _compiler_version(cxx: str) -> str:
 def build_key(cxx: str) -> str:
     """This source, torch, the CPU, the compiler and the commands: a change in any is a new build."""
     h = hashlib.sha256()
+    compile_cmd, link_cmd = commands(cxx, "o", "so")
     for part in (SOURCE.read_bytes(), torch.__version__, _cpu_id(), sys.platform, platform.machine(),
-                 str(torch._C._GLIBCXX_USE_CXX11_ABI), cxx, _compiler_version(cxx), " ".join(commands(cxx, "o", "so")[0]),
-                 " ".join(commands(cxx, "o", "so")[1])):
+                 str(torch._C._GLIBCXX_USE_CXX11_ABI), cxx, _compiler_version(cxx), " ".join(compile_cmd),
+                 " ".join(link_cmd)):
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
