@@ -198,11 +198,11 @@ def test_where_it_applies():
     for model, inp, expected in ((colour, torch.rand(4, 3, 8, 8), False), (plain, x, False), (att, x, True)):
         model(inp).loss.mean().backward()
         assert (_WORKSPACES[model]["key"][0] == "native") is expected
-    # records (draw animate, inspect-attention) and evaluation keep the Python loop
-    att.zero_grad()
-    with torch.no_grad():
-        out = att(x, record=True)
-    assert out.canvases is not None
+    # a training forward that records (canvases and windows) keeps the Python loop
+    del _WORKSPACES[att]
+    out = att(x, record=True)
+    out.loss.mean().backward()
+    assert out.canvases is not None and _WORKSPACES[att]["key"][0] != "native"
 
 
 def test_training_step_runs_natively_and_learns():

@@ -483,6 +483,18 @@ def loop(m, x, eps, weights, save: bool, record: bool, mm_dtype=None, native: bo
     return canvas, mu_ls, records, saved
 
 
+def head_grads(enc_in, dq, d_heads, R: int, hd: int) -> tuple[torch.Tensor, ...]:
+    """Gradients of q's and the heads' weights and biases, one (T*B)-row product each, from
+    dL/d[mu | log sigma] (T, B, 2Z) and dL/d heads (T+1, B, .), with h^enc_t and h^dec_t read
+    from the encoder inputs' slots 1..T (both loops keep them there)."""
+    T, b = dq.shape[:2]
+    rows = T * b
+    dq_all = dq.reshape(rows, -1)
+    d_q_w = dq_all.t() @ enc_in[1:, :, R + hd : R + 2 * hd].reshape(rows, hd)  # h^enc_1..T
+    d_heads_w = d_heads[1:].reshape(rows, -1).t() @ enc_in[1:, :, R : R + hd].reshape(rows, hd)  # h^dec_1..T
+    return d_q_w, dq_all.sum(0), d_heads_w, d_heads.sum((0, 1))
+
+
 def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     """Backpropagation through time for _loop: (dx or None, gradients of the fused weights)."""
     if sv.get("native"):
@@ -586,10 +598,7 @@ def loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
         if need_x:
             dx += matmul(g_sum, enc_w[:, :lead], mm_dtype).view(b, C, Hi, Wi)
     d_dec_w = matmul(gd_all.t(), dec_in[:T].view(rows, kd), mm_dtype)
-    dq_all = dq.view(rows, 2 * Z)
-    d_q_w = dq_all.t() @ enc_in[1:, :, R + hd : R + 2 * hd].reshape(rows, hd)  # h^enc_1..T
-    d_heads_w = d_heads[1:].view(rows, -1).t() @ enc_in[1:, :, R : R + hd].reshape(rows, hd)  # h^dec_1..T
-    grads = (d_enc_w, d_dec_w, d_q_w, dq_all.sum(0), d_heads_w, d_heads.sum((0, 1)))
+    grads = (d_enc_w, d_dec_w, *head_grads(enc_in, dq, d_heads, R, hd))
     _WORKSPACES[m] = ws  # this forward's buffers are free for the next one
     return dx, grads
 
@@ -656,7 +665,7 @@ def native_buffers(ws: dict, lowp: bool) -> list[torch.Tensor]:
     return [ws[name] for name in NATIVE_BUFFERS[: len(NATIVE_BUFFERS) if lowp else -4]]
 
 
-def native_weights(m, enc_w, dec_w, b: int, mm_dtype) -> list[torch.Tensor]:
+def native_weights(m, enc_w, dec_w, b: int, chunks: int, mm_dtype) -> list[torch.Tensor]:
     """The LSTM weights in the products' dtype (bfloat16, or empty tensors), then packed by oneDNN
     for the chunk's rows (see packed_gemm.py; empty where that is off or unavailable): forward,
     then the input gradients' W[:, :inputs]^T. (q's and the heads' products, 64 x 256 x 200 and
@@ -665,8 +674,7 @@ def native_weights(m, enc_w, dec_w, b: int, mm_dtype) -> list[torch.Tensor]:
     ce = 2 * m.read_n * m.read_n + 2 * m.hidden
     lp = [w.to(mm_dtype).contiguous() for w in (enc_w, dec_w)] if mm_dtype is not None else [enc_w.new_empty(0)] * 2
     dtype = mm_dtype or enc_w.dtype
-    chunks = max(1, min(native_chunks(), b // 8))
-    rows = -(-b // chunks)
+    rows = -(-b // chunks)  # the first chunk's rows, as draw_loop.cpp's over_chunks cuts them
     if not (packed_gemm_enabled() and rows >= 32 and dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.enabled and packed_gemm_works(dtype)):
         return lp + [enc_w.new_empty(0)] * 4
@@ -678,9 +686,9 @@ def native_dims(m, b: int) -> list[int]:
     return [m.steps, b, m.height, m.width, m.hidden, m.embed, m.read_n, m.write_n]
 
 
-def native_chunks() -> int:
-    """One chunk of the batch per thread (draw_loop.cpp runs them side by side)."""
-    return max(1, torch.get_num_threads())
+def native_chunks(b: int) -> int:
+    """One chunk of the batch per thread (draw_loop.cpp runs them side by side), none under 8 rows."""
+    return max(1, min(torch.get_num_threads(), b // 8))
 
 
 def native_loop(m, x, eps, weights, mm_dtype):
@@ -712,9 +720,9 @@ def native_loop(m, x, eps, weights, mm_dtype):
     ins = [x.reshape(b, H, W).contiguous(), eps.contiguous(), grid.contiguous(),
            m.read_offsets.to(x.dtype).contiguous(), m.write_offsets.to(x.dtype).contiguous(),
            *(w.detach().contiguous() for w in weights)]
-    ins += native_weights(m, enc_w.detach(), dec_w.detach(), b, mm_dtype)
+    chunks = native_chunks(b)  # backward must cut the batch the same way: the buffers are laid out per chunk
+    ins += native_weights(m, enc_w.detach(), dec_w.detach(), b, chunks, mm_dtype)
     bufs = native_buffers(dict(ws, mu_ls=mu_ls, canvas=canvas, lz=lz), lowp)
-    chunks = native_chunks()  # backward must cut the batch the same way: the buffers are laid out per chunk
     torch.ops.drawcli.loop_forward(ins, bufs, native_dims(m, b), lowp, FILTER_EPS, chunks)
     saved = dict(native=True, workspace=ws, x=x, ins=ins, mm_dtype=mm_dtype, lz=lz, chunks=chunks)
     return canvas.view(b, 1, H, W), mu_ls, (), saved
@@ -723,7 +731,7 @@ def native_loop(m, x, eps, weights, mm_dtype):
 def native_loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     """loop_backward for native_loop: the recurrence in C++, the weight gradients here."""
     ws, x, ins = sv["workspace"], sv["x"], sv["ins"]
-    T, hd, Z = m.steps, m.hidden, m.embed
+    T, hd = m.steps, m.hidden
     b, _, H, W = x.shape
     R, lowp = 2 * m.read_n * m.read_n, sv["mm_dtype"] is not None
     d_heads, dq, dC = ws["d_heads"], ws["dq"], ws["d_canvas"]  # dq: written by the loop (eq 11, d_mu_ls, z)
@@ -747,10 +755,7 @@ def native_loop_backward(m, sv, d_canvas, d_mu_ls, d_lz, mu_ls, need_x: bool):
     else:
         d_enc_w = ws["g_enc"].view(rows, -1).t() @ enc_in[:T].view(rows, -1)
         d_dec_w = ws["g_dec"].view(rows, -1).t() @ ws["dec_in"][:T].view(rows, -1)
-    dq_all = dq.view(rows, 2 * Z)
-    d_q_w = dq_all.t() @ enc_in[1:, :, R + hd : R + 2 * hd].reshape(rows, hd)  # h^enc_1..T
-    d_heads_w = d_heads[1:].view(rows, -1).t() @ enc_in[1:, :, R : R + hd].reshape(rows, hd)  # h^dec_1..T
-    grads = (d_enc_w, d_dec_w, d_q_w, dq_all.sum(0), d_heads_w, d_heads.sum((0, 1)))
+    grads = (d_enc_w, d_dec_w, *head_grads(enc_in, dq, d_heads, R, hd))
     _WORKSPACES[m] = ws  # this forward's buffers are free for the next one
     return (dx.view(b, 1, H, W) if need_x else None), grads
 

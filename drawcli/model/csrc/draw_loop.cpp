@@ -703,7 +703,8 @@ Loop<T> make_loop(const std::vector<Tensor>& in, const std::vector<Tensor>& buf,
   return lp;
 }
 
-// Rows per chunk: one chunk per thread, none under 8 rows.
+// Rows per chunk: one chunk per thread, none under 8 rows (fused.py's native_chunks says the same;
+// the clamp here keeps a direct call safe).
 template <typename F>
 void over_chunks(int64_t B, int64_t chunks, const F& run) {
   chunks = std::max<int64_t>(1, std::min<int64_t>(chunks, B / 8));
