@@ -64,9 +64,11 @@ class TrainSettings:
     epochs: int = 100
     batch_size: int = 128
     lr: float = 1e-3  # peak learning rate (after warm-up)
-    lr_schedule: str = "constant"  # constant | cosine | step: a function of the global step alone
+    lr_schedule: str = "constant"  # constant | cosine | step | wsd: a function of the training position alone
     warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr over the first steps
-    min_lr: float = 0.0  # cosine: the rate at the last step of train.epochs
+    min_lr: float = 0.0  # cosine: the rate at the last step of train.epochs; wsd: the rate at the end of the decay
+    decay_start: int | None = None  # wsd: the epoch after which the final decay begins; None: constant (set it on a resume)
+    decay_epochs: int = 10  # wsd: the decay's length in epochs (half a cosine from lr to min_lr)
     lr_step_epochs: int = 30  # step: multiply the rate by lr_decay every this many epochs
     lr_decay: float = 0.1  # step: the factor
     beta1: float = 0.5
@@ -77,6 +79,7 @@ class TrainSettings:
     eval_batch_size: int = 1000
     eval_samples: int | None = None  # after training: importance-weighted bound with K samples
     log_every: int = 100  # plain log lines / metrics.jsonl rows every N steps
+    eval_every: int = 1  # evaluate on the test (or validation) split every N epochs, and always after the last one
     precision: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the hardware multiplies it natively)
 
 
@@ -113,7 +116,7 @@ _SECTION_CLASSES = {
 # Allowed values and ranges; checked for every source of a value.
 CHOICES = {
     ("data", "binarize"): ("dynamic", "threshold", "none"),
-    ("train", "lr_schedule"): ("constant", "cosine", "step"),
+    ("train", "lr_schedule"): ("constant", "cosine", "step", "wsd"),
     ("train", "precision"): ("float32", "bfloat16", "auto"),
     ("run", "tensorboard"): ("auto", "true", "false"),
 }
@@ -129,6 +132,9 @@ MIN = {
     ("train", "eval_batch_size"): 1,
     ("train", "eval_samples"): 1,
     ("train", "log_every"): 1,
+    ("train", "eval_every"): 1,
+    ("train", "decay_start"): 0,
+    ("train", "decay_epochs"): 1,
     ("train", "warmup_steps"): 0,
     ("train", "min_lr"): 0.0,
     ("train", "lr_step_epochs"): 1,
@@ -274,8 +280,10 @@ def _check_key(section: str | None, key: str, origin: str) -> None:
         raise DrawError(f"{origin}{section}.{key}: unknown key{hint}")
 
 
-def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], origin: str = "") -> Settings:
-    """Return ``base`` with ``{section: {key: value}}`` applied, every value validated."""
+def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], origin: str = "", together: bool = True) -> Settings:
+    """Return ``base`` with ``{section: {key: value}}`` applied, every value validated; with
+    ``together``, the rules between keys too (not while the base is still unknown: a resume's
+    flags are checked against the run's saved settings, later)."""
     if not isinstance(overrides, Mapping):
         raise DrawError(f"{origin}expected a mapping of sections (model, data, train, run), got {type(overrides).__name__}")
     sections = {}
@@ -298,7 +306,8 @@ def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], 
                 raise DrawError(f"{origin}{e}") from None
         sections[section] = dataclasses.replace(getattr(base, section), **checked)
     out = dataclasses.replace(base, **sections)
-    _check_together(out, origin)
+    if together:
+        _check_together(out, origin)
     return out
 
 
@@ -315,8 +324,15 @@ def _check_together(settings: Settings, origin: str) -> None:
             raise DrawError(f"{origin}data.channels: {spec.name} has {spec.channels} channel(s), got {ds.channels}; "
                             f"leave it unset for a registry data set")
     ts = settings.train
-    if ts.lr_schedule == "cosine" and ts.min_lr > ts.lr:
-        raise DrawError(f"{origin}train.min_lr: must be <= train.lr ({ts.lr:g}) for the cosine schedule, got {ts.min_lr:g}")
+    if ts.lr_schedule in ("cosine", "wsd") and ts.min_lr > ts.lr:
+        raise DrawError(f"{origin}train.min_lr: must be <= train.lr ({ts.lr:g}) for the {ts.lr_schedule} schedule, got {ts.min_lr:g}")
+    if ts.lr_schedule == "wsd" and ts.decay_start is not None and ts.decay_start + ts.decay_epochs > ts.epochs:
+        raise DrawError(
+            f"{origin}train.decay_start: the decay ({ts.decay_start} + {ts.decay_epochs} train.decay_epochs) would end after "
+            f"train.epochs ({ts.epochs}); set train.epochs to at least {ts.decay_start + ts.decay_epochs}"
+        )
+    if ts.lr_schedule != "wsd" and ts.decay_start is not None:
+        raise DrawError(f"{origin}train.decay_start: only for train.lr_schedule=wsd (it is {ts.lr_schedule})")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -397,15 +413,19 @@ def build_settings(
     flags: Mapping[str, Mapping[str, Any]] | None = None,
     sets: list[str] | None = None,
     base: Settings | None = None,
+    together: bool = True,
 ) -> Settings:
-    """defaults (or ``base``) < YAML file < flags (None means 'not given') < --set."""
+    """defaults (or ``base``) < YAML file < flags (None means 'not given') < --set.
+
+    ``together=False`` checks every key and value but not the rules between keys (see
+    :func:`apply_overrides`)."""
     settings = base or Settings()
     if config is not None:
-        settings = apply_overrides(settings, load_yaml(config), origin=f"{config}: ")
+        settings = apply_overrides(settings, load_yaml(config), origin=f"{config}: ", together=together)
     if flags:
         given = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
-        settings = apply_overrides(settings, {s: kv for s, kv in given.items() if kv}, origin="")
-    settings = apply_overrides(settings, parse_set(sets), origin="--set ")
+        settings = apply_overrides(settings, {s: kv for s, kv in given.items() if kv}, origin="", together=together)
+    settings = apply_overrides(settings, parse_set(sets), origin="--set ", together=together)
     return settings
 
 

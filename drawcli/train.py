@@ -120,14 +120,21 @@ def evaluate(
     return {"lx": lx_mean, "lz": lz_mean, "loss": lx_mean + lz_mean}
 
 
-def learning_rate(ts: TrainSettings, step: int, steps_per_epoch: int) -> float:
+def learning_rate(ts: TrainSettings, step: int, steps_per_epoch: int, epochs_done: float | None = None) -> float:
     """The learning rate of global step ``step`` (0-based: the step about to be taken).
 
-    A function of the step and the settings alone, so a resumed run continues the schedule
-    exactly where it stopped. Warm-up rises linearly to ``lr`` over ``warmup_steps``; then
+    A function of the training position and the settings alone, so a resumed run continues the
+    schedule exactly where it stopped. Warm-up rises linearly to ``lr`` over ``warmup_steps``; then
     ``constant`` keeps it, ``cosine`` follows half a cosine from ``lr`` down to ``min_lr`` at the
-    last step of ``train.epochs`` (max_steps only stops early, it does not shorten the curve), and
-    ``step`` multiplies it by ``lr_decay`` every ``lr_step_epochs`` epochs.
+    last step of ``train.epochs`` (max_steps only stops early, it does not shorten the curve),
+    ``step`` multiplies it by ``lr_decay`` every ``lr_step_epochs`` epochs, and ``wsd``
+    (warm-up, stable, decay) keeps ``lr`` until ``decay_start`` epochs are done, then follows half
+    a cosine down to ``min_lr`` over ``decay_epochs`` epochs and stays there. With ``decay_start``
+    unset, wsd is constant: the decay can be chosen late, on a resume.
+
+    ``epochs_done`` is the position in epochs (complete epochs plus the finished share of the
+    current one); wsd counts in it, so a batch size changed on resume keeps the decay where it
+    was. Without it, ``step / steps_per_epoch``.
     """
     if step < ts.warmup_steps:
         return ts.lr * (step + 1) / ts.warmup_steps
@@ -135,10 +142,19 @@ def learning_rate(ts: TrainSettings, step: int, steps_per_epoch: int) -> float:
         total = ts.epochs * steps_per_epoch
         span = max(total - ts.warmup_steps, 1)
         progress = min(max(step - ts.warmup_steps, 0) / span, 1.0)
-        return ts.min_lr + (ts.lr - ts.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return _half_cosine(ts.lr, ts.min_lr, progress)
     if ts.lr_schedule == "step":
         return ts.lr * ts.lr_decay ** (step // (ts.lr_step_epochs * steps_per_epoch))
+    if ts.lr_schedule == "wsd" and ts.decay_start is not None:
+        done = step / steps_per_epoch if epochs_done is None else epochs_done
+        progress = min(max(done - ts.decay_start, 0.0) / ts.decay_epochs, 1.0)
+        return _half_cosine(ts.lr, ts.min_lr, progress)
     return ts.lr
+
+
+def _half_cosine(high: float, low: float, progress: float) -> float:
+    """From ``high`` at progress 0 to ``low`` at progress 1, flat at both ends."""
+    return low + (high - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def resume_position(ckpt: dict, n: int, batch: int) -> tuple[int, int]:
@@ -345,19 +361,23 @@ def stop_now(model: DRAW, optimizer, settings: Settings, epoch: int, step: int, 
 
 
 def end_epoch(model: DRAW, optimizer, settings: Settings, eval_x: torch.Tensor, eval_split: str, epoch: int, step: int,
-              pos: int, n: int, rng: dict, best_loss: float | None, callbacks, env: DistEnv) -> tuple[dict, float, bool]:
-    """End of an epoch, or an early stop at max_steps: evaluate, report, checkpoint.
+              pos: int, n: int, rng: dict, best_loss: float | None, last: bool, callbacks, env: DistEnv) -> tuple[dict | None, float, bool]:
+    """End of an epoch, or an early stop at max_steps: evaluate (when due), report, checkpoint.
 
+    The evaluation runs every ``train.eval_every`` epochs, after the run's last step and at a
+    stop inside an epoch; a checkpoint without one carries no metrics and is never best.pt.
     A stop inside an epoch checkpoints with epoch_images > 0 (last.pt, not an epoch file).
-    Returns (metrics, best_loss, whether the epoch is complete).
+    Returns (metrics or None when not evaluated, best_loss, whether the epoch is complete).
     """
     complete = pos >= n
-    metrics = evaluate(model, eval_x, settings.data.binarize, settings.train.eval_batch_size, env=env)
-    is_best = best_loss is None or metrics["loss"] < best_loss
-    if is_best:
-        best_loss = metrics["loss"]
-    _emit(callbacks, "on_epoch", {"kind": "eval", "split": eval_split, "step": step, "epoch": epoch, **metrics, "time": time.time()})
-    ckpt = make_checkpoint(model, optimizer, settings, epoch, step, rng, metrics, best_loss, epoch_images=0 if complete else pos)
+    metrics, is_best = None, False
+    if last or not complete or epoch % settings.train.eval_every == 0:
+        metrics = evaluate(model, eval_x, settings.data.binarize, settings.train.eval_batch_size, env=env)
+        is_best = best_loss is None or metrics["loss"] < best_loss
+        if is_best:
+            best_loss = metrics["loss"]
+        _emit(callbacks, "on_epoch", {"kind": "eval", "split": eval_split, "step": step, "epoch": epoch, **metrics, "time": time.time()})
+    ckpt = make_checkpoint(model, optimizer, settings, epoch, step, rng, metrics or {}, best_loss, epoch_images=0 if complete else pos)
     _emit(callbacks, "on_checkpoint", ckpt, is_best)
     return metrics, best_loss, complete
 
@@ -373,11 +393,12 @@ def train(
     should_stop=None,
     env: DistEnv = DistEnv(),
 ) -> TrainResult:
-    """Train DRAW on uint8 images (N, H, W); evaluate on ``eval_images`` after each epoch.
+    """Train DRAW on uint8 images (N, H, W); evaluate on ``eval_images`` every
+    ``train.eval_every`` epochs and at the end.
 
     Stops after ``settings.train.epochs`` epochs or at global step
     ``settings.train.max_steps``; either way the evaluation runs and a checkpoint
-    is handed to the callbacks. ``resume`` is a checkpoint dict from a previous call.
+    is handed to the callbacks (one after every epoch). ``resume`` is a checkpoint dict from a previous call.
     ``should_stop()`` is polled after every step (a signal handler sets it); when it
     turns true the finished step is checkpointed (``on_interrupt``) and
     :class:`Interrupted` is raised.
@@ -445,7 +466,7 @@ def train(
             # Binarisation and noise of the whole global batch, from the same generators on every
             # rank; each rank trains on its slice (with one process: all of it).
             x, eps = draw_batch(train_x, order[pos : pos + batch], settings.data.binarize, model, data_gen, noise_gen)
-            lr = learning_rate(ts, step, steps_per_epoch)
+            lr = learning_rate(ts, step, steps_per_epoch, epochs_done=epoch + pos / n)
             lx_step, lz_step, grad_norm = train_step(net, optimizer, params, x, eps, lr, ts.grad_clip, precision, env)
             window.add(lx_step, lz_step, grad_norm, len(x))
             watch.record(lx_step, lz_step, grad_norm)
@@ -472,10 +493,11 @@ def train(
         # -- end of an epoch (or an early stop at max_steps): evaluate and checkpoint
         metrics, best_loss, complete = end_epoch(
             model, optimizer, settings, eval_x, eval_split, epoch + 1, step, pos, n, rng_state(data_gen, noise_gen),
-            best_loss, callbacks, env,
+            best_loss, step >= total_steps, callbacks, env,
         )
-        result.eval, result.epoch = metrics, epoch + 1
-        last_metrics = metrics
+        result.epoch = epoch + 1
+        if metrics is not None:
+            result.eval = last_metrics = metrics
         if complete:
             epoch, pos = epoch + 1, 0
 

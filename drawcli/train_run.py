@@ -119,7 +119,9 @@ def train_command(config: str | None, flags: dict, sets: list[str] | None, resum
     """
     if nproc is not None and nproc < 1:
         raise DrawError(f"--nproc must be at least 1, got {nproc}")
-    base = build_settings(config, flags, sets)  # refuse bad settings once, before touching a run or launching
+    # Refuse bad settings once, before touching a run or launching; a resume's rules between keys
+    # are checked against the run's own settings (settings_for_resume).
+    base = build_settings(config, flags, sets, together=resume is None)
     if nproc is not None and nproc > 1:
         distributed.check_global_batch(base.train.batch_size, nproc, launcher=True)
         if resume is not None:

@@ -87,3 +87,14 @@ def cli_in_fresh_interpreter(argv: list[str], cwd=None) -> tuple[str, bool]:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd, env=env)
     assert out.returncode == 0, out.stderr
     return out.stdout, "TORCH_LOADED" in out.stdout
+
+
+def run_cli(*args, env=None):
+    """``draw ARGS`` in this process (typer's CliRunner); never a traceback."""
+    from typer.testing import CliRunner
+
+    from drawcli.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    assert "Traceback" not in result.output and "Traceback" not in (result.stderr or "")
+    return result

@@ -70,7 +70,8 @@ def test_sample_configs_match_the_paper_and_the_original():
         assert (s.model.glimpses, s.model.hidden, s.model.latent, s.model.read_n, s.model.write_n) == want
         assert s.data.dataset == dataset and s.data.binarize == "none" and s.model.attention
     repro = by_name["mnist_reproduce.yaml"]
-    assert repro.model == paper and repro.train.lr_schedule == "cosine" and repro.train.precision == "auto"
+    assert repro.model == paper and repro.train.lr_schedule == "wsd" and repro.train.decay_start is None and repro.train.precision == "auto"
+    assert repro.train.eval_every == 5 and repro.train.batch_size == 64
     assert by_name["two_digit_mnist.yaml"].data.dataset == "two-digit-mnist"
     assert by_name["colour_quick.yaml"].data.channels == 3 and by_name["colour_quick.yaml"].data.dataset.startswith("folder:")
 

@@ -9,24 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from drawcli import __version__
 from drawcli import checkpoint as ckpt_io
-from drawcli.cli import app
 from drawcli.runs import resolve_checkpoint
 from drawcli.settings import build_settings
 from drawcli.train import train
 
-from helpers import Collect, cli_in_fresh_interpreter, synthetic_images, tiny_settings
-
-runner = CliRunner()
-
-
-def run_cli(*args, env=None):
-    result = runner.invoke(app, list(args), env=env)
-    assert "Traceback" not in result.output and "Traceback" not in (result.stderr or "")
-    return result
+from helpers import Collect, cli_in_fresh_interpreter, run_cli, synthetic_images, tiny_settings
 
 
 @pytest.mark.parametrize(

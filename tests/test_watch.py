@@ -10,26 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from drawcli.cli import app
 from drawcli.errors import DrawError
 from drawcli.metrics import current_rows, steps_per_epoch
 from drawcli.settings import build_settings
 from drawcli.tensorboard_log import TensorBoardLogger
 from drawcli.train import Interrupted, train
 
-from helpers import cli_in_fresh_interpreter, synthetic_images
+from helpers import cli_in_fresh_interpreter, run_cli, synthetic_images
 
-runner = CliRunner()
 TINY = ["--steps", "3", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu",
         "--set", "train.eval_batch_size=50", "--set", "train.log_every=1"]
-
-
-def run_cli(*args, env=None):
-    result = runner.invoke(app, list(args), env=env)
-    assert "Traceback" not in result.output and "Traceback" not in (result.stderr or "")
-    return result
 
 
 def one_error_line(result, *needles):

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The long reproduction run (sample_configs/mnist_reproduce.yaml), started or resumed in the
+# background from a frozen copy of the code, so that work on the repository never changes the
+# code a run is using. Run it whenever the run is not going (a session's start, a new machine).
+#
+#   docs/reproduction/longrun.sh start [THREADS] [-- EXTRA draw train ARGS]
+#       start the run, or resume it from its last.pt; THREADS: 1 (default, beside other work) or 2
+#       (nothing else running). EXTRA args go to `draw train --resume` (e.g. a chosen decay:
+#       -- --epochs 200 --set train.decay_start=170 --set train.decay_epochs=30).
+#   docs/reproduction/longrun.sh stop      ask it to stop (it saves last.pt after the current step)
+#   docs/reproduction/longrun.sh status    is it running; its last lines
+#   docs/reproduction/longrun.sh sync      copy its metrics.jsonl and log into docs/reproduction/
+#
+# Environment: LONGRUN_DIR (default /work/longrun) holds code-<commit>/ (the frozen copy, made from
+# this repository's HEAD the first time), runs/, longrun.log and the pid file; DRAW_DATA_DIR (default
+# the shared data folder beside the repository) holds mnist/; PYTHON (default python3) has torch.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+dir="${LONGRUN_DIR:-/work/longrun}"
+name=mnist-wsd
+export DRAW_DATA_DIR="${DRAW_DATA_DIR:-$(cd "$repo/.." && pwd)/shared/data}"
+mkdir -p "$dir"
+log="$dir/longrun.log"
+pidfile="$dir/longrun.pid"
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+case "${1:-status}" in
+start)
+  threads="${2:-1}"
+  shift $(( $# >= 2 ? 2 : $# ))
+  [ "${1:-}" = "--" ] && shift
+  if running; then echo "already running (pid $(cat "$pidfile"))"; exit 0; fi
+  # The frozen code: the commit recorded at the first start, else this repository's HEAD.
+  if [ -f "$dir/code.commit" ]; then commit="$(cat "$dir/code.commit")"; else commit="$(git -C "$repo" rev-parse HEAD)"; fi
+  code="$dir/code-$commit"
+  if [ ! -d "$code" ]; then
+    mkdir -p "$code.tmp" && git -C "$repo" archive "$commit" | tar -x -C "$code.tmp" && mv "$code.tmp" "$code"
+    echo "$commit" > "$dir/code.commit"
+  fi
+  if [ -f "$dir/runs/$name/checkpoints/last.pt" ]; then
+    args=(train --resume "$name" --runs-dir "$dir/runs" --threads "$threads" "$@")
+  else
+    rm -rf "${dir:?}/runs/$name"  # a run that died before its first checkpoint
+    args=(train --config "$code/sample_configs/mnist_reproduce.yaml" --name "$name" --runs-dir "$dir/runs" --threads "$threads" "$@")
+  fi
+  echo "=== $(date -u +%FT%TZ) code $commit: draw ${args[*]}" >> "$log"
+  cd "$code"
+  PYTHONPATH="$code" nohup "${PYTHON:-python3}" -m drawcli "${args[@]}" >> "$log" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+  echo "started (pid $!); log: $log"
+  ;;
+stop)
+  if running; then kill -INT "$(cat "$pidfile")"; echo "asked to stop; last.pt is saved after the current step"; else echo "not running"; fi
+  ;;
+status)
+  if running; then echo "running (pid $(cat "$pidfile"))"; else echo "not running"; fi
+  tail -n 5 "$log" 2>/dev/null || true
+  ;;
+sync)
+  cp "$dir/runs/$name/metrics.jsonl" "$repo/docs/reproduction/$name.metrics.jsonl"
+  cp "$log" "$repo/docs/reproduction/$name.log"
+  echo "copied metrics.jsonl and the log of $name into docs/reproduction/"
+  ;;
+*)
+  echo "usage: $0 start [THREADS] [-- ARGS] | stop | status | sync" >&2; exit 2
+  ;;
+esac
