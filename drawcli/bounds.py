@@ -226,12 +226,13 @@ def likelihood_bounds(
             for k0 in range(0, samples, per_pass):
                 k = min(per_pass, samples - k0)
                 out = model(x.repeat_interleave(k, dim=0), log_ratio=True, generator=noise)
-                # The model sums pixels and latents in float32; everything after is float64
-                # (on the CPU, which also serves MPS, where float64 does not exist).
-                lx_k = out.lx.reshape(m, k).to("cpu", torch.float64)
-                ratio_k = out.log_ratio.reshape(m, k).to("cpu", torch.float64)
+                # The model sums pixels and latents in float32; everything after is float64 on
+                # the CPU. Moved first, then widened: MPS has no float64, and one copy that
+                # changes both would do the dtype change on the MPS side.
+                lx_k = out.lx.reshape(m, k).cpu().double()
+                ratio_k = out.log_ratio.reshape(m, k).cpu().double()
                 lx.append(lx_k)
-                lz.append(out.lz.reshape(m, k).to("cpu", torch.float64))
+                lz.append(out.lz.reshape(m, k).cpu().double())
                 log_w.append(-(lx_k + ratio_k))
             lx_m, lz_m, log_w_m = torch.cat(lx, 1), torch.cat(lz, 1), torch.cat(log_w, 1)
             lx_all[start : start + m] = lx_m.mean(1)

@@ -89,10 +89,12 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DrawError as e:
-            from drawcli.distributed import is_quiet_rank
+            from drawcli.distributed import env_from_os, is_quiet_rank
 
             if not is_quiet_rank():  # in a torchrun job the same error is shown once, by rank 0
                 typer.echo(f"error: {e}", err=True)
+            elif e.every_rank:  # ... unless only this rank met it
+                typer.echo(f"error: rank {env_from_os().rank}: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             from drawcli.distributed import is_quiet_rank

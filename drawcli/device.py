@@ -76,10 +76,47 @@ def native_bf16(device: torch.device) -> str | None:
     return None
 
 
+def bfloat16_problem(device: torch.device) -> str | None:
+    """Why autocast to bfloat16 does not run on this GPU, or None when it does (the CPU always can).
+
+    A tiny product is tried: some devices raise (MPS before macOS 14), others have autocast
+    switch itself off with a warning (CUDA GPUs without bfloat16), which would train in float32
+    while reporting bfloat16.
+    """
+    import warnings
+
+    import torch
+
+    if device.type == "cpu":
+        return None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                a = torch.ones(2, 2, device=device)
+                out_dtype = (a @ a).dtype
+    except (RuntimeError, TypeError, ValueError) as e:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if out_dtype != torch.bfloat16:
+        said = next((str(w.message).strip().splitlines()[0] for w in caught), "")
+        return f"autocast gave {str(out_dtype).removeprefix('torch.')} products" + (f" ({said})" if said else "")
+    return None
+
+
 def resolve_precision(name: str, device: torch.device) -> tuple[str, str]:
-    """train.precision -> ("float32" or "bfloat16", a short reason for people)."""
+    """train.precision -> ("float32" or "bfloat16", a short reason for people).
+
+    ``auto`` takes bfloat16 only where the hardware multiplies it natively (never on MPS, whose
+    bfloat16 support depends on the macOS version); an explicit ``bfloat16`` on a GPU is tried
+    first and refused with the reason when it cannot run there.
+    """
     if name not in PRECISIONS:
         raise DrawError(f"precision: expected one of {', '.join(PRECISIONS)}, got {name!r}")
+    if name == "bfloat16":
+        problem = bfloat16_problem(device)
+        if problem:
+            raise DrawError(f"precision bfloat16 cannot run on {describe(device)}: {problem}; use --precision float32")
+        return name, "as set"
     if name != "auto":
         return name, "as set"
     why = native_bf16(device)

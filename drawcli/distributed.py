@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from drawcli.errors import DrawError
+from drawcli.errors import DrawError, RankError
+
+# How long a rank waits in a collective (nccl's default is 10 minutes): the other ranks wait at one
+# while rank 0 alone downloads a data set or computes the final importance-weighted bound
+# (train.eval_samples), which can take longer. DRAWCLI_DIST_TIMEOUT (seconds) overrides it.
+DIST_TIMEOUT_S = 3 * 3600
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,45 @@ def is_quiet_rank() -> bool:
     return env.active and not env.is_main
 
 
+def dist_timeout_s() -> float:
+    """Seconds a rank waits in a collective: DRAWCLI_DIST_TIMEOUT, else DIST_TIMEOUT_S."""
+    raw = os.environ.get("DRAWCLI_DIST_TIMEOUT")
+    if raw is None:
+        return DIST_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise DrawError(f"DRAWCLI_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def check_launch(nproc: int, device_spec: str) -> None:
+    """`draw train --nproc N`: refuse, before any process starts, what the processes could not run.
+
+    One process per GPU on CUDA (so N may not exceed the visible GPUs); none on MPS (a Mac has
+    one GPU, and gloo, the only other backend, cannot carry MPS tensors).
+    """
+    from drawcli.device import resolve_device
+
+    device = resolve_device(device_spec)
+    if device.type == "cuda":
+        import torch
+
+        count = torch.cuda.device_count()
+        if nproc > count:
+            raise DrawError(f"--nproc {nproc}: one process per GPU, and {count} CUDA device(s) are visible; "
+                            f"use --nproc {count} or fewer, or --device cpu")
+    if device.type == "mps":
+        raise DrawError(f"--nproc {nproc} cannot run on MPS (one GPU; torch.distributed cannot carry MPS tensors); "
+                        "train without --nproc, or with --device cpu")
+
+
 def init(env: DistEnv, device_spec: str):
     """Join the process group; return this rank's device."""
+    import datetime
+
     import torch
     import torch.distributed as dist
 
@@ -66,12 +108,15 @@ def init(env: DistEnv, device_spec: str):
     device = resolve_device(device_spec)
     if device.type == "cuda":
         if env.local_rank >= torch.cuda.device_count():
-            raise DrawError(f"LOCAL_RANK {env.local_rank} has no GPU ({torch.cuda.device_count()} visible)")
+            raise RankError(f"LOCAL_RANK {env.local_rank} has no GPU ({torch.cuda.device_count()} visible)")
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
+    if device.type == "mps":
+        raise DrawError("multi-process training cannot run on MPS (torch.distributed cannot carry MPS tensors)")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None,
+                                timeout=datetime.timedelta(seconds=dist_timeout_s()))
     return device
 
 

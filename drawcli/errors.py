@@ -9,3 +9,12 @@ class DrawError(Exception):
     """A problem the user can fix (bad config, missing run, corrupt file...)."""
 
     exit_code = 1
+    # In a multi-process job only rank 0 shows user errors (every rank usually meets the same
+    # one). An error that only this rank can meet (its own GPU, say) sets this to be shown too.
+    every_rank = False
+
+
+class RankError(DrawError):
+    """An error of one process of a job that rank 0 does not see: shown by the rank that met it."""
+
+    every_rank = True

@@ -103,17 +103,22 @@ def evaluate(
     device = images.device
     was_training = model.training
     model.eval()
-    acc = torch.zeros(2, dtype=torch.float64, device=device if device.type != "mps" else "cpu")
+    # The sums are float64 on the CPU: MPS has no float64, and a copy that changes device and
+    # dtype at once does the dtype change on the source device (one small copy per block).
+    acc = torch.zeros(2, dtype=torch.float64)
     blocks = math.ceil(len(images) / batch_size)
     for block in range(env.rank, blocks, env.world):
         data_gen, noise_gen = _block_generators(device, seed, block)
         x = to_input(images[block * batch_size : (block + 1) * batch_size], binarize, data_gen)
         out = model(x, generator=noise_gen)
-        acc += torch.stack([out.lx.sum(), out.lz.sum()]).to(acc)
+        acc += torch.stack([out.lx.sum(), out.lz.sum()]).cpu().double()
     if env.active:
         import torch.distributed as dist
 
-        dist.all_reduce(acc)
+        # nccl reduces device tensors only; gloo (CPU) takes the CPU sums as they are.
+        on_device = acc.to(device) if device.type == "cuda" else acc
+        dist.all_reduce(on_device)
+        acc = on_device.cpu()
     model.train(was_training)
     n = len(images)
     lx_mean, lz_mean = (acc / n).tolist()
@@ -341,7 +346,8 @@ def agree_at_log(window: LogWindow, watch: DivergenceWatch, stopping: bool, env:
     if env.active:
         import torch.distributed as dist
 
-        packed = torch.tensor(totals, dtype=torch.float64, device=window.lx.device)
+        device = window.lx.device
+        packed = torch.tensor(totals, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device)
         dist.all_reduce(packed)
         totals = packed.tolist()
         stopping = stopping or totals[2] > 0
@@ -382,6 +388,13 @@ def end_epoch(model: DRAW, optimizer, settings: Settings, eval_x: torch.Tensor, 
     return metrics, best_loss, complete
 
 
+def _as_device_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images as a tensor on ``device``: a tensor (on any device) as it is, anything else through numpy."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device)
+    return torch.as_tensor(np.asarray(images)).to(device)
+
+
 def train(
     settings: Settings,
     train_images: np.ndarray | torch.Tensor,
@@ -410,8 +423,7 @@ def train(
     Callbacks should be given to rank 0 only. The stop flag is agreed on at log steps.
     """
     ts = settings.train
-    train_x = torch.as_tensor(np.asarray(train_images)).to(device)
-    eval_x = torch.as_tensor(np.asarray(eval_images)).to(device)
+    train_x, eval_x = _as_device_tensor(train_images, device), _as_device_tensor(eval_images, device)
     n, *shape = train_x.shape  # (N, H, W) grey, (N, C, H, W) colour
     channels, height, width = (1, *shape) if len(shape) == 2 else shape
     if n == 0:

@@ -124,6 +124,10 @@ def train_command(config: str | None, flags: dict, sets: list[str] | None, resum
     base = build_settings(config, flags, sets, together=resume is None)
     if nproc is not None and nproc > 1:
         distributed.check_global_batch(base.train.batch_size, nproc, launcher=True)
+        distributed.dist_timeout_s()  # a malformed DRAWCLI_DIST_TIMEOUT, said once
+        # The device the processes will use: a resumed run's own unless the command changes it.
+        spec = base.run.device if resume is None else settings_for_resume(resume, base.run.runs_dir, config, flags, sets)[0].run.device
+        distributed.check_launch(nproc, spec)
         if resume is not None:
             runs.check_not_locked(runs.resolve_run(resume, Path(base.run.runs_dir)))
         else:
