@@ -48,7 +48,7 @@ BUILTINS: dict[str, BuiltinModel] = {
         description="DRAW with attention on MNIST, the paper's Table 3 model (the reproduction run's last epoch)",
         dataset="mnist",
         model=dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5, channels=1),
-        trained="epoch 32 of sample_configs/mnist_reproduce.yaml (batch 64, bfloat16; its 80-epoch cosine for epochs "
+        trained="epoch 32 of docs/reproduction/mnist-repro.config.yaml (batch 64, bfloat16; its 80-epoch cosine for epochs "
                 "1-17, then resumed with --epochs 32), 3.5 h on 1 thread of a 2-core AMD EPYC",
         results={
             "test ELBO (all 10k, K=1)": 85.40,
