@@ -158,12 +158,13 @@ def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator):
     return x.cpu().numpy(), probs, read, write
 
 
-def sample_prior(loaded: LoadedRun, n: int, generator):
-    """Prior samples: canvas probs (T, n, [C,] H, W) and write windows (T, n, 5) or None, as numpy."""
+def sample_prior(loaded: LoadedRun, n: int, generator, every_step: bool = True):
+    """Prior samples: canvas probs (T, n, [C,] H, W) and write windows (T, n, 5) or None, as numpy;
+    only the last step's, (1, n, ...), without ``every_step``."""
     import torch
 
     with running(loaded):
-        logits, write = loaded.model.generate(n, generator=generator, device=loaded.device)
+        logits, write = loaded.model.generate(n, generator=generator, device=loaded.device, every_step=every_step)
         probs = torch.sigmoid(logits.float()).cpu().numpy()
     return probs, (None if write is None else write.float().cpu().numpy())
 
