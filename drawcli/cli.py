@@ -161,10 +161,16 @@ Examples:
 """
 
 
+# --steps is the original project's name for T; a newcomer reads it as training steps.
+STEPS_WARNING = ("warning: --steps sets glimpses T, the drawing steps per image (now --glimpses); "
+                 "optimizer steps are --max-steps")
+
+
 @app.command(epilog=TRAIN_EXAMPLES)
 @_user_errors
 def train(
-    glimpses: Annotated[Optional[int], typer.Option("--glimpses", "-T", "--steps", "--step", help=f"Glimpses T: drawing steps per image (model.glimpses; default {ModelSettings.glimpses}).")] = None,
+    glimpses: Annotated[Optional[int], typer.Option("--glimpses", "-T", help=f"Glimpses T: drawing steps per image, not optimizer steps (model.glimpses; default {ModelSettings.glimpses}; old name --steps).")] = None,
+    glimpses_alias: Annotated[Optional[int], typer.Option("--steps", "--step", hidden=True, help="Old name of --glimpses.")] = None,
     latent: Annotated[Optional[int], typer.Option("--latent", "-z", "--embed", help=f"Size of each latent z_t (model.latent; default {ModelSettings.latent}).")] = None,
     hidden: Annotated[Optional[int], typer.Option("--hidden", help=f"LSTM units, encoder and decoder (default {ModelSettings.hidden}).")] = None,
     attention: Annotated[Optional[bool], typer.Option("--attention/--no-attention", help=f"Gaussian read/write attention (default {'on' if ModelSettings.attention else 'off'}).")] = None,
@@ -191,6 +197,12 @@ def train(
     runs_dir: Annotated[Optional[str], typer.Option("--runs-dir", help=f"Where runs are created and looked up (run.runs_dir; default {RunSettings.runs_dir}).")] = None,
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
+    notes = []
+    if glimpses_alias is not None:
+        if glimpses is not None and glimpses != glimpses_alias:
+            raise DrawError(f"--steps (the old name of --glimpses) {glimpses_alias} and --glimpses {glimpses} disagree; give one of them")
+        glimpses = glimpses_alias
+        notes.append(STEPS_WARNING)
     flags = {
         "model": {"glimpses": glimpses, "latent": latent, "hidden": hidden, "attention": attention, "read_n": read_n, "write_n": write_n},
         "data": {"dataset": dataset, "data_dir": data_dir},
@@ -200,7 +212,7 @@ def train(
     }
     from drawcli.train_run import train_command
 
-    train_command(config, flags, set_, resume=resume, nproc=nproc, argv=sys.argv)
+    train_command(config, flags, set_, resume=resume, nproc=nproc, argv=sys.argv, notes=notes)
 
 
 DOWNLOAD_EXAMPLES = """

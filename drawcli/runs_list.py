@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,6 +82,23 @@ def _has_checkpoints(run_dir: Path) -> bool:
         return any(name.endswith(".pt") and not name.startswith(".") for name in os.listdir(run_dir / "checkpoints"))
     except OSError:
         return False
+
+
+def unreadable_checkpoints(run_dir: Path) -> list[str]:
+    """last.pt and best.pt when they cannot be opened as the zip archives torch writes (a truncated
+    file has lost its central directory): a cheap look, without torch, at the files that resume and
+    the picture commands read first. (They fall back to the newest readable checkpoint.)"""
+    bad = []
+    for name in ("last.pt", "best.pt"):
+        path = run_dir / "checkpoints" / name
+        if not path.is_file():
+            continue
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            bad.append(name)
+    return bad
 
 
 def _last_change(run_dir: Path) -> float:
@@ -170,6 +188,7 @@ def run_info(run_dir: str | Path) -> dict:
         "path": str(run_dir),
         "status": status,
         "lock": lock,
+        "unreadable": unreadable_checkpoints(run_dir),
         "dataset": data.get("dataset"),
         # config.yaml of runs made before the rename says steps and embed (drawcli.settings.ALIASES)
         "model": {"glimpses": model.get("glimpses", model.get("steps")), "read_n": model.get("read_n"),
@@ -264,6 +283,8 @@ def runs_table(infos: list[dict], runs_dir: str | Path):
         if status == "locked" and info["lock"]:
             pid = info["lock"].get("pid")
             status = f"locked (pid {pid})" if pid is not None else status
+        if info.get("unreadable"):
+            status += f", {' and '.join(info['unreadable'])} unreadable"
         cells = [info["name"], str(info["dataset"] or "?"), model_summary(info["model"]), epochs, steps,
                  f"{best['loss']:.2f}" if best else "-", iwae_text, _age(info["last_change_unix"])]
         # Text, not markup: nothing read from a run's files is interpreted.
