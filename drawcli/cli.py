@@ -186,6 +186,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option("--seed", help=f"Random seed (default {TrainSettings.seed}).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help=f"Data set (default {DataSettings.dataset}; see draw download --list).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache).")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="folder:PATH data sets: resize every picture to S x S (data.image_size; default: all must have the first one's size).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name under runs/ (default run1, run2, ...).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help=f"auto, cpu, cuda, cuda:N or mps (default {RunSettings.device}).")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml).")] = None,
@@ -205,7 +206,7 @@ def train(
         notes.append(STEPS_WARNING)
     flags = {
         "model": {"glimpses": glimpses, "latent": latent, "hidden": hidden, "attention": attention, "read_n": read_n, "write_n": write_n},
-        "data": {"dataset": dataset, "data_dir": data_dir},
+        "data": {"dataset": dataset, "data_dir": data_dir, "image_size": image_size},
         "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed,
                   "eval_samples": eval_samples, "precision": precision},
         "run": {"name": name, "device": device, "runs_dir": runs_dir, "threads": threads, "tensorboard": tensorboard},

@@ -219,7 +219,7 @@ def data_for(data, dataset: str | None, model):
     if is_folder(name):
         side = data.image_size if data.image_size is not None else (model.height if model.height == model.width else None)
         return dataclasses.replace(data, dataset=name, image_size=side, channels=model.channels, test_fraction=None)
-    return dataclasses.replace(data, dataset=name, image_size=None, channels=None, test_fraction=None)
+    return dataclasses.replace(data, dataset=name, image_size=None, channels=None, test_fraction=None, skip_unreadable=False)
 
 
 def eval_path(located, split: str, samples: int, limit: int | None, dataset: str | None, seed: int) -> Path:

@@ -211,6 +211,8 @@ def summary_table(run_dir, summary: dict, eval_split: str) -> Table:
     if summary.get("best_loss") is not None:
         table.add_row(f"best {eval_split} loss", f"{summary['best_loss']:.2f}")
     table.add_row("wall time", f"{summary['seconds']:.1f} s")
-    table.add_row("throughput", f"{summary['img_per_s']:.0f} img/s")
+    if "train_seconds" in summary:
+        table.add_row("training time", f"{summary['train_seconds']:.1f} s (without evaluations and checkpoints)")
+    table.add_row("throughput", f"{summary['img_per_s']:.0f} img/s (training images over training time)")
     table.add_row("run directory", str(run_dir))
     return table

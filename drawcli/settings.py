@@ -57,6 +57,7 @@ class DataSettings:
     image_size: int | None = None  # resize every image to S x S; None: all must have the first image's size
     channels: int | None = None  # 1 (grey) or 3 (colour); None: a folder's default, 3, or a registry set's own
     test_fraction: float | None = None  # held-out test share; None: 10%, at most 10,000 images
+    skip_unreadable: bool = False  # leave out pictures that cannot be read (counted and named) instead of stopping
 
 
 @dataclass(frozen=True)
@@ -330,8 +331,8 @@ def _check_together(settings: Settings, origin: str) -> None:
     ds = settings.data
     if not is_folder(ds.dataset):
         spec = DATASETS[ds.dataset]
-        for key in ("image_size", "test_fraction"):
-            if getattr(ds, key) is not None:
+        for key in ("image_size", "test_fraction", "skip_unreadable"):
+            if getattr(ds, key) not in (None, False):
                 raise DrawError(f"{origin}data.{key}: only for folder:PATH data sets; {spec.name} has fixed "
                                 f"{spec.width}x{spec.height} images and its own splits")
         if ds.channels is not None and ds.channels != spec.channels:

@@ -137,12 +137,48 @@ def nothing_to_do(settings: Settings, ckpt: dict, name: str) -> str | None:
     return None
 
 
+# Set by `draw train --nproc N` for its processes: the CPU threads each uses, decided once (and said
+# once) by the launcher, so that N processes do not each measure the others' load.
+LAUNCHER_THREADS = "DRAWCLI_LAUNCHER_THREADS"
+
+
+@contextlib.contextmanager
+def launcher_threads(settings: Settings, nproc: int):
+    """`--nproc N`: decide the processes' CPU threads here, once (run.threads, or the cores idle now
+    shared among them), say it in one line, and hand it to them in OMP_NUM_THREADS (torchrun would
+    otherwise set 1 with a warning) and MKL_NUM_THREADS. The environment is restored afterwards."""
+    import torch
+
+    from drawcli.device import resolve_device, thread_policy
+
+    device = resolve_device(settings.run.device)
+    threads, why = thread_policy(settings.run.threads, device, nproc)
+    if threads is None:  # GPUs: each process's CPU threads only feed its device
+        threads, why = max(1, torch.get_num_threads() // nproc), f"{device.type}: the CPU cores shared among the processes"
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", LAUNCHER_THREADS)}
+    os.environ.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), LAUNCHER_THREADS: str(threads)})
+    make_console().print(f"threads: {threads} per process x {nproc} processes ({why})", highlight=False)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def apply_threads(settings: Settings, device, env: distributed.DistEnv, console: Console) -> None:
-    """Set this process's CPU threads from run.threads or the policy in drawcli.device."""
+    """Set this process's CPU threads from run.threads or the policy in drawcli.device (in a job
+    launched by --nproc: as its launcher decided and said)."""
     import torch
 
     from drawcli.device import thread_policy
 
+    launched = os.environ.get(LAUNCHER_THREADS)
+    if env.active and launched and launched.isdigit():
+        torch.set_num_threads(int(launched))
+        return
     threads, why = thread_policy(settings.run.threads, device, env.world)
     if threads is None:
         return
@@ -190,7 +226,8 @@ def train_command(config: str | None, flags: dict, sets: list[str] | None, resum
             if note:
                 make_console().print(note, highlight=False)
         argv = list(sys.argv if argv is None else argv)
-        distributed.launch(nproc, ["train", *distributed.strip_nproc(argv[argv.index("train") + 1 :])])
+        with launcher_threads(base, nproc):
+            distributed.launch(nproc, ["train", *distributed.strip_nproc(argv[argv.index("train") + 1 :])])
         return None
     if resume is not None:
         return resume_run(resume, base.run.runs_dir, config, flags, sets, notes=notes)
@@ -492,6 +529,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
             "eval": result.eval,
             "best_loss": result.best_loss,
             "seconds": result.seconds,
+            "train_seconds": result.train_seconds,
             "img_per_s": result.images_per_second,
         }
         console.print(summary_table(run_dir, summary, splits.eval_name))

@@ -365,10 +365,20 @@ def attention_tables(read: np.ndarray | None, write: np.ndarray, read_n: int, wr
         for f in ATTENTION_FIELDS:
             table.add_column(heads[f], justify="right", no_wrap=True)
         mean, std = params.mean(axis=1), params.std(axis=1)
+        decimals = [column_decimals(mean[:, j]) for j in range(mean.shape[1])]
         for t in range(params.shape[0]):
-            table.add_row(str(t + 1), *(f"{m:.3g} ±{s:.2g}" for m, s in zip(mean[t], std[t])))
+            table.add_row(str(t + 1), *(f"{m:.{d}f} ± {s:.{d}f}" for m, s, d in zip(mean[t], std[t], decimals)))
         tables.append(table)
     return tables
+
+
+def column_decimals(values: np.ndarray) -> int:
+    """Decimals that give a column's largest value three significant digits (0 to 4), used for
+    its means and standard deviations alike: '14.1 ± 0.0', '0.512 ± 0.034', never '±9.5e-07'."""
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if not np.isfinite(largest) or largest == 0:
+        return 2
+    return int(min(4, max(0, 2 - np.floor(np.log10(largest)))))
 
 
 def _inspected(generate: bool, n: int | None, index) -> tuple[str, ...]:

@@ -281,3 +281,154 @@ def test_item5_every_output_is_checked_before_the_work(tiny, env, command, monke
     # A folder that is missing is created, and said.
     r = ok(run_cli(*OUTPUTS[command], f"new/sub/x{SUFFIX[command]}", env=env))
     assert "created the folder new/sub for x" in r.output and (tiny.parent.parent / "new" / "sub" / f"x{SUFFIX[command]}").is_file()
+
+
+# ----------------------------------------------------------------------------- 6: draw runs' progress
+def test_item6_runs_shows_the_targets_in_effect_whole_epochs_limited_iwae_and_failed_runs(tiny, env):
+    def info(name="tiny"):
+        return {row["name"]: row for row in json.loads(ok(run_cli("runs", "--json")).stdout)}[name]
+
+    # Stopped inside epoch 2 (--max-steps 4 of 3 steps per epoch): 1 whole epoch, of the 2 the resume set.
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "2", "--max-steps", "4", env=env))
+    row = info()
+    assert (row["epochs"], row["epochs_target"], row["steps"], row["max_steps"]) == (1, 2, 4, 4)
+    assert row["status"] == "finished"  # at its --max-steps
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "5", "--max-steps", "5", env=env))
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "3", env=env))  # no --max-steps: none is in effect
+    row = info()
+    assert (row["epochs"], row["epochs_target"], row["steps"], row["max_steps"], row["status"]) == (3, 3, 9, None, "finished")
+    table = ok(run_cli("runs")).stdout
+    assert " 3/3 " in table and " 9 " in table
+
+    ok(run_cli("evaluate", "tiny", "--samples", "2", "--limit", "8", env=env))
+    assert info()["iwae"]["limit"] == 8
+    assert "K2 (8 img)" in ok(run_cli("runs")).stdout  # not the whole test split: said beside the number
+
+    dead = tiny.parent / "dead"  # killed (kill -9, the OOM killer) before its first checkpoint
+    (dead / "checkpoints").mkdir(parents=True)
+    (dead / "config.yaml").write_text((tiny / "config.yaml").read_text())
+    (dead / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "epoch": 1, "lx": 1, "lz": 1, "loss": 2}\n')
+    assert info("dead")["status"] == "failed"
+    assert all(line == line.rstrip() for line in ok(run_cli("runs")).stdout.splitlines())  # no padding off a terminal
+
+
+# ----------------------------------------------------------------------------- 7: throughput
+def test_item7_throughput_is_training_images_over_training_time(here, env, monkeypatch):
+    """A fake clock: every training step takes 1 s, every evaluation 100 s. Each log row and the
+    summary must then say 32 img/s (batch 32), the first row after an evaluation included."""
+    import time
+
+    import drawcli.train
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    real_step, real_evaluate = drawcli.train.train_step, drawcli.train.evaluate
+
+    def step(*args, **kwargs):
+        clock[0] += 1.0
+        return real_step(*args, **kwargs)
+
+    def evaluate(*args, **kwargs):
+        clock[0] += 100.0
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(drawcli.train, "train_step", step)
+    monkeypatch.setattr(drawcli.train, "evaluate", evaluate)
+    r = ok(run_cli("train", *TINY, "--epochs", "2", "--set", "train.log_every=1", "--name", "t", env=env))
+    rows = [json.loads(line) for line in (here / "runs" / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["img_per_s"] for row in rows if row["kind"] == "train"] == [32.0] * 6
+    assert "32 img/s (training images over training time)" in r.stdout
+    r = ok(run_cli("train", *TINY, "--max-steps", "1", "--name", "one", env=env))
+    assert "32 img/s (training images over training time)" in r.stdout and "1.0 s (without evaluations" in r.stdout
+
+
+# ----------------------------------------------------------------------------- 8: --nproc's threads
+def test_item8_nproc_decides_the_threads_once_and_torchrun_has_nothing_to_say(tmp_path, synthetic_data_dir):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(DRAW_DATA_DIR=str(synthetic_data_dir), PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "drawcli", "train", "--steps", "2", "--hidden", "16", "--latent", "4",
+                        "-b", "32", "--device", "cpu", "--max-steps", "1", "--nproc", "2", "--no-tensorboard",
+                        "--set", "train.eval_batch_size=20", "--name", "ddp"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "OMP_NUM_THREADS" not in out and "*****" not in out, out  # torchrun's warning
+    threads = [line for line in out.splitlines() if line.startswith("threads:")]
+    assert len(threads) == 1 and " per process x 2 processes (" in threads[0], out
+    assert out.count("warning: --steps sets glimpses T") == 1  # said once, by rank 0
+
+
+# ----------------------------------------------------------------------------- 9: messages that point the right way
+def test_item9_a_checkpoint_file_is_taken_wherever_a_run_is(tiny, env):
+    ckpt = "runs/tiny/checkpoints/epoch_001.pt"
+    ok(run_cli("sample", ckpt, "-n", "2", env=env))
+    assert (tiny / "samples-epoch_001-n2-seed0.png").is_file()
+    ok(run_cli("evaluate", ckpt, "--samples", "1", "--limit", "4", env=env))
+    assert (tiny / "eval-test-k1-limit4-epoch_001.json").is_file()
+    one_error_line(run_cli("sample", ckpt, "--load", "best", env=env), f"--load picks a run's checkpoint; {ckpt} is a checkpoint file already")
+    one_error_line(run_cli("sample", "runs/tiny/checkpoints/epoch_009.pt", env=env), "checkpoint not found: runs/tiny/checkpoints/epoch_009.pt")
+    # outside a run: the outputs go to the current folder, named after the file
+    (tiny.parent.parent / "loose.pt").write_bytes((tiny / "checkpoints" / "epoch_001.pt").read_bytes())
+    ok(run_cli("sample", "loose.pt", "-n", "2", env=env))
+    assert (tiny.parent.parent / "loose-samples-n2-seed0.png").is_file()
+    one_error_line(run_cli("train", "--resume", "loose.pt", env=env), "loose.pt is a checkpoint file outside a run directory")
+    if __import__("importlib").util.find_spec("matplotlib"):
+        ok(run_cli("plot", ckpt, "-o", "c.png"))
+
+
+def test_item9_messages_point_the_right_way(tiny, env, monkeypatch):
+    one_error_line(run_cli("plot", "@mnist"), "@mnist is a built-in model: it ships without learning curves")
+    rows_before = (tiny / "metrics.jsonl").read_text()
+    r = ok(run_cli("train", "--resume", "tiny", env=env))
+    assert r.stdout.strip() == ("nothing to do: run tiny has finished its 1 epochs (step 3); to train it further, "
+                                "give more: draw train --resume tiny --epochs 11")
+    assert (tiny / "metrics.jsonl").read_text() == rows_before  # no resume row for a resume that did nothing
+    one_error_line(run_cli("train", *TINY, "--set", "train.lr=true", env=env), "train.lr: expected a number, got true")
+    one_error_line(run_cli("train", *TINY, "--set", "data.binarize=null", env=env), "data.binarize: a value is required, got null")
+    r = ok(run_cli("train", "--resume", "tiny", "--epochs", "2", "--set", "train.lr_schedule=wsd",
+                   "--set", "train.decay_start=1", "--set", "train.decay_epochs=1", env=env))
+    assert "train.lr_schedule 'constant' -> 'wsd'; train.decay_start null -> 1" in r.stdout and "None" not in r.stdout
+    elsewhere = tiny.parent.parent / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert f"no runs in {elsewhere / 'runs'} (--runs-dir DIR lists another folder" in ok(run_cli("runs")).stdout
+
+
+def test_item9_attention_table_and_draw_models_read_cleanly():
+    import numpy as np
+    from rich.console import Console
+
+    from drawcli.models_list import list_models
+    from drawcli.viz import attention_tables
+
+    write = np.zeros((2, 3, 5))
+    write[:, :, 0] = 14.1  # g_x, the same for every image: a standard deviation of 0
+    write[:, :, 3] = [[1.0, 1.0, 1.0 + 2e-6], [2.5, 2.5, 2.5]]  # sigma^2 with a spread of about 1e-6
+    console = Console(record=True, width=200)
+    for table in attention_tables(None, write, 2, 5):
+        console.print(table)
+    text = console.export_text()
+    assert "14.1 ± 0.0" in text and "1.00 ± 0.00" in text and "e-0" not in text and "±0 " not in text
+    assert [set(m["model"]) for m in list_models()][0] == {"glimpses", "hidden", "latent", "attention", "read_n", "write_n",
+                                                             "height", "width", "channels"}
+    lines = ok(run_cli("models")).stdout.splitlines()
+    assert all(line == line.rstrip() for line in lines) and "  settings  T=64 glimpses, LSTM 256, z 100, read 2x2, write 5x5" in lines
+
+
+# ----------------------------------------------------------------------------- 10: own pictures
+def test_item10_image_size_flag_and_skipping_unreadable_pictures(here, env):
+    pics = pictures(here / "pics")
+    flags = ["--glimpses", "2", "--hidden", "16", "--latent", "4", "--read-n", "2", "--write-n", "3", "-b", "8", "--device", "cpu",
+             "--dataset", "folder:pics", "--set", "data.binarize=none", "--data-dir", here / "data", "--max-steps", "1"]
+    one_error_line(run_cli("train", *flags, "--name", "a", env=env), "set data.image_size (--image-size S) to resize")
+    (pics / "a" / "broken.png").write_bytes(b"not a picture")
+    one_error_line(run_cli("train", *flags, "--image-size", "12", "--name", "a", env=env),
+                   "broken.png: cannot read this image (not an image Pillow can identify); set data.skip_unreadable: true")
+    for note in ("", " (from the cache)"):
+        r = ok(run_cli("train", *flags, "--image-size", "12", "--set", "data.skip_unreadable=true", "--name", f"a{len(note)}", env=env))
+        assert f"30 images 12x12, 3 channels: 27 train, 3 test{note}" in r.stdout
+        assert "skipped 1 unreadable picture (a/broken.png; data.skip_unreadable)" in r.stdout
+    import yaml
+
+    assert yaml.safe_load((here / "runs" / "a0" / "config.yaml").read_text())["data"]["image_size"] == 12
+    one_error_line(run_cli("train", *TINY, "--image-size", "12", env=env), "data.image_size: only for folder:PATH data sets")
