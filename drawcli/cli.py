@@ -112,7 +112,7 @@ def _version(value: bool):
 
 # ----------------------------------------------------------------------------- shared options
 RunArg = Annotated[str, typer.Argument(
-    help="Run name under the runs directory (e.g. run1), path to a run directory, or a built-in model @NAME (see draw models).")]
+    help="A built-in model @NAME (see draw models), a run name under the runs directory, a run directory, or a checkpoint file (runs/NAME/checkpoints/epoch_002.pt).")]
 LoadOpt = Annotated[Optional[str], typer.Option("--load", help="Checkpoint: EPOCH, last or best (default best, else last).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -147,17 +147,19 @@ def main_callback(
 
 
 TRAIN_EXAMPLES = """
-Examples:
+Examples (in a clone of the repository; data sets download on first use):
 
-  draw train --config sample_configs/quick.yaml --name quick
+  draw train --config sample_configs/quick.yaml --name quick    (minutes)
 
-  draw train --glimpses 50 --read-n 2 --write-n 5 --lr 1e-3
+  draw train --glimpses 16 --latent 20 --max-steps 300 --name try
 
-  draw train --no-attention --glimpses 64 --set train.grad_clip=10
+  draw train --no-attention --glimpses 10 --max-steps 300 --name noatt
 
-  draw train --resume quick --epochs 20
+  draw train --resume quick --epochs 5
 
-  draw train --nproc 2 --batch-size 256 --device cpu
+  draw train --nproc 2 --batch-size 128 --max-steps 100 --name two
+
+  draw train --dataset folder:~/pictures --image-size 32 --name mine
 """
 
 
@@ -191,7 +193,7 @@ def train(
     device: Annotated[Optional[str], typer.Option("--device", help=f"auto, cpu, cuda, cuda:N or mps (default {RunSettings.device}).")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml).")] = None,
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt (the newest readable checkpoint when it is unreadable), or from a checkpoint file: runs/NAME/checkpoints/epoch_002.pt.")] = None,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch.")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option(
         "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed).")] = None,
@@ -253,13 +255,13 @@ def download(
 
 
 SAMPLE_EXAMPLES = """
-Examples:
+Examples (@mnist ships with drawcli; a run you trained works the same):
 
-  draw sample run1
+  draw sample @mnist
 
-  draw sample run1 -n 16 --nrow 4 --scale 6 -o digits.png
+  draw sample @mnist -n 16 --nrow 4 --scale 6 -o digits.png
 
-  draw sample runs/run1 --load 20 --binary --npy --seed 3
+  draw sample @mnist --binary --npy --seed 3
 """
 
 
@@ -290,15 +292,15 @@ def sample(
 
 
 ANIMATE_EXAMPLES = """
-Examples:
+Examples (@mnist ships with drawcli; a run you trained works the same):
 
-  draw animate run1 -o out.gif
+  draw animate @mnist -o out.gif
 
-  draw animate run1 --boxes -n 16 --fps 12 --hold 3
+  draw animate @mnist --boxes -n 16 --fps 12 --hold 3 -o boxes.gif
 
-  draw animate run1 --reconstruct -o recon.gif
+  draw animate @mnist --reconstruct -o recon.gif   (needs MNIST's test set)
 
-  draw animate run1 -o out.mp4    (needs: pip install imageio-ffmpeg)
+  draw animate @mnist -o out.mp4      (needs: pip install imageio-ffmpeg)
 """
 
 
@@ -334,13 +336,13 @@ def animate(
 
 
 INSPECT_EXAMPLES = """
-Examples:
+Examples (@mnist ships with drawcli; test images need: draw download mnist):
 
-  draw inspect-attention run1
+  draw inspect-attention @mnist -n 4
 
-  draw inspect-attention run1 --index 0,5,7 --json attention.json
+  draw inspect-attention @mnist --index 0,5,7 --json attention.json
 
-  draw inspect-attention run1 --generate -n 4 -o prior.gif
+  draw inspect-attention @mnist --generate -n 4 -o prior.gif
 """
 
 
@@ -374,17 +376,15 @@ def inspect_attention(
 
 
 EVALUATE_EXAMPLES = """
-Examples:
+Examples (@mnist ships with drawcli; MNIST's test set downloads on first use):
 
-  draw evaluate run1
+  draw evaluate @mnist --samples 1 --limit 100      (an ELBO, in seconds)
 
-  draw evaluate run1 --samples 1000 --load best --device cuda
+  draw evaluate @mnist --limit 100      (the IWAE bound, K = 100: ~30 s)
 
-  draw evaluate run1 --split valid --samples 1
+  draw evaluate @mnist -k 1 --limit 100 --seed 3 -o results/mnist.json
 
-  draw evaluate runs/paper --dataset binarized-mnist --limit 1000 --seed 3
-
-  draw evaluate run1 -o results/run1-test.json
+  draw evaluate quick --load 2 -k 1000 --device cuda      (your run, all 10k)
 """
 
 
@@ -422,22 +422,22 @@ def evaluate(
 
 
 PLOT_EXAMPLES = """
-Examples:
+Examples (runs you trained, e.g. quick: see draw train --help):
 
-  draw plot run1
+  draw plot quick
 
-  draw plot quick paper -o curves.png --paper
+  draw plot quick --parts --x epoch --log
 
-  draw plot run1 --parts --x epoch --log
+  draw plot quick other -o curves.png --paper
 
-  draw plot runs/a runs/b --ymax 150 --size 1200x700 -o compare.svg
+  draw plot runs/quick --ymax 150 --size 1200x700 -o compare.svg
 """
 
 
 @app.command(epilog=PLOT_EXAMPLES)
 @_user_errors
 def plot(
-    runs: Annotated[List[str], typer.Argument(help="Run names under the runs directory or run directories; several go in one figure.")],
+    runs: Annotated[List[str], typer.Argument(help="Run names under the runs directory, run directories or checkpoint files in them; several go in one figure.")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG, SVG or PDF file (default RUN_DIR/curves.png for one run, curves.png for several).")] = None,
     x: Annotated[str, typer.Option("--x", help="Horizontal axis: step or epoch.")] = "step",
     parts: Annotated[bool, typer.Option("--parts", help="Also plot L_x and L_z, each in its own panel.")] = False,

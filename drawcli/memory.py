@@ -1,8 +1,8 @@
 """How much memory a training step needs, and whether it fits: checked before training starts.
 
 DRAW keeps every glimpse's activations for backpropagation through time, so a step's memory
-grows with batch x glimpses: the paper's model holds about 0.5 MB per image at T = 64, and a
-batch of 100,000 at T = 16 needs tens of gigabytes. Without a check such a run grows until the
+grows with batch x glimpses: the paper's model (T = 64) keeps about 2 MB per image, the quick
+config (T = 16) 0.5 MB, so a batch of 100,000 at T = 16 needs tens of gigabytes. Without a check such a run grows until the
 kernel kills it, silently. :func:`step_memory` estimates the bytes from the model's shapes alone
 (what backpropagation must keep per image and glimpse, the batch's inputs and losses, and the
 parameters with their gradients and Adam state), so it does not depend on either engine's

@@ -262,12 +262,15 @@ def set_aside_newer(run_dir: Path, source: Path, ckpt: dict) -> str | None:
 
 
 def resolve_checkpoint(run_dir: Path, load: str | None) -> Path:
-    """--load EPOCH|last|best; default best, else last."""
+    """--load EPOCH|last|best; default best, else last, else the newest epoch file."""
     ckpts = run_dir / "checkpoints"
     if load is None:
         for name in ("best.pt", "last.pt"):
             if (ckpts / name).is_file():
                 return ckpts / name
+        epochs = ckpt_io.list_epochs(ckpts)
+        if epochs:  # best.pt and last.pt deleted or moved: the newest epoch file
+            return ckpts / ckpt_io.epoch_file(epochs[-1])
         raise DrawError(f"run {run_dir.name!r} has no checkpoints yet (looked in {ckpts})")
     if load in ("best", "last"):
         path = ckpts / f"{load}.pt"

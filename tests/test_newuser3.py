@@ -432,3 +432,51 @@ def test_item10_image_size_flag_and_skipping_unreadable_pictures(here, env):
 
     assert yaml.safe_load((here / "runs" / "a0" / "config.yaml").read_text())["data"]["image_size"] == 12
     one_error_line(run_cli("train", *TINY, "--image-size", "12", env=env), "data.image_size: only for folder:PATH data sets")
+
+
+# ----------------------------------------------------------------------------- 12: help examples that run
+def help_examples(command: str) -> list[str]:
+    import typer
+
+    from drawcli.cli import app
+
+    epilog = typer.main.get_command(app).commands[command].epilog
+    return [line.strip().split("  (")[0].strip() for line in epilog.splitlines() if line.strip().startswith("draw ")]
+
+
+def test_item12_help_examples_run_as_written(here):
+    """Every example of sample, animate, inspect-attention and evaluate that names the built-in
+    model runs as written (MNIST here: 16 synthetic test images); no example names a run a
+    newcomer does not have, like run1."""
+    import shlex
+
+    from helpers import idx_bytes, synthetic_images
+
+    data = here / "data" / "mnist"
+    data.mkdir(parents=True)
+    (data / "train-images-idx3-ubyte").write_bytes(idx_bytes(synthetic_images(96, seed=1)))
+    (data / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(synthetic_images(16, seed=2)))
+    ran = 0
+    for command in ("train", "download", "sample", "animate", "inspect-attention", "evaluate", "plot", "runs", "models"):
+        for example in help_examples(command):
+            assert "run1" not in example, example
+            if command in ("sample", "animate", "inspect-attention", "evaluate") and "@mnist" in example and ".mp4" not in example:
+                ok(run_cli(*shlex.split(example)[1:], env={"DRAW_DATA_DIR": str(here / "data")}))
+                ran += 1
+    assert ran >= 11
+    assert {p.name for p in here.iterdir()} >= {"digits.png", "out.gif", "boxes.gif", "recon.gif", "attention.json", "prior.gif",
+                                                "results", "mnist-samples-n64-seed0.png"}
+
+
+# ----------------------------------------------------------------------------- 11: the quick config
+def test_item11_quick_config_uses_the_faster_recipe_and_the_readme_shows_its_samples():
+    from drawcli.settings import build_settings
+
+    quick = build_settings(ROOT / "sample_configs" / "quick.yaml")
+    assert (quick.train.batch_size, quick.train.beta1) == (64, 0.9)  # learned faster per epoch than 128 and 0.5
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### The quick config")[1].split("\n## ")[0]
+    assert "![" in section and "(docs/quick-samples.png)" in section and "(docs/quick.gif)" in section
+    assert "--threads 1" in section  # measured on one thread: said, with the time
+    for picture in ("quick-samples.png", "quick.gif"):
+        assert (ROOT / "docs" / picture).stat().st_size > 1000
