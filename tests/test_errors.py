@@ -707,7 +707,7 @@ def _folder_case(root: pathlib.Path, kind: str) -> pathlib.Path:
     [
         ("empty", "{path}: no PNG, JPEG, BMP or GIF images in this folder or its subfolders (skipped 1 file not PNG, JPEG, BMP or GIF (notes.txt))"),
         ("corrupt", "{path}: cannot read this image (not an image Pillow can identify)"),
-        ("mixed-sizes", "{path}: 12x10 pixels, but the first image, {root}/a.png, is 8x8 (width x height); set data.image_size to resize every image to one square size"),
+        ("mixed-sizes", "{path}: 12x10 pixels, but the first image, {root}/a.png, is 8x8 (width x height); set data.image_size (--image-size S) to resize every image to one square size"),
         ("missing", "{path}: no such folder (data.dataset folder:{path})"),
     ],
 )
