@@ -473,7 +473,7 @@ def runs_command(
     runs_dir: Annotated[str, typer.Option("--runs-dir", help="The runs folder to list.")] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
-    """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, empty, locked)."""
+    """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, failed, empty, locked)."""
     from drawcli.runs_list import runs_command as list_command
 
     list_command(runs_dir, as_json=as_json)
