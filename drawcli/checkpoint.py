@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 from drawcli import __version__
 from drawcli.errors import DrawError
 from drawcli.files import replace_atomically
-from drawcli.settings import Settings, apply_overrides, from_dict, model_arguments
+from drawcli.settings import Settings, apply_overrides, from_dict, model_arguments, spell
 
 FORMAT = "drawcli-checkpoint"
 FORMAT_VERSION = 1
@@ -169,7 +169,7 @@ def _check_contents(ckpt: dict) -> None:
             continue  # epoch_images: absent in checkpoints written before it existed
         value = ckpt[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise DrawError(f"{key} must be a whole number >= 0, got {value!r}")
+            raise DrawError(f"{key} must be a whole number >= 0, got {spell(value)}")
 
     cfg = ckpt["model_config"]
     # channels is optional: checkpoints written before colour support are one-channel.
@@ -180,7 +180,7 @@ def _check_contents(ckpt: dict) -> None:
         if key not in cfg:
             continue
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise DrawError(f"model_config: {key} must be a whole number >= 1, got {cfg[key]!r}")
+            raise DrawError(f"model_config: {key} must be a whole number >= 1, got {spell(cfg[key])}")
     # The same rules as for settings: types and ranges of steps, hidden, embed, ...
     apply_overrides(Settings(), {"model": {k: cfg[k] for k in MODEL_KEYS}}, origin="model_config: ")
 
@@ -190,8 +190,8 @@ def _check_contents(ckpt: dict) -> None:
     for key in MODEL_KEYS:
         if saved[key] != cfg[key]:
             raise DrawError(
-                f"model_config ({key}={cfg[key]!r}) disagrees with its saved settings "
-                f"(model.{SETTING_OF.get(key, key)}={saved[key]!r}): the file was altered or is corrupt"
+                f"model_config ({key}={spell(cfg[key])}) disagrees with its saved settings "
+                f"(model.{SETTING_OF.get(key, key)}={spell(saved[key])}): the file was altered or is corrupt"
             )
 
     weights = ckpt["model"]
@@ -238,7 +238,7 @@ def _check_contents(ckpt: dict) -> None:
         raise DrawError("metrics must be a mapping of names to numbers")
     best = ckpt.get("best_loss")
     if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
-        raise DrawError(f"best_loss must be a number, got {best!r}")
+        raise DrawError(f"best_loss must be a number, got {spell(best)}")
 
 
 def _check_optimizer(optimizer, params) -> None:

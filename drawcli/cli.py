@@ -114,7 +114,7 @@ def _version(value: bool):
 
 # ----------------------------------------------------------------------------- shared options
 RunArg = Annotated[str, typer.Argument(
-    help="Run name under the runs directory (e.g. run1), path to a run directory, or a built-in model @NAME (see draw models).")]
+    help="A built-in model @NAME (see draw models), a run name under the runs directory, a run directory, or a checkpoint file (runs/NAME/checkpoints/epoch_002.pt).")]
 LoadOpt = Annotated[Optional[str], typer.Option("--load", help="Checkpoint: EPOCH, last or best (default best, else last).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -149,24 +149,32 @@ def main_callback(
 
 
 TRAIN_EXAMPLES = """
-Examples:
+Examples (in a clone of the repository; data sets download on first use):
 
-  draw train --config sample_configs/quick.yaml --name quick
+  draw train --config sample_configs/quick.yaml --name quick    (minutes)
 
-  draw train --glimpses 50 --read-n 2 --write-n 5 --lr 1e-3
+  draw train --glimpses 16 --latent 20 --max-steps 300 --name try
 
-  draw train --no-attention --glimpses 64 --set train.grad_clip=10
+  draw train --no-attention --glimpses 10 --max-steps 300 --name noatt
 
-  draw train --resume quick --epochs 20
+  draw train --resume quick --epochs 5
 
-  draw train --nproc 2 --batch-size 256 --device cpu
+  draw train --nproc 2 --batch-size 128 --max-steps 100 --name two
+
+  draw train --dataset folder:~/pictures --image-size 32 --name mine
 """
+
+
+# --steps is the original project's name for T; a newcomer reads it as training steps.
+STEPS_WARNING = ("warning: --steps sets glimpses T, the drawing steps per image (now --glimpses); "
+                 "optimizer steps are --max-steps")
 
 
 @app.command(epilog=TRAIN_EXAMPLES)
 @_user_errors
 def train(
-    glimpses: Annotated[Optional[int], typer.Option("--glimpses", "-T", "--steps", "--step", help=f"Glimpses T: drawing steps per image (model.glimpses; default {ModelSettings.glimpses}).")] = None,
+    glimpses: Annotated[Optional[int], typer.Option("--glimpses", "-T", help=f"Glimpses T: drawing steps per image, not optimizer steps (model.glimpses; default {ModelSettings.glimpses}; old name --steps).")] = None,
+    glimpses_alias: Annotated[Optional[int], typer.Option("--steps", "--step", hidden=True, help="Old name of --glimpses.")] = None,
     latent: Annotated[Optional[int], typer.Option("--latent", "-z", "--embed", help=f"Size of each latent z_t (model.latent; default {ModelSettings.latent}).")] = None,
     hidden: Annotated[Optional[int], typer.Option("--hidden", help=f"LSTM units, encoder and decoder (default {ModelSettings.hidden}).")] = None,
     attention: Annotated[Optional[bool], typer.Option("--attention/--no-attention", help=f"Gaussian read/write attention (default {'on' if ModelSettings.attention else 'off'}).")] = None,
@@ -182,27 +190,34 @@ def train(
     seed: Annotated[Optional[int], typer.Option("--seed", help=f"Random seed (default {TrainSettings.seed}).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help=f"Data set (default {DataSettings.dataset}; see draw download --list).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache).")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="folder:PATH data sets: resize every picture to S x S (data.image_size; default: all must have the first one's size).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Run name under runs/ (default run1, run2, ...).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help=f"auto, cpu, cuda, cuda:N or mps (default {RunSettings.device}).")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml).")] = None,
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt (the newest readable checkpoint when it is unreadable), or from a checkpoint file: runs/NAME/checkpoints/epoch_002.pt.")] = None,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch.")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option(
         "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed).")] = None,
     runs_dir: Annotated[Optional[str], typer.Option("--runs-dir", help=f"Where runs are created and looked up (run.runs_dir; default {RunSettings.runs_dir}).")] = None,
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
+    notes = []
+    if glimpses_alias is not None:
+        if glimpses is not None and glimpses != glimpses_alias:
+            raise DrawError(f"--steps (the old name of --glimpses) {glimpses_alias} and --glimpses {glimpses} disagree; give one of them")
+        glimpses = glimpses_alias
+        notes.append(STEPS_WARNING)
     flags = {
         "model": {"glimpses": glimpses, "latent": latent, "hidden": hidden, "attention": attention, "read_n": read_n, "write_n": write_n},
-        "data": {"dataset": dataset, "data_dir": data_dir},
+        "data": {"dataset": dataset, "data_dir": data_dir, "image_size": image_size},
         "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed,
                   "eval_samples": eval_samples, "precision": precision},
         "run": {"name": name, "device": device, "runs_dir": runs_dir, "threads": threads, "tensorboard": tensorboard},
     }
     from drawcli.train_run import train_command
 
-    train_command(config, flags, set_, resume=resume, nproc=nproc, argv=sys.argv)
+    train_command(config, flags, set_, resume=resume, nproc=nproc, argv=sys.argv, notes=notes)
 
 
 DOWNLOAD_EXAMPLES = """
@@ -242,13 +257,13 @@ def download(
 
 
 SAMPLE_EXAMPLES = """
-Examples:
+Examples (@mnist ships with drawcli; a run you trained works the same):
 
-  draw sample run1
+  draw sample @mnist
 
-  draw sample run1 -n 16 --nrow 4 --scale 6 -o digits.png
+  draw sample @mnist -n 16 --nrow 4 --scale 6 -o digits.png
 
-  draw sample runs/run1 --load 20 --binary --npy --seed 3
+  draw sample @mnist --binary --npy --seed 3
 """
 
 
@@ -279,15 +294,15 @@ def sample(
 
 
 ANIMATE_EXAMPLES = """
-Examples:
+Examples (@mnist ships with drawcli; a run you trained works the same):
 
-  draw animate run1 -o out.gif
+  draw animate @mnist -o out.gif
 
-  draw animate run1 --boxes -n 16 --fps 12 --hold 3
+  draw animate @mnist --boxes -n 16 --fps 12 --hold 3 -o boxes.gif
 
-  draw animate run1 --reconstruct -o recon.gif
+  draw animate @mnist --reconstruct -o recon.gif   (needs MNIST's test set)
 
-  draw animate run1 -o out.mp4    (needs: pip install imageio-ffmpeg)
+  draw animate @mnist -o out.mp4      (needs: pip install imageio-ffmpeg)
 """
 
 
@@ -323,13 +338,13 @@ def animate(
 
 
 INSPECT_EXAMPLES = """
-Examples:
+Examples (@mnist ships with drawcli; test images need: draw download mnist):
 
-  draw inspect-attention run1
+  draw inspect-attention @mnist -n 4
 
-  draw inspect-attention run1 --index 0,5,7 --json attention.json
+  draw inspect-attention @mnist --index 0,5,7 --json attention.json
 
-  draw inspect-attention run1 --generate -n 4 -o prior.gif
+  draw inspect-attention @mnist --generate -n 4 -o prior.gif
 """
 
 
@@ -363,17 +378,15 @@ def inspect_attention(
 
 
 EVALUATE_EXAMPLES = """
-Examples:
+Examples (@mnist ships with drawcli; MNIST's test set downloads on first use):
 
-  draw evaluate run1
+  draw evaluate @mnist --samples 1 --limit 100      (an ELBO, in seconds)
 
-  draw evaluate run1 --samples 1000 --load best --device cuda
+  draw evaluate @mnist --limit 100      (the IWAE bound, K = 100: ~30 s)
 
-  draw evaluate run1 --split valid --samples 1
+  draw evaluate @mnist -k 1 --limit 100 --seed 3 -o results/mnist.json
 
-  draw evaluate runs/paper --dataset binarized-mnist --limit 1000 --seed 3
-
-  draw evaluate run1 -o results/run1-test.json
+  draw evaluate quick --load 2 -k 1000 --device cuda      (your run, all 10k)
 """
 
 
@@ -411,22 +424,22 @@ def evaluate(
 
 
 PLOT_EXAMPLES = """
-Examples:
+Examples (runs you trained, e.g. quick: see draw train --help):
 
-  draw plot run1
+  draw plot quick
 
-  draw plot quick paper -o curves.png --paper
+  draw plot quick --parts --x epoch --log
 
-  draw plot run1 --parts --x epoch --log
+  draw plot quick other -o curves.png --paper
 
-  draw plot runs/a runs/b --ymax 150 --size 1200x700 -o compare.svg
+  draw plot runs/quick --ymax 150 --size 1200x700 -o compare.svg
 """
 
 
 @app.command(epilog=PLOT_EXAMPLES)
 @_user_errors
 def plot(
-    runs: Annotated[List[str], typer.Argument(help="Run names under the runs directory or run directories; several go in one figure.")],
+    runs: Annotated[List[str], typer.Argument(help="Run names under the runs directory, run directories or checkpoint files in them; several go in one figure.")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG, SVG or PDF file (default RUN_DIR/curves.png for one run, curves.png for several).")] = None,
     x: Annotated[str, typer.Option("--x", help="Horizontal axis: step or epoch.")] = "step",
     parts: Annotated[bool, typer.Option("--parts", help="Also plot L_x and L_z, each in its own panel.")] = False,
@@ -462,7 +475,7 @@ def runs_command(
     runs_dir: Annotated[str, typer.Option("--runs-dir", help="The runs folder to list.")] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
-    """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, empty, locked)."""
+    """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, failed, empty, locked)."""
     from drawcli.runs_list import runs_command as list_command
 
     list_command(runs_dir, as_json=as_json)

@@ -250,21 +250,22 @@ def load_splits(
     image_size: int | None = None,
     channels: int | None = None,
     test_fraction: float | None = None,
+    skip_unreadable: bool = False,
 ) -> Splits:
     """Training images and the images to evaluate on each epoch.
 
     With ``validation`` the evaluation set is the validation split (binarized-mnist's
     own, or the last 10k of a 60k training set), so model selection never sees test.
 
-    ``folder:PATH`` data sets (drawcli/folders.py) take ``image_size``, ``channels`` and
-    ``test_fraction`` (the data.* settings of the same names); a registry set has its own
-    size and channels, and ``channels`` may only repeat them.
+    ``folder:PATH`` data sets (drawcli/folders.py) take ``image_size``, ``channels``,
+    ``test_fraction`` and ``skip_unreadable`` (the data.* settings of the same names); a registry
+    set has its own size and channels, and ``channels`` may only repeat them.
     """
     if is_folder(dataset):
         from drawcli.folders import load_folder_splits
 
         return load_folder_splits(dataset, data_dir, validation, image_size=image_size, channels=channels,
-                                  test_fraction=test_fraction)
+                                  test_fraction=test_fraction, skip_unreadable=skip_unreadable)
     spec = get_spec(dataset)
     if image_size is not None or test_fraction is not None:
         key = "image_size" if image_size is not None else "test_fraction"
@@ -286,7 +287,7 @@ def load_splits(
 def load_data(data: DataSettings, data_dir: Path) -> Splits:
     """``load_splits`` for a DataSettings (settings.data): every data.* key that matters, passed on."""
     return load_splits(data.dataset, data_dir, data.validation, image_size=data.image_size,
-                       channels=data.channels, test_fraction=data.test_fraction)
+                       channels=data.channels, test_fraction=data.test_fraction, skip_unreadable=data.skip_unreadable)
 
 
 def to_input(images: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:

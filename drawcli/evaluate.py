@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ from drawcli import __version__
 from drawcli.bounds import check_finite, likelihood_bounds, paper_comparison
 from drawcli.datasets import EVAL_SPLITS
 from drawcli.errors import DrawError
-from drawcli.files import write_text_atomically
+from drawcli.files import check_output, write_text_atomically
 from drawcli.progress import Reporter, count_columns, make_console
 
 SPLITS = EVAL_SPLITS
@@ -105,20 +106,21 @@ def evaluate_command(
             raise DrawError(f"{flag} must be >= {low}, got {value}")
 
     located = runs.locate(run, load, device, runs_dir)
-    if output is not None:
-        path = Path(output)
-    elif located.builtin is not None:  # no run directory: the current one
-        path = Path(f"{located.builtin.name}-" + eval_file_name(split, samples, limit, None, dataset, seed))
-    else:
-        path = located.run_dir / eval_file_name(split, samples, limit, located.checkpoint, dataset, seed)
+    path = Path(output) if output is not None else eval_path(located, split, samples, limit, dataset, seed)
+    created = check_output(path)  # before minutes of evaluation
+    if created:
+        console.print(created, highlight=False)
     loaded = runs.load_run(run, load, device, runs_dir, located, precision)
+    if loaded.note:
+        console.print(loaded.note, highlight=False)
+        if output is None:  # the file's name says which checkpoint was evaluated
+            path = eval_path(loaded.located, split, samples, limit, dataset, seed)
+    located = loaded.located
     settings, model, dev = loaded.settings, loaded.model, loaded.device
     source = str(located.checkpoint) if located.checkpoint is not None else located.label
 
-    name = dataset or settings.data.dataset
-    data = settings.data
-    if name != data.dataset:  # another data set: the run's folder-only settings do not apply to it
-        data = dataclasses.replace(data, dataset=name, image_size=None, channels=None, test_fraction=None)
+    data = data_for(settings.data, dataset, model)
+    name = data.dataset
     if not is_folder(name):  # a wrong shape is answered before any file is read
         known = get_spec(name)
         if (known.channels, known.height, known.width) != (model.channels, model.height, model.width):
@@ -136,7 +138,7 @@ def evaluate_command(
     binarize = _eval_binarize(spec, settings)
 
     notes = []
-    if split == "valid" and "valid" not in spec.splits and name == settings.data.dataset and not settings.data.validation:
+    if split == "valid" and "valid" not in spec.splits and same_dataset(name, settings.data.dataset) and not settings.data.validation:
         notes.append(
             f"run {located.label!r} trained without data.validation: these last {len(images)} training images were in its training set"
         )
@@ -190,6 +192,48 @@ def evaluate_command(
     write_json_atomic(path, result)
     console.print(f"wrote {path} ({seconds:.1f} s)", highlight=False)
     return result
+
+
+def same_dataset(a: str, b: str) -> bool:
+    """The same data set, however it is spelled: folder:./pictures and folder:/home/me/pictures
+    from /home/me are one folder."""
+    from drawcli.datasets import is_folder
+    from drawcli.folders import folder_path
+
+    if a == b:
+        return True
+    if not (is_folder(a) and is_folder(b)):
+        return False
+    return folder_path(a).resolve() == folder_path(b).resolve()
+
+
+def data_for(data, dataset: str | None, model):
+    """The DataSettings to evaluate on: the run's own, or ``dataset`` (--dataset) with what the model
+    needs: a folder of pictures is read at the model's size and channels (the run's data.image_size,
+    else the model's side when square), a registry set with its own."""
+    from drawcli.datasets import is_folder
+
+    name = dataset or data.dataset
+    if same_dataset(name, data.dataset):  # the run's data set, perhaps spelled otherwise: all its settings
+        return dataclasses.replace(data, dataset=name)
+    if is_folder(name):
+        side = data.image_size if data.image_size is not None else (model.height if model.height == model.width else None)
+        return dataclasses.replace(data, dataset=name, image_size=side, channels=model.channels, test_fraction=None)
+    return dataclasses.replace(data, dataset=name, image_size=None, channels=None, test_fraction=None, skip_unreadable=False)
+
+
+def eval_path(located, split: str, samples: int, limit: int | None, dataset: str | None, seed: int) -> Path:
+    """Where draw evaluate writes by default: RUN_DIR/eval-....json, or NAME-eval-....json in the current
+    folder for a built-in model or a checkpoint file outside a run."""
+    from drawcli.datasets import is_folder
+
+    if dataset is not None and is_folder(dataset):  # a folder's name, not its path, goes in a file name
+        dataset = "folder-" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(dataset.split(":", 1)[1]).expanduser().resolve().name)
+    if located.builtin is not None:  # no run directory: the current one
+        return Path(f"{located.builtin.name}-" + eval_file_name(split, samples, limit, None, dataset, seed))
+    if located.run_dir is None:
+        return Path(f"{located.checkpoint.stem}-" + eval_file_name(split, samples, limit, None, dataset, seed))
+    return located.run_dir / eval_file_name(split, samples, limit, located.checkpoint, dataset, seed)
 
 
 def eval_file_name(split: str, samples: int, limit: int | None, checkpoint: Path | None, dataset: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -39,3 +40,31 @@ def replace_atomically(path: str | Path, write: Callable[[Path], None], what: st
 
 def write_text_atomically(path: str | Path, text: str, what: str = "") -> None:
     replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), what)
+
+
+def check_output(path: str | Path) -> str | None:
+    """Before any work: can ``path`` be written? A one-line DrawError when not (a folder on the way
+    is a file, the folder refuses a new file, the path is a folder), so that minutes of work are
+    never lost to a file that cannot be written. Missing folders are created now, and the line
+    that says so is returned (None when nothing was created)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DrawError(f"cannot write {path}: it is a folder; give a file name")
+    parent = path.parent
+    existing = next(f for f in (parent, *parent.parents) if f.exists() or f.is_symlink() or f == Path(f.anchor or "."))
+    if not existing.is_dir():
+        raise DrawError(f"cannot write {path}: {existing} is not a folder")
+    created = None
+    if existing != parent:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DrawError(f"cannot write {path}: cannot create the folder {parent}: {e.strerror or e}") from None
+        created = f"created the folder {parent} for {path.name}"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".draw-write-check-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DrawError(f"cannot write {path}: {e.strerror or e} (the previous file, if any, is unchanged)") from None
+    return created

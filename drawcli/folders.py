@@ -53,6 +53,7 @@ from drawcli.datasets import FOLDER_PREFIX, DatasetSpec
 from drawcli.errors import DrawError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+SKIP_HINT = "set data.skip_unreadable: true (--set data.skip_unreadable=true) to leave unreadable pictures out"
 KINDS = "PNG, JPEG, BMP or GIF"
 BACKGROUND = (255, 255, 255)  # transparency is composited on white
 REDUCING_GAP = 3.0
@@ -69,10 +70,14 @@ class Scan:
     files: list[tuple[str, int, int]] = field(default_factory=list)  # (relative posix path, size, mtime_ns)
     hidden: list[str] = field(default_factory=list)  # hidden files and folders, skipped
     other: list[str] = field(default_factory=list)  # files that are not images by suffix, skipped
+    unreadable: list[str] = field(default_factory=list)  # pictures that could not be read (data.skip_unreadable)
 
     def skipped(self) -> str:
         """'' or a clause saying what was skipped, with a few examples."""
         parts = []
+        if self.unreadable:
+            parts.append(f"{_count(len(self.unreadable), 'unreadable picture')} ({_examples(self.unreadable)}; "
+                         "data.skip_unreadable)")
         if self.other:
             parts.append(f"{_count(len(self.other), 'file')} not {KINDS} ({_examples(self.other)})")
         if self.hidden:
@@ -98,7 +103,7 @@ def folder_path(dataset: str) -> Path:
     return Path(raw).expanduser()
 
 
-def scan(root: Path) -> Scan:
+def scan(root: Path, skip_unreadable: bool = False) -> Scan:
     """Every image file under ``root`` (sorted by relative path), and what was skipped."""
     if not root.exists():
         raise DrawError(f"{root}: no such folder (data.dataset folder:{root})")
@@ -121,7 +126,10 @@ def scan(root: Path) -> Scan:
                 try:
                     st = os.stat(Path(here) / name)
                 except OSError as e:  # e.g. a dangling symlink
-                    raise DrawError(f"{Path(here) / name}: cannot read this image ({e.strerror or e})") from None
+                    if skip_unreadable:
+                        out.unreadable.append(rel)
+                        continue
+                    raise DrawError(f"{Path(here) / name}: cannot read this image ({e.strerror or e}); {SKIP_HINT}") from None
                 out.files.append((rel, st.st_size, st.st_mtime_ns))
     if errors:
         e = errors[0]
@@ -199,52 +207,83 @@ def read_image(path: Path, channels: int, size: tuple[int, int] | None = None) -
     return pixels if channels == 1 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def read_folder(found: Scan, image_size: int | None, channels: int) -> np.ndarray:
-    """Every image of ``found``, uint8 (N, H, W) or (N, 3, H, W), in its sorted order."""
-    paths = [found.root / rel for rel, _, _ in found.files]
+def read_folder(found: Scan, image_size: int | None, channels: int, skip_unreadable: bool = False) -> np.ndarray:
+    """Every image of ``found``, uint8 (N, H, W) or (N, 3, H, W), in its sorted order. With
+    ``skip_unreadable`` a picture that cannot be read is left out: it moves from ``found.files`` to
+    ``found.unreadable``; without, it is an error that names it and the setting."""
     size = (image_size, image_size) if image_size is not None else None
-    first = read_image(paths[0], channels, size)
-    out = np.empty((len(paths), *first.shape), dtype=np.uint8)
-    out[0] = first
-    height, width = first.shape[-2:]
-    for i, path in enumerate(paths[1:], start=1):
-        pixels = read_image(path, channels, size)
-        if pixels.shape != first.shape:  # only without data.image_size
+    kept, images = [], []
+    first_path = None
+    for entry in found.files:
+        path = found.root / entry[0]
+        try:
+            pixels = read_image(path, channels, size)
+        except DrawError as e:
+            if not skip_unreadable:
+                raise DrawError(f"{e}; {SKIP_HINT}") from None
+            found.unreadable.append(entry[0])
+            continue
+        if images and pixels.shape != images[0].shape:  # only without data.image_size
             h, w = pixels.shape[-2:]
+            height, width = images[0].shape[-2:]
             raise DrawError(
-                f"{path}: {w}x{h} pixels, but the first image, {paths[0]}, is {width}x{height} "
-                f"(width x height); set data.image_size to resize every image to one square size"
+                f"{path}: {w}x{h} pixels, but the first image, {first_path}, is {width}x{height} "
+                f"(width x height); set data.image_size (--image-size S) to resize every image to one square size"
             )
-        out[i] = pixels
-    return out
+        first_path = first_path or path
+        kept.append(entry)
+        images.append(pixels)
+    if not images:
+        raise DrawError(f"{found.root}: none of its {_count(len(found.files), 'picture')} could be read "
+                        f"({_examples(found.unreadable)})")
+    found.files = kept
+    found.unreadable.sort()
+    return np.stack(images)
 
 
 def load_folder_images(dataset: str, data_dir: Path | None, image_size: int | None = None,
-                       channels: int | None = None) -> tuple[np.ndarray, Scan, bool]:
-    """(images, scan, from_cache) for ``folder:PATH``: read, or loaded from the cache."""
+                       channels: int | None = None, skip_unreadable: bool = False) -> tuple[np.ndarray, Scan, bool]:
+    """(images, scan, from_cache) for ``folder:PATH``: read, or loaded from the cache.
+
+    A cache made while pictures were skipped has a list of them beside it (KEY.skipped.json): the
+    same files give the same pictures, so it holds for the cache's key; without
+    ``skip_unreadable`` such a cache is not used, and the folder is read again (and refused)."""
     channels = DEFAULT_CHANNELS if channels is None else channels
     if channels not in (1, 3):
         raise DrawError(f"data.channels: expected 1 (grey) or 3 (colour), got {channels!r}")
     if image_size is not None and image_size < 1:
         raise DrawError(f"data.image_size: must be >= 1, got {image_size}")
-    found = scan(folder_path(dataset))
+    found = scan(folder_path(dataset), skip_unreadable)
     cache = Path(data_dir) / "folders" / f"{cache_key(found, image_size, channels)[:40]}.npy" if data_dir else None
     if cache is not None and cache.is_file():
         try:
+            skipped_list = cache.with_suffix(".skipped.json")
+            skipped = json.loads(skipped_list.read_text(encoding="utf-8")) if skipped_list.is_file() else []
+            kept = [f for f in found.files if f[0] not in set(skipped)]
             images = np.load(cache, allow_pickle=False)
-            ok = (images.dtype == np.uint8 and len(images) == len(found.files)
-                  and images.ndim == (3 if channels == 1 else 4))
+            ok = (images.dtype == np.uint8 and len(images) == len(kept) and images.ndim == (3 if channels == 1 else 4)
+                  and (skip_unreadable or not skipped))
             if ok and image_size is not None:
                 ok = images.shape[-2:] == (image_size, image_size)
             if ok:
+                found.files, found.unreadable = kept, sorted(found.unreadable + skipped)
                 return images, found, True
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, TypeError):
             pass  # unreadable cache: read the images again
-    images = read_folder(found, image_size, channels)
+    unreadable_before = list(found.unreadable)
+    images = read_folder(found, image_size, channels, skip_unreadable)
     if cache is not None:
         from drawcli.data import save_cache
+        from drawcli.files import write_text_atomically
 
-        save_cache(cache, images)
+        skipped = sorted(set(found.unreadable) - set(unreadable_before))
+        try:
+            if skipped:  # first the list, then the cache it describes
+                write_text_atomically(cache.with_suffix(".skipped.json"), json.dumps(skipped))
+        except DrawError:
+            pass
+        else:
+            save_cache(cache, images)
     return images, found, False
 
 
@@ -265,11 +304,11 @@ def held_out_count(n: int, test_fraction: float | None) -> int:
 
 def load_folder_splits(dataset: str, data_dir: Path | None, validation: bool = False, *,
                        image_size: int | None = None, channels: int | None = None,
-                       test_fraction: float | None = None):
+                       test_fraction: float | None = None, skip_unreadable: bool = False):
     """data.Splits for ``folder:PATH``: train and test (or validation) images, and a spec with their shape."""
     from drawcli.data import Splits
 
-    images, found, from_cache = load_folder_images(dataset, data_dir, image_size, channels)
+    images, found, from_cache = load_folder_images(dataset, data_dir, image_size, channels, skip_unreadable)
     paths = [rel for rel, _, _ in found.files]
     n = len(paths)
     n_test = held_out_count(n, test_fraction)

@@ -12,12 +12,22 @@ from drawcli import builtin
 
 
 def list_models() -> list[dict]:
-    """Every registry entry as plain data, written @NAME on the command line."""
-    return [{"ref": builtin.PREFIX + entry.name, **dataclasses.asdict(entry)} for entry in builtin.BUILTINS.values()]
+    """Every registry entry as plain data, written @NAME on the command line. The model's settings
+    carry the names `draw runs --json` and the settings files use (glimpses, latent), not the
+    model constructor's (steps, embed)."""
+    out = []
+    for entry in builtin.BUILTINS.values():
+        data = dataclasses.asdict(entry)
+        data["model"] = {SETTING_NAMES.get(k, k): v for k, v in entry.model.items()}
+        out.append({"ref": builtin.PREFIX + entry.name, **data})
+    return out
+
+
+SETTING_NAMES = {"steps": "glimpses", "embed": "latent"}  # DRAW's arguments -> their settings keys
 
 
 def _model_text(model: dict) -> str:
-    parts = [f"T={model.get('steps')}", f"hidden {model.get('hidden')}", f"z {model.get('embed')}"]
+    parts = [f"T={model.get('glimpses')} glimpses", f"LSTM {model.get('hidden')}", f"z {model.get('latent')}"]
     if model.get("attention", True):
         parts.append(f"read {model.get('read_n')}x{model.get('read_n')}, write {model.get('write_n')}x{model.get('write_n')}")
     else:
@@ -30,13 +40,13 @@ def _results_lines(results: dict) -> list[str]:
 
 
 def models_command(as_json: bool = False, console=None) -> list[dict]:
-    """Print the built-in models, a block each (fits an 80-column terminal), or as JSON with
-    ``as_json``; return them."""
+    """Print the built-in models, a block each (label, then value; long values wrap on a terminal
+    and stay whole otherwise, never padded with spaces), or as JSON with ``as_json``; return them."""
     models = list_models()
     if as_json:
         print(json.dumps(models, indent=2))
         return models
-    from rich.table import Table
+    from rich.text import Text
 
     from drawcli.progress import make_console
 
@@ -44,16 +54,14 @@ def models_command(as_json: bool = False, console=None) -> list[dict]:
     if not models:
         console.print("no built-in models in this version (train one with: draw train)", highlight=False)
         return models
+    width = 10
     for m in models:
-        console.print(f"[bold]{m['ref']}[/bold]  {m['description']}", highlight=False)
-        table = Table(show_header=False, box=None, padding=(0, 2, 0, 2))
-        table.add_column(style="dim", no_wrap=True)
-        table.add_column(overflow="fold")
-        table.add_row("data set", m["dataset"])
-        table.add_row("settings", _model_text(m["model"]))
-        table.add_row("trained", m["trained"])
-        table.add_row("measured", "\n".join(_results_lines(m["results"])) or "-")
-        table.add_row("try", f"draw animate {m['ref']} -o {m['name']}.gif")
-        console.print(table)
+        console.print(Text.assemble((m["ref"], "bold"), "  " + m["description"]), highlight=False)
+        rows = [("data set", m["dataset"]), ("settings", _model_text(m["model"])), ("trained", m["trained"])]
+        rows += [("measured" if i == 0 else "", line) for i, line in enumerate(_results_lines(m["results"]) or ["-"])]
+        rows.append(("try", f"draw animate {m['ref']} -o {m['name']}.gif"))
+        for label, value in rows:  # Text, not markup: nothing in the registry is interpreted
+            console.print(Text.assemble(("  " + label.ljust(width), "dim"), str(value)), highlight=False)
+        console.print()
     console.print("(nats per image; draw models --json for scripts)", style="dim", highlight=False)
     return models

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from drawcli.errors import DrawError
-from drawcli.files import replace_atomically
+from drawcli.files import check_output, replace_atomically
 from drawcli.metrics import current_rows, read_config, read_metrics, steps_per_epoch
 
 INSTALL_HINT = 'pip install "drawcli[plot]"'
@@ -56,8 +56,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def _run_dir(ref: str, runs_dir: str | Path) -> Path:
     """A run name, a run directory (with or without config.yaml), or a metrics.jsonl file's folder."""
+    from drawcli.builtin import is_builtin_ref
     from drawcli.runs import resolve_run
 
+    if is_builtin_ref(ref):
+        raise DrawError(f"{ref} is a built-in model: it ships without learning curves (no metrics.jsonl); "
+                        "draw plot takes runs you trained (see draw runs)")
     path = Path(ref)
     if path.name == "metrics.jsonl" and path.is_file():
         return path.parent
@@ -206,7 +210,9 @@ def plot_runs(
     if output is None:
         output = runs[0].dir / "curves.png" if len(runs) == 1 else Path("curves.png")
     output = Path(output)
+    created = check_output(output)
     fig, notes = build_figure(runs, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=pixels, lr=lr)
+    notes = [created, *notes] if created else notes
     fmt = FORMATS[output.suffix.lower()]
     replace_atomically(output, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI), what="plot ")
     return output, notes

@@ -126,6 +126,18 @@ class Reporter:
         self._task = None
 
 
+def model_line(model) -> str:
+    """What is being trained, in the words of the flags: 'T=16 glimpses, LSTM 256, z 20, read 2x2,
+    write 5x5, images 28x28' (the glimpses are drawing steps per image, not optimizer steps)."""
+    parts = [f"T={model.steps} glimpses", f"LSTM {model.hidden}", f"z {model.embed}"]
+    if model.attention:
+        parts += [f"read {model.read_n}x{model.read_n}", f"write {model.write_n}x{model.write_n}"]
+    else:
+        parts.append("no attention")
+    colour = f" with {model.channels} channels" if model.channels > 1 else ""
+    return ", ".join(parts) + f", images {model.width}x{model.height}{colour}"
+
+
 class TrainProgress:
     """Training callback: shows progress, epoch results and a final summary table."""
 
@@ -141,11 +153,12 @@ class TrainProgress:
         self.info = info
         if self.quiet:
             return
+        if info.get("model") is not None:
+            self.console.print(f"model: {model_line(info['model'])}; {info['parameters']:,} parameters", highlight=False)
         self.console.print(
             f"training on {info['train_images']} images, evaluating on {info['eval_images']} "
-            f"{info['eval_split']} images; {info['parameters']:,} parameters; "
-            f"steps {info['start_step']} -> {info['total_steps']} ({info['steps_per_epoch']} per epoch); "
-            f"precision {info.get('precision', 'float32')}",
+            f"{info['eval_split']} images; optimizer steps {info['start_step']} -> {info['total_steps']} "
+            f"({info['steps_per_epoch']} per epoch); precision {info.get('precision', 'float32')}",
             highlight=False,
         )
         self.reporter.start()
@@ -189,7 +202,7 @@ def summary_table(run_dir, summary: dict, eval_split: str) -> Table:
     table = Table(title=f"run {run_dir.name}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("steps", str(summary["step"]))
+    table.add_row("optimizer steps", str(summary["step"]))
     table.add_row("epochs", str(summary["epoch"]))
     ev = summary.get("eval") or {}
     if ev:
@@ -198,6 +211,8 @@ def summary_table(run_dir, summary: dict, eval_split: str) -> Table:
     if summary.get("best_loss") is not None:
         table.add_row(f"best {eval_split} loss", f"{summary['best_loss']:.2f}")
     table.add_row("wall time", f"{summary['seconds']:.1f} s")
-    table.add_row("throughput", f"{summary['img_per_s']:.0f} img/s")
+    if "train_seconds" in summary:
+        table.add_row("training time", f"{summary['train_seconds']:.1f} s (without evaluations and checkpoints)")
+    table.add_row("throughput", f"{summary['img_per_s']:.0f} img/s (training images over training time)")
     table.add_row("run directory", str(run_dir))
     return table

@@ -86,22 +86,91 @@ def existing_run_message(path: Path) -> str:
         # Stopped before its first checkpoint (e.g. a double Ctrl-C): nothing in it to resume.
         return (
             f"run {name!r} already exists in {runs_dir} but has no checkpoint to resume (it stopped before "
-            f"its first one); delete {path.absolute()} to start it again, or pick another --name"
+            f"its first one) and holds files draw train did not write; delete {path.absolute()} to start it again, "
+            f"or pick another --name"
         )
     return f"run {name!r} already exists in {runs_dir}; pick another --name or continue it with --resume {name}"
 
 
-def check_new_run(runs_dir: Path, name: str | None) -> None:
-    """Fail fast (before torch and data are loaded) when --name names an existing run."""
+# What `draw train` puts in a run directory: a run left with nothing else and no checkpoint may be
+# removed to free its name (anything else in it is the user's, and stays).
+RUN_ENTRIES = {"config.yaml", "metrics.jsonl", "checkpoints", "tb", ".lock"}
+
+
+def remove_unfinished(path: Path) -> bool:
+    """Remove a run directory left without any checkpoint (a run killed before its first one: out of
+    memory, kill -9), so that its name can be used again; True when it was removed.
+
+    Nothing is removed while a process holds the run's lock, when it has a checkpoint, or when it
+    holds anything `draw train` did not write there."""
+    path = Path(path)
+    try:
+        entries = {p.name for p in path.iterdir()} if path.is_dir() else None
+    except OSError:
+        return False
+    if not entries or not (path / "config.yaml").is_file() or entries - RUN_ENTRIES:
+        return False
+    if has_checkpoint(path) or lock_holder(path) is not None:
+        return False
+    trash = path.with_name(f".{path.name}.removing-{os.getpid()}")
+    try:
+        with run_lock(path):
+            if has_checkpoint(path):
+                return False
+            os.rename(path, trash)
+    except DrawError:
+        return False  # another process took the lock meanwhile
+    except OSError as e:
+        raise DrawError(f"cannot remove the unfinished run {path}: {e.strerror or e}") from None
+    import shutil
+
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def check_new_run(runs_dir: Path, name: str | None) -> str | None:
+    """Fail fast (before torch and data are loaded) when --name names an existing run; a run left
+    without any checkpoint is removed instead, and the line that says so is returned."""
     if name is not None:
         validate_name(name)
         path = Path(runs_dir) / name
         if path.exists():
+            if remove_unfinished(path):
+                return f"removed {path}, left by a run that stopped before its first checkpoint (nothing in it to resume)"
             raise DrawError(existing_run_message(path))
+    return None
+
+
+def checkpoint_ref(ref: str) -> Path | None:
+    """The checkpoint file a reference names (a path ending in .pt, e.g. runs/x/checkpoints/epoch_002.pt),
+    or None when it names a run."""
+    if not ref.lower().endswith(".pt"):
+        return None
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    if "/" in ref or "\\" in ref:
+        raise DrawError(f"checkpoint not found: {ref}")
+    return None  # a run named like a file: looked up as a run
+
+
+def run_of_checkpoint(path: Path) -> Path | None:
+    """The run directory holding a checkpoint file (RUN/checkpoints/FILE.pt), or None."""
+    run = Path(path).parent.parent
+    if Path(path).parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        return run
+    return None
 
 
 def resolve_run(ref: str, runs_dir: Path) -> Path:
-    """A run name under runs_dir, or a path to a run directory."""
+    """A run name under runs_dir, a path to a run directory, or a checkpoint file in one (its run)."""
+    ckpt_file = checkpoint_ref(ref)
+    if ckpt_file is not None:
+        run = run_of_checkpoint(ckpt_file)
+        if run is None:
+            raise DrawError(f"{ref} is a checkpoint file outside a run directory (RUN/checkpoints/FILE.pt); "
+                            "this command needs its run")
+        return run
     candidate = Path(ref)
     # A path (it has a separator, or is . or ..) names a run directory; anything else is a name.
     pathlike = "/" in ref or "\\" in ref or ref in (".", "..")
@@ -121,13 +190,87 @@ def resolve_run(ref: str, runs_dir: Path) -> Path:
     return path
 
 
+def fallback_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's checkpoints from the newest: last.pt, the epoch files from the last, best.pt."""
+    ckpts = Path(run_dir) / "checkpoints"
+    epochs = [ckpts / ckpt_io.epoch_file(e) for e in reversed(ckpt_io.list_epochs(ckpts))]
+    return [p for p in [ckpts / "last.pt", *epochs, ckpts / "best.pt"] if p.is_file()]
+
+
+def load_readable(run_dir: Path, wanted: Path) -> tuple[Path, dict, str | None]:
+    """(path, checkpoint, note): ``wanted`` loaded; when it is missing or not readable (truncated,
+    corrupt), the run's newest readable checkpoint instead, and a one-line note that says which
+    (the unreadable file is left as it is). The first error when no checkpoint is readable."""
+    try:
+        return wanted, ckpt_io.load(wanted), None
+    except DrawError as e:
+        first = e
+    tried = {file_identity(wanted)}
+    for candidate in fallback_checkpoints(run_dir):
+        identity = file_identity(candidate)
+        if identity in tried:  # the same file (a hard link) or one already refused
+            continue
+        tried.add(identity)
+        try:
+            ckpt = ckpt_io.load(candidate)
+        except DrawError:
+            continue
+        note = (f"warning: {first}; using {candidate.name} instead (epoch {ckpt['epoch']}, step {ckpt['step']}), "
+                f"the newest readable checkpoint of run {Path(run_dir).name!r}")
+        return candidate, ckpt, note
+    raise first
+
+
+def set_aside_newer(run_dir: Path, source: Path, ckpt: dict) -> str | None:
+    """Before a run continues from an older checkpoint than last.pt (last.pt unreadable, or a file
+    named with --resume), move the checkpoints it would overwrite into checkpoints/set-aside-TIME/:
+    last.pt, the epoch files after ``ckpt``'s epochs, and best.pt when it is unreadable or newer.
+    Nothing is deleted. Returns the line that says what moved, or None."""
+    ckpts = Path(run_dir) / "checkpoints"
+    keep = file_identity(source)
+    complete = int(ckpt["epoch"]) - (1 if ckpt.get("epoch_images", 0) else 0)
+    moving = []
+    last = ckpts / "last.pt"
+    if last.is_file() and file_identity(last) != keep:
+        moving.append(last)
+    moving += [ckpts / ckpt_io.epoch_file(e) for e in ckpt_io.list_epochs(ckpts) if e > complete]
+    best = ckpts / "best.pt"
+    if best.is_file() and file_identity(best) != keep:
+        try:
+            newer = int(ckpt_io.load(best)["step"]) > int(ckpt["step"])
+        except DrawError:
+            newer = True  # unreadable: kept as evidence, out of the way
+        if newer:
+            moving.append(best)
+    if not moving:
+        return None
+    base = "set-aside-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = ckpts / base
+    try:
+        for i in range(2, 100):
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                folder = ckpts / f"{base}-{i}"
+        for path in moving:
+            os.rename(path, folder / path.name)
+    except OSError as e:
+        raise DrawError(f"cannot move the newer checkpoints of run {Path(run_dir).name!r} aside into {folder}: {e.strerror or e}") from None
+    names = ", ".join(p.name for p in moving)
+    return f"moved {names} (unreadable, or newer than {source.name}) to {folder}, so that nothing is overwritten"
+
+
 def resolve_checkpoint(run_dir: Path, load: str | None) -> Path:
-    """--load EPOCH|last|best; default best, else last."""
+    """--load EPOCH|last|best; default best, else last, else the newest epoch file."""
     ckpts = run_dir / "checkpoints"
     if load is None:
         for name in ("best.pt", "last.pt"):
             if (ckpts / name).is_file():
                 return ckpts / name
+        epochs = ckpt_io.list_epochs(ckpts)
+        if epochs:  # best.pt and last.pt deleted or moved: the newest epoch file
+            return ckpts / ckpt_io.epoch_file(epochs[-1])
         raise DrawError(f"run {run_dir.name!r} has no checkpoints yet (looked in {ckpts})")
     if load in ("best", "last"):
         path = ckpts / f"{load}.pt"
@@ -150,21 +293,27 @@ class Located:
     """What a model reference names, found without torch: a run's checkpoint or a built-in model."""
 
     ref: str
-    run_dir: Path | None  # None for a built-in model
+    run_dir: Path | None  # None for a built-in model or a checkpoint file outside a run
     checkpoint: Path | None  # None for a built-in model (its file is found and verified when loaded)
     builtin: Any = None  # drawcli.builtin.BuiltinModel for @NAME
+    chosen: bool = False  # the checkpoint was named (--load or a file): no other one is used in its place
 
     @property
     def label(self) -> str:
-        """How messages name it: the run's name, or @NAME."""
-        return f"@{self.builtin.name}" if self.builtin is not None else self.run_dir.name
+        """How messages name it: the run's name, @NAME, or the checkpoint file's name."""
+        if self.builtin is not None:
+            return f"@{self.builtin.name}"
+        return self.run_dir.name if self.run_dir is not None else self.checkpoint.name
 
     def output(self, kind: str, suffix: str, *parts: str) -> Path:
         """A default output file whose name says what it holds, so that outputs made with other options
         never replace each other: RUN_DIR/KIND-CHECKPOINT-PARTS.SUFFIX (e.g. samples-best-n64-seed0.png),
-        or NAME-KIND-PARTS.SUFFIX in the current directory for a built-in model."""
+        or NAME-KIND-PARTS.SUFFIX in the current directory for a built-in model (or FILE-KIND-... for a
+        checkpoint file outside a run)."""
         if self.builtin is not None:
             return Path("-".join([self.builtin.name, kind, *(p for p in parts if p)]) + suffix)
+        if self.run_dir is None:
+            return Path("-".join([self.checkpoint.stem, kind, *(p for p in parts if p)]) + suffix)
         return self.run_dir / ("-".join([kind, self.checkpoint.stem, *(p for p in parts if p)]) + suffix)
 
 
@@ -181,6 +330,7 @@ class LoadedRun:
     device: Any  # torch.device
     precision: str = "float32"  # resolved: float32 or bfloat16 (run the model under drawcli.device.autocast)
     precision_reason: str = "as set"
+    note: str | None = None  # a line to show: the checkpoint asked for was unreadable, and which one was used
 
     @property
     def run_dir(self) -> Path | None:
@@ -210,10 +360,16 @@ def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Loc
             raise DrawError(f"--load picks a run's checkpoint; the built-in model {ref} has one set of weights")
         check_spec(device)
         return Located(ref, None, None, entry)
+    ckpt_file = checkpoint_ref(ref)
+    if ckpt_file is not None:
+        if load is not None:
+            raise DrawError(f"--load picks a run's checkpoint; {ref} is a checkpoint file already")
+        check_spec(device)
+        return Located(ref, run_of_checkpoint(ckpt_file), ckpt_file, chosen=True)
     run_dir = resolve_run(ref, Path(runs_dir))
     path = resolve_checkpoint(run_dir, load)
     check_spec(device)
-    return Located(ref, run_dir, path)
+    return Located(ref, run_dir, path, chosen=load is not None)
 
 
 def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: str | Path = "runs",
@@ -231,10 +387,21 @@ def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: 
         # The data folder of the machine that trained it means nothing here: use this machine's default.
         settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, data_dir=None))
         return LoadedRun(located, int(data.get("epoch", 0)), int(data.get("step", 0)), settings, data["settings"], model, dev, *how)
-    ckpt = ckpt_io.load(located.checkpoint)
+    note = None
+    if located.chosen or located.run_dir is None:
+        try:
+            ckpt = ckpt_io.load(located.checkpoint)
+        except DrawError as e:
+            named_file = located.ref.lower().endswith(".pt")
+            if named_file or located.run_dir is None or len(fallback_checkpoints(located.run_dir)) < 2:
+                raise
+            raise DrawError(f"{e} (without --load, the run's newest readable checkpoint is used)") from None
+    else:  # the default choice (best, else last): the newest readable one when it cannot be read
+        path, ckpt, note = load_readable(located.run_dir, located.checkpoint)
+        located = dataclasses.replace(located, checkpoint=path)
     settings = from_dict(ckpt["settings"])
     model = ckpt_io.model_from_checkpoint(ckpt, dev).eval()
-    return LoadedRun(located, int(ckpt["epoch"]), int(ckpt["step"]), settings, ckpt["settings"], model, dev, *how)
+    return LoadedRun(located, int(ckpt["epoch"]), int(ckpt["step"]), settings, ckpt["settings"], model, dev, *how, note=note)
 
 
 class RunRecorder:

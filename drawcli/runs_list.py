@@ -5,9 +5,14 @@ times of files, never a checkpoint. A run's status:
 
 * ``locked``: a process holds RUN_DIR/.lock (training now); its JSON (pid, host, started)
   is shown when present;
-* ``finished``: an evaluation at train.epochs (a whole epoch) or at train.max_steps;
+* ``finished``: an evaluation at train.epochs (a whole epoch) or at train.max_steps, as the
+  run's resumes last set them;
 * ``empty``: no metrics and no checkpoints yet;
-* ``interrupted``: anything else (it has metrics or checkpoints and can be resumed).
+* ``failed``: metrics but no checkpoint: it stopped (was killed) before its first one, so there
+  is nothing to resume (``draw train --name NAME`` starts it again);
+* ``interrupted``: anything else (it has checkpoints and can be resumed).
+
+Unreadable last.pt or best.pt files are named beside the status.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +89,23 @@ def _has_checkpoints(run_dir: Path) -> bool:
         return False
 
 
+def unreadable_checkpoints(run_dir: Path) -> list[str]:
+    """last.pt and best.pt when they cannot be opened as the zip archives torch writes (a truncated
+    file has lost its central directory): a cheap look, without torch, at the files that resume and
+    the picture commands read first. (They fall back to the newest readable checkpoint.)"""
+    bad = []
+    for name in ("last.pt", "best.pt"):
+        path = run_dir / "checkpoints" / name
+        if not path.is_file():
+            continue
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            bad.append(name)
+    return bad
+
+
 def _last_change(run_dir: Path) -> float:
     """The newest modification time of the run directory and the files in it (one level into
     checkpoints/ and tb/)."""
@@ -110,7 +133,7 @@ def _iwae_results(run_dir: Path, rows: list[dict]) -> list[dict]:
     for row in rows:
         if row.get("kind") == "iwae" and _finite(row.get("iwae")):
             found.append({"iwae": row["iwae"], "stderr": row.get("iwae_stderr"), "samples": row.get("samples"),
-                          "split": row.get("split"), "images": row.get("images"), "step": row.get("step"),
+                          "split": row.get("split"), "images": row.get("images"), "limit": None, "step": row.get("step"),
                           "time": row.get("time") if _finite(row.get("time")) else None,
                           "source": "metrics.jsonl"})
     for path in sorted(run_dir.glob("eval*.json")):
@@ -121,10 +144,41 @@ def _iwae_results(run_dir: Path, rows: list[dict]) -> list[dict]:
             continue
         if isinstance(data, dict) and _finite(data.get("iwae")):
             found.append({"iwae": data["iwae"], "stderr": data.get("iwae_stderr"), "samples": data.get("samples"),
-                          "split": data.get("split"), "images": data.get("images"), "step": data.get("step"),
-                          "time": when, "source": path.name})
+                          "split": data.get("split"), "images": data.get("images"), "limit": data.get("limit"),
+                          "step": data.get("step"), "time": when, "source": path.name})
     found.sort(key=lambda r: r["time"] or 0.0)
     return found
+
+
+def targets(train: dict, rows: list[dict]) -> tuple:
+    """(train.epochs, train.max_steps) in effect now: config.yaml's, as the resumes changed them (a
+    resume records its changes; train.max_steps is never inherited, so a resume without
+    --max-steps has none)."""
+    epochs, max_steps = train.get("epochs"), train.get("max_steps")
+    for row in rows:
+        if row.get("kind") != "resume":
+            continue
+        changes = row.get("changes") if isinstance(row.get("changes"), dict) else {}
+        if isinstance(changes.get("train.epochs"), list) and len(changes["train.epochs"]) == 2:
+            epochs = changes["train.epochs"][1]
+        new_max = changes.get("train.max_steps")
+        max_steps = new_max[1] if isinstance(new_max, list) and len(new_max) == 2 else None
+    return epochs, max_steps
+
+
+def epochs_done(evals: list[dict], ckpt_epochs: list[int], has_checkpoints: bool, spe: int | None) -> int:
+    """Complete epochs: epoch_NNN.pt files are written only after complete ones; an evaluation row
+    counts when it says its epoch was complete (rows written before that flag existed: when the
+    run's checkpoints are gone, or its step fills the epoch). A stop inside an epoch counts not."""
+    done = list(ckpt_epochs)
+    for row in evals:
+        epoch = row.get("epoch")
+        if not isinstance(epoch, int):
+            continue
+        flag = row.get("epoch_complete")
+        if flag is True or (flag is None and (not has_checkpoints or (spe is not None and row["step"] >= epoch * spe))):
+            done.append(epoch)
+    return max(done, default=0)
 
 
 def run_info(run_dir: str | Path) -> dict:
@@ -136,20 +190,23 @@ def run_info(run_dir: str | Path) -> dict:
     curve = [r for r in rows if r.get("kind") in ("train", "eval")]
     evals = [r for r in curve if r["kind"] == "eval"]
     ckpt_epochs = _checkpoint_epochs(run_dir)
-    epochs_target, max_steps = train.get("epochs"), train.get("max_steps")
+    epochs_target, max_steps = targets(train, rows)
+    has_checkpoints = _has_checkpoints(run_dir)
+    spe = steps_per_epoch(curve)
 
     steps_done = max((r["step"] for r in curve), default=0)
-    epochs_done = max([r["epoch"] for r in evals if isinstance(r.get("epoch"), int)] + ckpt_epochs, default=0)
+    done = epochs_done(evals, ckpt_epochs, has_checkpoints, spe)
     best = min((r for r in evals), key=lambda r: r["loss"], default=None)
 
     finished = False
     if evals:
         last = evals[-1]
-        spe = steps_per_epoch(curve)
         if isinstance(max_steps, int) and last["step"] >= max_steps:
             finished = True
         elif isinstance(epochs_target, int) and isinstance(last.get("epoch"), int) and last["epoch"] >= epochs_target:
-            finished = spe is None or last["step"] >= last["epoch"] * spe  # a whole epoch, not an early stop
+            complete = last.get("epoch_complete")
+            # a whole epoch, not an early stop inside it
+            finished = complete if isinstance(complete, bool) else (spe is None or last["step"] >= last["epoch"] * spe)
     elif isinstance(epochs_target, int) and ckpt_epochs and ckpt_epochs[-1] >= epochs_target:
         finished = True  # metrics lost, but the checkpoint of the last epoch is there
 
@@ -158,8 +215,9 @@ def run_info(run_dir: str | Path) -> dict:
         status = "locked"
     elif finished:
         status = "finished"
-    elif not curve and not _has_checkpoints(run_dir):
-        status = "empty"
+    elif not has_checkpoints:
+        # Nothing to resume: never trained, or stopped (killed) before its first checkpoint.
+        status = "empty" if not curve else "failed"
     else:
         status = "interrupted"
 
@@ -170,12 +228,13 @@ def run_info(run_dir: str | Path) -> dict:
         "path": str(run_dir),
         "status": status,
         "lock": lock,
+        "unreadable": unreadable_checkpoints(run_dir),
         "dataset": data.get("dataset"),
         # config.yaml of runs made before the rename says steps and embed (drawcli.settings.ALIASES)
         "model": {"glimpses": model.get("glimpses", model.get("steps")), "read_n": model.get("read_n"),
                   "write_n": model.get("write_n"), "hidden": model.get("hidden"),
                   "latent": model.get("latent", model.get("embed")), "attention": model.get("attention")},
-        "epochs": epochs_done,
+        "epochs": done,
         "epochs_target": epochs_target,
         "steps": steps_done,
         "max_steps": max_steps,
@@ -236,7 +295,7 @@ def _age(unix: float | None, now: float | None = None) -> str:
     return "-"  # pragma: no cover
 
 
-STATUS_STYLE = {"finished": "green", "interrupted": "yellow", "locked": "cyan", "empty": "dim"}
+STATUS_STYLE = {"finished": "green", "interrupted": "yellow", "locked": "cyan", "empty": "dim", "failed": "red"}
 
 
 def runs_table(infos: list[dict], runs_dir: str | Path):
@@ -260,10 +319,16 @@ def runs_table(infos: list[dict], runs_dir: str | Path):
         iwae_text = "-"
         if iwae:
             iwae_text = f"{iwae['iwae']:.2f}" + (f" K{iwae['samples']}" if iwae.get("samples") is not None else "")
+            if iwae.get("limit") is not None:  # not the whole split: not comparable with the best loss beside it
+                iwae_text += f" ({iwae.get('images') or iwae['limit']} img)"
+            if iwae.get("split") not in (None, "test"):
+                iwae_text += f" {iwae['split']}"
         status = info["status"]
         if status == "locked" and info["lock"]:
             pid = info["lock"].get("pid")
             status = f"locked (pid {pid})" if pid is not None else status
+        if info.get("unreadable"):
+            status += f", {' and '.join(info['unreadable'])} unreadable"
         cells = [info["name"], str(info["dataset"] or "?"), model_summary(info["model"]), epochs, steps,
                  f"{best['loss']:.2f}" if best else "-", iwae_text, _age(info["last_change_unix"])]
         # Text, not markup: nothing read from a run's files is interpreted.
@@ -282,7 +347,18 @@ def runs_command(runs_dir: str = "runs", as_json: bool = False, console=None) ->
     # Piped or logged: rows stay whole, as on a wide terminal.
     console = console or (Console() if Console().is_terminal else Console(width=160))
     if not infos:
-        console.print(f"no runs in {runs_dir} (train one with: draw train --name NAME)", highlight=False)
+        console.print(f"no runs in {Path(runs_dir).absolute()} (--runs-dir DIR lists another folder; "
+                      "train one with: draw train --name NAME)", highlight=False, soft_wrap=True)
         return infos
-    console.print(runs_table(infos, runs_dir))
+    print_table(console, runs_table(infos, runs_dir))
     return infos
+
+
+def print_table(console, table) -> None:
+    """A rich table; off a terminal (pipes, logs) without the spaces that pad its lines to its width."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))

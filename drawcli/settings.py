@@ -57,6 +57,7 @@ class DataSettings:
     image_size: int | None = None  # resize every image to S x S; None: all must have the first image's size
     channels: int | None = None  # 1 (grey) or 3 (colour); None: a folder's default, 3, or a registry set's own
     test_fraction: float | None = None  # held-out test share; None: 10%, at most 10,000 images
+    skip_unreadable: bool = False  # leave out pictures that cannot be read (counted and named) instead of stopping
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,20 @@ def model_arguments(model: ModelSettings) -> dict[str, Any]:
                 read_n=model.read_n, write_n=model.write_n)
 
 
+def spell(value: Any) -> str:
+    """A value as a settings file writes it (YAML), for messages: true, false, null, 0.001, 'text',
+    [1, 2] (never Python's True, None)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(spell(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {spell(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def _coerce(section: str, key: str, value: Any, shown: str | None = None) -> Any:
     """Check one value's type and range; return it in its canonical type."""
     where = f"{section}.{shown or key}"
@@ -188,7 +203,7 @@ def _coerce(section: str, key: str, value: Any, shown: str | None = None) -> Any
     base = typ.removesuffix("|None")
     if (section, key) == ("run", "tensorboard") and not isinstance(value, str):
         if not isinstance(value, bool):
-            raise DrawError(f"{where}: expected auto, true or false, got {value!r}")
+            raise DrawError(f"{where}: expected auto, true or false, got {spell(value)}")
         value = "true" if value else "false"  # YAML and --set read true/false as booleans
     if value is None:
         if optional:
@@ -196,53 +211,53 @@ def _coerce(section: str, key: str, value: Any, shown: str | None = None) -> Any
         raise DrawError(f"{where}: a value is required, got null")
     if base == "bool":
         if not isinstance(value, bool):
-            raise DrawError(f"{where}: expected true or false, got {value!r}")
+            raise DrawError(f"{where}: expected true or false, got {spell(value)}")
     elif base == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise DrawError(f"{where}: expected an integer, got {value!r}")
+                raise DrawError(f"{where}: expected an integer, got {spell(value)}")
     elif base == "float":
         # YAML 1.1 reads `1e-3` (no dot) as a string: accept it as the number it is.
         if isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
-                raise DrawError(f"{where}: expected a number, got {value!r}") from None
+                raise DrawError(f"{where}: expected a number, got {spell(value)}") from None
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DrawError(f"{where}: expected a number, got {value!r}")
+            raise DrawError(f"{where}: expected a number, got {spell(value)}")
         value = float(value)
         if not math.isfinite(value):
-            raise DrawError(f"{where}: expected a finite number, got {value!r}")
+            raise DrawError(f"{where}: expected a finite number, got {spell(value)}")
     elif base == "str":
         if not isinstance(value, str):
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "device":
-                raise DrawError(f"{where}: expected a device name such as 'cpu' or 'cuda:0', got {value!r}")
-            raise DrawError(f"{where}: expected a string, got {value!r}")
+                raise DrawError(f"{where}: expected a device name such as 'cpu' or 'cuda:0', got {spell(value)}")
+            raise DrawError(f"{where}: expected a string, got {spell(value)}")
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise DrawError(f"{where}: expected one of {', '.join(choices)}, got {value!r}{hint}")
+        raise DrawError(f"{where}: expected one of {', '.join(choices)}, got {spell(value)}{hint}")
     lo = MIN.get((section, key))
     if lo is not None and value < lo:
-        raise DrawError(f"{where}: must be >= {lo}, got {value!r}")
+        raise DrawError(f"{where}: must be >= {lo}, got {spell(value)}")
     hi = MAX.get((section, key))
     if hi is not None and value > hi:
-        raise DrawError(f"{where}: must be <= {hi} (the image side), got {value!r}")
+        raise DrawError(f"{where}: must be <= {hi} (the image side), got {spell(value)}")
     if (section, key) in POSITIVE and not value > 0:
-        raise DrawError(f"{where}: must be > 0, got {value!r}")
+        raise DrawError(f"{where}: must be > 0, got {spell(value)}")
     if (section, key) in OPEN_UNIT and not 0 <= value < 1:
-        raise DrawError(f"{where}: must be in [0, 1), got {value!r}")
+        raise DrawError(f"{where}: must be in [0, 1), got {spell(value)}")
     if (section, key) in UNIT and not 0 < value <= 1:
-        raise DrawError(f"{where}: must be in (0, 1], got {value!r}")
+        raise DrawError(f"{where}: must be in (0, 1], got {spell(value)}")
     if (section, key) == ("data", "dataset"):
         _check_dataset(where, value)
     if (section, key) == ("data", "channels") and value not in (1, 3):
-        raise DrawError(f"{where}: expected 1 (grey) or 3 (colour), got {value!r}")
+        raise DrawError(f"{where}: expected 1 (grey) or 3 (colour), got {spell(value)}")
     if (section, key) == ("data", "test_fraction") and not 0 < value < 1:
-        raise DrawError(f"{where}: must be in (0, 1), got {value!r}")
+        raise DrawError(f"{where}: must be in (0, 1), got {spell(value)}")
     if (section, key) == ("run", "name"):
         # Checked here, before any data is read or downloaded, not only when the run is made.
         try:
@@ -292,7 +307,7 @@ def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], 
         if values is None:
             continue
         if not isinstance(values, Mapping):
-            raise DrawError(f"{origin}{section}: expected a mapping of keys, got {values!r}")
+            raise DrawError(f"{origin}{section}: expected a mapping of keys, got {spell(values)}")
         checked, written = {}, {}
         for key, value in values.items():
             name = ALIASES.get((str(section), str(key)), str(key))
@@ -316,8 +331,8 @@ def _check_together(settings: Settings, origin: str) -> None:
     ds = settings.data
     if not is_folder(ds.dataset):
         spec = DATASETS[ds.dataset]
-        for key in ("image_size", "test_fraction"):
-            if getattr(ds, key) is not None:
+        for key in ("image_size", "test_fraction", "skip_unreadable"):
+            if getattr(ds, key) not in (None, False):
                 raise DrawError(f"{origin}data.{key}: only for folder:PATH data sets; {spec.name} has fixed "
                                 f"{spec.width}x{spec.height} images and its own splits")
         if ds.channels is not None and ds.channels != spec.channels:

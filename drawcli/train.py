@@ -65,8 +65,9 @@ class TrainResult:
     epoch: int
     eval: dict = field(default_factory=dict)  # last evaluation: lx, lz, loss
     best_loss: float | None = None
-    seconds: float = 0.0
-    images_per_second: float = 0.0
+    seconds: float = 0.0  # wall time of the call: training, evaluations, checkpoints
+    train_seconds: float = 0.0  # training steps alone
+    images_per_second: float = 0.0  # training images over training time
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -301,13 +302,22 @@ class DivergenceWatch:
 
 
 class LogWindow:
-    """The steps since the last log row: summed losses and gradient norms on the device, images, time."""
+    """The steps since the last log row: summed losses and gradient norms on the device, images, time.
+
+    Its clock counts training only: :meth:`restart` after an evaluation and checkpoint, so that
+    images per second are training images over training time, in every row and in the summary
+    (``seconds``: all training time so far)."""
 
     def __init__(self, device: torch.device):
         self.lx = torch.zeros((), device=device)
         self.lz = torch.zeros((), device=device)
         self.grad_norm = torch.zeros((), device=device)
         self.steps, self.images, self.started = 0, 0, time.perf_counter()
+        self.seconds = 0.0
+
+    def restart(self) -> None:
+        """Start the clock again (after work that is not training: evaluation, checkpoints)."""
+        self.started = time.perf_counter()
 
     def add(self, lx: torch.Tensor, lz: torch.Tensor, grad_norm: torch.Tensor, images: int) -> None:
         self.lx += lx
@@ -320,6 +330,7 @@ class LogWindow:
         """The metrics.jsonl row (kind "train"): losses per image over all ranks, throughput, lr, gradient norm."""
         lx, lz = lx_total / self.images, lz_total / self.images
         now = time.perf_counter()
+        self.seconds += now - self.started
         row = {
             "kind": "train",
             "step": step,
@@ -382,7 +393,8 @@ def end_epoch(model: DRAW, optimizer, settings: Settings, eval_x: torch.Tensor, 
         is_best = best_loss is None or metrics["loss"] < best_loss
         if is_best:
             best_loss = metrics["loss"]
-        _emit(callbacks, "on_epoch", {"kind": "eval", "split": eval_split, "step": step, "epoch": epoch, **metrics, "time": time.time()})
+        _emit(callbacks, "on_epoch", {"kind": "eval", "split": eval_split, "step": step, "epoch": epoch, **metrics,
+                                      "epoch_complete": complete, "time": time.time()})
     ckpt = make_checkpoint(model, optimizer, settings, epoch, step, rng, metrics or {}, best_loss, epoch_images=0 if complete else pos)
     _emit(callbacks, "on_checkpoint", ckpt, is_best)
     return metrics, best_loss, complete
@@ -512,10 +524,12 @@ def train(
             result.eval = last_metrics = metrics
         if complete:
             epoch, pos = epoch + 1, 0
+        window.restart()  # the evaluation and checkpoint are not training time
 
     elapsed = time.perf_counter() - t_start
     result.step, result.best_loss, result.seconds = step, best_loss, elapsed
-    result.images_per_second = images_done / elapsed if elapsed > 0 else 0.0
+    result.train_seconds = window.seconds
+    result.images_per_second = images_done / window.seconds if window.seconds > 0 else 0.0
     _emit(callbacks, "on_end", {"step": step, "epoch": result.epoch, "eval": result.eval, "best_loss": best_loss,
-                                "seconds": elapsed, "img_per_s": result.images_per_second})
+                                "seconds": elapsed, "train_seconds": window.seconds, "img_per_s": result.images_per_second})
     return result

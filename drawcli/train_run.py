@@ -20,9 +20,11 @@ from rich.console import Console
 
 from drawcli import checkpoint as ckpt_io
 from drawcli import distributed, runs
+from drawcli.datasets import FOLDER_PREFIX, is_folder
 from drawcli.errors import DrawError
+from drawcli.folders import folder_path
 from drawcli.progress import make_console
-from drawcli.settings import Settings, build_settings, changed_settings, check_against_image, from_dict
+from drawcli.settings import Settings, build_settings, changed_settings, check_against_image, from_dict, spell
 
 # Settings a resumed run may not change, and why: with them the continued run would no longer
 # be the run its config.yaml describes.
@@ -33,37 +35,62 @@ FIXED_ON_RESUME = {
 }
 
 
-def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tuple[Settings, Path, dict]:
+@dataclasses.dataclass
+class ResumeFrom:
+    """What a resume continues: the run, the checkpoint file and its contents, and a line to show
+    when the file is not the run's last.pt (an unreadable last.pt, or a file named with --resume)."""
+
+    run_dir: Path
+    source: Path
+    ckpt: dict
+    note: str | None = None
+
+    @property
+    def from_last(self) -> bool:
+        return self.source.name == "last.pt" and self.source.parent == self.run_dir / "checkpoints"
+
+
+def resume_source(run_ref: str, runs_dir: str) -> ResumeFrom:
+    """The checkpoint --resume continues from: a checkpoint file named with --resume
+    (RUN/checkpoints/epoch_002.pt), else the run's last.pt, else, when that is missing or unreadable,
+    its newest readable checkpoint (said in one line)."""
+    run_dir = runs.resolve_run(run_ref, Path(runs_dir))
+    named = runs.checkpoint_ref(run_ref)
+    if named is not None:
+        return ResumeFrom(run_dir, named, ckpt_io.load(named))
+    if not runs.has_checkpoint(run_dir):
+        raise DrawError(
+            f"run {run_dir.name!r} has no checkpoint to resume from (it stopped before its first one); "
+            f"start it again with --name {run_dir.name} instead of --resume (its folder {run_dir.absolute()} is then replaced)"
+        )
+    source, ckpt, note = runs.load_readable(run_dir, run_dir / "checkpoints" / "last.pt")
+    if note is not None:
+        note += "; unreadable and newer checkpoints are moved aside, not overwritten"
+    return ResumeFrom(run_dir, source, ckpt, note)
+
+
+def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tuple[Settings, ResumeFrom]:
     """Saved settings of a run < --config < flags < --set; model shape may not change.
 
     ``train.max_steps`` is not inherited: a resumed run trains to its epochs
     unless --max-steps is given again (as a global step count).
     """
-    run_dir = runs.resolve_run(run_ref, Path(runs_dir))
-    last = run_dir / "checkpoints" / "last.pt"
-    if not last.is_file():
-        if not runs.has_checkpoint(run_dir):
-            raise DrawError(
-                f"run {run_dir.name!r} has no checkpoint to resume from (it stopped before its first one); "
-                f"delete {run_dir.absolute()} and train it again"
-            )
-        raise DrawError(f"run {run_dir.name!r} has no last.pt checkpoint to resume from")
-    ckpt = ckpt_io.load(last)
+    found = resume_source(run_ref, runs_dir)
+    run_dir, ckpt = found.run_dir, found.ckpt
     for key in ("optimizer", "rng"):  # optional for sampling and evaluation, needed to continue training
         if key not in ckpt:
-            raise DrawError(f"{last}: checkpoint lacks {key!r}, so the run cannot be resumed")
+            raise DrawError(f"{found.source}: checkpoint lacks {key!r}, so the run cannot be resumed")
     saved = from_dict(ckpt["settings"])
     saved = dataclasses.replace(saved, train=dataclasses.replace(saved.train, max_steps=None))
     settings = build_settings(config, flags, sets, base=saved)
     if settings.model != saved.model:
         changed = [
-            f"{f.name} {getattr(saved.model, f.name)!r} -> {getattr(settings.model, f.name)!r}"
+            f"{f.name} {spell(getattr(saved.model, f.name))} -> {spell(getattr(settings.model, f.name))}"
             for f in dataclasses.fields(saved.model)
             if getattr(saved.model, f.name) != getattr(settings.model, f.name)
         ]
         raise DrawError(f"--resume {run_dir.name}: cannot change the model shape ({'; '.join(changed)})")
-    if settings.data.dataset != saved.data.dataset:
-        raise DrawError(f"--resume {run_dir.name}: cannot change the data set ({saved.data.dataset} -> {settings.data.dataset})")
+    settings = same_data_set(settings, saved, run_dir.name)
     name = settings.run.name
     if name is not None and name != run_dir.name:
         raise DrawError(f"--resume {run_dir.name} cannot be combined with --name {name}")
@@ -72,19 +99,86 @@ def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tup
         if key in changes:
             old, new = changes[key]
             raise DrawError(
-                f"--resume {run_dir.name}: {key} cannot change ({old!r} -> {new!r}): {why}, so the run would no "
+                f"--resume {run_dir.name}: {key} cannot change ({spell(old)} -> {spell(new)}): {why}, so the run would no "
                 f"longer be reproducible; start a new run for that"
             )
     settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
-    return settings, run_dir, ckpt
+    return settings, found
+
+
+def same_data_set(settings: Settings, saved: Settings, name: str) -> Settings:
+    """The data set may not change on resume, but a folder:PATH that names the run's own folder by
+    another spelling (relative from elsewhere, or absolute) is no change: the run's recorded
+    spelling is kept. Runs made before folders were recorded absolute hold a relative path, which
+    resolves only from where they were started: from elsewhere, an absolute path to an existing
+    folder replaces it (recorded among the resume's changes)."""
+    new, old = settings.data.dataset, saved.data.dataset
+    if new == old:
+        return settings
+    if is_folder(new) and is_folder(old):
+        new_path, old_path = folder_path(new), folder_path(old)
+        if new_path.resolve() == old_path.resolve():
+            return dataclasses.replace(settings, data=dataclasses.replace(settings.data, dataset=old))
+        if not old_path.is_absolute() and not old_path.is_dir() and new_path.is_absolute() and new_path.is_dir():
+            return settings
+    raise DrawError(f"--resume {name}: cannot change the data set ({old} -> {new})")
+
+
+def nothing_to_do(settings: Settings, ckpt: dict, name: str) -> str | None:
+    """The line to show instead of resuming a run that has nothing left to train, or None."""
+    ts, step, epoch = settings.train, int(ckpt["step"]), int(ckpt["epoch"])
+    complete = epoch if not ckpt.get("epoch_images", 0) else epoch - 1
+    if ts.max_steps is not None and ts.max_steps <= step:
+        return (f"nothing to do: run {name} is already at step {step} (--max-steps {ts.max_steps}); "
+                f"give a larger --max-steps, or none to train to its {ts.epochs} epochs")
+    if ts.max_steps is None and complete >= ts.epochs:
+        return (f"nothing to do: run {name} has finished its {ts.epochs} epochs (step {step}); to train it "
+                f"further, give more: draw train --resume {name} --epochs {max(ts.epochs, complete) + 10}")
+    return None
+
+
+# Set by `draw train --nproc N` for its processes: the CPU threads each uses, decided once (and said
+# once) by the launcher, so that N processes do not each measure the others' load.
+LAUNCHER_THREADS = "DRAWCLI_LAUNCHER_THREADS"
+
+
+@contextlib.contextmanager
+def launcher_threads(settings: Settings, nproc: int):
+    """`--nproc N`: decide the processes' CPU threads here, once (run.threads, or the cores idle now
+    shared among them), say it in one line, and hand it to them in OMP_NUM_THREADS (torchrun would
+    otherwise set 1 with a warning) and MKL_NUM_THREADS. The environment is restored afterwards."""
+    import torch
+
+    from drawcli.device import resolve_device, thread_policy
+
+    device = resolve_device(settings.run.device)
+    threads, why = thread_policy(settings.run.threads, device, nproc)
+    if threads is None:  # GPUs: each process's CPU threads only feed its device
+        threads, why = max(1, torch.get_num_threads() // nproc), f"{device.type}: the CPU cores shared among the processes"
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", LAUNCHER_THREADS)}
+    os.environ.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), LAUNCHER_THREADS: str(threads)})
+    make_console().print(f"threads: {threads} per process x {nproc} processes ({why})", highlight=False)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def apply_threads(settings: Settings, device, env: distributed.DistEnv, console: Console) -> None:
-    """Set this process's CPU threads from run.threads or the policy in drawcli.device."""
+    """Set this process's CPU threads from run.threads or the policy in drawcli.device (in a job
+    launched by --nproc: as its launcher decided and said)."""
     import torch
 
     from drawcli.device import thread_policy
 
+    launched = os.environ.get(LAUNCHER_THREADS)
+    if env.active and launched and launched.isdigit():
+        torch.set_num_threads(int(launched))
+        return
     threads, why = thread_policy(settings.run.threads, device, env.world)
     if threads is None:
         return
@@ -111,11 +205,12 @@ def apply_native(settings: Settings, device, console: Console) -> None:
 
 
 def train_command(config: str | None, flags: dict, sets: list[str] | None, resume: str | None = None,
-                  nproc: int | None = None, argv: list[str] | None = None) -> Path | None:
+                  nproc: int | None = None, argv: list[str] | None = None, notes: list[str] | None = None) -> Path | None:
     """`draw train`: a new run, a resumed one (--resume), or N processes of either (--nproc N > 1).
 
     Settings are checked once, before anything starts; with --nproc the answers one process would
     give (batch divisibility, a locked or existing run) come before the N processes are launched.
+    ``notes``: lines (warnings about the command line) that training prints first, on rank 0.
     """
     if nproc is not None and nproc < 1:
         raise DrawError(f"--nproc must be at least 1, got {nproc}")
@@ -131,36 +226,45 @@ def train_command(config: str | None, flags: dict, sets: list[str] | None, resum
         if resume is not None:
             runs.check_not_locked(runs.resolve_run(resume, Path(base.run.runs_dir)))
         else:
-            runs.check_new_run(Path(base.run.runs_dir), base.run.name)
+            note = runs.check_new_run(Path(base.run.runs_dir), base.run.name)
+            if note:
+                make_console().print(note, highlight=False)
         argv = list(sys.argv if argv is None else argv)
-        distributed.launch(nproc, ["train", *distributed.strip_nproc(argv[argv.index("train") + 1 :])])
+        with launcher_threads(base, nproc):
+            distributed.launch(nproc, ["train", *distributed.strip_nproc(argv[argv.index("train") + 1 :])])
         return None
     if resume is not None:
-        return resume_run(resume, base.run.runs_dir, config, flags, sets)
-    return run_train(base)
+        return resume_run(resume, base.run.runs_dir, config, flags, sets, notes=notes)
+    return run_train(base, notes=notes)
 
 
-def resume_run(run_ref: str, runs_dir: str, config, flags, sets) -> Path:
+def resume_run(run_ref: str, runs_dir: str, config, flags, sets, notes: list[str] | None = None) -> Path:
     """`draw train --resume`: continue a run, holding its lock (rank 0 of a job holds it for all).
 
     The lock is taken once the checkpoint has been read and checked, so that a refused resume
-    writes nothing; last.pt is then checked to be the file that was read.
+    writes nothing; the checkpoint is then checked to be the file that was read.
     """
     run_dir = runs.resolve_run(run_ref, Path(runs_dir))
     if distributed.is_quiet_rank():  # rank 0 of the job holds the lock (and may hold it already)
-        settings, run_dir, ckpt = settings_for_resume(run_ref, runs_dir, config, flags, sets)
-        return run_train(settings, resume=(run_dir, ckpt))
+        settings, found = settings_for_resume(run_ref, runs_dir, config, flags, sets)
+        if nothing_to_do(settings, found.ckpt, run_dir.name):
+            return run_dir
+        return run_train(settings, resume=found, notes=notes)
     runs.check_not_locked(run_dir)  # the usual case answered at once, before torch is imported
     last = run_dir / "checkpoints" / "last.pt"
     before = runs.file_identity(last)
-    settings, run_dir, ckpt = settings_for_resume(run_ref, runs_dir, config, flags, sets)
+    settings, found = settings_for_resume(run_ref, runs_dir, config, flags, sets)
+    idle = nothing_to_do(settings, found.ckpt, run_dir.name)
+    if idle:  # before data, lock and a resume row: nothing would change
+        make_console().print(idle, highlight=False)
+        return run_dir
     with runs.run_lock(run_dir):
         if runs.file_identity(last) != before:
             raise DrawError(
                 f"run {run_dir.name!r}: last.pt changed while it was being read (another process trained the run); "
                 "run the command again"
             )
-        return run_train(settings, resume=(run_dir, ckpt))
+        return run_train(settings, resume=found, notes=notes)
 
 
 def resume_changes(settings: Settings, ckpt: dict) -> dict[str, list]:
@@ -210,11 +314,12 @@ class StopOnSignal:
         return False
 
 
-def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, console: Console | None = None) -> Path:
+def run_train(settings: Settings, resume: ResumeFrom | None = None, console: Console | None = None,
+              notes: list[str] | None = None) -> Path:
     """Train according to ``settings`` (in a torchrun job when WORLD_SIZE > 1); returns the run directory."""
     env = distributed.env_from_os()
     try:
-        run_dir = _run(settings, resume, console, env)
+        run_dir = _run(settings, resume, console, env, notes or [])
         if env.active:
             # Leave together: a rank that tears its process group down while rank 0 is still
             # writing files can abort in gloo's threads ("terminate called without an active exception").
@@ -225,16 +330,21 @@ def run_train(settings: Settings, resume: tuple[Path, dict] | None = None, conso
             distributed.shutdown()
 
 
-def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv) -> Path:
+def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv, notes: list[str]) -> Path:
     from drawcli.data import MissingDataset, load_data, resolve_data_dir
     from drawcli.device import describe, resolve_device
     from drawcli.tensorboard_log import use_tensorboard
 
+    note = None
+    if resume is None:
+        settings = absolute_folders(settings)
     if resume is None and env.is_main:
-        runs.check_new_run(Path(settings.run.runs_dir), settings.run.name)  # before torch and minutes of setup
+        note = runs.check_new_run(Path(settings.run.runs_dir), settings.run.name)  # before torch and minutes of setup
     tensorboard = use_tensorboard(settings.run.tensorboard)  # run.tensorboard=true without the package: refused here
     # Rank 0 alone speaks; the others compute.
     console = console or make_console(quiet=not env.is_main)
+    for line in [*notes, note] if note else notes:
+        console.print(line, highlight=False)
     if env.active:
         device = distributed.init(env, settings.run.device)
         console.print(f"device: {describe(device)} x {env.world} processes", highlight=False)
@@ -255,7 +365,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
     for note in splits.notes:
         console.print(note, highlight=False)
     check_against_image(settings, splits.spec.height, splits.spec.width)
-    changes = resume_changes(settings, resume[1]) if resume is not None else {}
+    changes = resume_changes(settings, resume.ckpt) if resume is not None else {}
     binarize = settings.data.binarize
     if splits.spec.prebinarized and binarize != "none":
         # Already 0/1: every binarisation is the identity; record what really happens.
@@ -263,16 +373,20 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         console.print(f"{splits.spec.name} is already binarised: data.binarize={binarize} has no effect", highlight=False)
 
     distributed.check_global_batch(settings.train.batch_size, env.world)
+    check_batch_fits_split(settings.train.batch_size, len(splits.train), splits.spec.name)
     # Rank 0 alone creates the run directory, holds its lock and writes its files; it tells the
     # others how that went. config.yaml is written once, when the run is created: a resume
     # records its changes in metrics.jsonl instead, so the file keeps reproducing the run.
     run_dir, ckpt, error = None, None, None
     if resume is not None:
-        run_dir, ckpt = resume
+        run_dir, ckpt = resume.run_dir, resume.ckpt
+        if resume.note:
+            console.print(resume.note, highlight=False)
     with contextlib.ExitStack() as held:
         created = False
         if env.is_main:
             try:
+                check_step_memory(settings, splits, device, env)
                 if run_dir is None:
                     run_dir = runs.new_run_dir(Path(settings.run.runs_dir), settings.run.name)
                     created = True
@@ -281,6 +395,10 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
                     runs.write_config(run_dir, settings)
                 else:
                     held.enter_context(runs.run_lock(run_dir))
+                    if not resume.from_last:  # continuing from an older file: the newer ones are kept aside
+                        moved = runs.set_aside_newer(run_dir, resume.source, ckpt)
+                        if moved:
+                            console.print(moved, highlight=False)
                     runs.append_resume(
                         run_dir, {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"]), "changes": changes, "time": time.time()}
                     )
@@ -304,6 +422,49 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
             raise
 
 
+def absolute_folders(settings: Settings) -> Settings:
+    """A new run records its folders resolved: folder:PATH and data.data_dir as absolute paths, so that
+    it resumes, samples and evaluates the same from any working directory."""
+    data = settings.data
+    if is_folder(data.dataset):
+        data = dataclasses.replace(data, dataset=FOLDER_PREFIX + str(folder_path(data.dataset).resolve()))
+    if data.data_dir:
+        data = dataclasses.replace(data, data_dir=str(Path(data.data_dir).expanduser().resolve()))
+    return dataclasses.replace(settings, data=data)
+
+
+def check_batch_fits_split(batch: int, images: int, dataset: str) -> None:
+    """A batch larger than the training split would train on every image more than once per step."""
+    if batch > images:
+        raise DrawError(
+            f"train.batch_size {batch} is larger than the training split of {dataset} ({images} images); "
+            f"use --batch-size {images} or less"
+        )
+
+
+def check_step_memory(settings: Settings, splits, device, env: distributed.DistEnv) -> None:
+    """Refuse, before the run directory is made, a batch whose training step cannot fit in memory
+    (drawcli/memory.py): one line with the estimate and the largest batch that fits, instead of a
+    process killed by the kernel without a word."""
+    import torch
+
+    from drawcli.checkpoint import build_model
+    from drawcli.device import resolve_precision
+    from drawcli.memory import available_memory, check_step_fits, model_step_memory
+
+    spec = splits.spec
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        parameters = sum(p.numel() for p in build_model(settings, spec.height, spec.width, spec.channels).parameters())
+    precision, _ = resolve_precision(settings.train.precision, device)
+    need = model_step_memory(settings.model, spec.height, spec.width, spec.channels, parameters, precision)
+    if device.type != "cpu":  # the images are copied to the device
+        need = dataclasses.replace(need, fixed=need.fixed + splits.train.nbytes + splits.eval.nbytes)
+    available, source = available_memory(device)
+    # Processes of this machine share its memory on the CPU; on GPUs each has its own device.
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world)) if device.type == "cpu" else 1
+    check_step_fits(need, settings.train.batch_size // env.world, available, source, processes=local, world=env.world)
+
+
 def _remove_unfinished(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -317,7 +478,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
     if env.is_main:
         console.print(f"run: {run_dir}" + (f" (resuming at step {ckpt['step']})" if ckpt else ""), highlight=False)
         if ckpt is not None:
-            shown = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+            shown = "; ".join(f"{key} {spell(old)} -> {spell(new)}" for key, (old, new) in changes.items())
             console.print(f"changed on resume: {shown}" if shown else "no settings changed on resume", highlight=False)
             if "train.batch_size" in changes:
                 console.print(
@@ -372,6 +533,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
             "eval": result.eval,
             "best_loss": result.best_loss,
             "seconds": result.seconds,
+            "train_seconds": result.train_seconds,
             "img_per_s": result.images_per_second,
         }
         console.print(summary_table(run_dir, summary, splits.eval_name))

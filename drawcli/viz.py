@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from drawcli.errors import DrawError
-from drawcli.files import replace_atomically
+from drawcli.files import check_output, replace_atomically
 from drawcli.render import (
     MAX_FPS,
     add_progress,
@@ -181,6 +181,14 @@ def _check_timing(fps: float, hold: float) -> None:
         raise DrawError(f"--hold must be 0 or more seconds, got {hold:g}")
 
 
+def _check_outputs(console, *paths: Path) -> None:
+    """Every file the command will write can be written (files.check_output), before the work."""
+    for path in paths:
+        created = check_output(path)
+        if created:
+            _console(console).print(created, highlight=False, soft_wrap=True)
+
+
 def _console(console):
     if console is not None:
         return console
@@ -218,9 +226,14 @@ def sample_command(
     )
     if out.suffix.lower() != ".png":
         raise DrawError(f"{out}: samples are written as PNG; use a .png file name")
+    _check_outputs(console, out, *([out.with_suffix(".npy")] if npy else []))  # before the model runs
     import torch  # only now: every mistake above is answered without it
 
     loaded = load_run(run, load, device, runs_dir, located, precision)
+    if loaded.note:
+        _console(console).print(loaded.note, highlight=False, soft_wrap=True)
+        if output is None:  # the file's name says which checkpoint drew it
+            out = loaded.output("samples", ".png", f"n{n}", f"seed{seed}", "binary" if binary else "")
     gen = _generator(loaded, seed)
     model = loaded.model
     with running(loaded):
@@ -279,8 +292,13 @@ def animate_command(
         "animation", ".gif", f"n{n}", f"seed{seed}", what
     )
     check_animation_path(out)  # before torch and the model: a wrong suffix should fail fast
+    _check_outputs(console, out)
     loaded = load_run(run, load, device, runs_dir, located, precision)
     con = _console(console)
+    if loaded.note:
+        con.print(loaded.note, highlight=False, soft_wrap=True)
+        if output is None:
+            out = loaded.output("animation", ".gif", f"n{n}", f"seed{seed}", what)
     model = loaded.model
     if boxes and not reconstruct:
         _require_attention(loaded, "to draw (drop --boxes)")
@@ -348,10 +366,20 @@ def attention_tables(read: np.ndarray | None, write: np.ndarray, read_n: int, wr
         for f in ATTENTION_FIELDS:
             table.add_column(heads[f], justify="right", no_wrap=True)
         mean, std = params.mean(axis=1), params.std(axis=1)
+        decimals = [column_decimals(mean[:, j]) for j in range(mean.shape[1])]
         for t in range(params.shape[0]):
-            table.add_row(str(t + 1), *(f"{m:.3g} ±{s:.2g}" for m, s in zip(mean[t], std[t])))
+            table.add_row(str(t + 1), *(f"{m:.{d}f} ± {s:.{d}f}" for m, s, d in zip(mean[t], std[t], decimals)))
         tables.append(table)
     return tables
+
+
+def column_decimals(values: np.ndarray) -> int:
+    """Decimals that give a column's largest value three significant digits (0 to 4), used for
+    its means and standard deviations alike: '14.1 ± 0.0', '0.512 ± 0.034', never '±9.5e-07'."""
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if not np.isfinite(largest) or largest == 0:
+        return 2
+    return int(min(4, max(0, 2 - np.floor(np.log10(largest)))))
 
 
 def _inspected(generate: bool, n: int | None, index) -> tuple[str, ...]:
@@ -404,7 +432,12 @@ def inspect_attention_command(
     check_animation_path(out)
     if json_path is not None and Path(json_path).suffix.lower() != ".json":
         raise DrawError(f"{json_path}: --json writes JSON; use a .json file name")
+    _check_outputs(console, out, out.with_suffix(".png"), *([Path(json_path)] if json_path is not None else []))
     loaded = load_run(run, load, device, runs_dir, located, precision)
+    if loaded.note:
+        _console(console).print(loaded.note, highlight=False, soft_wrap=True)
+        if output is None:
+            out = loaded.output("attention", ".gif", *_inspected(generate, n, index), f"seed{seed}")
     _require_attention(loaded, "to inspect")
     strip_path = out.with_suffix(".png")
     model = loaded.model

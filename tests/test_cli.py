@@ -27,7 +27,8 @@ def runs(tmp_path_factory):
 
 def test_help_defaults_come_from_the_settings():
     params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
-    assert f"default {ModelSettings.glimpses})" in params["glimpses"].help and "--steps" in params["glimpses"].opts
+    assert f"default {ModelSettings.glimpses}; old name --steps)" in params["glimpses"].help
+    assert params["glimpses_alias"].opts == ["--steps", "--step"] and params["glimpses_alias"].hidden  # it warns when used
     assert f"default {TrainSettings.batch_size})" in params["batch_size"].help
     assert f"default {TrainSettings.precision})" in params["precision"].help
 

@@ -194,17 +194,17 @@ def test_unknown_key(tmp_path, how, fragment):
         (["--set", "model.attention=maybe"], "--set model.attention: expected true or false, got 'maybe'"),
         (["--set", "train.lr=fast"], "--set train.lr: expected a number, got 'fast'"),
         (["--set", "train.lr=[1, 2]"], "--set train.lr: expected a number, got [1, 2]"),
-        (["--set", "train.lr=true"], "--set train.lr: expected a number, got True"),
+        (["--set", "train.lr=true"], "--set train.lr: expected a number, got true"),
         (["--set", "data.dataset=7"], "--set data.dataset: expected a string, got 7"),
         (["--set", "run.device=0"], "--set run.device: expected a device name such as 'cpu' or 'cuda:0', got 0"),
         (["--set", "model.hidden="], "--set model.hidden: a value is required, got null"),
-        (["--steps", "three"], "draw train: invalid value for '--glimpses' / '-T' / '--steps'"),
+        (["--glimpses", "three"], "draw train: invalid value for '--glimpses' / '-T'"),
     ],
     ids=["int-word", "int-float", "bool", "float-word", "float-list", "float-bool", "str-int", "device-int", "null", "flag"],
 )
 def test_wrong_type(args, fragment, tmp_path):
     result = draw("train", *args)
-    if args[0] == "--steps":
+    if args[0] == "--glimpses":
         # click's own usage error: exit code 2 (as click has it), one line, never a traceback.
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
@@ -446,10 +446,12 @@ def test_bad_checkpoint(runs, env, command, kind, fragment):
     last.write_bytes(data)
     (runs / "alpha" / "checkpoints" / "best.pt").unlink()  # evaluate falls back to last.pt
     before = sorted(p.name for p in (runs / "alpha").rglob("*"))
+    # The file is named (--load last, or its path): without that, both would go on from the run's
+    # newest readable checkpoint, epoch_002.pt (issue 26 item 3, tests/test_newuser3.py).
     if command == "evaluate":
-        result = draw("evaluate", "alpha", "--device", "cpu", "--samples", "1", "--limit", "2", env=env)
+        result = draw("evaluate", "alpha", "--load", "last", "--device", "cpu", "--samples", "1", "--limit", "2", env=env)
     else:
-        result = draw("train", "--resume", "alpha", "--epochs", "3", env=env)
+        result = draw("train", "--resume", "runs/alpha/checkpoints/last.pt", "--epochs", "3", env=env)
     fails_with(result, "error: runs/alpha/checkpoints/last.pt: " + fragment)
     assert last.read_bytes() == data  # nothing rewritten
     assert sorted(p.name for p in (runs / "alpha").rglob("*")) == before  # nothing written
@@ -529,11 +531,11 @@ def test_bad_amat_file(tmp_path, monkeypatch):
         (["train", *TRAIN_FLAGS, "--data-dir", "{file}/sub"], "cannot create data directory {file}/sub/mnist: Not a directory"),
         (["train", *TRAIN_FLAGS, "--set", "run.runs_dir={file}/runs"], "cannot create run directory {file}/runs/run1: Not a directory"),
         pytest.param(["sample", "alpha", "--device", "cpu", "-n", "2", "-o", "{file}/sub/out.png"],
-                     "cannot write {file}/sub/out.png: Not a directory", id="sample-output"),
+                     "cannot write {file}/sub/out.png: {file} is not a folder", id="sample-output"),
         pytest.param(["animate", "alpha", "--device", "cpu", "-n", "2", "-o", "{file}/sub/out.gif"],
-                     "cannot write {file}/sub/out.gif: Not a directory", id="animate-output"),
+                     "cannot write {file}/sub/out.gif: {file} is not a folder", id="animate-output"),
         pytest.param(["inspect-attention", "alpha", "--device", "cpu", "-n", "1", "--json", "{file}/sub/a.json"],
-                     "cannot write {file}/sub/a.json: Not a directory", id="inspect-json"),
+                     "cannot write {file}/sub/a.json: {file} is not a folder", id="inspect-json"),
     ],
     ids=["download-data-dir", "train-data-dir", "runs-dir", "sample-output", "animate-output", "inspect-json"],
 )
@@ -649,10 +651,11 @@ def test_checkpoint_that_would_run_code_is_refused_and_never_runs(runs, env, tmp
     for name in ("last.pt", "best.pt"):
         (last.parent / name).unlink()
     last.write_bytes(data)
+    # Named, so that the run's readable epoch_002.pt is not used in its place (issue 26 item 3).
     if command == "evaluate":
-        result = draw("evaluate", "alpha", "--device", "cpu", "--samples", "1", env=env)
+        result = draw("evaluate", "alpha", "--load", "last", "--device", "cpu", "--samples", "1", env=env)
     else:
-        result = draw("train", "--resume", "alpha", "--epochs", "3", env=env)
+        result = draw("train", "--resume", "runs/alpha/checkpoints/last.pt", "--epochs", "3", env=env)
     line = fails_with(result, "error: runs/alpha/checkpoints/last.pt: " + fragment)
     assert "weights_only" not in line  # no advice to turn the protection off
     assert not marker.exists()
@@ -704,7 +707,7 @@ def _folder_case(root: pathlib.Path, kind: str) -> pathlib.Path:
     [
         ("empty", "{path}: no PNG, JPEG, BMP or GIF images in this folder or its subfolders (skipped 1 file not PNG, JPEG, BMP or GIF (notes.txt))"),
         ("corrupt", "{path}: cannot read this image (not an image Pillow can identify)"),
-        ("mixed-sizes", "{path}: 12x10 pixels, but the first image, {root}/a.png, is 8x8 (width x height); set data.image_size to resize every image to one square size"),
+        ("mixed-sizes", "{path}: 12x10 pixels, but the first image, {root}/a.png, is 8x8 (width x height); set data.image_size (--image-size S) to resize every image to one square size"),
         ("missing", "{path}: no such folder (data.dataset folder:{path})"),
     ],
 )

@@ -247,7 +247,7 @@ def test_mixed_sizes_without_image_size(tmp_path):
     with pytest.raises(DrawError) as e:
         data.load_splits(f"folder:{root}", None)
     assert str(e.value) == (f"{root / 'sub' / 'c.png'}: 16x12 pixels, but the first image, {root / 'a.png'}, is 8x8 "
-                            f"(width x height); set data.image_size to resize every image to one square size")
+                            f"(width x height); set data.image_size (--image-size S) to resize every image to one square size")
     splits = data.load_splits(f"folder:{root}", None, image_size=8)
     assert splits.train.shape[1:] == (3, 8, 8)
 

@@ -31,7 +31,7 @@ from drawcli.cli import app
 from drawcli.errors import DrawError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TINY = ["--steps", "2", "--hidden", "16", "--embed", "4", "--device", "cpu", "--set", "train.eval_batch_size=50"]
+TINY = ["--steps", "2", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu", "--set", "train.eval_batch_size=50"]
 runner = CliRunner()
 
 
@@ -228,8 +228,8 @@ def test_item4_evaluations_keep_their_own_files_and_print_before_writing(tiny, e
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     r = cli("evaluate", "tiny", *common, "--samples", "2", "-o", blocker / "x.json", env=env)
-    one_error_line(r, f"cannot write {blocker / 'x.json'}")
-    assert "IWAE bound, K=2" in r.stdout  # the numbers were shown before the write failed
+    one_error_line(r, f"cannot write {blocker / 'x.json'}: {blocker} is not a folder")
+    assert "IWAE bound, K=2" not in r.stdout  # refused before the work (issue 26 item 5)
     one_error_line(cli("evaluate", "tiny", "-o", "x.txt", env=env), "x.txt: the results are written as JSON")
 
 
@@ -369,7 +369,7 @@ def test_item9_log_lines_and_tables_are_not_wrapped_when_not_a_terminal(tmp_path
     runs_dir = tmp_path / ("a-runs-folder-with-a-long-name-" * 3)
     r = cli("train", *TINY, "-b", "32", "--epochs", "1", "--runs-dir", runs_dir, "--name", "wide", env=env)
     assert r.exit_code == 0, r.output
-    assert re.search(r"^training on 96 images, .* parameters; steps 0 -> 3 \(3 per epoch\)", r.stdout, re.M), r.stdout
+    assert re.search(r"^training on 96 images, .* images; optimizer steps 0 -> 3 \(3 per epoch\)", r.stdout, re.M), r.stdout
     assert str(runs_dir / "wide") in r.stdout  # the summary's run directory, not cut with an ellipsis
 
 
@@ -393,10 +393,11 @@ def test_item10_a_run_left_without_checkpoints_says_which_folder_to_delete(tmp_p
     left = tmp_path / "runs" / "left"
     (left / "checkpoints").mkdir(parents=True)
     (left / "config.yaml").write_text("model: {steps: 2}\n")  # as after kill -9 in the first epoch
+    (left / "mine.txt").write_text("")  # with a file of the user's, it is not replaced (issue 26 item 1)
     one_error_line(cli("train", *TINY, "--name", "left", env=env), f"has no checkpoint to resume (it stopped before "
-                   f"its first one); delete {left} to start it again")
+                   f"its first one) and holds files draw train did not write; delete {left} to start it again")
     one_error_line(cli("train", "--resume", "left", env=env), f"has no checkpoint to resume from (it stopped before "
-                   f"its first one); delete {left} and train it again")
+                   f"its first one); start it again with --name left instead of --resume (its folder {left} is then replaced)")
 
 
 # ----------------------------------------------------------------------------- 11-17: smaller things

@@ -87,7 +87,7 @@ def test_models_json_lists_the_registry(tiny_builtin):  # noqa: F811
     r = CliRunner().invoke(app, ["models", "--json"])
     models = json.loads(r.output)
     tiny = [m for m in models if m["ref"] == "@tiny"]
-    assert [m["ref"] for m in models] == ["@mnist", "@tiny"] and tiny[0]["model"]["steps"] == 3
+    assert [m["ref"] for m in models] == ["@mnist", "@tiny"] and tiny[0]["model"]["glimpses"] == 3
     r = CliRunner().invoke(app, ["models"])
     assert "@tiny" in r.output and "a test model" in r.output and "draw animate @tiny -o tiny.gif" in r.output
     assert max(len(line.rstrip()) for line in r.output.splitlines()) < 200

@@ -142,7 +142,7 @@ def test_wsd_resume_bit_exact_and_a_decay_chosen_on_resume_is_followed_and_recor
     r = run_cli("train", "--resume", "run1", "--epochs", "4", "--set", "train.decay_start=2", "--set", "train.decay_epochs=2",
                 "--set", "train.min_lr=0.0001", env=env)
     assert r.exit_code == 0, r.output
-    assert "changed on resume: train.epochs 2 -> 4; train.min_lr 0.0 -> 0.0001; train.decay_start None -> 2" in r.output
+    assert "changed on resume: train.epochs 2 -> 4; train.min_lr 0.0 -> 0.0001; train.decay_start null -> 2" in r.output
     rows = [json.loads(line) for line in (tmp_path / "runs" / "run1" / "metrics.jsonl").read_text().splitlines()]
     resume_rows = [row for row in rows if row["kind"] == "resume"]
     assert len(resume_rows) == 1 and resume_rows[0]["changes"]["train.decay_start"] == [None, 2]

@@ -410,5 +410,5 @@ def test_runs_lists_finished_interrupted_empty_and_locked_runs(tmp_path, monkeyp
     assert {row["name"]: row["status"] for row in json.loads(r.stdout)}["busy"] == "interrupted"
     # An empty or missing runs folder
     r = run_cli("runs", "--runs-dir", "nowhere")
-    assert r.exit_code == 0 and "no runs in nowhere" in r.stdout
+    assert r.exit_code == 0 and f"no runs in {tmp_path / 'nowhere'} (--runs-dir DIR lists another folder" in r.stdout
     assert json.loads(run_cli("runs", "--runs-dir", "nowhere", "--json").stdout) == []
