@@ -108,7 +108,10 @@ def test_a_run_by_name_and_by_directory(tmp_path, monkeypatch, synthetic_data_di
     by_name = drawcli.load("tiny", device="cpu")
     by_dir = drawcli.load(tmp_path / "runs" / "tiny", device="cpu", checkpoint="1")
     assert by_name.name == by_dir.name == "tiny" and by_name.glimpses == 3 and by_dir.checkpoint.name == "epoch_001.pt"
+    by_file = drawcli.load(tmp_path / "runs" / "tiny" / "checkpoints" / "epoch_001.pt", device="cpu")
+    assert by_file.checkpoint.name == "epoch_001.pt" and by_file.epoch == 1
     assert torch.equal(by_name.sample(2, seed=0), by_dir.sample(2, seed=0))
+    assert torch.equal(by_file.sample(2, seed=0), by_dir.sample(2, seed=0))
 
 
 def test_a_wrong_source_is_one_clear_error(tmp_path):
