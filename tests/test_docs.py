@@ -1,0 +1,178 @@
+"""The docs cannot go stale: every `draw …` command line in README.md and docs/*.md (and every
+example at the end of a command's --help) names a real command and only options it has; every
+settings key the docs mention exists; every relative link and image resolves.
+
+Command lines are checked against Typer's command tree (Click's, as typer bundles it) without running them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+
+from drawcli.cli import app
+from drawcli.settings import ALIASES, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+INLINE = re.compile(r"`(draw [^`]+)`")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+KEY = re.compile(r"(?<![\w./-])(model|data|train|run)\.([a-z_]+)\b(?![(/.])(?!\s+=)")  # not Python: model.fused = False
+FILE_SUFFIXES = {"py", "yaml", "yml", "jsonl", "json", "pt", "md", "sh", "log"}
+
+
+def command_lines(text: str) -> list[str]:
+    """Every `draw …` invocation: lines of fenced blocks (continuations joined, `$ ` prompts and
+    comments dropped, split at && ; |) and inline code spans that start with `draw `."""
+    found = []
+    for block in FENCE.findall(text):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.strip().removeprefix("$ ")
+            for part in re.split(r"&&|;|\|", line):
+                part = part.strip()
+                if part.startswith("draw "):
+                    found.append(part)
+    found += [m.strip() for m in INLINE.findall(text)]
+    return found
+
+
+def _words(line: str) -> list[str]:
+    line = line.split(" #", 1)[0]  # a trailing shell comment
+    line = re.sub(r"\s+\(.*\)$", "", line)  # a trailing "(minutes)"-style note in a help epilog
+    try:
+        return shlex.split(line)
+    except ValueError:  # an unbalanced quote in prose: the words as they stand
+        return line.split()
+
+
+def check_command(line: str, root=None) -> str | None:
+    """None when ``line`` names a command of `draw` and only options it has, else what is wrong."""
+    root = root or typer.main.get_command(app)
+    words = _words(line)
+    if not words or words[0] != "draw":
+        return f"{line!r}: not a draw command"
+    words = words[1:]
+    if not words or words[0] in ("--help", "-h", "--version"):
+        return None
+    name, args = words[0], words[1:]
+    if name.isupper():  # a placeholder: draw COMMAND --help
+        return None
+    command = getattr(root, "commands", {}).get(name)
+    if command is None:
+        return f"{line!r}: no command {name!r} (commands: {', '.join(sorted(root.commands))})"
+    options = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts) if opt.startswith("-")}
+    options |= {"--help", "-h"}
+    for word in args:
+        if word == "--":
+            break
+        if word.startswith("-") and len(word) > 1 and not re.fullmatch(r"-\d[\d.e-]*", word):
+            flag = word.split("=", 1)[0]
+            if flag not in options:
+                return f"{line!r}: draw {name} has no option {flag}"
+    return None
+
+
+SETTING_KEYS = {f"{section.name}.{key.name}" for section in dataclasses.fields(Settings)
+                for key in dataclasses.fields(getattr(Settings(), section.name))}
+SETTING_KEYS |= {f"{section}.{old}" for section, old in ALIASES}
+
+
+def check_keys(text: str) -> list[str]:
+    """The settings keys ``text`` names that do not exist (file names like train.py, and the
+    lines that show the error for a wrong key, are not keys)."""
+    named = set()
+    for line in text.splitlines():
+        if "unknown key" in line:
+            continue
+        named |= {f"{a}.{b}" for a, b in KEY.findall(line) if b not in FILE_SUFFIXES}
+    return sorted(named - SETTING_KEYS)
+
+
+def check_links(text: str, where: Path) -> list[str]:
+    """Relative links and image paths of a Markdown file that do not resolve."""
+    bad = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z][a-z+.-]*:", target) or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0]
+        if path and not (where.parent / path).exists():
+            bad.append(target)
+    return bad
+
+
+# ----------------------------------------------------------------------------- the real docs
+def test_every_documented_command_line_parses():
+    problems = []
+    total = 0
+    for doc in DOCS:
+        for line in command_lines(doc.read_text(encoding="utf-8")):
+            total += 1
+            problem = check_command(line)
+            if problem:
+                problems.append(f"{doc.relative_to(ROOT)}: {problem}")
+    assert total > 30, "the collector found almost no command lines"
+    assert not problems, "\n".join(problems)
+
+
+def test_every_help_example_parses():
+    root = typer.main.get_command(app)
+    checked = 0
+    for name, command in root.commands.items():
+        epilog = command.epilog or ""
+        lines = [line.strip() for line in epilog.splitlines() if line.strip().startswith("draw ")]
+        if not command.hidden:
+            assert lines, f"draw {name} --help ends with no examples"
+        for line in lines:
+            checked += 1
+            assert check_command(line, root) is None, check_command(line, root)
+    assert checked >= 10
+
+
+def test_every_settings_key_in_the_docs_exists():
+    problems = {str(doc.relative_to(ROOT)): check_keys(doc.read_text(encoding="utf-8")) for doc in DOCS}
+    assert not {k: v for k, v in problems.items() if v}
+
+
+def test_every_relative_link_and_image_resolves():
+    problems = {str(doc.relative_to(ROOT)): check_links(doc.read_text(encoding="utf-8"), doc) for doc in DOCS}
+    assert not {k: v for k, v in problems.items() if v}
+
+
+# ----------------------------------------------------------------------------- the checker itself
+BAD_DOC = """
+Run it:
+
+```bash
+draw train --glimpses 16 --made-up-option 3 --name x
+draw sample @mnist -n 4 && draw animat @mnist
+```
+
+Or `draw evaluate @mnist --limit 10 --no-such-flag`, with `train.eval_every` and `train.eval_evry`.
+![missing](docs/no-such-picture.png) and [a page](docs/nowhere.md#part), [ok](README.md), [web](https://example.org/x).
+"""
+
+
+def test_the_checker_catches_made_up_options_commands_keys_and_broken_links():
+    lines = command_lines(BAD_DOC)
+    assert lines == ["draw train --glimpses 16 --made-up-option 3 --name x", "draw sample @mnist -n 4", "draw animat @mnist",
+                     "draw evaluate @mnist --limit 10 --no-such-flag"]
+    problems = [check_command(line) for line in lines]
+    assert "draw train has no option --made-up-option" in problems[0]
+    assert problems[1] is None
+    assert "no command 'animat'" in problems[2]
+    assert "draw evaluate has no option --no-such-flag" in problems[3]
+    assert check_keys(BAD_DOC) == ["train.eval_evry"]
+    assert check_links(BAD_DOC, ROOT / "README.md") == ["docs/no-such-picture.png", "docs/nowhere.md#part"]
+
+
+@pytest.mark.parametrize("line", ["draw train --set train.lr=1e-3 --lr=0.002 -T 16", "draw models --json", "draw --help"])
+def test_the_checker_accepts_real_forms(line):
+    assert check_command(line) is None
