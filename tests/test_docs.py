@@ -176,3 +176,52 @@ def test_the_checker_catches_made_up_options_commands_keys_and_broken_links():
 @pytest.mark.parametrize("line", ["draw train --set train.lr=1e-3 --lr=0.002 -T 16", "draw models --json", "draw --help"])
 def test_the_checker_accepts_real_forms(line):
     assert check_command(line) is None
+
+
+# ----------------------------------------------------------------------------- docs/commands.md
+COMMANDS_PAGE = ROOT / "docs" / "commands.md"
+
+
+def render_commands() -> str:
+    """docs/commands.md, from the command tree: each command's help, arguments, options and examples."""
+    root = typer.main.get_command(app)
+    out = ["# The commands and their options", "",
+           "Made from the `--help` texts by `DRAW_UPDATE_DOCS=1 python -m pytest tests/test_docs.py`; a test fails when",
+           "this page and the commands differ. Settings behind the options: [training.md](training.md).", ""]
+    for name in sorted(root.commands):
+        command = root.commands[name]
+        if command.hidden:
+            continue
+        text = " ".join((command.help or "").split())
+        out += [f"## `draw {name}`", "", text, ""]
+        rows = []
+        for param in command.params:
+            if getattr(param, "hidden", False):
+                continue
+            if param.param_type_name == "argument":
+                rows.append((f"`{(param.metavar or param.name).upper()}` (argument)", "", " ".join((getattr(param, "help", None) or "").split())))
+                continue
+            names = ", ".join(f"`{o}`" for o in (*param.opts, *param.secondary_opts))
+            default = param.default
+            shown = "" if default is None or callable(default) or default is False or param.is_flag and not param.secondary_opts else str(default)
+            if param.is_flag and param.secondary_opts:
+                shown = param.opts[0] if default else param.secondary_opts[0]
+            rows.append((names, f"`{shown}`" if shown else "", " ".join((param.help or "").split()).replace("|", "\\|")))
+        if rows:
+            out += ["| option | default | meaning |", "|---|---|---|"]
+            out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+            out.append("")
+        examples = [re.sub(r"\s+\((.*)\)$", r"   # \1", line.strip())  # a trailing "(note)" becomes a shell comment
+                    for line in (command.epilog or "").splitlines() if line.strip().startswith("draw ")]
+        if examples:
+            out += ["Examples:", "", "```bash", *examples, "```", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def test_the_commands_page_is_made_from_the_commands():
+    import os
+
+    page = render_commands()
+    if os.environ.get("DRAW_UPDATE_DOCS") == "1":
+        COMMANDS_PAGE.write_text(page, encoding="utf-8")
+    assert COMMANDS_PAGE.read_text(encoding="utf-8") == page, "docs/commands.md is stale: DRAW_UPDATE_DOCS=1 python -m pytest tests/test_docs.py"
