@@ -79,6 +79,8 @@ CASES = [
     (3, 12, 9, 3, 8, 3, 3, 2, 20),  # colour, non-square
     (2, 7, 10, 2, 8, 2, 1, 4, 17),  # two channels, N = 1 read
     (3, 10, 10, 2, 8, 3, 4, 4, 1),  # colour, batch 1
+    (1, 7, 10, 2, 8, 2, 2, 3, 150),  # chunks of 75 rows: blocks of lanes (draw_loop.cpp's LANES = 64)
+    (3, 9, 12, 2, 8, 3, 3, 2, 133),  # the same in colour, uneven
 ]
 
 

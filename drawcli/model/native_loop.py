@@ -13,7 +13,6 @@ turn, and sums L^z and the IWAE log ratio as it goes. No I/O here.
 
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass, fields
 
@@ -28,9 +27,6 @@ from drawcli.model.python_backward import head_grads
 TRAINING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 EVALUATION: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-# Evaluation cuts the batch into chunks of about this many rows (at least one per thread): the
-# chunk's images sit side by side in the SIMD lanes, and larger chunks fall out of the cache.
-EVAL_ROWS = 64
 
 
 @dataclass
@@ -154,6 +150,11 @@ def inputs(m, x: torch.Tensor, eps: torch.Tensor) -> Inputs:
     return Inputs(x.contiguous(), eps.contiguous(), grid, offsets(m, m.read_n, x.dtype), offsets(m, m.write_n, x.dtype))
 
 
+# Packing a weight costs about what a few dozen of its products save: short loops (T x rows below
+# this, such as sample_configs/colour_quick.yaml's 16 x 32) run at::mm instead.
+PACK_MIN_ROWS = 2048
+
+
 def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed: bool, backward: bool) -> Products:
     """The LSTM weights for the products (see Products), packed for ``rows`` rows where that
     applies. (q's and the heads' products, 64 x 256 x 200 and smaller, stay at::addmm: packing
@@ -162,7 +163,7 @@ def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed:
     if mm_dtype is not None:
         p.enc_w_lp, p.dec_w_lp = w.enc_w.to(mm_dtype).contiguous(), w.dec_w.to(mm_dtype).contiguous()
     dtype = mm_dtype or w.enc_w.dtype
-    if packed and packed_applies(dtype, w.enc_w.device, rows):
+    if packed and m.steps * rows >= PACK_MIN_ROWS and packed_applies(dtype, w.enc_w.device, rows):
         def pack(mat):
             return torch.ops.mkldnn._reorder_linear_weight(mat.to(dtype).contiguous(), rows)
 
@@ -173,14 +174,21 @@ def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed:
     return p
 
 
-def training_chunks(b: int) -> int:
-    """One chunk of the batch per thread, none under 8 rows (backward cuts the batch alike)."""
-    return max(1, min(torch.get_num_threads(), b // 8))
+# Evaluation cuts the batch into chunks of at most this many rows (at least one per thread): larger
+# products run closer to the machine's rate, but their results (rows x 4H) must stay in the cache
+# for the LSTM cells that read them.
+EVAL_ROWS = 256
 
 
 def eval_chunks(b: int) -> int:
-    """Chunks of about EVAL_ROWS rows, at least one per thread, none under 8 rows."""
-    return max(1, min(max(torch.get_num_threads(), math.ceil(b / EVAL_ROWS)), b // 8))
+    return max(1, min(max(torch.get_num_threads(), -(-b // EVAL_ROWS)), b // 8))
+
+
+def chunks_for(b: int) -> int:
+    """One chunk of the batch per thread, none under 8 rows (backward cuts the batch alike). Each
+    thread runs its chunk's products on all its rows, the per-image work in blocks of 64 images
+    (draw_loop.cpp's LANES)."""
+    return max(1, min(torch.get_num_threads(), b // 8))
 
 
 def _start(m, ws: Workspace, heads_b: torch.Tensor) -> None:
@@ -229,7 +237,7 @@ def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtyp
     lowp = mm_dtype is not None
     ws = _workspace(TRAINING, m, ("train", b, x.dtype, lowp), b, x.dtype, w, lowp, keep=True)
     _start(m, ws, w.heads_b)
-    chunks = training_chunks(b)  # backward must cut the batch the same way: the lane buffers are laid out per chunk
+    chunks = chunks_for(b)  # backward must cut the batch the same way: the lane buffers are laid out per chunk
     ins = inputs(m, x, eps)
     prods = products(m, w, -(-b // chunks), mm_dtype, packed, backward=True)
     mu_ls, canvas, lz = x.new_empty(T, b, 2 * Z), torch.empty_like(ins.x), x.new_empty(b)

@@ -163,41 +163,54 @@ struct Dims {
   int64_t T, B, C, H, W, HW, L, hd, Z, n, nw, kw, R, ke, kd, hw, S_in, S;
 };
 
+// ---------------------------------------------------------------- lanes in register tiles
+// The per-image work runs on V images side by side ("lanes", innermost in every array). Loops
+// that sum over pixels keep their sums in registers by running on tiles of Tile<T> lanes, a
+// compile-time width (two vector registers): body(v0, nv) with nv == Tile<T> (a constant, so
+// that the compiler unrolls and vectorises the lane loop) or, once, the remaining lanes.
+template <typename T>
+constexpr int64_t Tile = 128 / sizeof(T);
+constexpr int64_t NMAX = 32;  // the largest read or write side N (settings allow 28)
+
+template <typename T, typename F>
+inline void tiles(int64_t V, const F& body) {
+  int64_t v0 = 0;
+  for (; v0 + Tile<T> <= V; v0 += Tile<T>) body(v0, std::integral_constant<int64_t, Tile<T>>{});
+  if (v0 < V) body(v0, V - v0);
+}
+
 // ---------------------------------------------------------------- filterbanks (eq 19-26)
-// The attention work is done for V images at once, image innermost ("lanes"): every array below
-// is (..., V), so each loop runs over the V images of a chunk, with no per-image short loops and
-// no horizontal sums. p: the window (g_X, g_Y, delta, sigma^2, gamma) as (5, V).
-// F_X (a = 0, W columns) and F_Y (a = 1, H columns) into f (2, N, L, V).
+// p: the windows (g_X, g_Y, delta, sigma^2, gamma) as (5, V). F_X (a = 0, W columns) and F_Y
+// (a = 1, H columns) into f (2, N, L, V).
 template <typename T>
 void filters(const T* p, const T* off, const T* grid, int64_t N, int64_t L, int64_t W, int64_t H, int64_t V,
-             T eps, T* f, T* mu, T* scale, T* s) {
-  IVDEP
-  for (int64_t v = 0; v < V; ++v) scale[v] = T(-0.5) / p[3 * V + v];
+             T eps, T* f) {
   for (int64_t a = 0; a < 2; ++a) {
     const int64_t len = a == 0 ? W : H;
     for (int64_t i = 0; i < N; ++i) {
-      IVDEP
-      for (int64_t v = 0; v < V; ++v) {
-        mu[v] = p[a * V + v] + off[i] * p[2 * V + v];
-        s[v] = 0;
-      }
       T* fr = f + (a * N + i) * L * V;
-      for (int64_t l = 0; l < len; ++l) {
-        const T gl = grid[a * L + l];
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) {
-          const T dl = gl - mu[v];
-          const T e = std::exp(dl * dl * scale[v]);
-          fr[l * V + v] = e;
-          s[v] += e;
+      tiles<T>(V, [&](int64_t v0, auto nv) {
+        T mu[Tile<T>], scale[Tile<T>], s[Tile<T>] = {};
+        for (int64_t u = 0; u < nv; ++u) {
+          mu[u] = p[a * V + v0 + u] + off[i] * p[2 * V + v0 + u];
+          scale[u] = T(-0.5) / p[3 * V + v0 + u];
         }
-      }
-      IVDEP
-      for (int64_t v = 0; v < V; ++v) s[v] = T(1) / (s[v] + eps);
-      for (int64_t l = 0; l < len; ++l) {
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) fr[l * V + v] *= s[v];
-      }
+        for (int64_t l = 0; l < len; ++l) {
+          const T gl = grid[a * L + l];
+          T* o = fr + l * V + v0;
+          for (int64_t u = 0; u < nv; ++u) {
+            const T dl = gl - mu[u];
+            const T e = std::exp(dl * dl * scale[u]);
+            o[u] = e;
+            s[u] += e;
+          }
+        }
+        for (int64_t u = 0; u < nv; ++u) s[u] = T(1) / (s[u] + eps);  // Z_X, Z_Y: each row sums to 1
+        for (int64_t l = 0; l < len; ++l) {
+          T* o = fr + l * V + v0;
+          for (int64_t u = 0; u < nv; ++u) o[u] *= s[u];
+        }
+      });
     }
   }
 }
@@ -206,32 +219,34 @@ void filters(const T* p, const T* off, const T* grid, int64_t N, int64_t L, int6
 // (grid - mu is recomputed: cheaper than storing it for every step).
 template <typename T>
 void filters_backward(const T* df, const T* f, const T* p, const T* off, const T* grid, int64_t N, int64_t L,
-                      int64_t W, int64_t H, int64_t V, T* out, T* z, T* mu) {
+                      int64_t W, int64_t H, int64_t V, T* out) {
   std::fill(out, out + 4 * V, T(0));
   for (int64_t a = 0; a < 2; ++a) {
     const int64_t len = a == 0 ? W : H;
     for (int64_t i = 0; i < N; ++i) {
       const int64_t o = (a * N + i) * L * V;
       const T *g = df + o, *fr = f + o;
-      IVDEP
-      for (int64_t v = 0; v < V; ++v) mu[v] = p[a * V + v] + off[i] * p[2 * V + v];
-      std::fill(z, z + V, T(0));
-      for (int64_t l = 0; l < len; ++l) {
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) z[v] += g[l * V + v] * fr[l * V + v];
-      }
-      for (int64_t l = 0; l < len; ++l) {
-        const T gl = grid[a * L + l];
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) {
-          const int64_t k = l * V + v;
-          const T dl = gl - mu[v];
-          const T ed = (g[k] - z[v]) * fr[k] * dl;  // dL/d(exponent) times (a - mu)
-          out[a * V + v] += ed;
-          out[2 * V + v] += off[i] * ed;
-          out[3 * V + v] += ed * dl;
+      tiles<T>(V, [&](int64_t v0, auto nv) {
+        T mu[Tile<T>], z[Tile<T>] = {}, s1[Tile<T>] = {}, s2[Tile<T>] = {};
+        for (int64_t u = 0; u < nv; ++u) mu[u] = p[a * V + v0 + u] + off[i] * p[2 * V + v0 + u];
+        for (int64_t l = 0; l < len; ++l)
+          for (int64_t u = 0; u < nv; ++u) z[u] += g[l * V + v0 + u] * fr[l * V + v0 + u];
+        for (int64_t l = 0; l < len; ++l) {
+          const T gl = grid[a * L + l];
+          for (int64_t u = 0; u < nv; ++u) {
+            const int64_t k = l * V + v0 + u;
+            const T dl = gl - mu[u];
+            const T ed = (g[k] - z[u]) * fr[k] * dl;  // dL/d(exponent) times (a - mu)
+            s1[u] += ed;
+            s2[u] += ed * dl;
+          }
         }
-      }
+        for (int64_t u = 0; u < nv; ++u) {
+          out[a * V + v0 + u] += s1[u];
+          out[2 * V + v0 + u] += off[i] * s1[u];
+          out[3 * V + v0 + u] += s2[u];
+        }
+      });
     }
   }
   IVDEP
@@ -327,6 +342,7 @@ struct Loop {
     d.L = std::max(d.H, d.W);
     const Tensor tro = a.tensor("read_offsets"), two = a.tensor("write_offsets");
     d.n = tro.numel(), d.nw = two.numel();
+    TORCH_CHECK(d.n <= NMAX && d.nw <= NMAX, "drawcli loop: read and write sides are at most ", NMAX);
     d.kw = d.C * d.nw * d.nw;
     d.R = 2 * d.C * d.n * d.n;
     d.hw = d.kw + 10;
@@ -457,59 +473,155 @@ struct Loop {
     }
   }
 
+  // A block of a chunk's images, side by side in the SIMD lanes: the per-image work (read, write,
+  // filterbanks) runs on blocks of at most LANES images, so that its arrays stay in the cache,
+  // while the products run on the whole chunk. Lanes are independent: the cut changes no number,
+  // but backward must cut as forward did (it reads the lane buffers block by block).
+  static constexpr int64_t LANES = 64;
+  struct Block {
+    int64_t b0, V;
+    std::vector<T> xs, cv;  // x and the canvas (forward) or dL/dc (backward), as (C, H, W, V)
+    std::vector<T> dx;      // backward: dL/dx as (C, H, W, V), or empty
+  };
+
+  std::vector<Block> blocks(int64_t b0, int64_t nb, bool with_dx) const {
+    const int64_t CHW = D.C * D.HW, count = (nb + LANES - 1) / LANES, per = (nb + count - 1) / count;
+    std::vector<Block> out;
+    for (int64_t s = b0; s < b0 + nb; s += per) {
+      const int64_t V = std::min(per, b0 + nb - s);
+      Block blk{s, V, std::vector<T>(CHW * V), std::vector<T>(CHW * V, T(0)), std::vector<T>(with_dx ? CHW * V : 0, T(0))};
+      to_lanes(blk.xs.data(), x, s, V, CHW);
+      out.push_back(std::move(blk));
+    }
+    return out;
+  }
+
+  // Scratch of one block's per-image work, sized for the largest block.
+  struct Scratch {
+    std::vector<T> win, gsum, out4, df, du, dg, dleft;
+  };
+
+  Scratch scratch(bool backward) const {
+    const Dims& d = D;
+    const int64_t V = LANES, nmax = std::max(d.n, d.nw);
+    Scratch s{std::vector<T>(5 * V), std::vector<T>(V), std::vector<T>(4 * V), {}, {}, {}, {}};
+    if (backward) {
+      s.df.resize(2 * nmax * d.L * V);
+      s.du.resize(d.nw * d.C * d.W * V);
+      s.dg.resize(d.R * V);
+      s.dleft.resize(2 * d.C * d.n * d.W * V);
+    }
+    return s;
+  }
+
+  // eq 3 and the read, eq 27 (window from h^dec_{t-1}, heads slot si), for one block: r_t into the
+  // encoder input slot si (and its bfloat16 copy, slot sl).
+  void read(Block& blk, Scratch& sc, int64_t t, int64_t si, int64_t sl) {
+    const Dims& d = D;
+    const int64_t C = d.C, H = d.H, W = d.W, CHW = C * d.HW, L = d.L, n = d.n, b0 = blk.b0, V = blk.V;
+    const T *xs = blk.xs.data(), *cv = blk.cv.data();
+    T* win = sc.win.data();
+    T* xh = lanes(xhat, b0, V, CHW, t);  // (C, H, W, V)
+    IVDEP
+    for (int64_t k = 0; k < CHW * V; ++k) xh[k] = xs[k] - sigm<T>(cv[k]);
+    gather(win, p_heads + si * d.B * d.hw, b0, V, d.hw, d.kw + 5, 5);
+    T* fr = lanes(f_r, b0, V, 2 * n * L, t);
+    filters<T>(win, roff, grid, n, L, W, H, V, feps, fr);
+    const T *fx = fr, *fy = fr + n * L * V;
+    // left: rows (i, image q) with q = the C channels of x, then those of x_hat: F_Y x_q, (n, 2C, W, V)
+    T* lf = lanes(left, b0, V, 2 * C * n * W, t);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t w = 0; w < W; ++w)
+          tiles<T>(V, [&](int64_t v0, auto nv) {
+            T ax[Tile<T>] = {}, ah[Tile<T>] = {};
+            for (int64_t h = 0; h < H; ++h) {
+              const T *f = fy + (i * L + h) * V + v0, *xv = xs + ((c * H + h) * W + w) * V + v0,
+                      *hv = xh + ((c * H + h) * W + w) * V + v0;
+              for (int64_t u = 0; u < nv; ++u) {
+                ax[u] += f[u] * xv[u];
+                ah[u] += f[u] * hv[u];
+              }
+            }
+            T *lx = lf + ((i * 2 * C + c) * W + w) * V + v0, *lh = lf + ((i * 2 * C + C + c) * W + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) {
+              lx[u] = ax[u];
+              lh[u] = ah[u];
+            }
+          });
+    T* r = row(p_enc_in, si, b0, d.ke);
+    for (int64_t p = 0; p < 2 * C * n; ++p)  // eq 27: gamma F_Y x F_X^T, read_glimpse's layout (i, q, j)
+      for (int64_t j = 0; j < n; ++j)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t w = 0; w < W; ++w) {
+            const T *a = lf + (p * W + w) * V + v0, *f = fx + (j * L + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += a[u] * f[u];
+          }
+          for (int64_t u = 0; u < nv; ++u) r[(v0 + u) * d.ke + p * n + j] = win[4 * V + v0 + u] * acc[u];
+        });
+    if (lowp)
+      for (int64_t b = b0; b < b0 + V; ++b) to_lp(row(p_enc_lp, sl, b, d.ke), row(p_enc_in, si, b, d.ke), d.R);
+  }
+
+  // The write of step t, eq 8, 29 (window and patch from the heads slot si1), for one block.
+  void write(Block& blk, Scratch& sc, int64_t t, int64_t si1) {
+    const Dims& d = D;
+    const int64_t C = d.C, H = d.H, W = d.W, L = d.L, nw = d.nw, kw = d.kw, b0 = blk.b0, V = blk.V;
+    T* cv = blk.cv.data();
+    T* win = sc.win.data();
+    const T* hrows = p_heads + si1 * d.B * d.hw;
+    gather(win, hrows, b0, V, d.hw, kw, 5);
+    T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
+    filters<T>(win, woff, grid, nw, L, W, H, V, feps, fw);
+    const T *wfx = fw, *wfy = fw + nw * L * V;
+    T* wd = lanes(wdiv, b0, V, kw, t);  // w / gamma, (N, C, N, V): the patch rows as layout.py orders them
+    gather(wd, hrows, b0, V, d.hw, 0, kw);
+    for (int64_t k = 0; k < kw; ++k) {
+      IVDEP
+      for (int64_t v = 0; v < V; ++v) wd[k * V + v] /= win[4 * V + v];
+    }
+    T* ub = lanes(u, b0, V, nw * C * W, t);  // (w / gamma) F_X, (N, C, W, V)
+    for (int64_t i = 0; i < nw; ++i)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t w = 0; w < W; ++w)
+          tiles<T>(V, [&](int64_t v0, auto nv) {
+            T acc[Tile<T>] = {};
+            for (int64_t j = 0; j < nw; ++j) {
+              const T *k = wd + ((i * C + c) * nw + j) * V + v0, *f = wfx + (j * L + w) * V + v0;
+              for (int64_t u = 0; u < nv; ++u) acc[u] += k[u] * f[u];
+            }
+            T* o = ub + ((i * C + c) * W + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+          });
+    for (int64_t c = 0; c < C; ++c)  // eq 8, 29: c_t = c_{t-1} + F_Y^T (w / gamma) F_X, every channel
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w)
+          tiles<T>(V, [&](int64_t v0, auto nv) {
+            T* o = cv + ((c * H + h) * W + w) * V + v0;
+            T acc[Tile<T>];
+            for (int64_t u = 0; u < nv; ++u) acc[u] = o[u];
+            for (int64_t i = 0; i < nw; ++i) {
+              const T *f = wfy + (i * L + h) * V + v0, *uv = ub + ((i * C + c) * W + w) * V + v0;
+              for (int64_t u = 0; u < nv; ++u) acc[u] += f[u] * uv[u];
+            }
+            for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+          });
+  }
+
   void forward_chunk(int64_t b0, int64_t nb) {
     const Dims& d = D;
-    const int64_t C = d.C, H = d.H, W = d.W, CHW = C * d.HW, L = d.L, R = d.R, hd = d.hd, Z = d.Z, n = d.n,
-                  nw = d.nw, kw = d.kw, V = nb;
+    const int64_t CHW = d.C * d.HW, R = d.R, hd = d.hd, Z = d.Z, kw = d.kw;
     Tensor pre_lp = lowp ? at::empty({nb, 4 * hd}, enc_in.options().dtype(at::kBFloat16)) : Tensor();
-    std::vector<T> xs_(CHW * V), cv_(CHW * V, T(0)), win(5 * V), s1(V), s2(V), s3(V);
-    T *xs = xs_.data(), *cv = cv_.data();  // x and the canvas c_t, as (C, H, W, V)
-    to_lanes(xs, x, b0, V, CHW);
+    std::vector<Block> blks = blocks(b0, nb, false);
+    Scratch sc = scratch(false);
     std::fill(lz + b0, lz + b0 + nb, T(0));
     if (log_ratio_on) std::fill(log_ratio + b0, log_ratio + b0 + nb, T(0));
     for (int64_t t = 0; t < d.T; ++t) {
       const int64_t si = t % d.S_in, si1 = (t + 1) % d.S_in, ss = t % d.S;
       const int64_t sl = lowp ? t % S_lp : 0, sl1 = lowp ? (t + 1) % S_lp : 0;
       const bool next_lp = lowp && t + 1 < d.T;
-      // eq 3 and the read, eq 27 (window from h^dec_{t-1}), for the chunk's V images at once
-      T* xh = lanes(xhat, b0, V, CHW, t);  // (C, H, W, V)
-      IVDEP
-      for (int64_t k = 0; k < CHW * V; ++k) xh[k] = xs[k] - sigm<T>(cv[k]);
-      gather(win.data(), p_heads + si * d.B * d.hw, b0, V, d.hw, kw + 5, 5);
-      T* fr = lanes(f_r, b0, V, 2 * n * L, t);
-      filters<T>(win.data(), roff, grid, n, L, W, H, V, feps, fr, s1.data(), s2.data(), s3.data());
-      const T *fx = fr, *fy = fr + n * L * V;
-      // left: rows (i, image q) with q = the C channels of x, then those of x_hat: F_Y x_q, (n, 2C, W, V)
-      T* lf = lanes(left, b0, V, 2 * C * n * W, t);
-      std::fill(lf, lf + 2 * C * n * W * V, T(0));
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t h = 0; h < H; ++h) {
-            const T* f = fy + (i * L + h) * V;
-            T *lx = lf + (i * 2 * C + c) * W * V, *lh = lf + (i * 2 * C + C + c) * W * V;
-            const T *xv = xs + (c * H + h) * W * V, *hv = xh + (c * H + h) * W * V;
-            for (int64_t w = 0; w < W; ++w) {
-              IVDEP
-              for (int64_t v = 0; v < V; ++v) {
-                lx[w * V + v] += f[v] * xv[w * V + v];
-                lh[w * V + v] += f[v] * hv[w * V + v];
-              }
-            }
-          }
-      for (int64_t p = 0; p < 2 * C * n; ++p)  // eq 27: gamma F_Y x F_X^T, read_glimpse's layout (i, q, j)
-        for (int64_t j = 0; j < n; ++j) {
-          T* acc = s1.data();
-          std::fill(acc, acc + V, T(0));
-          for (int64_t w = 0; w < W; ++w) {
-            const T *a = lf + (p * W + w) * V, *f = fx + (j * L + w) * V;
-            IVDEP
-            for (int64_t v = 0; v < V; ++v) acc[v] += a[v] * f[v];
-          }
-          T* r = row(p_enc_in, si, b0, d.ke) + p * n + j;
-          for (int64_t v = 0; v < V; ++v) r[v * d.ke] = win[4 * V + v] * acc[v];
-        }
-      if (lowp)
-        for (int64_t b = b0; b < b0 + nb; ++b) to_lp(row(p_enc_lp, sl, b, d.ke), row(p_enc_in, si, b, d.ke), R);
+      for (Block& blk : blks) read(blk, sc, t, si, sl);
       // eq 5: the encoder; h^enc_t goes to the next slot's encoder input
       T* next = p_enc_in + si1 * d.B * d.ke;
       cell(si, si1, ss, sl, b0, nb, enc_in, enc_lp, enc_w, enc_w_lp, enc_pk, pre_lp, g_enc, p_g_enc, c_enc, tc_enc,
@@ -549,7 +661,7 @@ struct Loop {
           to_lp(row(p_dec_lp, sl1, b, d.kd) + Z, h, hd);
         }
       }
-      // eq 18/28, 21: the heads over h^dec_t, then the write, eq 8, 29
+      // eq 18/28, 21: the heads over h^dec_t, then the write
       Tensor head_rows = heads[si1].narrow(0, b0, nb);
       at::addmm_out(head_rows, heads_b, enc_in[si1].narrow(0, b0, nb).narrow(1, R, hd), heads_w.t());
       for (int64_t b = b0; b < b0 + nb; ++b) {
@@ -559,43 +671,9 @@ struct Loop {
           hh[kw + 5 + k] = std::exp(hh[kw + 5 + k]);
         }
       }
-      const T* hrows = p_heads + si1 * d.B * d.hw;
-      gather(win.data(), hrows, b0, V, d.hw, kw, 5);
-      T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
-      filters<T>(win.data(), woff, grid, nw, L, W, H, V, feps, fw, s1.data(), s2.data(), s3.data());
-      const T *wfx = fw, *wfy = fw + nw * L * V;
-      T* wd = lanes(wdiv, b0, V, kw, t);  // w / gamma, (N, C, N, V): the patch rows as layout.py orders them
-      gather(wd, hrows, b0, V, d.hw, 0, kw);
-      for (int64_t k = 0; k < kw; ++k) {
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) wd[k * V + v] /= win[4 * V + v];
-      }
-      T* ub = lanes(u, b0, V, nw * C * W, t);  // (w / gamma) F_X, (N, C, W, V)
-      std::fill(ub, ub + nw * C * W * V, T(0));
-      for (int64_t i = 0; i < nw; ++i)
-        for (int64_t c = 0; c < C; ++c)
-          for (int64_t j = 0; j < nw; ++j) {
-            const T* k = wd + ((i * C + c) * nw + j) * V;
-            T* o = ub + (i * C + c) * W * V;
-            for (int64_t w = 0; w < W; ++w) {
-              const T* f = wfx + (j * L + w) * V;
-              IVDEP
-              for (int64_t v = 0; v < V; ++v) o[w * V + v] += k[v] * f[v];
-            }
-          }
-      for (int64_t c = 0; c < C; ++c)  // eq 8, 29: c_t = c_{t-1} + F_Y^T (w / gamma) F_X, every channel
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t i = 0; i < nw; ++i) {
-            const T* f = wfy + (i * L + h) * V;
-            T* o = cv + (c * H + h) * W * V;
-            const T* uv = ub + (i * C + c) * W * V;
-            for (int64_t w = 0; w < W; ++w) {
-              IVDEP
-              for (int64_t v = 0; v < V; ++v) o[w * V + v] += f[v] * uv[w * V + v];
-            }
-          }
+      for (Block& blk : blks) write(blk, sc, t, si1);
     }
-    from_lanes(canvas, cv, b0, V, CHW);  // c_T back to one image per row
+    for (const Block& blk : blks) from_lanes(canvas, blk.cv.data(), blk.b0, blk.V, CHW);  // c_T, one image per row
   }
 
   // backward ------------------------------------------------------------------------
@@ -632,11 +710,179 @@ struct Loop {
     }
   }
 
+  // Backward of the write of step t (eq 8, 29) for one block: dL/dc_t (blk.cv) reaches it unchanged;
+  // dL/d heads over h^dec_t into d_heads slot t + 1.
+  void write_backward(Block& blk, Scratch& sc, int64_t t) {
+    const Dims& d = D;
+    const int64_t C = d.C, H = d.H, W = d.W, L = d.L, nw = d.nw, kw = d.kw, b0 = blk.b0, V = blk.V;
+    const T* dcv = blk.cv.data();
+    T* win = sc.win.data();
+    gather(win, p_heads + (t + 1) * d.B * d.hw, b0, V, d.hw, kw, 5);
+    const T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
+    const T *fx = fw, *fy = fw + nw * L * V;
+    const T* ub = lanes(u, b0, V, nw * C * W, t);
+    const T* wd = lanes(wdiv, b0, V, kw, t);
+    T *dfx = sc.df.data(), *dfy = sc.df.data() + nw * L * V, *du = sc.du.data();
+    for (int64_t i = 0; i < nw; ++i) {
+      for (int64_t h = 0; h < H; ++h)  // dL/dF_Y = sum_c u_c dC_c^T
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t w = 0; w < W; ++w) {
+              const T *g = dcv + ((c * H + h) * W + w) * V + v0, *uv = ub + ((i * C + c) * W + w) * V + v0;
+              for (int64_t u = 0; u < nv; ++u) acc[u] += uv[u] * g[u];
+            }
+          T* o = dfy + (i * L + h) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+        });
+      for (int64_t c = 0; c < C; ++c)  // dL/du = F_Y dC
+        for (int64_t w = 0; w < W; ++w)
+          tiles<T>(V, [&](int64_t v0, auto nv) {
+            T acc[Tile<T>] = {};
+            for (int64_t h = 0; h < H; ++h) {
+              const T *f = fy + (i * L + h) * V + v0, *g = dcv + ((c * H + h) * W + w) * V + v0;
+              for (int64_t u = 0; u < nv; ++u) acc[u] += f[u] * g[u];
+            }
+            T* o = du + ((i * C + c) * W + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+          });
+    }
+    for (int64_t j = 0; j < nw; ++j)  // dL/dF_X = sum_(i, c) (w / gamma)_(i, c, j) du_(i, c)
+      for (int64_t w = 0; w < W; ++w)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t ic = 0; ic < nw * C; ++ic) {
+            const T *k = wd + (ic * nw + j) * V + v0, *g = du + (ic * W + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += k[u] * g[u];
+          }
+          T* o = dfx + (j * L + w) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+        });
+    T* dhh = d_heads + ((t + 1) * d.B + b0) * d.hw;
+    T* gsum = sc.gsum.data();
+    std::fill(gsum, gsum + V, T(0));
+    for (int64_t ic = 0; ic < nw * C; ++ic)
+      for (int64_t j = 0; j < nw; ++j)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};  // dL/d(w / gamma) = du F_X^T
+          for (int64_t w = 0; w < W; ++w) {
+            const T *g = du + (ic * W + w) * V + v0, *f = fx + (j * L + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += g[u] * f[u];
+          }
+          const T* k = wd + (ic * nw + j) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) {
+            gsum[v0 + u] += acc[u] * k[u];
+            dhh[(v0 + u) * d.hw + ic * nw + j] = acc[u] / win[4 * V + v0 + u];
+          }
+        });
+    T* out4 = sc.out4.data();
+    filters_backward<T>(sc.df.data(), fw, win, woff, grid, nw, L, W, H, V, out4);
+    for (int64_t v = 0; v < V; ++v) {
+      T* o = dhh + v * d.hw + kw;
+      for (int64_t k = 0; k < 4; ++k) o[k] = out4[k * V + v];
+      o[4] = -gsum[v];  // dL/d log gamma: w / gamma
+    }
+  }
+
+  // Backward of the read of step t (eq 27) and of x_hat = x - sigmoid(c_{t-1}) (eq 3) for one block,
+  // from dL/dr_t in dr (rows of width ce, the block's first at dr): dL/d read window into d_heads
+  // slot t, dL/dc_{t-1} into blk.cv, dL/dx into blk.dx.
+  void read_backward(Block& blk, Scratch& sc, int64_t t, const T* dr, int64_t ce) {
+    const Dims& d = D;
+    const int64_t C = d.C, H = d.H, W = d.W, CHW = C * d.HW, L = d.L, R = d.R, n = d.n, b0 = blk.b0, V = blk.V;
+    const T* xs = blk.xs.data();
+    T *dcv = blk.cv.data(), *dxv = blk.dx.empty() ? nullptr : blk.dx.data();
+    T *win = sc.win.data(), *dg = sc.dg.data(), *dleft = sc.dleft.data();
+    gather(win, p_heads + t * d.B * d.hw, b0, V, d.hw, d.kw + 5, 5);
+    const T* fr = lanes(f_r, b0, V, 2 * n * L, t);
+    const T *fx = fr, *fy = fr + n * L * V;
+    const T* lf = lanes(left, b0, V, 2 * C * n * W, t);
+    const T* xh = lanes(xhat, b0, V, CHW, t);
+    T* gsum = sc.gsum.data();
+    for (int64_t v = 0; v < V; ++v) {
+      const T* g = dr + v * ce;
+      const T* r = row(p_enc_in, t, b0 + v, d.ke);
+      T s = 0;
+      for (int64_t k = 0; k < R; ++k) {
+        s += g[k] * r[k];  // dL/d log gamma (r = gamma G)
+        dg[k * V + v] = g[k] * win[4 * V + v];
+      }
+      gsum[v] = s;
+    }
+    T *dfx = sc.df.data(), *dfy = sc.df.data() + n * L * V;
+    for (int64_t p = 0; p < 2 * C * n; ++p)  // dL/dleft = dG F_X
+      for (int64_t w = 0; w < W; ++w)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t j = 0; j < n; ++j) {
+            const T *k = dg + (p * n + j) * V + v0, *f = fx + (j * L + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += k[u] * f[u];
+          }
+          T* o = dleft + (p * W + w) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+        });
+    for (int64_t j = 0; j < n; ++j)  // dL/dF_X = dG^T left
+      for (int64_t w = 0; w < W; ++w)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t p = 0; p < 2 * C * n; ++p) {
+            const T *k = dg + (p * n + j) * V + v0, *lv = lf + (p * W + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += k[u] * lv[u];
+          }
+          T* o = dfx + (j * L + w) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+        });
+    // Through F_Y, per pixel (c, h, w): dL/dx_hat = sum_i F_Y[i, h] dleft_(i, x_hat), dL/dx likewise plus
+    // dL/dx_hat (x_hat = x - sigmoid(c_{t-1}), eq 3), dL/dc_{t-1} -= dL/dx_hat sigmoid'; and
+    // dL/dF_Y[i, h] = sum_(c, w) dleft_i [x | x_hat]. F_Y's column h and the sums of dL/dF_Y stay in
+    // the tile arrays fh and sy (n x Tile values) while the pixels of row h go by.
+    for (int64_t h = 0; h < H; ++h)
+      tiles<T>(V, [&](int64_t v0, auto nv) {
+        T fh[NMAX * Tile<T>], sy[NMAX * Tile<T>];
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t u = 0; u < nv; ++u) {
+            fh[i * Tile<T> + u] = fy[(i * L + h) * V + v0 + u];
+            sy[i * Tile<T> + u] = T(0);
+          }
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t w = 0; w < W; ++w) {
+            const int64_t k = ((c * H + h) * W + w) * V + v0;
+            const T *xv = xs + k, *hv = xh + k;
+            T ax[Tile<T>] = {}, ah[Tile<T>] = {};
+            for (int64_t i = 0; i < n; ++i) {
+              const T *dlx = dleft + ((i * 2 * C + c) * W + w) * V + v0, *dlh = dleft + ((i * 2 * C + C + c) * W + w) * V + v0;
+              const T* f = fh + i * Tile<T>;
+              T* o = sy + i * Tile<T>;
+              for (int64_t u = 0; u < nv; ++u) {
+                ax[u] += f[u] * dlx[u];
+                ah[u] += f[u] * dlh[u];
+                o[u] += dlx[u] * xv[u] + dlh[u] * hv[u];
+              }
+            }
+            T* g = dcv + k;
+            for (int64_t u = 0; u < nv; ++u) {
+              const T sg = xv[u] - hv[u];  // sigmoid(c_{t-1})
+              g[u] -= ah[u] * sg * (T(1) - sg);
+            }
+            if (dxv)
+              for (int64_t u = 0; u < nv; ++u) dxv[k + u] += ax[u] + ah[u];
+          }
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t u = 0; u < nv; ++u) dfy[(i * L + h) * V + v0 + u] = sy[i * Tile<T> + u];
+      });
+    T* out4 = sc.out4.data();
+    filters_backward<T>(sc.df.data(), fr, win, roff, grid, n, L, W, H, V, out4);
+    T* dhr = d_heads + (t * d.B + b0) * d.hw + d.kw + 5;
+    for (int64_t v = 0; v < V; ++v) {
+      for (int64_t k = 0; k < 4; ++k) dhr[v * d.hw + k] = out4[k * V + v];
+      dhr[v * d.hw + 4] = gsum[v];
+    }
+  }
+
   void backward_chunk(int64_t b0, int64_t nb) {
     const Dims& d = D;
-    const int64_t C = d.C, H = d.H, W = d.W, CHW = C * d.HW, L = d.L, R = d.R, hd = d.hd, Z = d.Z, n = d.n,
-                  nw = d.nw, kw = d.kw;
-    const int64_t ce = R + 2 * hd, cd = Z + hd, V = nb;
+    const int64_t CHW = d.C * d.HW, R = d.R, hd = d.hd, Z = d.Z;
+    const int64_t ce = R + 2 * hd, cd = Z + hd;
     auto opt = enc_in.options();
     Tensor dc_enc = at::zeros({nb, hd}, opt), dc_dec = at::zeros({nb, hd}, opt), dh = at::empty({nb, hd}, opt);
     Tensor dei[2] = {at::zeros({nb, ce}, opt), at::zeros({nb, ce}, opt)};
@@ -646,78 +892,16 @@ struct Loop {
       ei_lp = at::empty({nb, ce}, opt.dtype(at::kBFloat16));
       di_lp = at::empty({nb, cd}, opt.dtype(at::kBFloat16));
     }
-    const int64_t nmax = std::max(n, nw);
-    // lanes (see forward_chunk): dL/dF (2, N, L, V), dL/du (N, C, W, V), dL/dleft (n, 2C, W, V), ...
-    std::vector<T> df(2 * nmax * L * V, T(0)), du(nw * C * W * V), dg(R * V), dleft(2 * C * n * W * V), win(5 * V),
-        out4(4 * V), s1(V), s2(V), s3(V), xs_(CHW * V), dcv_(CHW * V), dx_(dx ? CHW * V : 0, T(0));
-    T *xs = xs_.data(), *dcv = dcv_.data(), *dxv = dx ? dx_.data() : nullptr;
-    to_lanes(xs, x, b0, V, CHW);
-    to_lanes(dcv, dC, b0, V, CHW);  // dL/dc_T, then dL/dc_t as t goes down
+    std::vector<Block> blks = blocks(b0, nb, dx != nullptr);
+    for (Block& blk : blks) to_lanes(blk.cv.data(), dC, blk.b0, blk.V, CHW);  // dL/dc_T, then dL/dc_t as t goes down
+    Scratch sc = scratch(true);
     T* pdh = dh.data_ptr<T>();
     T *pdce = dc_enc.data_ptr<T>(), *pdcd = dc_dec.data_ptr<T>();
     int cur = 0;
     for (int64_t t = d.T - 1; t >= 0; --t) {
       const T* ei_next = dei[1 - cur].data_ptr<T>();
       const T* di_next = ddi[1 - cur].data_ptr<T>();
-      // the write of step t (eq 8, 29): dL/dc_t reaches it unchanged
-      {
-        const T* hrows = p_heads + ((t + 1) * d.B) * d.hw;
-        gather(win.data(), hrows, b0, V, d.hw, kw, 5);
-        const T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
-        const T *fx = fw, *fy = fw + nw * L * V;
-        const T* ub = lanes(u, b0, V, nw * C * W, t);
-        const T* wd = lanes(wdiv, b0, V, kw, t);
-        T *dfx = df.data(), *dfy = df.data() + nw * L * V;
-        std::fill(du.begin(), du.end(), T(0));
-        for (int64_t i = 0; i < nw; ++i)
-          for (int64_t h = 0; h < H; ++h) {
-            const T* f = fy + (i * L + h) * V;
-            T* sy = dfy + (i * L + h) * V;  // dL/dF_Y = sum_c u_c dC_c^T
-            std::fill(sy, sy + V, T(0));
-            for (int64_t c = 0; c < C; ++c) {
-              const T *g = dcv + (c * H + h) * W * V, *uv = ub + (i * C + c) * W * V;
-              T* o = du.data() + (i * C + c) * W * V;  // dL/du = F_Y dC
-              for (int64_t w = 0; w < W; ++w) {
-                IVDEP
-                for (int64_t v = 0; v < V; ++v) {
-                  o[w * V + v] += f[v] * g[w * V + v];
-                  sy[v] += uv[w * V + v] * g[w * V + v];
-                }
-              }
-            }
-          }
-        std::fill(dfx, dfx + nw * L * V, T(0));
-        T* gsum = s2.data();
-        std::fill(gsum, gsum + V, T(0));
-        T* dhh = d_heads + ((t + 1) * d.B + b0) * d.hw;
-        for (int64_t i = 0; i < nw; ++i)
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t j = 0; j < nw; ++j) {
-              T* acc = s1.data();  // dL/d(w / gamma) = du F_X^T
-              std::fill(acc, acc + V, T(0));
-              const T* k = wd + ((i * C + c) * nw + j) * V;
-              const T* g = du.data() + (i * C + c) * W * V;
-              for (int64_t w = 0; w < W; ++w) {
-                const T* f = fx + (j * L + w) * V;
-                T* o = dfx + (j * L + w) * V;  // dL/dF_X = sum (w / gamma)^T du
-                IVDEP
-                for (int64_t v = 0; v < V; ++v) {
-                  acc[v] += g[w * V + v] * f[v];
-                  o[v] += k[v] * g[w * V + v];
-                }
-              }
-              for (int64_t v = 0; v < V; ++v) {
-                gsum[v] += acc[v] * k[v];
-                dhh[v * d.hw + (i * C + c) * nw + j] = acc[v] / win[4 * V + v];
-              }
-            }
-        filters_backward<T>(df.data(), fw, win.data(), woff, grid, nw, L, W, H, V, out4.data(), s1.data(), s3.data());
-        for (int64_t v = 0; v < V; ++v) {
-          T* o = dhh + v * d.hw + kw;
-          for (int64_t k = 0; k < 4; ++k) o[k] = out4[k * V + v];
-          o[4] = -gsum[v];  // dL/d log gamma: w / gamma
-        }
-      }
+      for (Block& blk : blks) write_backward(blk, sc, t);
       // h^dec_t feeds the heads and step t+1's encoder and decoder
       for (int64_t b = 0; b < nb; ++b) {
         const T *a = ei_next + b * ce + R, *c = di_next + b * cd + Z;
@@ -752,78 +936,12 @@ struct Loop {
       dh.addmm_(at::from_blob(row(dq, t, b0, 2 * Z), {nb, 2 * Z}, opt), q_w);
       cell_backward(t, b0, nb, p_g_enc, p_g_enc_lp, c_enc, tc_enc, pdh, pdce);
       input_grads(t, b0, nb, g_enc, g_enc_lp, enc_w, enc_w_lp, enc_pk_t, ce, dei[cur], ei_lp);  // [dr_t | dh^dec | dh^enc]
-      // the read of step t (eq 27) and x_hat = x - sigmoid(c_{t-1}) (eq 3)
-      {
-        const T* dec_ = dei[cur].data_ptr<T>();
-        gather(win.data(), p_heads + t * d.B * d.hw, b0, V, d.hw, kw + 5, 5);
-        const T* fr = lanes(f_r, b0, V, 2 * n * L, t);
-        const T *fx = fr, *fy = fr + n * L * V;
-        const T* lf = lanes(left, b0, V, 2 * C * n * W, t);
-        const T* xh = lanes(xhat, b0, V, CHW, t);
-        T* gsum = s2.data();
-        std::fill(gsum, gsum + V, T(0));
-        for (int64_t v = 0; v < V; ++v) {
-          const T* dr = dec_ + v * ce;
-          const T* r = row(p_enc_in, t, b0 + v, d.ke);
-          for (int64_t k = 0; k < R; ++k) {
-            gsum[v] += dr[k] * r[k];  // dL/d log gamma (r = gamma G)
-            dg[k * V + v] = dr[k] * win[4 * V + v];
-          }
-        }
-        T *dfx = df.data(), *dfy = df.data() + n * L * V;
-        std::fill(dfx, dfx + n * L * V, T(0));
-        std::fill(dleft.begin(), dleft.end(), T(0));
-        for (int64_t p = 0; p < 2 * C * n; ++p)
-          for (int64_t j = 0; j < n; ++j) {
-            const T* k = dg.data() + (p * n + j) * V;
-            for (int64_t w = 0; w < W; ++w) {
-              const T *f = fx + (j * L + w) * V, *lv = lf + (p * W + w) * V;
-              T *dl = dleft.data() + (p * W + w) * V, *o = dfx + (j * L + w) * V;
-              IVDEP
-              for (int64_t v = 0; v < V; ++v) {
-                dl[v] += k[v] * f[v];
-                o[v] += k[v] * lv[v];
-              }
-            }
-          }
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t h = 0; h < H; ++h) {
-            const T* f = fy + (i * L + h) * V;
-            T* sy = dfy + (i * L + h) * V;
-            std::fill(sy, sy + V, T(0));
-            for (int64_t c = 0; c < C; ++c) {
-              const T *dlx = dleft.data() + (i * 2 * C + c) * W * V, *dlh = dleft.data() + (i * 2 * C + C + c) * W * V;
-              const int64_t o0 = (c * H + h) * W * V;
-              const T *xv = xs + o0, *hv = xh + o0;
-              T* g = dcv + o0;
-              for (int64_t w = 0; w < W; ++w) {
-                IVDEP
-                for (int64_t v = 0; v < V; ++v) {
-                  const int64_t k = w * V + v;
-                  sy[v] += dlx[k] * xv[k] + dlh[k] * hv[k];
-                  const T sg = xv[k] - hv[k];  // sigmoid(c_{t-1})
-                  g[k] -= f[v] * dlh[k] * sg * (T(1) - sg);  // through x_hat, eq 3
-                }
-              }
-              if (dxv) {
-                T* o = dxv + o0;
-                for (int64_t w = 0; w < W; ++w) {
-                  IVDEP
-                  for (int64_t v = 0; v < V; ++v) o[w * V + v] += f[v] * (dlx[w * V + v] + dlh[w * V + v]);
-                }
-              }
-            }
-          }
-        filters_backward<T>(df.data(), fr, win.data(), roff, grid, n, L, W, H, V, out4.data(), s1.data(), s3.data());
-        T* dhr = d_heads + (t * d.B + b0) * d.hw + kw + 5;
-        for (int64_t v = 0; v < V; ++v) {
-          for (int64_t k = 0; k < 4; ++k) dhr[v * d.hw + k] = out4[k * V + v];
-          dhr[v * d.hw + 4] = gsum[v];
-        }
-      }
+      const T* dr = dei[cur].data_ptr<T>();
+      for (Block& blk : blks) read_backward(blk, sc, t, dr + (blk.b0 - b0) * ce, ce);
       cur = 1 - cur;
     }
-    if (dxv) from_lanes(dx, dxv, b0, V, CHW);
+    if (dx)
+      for (const Block& blk : blks) from_lanes(dx, blk.dx.data(), blk.b0, blk.V, CHW);
   }
 };
 
