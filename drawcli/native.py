@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "model" / "csrc" / "draw_loop.cpp"
+HEADERS = (SOURCE.parent / "kernels.h",)  # included by SOURCE: part of what a build depends on
 NAME = "drawcli_loop"  # the library's file name (torch.ops.drawcli is its namespace)
 # The one place of the library's ABI number: compiled in as DRAWCLI_ABI and checked after loading.
 # Raise it when the ops change in a way a library built from an older source must not serve.
@@ -107,10 +108,10 @@ def flags(cxx: str) -> tuple[list[str], list[str]]:
 
 
 def build_key(cxx: str) -> str:
-    """This source, torch, the CPU, the compiler and the flags: a change in any is a new build."""
+    """These sources, torch, the CPU, the compiler and the flags: a change in any is a new build."""
     h = hashlib.sha256()
     cflags, ldflags = flags(cxx)
-    for part in (SOURCE.read_bytes(), torch.__version__, _cpu_id(), sys.platform, platform.machine(),
+    for part in (SOURCE.read_bytes(), *(h.read_bytes() for h in HEADERS), torch.__version__, _cpu_id(), sys.platform, platform.machine(),
                  str(torch._C._GLIBCXX_USE_CXX11_ABI), cxx, _compiler_version(cxx), " ".join(cflags), " ".join(ldflags)):
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")

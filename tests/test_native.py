@@ -352,6 +352,11 @@ def test_the_build_key_follows_what_the_build_depends_on(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "ABI", native.ABI + 1)  # a flag (-DDRAWCLI_ABI) changes
     assert native.build_key(cxx) != base
     monkeypatch.undo()
+    header = tmp_path / "kernels.h"
+    header.write_bytes(native.HEADERS[0].read_bytes() + b"\n// changed\n")
+    monkeypatch.setattr(native, "HEADERS", (header,))
+    assert native.build_key(cxx) != base
+    monkeypatch.undo()
     src = tmp_path / "draw_loop.cpp"
     src.write_bytes(native.SOURCE.read_bytes() + b"\n// changed\n")
     monkeypatch.setattr(native, "SOURCE", src)
