@@ -330,27 +330,28 @@ struct Loop {
     T* fr = lanes(f_r, b0, V, 2 * n * L, t);
     filters<T>(win, roff, grid, n, L, W, H, V, feps, fr);
     const T *fx = fr, *fy = fr + n * L * V;
-    // left: rows (i, image q) with q = the C channels of x, then those of x_hat: F_Y x_q, (n, 2C, W, V)
+    // left: rows (i, image q) with q = the C channels of x, then those of x_hat: F_Y x_q, (n, 2C, W, V),
+    // summed over the image rows h in one pass over the pixels (F_Y's column h in the tile array fh)
     T* lf = lanes(left, b0, V, 2 * C * n * W, t);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t w = 0; w < W; ++w)
-          tiles<T>(V, [&](int64_t v0, auto nv) {
-            T ax[Tile<T>] = {}, ah[Tile<T>] = {};
-            for (int64_t h = 0; h < H; ++h) {
-              const T *f = fy + (i * L + h) * V + v0, *xv = xs + ((c * H + h) * W + w) * V + v0,
-                      *hv = xh + ((c * H + h) * W + w) * V + v0;
+    std::fill(lf, lf + 2 * C * n * W * V, T(0));
+    for (int64_t h = 0; h < H; ++h)
+      tiles<T>(V, [&](int64_t v0, auto nv) {
+        T fh[NMAX * Tile<T>];
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t u = 0; u < nv; ++u) fh[i * Tile<T> + u] = fy[(i * L + h) * V + v0 + u];
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t w = 0; w < W; ++w) {
+            const T *xv = xs + ((c * H + h) * W + w) * V + v0, *hv = xh + ((c * H + h) * W + w) * V + v0;
+            for (int64_t i = 0; i < n; ++i) {
+              const T* f = fh + i * Tile<T>;
+              T *lx = lf + ((i * 2 * C + c) * W + w) * V + v0, *lh = lf + ((i * 2 * C + C + c) * W + w) * V + v0;
               for (int64_t u = 0; u < nv; ++u) {
-                ax[u] += f[u] * xv[u];
-                ah[u] += f[u] * hv[u];
+                lx[u] += f[u] * xv[u];
+                lh[u] += f[u] * hv[u];
               }
             }
-            T *lx = lf + ((i * 2 * C + c) * W + w) * V + v0, *lh = lf + ((i * 2 * C + C + c) * W + w) * V + v0;
-            for (int64_t u = 0; u < nv; ++u) {
-              lx[u] = ax[u];
-              lh[u] = ah[u];
-            }
-          });
+          }
+      });
     T* r = row(p_enc_in, si, b0, d.ke);
     for (int64_t p = 0; p < 2 * C * n; ++p)  // eq 27: gamma F_Y x F_X^T, read_glimpse's layout (i, q, j)
       for (int64_t j = 0; j < n; ++j)
@@ -525,30 +526,33 @@ struct Loop {
     const T* ub = lanes(u, b0, V, nw * C * W, t);
     const T* wd = lanes(wdiv, b0, V, kw, t);
     T *dfx = sc.df.data(), *dfy = sc.df.data() + nw * L * V, *du = sc.du.data();
-    for (int64_t i = 0; i < nw; ++i) {
-      for (int64_t h = 0; h < H; ++h)  // dL/dF_Y = sum_c u_c dC_c^T
-        tiles<T>(V, [&](int64_t v0, auto nv) {
-          T acc[Tile<T>] = {};
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t w = 0; w < W; ++w) {
-              const T *g = dcv + ((c * H + h) * W + w) * V + v0, *uv = ub + ((i * C + c) * W + w) * V + v0;
-              for (int64_t u = 0; u < nv; ++u) acc[u] += uv[u] * g[u];
+    // dL/du = F_Y dC and dL/dF_Y = sum_c u_c dC_c^T in one pass over dC (each pixel read once): F_Y's
+    // column h and the sums of dL/dF_Y[:, h] stay in the tile arrays fh and sy while row h goes by.
+    std::fill(du, du + nw * C * W * V, T(0));
+    for (int64_t h = 0; h < H; ++h)
+      tiles<T>(V, [&](int64_t v0, auto nv) {
+        T fh[NMAX * Tile<T>], sy[NMAX * Tile<T>];
+        for (int64_t i = 0; i < nw; ++i)
+          for (int64_t u = 0; u < nv; ++u) {
+            fh[i * Tile<T> + u] = fy[(i * L + h) * V + v0 + u];
+            sy[i * Tile<T> + u] = T(0);
+          }
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t w = 0; w < W; ++w) {
+            const T* g = dcv + ((c * H + h) * W + w) * V + v0;
+            for (int64_t i = 0; i < nw; ++i) {
+              const int64_t k = ((i * C + c) * W + w) * V + v0;
+              const T *f = fh + i * Tile<T>, *uv = ub + k;
+              T *o = du + k, *y = sy + i * Tile<T>;
+              for (int64_t u = 0; u < nv; ++u) {
+                o[u] += f[u] * g[u];
+                y[u] += uv[u] * g[u];
+              }
             }
-          T* o = dfy + (i * L + h) * V + v0;
-          for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
-        });
-      for (int64_t c = 0; c < C; ++c)  // dL/du = F_Y dC
-        for (int64_t w = 0; w < W; ++w)
-          tiles<T>(V, [&](int64_t v0, auto nv) {
-            T acc[Tile<T>] = {};
-            for (int64_t h = 0; h < H; ++h) {
-              const T *f = fy + (i * L + h) * V + v0, *g = dcv + ((c * H + h) * W + w) * V + v0;
-              for (int64_t u = 0; u < nv; ++u) acc[u] += f[u] * g[u];
-            }
-            T* o = du + ((i * C + c) * W + w) * V + v0;
-            for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
-          });
-    }
+          }
+        for (int64_t i = 0; i < nw; ++i)
+          for (int64_t u = 0; u < nv; ++u) dfy[(i * L + h) * V + v0 + u] = sy[i * Tile<T> + u];
+      });
     for (int64_t j = 0; j < nw; ++j)  // dL/dF_X = sum_(i, c) (w / gamma)_(i, c, j) du_(i, c)
       for (int64_t w = 0; w < W; ++w)
         tiles<T>(V, [&](int64_t v0, auto nv) {
