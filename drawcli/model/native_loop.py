@@ -59,8 +59,9 @@ class Products:
 class Workspace:
     """The loop's buffers for one batch shape. S_in = T + 1 slots (training) or 2 (evaluation)
     for the products' inputs and the cell states, S = T or 1 for the rest; step t uses slot
-    t % S_in (and hands h_t, c_t to slot t + 1) and t % S. Lane buffers hold each chunk's block
-    as (S, size, V), its V images innermost."""
+    t % S_in (and hands h_t, c_t to slot t + 1) and t % S. "Lanes" buffers hold each block of V
+    images (draw_loop.cpp cuts every chunk into blocks of at most 64) as (S, size, V), the images
+    innermost, at the block's first image times S x size."""
 
     key: tuple
     enc_in: torch.Tensor  # (S_in, B, ke): [r_t | h^dec_{t-1} | h^enc_{t-1} | 1 | 0...], eq 5

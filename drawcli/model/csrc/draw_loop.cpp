@@ -8,7 +8,8 @@
 //     images of a chunk side by side in the SIMD lanes;
 //   * the batch is cut into chunks and each thread runs the whole recurrence of its chunks on its
 //     own core (the products then run single-threaded on fewer rows, which costs nothing: a
-//     (64 x K) product takes half the time of a (128 x K) one);
+//     (64 x K) product takes half the time of a (128 x K) one); within a chunk the per-image work
+//     runs on blocks of at most 64 images (struct Block), which stay in the cache;
 //   * with bfloat16 products, every product input is written in bfloat16 once, when it is made,
 //     into buffers that the weight-gradient products read again: no bulk casts.
 // Two ops, registered below with schemas that name every argument and declare what each op
