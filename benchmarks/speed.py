@@ -9,16 +9,24 @@ In one process, on one device:
    training step or a sampling step runs, weighted by how often it runs);
 2. the model's FLOPs per image, counted from its dimensions (see ``flops_per_image``);
 3. training steps (forward, backward, gradient clipping, Adam; after warm-up, median of
-   several) and sampling from the prior, for drawcli's DRAW (the fused engine) and for the plain
-   eager baseline: the same module with ``model.fused = False`` (drawcli/model/draw.py's loops,
-   autograd for every gradient, torch's default Adam); images/s, achieved GFLOP/s, the fraction of the measured GEMM
-   rate, peak memory, and the speedup over the baseline. Sampling is `draw sample`'s work (final
+   several) and sampling from the prior, for drawcli's DRAW (the engine `draw train` runs here:
+   native where its library loads, else python) and for the plain eager baseline: the same
+   module with engine="reference" (drawcli/model/draw.py's loops, autograd for every gradient,
+   torch's default Adam); images/s, achieved GFLOP/s, the fraction of the measured GEMM rate,
+   peak memory, and the speedup over the baseline. Sampling is `draw sample`'s work (final
    canvases); drawcli-every-step is `draw animate`'s (every step's canvas kept). On CPUs with
    oneDNN, drawcli-mm is drawcli with its packed per-step products switched off (torch.mm).
    drawcli-bf16 is drawcli with train.precision bfloat16 (the LSTM products in bfloat16), timed
    where the device multiplies bfloat16 natively (or with --bf16); its GEMM rate is the bfloat16
-   rate on the same shapes, and the float32 one for everything else;
-4. with --threads-mode: training at batch 128 with 1 thread, 2 threads and drawcli's default
+   rate on the same shapes, and the float32 one for everything else; drawcli-bf16-python is
+   drawcli-bf16 with the Python engine;
+4. evaluation (`draw evaluate`'s work: forward passes without gradients, with the log ratio of
+   the importance-weighted bound, float32, --eval-rows image copies per pass: K = 100 samples of
+   8 images at the default 800): the native engine, the Python engine and the baseline, in
+   image-passes/s;
+5. colour training (sample_configs/colour_quick.yaml's model: 32 x 32 x 3, T = 16, read 4, write
+   6, batch 32, in its precision auto): the native engine, the Python engine and the baseline;
+6. with --threads-mode: training at batch 128 with 1 thread, 2 threads and drawcli's default
    policy (drawcli.device.thread_policy), on a quiet machine and with one core kept busy by a
    spinning process, interleaved (see ``threads_mode``).
 Results go to a JSON file (default benchmarks/results-<device>.json).
@@ -59,12 +67,15 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from drawcli import native  # noqa: E402
 from drawcli.device import autocast, native_bf16, thread_policy  # noqa: E402
-from drawcli.model import DRAW, set_packed_gemm  # noqa: E402
-from drawcli.model.fused import _WORKSPACES  # noqa: E402
+from drawcli.model import DRAW, Engine  # noqa: E402
+from drawcli.model import native_loop, python_loop  # noqa: E402
 from drawcli.model.packed_gemm import packed_gemm_works  # noqa: E402
 from drawcli.train import make_adam  # noqa: E402
 
 PAPER = dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5)
+# sample_configs/colour_quick.yaml's model, at its 32 x 32 image size and batch
+COLOUR = dict(height=32, width=32, channels=3, steps=16, hidden=256, embed=20, attention=True, read_n=4, write_n=6)
+COLOUR_BATCH = 32
 ADAM = dict(lr=1e-3, betas=(0.5, 0.999))  # drawcli's train defaults
 GRAD_CLIP = 5.0
 
@@ -244,42 +255,37 @@ def sampling_gemms(cfg: dict, n: int) -> list[tuple[int, int, int, int]]:
 
 # ----------------------------------------------------------------------------- the runs
 def make_models(cfg, device, seed=0):
+    """drawcli's model and a copy with the same weights for the baseline (engine "reference")."""
     torch.manual_seed(seed)
     fast = DRAW(**cfg).to(device)
-    base = copy.deepcopy(fast)
-    base.fused = False  # the plain loops of drawcli/model/draw.py
-    return fast, base
+    return fast, copy.deepcopy(fast)
 
 
-def without_native(fn):
-    """fn with the native training loop switched off (fused.py's Python loop)."""
-    def call():
-        native.set_native(False)
-        try:
-            return fn()
-        finally:
-            native.set_native(True)
-    return call
+def engine_of(impl: str, device) -> Engine:
+    """The engine each implementation runs: the baseline draw.py's loops; -python the Python
+    engine; -mm drawcli's engine without oneDNN's packed products; the others what `draw train`
+    runs here (native where the library loaded and the device is the CPU)."""
+    if impl == "baseline":
+        return Engine("reference")
+    fast = "native" if device.type == "cpu" and native.load() else "python"
+    if impl.endswith("-python"):
+        return Engine("python")
+    return Engine(fast, packed_gemm=not impl.endswith("-mm"))
 
 
-def without_packed(fn):
-    """fn with drawcli's oneDNN packed products switched off (torch.mm everywhere)."""
-    def call():
-        set_packed_gemm(False)
-        try:
-            return fn()
-        finally:
-            set_packed_gemm(True)
-    return call
+def images(cfg, batch, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, cfg.get("channels", 1), cfg["height"], cfg["width"]) if cfg.get("channels", 1) > 1 else (
+        batch, cfg["height"], cfg["width"])
+    return torch.rand(*shape, generator=g).bernoulli().to(device)
 
 
-def train_step_fn(model, cfg, batch, device, precision="float32"):
-    """One training step as drawcli's train loop runs it: forward (in ``precision``), backward,
-    clip, Adam (drawcli's make_adam: the fused kernel where torch has one; the baseline: torch's
-    default Adam)."""
-    g = torch.Generator().manual_seed(batch)
-    x = torch.rand(batch, cfg["height"], cfg["width"], generator=g).bernoulli().to(device)
-    if model.fused:
+def train_step_fn(model, cfg, batch, device, precision="float32", engine: Engine = Engine()):
+    """One training step as drawcli's train loop runs it: forward (in ``precision``, by
+    ``engine``), backward, clip, Adam (drawcli's make_adam: the fused kernel where torch has one;
+    the baseline: torch's default Adam)."""
+    x = images(cfg, batch, device, batch)
+    if engine.name != "reference":
         opt = make_adam(model.parameters(), **ADAM)
     else:
         opt = torch.optim.Adam(model.parameters(), **ADAM)
@@ -287,7 +293,7 @@ def train_step_fn(model, cfg, batch, device, precision="float32"):
 
     def step():
         with autocast(device, precision):
-            out = model(x)
+            out = model(x, engine=engine)
         loss = out.loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -297,14 +303,29 @@ def train_step_fn(model, cfg, batch, device, precision="float32"):
     return step
 
 
-def sample_fn(model, n, device, every_step=False, precision="float32"):
+def sample_fn(model, n, device, every_step=False, precision="float32", engine: Engine = Engine()):
     """`draw sample`'s work: n samples, final canvases only (every_step=True: `draw animate`'s,
     every step's canvas kept)."""
     g = torch.Generator(device=device).manual_seed(n)
+    engine = Engine("python", engine.packed_gemm) if engine.name == "native" else engine  # no native sampling
 
     def call():
         with autocast(device, precision):
-            return model.generate(n, generator=g, every_step=every_step)
+            return model.generate(n, generator=g, every_step=every_step, engine=engine)
+
+    return call
+
+
+def evaluate_fn(model, cfg, rows, device, precision="float32", engine: Engine = Engine()):
+    """`draw evaluate`'s work: a forward pass without gradients over ``rows`` image copies, with
+    the log ratio of the importance-weighted bound."""
+    x = images(cfg, rows, device, rows)
+    g = torch.Generator(device=device).manual_seed(rows)
+
+    @torch.no_grad()
+    def call():
+        with autocast(device, precision):
+            return model(x, log_ratio=True, generator=g, engine=engine)
 
     return call
 
@@ -313,7 +334,8 @@ def release_memory(models):
     """Drop drawcli's reusable step buffers and hand freed heap back to the OS, so the next
     phase's peak RSS is its own."""
     for m in models:
-        _WORKSPACES.pop(m, None)
+        for store in (python_loop.TRAINING, python_loop.EVALUATION, native_loop.TRAINING, native_loop.EVALUATION):
+            store.pop(m, None)
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -363,8 +385,8 @@ def check_equal(cfg, device) -> float:
     fast, base = make_models(dict(cfg), device, seed=1)
     x = torch.rand(4, cfg["height"], cfg["width"], generator=torch.Generator().manual_seed(0)).bernoulli().to(device)
     with torch.no_grad():
-        a = fast(x, generator=torch.Generator(device=device).manual_seed(0)).loss
-        b = base(x, generator=torch.Generator(device=device).manual_seed(0)).loss
+        a = fast(x, generator=torch.Generator(device=device).manual_seed(0), engine=engine_of("drawcli", device)).loss
+        b = base(x, generator=torch.Generator(device=device).manual_seed(0), engine="reference").loss
     return float(((a - b).abs() / b.abs()).max())
 
 
@@ -409,7 +431,7 @@ def threads_mode(cfg, device, batch: int, steps: int, say) -> dict:
             default, why = thread_policy(None, device)
             counts = {"threads 1": 1, "threads 2": 2, "default": default or torch.get_num_threads()}
             fast, _ = make_models(cfg, device)
-            step = train_step_fn(fast, cfg, batch, device, precision)
+            step = train_step_fn(fast, cfg, batch, device, precision, engine_of("drawcli", device))
 
             def with_threads(n):
                 def call():
@@ -453,7 +475,8 @@ def main(argv=None) -> dict:
         ap.add_argument("--" + ("T" if key == "steps" else key.replace("_", "-")), dest="cfg_" + key, type=int,
                         default=PAPER[key])
     ap.add_argument("--no-attention", action="store_true")
-    ap.add_argument("--no-native", action="store_true", help="do not build or use the native training loop")
+    ap.add_argument("--eval-rows", type=int, default=800, help="image copies per evaluation pass (0: no evaluation rows)")
+    ap.add_argument("--no-colour", action="store_true", help="skip the colour training rows")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results-<device>.json)")
     args = ap.parse_args(argv)
 
@@ -486,13 +509,10 @@ def main(argv=None) -> dict:
     say(f"device {device} ({result['device_name']}), torch {torch.__version__}, threads {result['threads']}, "
         f"load {result['load_average_start'][0]:.2f}")
     say(f"CPU flags for matrix units: {result['cpu_flags'] or 'none'}; native bfloat16: {result['native_bf16'] or 'no'}")
-    if device.type == "cpu" and not args.no_native:
-        native.load(say=say)
-    else:
-        native.set_native(False)
-    result["native_loop"] = {"used": native.ready(), "why_not": native.unavailable_reason()}
-    say("training loop: " + ("native (drawcli/model/csrc/draw_loop.cpp)" if native.ready() else
-                             f"Python ({native.unavailable_reason() or 'off'})"))
+    loaded = device.type == "cpu" and native.load(say=say)
+    result["native_loop"] = {"used": loaded, "why_not": native.unavailable_reason()}
+    say("drawcli's engine: " + ("native (drawcli/model/csrc/draw_loop.cpp)" if loaded else
+                                f"python ({native.unavailable_reason() or device.type})"))
     if args.threads_mode:
         b = batches[0] if len(batches) == 1 else 128
         result["threads_mode"] = threads_mode(cfg, device, b, args.steps, say)
@@ -534,7 +554,7 @@ def main(argv=None) -> dict:
     result["training"], result["sampling"] = {}, {}
     # drawcli-mm: drawcli with its oneDNN packed products off (torch.mm), on CPUs that have them.
     # drawcli-bf16-python: drawcli-bf16 with the native training loop off (fused.py's Python loop).
-    variants = ((["drawcli-bf16"] + (["drawcli-bf16-python"] if native.ready() else [])) if bf16 else []) + (
+    variants = ((["drawcli-bf16"] + (["drawcli-bf16-python"] if loaded else [])) if bf16 else []) + (
         ["drawcli-mm"] if packed_available(device) else [])
     impls = ["drawcli", *variants] + ([] if args.no_baseline else ["baseline"])
     steps = {"drawcli": args.steps, "drawcli-bf16": args.steps, "drawcli-mm": base_steps, "baseline": base_steps,
@@ -558,17 +578,13 @@ def main(argv=None) -> dict:
         for i in impls:
             if i not in models:
                 models[i] = copy.deepcopy(models["drawcli"])
-            fns[i] = make(models[i], precision="bfloat16" if "-bf16" in i else "float32", **kw)
-            if i == "drawcli-mm":
-                fns[i] = without_packed(fns[i])
-            if i == "drawcli-bf16-python":
-                fns[i] = without_native(fns[i])
+            fns[i] = make(models[i], precision="bfloat16" if "-bf16" in i else "float32", engine=engine_of(i, device), **kw)
         return fns
 
     for b in batches:
         fast, base = make_models(cfg, device)
         models = {"drawcli": fast, "baseline": base}
-        fns = make_fns(lambda m, precision: train_step_fn(m, cfg, b, device, precision), models)
+        fns = make_fns(lambda m, precision, engine: train_step_fn(m, cfg, b, device, precision, engine), models)
         drawcli_models = [m for name, m in models.items() if name != "baseline"]
         for impl, r in measure(fns, device, steps, args.warmup, mem, drawcli_models).items():
             r = summarise(r, b, flops["training"], gemm_of(impl, "training", b))
@@ -577,8 +593,9 @@ def main(argv=None) -> dict:
         del fast, base, fns, models, drawcli_models
     fast, base = make_models(cfg, device)
     for n in samples:
-        fns = make_fns(lambda m, precision: sample_fn(m, n, device, precision=precision), {"drawcli": fast, "baseline": base})
-        fns["drawcli-every-step"] = sample_fn(fast, n, device, every_step=True)  # `draw animate`'s work
+        fns = make_fns(lambda m, precision, engine: sample_fn(m, n, device, precision=precision, engine=engine),
+                       {"drawcli": fast, "baseline": base})
+        fns["drawcli-every-step"] = sample_fn(fast, n, device, every_step=True, engine=engine_of("drawcli", device))
         reps = {"drawcli": 3 if args.quick else 7, "drawcli-bf16": 3 if args.quick else 7, "baseline": 2 if args.quick else 3}
         reps.update({v: reps["baseline"] for v in fns if v not in reps})
         for impl, r in measure(fns, device, reps, 1, mem, [fast]).items():
@@ -586,6 +603,10 @@ def main(argv=None) -> dict:
             result["sampling"].setdefault(impl, {})[n] = r
             report("sample", impl, n, r)
     del fast, base, fns
+    if args.eval_rows:
+        result["evaluation"] = evaluation_rows(cfg, device, args.eval_rows, args, mem, loaded, say)
+    if not args.no_colour:
+        result["colour"] = colour_rows(device, args, mem, loaded, say)
 
     def ratio(kind, a, b):
         return {size: result[kind][a][size]["images_per_s"] / result[kind][b][size]["images_per_s"]
@@ -607,6 +628,58 @@ def main(argv=None) -> dict:
         "CPU: peak RSS of the whole process (resource.getrusage ru_maxrss) "
         + ("reset per phase via /proc/self/clear_refs" if mem.per_phase else "since process start (no per-phase reset)"))
     return write_result(result, args, device, say)
+
+
+def evaluation_rows(cfg, device, rows: int, args, mem, loaded: bool, say) -> dict:
+    """`draw evaluate`'s forward passes (float32, no gradients, with the log ratio) by the native
+    engine, the Python engine and the baseline, interleaved: image-passes/s and the ratios."""
+    fast, base = make_models(cfg, device)
+    impls = {"drawcli-python": (copy.deepcopy(fast), Engine("python"))}
+    if loaded:
+        impls["drawcli-native"] = (fast, Engine("native"))
+    if not args.no_baseline:
+        impls["baseline"] = (base, Engine("reference"))
+    fns = {name: evaluate_fn(m, cfg, rows, device, engine=e) for name, (m, e) in impls.items()}
+    reps = {name: (2 if args.quick else 5) if name == "baseline" else (3 if args.quick else 9) for name in fns}
+    out = {}
+    for name, r in measure(fns, device, reps, 1, mem, [m for m, _ in impls.values()]).items():
+        r["image_passes_per_s"] = rows / r["median_s"]
+        out[name] = r
+        say(f"evaluate {name:16s} rows={rows:<5d} {r['image_passes_per_s']:7.1f} image-passes/s  peak {r['peak_memory_mb']:.0f} MB  "
+            f"(median of {r['repeats']}, cpu/wall {r['cpu_over_wall']:.2f})")
+    out["speedup"] = {f"{a} over {b}": out[a]["image_passes_per_s"] / out[b]["image_passes_per_s"]
+                      for a, b in (("drawcli-native", "drawcli-python"), ("drawcli-native", "baseline"),
+                                   ("drawcli-python", "baseline")) if a in out and b in out}
+    for key, v in out["speedup"].items():
+        say(f"speedup evaluate {key}: {v:.2f}x")
+    return out
+
+
+def colour_rows(device, args, mem, loaded: bool, say) -> dict:
+    """Training steps of sample_configs/colour_quick.yaml's model at its batch and precision
+    (auto: bfloat16 where the device multiplies it natively) by the native engine, the Python
+    engine and the baseline, interleaved."""
+    precision = "bfloat16" if native_bf16(device) else "float32"
+    fast, base = make_models(COLOUR, device)
+    impls = {"drawcli-python": (copy.deepcopy(fast), Engine("python"))}
+    if loaded:
+        impls["drawcli-native"] = (fast, Engine("native"))
+    if not args.no_baseline:
+        impls["baseline"] = (base, Engine("reference"))
+    fns = {name: train_step_fn(m, COLOUR, COLOUR_BATCH, device, precision, e) for name, (m, e) in impls.items()}
+    reps = {name: max(2, args.steps // 2) if name == "baseline" else args.steps for name in fns}
+    out = {"config": dict(COLOUR, batch=COLOUR_BATCH), "precision": precision}
+    for name, r in measure(fns, device, reps, args.warmup, mem, [m for m, _ in impls.values()]).items():
+        r["images_per_s"] = COLOUR_BATCH / r["median_s"]
+        out[name] = r
+        say(f"colour {name:16s} B={COLOUR_BATCH:<5d} {r['images_per_s']:7.1f} img/s ({precision})  peak {r['peak_memory_mb']:.0f} MB  "
+            f"(median of {r['repeats']}, cpu/wall {r['cpu_over_wall']:.2f})")
+    out["speedup"] = {f"{a} over {b}": out[a]["images_per_s"] / out[b]["images_per_s"]
+                      for a, b in (("drawcli-native", "drawcli-python"), ("drawcli-native", "baseline"),
+                                   ("drawcli-python", "baseline")) if a in out and b in out}
+    for key, v in out["speedup"].items():
+        say(f"speedup colour training {key}: {v:.2f}x")
+    return out
 
 
 def write_result(result: dict, args, device, say) -> dict:

@@ -55,8 +55,20 @@ class Glimpses:
 class Drawer:
     """A trained DRAW, its settings and its device, in eval mode. Made by :func:`load`."""
 
-    def __init__(self, loaded: LoadedRun):
+    def __init__(self, loaded: LoadedRun, engine: str = "auto"):
         self._loaded = loaded
+        self._engine_setting = engine
+        self._engines: dict[str, str] = {}
+
+    def engine(self, work: str = "evaluate") -> str:
+        """The engine this object runs for ``work`` (``"sample"`` or ``"evaluate"``): native,
+        python or reference, resolved from :func:`load`'s ``engine`` as the commands resolve it."""
+        if work not in self._engines:
+            from drawcli.engine_choice import choose_engine
+
+            choice = choose_engine(self._engine_setting, self.device, self.model.attention, work, flag="engine")
+            self._engines[work] = choice.engine
+        return self._engines[work]
 
     # ------------------------------------------------------------------ what it is
     @property
@@ -115,14 +127,14 @@ class Drawer:
         """``n`` images drawn from the prior, (n, C, H, W) in [0, 1] (as ``draw sample``)."""
         from drawcli.viz import sample_prior
 
-        probs, _ = sample_prior(self._loaded, _count(n), self._generator(seed), every_step=False)
+        probs, _ = sample_prior(self._loaded, _count(n), self._generator(seed), self.engine("sample"), every_step=False)
         return _channels_first(probs[-1], self.model.channels)
 
     def sample_glimpses(self, n: int, seed: int = 0) -> Glimpses:
         """``n`` samples glimpse by glimpse: every canvas and write window (as ``draw animate``)."""
         from drawcli.viz import sample_prior
 
-        probs, write = sample_prior(self._loaded, _count(n), self._generator(seed))
+        probs, write = sample_prior(self._loaded, _count(n), self._generator(seed), self.engine("sample"))
         return Glimpses(canvases=_channels_first(probs, self.model.channels, steps=True), write=_tensor(write))
 
     def attention(self, images: Any, seed: int = 0) -> Glimpses:
@@ -131,7 +143,7 @@ class Drawer:
         from drawcli.viz import reconstruct_images
 
         x = self._images(images)
-        inputs, probs, read, write = reconstruct_images(self._loaded, x, self._generator(seed))
+        inputs, probs, read, write = reconstruct_images(self._loaded, x, self._generator(seed), self.engine("inspect-attention"))
         c = self.model.channels
         return Glimpses(canvases=_channels_first(probs, c, steps=True), write=_tensor(write), read=_tensor(read),
                         inputs=_channels_first(inputs, c))
@@ -159,7 +171,8 @@ class Drawer:
 
         x = self._images(images)
         with autocast(self.device, self._loaded.precision):
-            return likelihood_bounds(self.model, x, self._binarize(), _count(samples, "samples"), seed=seed)
+            return likelihood_bounds(self.model, x, self._binarize(), _count(samples, "samples"), seed=seed,
+                                     engine=self.engine("evaluate"))
 
     # ------------------------------------------------------------------ helpers
     def _generator(self, seed: int) -> torch.Generator:
@@ -233,7 +246,7 @@ def _channels_first(array, channels: int, steps: bool = False):
 
 
 def load(source: str | Path, *, device: str = "auto", checkpoint: str | None = None, runs_dir: str | Path = "runs",
-         precision: str = "float32") -> Drawer:
+         precision: str = "float32", engine: str = "auto") -> Drawer:
     """A trained DRAW, ready to draw and to score images.
 
     source: a built-in model (``"@mnist"``, see ``draw models``), a run name under ``runs_dir``,
@@ -242,6 +255,8 @@ def load(source: str | Path, *, device: str = "auto", checkpoint: str | None = N
     (default best, else last).
     device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
     precision: ``"float32"``, ``"bfloat16"`` or ``"auto"``, for the products of the LSTMs.
+    engine: ``"auto"`` (the native C++ engine where it runs, else the Python one), ``"native"``,
+    ``"python"`` or ``"reference"`` (drawcli/model/draw.py's plain loops); the numbers agree.
 
     Raises :class:`drawcli.DrawError` with one line that says what is wrong.
     """
@@ -249,7 +264,11 @@ def load(source: str | Path, *, device: str = "auto", checkpoint: str | None = N
 
     ref, device = str(source), str(device)
     located = locate(ref, checkpoint, device, runs_dir)
-    return Drawer(load_run(ref, checkpoint, device, runs_dir, located, precision))
+    from drawcli.model.engine import ENGINES
+
+    if engine not in ENGINES:
+        raise DrawError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+    return Drawer(load_run(ref, checkpoint, device, runs_dir, located, precision), engine)
 
 
 def create_model(*, height: int = 28, width: int = 28, channels: int = 1, **model: Any) -> DRAW:

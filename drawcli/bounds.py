@@ -185,6 +185,7 @@ def likelihood_bounds(
     batch_size: int | None = None,
     budget: int | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: str = "auto",
 ) -> Bounds:
     """ELBO parts and the K-sample importance-weighted bound for every image.
 
@@ -194,6 +195,7 @@ def likelihood_bounds(
     batch_size: image copies per forward pass (default from a memory budget). Every image is
     repeated K times in a pass when that fits; otherwise its K samples are split over passes.
     progress: called with the number of images finished so far.
+    engine: the engine every forward pass runs (DRAW.forward's argument).
     """
     if samples < 1:
         raise DrawError(f"--samples must be >= 1, got {samples}")
@@ -225,7 +227,7 @@ def likelihood_bounds(
             lx, lz, log_w = [], [], []
             for k0 in range(0, samples, per_pass):
                 k = min(per_pass, samples - k0)
-                out = model(x.repeat_interleave(k, dim=0), log_ratio=True, generator=noise)
+                out = model(x.repeat_interleave(k, dim=0), log_ratio=True, generator=noise, engine=engine)
                 # The model sums pixels and latents in float32; everything after is float64 on
                 # the CPU. Moved first, then widened: MPS has no float64, and one copy that
                 # changes both would do the dtype change on the MPS side.
@@ -255,6 +257,7 @@ def iwae_report(
     seed: int = 0,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: str = "auto",
 ) -> dict:
     """Summary of :func:`likelihood_bounds` for ``draw train --eval-samples K``.
 
@@ -262,7 +265,8 @@ def iwae_report(
     with ``*_stderr``; images, samples) plus ``binarization`` (a dict) and ``seconds``.
     """
     t0 = time.perf_counter()
-    bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size, progress=progress)
+    bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size, progress=progress,
+                               engine=engine)
     report = bounds.summary()
     check_finite(report)
     report["binarization"] = bounds.binarization

@@ -123,21 +123,24 @@ DataDirOpt = Annotated[Optional[str], typer.Option(
     "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache).")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="float32, bfloat16 or auto: run the model with bfloat16 products (auto: where the hardware has them).")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="auto, native, python or reference: which implementation runs the model (the same numbers; auto: the fastest that can).")]
 FpsOpt = Annotated[float, typer.Option("--fps", help="Glimpses per second (GIF delays are rounded to 10 ms).")]
 HoldOpt = Annotated[float, typer.Option("--hold", help="Seconds the last frame stays before the loop restarts.")]
 ScaleOpt = Annotated[Optional[int], typer.Option("--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images).")]
 DEFAULT_DEVICE = RunSettings.device
 DEFAULT_RUNS_DIR = RunSettings.runs_dir
 DEFAULT_PRECISION = "float32"  # pictures and bounds: float32 unless asked (training defaults to train.precision)
+DEFAULT_ENGINE = RunSettings.engine
 
 
 def _locate(run: str, load: Optional[str], runs_dir: str, device: str, seed: Optional[int] = None,
-            precision: Optional[str] = None) -> None:
-    """Answer a wrong run name, --load, --seed, --device or --precision before the command imports torch (seconds)."""
+            precision: Optional[str] = None, engine: Optional[str] = None) -> None:
+    """Answer a wrong run name, --load, --seed, --device, --precision or --engine before the command imports torch (seconds)."""
     from drawcli.runs import locate
     from drawcli.settings import check_command_options
 
-    check_command_options(seed=seed, device=device, precision=precision)
+    check_command_options(seed=seed, device=device, precision=precision, engine=engine)
     locate(run, load, device, runs_dir)
 
 
@@ -187,6 +190,7 @@ def train(
     eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", help="At the end, report the importance-weighted bound with K samples.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help=f"float32, bfloat16 or auto: bfloat16 LSTM products where the hardware multiplies them natively (train.precision; default {TrainSettings.precision}).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads per process (run.threads; default: the cores idle at start).")] = None,
+    engine: Annotated[Optional[str], typer.Option("--engine", help=f"auto, native, python or reference: which implementation runs the model, the same numbers (run.engine; default {RunSettings.engine}: the native C++ loop where it can run).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help=f"Random seed (default {TrainSettings.seed}).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help=f"Data set (default {DataSettings.dataset}; see draw download --list).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Data directory (default $DRAW_DATA_DIR or the user cache).")] = None,
@@ -213,7 +217,8 @@ def train(
         "data": {"dataset": dataset, "data_dir": data_dir, "image_size": image_size},
         "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps, "seed": seed,
                   "eval_samples": eval_samples, "precision": precision},
-        "run": {"name": name, "device": device, "runs_dir": runs_dir, "threads": threads, "tensorboard": tensorboard},
+        "run": {"name": name, "device": device, "runs_dir": runs_dir, "threads": threads, "tensorboard": tensorboard,
+                "engine": engine},
     }
     from drawcli.train_run import train_command
 
@@ -280,16 +285,17 @@ def sample(
     seed: SeedOpt = 0,
     device: DeviceOpt = DEFAULT_DEVICE,
     precision: PrecisionOpt = DEFAULT_PRECISION,
+    engine: EngineOpt = DEFAULT_ENGINE,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG file (default RUN_DIR/samples-CKPT-nN-seedS.png; NAME-samples-nN-seedS.png here for @NAME).")] = None,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
     """A PNG grid of samples from the prior: sigmoid(c_T), the final canvas."""
-    _locate(run, load, runs_dir, device, seed, precision)
+    _locate(run, load, runs_dir, device, seed, precision, engine)
     from drawcli.viz import sample_command
 
     sample_command(
         run, load=load, n=n, nrow=nrow, scale=scale, binary=binary, npy=npy, seed=seed, device=device, output=output,
-        runs_dir=runs_dir, precision=precision,
+        runs_dir=runs_dir, precision=precision, engine=engine,
     )
 
 
@@ -324,16 +330,17 @@ def animate(
     seed: SeedOpt = 0,
     device: DeviceOpt = DEFAULT_DEVICE,
     precision: PrecisionOpt = DEFAULT_PRECISION,
+    engine: EngineOpt = DEFAULT_ENGINE,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
     data_dir: DataDirOpt = None,
 ):
     """Animate the drawing: one frame per glimpse t = 1..T of sigmoid(c_t); loops forever."""
-    _locate(run, load, runs_dir, device, seed, precision)
+    _locate(run, load, runs_dir, device, seed, precision, engine)
     from drawcli.viz import animate_command
 
     animate_command(
         run, output=output, load=load, n=n, nrow=nrow, scale=scale, fps=fps, hold=hold, boxes=boxes, reconstruct=reconstruct,
-        progress=progress, seed=seed, device=device, runs_dir=runs_dir, data_dir=data_dir, precision=precision,
+        progress=progress, seed=seed, device=device, runs_dir=runs_dir, data_dir=data_dir, precision=precision, engine=engine,
     )
 
 
@@ -364,16 +371,17 @@ def inspect_attention(
     seed: SeedOpt = 0,
     device: DeviceOpt = DEFAULT_DEVICE,
     precision: PrecisionOpt = DEFAULT_PRECISION,
+    engine: EngineOpt = DEFAULT_ENGINE,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
     data_dir: DataDirOpt = None,
 ):
     """Show where the model reads (green) and writes (red) at every glimpse: GIF, PNG strip, table or JSON."""
-    _locate(run, load, runs_dir, device, seed, precision)
+    _locate(run, load, runs_dir, device, seed, precision, engine)
     from drawcli.viz import inspect_attention_command
 
     inspect_attention_command(
         run, load=load, n=n, index=index, generate=generate, json_path=json_path, output=output, scale=scale, fps=fps,
-        hold=hold, seed=seed, device=device, runs_dir=runs_dir, data_dir=data_dir, precision=precision,
+        hold=hold, seed=seed, device=device, runs_dir=runs_dir, data_dir=data_dir, precision=precision, engine=engine,
     )
 
 
@@ -403,6 +411,7 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fixed binarisation and the posterior samples.")] = 0,
     device: DeviceOpt = DEFAULT_DEVICE,
     precision: PrecisionOpt = DEFAULT_PRECISION,
+    engine: EngineOpt = DEFAULT_ENGINE,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
     data_dir: DataDirOpt = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="JSON file (default RUN_DIR/eval-SPLIT-kK[-limitN]-CKPT.json; NAME-eval-....json here for @NAME).")] = None,
@@ -414,12 +423,12 @@ def evaluate(
         raise DrawError(f"--split: expected one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if output is not None and not output.lower().endswith(".json"):
         raise DrawError(f"{output}: the results are written as JSON; use a .json file name")
-    _locate(run, load, runs_dir, device, seed, precision)
+    _locate(run, load, runs_dir, device, seed, precision, engine)
     from drawcli.evaluate import evaluate_command
 
     evaluate_command(
         run, load=load, split=split, dataset=dataset, samples=samples, batch_size=batch_size, limit=limit, seed=seed,
-        device=device, runs_dir=runs_dir, data_dir=data_dir, output=output, precision=precision,
+        device=device, runs_dir=runs_dir, data_dir=data_dir, output=output, precision=precision, engine=engine,
     )
 
 

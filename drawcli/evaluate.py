@@ -88,6 +88,7 @@ def evaluate_command(
     console: Console | None = None,
     output: str | Path | None = None,
     precision: str = "float32",
+    engine: str = "auto",
 ) -> dict:
     """Evaluate a run's checkpoint; print a table, then write ``output`` (default: a name in the run
     directory that says what it holds, see :func:`eval_file_name`); return what was written."""
@@ -100,7 +101,7 @@ def evaluate_command(
     console = console or make_console()
     if split not in SPLITS:
         raise DrawError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    check_command_options(seed=seed, precision=precision)
+    check_command_options(seed=seed, precision=precision, engine=engine)
     for flag, value, low in (("--samples", samples, 1), ("--batch-size", batch_size, 1), ("--limit", limit, 1)):
         if value is not None and value < low:
             raise DrawError(f"{flag} must be >= {low}, got {value}")
@@ -128,6 +129,9 @@ def evaluate_command(
                 f"data set {name} has {known.height}x{known.width} images with {known.channels} channel(s); "
                 f"{located.label!r} models {model.height}x{model.width} with {model.channels}"
             )
+    from drawcli.engine_choice import choose_engine
+
+    choice = choose_engine(engine, dev, model.attention, "evaluate", say=lambda line: console.print(line, highlight=False))
     images, spec = _load_split(data, resolve_data_dir(data_dir or settings.data.data_dir), split, console)
     expected = (model.height, model.width) if model.channels == 1 else (model.channels, model.height, model.width)
     if tuple(images.shape[1:]) != expected:
@@ -150,11 +154,13 @@ def evaluate_command(
         f"K={samples}, device {describe(dev)}, precision {loaded.precision}",
         highlight=False,
     )
+    console.print(choice.line, highlight=False)
     t0 = time.perf_counter()
     with Reporter(console, columns=count_columns("images"), transient=True, unit="images") as bar:
         bar.begin(f"K={samples}", len(images))
         with autocast(dev, loaded.precision):
-            bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size, progress=bar.tick)
+            bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size, progress=bar.tick,
+                                       engine=choice.engine)
     seconds = time.perf_counter() - t0
     numbers = bounds.summary()
     check_finite(numbers)
@@ -182,6 +188,7 @@ def evaluate_command(
         "device": describe(dev),
         "precision": loaded.precision,
         "precision_reason": loaded.precision_reason,
+        "engine": choice.engine,
         "seconds": seconds,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

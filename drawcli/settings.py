@@ -91,6 +91,7 @@ class RunSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # CPU threads per process; None: drawcli's policy (see drawcli/device.py)
     tensorboard: str = "auto"  # auto (log when the package is importable) | true | false; YAML booleans accepted
+    engine: str = "auto"  # auto | native | python | reference: which implementation runs the model (drawcli/engine_choice.py)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ CHOICES = {
     ("train", "lr_schedule"): ("constant", "cosine", "step", "wsd"),
     ("train", "precision"): ("float32", "bfloat16", "auto"),
     ("run", "tensorboard"): ("auto", "true", "false"),
+    ("run", "engine"): ("auto", "native", "python", "reference"),
 }
 MIN = {
     ("model", "glimpses"): 1,
@@ -460,8 +462,9 @@ def from_dict(data: Mapping[str, Any]) -> Settings:
     return apply_overrides(Settings(), data, origin="saved settings: ")
 
 
-def check_command_options(seed: int | None = None, device: str | None = None, precision: str | None = None) -> None:
-    """The one check of --seed, --device and --precision for the commands that load a model
+def check_command_options(seed: int | None = None, device: str | None = None, precision: str | None = None,
+                          engine: str | None = None) -> None:
+    """The one check of --seed, --device, --precision and --engine for the commands that load a model
     (sample, animate, inspect-attention, evaluate): a one-line DrawError, before torch is imported."""
     if seed is not None and seed < 0:
         raise DrawError(f"--seed must be 0 or more, got {seed}")
@@ -472,6 +475,9 @@ def check_command_options(seed: int | None = None, device: str | None = None, pr
     choices = CHOICES[("train", "precision")]
     if precision is not None and precision not in choices:
         raise DrawError(f"--precision: expected one of {', '.join(choices)}, got {precision!r}")
+    engines = CHOICES[("run", "engine")]
+    if engine is not None and engine not in engines:
+        raise DrawError(f"--engine: expected one of {', '.join(engines)}, got {engine!r}")
 
 
 def check_against_image(settings: Settings, height: int, width: int) -> None:

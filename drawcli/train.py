@@ -93,6 +93,7 @@ def evaluate(
     batch_size: int,
     seed: int = 1234,
     env: DistEnv = DistEnv(),
+    engine: str = "auto",
 ) -> dict[str, float]:
     """Mean L_x, L_z and L in nats per image over ``images`` (uint8, on the model's device).
 
@@ -111,7 +112,7 @@ def evaluate(
     for block in range(env.rank, blocks, env.world):
         data_gen, noise_gen = _block_generators(device, seed, block)
         x = to_input(images[block * batch_size : (block + 1) * batch_size], binarize, data_gen)
-        out = model(x, generator=noise_gen)
+        out = model(x, generator=noise_gen, engine=engine)
         acc += torch.stack([out.lx.sum(), out.lz.sum()]).cpu().double()
     if env.active:
         import torch.distributed as dist
@@ -241,7 +242,7 @@ def draw_batch(images: torch.Tensor, idx: torch.Tensor, binarize: str, model: DR
 
 
 def train_step(net, optimizer, params: list, x: torch.Tensor, eps: torch.Tensor, lr: float, grad_clip: float,
-               precision: str, env: DistEnv) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               precision: str, env: DistEnv, engine: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step on this rank's slice of the global batch.
 
     Returns the slice's summed L_x and L_z and the gradient norm before clipping, as device
@@ -250,7 +251,7 @@ def train_step(net, optimizer, params: list, x: torch.Tensor, eps: torch.Tensor,
     m = len(x)
     lo, hi = m * env.rank // env.world, m * (env.rank + 1) // env.world
     with autocast(x.device, precision):  # bfloat16: the LSTM products (see drawcli/model/fused.py)
-        out = net(x[lo:hi], eps=eps[:, lo:hi].contiguous())
+        out = net(x[lo:hi], eps=eps[:, lo:hi].contiguous(), engine=engine)
     # Mean over the global batch; DDP divides the summed gradients by the world size.
     loss = out.loss.sum() * (env.world / m)
     optimizer.zero_grad(set_to_none=True)
@@ -378,7 +379,8 @@ def stop_now(model: DRAW, optimizer, settings: Settings, epoch: int, step: int, 
 
 
 def end_epoch(model: DRAW, optimizer, settings: Settings, eval_x: torch.Tensor, eval_split: str, epoch: int, step: int,
-              pos: int, n: int, rng: dict, best_loss: float | None, last: bool, callbacks, env: DistEnv) -> tuple[dict | None, float, bool]:
+              pos: int, n: int, rng: dict, best_loss: float | None, last: bool, callbacks, env: DistEnv,
+              engine: str = "auto") -> tuple[dict | None, float, bool]:
     """End of an epoch, or an early stop at max_steps: evaluate (when due), report, checkpoint.
 
     The evaluation runs every ``train.eval_every`` epochs, after the run's last step and at a
@@ -389,7 +391,7 @@ def end_epoch(model: DRAW, optimizer, settings: Settings, eval_x: torch.Tensor, 
     complete = pos >= n
     metrics, is_best = None, False
     if last or not complete or epoch % settings.train.eval_every == 0:
-        metrics = evaluate(model, eval_x, settings.data.binarize, settings.train.eval_batch_size, env=env)
+        metrics = evaluate(model, eval_x, settings.data.binarize, settings.train.eval_batch_size, env=env, engine=engine)
         is_best = best_loss is None or metrics["loss"] < best_loss
         if is_best:
             best_loss = metrics["loss"]
@@ -417,6 +419,7 @@ def train(
     eval_split: str = "test",
     should_stop=None,
     env: DistEnv = DistEnv(),
+    engine: str | None = None,
 ) -> TrainResult:
     """Train DRAW on uint8 images (N, H, W); evaluate on ``eval_images`` every
     ``train.eval_every`` epochs and at the end.
@@ -433,8 +436,11 @@ def train(
     generators and trains on its contiguous slice, so W processes x B/W images
     follow exactly the trajectory of one process x B images (up to float sums).
     Callbacks should be given to rank 0 only. The stop flag is agreed on at log steps.
+    ``engine``: the engine every model call runs (default: ``settings.run.engine`` as the model
+    reads it; `draw train` passes the one it resolved and printed, see drawcli/engine_choice.py).
     """
     ts = settings.train
+    engine = engine or settings.run.engine
     train_x, eval_x = _as_device_tensor(train_images, device), _as_device_tensor(eval_images, device)
     n, *shape = train_x.shape  # (N, H, W) grey, (N, C, H, W) colour
     channels, height, width = (1, *shape) if len(shape) == 2 else shape
@@ -491,7 +497,7 @@ def train(
             # rank; each rank trains on its slice (with one process: all of it).
             x, eps = draw_batch(train_x, order[pos : pos + batch], settings.data.binarize, model, data_gen, noise_gen)
             lr = learning_rate(ts, step, steps_per_epoch, epochs_done=epoch + pos / n)
-            lx_step, lz_step, grad_norm = train_step(net, optimizer, params, x, eps, lr, ts.grad_clip, precision, env)
+            lx_step, lz_step, grad_norm = train_step(net, optimizer, params, x, eps, lr, ts.grad_clip, precision, env, engine)
             window.add(lx_step, lz_step, grad_norm, len(x))
             watch.record(lx_step, lz_step, grad_norm)
             pos += len(x)
@@ -517,7 +523,7 @@ def train(
         # -- end of an epoch (or an early stop at max_steps): evaluate and checkpoint
         metrics, best_loss, complete = end_epoch(
             model, optimizer, settings, eval_x, eval_split, epoch + 1, step, pos, n, rng_state(data_gen, noise_gen),
-            best_loss, step >= total_steps, callbacks, env,
+            best_loss, step >= total_steps, callbacks, env, engine,
         )
         result.epoch = epoch + 1
         if metrics is not None:

@@ -186,22 +186,18 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
     console.print(f"threads: {threads} per process ({why})", highlight=False)
 
 
-def apply_native(settings: Settings, device, console: Console) -> None:
-    """Load the native training loop (drawcli/native.py) where it can run: CPU, attention.
+def apply_engine(settings: Settings, device, console: Console) -> str:
+    """run.engine resolved for training on this device (drawcli/engine_choice.py), said in one line.
 
-    It is built once per machine (10-30 s; a line says so first). Without a C++ compiler,
-    or with DRAWCLI_NATIVE=0, training runs fused.py's Python loop: the same numbers, slower."""
-    from drawcli import native
+    The native engine's library is built once per machine (20-40 s; a line says so first).
+    Without a C++ compiler, or with DRAWCLI_NATIVE=0, `auto` runs the Python engine: the same
+    numbers, slower; an explicit `native` that cannot run ends the command in one line."""
+    from drawcli.engine_choice import choose_engine
 
-    if device.type != "cpu" or not settings.model.attention:
-        return
-    if not native.native_enabled():
-        console.print("training loop: Python (DRAWCLI_NATIVE=0)", highlight=False)
-        return
-    if native.load(say=lambda line: console.print(line, highlight=False)):
-        console.print("training loop: native (C++)", highlight=False)
-    else:
-        console.print(f"training loop: Python; the native one is unavailable: {native.unavailable_reason()}", highlight=False)
+    say = lambda line: console.print(line, highlight=False)
+    choice = choose_engine(settings.run.engine, device, settings.model.attention, "train", say=say)
+    say(choice.line)
+    return choice.engine
 
 
 def train_command(config: str | None, flags: dict, sets: list[str] | None, resume: str | None = None,
@@ -352,7 +348,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         device = resolve_device(settings.run.device)
         console.print(f"device: {describe(device)}", highlight=False)
     apply_threads(settings, device, env, console)
-    apply_native(settings, device, console)
+    engine = apply_engine(settings, device, console)
 
     data_dir = resolve_data_dir(settings.data.data_dir)
     try:
@@ -410,7 +406,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         if error is not None:
             raise DrawError(error)
         try:
-            return _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard)
+            return _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard, engine)
         except KeyboardInterrupt:
             if created and not runs.has_checkpoint(run_dir):
                 # A second Ctrl-C before the first checkpoint: nothing in the run to resume, so
@@ -469,7 +465,7 @@ def _remove_unfinished(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard: bool) -> Path:
+def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard: bool, engine: str) -> Path:
     """Train with the run directory ready (and locked, on rank 0); print the summary."""
     from drawcli.progress import TrainProgress, summary_table
     from drawcli.tensorboard_log import TB_DIR, TensorBoardLogger
@@ -503,6 +499,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
                 eval_split=splits.eval_name,
                 should_stop=stop.requested,
                 env=env,
+                engine=engine,
             )
     except Interrupted as e:
         if run_dir is None:  # ranks other than 0 do not know the run directory, and stay quiet anyway
@@ -519,7 +516,8 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
         from drawcli.bounds import iwae_report, report_line
 
         console.print(f"importance-weighted bound with K={settings.train.eval_samples} on {splits.eval_name}...", highlight=False)
-        report = iwae_report(result.model, splits.eval, settings.data.binarize, settings.train.eval_samples, seed=settings.train.seed)
+        report = iwae_report(result.model, splits.eval, settings.data.binarize, settings.train.eval_samples, seed=settings.train.seed,
+                             engine=engine)
         console.print(report_line(report, splits.eval_name), highlight=False)
         row = {k: v for k, v in report.items() if k != "binarization"}
         runs.RunRecorder(run_dir).on_epoch(

@@ -139,11 +139,11 @@ def load_test_images(loaded: LoadedRun, data_dir: str | None) -> np.ndarray:
     return images
 
 
-def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator):
+def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator, engine: str = "auto"):
     """Encode and redraw test images: (inputs (B,[C,]H,W), canvas probs (T,B,[C,]H,W), read, write) as numpy.
 
     The input is binarised as in training (the run's data.binarize, seeded), so
-    the picture shows what the model actually read.
+    the picture shows what the model actually read. engine: see drawcli/engine_choice.py.
     """
     import torch
 
@@ -151,22 +151,31 @@ def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator):
 
     with running(loaded):
         x = to_input(torch.from_numpy(images).to(loaded.device), loaded.settings.data.binarize, generator)
-        out = loaded.model(x, record=True, generator=generator)
+        out = loaded.model(x, record=True, generator=generator, engine=engine)
     probs = torch.sigmoid(out.canvases.float()).cpu().numpy()
     read = None if out.read is None else out.read.float().cpu().numpy()
     write = None if out.write is None else out.write.float().cpu().numpy()
     return x.cpu().numpy(), probs, read, write
 
 
-def sample_prior(loaded: LoadedRun, n: int, generator, every_step: bool = True):
+def sample_prior(loaded: LoadedRun, n: int, generator, engine: str = "auto", every_step: bool = True):
     """Prior samples: canvas probs (T, n, [C,] H, W) and write windows (T, n, 5) or None, as numpy;
     only the last step's, (1, n, ...), without ``every_step``."""
     import torch
 
     with running(loaded):
-        logits, write = loaded.model.generate(n, generator=generator, device=loaded.device, every_step=every_step)
+        logits, write = loaded.model.generate(n, generator=generator, device=loaded.device, engine=engine, every_step=every_step)
         probs = torch.sigmoid(logits.float()).cpu().numpy()
     return probs, (None if write is None else write.float().cpu().numpy())
+
+
+def _engine(setting: str, loaded: LoadedRun, work: str, console) -> str:
+    """--engine resolved for this command's work (drawcli/engine_choice.py), said in one line."""
+    from drawcli.engine_choice import choose_engine
+
+    choice = choose_engine(setting, loaded.device, loaded.model.attention, work)
+    console.print(choice.line, highlight=False, soft_wrap=True)
+    return choice.engine
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -213,13 +222,14 @@ def sample_command(
     runs_dir: str | Path = "runs",
     precision: str = "float32",
     console=None,
+    engine: str = "auto",
 ) -> list[Path]:
     """A PNG grid of sigmoid(c_T) for n prior samples (Bernoulli pixels with ``binary``); RGB for
     colour models, each channel its own sigmoid. ``npy`` keeps the floats, (n, [C,] H, W)."""
     _positive("-n", n)
     _positive("--nrow", nrow)
     _positive("--scale", scale)
-    check_command_options(seed=seed, precision=precision)
+    check_command_options(seed=seed, precision=precision, engine=engine)
     located = locate(run, load, device, runs_dir)
     out = Path(output) if output is not None else located.output(
         "samples", ".png", f"n{n}", f"seed{seed}", "binary" if binary else ""
@@ -230,14 +240,16 @@ def sample_command(
     import torch  # only now: every mistake above is answered without it
 
     loaded = load_run(run, load, device, runs_dir, located, precision)
+    con = _console(console)
     if loaded.note:
-        _console(console).print(loaded.note, highlight=False, soft_wrap=True)
+        con.print(loaded.note, highlight=False, soft_wrap=True)
         if output is None:  # the file's name says which checkpoint drew it
             out = loaded.output("samples", ".png", f"n{n}", f"seed{seed}", "binary" if binary else "")
+    engine = _engine(engine, loaded, "sample", con)
     gen = _generator(loaded, seed)
     model = loaded.model
     with running(loaded):
-        logits, _ = model.generate(n, generator=gen, device=loaded.device, every_step=False)
+        logits, _ = model.generate(n, generator=gen, device=loaded.device, every_step=False, engine=engine)
         probs = torch.sigmoid(logits[-1].float())
         if binary:
             probs = torch.bernoulli(probs, generator=gen)
@@ -253,7 +265,6 @@ def sample_command(
         raw = out.with_suffix(".npy")
         replace_atomically(raw, lambda tmp: np.save(tmp, pixels, allow_pickle=False))
         written.append(raw)
-    con = _console(console)
     for path in written:
         con.print(f"wrote {path}", highlight=False, soft_wrap=True)
     return written
@@ -279,13 +290,14 @@ def animate_command(
     data_dir: str | None = None,
     precision: str = "float32",
     console=None,
+    engine: str = "auto",
 ) -> list[Path]:
     """One frame per glimpse t = 1..T of sigmoid(c_t) for a grid of samples (or reconstructions)."""
     _positive("-n", n)
     _positive("--nrow", nrow)
     _positive("--scale", scale)
     _check_timing(fps, hold)
-    check_command_options(seed=seed, precision=precision)
+    check_command_options(seed=seed, precision=precision, engine=engine)
     located = locate(run, load, device, runs_dir)
     what = "reconstruct" if reconstruct else ("boxes" if boxes else "")
     out = Path(output) if output is not None else located.output(
@@ -299,6 +311,7 @@ def animate_command(
         con.print(loaded.note, highlight=False, soft_wrap=True)
         if output is None:
             out = loaded.output("animation", ".gif", f"n{n}", f"seed{seed}", what)
+    engine = _engine(engine, loaded, "animate", con)
     model = loaded.model
     if boxes and not reconstruct:
         _require_attention(loaded, "to draw (drop --boxes)")
@@ -308,11 +321,11 @@ def animate_command(
         images = load_test_images(loaded, data_dir)
         if n > len(images):
             raise DrawError(f"-n {n}: the test set has only {len(images)} images")
-        _, probs, read, write = reconstruct_images(loaded, images[:n], gen)
+        _, probs, read, write = reconstruct_images(loaded, images[:n], gen, engine)
         if not model.attention:
             con.print("this run has no attention: reconstructions are shown without windows", highlight=False, soft_wrap=True)
     else:
-        probs, write_params = sample_prior(loaded, n, gen)
+        probs, write_params = sample_prior(loaded, n, gen, engine)
         if boxes:
             write = write_params
     s = scale or default_scale(model.height, model.width)
@@ -415,6 +428,7 @@ def inspect_attention_command(
     data_dir: str | None = None,
     precision: str = "float32",
     console=None,
+    engine: str = "auto",
 ) -> list[Path]:
     """Animation (GIF) and PNG strip of read/write windows over time, plus JSON or a summary table."""
     _positive("-n", n)
@@ -424,7 +438,7 @@ def inspect_attention_command(
         raise DrawError("--index picks test images; it cannot be combined with --generate")
     if n is not None and index is not None:
         raise DrawError("give either -n (the first N test images) or --index (chosen test images), not both")
-    check_command_options(seed=seed, precision=precision)
+    check_command_options(seed=seed, precision=precision, engine=engine)
     if isinstance(index, str):
         parse_indices(index, limit=2**62)  # the syntax now; the range once the test set is read
     located = locate(run, load, device, runs_dir)
@@ -439,12 +453,13 @@ def inspect_attention_command(
         if output is None:
             out = loaded.output("attention", ".gif", *_inspected(generate, n, index), f"seed{seed}")
     _require_attention(loaded, "to inspect")
+    engine = _engine(engine, loaded, "inspect-attention", _console(console))
     strip_path = out.with_suffix(".png")
     model = loaded.model
     gen = _generator(loaded, seed)
     if generate:
         count = n or 8
-        probs, write = sample_prior(loaded, count, gen)
+        probs, write = sample_prior(loaded, count, gen, engine)
         inputs = read = None
         labels = [{"sample": i} for i in range(count)]
     else:
@@ -452,7 +467,7 @@ def inspect_attention_command(
         chosen = parse_indices(index, len(images)) if index is not None else list(range(n or 8))
         if max(chosen) >= len(images):
             raise DrawError(f"-n {len(chosen)}: the test set has only {len(images)} images")
-        inputs, probs, read, write = reconstruct_images(loaded, images[chosen], gen)
+        inputs, probs, read, write = reconstruct_images(loaded, images[chosen], gen, engine)
         labels = [{"index": i} for i in chosen]
     for name, params in (("read", read), ("write", write)):
         if params is not None and not np.isfinite(params).all():

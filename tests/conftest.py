@@ -61,12 +61,11 @@ def synthetic_data_dir(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture
-def python_loop():
-    """fused.py's Python training loop even where the native one is loaded (tests of its internals)."""
+@pytest.fixture(scope="session", autouse=True)
+def native_engine_loaded():
+    """The native engine's library, loaded once per session where a compiler can build it (the
+    first time on a machine: 20-40 s), so that engine "auto" means the same in every test whatever
+    ran before it. Tests of a particular engine name it."""
     from drawcli import native
 
-    before = native.native_enabled()
-    native.set_native(False)
-    yield
-    native.set_native(before)
+    native.load()

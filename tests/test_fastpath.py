@@ -1,5 +1,6 @@
-"""The fused engine (drawcli/model/fused.py, hand-written backward) equals the plain loops of
-drawcli/model/draw.py: the same module with ``model.fused = False``, autograd for every gradient.
+"""The Python engine (drawcli/model/fused.py, python_loop.py and python_backward.py: hand-written
+backward; sampling.py) equals draw.py's plain loops (engine "reference", autograd for every
+gradient). Every call names the engine it runs.
 
 Same weights and the same noise, float64: losses, records, samples and every parameter's
 gradient agree to 1e-6 relative.
@@ -12,10 +13,11 @@ import copy
 import pytest
 import torch
 
-from drawcli.model import DRAW, set_packed_gemm
+from drawcli.model import DRAW, Engine
 from drawcli.model import packed_gemm
 
 RTOL = 1e-6
+PYTHON = "python"
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL) -> bool:
@@ -35,21 +37,32 @@ def randomise(model: DRAW, seed: int) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
-def plain_copy(model: DRAW) -> DRAW:
-    """The same weights with the fused engine off: draw.py's loops and autograd."""
-    plain = copy.deepcopy(model)
-    plain.fused = False
-    return plain
+class Named:
+    """A model whose forward and generate run ``engine`` (named in every call); everything else
+    is the model's."""
+
+    def __init__(self, model: DRAW, engine: str | Engine):
+        self.model, self.engine = model, engine
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, engine=self.engine, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.model.generate(*args, engine=self.engine, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 def pair(seed=0, **config):
+    """The Python engine and the reference loops on two copies of the same weights."""
     torch.manual_seed(seed)
     fast = DRAW(**config).double()
     randomise(fast, seed + 100)
-    return fast, plain_copy(fast)
+    return Named(fast, PYTHON), Named(copy.deepcopy(fast), "reference")
 
 
-def grads_of(model: DRAW) -> dict[str, torch.Tensor]:
+def grads_of(model) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in model.named_parameters()}
 
 
@@ -130,8 +143,8 @@ def test_records_evaluation_and_samples_match_the_plain_loop(attention):
 def test_float32_paper_config_agrees_with_the_plain_loop():
     """The paper's configuration in float32 at full length: same numbers up to rounding."""
     torch.manual_seed(0)
-    fast = DRAW()
-    base = plain_copy(fast)
+    fast = Named(DRAW(), PYTHON)
+    base = Named(copy.deepcopy(fast.model), "reference")
     x = torch.rand(4, 28, 28, generator=torch.Generator().manual_seed(0)).bernoulli()
     out = fast(x, generator=torch.Generator().manual_seed(1))
     ref = base(x, generator=torch.Generator().manual_seed(1))
@@ -146,7 +159,7 @@ def test_float32_paper_config_agrees_with_the_plain_loop():
 
 def test_backward_twice_through_one_forward_is_refused():
     fast = DRAW(steps=2, hidden=8, embed=2)
-    loss = fast(torch.rand(2, 28, 28)).loss.sum()
+    loss = fast(torch.rand(2, 28, 28), engine=PYTHON).loss.sum()
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="only once"):
         loss.backward()
@@ -156,7 +169,8 @@ def test_autocast_keeps_the_fast_paths_outputs_in_the_models_dtype():
     """Under bfloat16 autocast only the LSTM products run in bf16 (tests/test_precision.py); the
     loop's buffers and outputs stay float32 and agree with float32 up to bf16 rounding."""
     fast, base = pair(seed=2, height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
-    fast, base = fast.float(), base.float()
+    fast.model.float()
+    base.model.float()
     x = torch.rand(3, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fast(x, generator=torch.Generator().manual_seed(0))
@@ -167,15 +181,6 @@ def test_autocast_keeps_the_fast_paths_outputs_in_the_models_dtype():
     out.loss.sum().backward()
 
 
-@pytest.fixture
-def packed_gemm_off():
-    """Switch drawcli's oneDNN packed products off for one test (and back on afterwards)."""
-    set_packed_gemm(False)
-    yield
-    set_packed_gemm(True)
-
-
-@pytest.mark.usefixtures("python_loop")
 @pytest.mark.parametrize("attention", [True, False])
 def test_packed_products_equal_torch_mm_in_float32(attention, monkeypatch):
     """CPU float32 runs each step's LSTM products through oneDNN with weights packed once per
@@ -191,14 +196,11 @@ def test_packed_products_equal_torch_mm_in_float32(attention, monkeypatch):
     monkeypatch.setattr(packed_gemm, "packed_gemm_works", lambda dtype: packed_calls.append(1) or works(dtype))
     results = []
     for packed in (True, False):
-        set_packed_gemm(packed)
-        try:
-            fast.zero_grad(set_to_none=True)
-            out = fast(x, generator=torch.Generator().manual_seed(2))
-            out.loss.sum().backward()
-            samples, _ = fast.generate(33, generator=torch.Generator().manual_seed(3))
-        finally:
-            set_packed_gemm(True)
+        engine = Engine(PYTHON, packed_gemm=packed)
+        fast.zero_grad(set_to_none=True)
+        out = fast(x, generator=torch.Generator().manual_seed(2), engine=engine)
+        out.loss.sum().backward()
+        samples, _ = fast.generate(33, generator=torch.Generator().manual_seed(3), engine=engine)
         results.append((out.loss.detach(), {n: p.grad.clone() for n, p in fast.named_parameters()}, samples))
     (loss_p, grads_p, samples_p), (loss_m, grads_m, samples_m) = results
     assert len(packed_calls) == 5  # forward 2, backward 2, sampling 1: the packed run packed
@@ -209,17 +211,18 @@ def test_packed_products_equal_torch_mm_in_float32(attention, monkeypatch):
         assert err < 1e-4, (name, err.item())
 
 
-def test_packed_products_can_be_switched_off(packed_gemm_off, monkeypatch):
-    """With the switch off no weight is packed: every step's product is torch.mm (the comparison
-    benchmarks/speed.py prints)."""
+def test_packed_products_can_be_switched_off(monkeypatch):
+    """With the engine's packed_gemm off no weight is packed: every step's product is torch.mm
+    (the comparison benchmarks/speed.py prints)."""
     def refuse(*args, **kwargs):
         raise AssertionError("a weight was packed although packed products are off")
 
     monkeypatch.setattr(packed_gemm, "packed_gemm_works", refuse)
     m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
-    out = m(torch.rand(33, 8, 8))  # >= 32 rows: only the switch keeps these products off oneDNN
+    engine = Engine(PYTHON, packed_gemm=False)
+    out = m(torch.rand(33, 8, 8), engine=engine)  # >= 32 rows: only the option keeps these products off oneDNN
     out.loss.sum().backward()
-    m.generate(33)
+    m.generate(33, engine=engine)
     assert all(p.grad is not None for p in m.parameters())
 
 
@@ -247,6 +250,7 @@ def test_reused_step_buffers_give_the_same_results_across_shapes_and_modes():
     torch.manual_seed(0)
     m = DRAW(height=9, width=11, steps=3, hidden=16, embed=3, read_n=2, write_n=3).double()
     randomise(m, 1)
+    m = Named(m, PYTHON)
     xs = {b: torch.rand(b, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(b)) for b in (2, 5)}
 
     def train_grads(b):
@@ -279,7 +283,7 @@ def test_evaluation_after_inference_mode_reuses_buffers_safely():
         first = fast(x, generator=torch.Generator().manual_seed(1)).loss
     with torch.no_grad():
         again = fast(x, generator=torch.Generator().manual_seed(1)).loss
-    fast.requires_grad_(False)
+    fast.model.requires_grad_(False)
     frozen = fast(x, generator=torch.Generator().manual_seed(1)).loss
     ref = base(x, generator=torch.Generator().manual_seed(1)).loss
     assert close(first, ref) and torch.equal(first, again) and torch.equal(first, frozen)
@@ -291,7 +295,7 @@ def test_a_non_finite_batch_does_not_poison_later_gradients(shape):
     columns): after a batch that produced NaNs, the same clean batch gives the same gradients."""
     h, w = shape
     torch.manual_seed(0)
-    m = DRAW(height=h, width=w, steps=2, hidden=8, embed=2, read_n=2, write_n=3).double()
+    m = Named(DRAW(height=h, width=w, steps=2, hidden=8, embed=2, read_n=2, write_n=3).double(), PYTHON)
     x = torch.rand(4, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
     def grads(inp):
@@ -320,14 +324,14 @@ def test_torch_compile_of_the_model_runs_the_loop_eagerly_and_agrees():
     grads = []
     for net in (m, compiled):
         m.zero_grad(set_to_none=True)
-        out = net(x, eps=eps)
+        out = net(x, eps=eps, engine=PYTHON)
         out.loss.sum().backward()
         grads.append((out.loss.detach(), [p.grad.clone() for p in m.parameters()]))
     (loss_e, g_e), (loss_c, g_c) = grads
     assert torch.allclose(loss_e, loss_c, rtol=1e-6)
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g_e, g_c))
     with torch.no_grad():
-        assert torch.allclose(compiled(x, eps=eps).loss, loss_e, rtol=1e-6)
+        assert torch.allclose(compiled(x, eps=eps, engine=PYTHON).loss, loss_e, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- colour (C channels)
@@ -394,7 +398,7 @@ def test_one_channel_as_three_or_four_dimensions_is_the_same_model():
 
 def test_colour_bf16_agrees_with_float32():
     torch.manual_seed(0)
-    m = DRAW(height=12, width=12, channels=3, steps=3, hidden=32, embed=4, read_n=3, write_n=4)
+    m = Named(DRAW(height=12, width=12, channels=3, steps=3, hidden=32, embed=4, read_n=3, write_n=4), PYTHON)
     x = torch.rand(40, 3, 12, 12, generator=torch.Generator().manual_seed(0))
     eps = torch.randn(3, 40, 4, generator=torch.Generator().manual_seed(1))
     with torch.autocast("cpu", dtype=torch.bfloat16):

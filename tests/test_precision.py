@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from drawcli.device import autocast, native_bf16, resolve_precision, thread_policy
 from drawcli.errors import DrawError
-from drawcli.model import DRAW
-from drawcli.model import fused as fused_module
+from drawcli.model import DRAW, python_backward, python_loop
 from drawcli.train import train
 
 from helpers import Collect, synthetic_images, tiny_settings
@@ -51,26 +48,24 @@ def test_bf16_loss_and_gradients_agree_with_float32(attention):
         assert relative(g16[name], g32[name]) < 2e-2, name
 
 
-@pytest.mark.usefixtures("python_loop")
 def test_bf16_runs_the_lstm_products_in_bf16_and_nothing_else(monkeypatch):
-    """Under autocast the fused engine passes bfloat16 to the LSTM products only; the plain path
-    (model.fused = False) follows autocast's own rules and agrees up to rounding."""
+    """Under autocast the Python engine passes bfloat16 to the LSTM products only; the reference
+    loops follow autocast's own rules and agree up to rounding."""
     seen = []
-    real = fused_module.step_matmul
-    monkeypatch.setattr(fused_module, "step_matmul", lambda w, rows, dt=None: seen.append(dt) or real(w, rows, dt))
+    for module in (python_loop, python_backward):
+        real = module.step_matmul
+        monkeypatch.setattr(module, "step_matmul", lambda w, rows, dt=None, packed=True, real=real: seen.append(dt) or real(w, rows, dt, packed))
     m = paper_like()
     x = torch.rand(33, 28, 28, generator=torch.Generator().manual_seed(0)).bernoulli()
     eps = torch.randn(8, 33, 10, generator=torch.Generator().manual_seed(1))
     with autocast(CPU, "bfloat16"):
-        fast = m(x, eps=eps)
-        plain_model = copy.deepcopy(m)
-        plain_model.fused = False
-        plain = plain_model(x, eps=eps)
+        fast = m(x, eps=eps, engine="python")
+        plain = m(x, eps=eps, engine="reference")
     fast.loss.sum().backward()
     assert seen == [torch.bfloat16] * 4  # encoder and decoder, forward and backward
     assert relative(fast.loss.detach(), plain.loss.detach()) < 5e-3
     with autocast(CPU, "float32"):
-        m(x, eps=eps)
+        m(x, eps=eps, engine="python")
     assert seen[-2:] == [None, None]
 
 

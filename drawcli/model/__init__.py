@@ -1,8 +1,8 @@
-"""The DRAW model. draw.py is the paper, equation by equation (read it first); fused.py is the
-fast engine behind it (``model.fused``, on by default); packed_gemm.py switches oneDNN's
-packed-weight products used by that engine on CPU."""
+"""The DRAW model. draw.py is the paper, equation by equation (read it first); engine.py says which
+implementation runs a call; fused.py is the front of the fast engines behind the same module
+(python_loop.py, python_backward.py, sampling.py, native_loop.py; layout.py is their weight layout)."""
 
 from drawcli.model.draw import ATTENTION_FIELDS, DRAW, DrawOutput, LSTMCell, count_parameters, kl_per_image
-from drawcli.model.packed_gemm import set_packed_gemm
+from drawcli.model.engine import ENGINES, Engine
 
-__all__ = ["ATTENTION_FIELDS", "DRAW", "DrawOutput", "LSTMCell", "count_parameters", "kl_per_image", "set_packed_gemm"]
+__all__ = ["ATTENTION_FIELDS", "DRAW", "DrawOutput", "ENGINES", "Engine", "LSTMCell", "count_parameters", "kl_per_image"]

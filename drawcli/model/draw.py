@@ -1,10 +1,11 @@
 """DRAW: A Recurrent Neural Network For Image Generation (Gregor et al., 2015), as the paper writes it.
 
 Read this file first. Equation numbers are those of arXiv 1502.04623v2. ``DRAW.forward`` and
-``DRAW.generate`` run the loops below (``encode_decode``, ``decode``) when ``model.fused`` is
-False; by default they run fused.py, a faster engine that computes the same function from the
-same parameters (tests/test_fastpath.py checks the two agree to 1e-6 in float64, forward and
-backward). No I/O here.
+``DRAW.generate`` run the loops below (``encode_decode``, ``decode``) with ``engine="reference"``;
+by default (``engine="auto"``) they run a faster engine that computes the same function from the
+same parameters: fused.py's Python loop or the native C++ loop (engine.py says which runs when;
+tests/test_fastpath.py and tests/test_native.py check them against these loops in float64,
+forward and backward). No I/O here.
 
 Shapes: B batch, T glimpses, C channels, H x W image (the paper's B x A), Z latent size, N glimpse
 side. Images are float tensors in [0, 1] of shape (B, C, H, W), or (B, H, W) for one channel; every
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from drawcli.model.engine import Engine, as_engine
 
 # Column order of every attention-parameter tensor this module returns.
 ATTENTION_FIELDS = ("g_x", "g_y", "delta", "sigma2", "gamma")
@@ -110,11 +113,6 @@ class DRAW(nn.Module):
         # eq 19-20 with the paper's 1-based i: offsets (i - N/2 - 0.5), i = 1..N, symmetric about 0.
         for name, n in (("read_offsets", read_n), ("write_offsets", write_n)):
             self.register_buffer(name, torch.arange(1, n + 1, dtype=torch.float32) - n / 2 - 0.5, persistent=False)
-
-        # The one switch between the two implementations of forward() and generate(): the fast
-        # engine in fused.py (default) or the plain loops below. Not a setting: both compute the
-        # same function, and checkpoints do not depend on it.
-        self.fused = True
 
     # ----------------------------------------------------------------- configuration
     def config(self) -> dict:
@@ -222,6 +220,7 @@ class DRAW(nn.Module):
         log_ratio: bool = False,
         generator: torch.Generator | None = None,
         eps: torch.Tensor | None = None,
+        engine: str | Engine = "auto",
     ) -> DrawOutput:
         """Encode and reconstruct ``x`` (B, C, H, W), or (B, H, W) for one channel, in [0, 1]; losses in
         nats per image.
@@ -234,6 +233,9 @@ class DRAW(nn.Module):
         no gradient).
         log_ratio: also return sum_t log q(z_t | x, z_<t) - log p(z_t) at the sampled
         z, needed for importance-weighted bounds.
+        engine: which implementation runs the loop: "reference" (the loops below), "python",
+        "native" or "auto" (the default; see engine.py), or an engine.Engine with options. All
+        compute the same function.
         """
         grey = x.dim() == 3
         x = (x[:, None] if grey else x).contiguous()
@@ -241,21 +243,20 @@ class DRAW(nn.Module):
             raise ValueError(f"expected images ({self.channels}, {self.height}, {self.width}), got {tuple(x.shape[1:])}")
         if eps is None:  # fresh noise for every step and image, drawn at once
             eps = torch.randn(self.steps, x.shape[0], self.embed, device=x.device, dtype=x.dtype, generator=generator)
-        if self.fused:
-            from drawcli.model import fused
+        from drawcli.model import fused  # the fast engines (they import this module)
 
-            canvas, mu, log_sigma, lz, records = fused.encode_decode(self, x, eps, record)
-        else:
+        engine = as_engine(engine)
+        name = fused.choose(self, x, record, engine)
+        if name == "reference":
             canvas, mu, log_sigma, records = self.encode_decode(x, eps, record)
             lz = kl_per_image(mu, log_sigma)  # eq 10-11
+            ratio = log_ratio_per_image(mu, log_sigma, eps) if log_ratio else None
+        else:
+            canvas, lz, ratio, records = fused.encode_decode(self, x, eps, record, log_ratio, name, engine.packed_gemm)
 
         # eq 9: Bernoulli NLL of x under sigmoid(c_T), summed over pixels (logits: safe under autocast).
         lx = F.binary_cross_entropy_with_logits(canvas, x, reduction="none").flatten(1).sum(1)
-        out = DrawOutput(lx=lx, lz=lz)
-        if log_ratio:
-            # log N(z; mu, sigma) - log N(z; 0, 1) with z = mu + sigma eps, summed over t and Z.
-            z = mu + torch.exp(log_sigma) * eps
-            out.log_ratio = (0.5 * z.pow(2) - 0.5 * eps.pow(2) - log_sigma).sum((0, 2))
+        out = DrawOutput(lx=lx, lz=lz, log_ratio=ratio)
         if record:
             out.canvases = records[0][:, :, 0] if grey else records[0]
             if self.attention:
@@ -302,6 +303,7 @@ class DRAW(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         every_step: bool = True,
+        engine: str | Engine = "auto",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample from the prior: z_t ~ N(0, I), decode, write (Section 2.3).
 
@@ -309,16 +311,18 @@ class DRAW(nn.Module):
         (apply sigmoid for pixel means), and the write attention (T, n, 5) or None without attention.
         every_step=False: only the final step's, (1, n, ...) and (1, n, 5), from the same
         noise; it skips storing T canvases (200 MB for 1000 MNIST samples at T=64).
+        engine: "reference" (decode below), "python" or "auto"; sampling has no native loop.
         """
         device = device if device is not None else self.grid_x.device
         dtype = self.grid_x.dtype  # the model's (float64 after .double())
         z = torch.randn(self.steps, n, self.embed, device=device, dtype=dtype, generator=generator)
-        if self.fused:
-            from drawcli.model import fused
+        from drawcli.model import fused
 
-            canvases, writes = fused.decode(self, z, every_step)
-        else:
+        engine = as_engine(engine)
+        if fused.choose_sampling(engine, z.device) == "reference":
             canvases, writes = self.decode(z, every_step)
+        else:
+            canvases, writes = fused.decode(self, z, every_step, engine.packed_gemm)
         return (canvases[:, :, 0] if self.channels == 1 else canvases), writes
 
     def decode(self, z: torch.Tensor, every_step: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -347,6 +351,13 @@ def kl_per_image(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     """
     t, _, z = mu.shape
     return 0.5 * (mu.pow(2) + torch.exp(2 * log_sigma) - 2 * log_sigma).sum((0, 2)) - t * z / 2
+
+
+def log_ratio_per_image(mu: torch.Tensor, log_sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """sum over t and Z of log q(z_t | x, z_<t) - log p(z_t) at z = mu + sigma eps, (T, B, Z) -> (B,):
+    log N(z; mu, sigma) - log N(z; 0, 1), the normalising constants cancelling."""
+    z = mu + torch.exp(log_sigma) * eps
+    return (0.5 * z.pow(2) - 0.5 * eps.pow(2) - log_sigma).sum((0, 2))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,21 +1,30 @@
-// DRAW's training time loop (eq 3-8, 17-29) and its backpropagation through time, in C++.
+// DRAW's time loop (eq 3-8, 17-29) and its backpropagation through time, in C++: the native engine.
 //
-// The same computation as drawcli/model/fused.py's loop(save=True) and loop_backward for the
-// attention model with one channel, into the same buffers (see native.py's workspace), so that
-// Python's weight-gradient products and everything after them are shared. What changes:
+// The same computation as drawcli/model/python_loop.py (forward) and python_backward.py for the
+// attention model, grey or colour, into buffers laid out as native_loop.py's Workspace documents,
+// so that Python's weight-gradient products and everything after them are shared. What changes:
 //   * no Python and one dispatcher call per product: the per-step elementwise work (LSTM cells,
-//     filterbanks, read and write) runs as plain loops that the compiler vectorises;
-//   * the batch is cut into one chunk per thread and each thread runs the whole recurrence of
-//     its chunk on its own core (the products then run single-threaded on half the rows, which
-//     costs nothing: a (64 x K) product takes half the time of a (128 x K) one);
-//   * with bfloat16 products (lowp), every product input is written in bfloat16 once, when it
-//     is made, into buffers that the weight-gradient products read again: no bulk casts.
-// native.py compiles this file once per machine; tests/test_native.py checks it against the
-// Python engine (float64 to 1e-10, float32 and bfloat16 to their tolerances).
+//     filterbanks, read and write) runs as plain loops that the compiler vectorises, with the
+//     images of a chunk side by side in the SIMD lanes;
+//   * the batch is cut into chunks and each thread runs the whole recurrence of its chunks on its
+//     own core (the products then run single-threaded on fewer rows, which costs nothing: a
+//     (64 x K) product takes half the time of a (128 x K) one); within a chunk the per-image work
+//     runs on blocks of at most 64 images (struct Block), which stay in the cache;
+//   * with bfloat16 products, every product input is written in bfloat16 once, when it is made,
+//     into buffers that the weight-gradient products read again: no bulk casts.
+// Two ops, registered below with schemas that name every argument and declare what each op
+// writes (Tensor(a!)). The kernels read their arguments by those names (class Args), and
+// native_loop.py passes them by name: the schemas are the one list of them.
+//   loop_forward: training (every step's buffers kept: T + 1 slots of the inputs, T of the rest)
+//     or evaluation (2 slots and 1, reused in turn; also the log ratio of the IWAE bound);
+//   loop_backward: backpropagation through a training forward.
+// drawcli/native.py builds this file (torch.utils.cpp_extension); tests/test_native.py checks
+// it against draw.py's plain loops (float64 to 1e-10) and the Python engine.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
@@ -23,75 +32,20 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <type_traits>
 #include <vector>
 
-// The inner loops below run over a few dozen contiguous values (an image row, a filter row): no
-// two of their pointers overlap, and saying so spares gcc the run-time overlap checks.
-#define IVDEP _Pragma("GCC ivdep")
+#ifndef DRAWCLI_ABI
+#error "DRAWCLI_ABI is defined by drawcli/native.py, which builds this file"
+#endif
+
+#include "kernels.h"
 
 namespace {
 
 using at::Tensor;
-using BF = c10::BFloat16;
-
-// NaN tested on the bits: -ffast-math lets the compiler assume that x != x is never true.
-inline bool is_nan(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return (u & 0x7FFFFFFFu) > 0x7F800000u;
-}
-
-inline bool is_nan(double x) {
-  uint64_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return (u & 0x7FFFFFFFFFFFFFFFull) > 0x7FF0000000000000ull;
-}
-
-// Clamped so that exp never overflows: under -ffast-math, 1 / (1 + inf) may be computed through a
-// reciprocal estimate that gives NaN. A NaN input stays NaN (not a saturated gate), so training's
-// finite-loss check sees it.
-template <typename T>
-inline T sigm(T x) {
-  const T y = T(1) / (T(1) + std::exp(-std::min(std::max(x, T(-80)), T(80))));
-  return is_nan(x) ? x : y;
-}
-
-// tanh(x) = 2 sigmoid(2x) - 1, as the Python engine computes it.
-template <typename T>
-inline T tanh2(T x) {
-  const T y = T(2) / (T(1) + std::exp(T(-2) * std::min(std::max(x, T(-40)), T(40)))) - T(1);
-  return is_nan(x) ? x : y;
-}
-
-// bfloat16 <-> float by bit arithmetic, rounding to nearest even as c10::BFloat16 does (NaN
-// stays NaN): unlike c10's conversions, these loops vectorise.
-inline float from_lp(const BF& v) {
-  uint32_t u = static_cast<uint32_t>(reinterpret_cast<const uint16_t&>(v)) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline uint16_t lp_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t nan = (u >> 16) | 0x40u;  // quiet, whatever the payload
-  return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
-}
-
-template <typename T>
-inline void to_lp(BF* dst, const T* src, int64_t n) {
-  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
-  IVDEP
-  for (int64_t k = 0; k < n; ++k) d[k] = lp_bits(static_cast<float>(src[k]));
-}
-
-template <typename T>
-inline T as(const T& v) { return v; }
-
-template <typename T>
-inline T as(const BF& v) { return static_cast<T>(from_lp(v)); }
+using namespace drawcli;
 
 // x @ W^T with W packed once by oneDNN (torch.ops.mkldnn._reorder_linear_weight, in Python): the
 // op PyTorch's compiler uses for CPU linear layers, 5-40% faster than at::mm at these shapes.
@@ -103,187 +57,175 @@ Tensor packed_linear(const Tensor& x, const Tensor& packed) {
   return stack[0].toTensor();
 }
 
-struct Dims {
-  int64_t T, B, H, W, L, hd, Z, n, nw, kw, R, ke, kd, hw;
+// An op's arguments by name, as its schema declares them (TORCH_LIBRARY at the end of this file).
+class Args {
+ public:
+  Args(const c10::OperatorHandle& op, torch::jit::Stack* stack)
+      : schema_(op.schema()), stack_(*stack), base_(stack->size() - op.schema().arguments().size()) {}
+
+  // A tensor the op cannot do without.
+  Tensor tensor(const char* name) const {
+    const c10::IValue* v = find(name);
+    TORCH_CHECK(v != nullptr && v->isTensor(), schema_.name(), ": argument ", name, " must be a tensor");
+    return v->toTensor();
+  }
+
+  // An optional tensor (None), or an argument this op does not take: undefined.
+  Tensor optional(const char* name) const {
+    const c10::IValue* v = find(name);
+    return v != nullptr && v->isTensor() ? v->toTensor() : Tensor();
+  }
+
+  double real(const char* name) const { return value(name).toDouble(); }
+  int64_t integer(const char* name) const { return value(name).toInt(); }
+  size_t count() const { return schema_.arguments().size(); }
+
+ private:
+  const c10::IValue* find(const char* name) const {
+    const auto i = schema_.argumentIndexWithName(name);
+    return i ? &stack_[base_ + *i] : nullptr;
+  }
+  const c10::IValue& value(const char* name) const {
+    const c10::IValue* v = find(name);
+    TORCH_CHECK(v != nullptr, schema_.name(), ": no argument ", name);
+    return *v;
+  }
+  const c10::FunctionSchema& schema_;
+  torch::jit::Stack& stack_;
+  size_t base_;
 };
 
-// ---------------------------------------------------------------- filterbanks (eq 19-26)
-// The attention work is done for V images at once, image innermost ("lanes"): every array below
-// is (..., V), so each loop runs over the V images of a chunk, with no per-image short loops and
-// no horizontal sums. p: the window (g_X, g_Y, delta, sigma^2, gamma) as (5, V).
-// F_X (a = 0, W columns) and F_Y (a = 1, H columns) into f (2, N, L, V).
-template <typename T>
-void filters(const T* p, const T* off, const T* grid, int64_t N, int64_t L, int64_t W, int64_t H, int64_t V,
-             T eps, T* f, T* mu, T* scale, T* s) {
-  IVDEP
-  for (int64_t v = 0; v < V; ++v) scale[v] = T(-0.5) / p[3 * V + v];
-  for (int64_t a = 0; a < 2; ++a) {
-    const int64_t len = a == 0 ? W : H;
-    for (int64_t i = 0; i < N; ++i) {
-      IVDEP
-      for (int64_t v = 0; v < V; ++v) {
-        mu[v] = p[a * V + v] + off[i] * p[2 * V + v];
-        s[v] = 0;
-      }
-      T* fr = f + (a * N + i) * L * V;
-      for (int64_t l = 0; l < len; ++l) {
-        const T gl = grid[a * L + l];
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) {
-          const T dl = gl - mu[v];
-          const T e = std::exp(dl * dl * scale[v]);
-          fr[l * V + v] = e;
-          s[v] += e;
-        }
-      }
-      IVDEP
-      for (int64_t v = 0; v < V; ++v) s[v] = T(1) / (s[v] + eps);
-      for (int64_t l = 0; l < len; ++l) {
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) fr[l * V + v] *= s[v];
-      }
-    }
-  }
-}
-
-// dL/d(g_X, g_Y, log delta, log sigma^2) of each image into out (4, V), from dL/dF in df (2, N, L, V)
-// (grid - mu is recomputed: cheaper than storing it for every step).
-template <typename T>
-void filters_backward(const T* df, const T* f, const T* p, const T* off, const T* grid, int64_t N, int64_t L,
-                      int64_t W, int64_t H, int64_t V, T* out, T* z, T* mu) {
-  std::fill(out, out + 4 * V, T(0));
-  for (int64_t a = 0; a < 2; ++a) {
-    const int64_t len = a == 0 ? W : H;
-    for (int64_t i = 0; i < N; ++i) {
-      const int64_t o = (a * N + i) * L * V;
-      const T *g = df + o, *fr = f + o;
-      IVDEP
-      for (int64_t v = 0; v < V; ++v) mu[v] = p[a * V + v] + off[i] * p[2 * V + v];
-      std::fill(z, z + V, T(0));
-      for (int64_t l = 0; l < len; ++l) {
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) z[v] += g[l * V + v] * fr[l * V + v];
-      }
-      for (int64_t l = 0; l < len; ++l) {
-        const T gl = grid[a * L + l];
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) {
-          const int64_t k = l * V + v;
-          const T dl = gl - mu[v];
-          const T ed = (g[k] - z[v]) * fr[k] * dl;  // dL/d(exponent) times (a - mu)
-          out[a * V + v] += ed;
-          out[2 * V + v] += off[i] * ed;
-          out[3 * V + v] += ed * dl;
-        }
-      }
-    }
-  }
-  IVDEP
-  for (int64_t v = 0; v < V; ++v) {
-    const T inv = T(1) / p[3 * V + v];
-    out[v] *= inv;
-    out[V + v] *= inv;
-    out[2 * V + v] *= inv * p[2 * V + v];
-    out[3 * V + v] *= T(0.5) * inv;
-  }
-}
-
-// ---------------------------------------------------------------- LSTM cell (eq 5, 7)
-// Gates in LSTMCell's order (i, f, g, o), so that the weights need no reordering; pre may alias a.
-template <typename T, typename P>
-void lstm_forward(const P* pre, T* a, const T* cp, T* c, T* tc, T* h, int64_t hd) {
-  IVDEP
-  for (int64_t j = 0; j < 2 * hd; ++j) a[j] = sigm<T>(as<T>(pre[j]));
-  IVDEP
-  for (int64_t j = 2 * hd; j < 3 * hd; ++j) a[j] = tanh2<T>(as<T>(pre[j]));
-  IVDEP
-  for (int64_t j = 3 * hd; j < 4 * hd; ++j) a[j] = sigm<T>(as<T>(pre[j]));
-  IVDEP
-  for (int64_t j = 0; j < hd; ++j) {
-    const T cj = a[hd + j] * cp[j] + a[j] * a[2 * hd + j];
-    c[j] = cj;
-    const T tj = tanh2<T>(cj);
-    tc[j] = tj;
-    h[j] = a[3 * hd + j] * tj;
-  }
-}
-
-inline void store(float* p, float v) { *p = v; }
-inline void store(double* p, double v) { *p = v; }
-inline void store(BF* p, float v) { *reinterpret_cast<uint16_t*>(p) = lp_bits(v); }
-
-// dL/d(pre-activations) into g (T, or bfloat16 when the products take bfloat16: the float32 copy would
-// never be read) from the activated gates a; g may be a itself. dc: dL/dc_t in, dL/dc_{t-1} out.
-template <typename T, typename G>
-void lstm_backward(const T* a, G* g, const T* dh, T* dc, const T* cp, const T* tc, int64_t hd) {
-  IVDEP
-  for (int64_t j = 0; j < hd; ++j) {
-    const T i = a[j], f = a[hd + j], gg = a[2 * hd + j], o = a[3 * hd + j], t = tc[j];
-    const T dcj = dc[j] + dh[j] * o * (T(1) - t * t);
-    const T di = dcj * gg, df = dcj * cp[j], d_o = dh[j] * t, dg = dcj * i;
-    dc[j] = dcj * f;
-    store(g + j, di * i * (T(1) - i));
-    store(g + hd + j, df * f * (T(1) - f));
-    store(g + 2 * hd + j, dg * (T(1) - gg * gg));
-    store(g + 3 * hd + j, d_o * o * (T(1) - o));
-  }
-}
+// Sizes, all read from the tensors. Per-step buffers have S_in (inputs of the products: the cell
+// states, heads, encoder and decoder inputs) or S (everything else) slots; step t uses slot t % S_in
+// or t % S, and t + 1 % S_in for what it hands to the next step. Training: S_in = T + 1, S = T;
+// evaluation: S_in = 2, S = 1.
+struct Dims {
+  int64_t T, B, C, H, W, HW, L, hd, Z, n, nw, kw, R, ke, kd, hw, S_in, S;
+};
 
 // ---------------------------------------------------------------- the loop
 template <typename T>
+T* data(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+void expect(const Tensor& t, const char* name, at::ScalarType dtype, int64_t numel) {
+  TORCH_CHECK(t.defined(), "drawcli loop: ", name, " is missing");
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "drawcli loop: ", name, " must be a contiguous CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dtype, "drawcli loop: ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.numel() == numel, "drawcli loop: ", name, " has ", t.numel(), " values, expected ", numel);
+}
+
+template <typename T>
 struct Loop {
   Dims D;
-  bool lowp;
-  // inputs
-  const T *x, *eps, *grid, *roff, *woff;
-  Tensor enc_w, dec_w, q_w, q_b, heads_w, heads_b, enc_w_lp, dec_w_lp;
-  Tensor enc_pk, dec_pk, enc_pk_t, dec_pk_t;  // packed weights (or undefined): forward, and input gradients
-  // buffers (see native.py's workspace for the layouts)
-  Tensor enc_in, dec_in, mu_ls, heads, g_enc, g_dec, enc_lp, dec_lp, g_enc_lp, g_dec_lp;
-  T *p_enc_in, *p_dec_in, *c_enc, *c_dec, *p_g_enc, *p_g_dec, *tc_enc, *tc_dec, *se, *p_heads, *p_mu_ls,
-      *xhat, *f_r, *f_w, *left, *u, *wdiv, *canvas, *lz;
-  BF *p_enc_lp, *p_dec_lp, *p_g_enc_lp, *p_g_dec_lp;
+  bool lowp, log_ratio_on;
   T feps;
+  // inputs (x as (B, C, H, W); eps (T, B, Z); the pixel grid (2, L); the filter offsets of eq 19-20)
+  const T *x, *eps, *grid, *roff, *woff;
+  // weights in layout.py's layout, their bfloat16 copies (or undefined), and the packed ones
+  // (or undefined where at::mm runs): forward, and for the input gradients W[:, :inputs]^T
+  Tensor enc_w, dec_w, q_w, q_b, heads_w, heads_b, enc_w_lp, dec_w_lp, enc_pk, dec_pk, enc_pk_t, dec_pk_t;
+  // buffers (native_loop.py's Workspace documents each)
+  Tensor enc_in, dec_in, mu_ls, heads, g_enc, g_dec, enc_lp, dec_lp, g_enc_lp, g_dec_lp;
+  T *p_enc_in, *p_dec_in, *c_enc, *c_dec, *p_g_enc, *p_g_dec, *tc_enc, *tc_dec, *se, *p_heads, *p_mu_ls, *xhat, *f_r,
+      *f_w, *left, *u, *wdiv, *canvas, *lz, *log_ratio;
+  BF *p_enc_lp, *p_dec_lp, *p_g_enc_lp, *p_g_dec_lp;
+  int64_t S_lp;  // slots of enc_lp and dec_lp
+  // backward: dL/d heads (T + 1, B, hw) and dL/d[mu | log sigma] (T, B, 2Z), written; dL/dc_T (read);
+  // dL/dx (written, or null); dL/dL^z (B,); dL/d[mu | log sigma] from outside the loop (or null)
+  T *d_heads = nullptr, *dq = nullptr, *dx = nullptr;
+  const T *dC = nullptr, *dlz = nullptr, *dmu_ls = nullptr;
 
-  T* row(T* base, int64_t t, int64_t b, int64_t width) const { return base + (t * D.B + b) * width; }
-  BF* row(BF* base, int64_t t, int64_t b, int64_t width) const { return base + (t * D.B + b) * width; }
-
-  // One encoder or decoder step for rows [b0, b0 + nb): the product, then the cell.
-  void cell(int64_t t, int64_t b0, int64_t nb, const Tensor& in, const Tensor& in_lp, const Tensor& w,
-            const Tensor& w_lp, const Tensor& pk, Tensor& pre_lp, const Tensor& gates, T* g, T* c, T* tc,
-            T* h_first, int64_t h_stride, int64_t h_off) {
-    const int64_t hd = D.hd;
-    if (pk.defined() && !lowp) {
-      Tensor pre_t = packed_linear(in[t].narrow(0, b0, nb), pk);
-      const T* pre = pre_t.data_ptr<T>();
-      for (int64_t b = 0; b < nb; ++b)
-        lstm_forward<T, T>(pre + b * 4 * hd, row(g, t, b0 + b, 4 * hd), row(c, t, b0 + b, hd),
-                           row(c, t + 1, b0 + b, hd), row(tc, t, b0 + b, hd), h_first + (b0 + b) * h_stride + h_off,
-                           hd);
-    } else if (lowp) {
-      if (pk.defined())
-        pre_lp = packed_linear(in_lp[t].narrow(0, b0, nb), pk);
-      else
-        at::mm_out(pre_lp, in_lp[t].narrow(0, b0, nb), w_lp.t());
-      const BF* pre = pre_lp.data_ptr<BF>();
-      for (int64_t b = 0; b < nb; ++b)
-        lstm_forward<T, BF>(pre + b * 4 * hd, row(g, t, b0 + b, 4 * hd), row(c, t, b0 + b, hd),
-                            row(c, t + 1, b0 + b, hd), row(tc, t, b0 + b, hd),
-                            h_first + (b0 + b) * h_stride + h_off, hd);
-    } else {
-      Tensor pre = gates[t].narrow(0, b0, nb);
-      at::mm_out(pre, in[t].narrow(0, b0, nb), w.t());
-      for (int64_t b = 0; b < nb; ++b) {
-        T* a = row(g, t, b0 + b, 4 * hd);
-        lstm_forward<T, T>(a, a, row(c, t, b0 + b, hd), row(c, t + 1, b0 + b, hd), row(tc, t, b0 + b, hd),
-                           h_first + (b0 + b) * h_stride + h_off, hd);
-      }
+  explicit Loop(const Args& a) {
+    const Tensor tx = a.tensor("x"), te = a.tensor("eps");
+    TORCH_CHECK(tx.dim() == 4 && te.dim() == 3, "drawcli loop: x must be (B, C, H, W) and eps (T, B, Z)");
+    const auto dt = tx.scalar_type();
+    Dims& d = D;
+    d.B = tx.size(0), d.C = tx.size(1), d.H = tx.size(2), d.W = tx.size(3), d.T = te.size(0), d.Z = te.size(2);
+    d.HW = d.H * d.W;
+    d.L = std::max(d.H, d.W);
+    const Tensor tro = a.tensor("read_offsets"), two = a.tensor("write_offsets");
+    d.n = tro.numel(), d.nw = two.numel();
+    TORCH_CHECK(d.n <= NMAX && d.nw <= NMAX, "drawcli loop: read and write sides are at most ", NMAX);
+    d.kw = d.C * d.nw * d.nw;
+    d.R = 2 * d.C * d.n * d.n;
+    d.hw = d.kw + 10;
+    enc_w = a.tensor("enc_w"), dec_w = a.tensor("dec_w"), q_w = a.tensor("q_w"), heads_w = a.tensor("heads_w");
+    q_b = a.optional("q_b"), heads_b = a.optional("heads_b");
+    d.hd = q_w.size(1), d.ke = enc_w.size(1), d.kd = dec_w.size(1);
+    g_enc = a.tensor("g_enc"), g_dec = a.tensor("g_dec"), enc_in = a.tensor("enc_in");
+    dec_in = a.optional("dec_in"), mu_ls = a.tensor("mu_ls"), heads = a.tensor("heads");
+    d.S_in = enc_in.size(0), d.S = g_enc.size(0);
+    TORCH_CHECK((d.S_in == d.T + 1 && d.S == d.T) || (d.S_in == 2 && d.S == 1),
+                "drawcli loop: buffers must have T + 1 and T slots (training) or 2 and 1 (evaluation)");
+    expect(te, "eps", dt, d.T * d.B * d.Z);
+    expect(tx, "x", dt, d.B * d.C * d.HW);
+    expect(a.tensor("grid"), "grid", dt, 2 * d.L);
+    expect(tro, "read_offsets", dt, d.n);
+    expect(two, "write_offsets", dt, d.nw);
+    TORCH_CHECK(d.ke >= d.R + 2 * d.hd + 1 && d.kd >= d.Z + d.hd + 1, "drawcli loop: weights too narrow for the inputs");
+    expect(enc_w, "enc_w", dt, 4 * d.hd * d.ke);
+    expect(dec_w, "dec_w", dt, 4 * d.hd * d.kd);
+    expect(q_w, "q_w", dt, 2 * d.Z * d.hd);
+    expect(heads_w, "heads_w", dt, d.hw * d.hd);
+    x = tx.data_ptr<T>(), eps = te.data_ptr<T>(), grid = a.tensor("grid").data_ptr<T>();
+    roff = tro.data_ptr<T>(), woff = two.data_ptr<T>();
+    enc_w_lp = a.optional("enc_w_lp"), dec_w_lp = a.optional("dec_w_lp");
+    lowp = enc_w_lp.defined();
+    TORCH_CHECK(!lowp || (std::is_same<T, float>::value && dec_w_lp.defined()), "drawcli loop: bfloat16 products need float32");
+    enc_pk = a.optional("enc_pk"), dec_pk = a.optional("dec_pk");
+    enc_pk_t = a.optional("enc_pk_t"), dec_pk_t = a.optional("dec_pk_t");
+    const int64_t S1 = d.S_in, S = d.S, B = d.B, hd = d.hd;
+    expect(enc_in, "enc_in", dt, S1 * B * d.ke);
+    if (dec_in.defined()) expect(dec_in, "dec_in", dt, S1 * B * d.kd);
+    expect(a.tensor("c_enc"), "c_enc", dt, S1 * B * hd);
+    expect(a.tensor("c_dec"), "c_dec", dt, S1 * B * hd);
+    expect(heads, "heads", dt, S1 * B * d.hw);
+    expect(g_enc, "g_enc", dt, S * B * 4 * hd);
+    expect(g_dec, "g_dec", dt, S * B * 4 * hd);
+    expect(a.tensor("tc_enc"), "tc_enc", dt, S * B * hd);
+    expect(a.tensor("tc_dec"), "tc_dec", dt, S * B * hd);
+    expect(a.tensor("se"), "se", dt, S * B * d.Z);
+    expect(mu_ls, "mu_ls", dt, S * B * 2 * d.Z);
+    expect(a.tensor("xhat"), "xhat", dt, S * B * d.C * d.HW);
+    expect(a.tensor("f_r"), "f_r", dt, S * B * 2 * d.n * d.L);
+    expect(a.tensor("f_w"), "f_w", dt, S * B * 2 * d.nw * d.L);
+    expect(a.tensor("left"), "left", dt, S * B * 2 * d.C * d.n * d.W);
+    expect(a.tensor("u"), "u", dt, S * B * d.nw * d.C * d.W);
+    expect(a.tensor("wdiv"), "wdiv", dt, S * B * d.kw);
+    p_enc_in = data<T>(enc_in), p_dec_in = data<T>(dec_in), p_heads = data<T>(heads), p_mu_ls = data<T>(mu_ls);
+    c_enc = data<T>(a.tensor("c_enc")), c_dec = data<T>(a.tensor("c_dec"));
+    p_g_enc = data<T>(g_enc), p_g_dec = data<T>(g_dec);
+    tc_enc = data<T>(a.tensor("tc_enc")), tc_dec = data<T>(a.tensor("tc_dec")), se = data<T>(a.tensor("se"));
+    xhat = data<T>(a.tensor("xhat")), f_r = data<T>(a.tensor("f_r")), f_w = data<T>(a.tensor("f_w"));
+    left = data<T>(a.tensor("left")), u = data<T>(a.tensor("u")), wdiv = data<T>(a.tensor("wdiv"));
+    const Tensor tcv = a.optional("canvas"), tlz = a.optional("lz"), tlr = a.optional("log_ratio");
+    if (tcv.defined()) expect(tcv, "canvas", dt, B * d.C * d.HW);
+    if (tlz.defined()) expect(tlz, "lz", dt, B);
+    if (tlr.defined()) expect(tlr, "log_ratio", dt, B);
+    canvas = data<T>(tcv), lz = data<T>(tlz), log_ratio = data<T>(tlr);
+    log_ratio_on = log_ratio != nullptr;
+    enc_lp = a.optional("enc_lp"), dec_lp = a.optional("dec_lp");
+    g_enc_lp = a.optional("g_enc_lp"), g_dec_lp = a.optional("g_dec_lp");
+    S_lp = enc_lp.defined() ? enc_lp.size(0) : 0;
+    if (lowp) {
+      for (const Tensor* t : {&g_enc_lp, &g_dec_lp})
+        TORCH_CHECK(t->defined() && t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->numel() == S * B * 4 * hd,
+                    "drawcli loop: bfloat16 gate buffers of the wrong shape");
+      if (enc_lp.defined())
+        TORCH_CHECK(enc_lp.scalar_type() == at::kBFloat16 && enc_lp.numel() == S_lp * B * d.ke && dec_lp.defined() &&
+                        dec_lp.scalar_type() == at::kBFloat16 && dec_lp.numel() == S_lp * B * d.kd && S_lp >= 2,
+                    "drawcli loop: bfloat16 input buffers of the wrong shape");
     }
+    p_enc_lp = data<BF>(enc_lp), p_dec_lp = data<BF>(dec_lp), p_g_enc_lp = data<BF>(g_enc_lp), p_g_dec_lp = data<BF>(g_dec_lp);
+    feps = static_cast<T>(a.real("filter_eps"));
   }
 
-  // A chunk's block of a per-image buffer, laid out (T, size, V) with the chunk's V images innermost.
+  T* row(T* base, int64_t slot, int64_t b, int64_t width) const { return base + (slot * D.B + b) * width; }
+  BF* row(BF* base, int64_t slot, int64_t b, int64_t width) const { return base + (slot * D.B + b) * width; }
+
+  // A chunk's block of a per-image buffer of S slots, laid out (S, size, V) with the chunk's V images innermost.
   T* lanes(T* base, int64_t b0, int64_t V, int64_t size, int64_t t) const {
-    return base + b0 * D.T * size + t * size * V;
+    return base + b0 * D.S * size + (t % D.S) * size * V;
   }
 
   // dst (cols, V) = src[b0 + v][off + c] (rows of width `width`)
@@ -294,150 +236,252 @@ struct Loop {
     }
   }
 
-  // (HW, V) image lanes <-> rows
-  void to_lanes(T* dst, const T* rows, int64_t b0, int64_t V) const {
-    const int64_t HW = D.H * D.W;
+  // rows (B, size) -> lanes (size, V) of images b0 .. b0 + V, and back
+  static void to_lanes(T* dst, const T* rows, int64_t b0, int64_t V, int64_t size) {
     for (int64_t v = 0; v < V; ++v)
-      for (int64_t k = 0; k < HW; ++k) dst[k * V + v] = rows[(b0 + v) * HW + k];
+      for (int64_t k = 0; k < size; ++k) dst[k * V + v] = rows[(b0 + v) * size + k];
+  }
+  static void from_lanes(T* rows, const T* src, int64_t b0, int64_t V, int64_t size) {
+    for (int64_t v = 0; v < V; ++v)
+      for (int64_t k = 0; k < size; ++k) rows[(b0 + v) * size + k] = src[k * V + v];
+  }
+
+  // One encoder or decoder step for rows [b0, b0 + nb): the product of the input slot si with the
+  // weights, then the cell: gates into slot ss of g, c_{t-1} from slot si of c and c_t into si1,
+  // tanh(c_t) into slot ss of tc, and h_t into h (row stride h_stride).
+  void cell(int64_t si, int64_t si1, int64_t ss, int64_t sl, int64_t b0, int64_t nb, const Tensor& in,
+            const Tensor& in_lp, const Tensor& w, const Tensor& w_lp, const Tensor& pk, Tensor& pre_lp,
+            const Tensor& gates, T* g, T* c, T* tc, T* h, int64_t h_stride) {
+    const int64_t hd = D.hd;
+    auto finish = [&](auto* pre, int64_t b) {
+      using P = std::remove_const_t<std::remove_pointer_t<decltype(pre)>>;
+      lstm_forward<T, P>(pre, row(g, ss, b0 + b, 4 * hd), row(c, si, b0 + b, hd), row(c, si1, b0 + b, hd),
+                         row(tc, ss, b0 + b, hd), h + (b0 + b) * h_stride, hd);
+    };
+    if (lowp) {
+      if (pk.defined())
+        pre_lp = packed_linear(in_lp[sl].narrow(0, b0, nb), pk);
+      else
+        at::mm_out(pre_lp, in_lp[sl].narrow(0, b0, nb), w_lp.t());
+      const BF* pre = pre_lp.data_ptr<BF>();
+      for (int64_t b = 0; b < nb; ++b) finish(pre + b * 4 * hd, b);
+    } else if (pk.defined()) {
+      const Tensor pre_t = packed_linear(in[si].narrow(0, b0, nb), pk);
+      const T* pre = pre_t.data_ptr<T>();
+      for (int64_t b = 0; b < nb; ++b) finish(pre + b * 4 * hd, b);
+    } else {
+      Tensor pre = gates[ss].narrow(0, b0, nb);
+      at::mm_out(pre, in[si].narrow(0, b0, nb), w.t());
+      for (int64_t b = 0; b < nb; ++b) finish(const_cast<const T*>(row(g, ss, b0 + b, 4 * hd)), b);
+    }
+  }
+
+  // A block of a chunk's images, side by side in the SIMD lanes: the per-image work (read, write,
+  // filterbanks) runs on blocks of at most LANES images, so that its arrays stay in the cache,
+  // while the products run on the whole chunk. Lanes are independent: the cut changes no number,
+  // but backward must cut as forward did (it reads the lane buffers block by block).
+  static constexpr int64_t LANES = 64;
+  struct Block {
+    int64_t b0, V;
+    std::vector<T> xs, cv;  // x and the canvas (forward) or dL/dc (backward), as (C, H, W, V)
+    std::vector<T> dx;      // backward: dL/dx as (C, H, W, V), or empty
+  };
+
+  std::vector<Block> blocks(int64_t b0, int64_t nb, bool with_dx) const {
+    const int64_t CHW = D.C * D.HW, count = (nb + LANES - 1) / LANES, per = (nb + count - 1) / count;
+    std::vector<Block> out;
+    for (int64_t s = b0; s < b0 + nb; s += per) {
+      const int64_t V = std::min(per, b0 + nb - s);
+      Block blk{s, V, std::vector<T>(CHW * V), std::vector<T>(CHW * V, T(0)), std::vector<T>(with_dx ? CHW * V : 0, T(0))};
+      to_lanes(blk.xs.data(), x, s, V, CHW);
+      out.push_back(std::move(blk));
+    }
+    return out;
+  }
+
+  // Scratch of one block's per-image work, sized for the largest block.
+  struct Scratch {
+    std::vector<T> win, gsum, out4, df, du, dg, dleft;
+  };
+
+  Scratch scratch(bool backward) const {
+    const Dims& d = D;
+    const int64_t V = LANES, nmax = std::max(d.n, d.nw);
+    Scratch s{std::vector<T>(5 * V), std::vector<T>(V), std::vector<T>(4 * V), {}, {}, {}, {}};
+    if (backward) {
+      s.df.resize(2 * nmax * d.L * V);
+      s.du.resize(d.nw * d.C * d.W * V);
+      s.dg.resize(d.R * V);
+      s.dleft.resize(2 * d.C * d.n * d.W * V);
+    }
+    return s;
+  }
+
+  // eq 3 and the read, eq 27 (window from h^dec_{t-1}, heads slot si), for one block: r_t into the
+  // encoder input slot si (and its bfloat16 copy, slot sl).
+  void read(Block& blk, Scratch& sc, int64_t t, int64_t si, int64_t sl) {
+    const Dims& d = D;
+    const int64_t C = d.C, H = d.H, W = d.W, CHW = C * d.HW, L = d.L, n = d.n, b0 = blk.b0, V = blk.V;
+    const T *xs = blk.xs.data(), *cv = blk.cv.data();
+    T* win = sc.win.data();
+    T* xh = lanes(xhat, b0, V, CHW, t);  // (C, H, W, V)
+    IVDEP
+    for (int64_t k = 0; k < CHW * V; ++k) xh[k] = xs[k] - sigm<T>(cv[k]);
+    gather(win, p_heads + si * d.B * d.hw, b0, V, d.hw, d.kw + 5, 5);
+    T* fr = lanes(f_r, b0, V, 2 * n * L, t);
+    filters<T>(win, roff, grid, n, L, W, H, V, feps, fr);
+    const T *fx = fr, *fy = fr + n * L * V;
+    // left: rows (i, image q) with q = the C channels of x, then those of x_hat: F_Y x_q, (n, 2C, W, V),
+    // summed over the image rows h in one pass over the pixels (F_Y's column h in the tile array fh)
+    T* lf = lanes(left, b0, V, 2 * C * n * W, t);
+    std::fill(lf, lf + 2 * C * n * W * V, T(0));
+    for (int64_t h = 0; h < H; ++h)
+      tiles<T>(V, [&](int64_t v0, auto nv) {
+        T fh[NMAX * Tile<T>];
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t u = 0; u < nv; ++u) fh[i * Tile<T> + u] = fy[(i * L + h) * V + v0 + u];
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t w = 0; w < W; ++w) {
+            const T *xv = xs + ((c * H + h) * W + w) * V + v0, *hv = xh + ((c * H + h) * W + w) * V + v0;
+            for (int64_t i = 0; i < n; ++i) {
+              const T* f = fh + i * Tile<T>;
+              T *lx = lf + ((i * 2 * C + c) * W + w) * V + v0, *lh = lf + ((i * 2 * C + C + c) * W + w) * V + v0;
+              for (int64_t u = 0; u < nv; ++u) {
+                lx[u] += f[u] * xv[u];
+                lh[u] += f[u] * hv[u];
+              }
+            }
+          }
+      });
+    T* r = row(p_enc_in, si, b0, d.ke);
+    for (int64_t p = 0; p < 2 * C * n; ++p)  // eq 27: gamma F_Y x F_X^T, read_glimpse's layout (i, q, j)
+      for (int64_t j = 0; j < n; ++j)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t w = 0; w < W; ++w) {
+            const T *a = lf + (p * W + w) * V + v0, *f = fx + (j * L + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += a[u] * f[u];
+          }
+          for (int64_t u = 0; u < nv; ++u) r[(v0 + u) * d.ke + p * n + j] = win[4 * V + v0 + u] * acc[u];
+        });
+    if (lowp)
+      for (int64_t b = b0; b < b0 + V; ++b) to_lp(row(p_enc_lp, sl, b, d.ke), row(p_enc_in, si, b, d.ke), d.R);
+  }
+
+  // The write of step t, eq 8, 29 (window and patch from the heads slot si1), for one block.
+  void write(Block& blk, Scratch& sc, int64_t t, int64_t si1) {
+    const Dims& d = D;
+    const int64_t C = d.C, H = d.H, W = d.W, L = d.L, nw = d.nw, kw = d.kw, b0 = blk.b0, V = blk.V;
+    T* cv = blk.cv.data();
+    T* win = sc.win.data();
+    const T* hrows = p_heads + si1 * d.B * d.hw;
+    gather(win, hrows, b0, V, d.hw, kw, 5);
+    T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
+    filters<T>(win, woff, grid, nw, L, W, H, V, feps, fw);
+    const T *wfx = fw, *wfy = fw + nw * L * V;
+    T* wd = lanes(wdiv, b0, V, kw, t);  // w / gamma, (N, C, N, V): the patch rows as layout.py orders them
+    gather(wd, hrows, b0, V, d.hw, 0, kw);
+    for (int64_t k = 0; k < kw; ++k) {
+      IVDEP
+      for (int64_t v = 0; v < V; ++v) wd[k * V + v] /= win[4 * V + v];
+    }
+    T* ub = lanes(u, b0, V, nw * C * W, t);  // (w / gamma) F_X, (N, C, W, V)
+    for (int64_t i = 0; i < nw; ++i)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t w = 0; w < W; ++w)
+          tiles<T>(V, [&](int64_t v0, auto nv) {
+            T acc[Tile<T>] = {};
+            for (int64_t j = 0; j < nw; ++j) {
+              const T *k = wd + ((i * C + c) * nw + j) * V + v0, *f = wfx + (j * L + w) * V + v0;
+              for (int64_t u = 0; u < nv; ++u) acc[u] += k[u] * f[u];
+            }
+            T* o = ub + ((i * C + c) * W + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+          });
+    for (int64_t c = 0; c < C; ++c)  // eq 8, 29: c_t = c_{t-1} + F_Y^T (w / gamma) F_X, every channel
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w)
+          tiles<T>(V, [&](int64_t v0, auto nv) {
+            T* o = cv + ((c * H + h) * W + w) * V + v0;
+            T acc[Tile<T>];
+            for (int64_t u = 0; u < nv; ++u) acc[u] = o[u];
+            for (int64_t i = 0; i < nw; ++i) {
+              const T *f = wfy + (i * L + h) * V + v0, *uv = ub + ((i * C + c) * W + w) * V + v0;
+              for (int64_t u = 0; u < nv; ++u) acc[u] += f[u] * uv[u];
+            }
+            for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+          });
   }
 
   void forward_chunk(int64_t b0, int64_t nb) {
     const Dims& d = D;
-    const int64_t HW = d.H * d.W, L = d.L, R = d.R, hd = d.hd, Z = d.Z, n = d.n, nw = d.nw, kw = d.kw, V = nb;
+    const int64_t CHW = d.C * d.HW, R = d.R, hd = d.hd, Z = d.Z, kw = d.kw;
     Tensor pre_lp = lowp ? at::empty({nb, 4 * hd}, enc_in.options().dtype(at::kBFloat16)) : Tensor();
-    std::vector<T> xs_(HW * V), cv_(HW * V, T(0)), win(5 * V), s1(V), s2(V), s3(V);
-    T *xs = xs_.data(), *cv = cv_.data();  // x and the canvas c_t, as (HW, V)
-    to_lanes(xs, x, b0, V);
+    std::vector<Block> blks = blocks(b0, nb, false);
+    Scratch sc = scratch(false);
+    std::fill(lz + b0, lz + b0 + nb, T(0));
+    if (log_ratio_on) std::fill(log_ratio + b0, log_ratio + b0 + nb, T(0));
     for (int64_t t = 0; t < d.T; ++t) {
+      const int64_t si = t % d.S_in, si1 = (t + 1) % d.S_in, ss = t % d.S;
+      const int64_t sl = lowp ? t % S_lp : 0, sl1 = lowp ? (t + 1) % S_lp : 0;
       const bool next_lp = lowp && t + 1 < d.T;
-      // eq 3 and the read, eq 17, 27 (window from h^dec_{t-1}), for the chunk's V images at once
-      T* xh = lanes(xhat, b0, V, HW, t);  // (HW, V)
-      IVDEP
-      for (int64_t k = 0; k < HW * V; ++k) xh[k] = xs[k] - sigm<T>(cv[k]);
-      gather(win.data(), p_heads + t * d.B * d.hw, b0, V, d.hw, kw + 5, 5);
-      T* fr = lanes(f_r, b0, V, 2 * n * L, t);
-      filters<T>(win.data(), roff, grid, n, L, d.W, d.H, V, feps, fr, s1.data(),
-                 s2.data(), s3.data());
-      const T *fx = fr, *fy = fr + n * L * V;
-      T* lf = lanes(left, b0, V, 2 * n * d.W, t);  // rows (i, image): F_Y x | F_Y x_hat, (2n, W, V)
-      std::fill(lf, lf + 2 * n * d.W * V, T(0));
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t h = 0; h < d.H; ++h) {
-          const T* c = fy + (i * L + h) * V;
-          for (int64_t w = 0; w < d.W; ++w) {
-            T *lx = lf + ((2 * i) * d.W + w) * V, *lh = lf + ((2 * i + 1) * d.W + w) * V;
-            const T *xv = xs + (h * d.W + w) * V, *hv = xh + (h * d.W + w) * V;
-            IVDEP
-            for (int64_t v = 0; v < V; ++v) {
-              lx[v] += c[v] * xv[v];
-              lh[v] += c[v] * hv[v];
-            }
-          }
-        }
-      for (int64_t q = 0; q < 2 * n; ++q)
-        for (int64_t j = 0; j < n; ++j) {
-          T* acc = s1.data();
-          std::fill(acc, acc + V, T(0));
-          for (int64_t w = 0; w < d.W; ++w) {
-            const T *a = lf + (q * d.W + w) * V, *c = fx + (j * L + w) * V;
-            IVDEP
-            for (int64_t v = 0; v < V; ++v) acc[v] += a[v] * c[v];
-          }
-          T* r = p_enc_in + (t * d.B + b0) * d.ke + q * n + j;  // eq 27: gamma F_Y x F_X^T
-          for (int64_t v = 0; v < V; ++v) r[v * d.ke] = win[4 * V + v] * acc[v];
-        }
-      if (lowp)
-        for (int64_t b = b0; b < b0 + nb; ++b) to_lp(row(p_enc_lp, t, b, d.ke), row(p_enc_in, t, b, d.ke), R);
-      // eq 5: the encoder
-      cell(t, b0, nb, enc_in, enc_lp, enc_w, enc_w_lp, enc_pk, pre_lp, g_enc, p_g_enc, c_enc, tc_enc,
-           p_enc_in + (t + 1) * d.B * d.ke, d.ke, R + hd);
+      for (Block& blk : blks) read(blk, sc, t, si, sl);
+      // eq 5: the encoder; h^enc_t goes to the next slot's encoder input
+      T* next = p_enc_in + si1 * d.B * d.ke;
+      cell(si, si1, ss, sl, b0, nb, enc_in, enc_lp, enc_w, enc_w_lp, enc_pk, pre_lp, g_enc, p_g_enc, c_enc, tc_enc,
+           next + R + hd, d.ke);
       if (next_lp)
         for (int64_t b = b0; b < b0 + nb; ++b)
-          to_lp(row(p_enc_lp, t + 1, b, d.ke) + R + hd, row(p_enc_in, t + 1, b, d.ke) + R + hd, hd);
-      // eq 1-2, 6: q and z
-      Tensor mu_rows = mu_ls[t].narrow(0, b0, nb);
-      at::addmm_out(mu_rows, q_b, enc_in[t + 1].narrow(0, b0, nb).narrow(1, R + hd, hd), q_w.t());
+          to_lp(row(p_enc_lp, sl1, b, d.ke) + R + hd, row(p_enc_in, si1, b, d.ke) + R + hd, hd);
+      // eq 1-2, 6: q and z; eq 11 per step, and the IWAE log ratio, as the loop goes
+      Tensor mu_rows = mu_ls[ss].narrow(0, b0, nb);
+      at::addmm_out(mu_rows, q_b, enc_in[si1].narrow(0, b0, nb).narrow(1, R + hd, hd), q_w.t());
       for (int64_t b = b0; b < b0 + nb; ++b) {
-        const T* ml = row(p_mu_ls, t, b, 2 * Z);
-        const T* e = row(const_cast<T*>(eps), t, b, Z);
-        T* s = row(se, t, b, Z);
-        T* z = row(p_dec_in, t, b, d.kd);
-        T kl = 0;  // eq 11 per step: 1/2 sum_z (mu^2 + sigma^2 - log sigma^2 - 1)
+        const T* ml = row(p_mu_ls, ss, b, 2 * Z);
+        const T* e = eps + (t * d.B + b) * Z;
+        T* s = row(se, ss, b, Z);
+        T* z = row(p_dec_in, si, b, d.kd);
+        T kl = 0, lr = 0;  // 1/2 sum_z (mu^2 + sigma^2 - log sigma^2 - 1); sum_z log q(z) - log p(z)
         IVDEP
         for (int64_t k = 0; k < Z; ++k) {
           const T sig = std::exp(ml[Z + k]);
           s[k] = sig * e[k];
           z[k] = ml[k] + s[k];
           kl += ml[k] * ml[k] + sig * sig - T(2) * ml[Z + k] - T(1);
+          lr += T(0.5) * z[k] * z[k] - T(0.5) * e[k] * e[k] - ml[Z + k];
         }
         lz[b] += T(0.5) * kl;
-        if (lowp) to_lp(row(p_dec_lp, t, b, d.kd), z, Z);
+        if (log_ratio_on) log_ratio[b] += lr;
+        if (lowp) to_lp(row(p_dec_lp, sl, b, d.kd), z, Z);
       }
-      // eq 7: the decoder; h^dec_t goes to step t+1's encoder and decoder inputs
-      cell(t, b0, nb, dec_in, dec_lp, dec_w, dec_w_lp, dec_pk, pre_lp, g_dec, p_g_dec, c_dec, tc_dec,
-           p_enc_in + (t + 1) * d.B * d.ke, d.ke, R);
+      // eq 7: the decoder; h^dec_t goes to the next slot's encoder and decoder inputs
+      cell(si, si1, ss, sl, b0, nb, dec_in, dec_lp, dec_w, dec_w_lp, dec_pk, pre_lp, g_dec, p_g_dec, c_dec, tc_dec,
+           next + R, d.ke);
       for (int64_t b = b0; b < b0 + nb; ++b) {
-        const T* h = row(p_enc_in, t + 1, b, d.ke) + R;
-        std::copy(h, h + hd, row(p_dec_in, t + 1, b, d.kd) + Z);
+        const T* h = row(p_enc_in, si1, b, d.ke) + R;
+        std::copy(h, h + hd, row(p_dec_in, si1, b, d.kd) + Z);
         if (next_lp) {
-          to_lp(row(p_enc_lp, t + 1, b, d.ke) + R, h, hd);
-          to_lp(row(p_dec_lp, t + 1, b, d.kd) + Z, h, hd);
+          to_lp(row(p_enc_lp, sl1, b, d.ke) + R, h, hd);
+          to_lp(row(p_dec_lp, sl1, b, d.kd) + Z, h, hd);
         }
       }
-      // eq 18/28, 21: the heads over h^dec_t, then the write, eq 8, 29
-      Tensor head_rows = heads[t + 1].narrow(0, b0, nb);
-      at::addmm_out(head_rows, heads_b, enc_in[t + 1].narrow(0, b0, nb).narrow(1, R, hd), heads_w.t());
+      // eq 18/28, 21: the heads over h^dec_t, then the write
+      Tensor head_rows = heads[si1].narrow(0, b0, nb);
+      at::addmm_out(head_rows, heads_b, enc_in[si1].narrow(0, b0, nb).narrow(1, R, hd), heads_w.t());
       for (int64_t b = b0; b < b0 + nb; ++b) {
-        T* hh = row(p_heads, t + 1, b, d.hw);
+        T* hh = row(p_heads, si1, b, d.hw);
         for (int64_t k = 2; k < 5; ++k) {  // delta, sigma^2, gamma from their logs
           hh[kw + k] = std::exp(hh[kw + k]);
           hh[kw + 5 + k] = std::exp(hh[kw + 5 + k]);
         }
       }
-      const T* hrows = p_heads + ((t + 1) * d.B) * d.hw;
-      gather(win.data(), hrows, b0, V, d.hw, kw, 5);
-      T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
-      filters<T>(win.data(), woff, grid, nw, L, d.W, d.H, V, feps, fw, s1.data(),
-                 s2.data(), s3.data());
-      const T *wfx = fw, *wfy = fw + nw * L * V;
-      T* wd = lanes(wdiv, b0, V, nw * nw, t);  // w / gamma, (N^2, V)
-      gather(wd, hrows, b0, V, d.hw, 0, nw * nw);
-      for (int64_t k = 0; k < nw * nw; ++k) {
-        IVDEP
-        for (int64_t v = 0; v < V; ++v) wd[k * V + v] /= win[4 * V + v];
-      }
-      T* ub = lanes(u, b0, V, nw * d.W, t);  // (w / gamma) F_X, (N, W, V)
-      std::fill(ub, ub + nw * d.W * V, T(0));
-      for (int64_t i = 0; i < nw; ++i)
-        for (int64_t j = 0; j < nw; ++j) {
-          const T* c = wd + (i * nw + j) * V;
-          for (int64_t w = 0; w < d.W; ++w) {
-            T* o = ub + (i * d.W + w) * V;
-            const T* fv = wfx + (j * L + w) * V;
-            IVDEP
-            for (int64_t v = 0; v < V; ++v) o[v] += c[v] * fv[v];
-          }
-        }
-      for (int64_t h = 0; h < d.H; ++h)  // eq 8, 29: c_t = c_{t-1} + F_Y^T (w / gamma) F_X
-        for (int64_t i = 0; i < nw; ++i) {
-          const T* c = wfy + (i * L + h) * V;
-          for (int64_t w = 0; w < d.W; ++w) {
-            T* o = cv + (h * d.W + w) * V;
-            const T* uv = ub + (i * d.W + w) * V;
-            IVDEP
-            for (int64_t v = 0; v < V; ++v) o[v] += c[v] * uv[v];
-          }
-        }
+      for (Block& blk : blks) write(blk, sc, t, si1);
     }
-    for (int64_t v = 0; v < V; ++v)  // c_T back to one image per row
-      for (int64_t k = 0; k < HW; ++k) canvas[(b0 + v) * HW + k] = cv[k * V + v];
+    for (const Block& blk : blks) from_lanes(canvas, blk.cv.data(), blk.b0, blk.V, CHW);  // c_T, one image per row
   }
 
   // backward ------------------------------------------------------------------------
-  T *d_heads, *dq, *dC, *dx;
-  const T *dlz, *dmu_ls;
-
-  // d_out (nb x cols) = g (nb x 4hd) @ w[:, :cols]
+  // d_out (nb x cols) = g (nb x 4hd) @ w[:, :cols], from the gate gradients of step t
   void input_grads(int64_t t, int64_t b0, int64_t nb, const Tensor& gates, const Tensor& g_lp, const Tensor& w,
                    const Tensor& w_lp, const Tensor& pk, int64_t cols, Tensor& out, Tensor& out_lp) {
     if (lowp) {
@@ -470,9 +514,181 @@ struct Loop {
     }
   }
 
+  // Backward of the write of step t (eq 8, 29) for one block: dL/dc_t (blk.cv) reaches it unchanged;
+  // dL/d heads over h^dec_t into d_heads slot t + 1.
+  void write_backward(Block& blk, Scratch& sc, int64_t t) {
+    const Dims& d = D;
+    const int64_t C = d.C, H = d.H, W = d.W, L = d.L, nw = d.nw, kw = d.kw, b0 = blk.b0, V = blk.V;
+    const T* dcv = blk.cv.data();
+    T* win = sc.win.data();
+    gather(win, p_heads + (t + 1) * d.B * d.hw, b0, V, d.hw, kw, 5);
+    const T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
+    const T *fx = fw, *fy = fw + nw * L * V;
+    const T* ub = lanes(u, b0, V, nw * C * W, t);
+    const T* wd = lanes(wdiv, b0, V, kw, t);
+    T *dfx = sc.df.data(), *dfy = sc.df.data() + nw * L * V, *du = sc.du.data();
+    // dL/du = F_Y dC and dL/dF_Y = sum_c u_c dC_c^T in one pass over dC (each pixel read once): F_Y's
+    // column h and the sums of dL/dF_Y[:, h] stay in the tile arrays fh and sy while row h goes by.
+    std::fill(du, du + nw * C * W * V, T(0));
+    for (int64_t h = 0; h < H; ++h)
+      tiles<T>(V, [&](int64_t v0, auto nv) {
+        T fh[NMAX * Tile<T>], sy[NMAX * Tile<T>];
+        for (int64_t i = 0; i < nw; ++i)
+          for (int64_t u = 0; u < nv; ++u) {
+            fh[i * Tile<T> + u] = fy[(i * L + h) * V + v0 + u];
+            sy[i * Tile<T> + u] = T(0);
+          }
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t w = 0; w < W; ++w) {
+            const T* g = dcv + ((c * H + h) * W + w) * V + v0;
+            for (int64_t i = 0; i < nw; ++i) {
+              const int64_t k = ((i * C + c) * W + w) * V + v0;
+              const T *f = fh + i * Tile<T>, *uv = ub + k;
+              T *o = du + k, *y = sy + i * Tile<T>;
+              for (int64_t u = 0; u < nv; ++u) {
+                o[u] += f[u] * g[u];
+                y[u] += uv[u] * g[u];
+              }
+            }
+          }
+        for (int64_t i = 0; i < nw; ++i)
+          for (int64_t u = 0; u < nv; ++u) dfy[(i * L + h) * V + v0 + u] = sy[i * Tile<T> + u];
+      });
+    for (int64_t j = 0; j < nw; ++j)  // dL/dF_X = sum_(i, c) (w / gamma)_(i, c, j) du_(i, c)
+      for (int64_t w = 0; w < W; ++w)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t ic = 0; ic < nw * C; ++ic) {
+            const T *k = wd + (ic * nw + j) * V + v0, *g = du + (ic * W + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += k[u] * g[u];
+          }
+          T* o = dfx + (j * L + w) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+        });
+    T* dhh = d_heads + ((t + 1) * d.B + b0) * d.hw;
+    T* gsum = sc.gsum.data();
+    std::fill(gsum, gsum + V, T(0));
+    for (int64_t ic = 0; ic < nw * C; ++ic)
+      for (int64_t j = 0; j < nw; ++j)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};  // dL/d(w / gamma) = du F_X^T
+          for (int64_t w = 0; w < W; ++w) {
+            const T *g = du + (ic * W + w) * V + v0, *f = fx + (j * L + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += g[u] * f[u];
+          }
+          const T* k = wd + (ic * nw + j) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) {
+            gsum[v0 + u] += acc[u] * k[u];
+            dhh[(v0 + u) * d.hw + ic * nw + j] = acc[u] / win[4 * V + v0 + u];
+          }
+        });
+    T* out4 = sc.out4.data();
+    filters_backward<T>(sc.df.data(), fw, win, woff, grid, nw, L, W, H, V, out4);
+    for (int64_t v = 0; v < V; ++v) {
+      T* o = dhh + v * d.hw + kw;
+      for (int64_t k = 0; k < 4; ++k) o[k] = out4[k * V + v];
+      o[4] = -gsum[v];  // dL/d log gamma: w / gamma
+    }
+  }
+
+  // Backward of the read of step t (eq 27) and of x_hat = x - sigmoid(c_{t-1}) (eq 3) for one block,
+  // from dL/dr_t in dr (rows of width ce, the block's first at dr): dL/d read window into d_heads
+  // slot t, dL/dc_{t-1} into blk.cv, dL/dx into blk.dx.
+  void read_backward(Block& blk, Scratch& sc, int64_t t, const T* dr, int64_t ce) {
+    const Dims& d = D;
+    const int64_t C = d.C, H = d.H, W = d.W, CHW = C * d.HW, L = d.L, R = d.R, n = d.n, b0 = blk.b0, V = blk.V;
+    const T* xs = blk.xs.data();
+    T *dcv = blk.cv.data(), *dxv = blk.dx.empty() ? nullptr : blk.dx.data();
+    T *win = sc.win.data(), *dg = sc.dg.data(), *dleft = sc.dleft.data();
+    gather(win, p_heads + t * d.B * d.hw, b0, V, d.hw, d.kw + 5, 5);
+    const T* fr = lanes(f_r, b0, V, 2 * n * L, t);
+    const T *fx = fr, *fy = fr + n * L * V;
+    const T* lf = lanes(left, b0, V, 2 * C * n * W, t);
+    const T* xh = lanes(xhat, b0, V, CHW, t);
+    T* gsum = sc.gsum.data();
+    for (int64_t v = 0; v < V; ++v) {
+      const T* g = dr + v * ce;
+      const T* r = row(p_enc_in, t, b0 + v, d.ke);
+      T s = 0;
+      for (int64_t k = 0; k < R; ++k) {
+        s += g[k] * r[k];  // dL/d log gamma (r = gamma G)
+        dg[k * V + v] = g[k] * win[4 * V + v];
+      }
+      gsum[v] = s;
+    }
+    T *dfx = sc.df.data(), *dfy = sc.df.data() + n * L * V;
+    for (int64_t p = 0; p < 2 * C * n; ++p)  // dL/dleft = dG F_X
+      for (int64_t w = 0; w < W; ++w)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t j = 0; j < n; ++j) {
+            const T *k = dg + (p * n + j) * V + v0, *f = fx + (j * L + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += k[u] * f[u];
+          }
+          T* o = dleft + (p * W + w) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+        });
+    for (int64_t j = 0; j < n; ++j)  // dL/dF_X = dG^T left
+      for (int64_t w = 0; w < W; ++w)
+        tiles<T>(V, [&](int64_t v0, auto nv) {
+          T acc[Tile<T>] = {};
+          for (int64_t p = 0; p < 2 * C * n; ++p) {
+            const T *k = dg + (p * n + j) * V + v0, *lv = lf + (p * W + w) * V + v0;
+            for (int64_t u = 0; u < nv; ++u) acc[u] += k[u] * lv[u];
+          }
+          T* o = dfx + (j * L + w) * V + v0;
+          for (int64_t u = 0; u < nv; ++u) o[u] = acc[u];
+        });
+    // Through F_Y, per pixel (c, h, w): dL/dx_hat = sum_i F_Y[i, h] dleft_(i, x_hat), dL/dx likewise plus
+    // dL/dx_hat (x_hat = x - sigmoid(c_{t-1}), eq 3), dL/dc_{t-1} -= dL/dx_hat sigmoid'; and
+    // dL/dF_Y[i, h] = sum_(c, w) dleft_i [x | x_hat]. F_Y's column h and the sums of dL/dF_Y stay in
+    // the tile arrays fh and sy (n x Tile values) while the pixels of row h go by.
+    for (int64_t h = 0; h < H; ++h)
+      tiles<T>(V, [&](int64_t v0, auto nv) {
+        T fh[NMAX * Tile<T>], sy[NMAX * Tile<T>];
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t u = 0; u < nv; ++u) {
+            fh[i * Tile<T> + u] = fy[(i * L + h) * V + v0 + u];
+            sy[i * Tile<T> + u] = T(0);
+          }
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t w = 0; w < W; ++w) {
+            const int64_t k = ((c * H + h) * W + w) * V + v0;
+            const T *xv = xs + k, *hv = xh + k;
+            T ax[Tile<T>] = {}, ah[Tile<T>] = {};
+            for (int64_t i = 0; i < n; ++i) {
+              const T *dlx = dleft + ((i * 2 * C + c) * W + w) * V + v0, *dlh = dleft + ((i * 2 * C + C + c) * W + w) * V + v0;
+              const T* f = fh + i * Tile<T>;
+              T* o = sy + i * Tile<T>;
+              for (int64_t u = 0; u < nv; ++u) {
+                ax[u] += f[u] * dlx[u];
+                ah[u] += f[u] * dlh[u];
+                o[u] += dlx[u] * xv[u] + dlh[u] * hv[u];
+              }
+            }
+            T* g = dcv + k;
+            for (int64_t u = 0; u < nv; ++u) {
+              const T sg = xv[u] - hv[u];  // sigmoid(c_{t-1})
+              g[u] -= ah[u] * sg * (T(1) - sg);
+            }
+            if (dxv)
+              for (int64_t u = 0; u < nv; ++u) dxv[k + u] += ax[u] + ah[u];
+          }
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t u = 0; u < nv; ++u) dfy[(i * L + h) * V + v0 + u] = sy[i * Tile<T> + u];
+      });
+    T* out4 = sc.out4.data();
+    filters_backward<T>(sc.df.data(), fr, win, roff, grid, n, L, W, H, V, out4);
+    T* dhr = d_heads + (t * d.B + b0) * d.hw + d.kw + 5;
+    for (int64_t v = 0; v < V; ++v) {
+      for (int64_t k = 0; k < 4; ++k) dhr[v * d.hw + k] = out4[k * V + v];
+      dhr[v * d.hw + 4] = gsum[v];
+    }
+  }
+
   void backward_chunk(int64_t b0, int64_t nb) {
     const Dims& d = D;
-    const int64_t HW = d.H * d.W, L = d.L, R = d.R, hd = d.hd, Z = d.Z, n = d.n, nw = d.nw, kw = d.kw, W = d.W;
+    const int64_t CHW = d.C * d.HW, R = d.R, hd = d.hd, Z = d.Z;
     const int64_t ce = R + 2 * hd, cd = Z + hd;
     auto opt = enc_in.options();
     Tensor dc_enc = at::zeros({nb, hd}, opt), dc_dec = at::zeros({nb, hd}, opt), dh = at::empty({nb, hd}, opt);
@@ -483,75 +699,16 @@ struct Loop {
       ei_lp = at::empty({nb, ce}, opt.dtype(at::kBFloat16));
       di_lp = at::empty({nb, cd}, opt.dtype(at::kBFloat16));
     }
-    const int64_t nmax = std::max(n, nw), V = nb;
-    // lanes (see forward_chunk): dL/dF (2, N, L, V), dL/du (N, W, V), dL/dleft (2n, W, V), ...
-    std::vector<T> df(2 * nmax * L * V, T(0)), du(nw * W * V), dg(2 * n * n * V), dleft(2 * n * W * V),
-        win(5 * V), out4(4 * V), s1(V), s2(V), s3(V), xs_(HW * V), dcv_(HW * V), dx_(dx ? HW * V : 0, T(0));
-    T *xs = xs_.data(), *dcv = dcv_.data(), *dxv = dx ? dx_.data() : nullptr;
-    to_lanes(xs, x, b0, V);
-    to_lanes(dcv, dC, b0, V);  // dL/dc_T, then dL/dc_t as t goes down
+    std::vector<Block> blks = blocks(b0, nb, dx != nullptr);
+    for (Block& blk : blks) to_lanes(blk.cv.data(), dC, blk.b0, blk.V, CHW);  // dL/dc_T, then dL/dc_t as t goes down
+    Scratch sc = scratch(true);
     T* pdh = dh.data_ptr<T>();
     T *pdce = dc_enc.data_ptr<T>(), *pdcd = dc_dec.data_ptr<T>();
     int cur = 0;
     for (int64_t t = d.T - 1; t >= 0; --t) {
       const T* ei_next = dei[1 - cur].data_ptr<T>();
       const T* di_next = ddi[1 - cur].data_ptr<T>();
-      // the write of step t (eq 8, 29; eq 18): dL/dc_t reaches it unchanged
-      {
-        const T* hrows = p_heads + ((t + 1) * d.B) * d.hw;
-        gather(win.data(), hrows, b0, V, d.hw, kw, 5);
-        const T* fw = lanes(f_w, b0, V, 2 * nw * L, t);
-        const T *fx = fw, *fy = fw + nw * L * V;
-        const T* ub = lanes(u, b0, V, nw * W, t);
-        const T* wd = lanes(wdiv, b0, V, nw * nw, t);
-        T *dfx = df.data(), *dfy = df.data() + nw * L * V;
-        std::fill(du.begin(), du.end(), T(0));
-        for (int64_t i = 0; i < nw; ++i)
-          for (int64_t h = 0; h < d.H; ++h) {
-            const T* c = fy + (i * L + h) * V;
-            T* sy = dfy + (i * L + h) * V;  // dL/dF_Y = u dC^T
-            std::fill(sy, sy + V, T(0));
-            for (int64_t w = 0; w < W; ++w) {
-              const T *g = dcv + (h * W + w) * V, *uv = ub + (i * W + w) * V;
-              T* o = du.data() + (i * W + w) * V;  // dL/du = F_Y dC
-              IVDEP
-              for (int64_t v = 0; v < V; ++v) {
-                o[v] += c[v] * g[v];
-                sy[v] += uv[v] * g[v];
-              }
-            }
-          }
-        std::fill(dfx, dfx + nw * L * V, T(0));
-        T* gsum = s2.data();
-        std::fill(gsum, gsum + V, T(0));
-        T* dhh = d_heads + ((t + 1) * d.B + b0) * d.hw;
-        for (int64_t i = 0; i < nw; ++i)
-          for (int64_t j = 0; j < nw; ++j) {
-            T* acc = s1.data();  // dL/d(w / gamma) = du F_X^T
-            std::fill(acc, acc + V, T(0));
-            const T* c = wd + (i * nw + j) * V;
-            for (int64_t w = 0; w < W; ++w) {
-              const T *g = du.data() + (i * W + w) * V, *fv = fx + (j * L + w) * V;
-              T* o = dfx + (j * L + w) * V;  // dL/dF_X = (w / gamma)^T du
-              IVDEP
-              for (int64_t v = 0; v < V; ++v) {
-                acc[v] += g[v] * fv[v];
-                o[v] += c[v] * g[v];
-              }
-            }
-            for (int64_t v = 0; v < V; ++v) {
-              gsum[v] += acc[v] * c[v];
-              dhh[v * d.hw + i * nw + j] = acc[v] / win[4 * V + v];
-            }
-          }
-        filters_backward<T>(df.data(), fw, win.data(), woff, grid, nw, L, W, d.H, V, out4.data(), s1.data(),
-                            s3.data());
-        for (int64_t v = 0; v < V; ++v) {
-          T* o = dhh + v * d.hw + kw;
-          for (int64_t k = 0; k < 4; ++k) o[k] = out4[k * V + v];
-          o[4] = -gsum[v];  // dL/d log gamma: w / gamma
-        }
-      }
+      for (Block& blk : blks) write_backward(blk, sc, t);
       // h^dec_t feeds the heads and step t+1's encoder and decoder
       for (int64_t b = 0; b < nb; ++b) {
         const T *a = ei_next + b * ce + R, *c = di_next + b * cd + Z;
@@ -559,7 +716,7 @@ struct Loop {
         IVDEP
         for (int64_t j = 0; j < hd; ++j) o[j] = a[j] + c[j];
       }
-      dh.addmm_(at::from_blob(row(d_heads, t + 1, b0, d.hw), {nb, d.hw}, enc_in.options()), heads_w);
+      dh.addmm_(at::from_blob(row(d_heads, t + 1, b0, d.hw), {nb, d.hw}, opt), heads_w);
       cell_backward(t, b0, nb, p_g_dec, p_g_dec_lp, c_dec, tc_dec, pdh, pdcd);
       input_grads(t, b0, nb, g_dec, g_dec_lp, dec_w, dec_w_lp, dec_pk_t, cd, ddi[cur], di_lp);  // [dz_t | dh^dec_{t-1}]
       const T* ddc = ddi[cur].data_ptr<T>();
@@ -576,135 +733,28 @@ struct Loop {
           q[Z + k] = g * (std::exp(T(2) * ml[Z + k]) - T(1)) + dz[k] * s[k];
         }
         if (dmu_ls) {
-          const T* o = row(const_cast<T*>(dmu_ls), t, b0 + b, 2 * Z);
+          const T* o = dmu_ls + (t * d.B + b0 + b) * 2 * Z;
           IVDEP
           for (int64_t k = 0; k < 2 * Z; ++k) q[k] += o[k];
         }
       }
       // h^enc_t feeds q and step t+1's encoder
       for (int64_t b = 0; b < nb; ++b) std::copy(ei_next + b * ce + R + hd, ei_next + b * ce + R + 2 * hd, pdh + b * hd);
-      dh.addmm_(at::from_blob(row(dq, t, b0, 2 * Z), {nb, 2 * Z}, enc_in.options()), q_w);
+      dh.addmm_(at::from_blob(row(dq, t, b0, 2 * Z), {nb, 2 * Z}, opt), q_w);
       cell_backward(t, b0, nb, p_g_enc, p_g_enc_lp, c_enc, tc_enc, pdh, pdce);
       input_grads(t, b0, nb, g_enc, g_enc_lp, enc_w, enc_w_lp, enc_pk_t, ce, dei[cur], ei_lp);  // [dr_t | dh^dec | dh^enc]
-      // the read of step t (eq 27, 17) and x_hat = x - sigmoid(c_{t-1}) (eq 3)
-      {
-        const T* dec_ = dei[cur].data_ptr<T>();
-        gather(win.data(), p_heads + t * d.B * d.hw, b0, V, d.hw, kw + 5, 5);
-        const T* fr = lanes(f_r, b0, V, 2 * n * L, t);
-        const T *fx = fr, *fy = fr + n * L * V;
-        const T* lf = lanes(left, b0, V, 2 * n * W, t);
-        const T* xh = lanes(xhat, b0, V, HW, t);
-        T* gsum = s2.data();
-        std::fill(gsum, gsum + V, T(0));
-        for (int64_t v = 0; v < V; ++v) {
-          const T* dr = dec_ + v * ce;
-          const T* r = p_enc_in + (t * d.B + b0 + v) * d.ke;
-          for (int64_t k = 0; k < R; ++k) {
-            gsum[v] += dr[k] * r[k];  // dL/d log gamma (r = gamma G)
-            dg[k * V + v] = dr[k] * win[4 * V + v];
-          }
-        }
-        T *dfx = df.data(), *dfy = df.data() + n * L * V;
-        std::fill(dfx, dfx + n * L * V, T(0));
-        std::fill(dleft.begin(), dleft.end(), T(0));
-        for (int64_t q = 0; q < 2 * n; ++q)
-          for (int64_t j = 0; j < n; ++j) {
-            const T* c = dg.data() + (q * n + j) * V;
-            for (int64_t w = 0; w < W; ++w) {
-              const T *fv = fx + (j * L + w) * V, *lv = lf + (q * W + w) * V;
-              T *dl = dleft.data() + (q * W + w) * V, *o = dfx + (j * L + w) * V;
-              IVDEP
-              for (int64_t v = 0; v < V; ++v) {
-                dl[v] += c[v] * fv[v];
-                o[v] += c[v] * lv[v];
-              }
-            }
-          }
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t h = 0; h < d.H; ++h) {
-            const T* c = fy + (i * L + h) * V;
-            T* sy = dfy + (i * L + h) * V;
-            std::fill(sy, sy + V, T(0));
-            for (int64_t w = 0; w < W; ++w) {
-              const T *dlx = dleft.data() + ((2 * i) * W + w) * V, *dlh = dleft.data() + ((2 * i + 1) * W + w) * V;
-              const T *xv = xs + (h * W + w) * V, *hv = xh + (h * W + w) * V;
-              T* g = dcv + (h * W + w) * V;
-              IVDEP
-              for (int64_t v = 0; v < V; ++v) {
-                sy[v] += dlx[v] * xv[v] + dlh[v] * hv[v];
-                const T sg = xv[v] - hv[v];  // sigmoid(c_{t-1})
-                g[v] -= c[v] * dlh[v] * sg * (T(1) - sg);  // through x_hat, eq 3
-              }
-              if (dxv) {
-                T* o = dxv + (h * W + w) * V;
-                IVDEP
-                for (int64_t v = 0; v < V; ++v) o[v] += c[v] * (dlx[v] + dlh[v]);
-              }
-            }
-          }
-        filters_backward<T>(df.data(), fr, win.data(), roff, grid, n, L, W, d.H, V, out4.data(), s1.data(),
-                            s3.data());
-        T* dhr = d_heads + (t * d.B + b0) * d.hw + kw + 5;
-        for (int64_t v = 0; v < V; ++v) {
-          for (int64_t k = 0; k < 4; ++k) dhr[v * d.hw + k] = out4[k * V + v];
-          dhr[v * d.hw + 4] = gsum[v];
-        }
-      }
+      const T* dr = dei[cur].data_ptr<T>();
+      for (Block& blk : blks) read_backward(blk, sc, t, dr + (blk.b0 - b0) * ce, ce);
       cur = 1 - cur;
     }
-    if (dxv)
-      for (int64_t v = 0; v < V; ++v)
-        for (int64_t k = 0; k < HW; ++k) dx[(b0 + v) * HW + k] = dxv[k * V + v];
+    if (dx)
+      for (const Block& blk : blks) from_lanes(dx, blk.dx.data(), blk.b0, blk.V, CHW);
   }
 };
 
-template <typename T>
-Loop<T> make_loop(const std::vector<Tensor>& in, const std::vector<Tensor>& buf, const std::vector<int64_t>& dims,
-                  bool lowp, double filter_eps) {
-  Loop<T> lp;
-  Dims& d = lp.D;
-  d.T = dims[0], d.B = dims[1], d.H = dims[2], d.W = dims[3], d.hd = dims[4], d.Z = dims[5], d.n = dims[6],
-  d.nw = dims[7];
-  d.L = std::max(d.H, d.W);
-  d.kw = d.nw * d.nw;
-  d.R = 2 * d.n * d.n;
-  d.hw = d.kw + 10;
-  lp.lowp = lowp;
-  lp.feps = static_cast<T>(filter_eps);
-  // in: x, eps, grid, read offsets, write offsets, enc_w, dec_w, q_w, q_b, heads_w, heads_b, enc_w_lp, dec_w_lp
-  // (bfloat16, or empty), then the packed weights of enc_w, dec_w, enc_w[:, :R + 2hd]^T, dec_w[:, :Z + hd]^T
-  // (each empty where at::mm is to be used)
-  lp.x = in[0].data_ptr<T>();
-  lp.eps = in[1].data_ptr<T>();
-  lp.grid = in[2].data_ptr<T>();
-  lp.roff = in[3].data_ptr<T>();
-  lp.woff = in[4].data_ptr<T>();
-  lp.enc_w = in[5], lp.dec_w = in[6], lp.q_w = in[7], lp.q_b = in[8], lp.heads_w = in[9], lp.heads_b = in[10];
-  if (lowp) lp.enc_w_lp = in[11], lp.dec_w_lp = in[12];
-  Tensor* packs[] = {&lp.enc_pk, &lp.dec_pk, &lp.enc_pk_t, &lp.dec_pk_t};
-  for (size_t k = 0; k < 4; ++k)
-    if (in[13 + k].numel()) *packs[k] = in[13 + k];
-  d.ke = lp.enc_w.size(1);
-  d.kd = lp.dec_w.size(1);
-  // buf: enc_in, dec_in, c_enc, c_dec, g_enc, g_dec, tc_enc, tc_dec, se, heads, mu_ls, xhat, f_r, f_w,
-  //      left, u, wdiv, canvas, lz (, enc_lp, dec_lp, g_enc_lp, g_dec_lp)
-  lp.enc_in = buf[0], lp.dec_in = buf[1], lp.g_enc = buf[4], lp.g_dec = buf[5], lp.heads = buf[9], lp.mu_ls = buf[10];
-  T** ptrs[] = {&lp.p_enc_in, &lp.p_dec_in, &lp.c_enc, &lp.c_dec, &lp.p_g_enc, &lp.p_g_dec, &lp.tc_enc,
-                &lp.tc_dec, &lp.se, &lp.p_heads, &lp.p_mu_ls, &lp.xhat, &lp.f_r, &lp.f_w,
-                &lp.left, &lp.u, &lp.wdiv, &lp.canvas, &lp.lz};
-  for (size_t k = 0; k < 19; ++k) *ptrs[k] = buf[k].data_ptr<T>();
-  if (lowp) {
-    lp.enc_lp = buf[19], lp.dec_lp = buf[20], lp.g_enc_lp = buf[21], lp.g_dec_lp = buf[22];
-    lp.p_enc_lp = buf[19].data_ptr<BF>();
-    lp.p_dec_lp = buf[20].data_ptr<BF>();
-    lp.p_g_enc_lp = buf[21].data_ptr<BF>();
-    lp.p_g_dec_lp = buf[22].data_ptr<BF>();
-  }
-  return lp;
-}
-
-// Rows per chunk: one chunk per thread, none under 8 rows (fused.py's native_chunks says the same;
-// the clamp here keeps a direct call safe).
+// Rows per chunk: the batch cut into `chunks` (none under 8 rows; native_loop.py chooses them, and
+// backward must cut the batch as its forward did: the lane buffers are laid out per chunk), run
+// side by side on the threads.
 template <typename F>
 void over_chunks(int64_t B, int64_t chunks, const F& run) {
   chunks = std::max<int64_t>(1, std::min<int64_t>(chunks, B / 8));
@@ -721,50 +771,81 @@ void over_chunks(int64_t B, int64_t chunks, const F& run) {
   });
 }
 
-void check(const std::vector<Tensor>& in, const std::vector<Tensor>& buf, bool lowp) {
-  TORCH_CHECK(in.size() == 17u && buf.size() == (lowp ? 23u : 19u), "drawcli loop: wrong arguments");
-  for (const auto& t : buf) TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "drawcli loop: buffers must be contiguous CPU tensors");
-  for (size_t k = 0; k < 5; ++k) TORCH_CHECK(in[k].is_contiguous(), "drawcli loop: inputs must be contiguous");
+void loop_forward(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  {
+    const Args a(op, stack);
+    at::NoGradGuard no_grad;
+    AT_DISPATCH_FLOATING_TYPES(a.tensor("x").scalar_type(), "drawcli::loop_forward", [&] {
+      Loop<scalar_t> lp(a);
+      TORCH_CHECK(lp.canvas != nullptr && lp.lz != nullptr && lp.D.kd >= lp.D.Z + lp.D.hd + 1, "drawcli loop: outputs missing");
+      TORCH_CHECK(!lp.lowp || lp.p_enc_lp != nullptr, "drawcli loop: bfloat16 products need enc_lp and dec_lp");
+      over_chunks(lp.D.B, a.integer("chunks"), [&](int64_t b0, int64_t nb) { lp.forward_chunk(b0, nb); });
+    });
+  }
+  torch::jit::drop(*stack, op.schema().arguments().size());
 }
 
-void loop_forward(std::vector<Tensor> in, std::vector<Tensor> buf, std::vector<int64_t> dims, bool lowp,
-                  double filter_eps, int64_t chunks) {
-  check(in, buf, lowp);
-  at::NoGradGuard no_grad;
-  AT_DISPATCH_FLOATING_TYPES(in[0].scalar_type(), "drawcli_loop_forward", [&] {
-    TORCH_CHECK(!lowp || (std::is_same<scalar_t, float>::value), "drawcli loop: bfloat16 products need float32");
-    auto lp = make_loop<scalar_t>(in, buf, dims, lowp, filter_eps);
-    over_chunks(lp.D.B, chunks, [&](int64_t b0, int64_t nb) { lp.forward_chunk(b0, nb); });
-  });
-}
-
-// grads: d_heads (T+1, B, hw) zeroed, dq (T, B, 2Z) (written), d_canvas (B, H, W) = dL/dc_T (read),
-// dx (B, H, W) zeroed or empty, dL/dL^z (B,), dL/d[mu | log sigma] (T, B, 2Z) or empty.
-void loop_backward(std::vector<Tensor> in, std::vector<Tensor> buf, std::vector<Tensor> grads,
-                   std::vector<int64_t> dims, bool lowp, double filter_eps, int64_t chunks) {
-  check(in, buf, lowp);
-  TORCH_CHECK(grads.size() == 6, "drawcli loop: wrong gradient buffers");
-  for (const auto& t : grads) TORCH_CHECK(t.is_contiguous(), "drawcli loop: gradients must be contiguous");
-  at::NoGradGuard no_grad;
-  AT_DISPATCH_FLOATING_TYPES(in[0].scalar_type(), "drawcli_loop_backward", [&] {
-    auto lp = make_loop<scalar_t>(in, buf, dims, lowp, filter_eps);
-    lp.d_heads = grads[0].data_ptr<scalar_t>();
-    lp.dq = grads[1].data_ptr<scalar_t>();
-    lp.dC = grads[2].data_ptr<scalar_t>();
-    lp.dx = grads[3].numel() ? grads[3].data_ptr<scalar_t>() : nullptr;
-    lp.dlz = grads[4].data_ptr<scalar_t>();
-    lp.dmu_ls = grads[5].numel() ? grads[5].data_ptr<scalar_t>() : nullptr;
-    over_chunks(lp.D.B, chunks, [&](int64_t b0, int64_t nb) { lp.backward_chunk(b0, nb); });
-  });
+void loop_backward(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  {
+    const Args a(op, stack);
+    at::NoGradGuard no_grad;
+    AT_DISPATCH_FLOATING_TYPES(a.tensor("x").scalar_type(), "drawcli::loop_backward", [&] {
+      using T = scalar_t;
+      Loop<T> lp(a);
+      const Dims& d = lp.D;
+      const auto dt = a.tensor("x").scalar_type();
+      TORCH_CHECK(d.S == d.T, "drawcli loop: backward needs a training forward's buffers (T slots)");
+      const Tensor dh = a.tensor("d_heads"), dq = a.tensor("dq"), dC = a.tensor("d_canvas"), dlz = a.tensor("d_lz");
+      const Tensor dx = a.optional("dx"), dmu = a.optional("d_mu_ls");
+      expect(dh, "d_heads", dt, (d.T + 1) * d.B * d.hw);
+      expect(dq, "dq", dt, d.T * d.B * 2 * d.Z);
+      expect(dC, "d_canvas", dt, d.B * d.C * d.HW);
+      expect(dlz, "d_lz", dt, d.B);
+      if (dx.defined()) expect(dx, "dx", dt, d.B * d.C * d.HW);
+      if (dmu.defined()) expect(dmu, "d_mu_ls", dt, d.T * d.B * 2 * d.Z);
+      lp.d_heads = dh.data_ptr<T>(), lp.dq = dq.data_ptr<T>(), lp.dC = dC.data_ptr<T>(), lp.dlz = dlz.data_ptr<T>();
+      lp.dx = data<T>(dx), lp.dmu_ls = data<T>(dmu);
+      over_chunks(d.B, a.integer("chunks"), [&](int64_t b0, int64_t nb) { lp.backward_chunk(b0, nb); });
+    });
+  }
+  torch::jit::drop(*stack, op.schema().arguments().size());
 }
 
 }  // namespace
 
+// The schemas: every argument by name, and (a!) ... on what each op writes. native_loop.py's
+// Workspace holds the buffers under these names and passes them by name.
 TORCH_LIBRARY(drawcli, m) {
-  m.def("loop_forward(Tensor[] inputs, Tensor[] buffers, int[] dims, bool lowp, float filter_eps, int chunks) -> ()",
-        &loop_forward);
-  m.def("loop_backward(Tensor[] inputs, Tensor[] buffers, Tensor[] grads, int[] dims, bool lowp, float filter_eps, "
-        "int chunks) -> ()",
-        &loop_backward);
-  m.def("abi_version() -> int", []() -> int64_t { return 1; });
+  m.def(
+      "loop_forward(Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
+      "Tensor enc_w, Tensor dec_w, Tensor q_w, Tensor q_b, Tensor heads_w, Tensor heads_b, "
+      "Tensor? enc_w_lp, Tensor? dec_w_lp, Tensor? enc_pk, Tensor? dec_pk, "
+      "Tensor(a!) enc_in, Tensor(b!) dec_in, Tensor(c!) c_enc, Tensor(d!) c_dec, Tensor(e!) heads, "
+      "Tensor(f!) g_enc, Tensor(g!) g_dec, Tensor(h!) tc_enc, Tensor(i!) tc_dec, Tensor(j!) se, Tensor(k!) mu_ls, "
+      "Tensor(l!) xhat, Tensor(m!) f_r, Tensor(n!) f_w, Tensor(o!) left, Tensor(p!) u, Tensor(q!) wdiv, "
+      "Tensor(r!)? enc_lp, Tensor(s!)? dec_lp, Tensor(t!)? g_enc_lp, Tensor(u!)? g_dec_lp, "
+      "Tensor(v!) canvas, Tensor(w!) lz, Tensor(x!)? log_ratio, float filter_eps, int chunks) -> ()");
+  m.def(
+      "loop_backward(Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
+      "Tensor enc_w, Tensor dec_w, Tensor q_w, Tensor heads_w, "
+      "Tensor? enc_w_lp, Tensor? dec_w_lp, Tensor? enc_pk_t, Tensor? dec_pk_t, "
+      "Tensor enc_in, Tensor c_enc, Tensor c_dec, Tensor heads, "
+      "Tensor(a!) g_enc, Tensor(b!) g_dec, Tensor tc_enc, Tensor tc_dec, Tensor se, Tensor mu_ls, "
+      "Tensor xhat, Tensor f_r, Tensor f_w, Tensor left, Tensor u, Tensor wdiv, "
+      "Tensor(c!)? g_enc_lp, Tensor(d!)? g_dec_lp, "
+      "Tensor(e!) d_heads, Tensor(f!) dq, Tensor d_canvas, Tensor(g!)? dx, Tensor d_lz, Tensor? d_mu_ls, "
+      "float filter_eps, int chunks) -> ()");
+  m.def("abi_version() -> int", []() -> int64_t { return DRAWCLI_ABI; });
+}
+
+// CPU, and MkldnnCPU: the dispatcher picks the kernel by every tensor argument, and oneDNN's
+// packed bfloat16 weights are MkldnnCPU tensors.
+TORCH_LIBRARY_IMPL(drawcli, CPU, m) {
+  m.impl("loop_forward", torch::CppFunction::makeFromBoxedFunction<&loop_forward>());
+  m.impl("loop_backward", torch::CppFunction::makeFromBoxedFunction<&loop_backward>());
+}
+
+TORCH_LIBRARY_IMPL(drawcli, MkldnnCPU, m) {
+  m.impl("loop_forward", torch::CppFunction::makeFromBoxedFunction<&loop_forward>());
+  m.impl("loop_backward", torch::CppFunction::makeFromBoxedFunction<&loop_backward>());
 }
