@@ -480,13 +480,13 @@ def test_item18_readme_install_advice_names_the_cpu_index_and_keeps_the_commands
     assert "may pull a multi-GB CUDA build" not in ci and "download.pytorch.org/whl/cpu" in ci
 
 
-def test_item19_readme_documents_every_train_flag_and_setting():
+def test_item19_the_docs_document_every_train_flag_and_setting():
     import typer.main
 
     from drawcli.settings import Settings
 
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("### `draw train`")[1].split("### Runs")[0]
+    section = (ROOT / "docs" / "training.md").read_text().split("## `draw train`")[1].split("## Runs")[0]
     command = typer.main.get_command(app).commands["train"]
     flags = [opt for p in command.params for opt in p.opts if opt.startswith("--") and opt != "--help"]
     missing = [f for f in flags if f"`{f}" not in section]
