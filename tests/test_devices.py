@@ -200,6 +200,17 @@ def test_train_takes_tensors_as_they_are(monkeypatch):
     train(tiny_settings("train.max_steps=1"), images, images[:40], torch.device("cpu"))
 
 
+def test_a_users_float16_autocast_keeps_the_fast_engines_products_in_float32():
+    from drawcli.model.fused import low_precision
+
+    x = torch.zeros(2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert low_precision(x) == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert low_precision(x) is None
+    assert low_precision(x) is None
+
+
 # ----------------------------------------------------------------------------- the declared torch
 # APIs the package relies on, and the torch release that introduced each.
 NEEDS = {

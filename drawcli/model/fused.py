@@ -45,18 +45,23 @@ def _eager(fn):
 
 
 def low_precision(ref: torch.Tensor) -> torch.dtype | None:
-    """The dtype of the LSTM products under torch.autocast (bfloat16 or float16), else None.
+    """The dtype of the LSTM products under torch.autocast to bfloat16, else None.
 
     Mixed precision in the fast engines: inside an autocast region the two LSTM products of every
     step (eq 5 and 7, about 94% of the model's FLOPs) and their gradients run with inputs cast to
     autocast's dtype, accumulating in float32. Everything else stays in the model's dtype:
     the cell states, canvas, losses and KL, the small q and attention heads (whose outputs are
     exponentiated: eq 1-2, 21-24) and the filterbanks. Only float32 models are cast.
+
+    A user's autocast to float16 leaves the products in float32: float16's range needs loss
+    scaling (a GradScaler) to keep small gradients from flushing to zero, and the hand-written
+    backward would round the gate gradients to float16 with whatever scale it is given.
     """
     dev = ref.device.type
     if ref.dtype != torch.float32 or not torch.is_autocast_enabled(dev):
         return None
-    return torch.get_autocast_dtype(dev)
+    dtype = torch.get_autocast_dtype(dev)
+    return dtype if dtype == torch.bfloat16 else None
 
 
 @_eager
