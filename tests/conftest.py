@@ -61,6 +61,12 @@ def synthetic_data_dir(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture
+def env(synthetic_data_dir) -> dict:
+    """CLI environment whose data directory holds the synthetic mnist: nothing ever tries the network."""
+    return {"DRAW_DATA_DIR": str(synthetic_data_dir)}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def native_engine_loaded():
     """The native engine's library, loaded once per session where a compiler can build it (the

@@ -103,12 +103,6 @@ def torch_bytes(obj) -> bytes:
 
 
 @pytest.fixture
-def env(synthetic_data_dir):
-    """A data directory that holds the data set: nothing ever tries the network."""
-    return {"DRAW_DATA_DIR": str(synthetic_data_dir)}
-
-
-@pytest.fixture
 def runs(tmp_path, monkeypatch):
     """cwd with runs/alpha (checkpoints for epochs 1 and 2, last, best) and runs/beta."""
     monkeypatch.chdir(tmp_path)

@@ -60,11 +60,6 @@ def draw_process(*args, cwd, env, **kw):
 
 
 @pytest.fixture
-def env(synthetic_data_dir):
-    return {"DRAW_DATA_DIR": str(synthetic_data_dir)}
-
-
-@pytest.fixture
 def proc_env(synthetic_data_dir):
     # OMP_NUM_THREADS set: torchrun would otherwise print a notice that it sets it.
     return {**os.environ, "DRAW_DATA_DIR": str(synthetic_data_dir), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

@@ -34,11 +34,6 @@ def ok(result):
 
 
 @pytest.fixture
-def env(synthetic_data_dir):
-    return {"DRAW_DATA_DIR": str(synthetic_data_dir)}
-
-
-@pytest.fixture
 def here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
