@@ -647,12 +647,17 @@ def evaluation_rows(cfg, device, rows: int, args, mem, loaded: bool, say) -> dic
         out[name] = r
         say(f"evaluate {name:16s} rows={rows:<5d} {r['image_passes_per_s']:7.1f} image-passes/s  peak {r['peak_memory_mb']:.0f} MB  "
             f"(median of {r['repeats']}, cpu/wall {r['cpu_over_wall']:.2f})")
-    out["speedup"] = {f"{a} over {b}": out[a]["image_passes_per_s"] / out[b]["image_passes_per_s"]
-                      for a, b in (("drawcli-native", "drawcli-python"), ("drawcli-native", "baseline"),
-                                   ("drawcli-python", "baseline")) if a in out and b in out}
-    for key, v in out["speedup"].items():
-        say(f"speedup evaluate {key}: {v:.2f}x")
+    out["speedup"] = engine_speedups(out, "image_passes_per_s", "evaluate", say)
     return out
+
+
+def engine_speedups(out: dict, rate: str, what: str, say) -> dict:
+    """Native over Python, and each over the baseline, by ``rate``; each said in one line."""
+    pairs = (("drawcli-native", "drawcli-python"), ("drawcli-native", "baseline"), ("drawcli-python", "baseline"))
+    speedups = {f"{a} over {b}": out[a][rate] / out[b][rate] for a, b in pairs if a in out and b in out}
+    for key, v in speedups.items():
+        say(f"speedup {what} {key}: {v:.2f}x")
+    return speedups
 
 
 def colour_rows(device, args, mem, loaded: bool, say) -> dict:
@@ -674,11 +679,7 @@ def colour_rows(device, args, mem, loaded: bool, say) -> dict:
         out[name] = r
         say(f"colour {name:16s} B={COLOUR_BATCH:<5d} {r['images_per_s']:7.1f} img/s ({precision})  peak {r['peak_memory_mb']:.0f} MB  "
             f"(median of {r['repeats']}, cpu/wall {r['cpu_over_wall']:.2f})")
-    out["speedup"] = {f"{a} over {b}": out[a]["images_per_s"] / out[b]["images_per_s"]
-                      for a, b in (("drawcli-native", "drawcli-python"), ("drawcli-native", "baseline"),
-                                   ("drawcli-python", "baseline")) if a in out and b in out}
-    for key, v in out["speedup"].items():
-        say(f"speedup colour training {key}: {v:.2f}x")
+    out["speedup"] = engine_speedups(out, "images_per_s", "colour training", say)
     return out
 
 
