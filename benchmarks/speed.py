@@ -633,12 +633,7 @@ def main(argv=None) -> dict:
 def evaluation_rows(cfg, device, rows: int, args, mem, loaded: bool, say) -> dict:
     """`draw evaluate`'s forward passes (float32, no gradients, with the log ratio) by the native
     engine, the Python engine and the baseline, interleaved: image-passes/s and the ratios."""
-    fast, base = make_models(cfg, device)
-    impls = {"drawcli-python": (copy.deepcopy(fast), Engine("python"))}
-    if loaded:
-        impls["drawcli-native"] = (fast, Engine("native"))
-    if not args.no_baseline:
-        impls["baseline"] = (base, Engine("reference"))
+    impls = engine_models(cfg, device, loaded, args)
     fns = {name: evaluate_fn(m, cfg, rows, device, engine=e) for name, (m, e) in impls.items()}
     reps = {name: (2 if args.quick else 5) if name == "baseline" else (3 if args.quick else 9) for name in fns}
     out = {}
@@ -649,6 +644,18 @@ def evaluation_rows(cfg, device, rows: int, args, mem, loaded: bool, say) -> dic
             f"(median of {r['repeats']}, cpu/wall {r['cpu_over_wall']:.2f})")
     out["speedup"] = engine_speedups(out, "image_passes_per_s", "evaluate", say)
     return out
+
+
+def engine_models(cfg, device, loaded: bool, args) -> dict:
+    """Each implementation with its own copy of one model: the Python engine, the native engine
+    (when its library loaded) and the plain baseline (unless --no-baseline)."""
+    fast, base = make_models(cfg, device)
+    impls = {"drawcli-python": (copy.deepcopy(fast), Engine("python"))}
+    if loaded:
+        impls["drawcli-native"] = (fast, Engine("native"))
+    if not args.no_baseline:
+        impls["baseline"] = (base, Engine("reference"))
+    return impls
 
 
 def engine_speedups(out: dict, rate: str, what: str, say) -> dict:
@@ -665,12 +672,7 @@ def colour_rows(device, args, mem, loaded: bool, say) -> dict:
     (auto: bfloat16 where the device multiplies it natively) by the native engine, the Python
     engine and the baseline, interleaved."""
     precision = "bfloat16" if native_bf16(device) else "float32"
-    fast, base = make_models(COLOUR, device)
-    impls = {"drawcli-python": (copy.deepcopy(fast), Engine("python"))}
-    if loaded:
-        impls["drawcli-native"] = (fast, Engine("native"))
-    if not args.no_baseline:
-        impls["baseline"] = (base, Engine("reference"))
+    impls = engine_models(COLOUR, device, loaded, args)
     fns = {name: train_step_fn(m, COLOUR, COLOUR_BATCH, device, precision, e) for name, (m, e) in impls.items()}
     reps = {name: max(2, args.steps // 2) if name == "baseline" else args.steps for name in fns}
     out = {"config": dict(COLOUR, batch=COLOUR_BATCH), "precision": precision}

@@ -1,7 +1,9 @@
-"""Atomic file writes: every file drawcli writes appears whole or not at all."""
+"""Atomic file writes: every file drawcli writes appears whole or not at all; and a scoped change of
+environment variables."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -68,3 +70,19 @@ def check_output(path: str | Path) -> str | None:
     except OSError as e:
         raise DrawError(f"cannot write {path}: {e.strerror or e} (the previous file, if any, is unchanged)") from None
     return created
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """Set environment variables for the duration of a ``with`` block, then restore them (a variable
+    that was unset is removed again)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from drawcli.files import environment
+
 SOURCE = Path(__file__).parent / "model" / "csrc" / "draw_loop.cpp"
 HEADERS = (SOURCE.parent / "kernels.h",)  # included by SOURCE: part of what a build depends on
 NAME = "drawcli_loop"  # the library's file name (torch.ops.drawcli is its namespace)
@@ -140,7 +142,6 @@ def refusal(message: str) -> str | None:
 def _build_environment(cxx: str):
     """CXX for cpp_extension (it uses $CXX, else c++), and ninja on the PATH: the ninja package's
     binary and this Python's scripts folder, where pip puts it even when the venv is not active."""
-    saved = {k: os.environ.get(k) for k in ("CXX", "PATH")}
     extra = [os.path.dirname(sys.executable)]
     try:
         import ninja  # the PyPI package: a dependency of drawcli
@@ -148,16 +149,8 @@ def _build_environment(cxx: str):
         extra.insert(0, ninja.BIN_DIR)
     except (ImportError, AttributeError):
         pass
-    os.environ["CXX"] = cxx
-    os.environ["PATH"] = os.pathsep.join([*extra, saved["PATH"] or ""])
-    try:
+    with environment(CXX=cxx, PATH=os.pathsep.join([*extra, os.environ.get("PATH", "")])):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def build(folder: Path, cxx: str) -> None:

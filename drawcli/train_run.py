@@ -22,6 +22,7 @@ from drawcli import checkpoint as ckpt_io
 from drawcli import distributed, runs
 from drawcli.datasets import FOLDER_PREFIX, is_folder
 from drawcli.errors import DrawError
+from drawcli.files import environment
 from drawcli.folders import folder_path
 from drawcli.progress import make_console
 from drawcli.settings import Settings, build_settings, changed_settings, check_against_image, from_dict, spell
@@ -155,17 +156,9 @@ def launcher_threads(settings: Settings, nproc: int):
     threads, why = thread_policy(settings.run.threads, device, nproc)
     if threads is None:  # GPUs: each process's CPU threads only feed its device
         threads, why = max(1, torch.get_num_threads() // nproc), f"{device.type}: the CPU cores shared among the processes"
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", LAUNCHER_THREADS)}
-    os.environ.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), LAUNCHER_THREADS: str(threads)})
     make_console().print(f"threads: {threads} per process x {nproc} processes ({why})", highlight=False)
-    try:
+    with environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **{LAUNCHER_THREADS: str(threads)}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def apply_threads(settings: Settings, device, env: distributed.DistEnv, console: Console) -> None:

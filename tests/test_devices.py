@@ -257,3 +257,18 @@ def test_short_training_sampling_and_evaluation_on(device):
     bounds = likelihood_bounds(result.model, images[:5], "dynamic", 4, batch_size=8)
     assert bounds.iwae.shape == (5,) and bool((bounds.iwae <= bounds.elbo + 1e-6).all())
 
+
+
+def test_environment_sets_and_restores_variables(monkeypatch):
+    """The one scoped environment change behind the native build (CXX, PATH) and --nproc's threads."""
+    import os
+
+    from drawcli.files import environment
+
+    monkeypatch.setenv("DRAW_T_SET", "before")
+    monkeypatch.delenv("DRAW_T_UNSET", raising=False)
+    with pytest.raises(RuntimeError):
+        with environment(DRAW_T_SET="inside", DRAW_T_UNSET="new"):
+            assert (os.environ["DRAW_T_SET"], os.environ["DRAW_T_UNSET"]) == ("inside", "new")
+            raise RuntimeError  # restored however the block ends
+    assert os.environ["DRAW_T_SET"] == "before" and "DRAW_T_UNSET" not in os.environ
