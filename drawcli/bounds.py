@@ -174,6 +174,35 @@ class Bounds:
         return out
 
 
+@dataclass
+class Partial:
+    """An evaluation stopped part-way: the first ``done`` images' results, and what continuing
+    needs to give exactly what an uninterrupted evaluation gives (the noise generator's state
+    after those images, and the pass layout). Plain types and tensors, for ``torch.save``."""
+
+    done: int
+    lx: torch.Tensor  # (images,) float64; entries from ``done`` on are not filled yet
+    lz: torch.Tensor
+    iwae: torch.Tensor
+    noise: torch.Tensor  # torch.Generator.get_state() after the first ``done`` images
+    per_block: int
+    per_pass: int
+    images: int
+    samples: int
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Partial:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def check(self, images: int, samples: int) -> None:
+        if (self.images, self.samples) != (images, samples) or not 0 <= self.done <= images:
+            raise DrawError(f"the partial evaluation is of {self.images} images with K={self.samples}, "
+                            f"not {images} with K={samples}")
+
+
 @torch.no_grad()
 def likelihood_bounds(
     model: DRAW,
@@ -186,6 +215,9 @@ def likelihood_bounds(
     budget: int | None = None,
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
+    resume: Partial | None = None,
+    keep: Callable[[Partial], None] | None = None,
+    keep_every: float = 60.0,
 ) -> Bounds:
     """ELBO parts and the K-sample importance-weighted bound for every image.
 
@@ -196,6 +228,11 @@ def likelihood_bounds(
     repeated K times in a pass when that fits; otherwise its K samples are split over passes.
     progress: called with the number of images finished so far.
     engine: the engine every forward pass runs (DRAW.forward's argument).
+    keep: called with the work finished so far (a :class:`Partial`) at most every
+    ``keep_every`` seconds, and once more when the loop is interrupted (KeyboardInterrupt or any
+    error), so that hours of K = 1000 survive an interrupted session. ``resume`` continues from
+    such a Partial: the same images, K and seed give bit-identical results to an uninterrupted
+    evaluation, because the Partial carries the noise generator's state and the pass layout.
     """
     if samples < 1:
         raise DrawError(f"--samples must be >= 1, got {samples}")
@@ -209,19 +246,26 @@ def likelihood_bounds(
     expected = (model.height, model.width) if model.channels == 1 else (model.channels, model.height, model.width)
     if tuple(targets.shape[1:]) != expected:
         raise DrawError(f"images are {tuple(targets.shape[1:])}, the model expects {expected}")
-    rows = batch_size or rows_per_pass(model, device, budget)
-    per_block = max(1, rows // samples)  # images per pass when all K copies fit
-    per_pass = min(samples, max(1, rows // per_block))  # else K is split over passes
-
     noise = torch.Generator(device=device).manual_seed(seed + 1)
-    lx_all = torch.empty(n, dtype=torch.float64)
-    lz_all = torch.empty_like(lx_all)
-    iwae_all = torch.empty_like(lx_all)
+    if resume is None:
+        rows = batch_size or rows_per_pass(model, device, budget)
+        per_block = max(1, rows // samples)  # images per pass when all K copies fit
+        per_pass = min(samples, max(1, rows // per_block))  # else K is split over passes
+        state = Partial(done=0, lx=torch.empty(n, dtype=torch.float64), lz=torch.empty(n, dtype=torch.float64),
+                        iwae=torch.empty(n, dtype=torch.float64), noise=noise.get_state(),
+                        per_block=per_block, per_pass=per_pass, images=n, samples=samples)
+    else:
+        resume.check(n, samples)
+        per_block, per_pass = resume.per_block, resume.per_pass
+        noise.set_state(resume.noise)
+        state = resume
+    lx_all, lz_all, iwae_all = state.lx, state.lz, state.iwae
     log_k = math.log(samples)
+    last_kept = time.monotonic()
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, n, per_block):
+        for start in range(state.done, n, per_block):
             x = targets[start : start + per_block].to(device).float().mul_(scale)
             m = len(x)
             lx, lz, log_w = [], [], []
@@ -241,8 +285,16 @@ def likelihood_bounds(
             lz_all[start : start + m] = lz_m.mean(1)
             # log (1/K) sum_k exp(log w_k), stably: logsumexp subtracts the largest log w.
             iwae_all[start : start + m] = -(torch.logsumexp(log_w_m, dim=1) - log_k)
+            state.done, state.noise = start + m, noise.get_state()
+            if keep is not None and start + m < n and time.monotonic() - last_kept >= keep_every:
+                keep(state)
+                last_kept = time.monotonic()
             if progress is not None:
                 progress(start + m)
+    except BaseException:
+        if keep is not None and 0 < state.done < n:
+            keep(state)  # the blocks finished before the interruption
+        raise
     finally:
         model.train(was_training)
     return Bounds(lx=lx_all, lz=lz_all, iwae=iwae_all, samples=samples, binarization=info, rows_per_pass=per_block * per_pass)
