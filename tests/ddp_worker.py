@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from drawcli import distributed  # noqa: E402
 from drawcli.settings import build_settings  # noqa: E402
-from drawcli.train import train  # noqa: E402
+from drawcli.training import distributed  # noqa: E402
+from drawcli.training.loop import train  # noqa: E402
 
 from helpers import synthetic_images  # noqa: E402
 

@@ -11,8 +11,8 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from drawcli import viz
 from drawcli.cli import app
+from drawcli.pictures import viz
 from drawcli.settings import ModelSettings, TrainSettings
 
 from test_viz import make_run
@@ -68,16 +68,16 @@ def test_sample_in_bfloat16_is_close_to_float32(runs, tmp_path):
 
 @pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention"])
 def test_precision_reaches_the_model(command, runs, tmp_path, monkeypatch):
-    import drawcli.device
+    import drawcli.core.device
 
     seen = []
-    real = drawcli.device.autocast
+    real = drawcli.core.device.autocast
 
     def spy(device, precision):
         seen.append(precision)
         return real(device, precision)
 
-    monkeypatch.setattr(drawcli.device, "autocast", spy)
+    monkeypatch.setattr(drawcli.core.device, "autocast", spy)
     extra = ["--generate", "-n", "2"] if command == "inspect-attention" else ["-n", "2"]
     out = tmp_path / ("x.png" if command == "sample" else "x.gif")
     r = CliRunner().invoke(app, [command, "att", "--runs-dir", str(runs), "--device", "cpu", "--precision", "bfloat16",
@@ -108,7 +108,7 @@ def _quiet():
 
 def test_download_extra_reaches_the_downloader(monkeypatch, tmp_path):
     """`draw download svhn --extra` asks for the set's optional files (svhn's extra_32x32.mat)."""
-    from drawcli import download
+    from drawcli.data import download
 
     seen = {}
     monkeypatch.setattr(download, "download_command", lambda name, data_dir, **kw: seen.update(name=name, **kw))

@@ -18,9 +18,9 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from drawcli import render, viz
 from drawcli.cli import app
-from drawcli.data import load_data
+from drawcli.data.loading import load_data
+from drawcli.pictures import render, viz
 
 from helpers import make_colour_run
 

@@ -24,9 +24,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from drawcli import data, datasets, download
-from drawcli.datasets import DataFile, DatasetSpec
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.data import catalogue as datasets
+from drawcli.data import download
+from drawcli.data import loading as data
+from drawcli.data.catalogue import DataFile, DatasetSpec
 
 # --------------------------------------------------------------------------- local HTTP server
 
@@ -742,7 +744,7 @@ def test_progress_bar_on_terminal_and_silence_when_quiet(server, tiny, tmp_path)
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, drawcli.download; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, drawcli.data.download; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -750,8 +752,8 @@ def test_draw_train_downloads_a_missing_set_then_trains_on_fashion_mnist(server,
     """`draw train --dataset fashion-mnist` fetches the missing set through the same code, then trains."""
     from typer.testing import CliRunner
 
-    from drawcli import checkpoint
     from drawcli.cli import app
+    from drawcli.runs import checkpoint
 
     syn = make_idx_set(tmp_path / "src", name="fashion-mnist", n_train=20, n_test=6, seed=4)
     server.mounts["fm"] = syn.gz_dir
@@ -936,7 +938,7 @@ def _synthetic_mnist(tmp_path, monkeypatch) -> Path:
 
 
 def test_two_digit_mnist_is_built_verified_and_loaded(tmp_path, monkeypatch):
-    from drawcli import twodigit
+    from drawcli.data import twodigit
 
     root = _synthetic_mnist(tmp_path, monkeypatch)
     built = twodigit.build_from_mnist(root / "mnist", spec=datasets.DATASETS["mnist"])
@@ -986,7 +988,7 @@ def test_two_digit_mnist_needs_mnist_first(tmp_path):
 
 def test_two_digit_mnist_from_real_mnist_matches_the_registry(mnist_dir, tmp_path):
     """Built from the real MNIST, the files have the sha256 recorded in the registry, and hold both digits."""
-    from drawcli import twodigit
+    from drawcli.data import twodigit
 
     root = tmp_path / "data"
     (root / "mnist").mkdir(parents=True)

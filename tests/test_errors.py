@@ -24,10 +24,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from drawcli import checkpoint as ckpt_io
-from drawcli.checkpoint import build_model, make_checkpoint, rng_state
 from drawcli.cli import app
-from drawcli.runs import write_config
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs.checkpoint import build_model, make_checkpoint, rng_state
+from drawcli.runs.store import write_config
 from drawcli.settings import build_settings
 
 from helpers import idx_bytes, synthetic_images
@@ -580,7 +580,7 @@ def test_no_free_disk_while_writing_a_checkpoint(tmp_path, monkeypatch, env):
     assert ckpt_io.load(ckpts / "last.pt")["step"] == 3
 
     # Replacing last.pt itself (what an interrupt does) fails the same way and keeps the old one.
-    from drawcli.runs import RunRecorder
+    from drawcli.runs.store import RunRecorder
 
     with pytest.raises(Exception, match="No space left on device"):
         RunRecorder(ckpts.parent).on_interrupt(ckpt_io.load(ckpts / "last.pt"))

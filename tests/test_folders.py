@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drawcli import data, folders
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.data import folders
+from drawcli.data import loading as data
 from drawcli.settings import build_settings
 
 

@@ -24,11 +24,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from drawcli import checkpoint as ckpt_io
-from drawcli import render
-from drawcli import runs as runs_mod
 from drawcli.cli import app
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.pictures import render
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import store as runs_mod
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--steps", "2", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu", "--set", "train.eval_batch_size=50"]
@@ -113,7 +113,7 @@ def test_item1_checkpoints_without_epoch_images_still_resume_as_before():
     import torch
 
     from drawcli.settings import build_settings
-    from drawcli.train import resume_position, train
+    from drawcli.training.loop import resume_position, train
 
     from helpers import synthetic_images
 
@@ -370,14 +370,14 @@ def test_item9_log_lines_and_tables_are_not_wrapped_when_not_a_terminal(tmp_path
 
 # ----------------------------------------------------------------------------- 10: a run without checkpoints
 def test_item10_a_second_ctrl_c_before_the_first_checkpoint_leaves_no_run_behind(tmp_path, monkeypatch, env):
-    import drawcli.train
+    import drawcli.training.loop
 
     monkeypatch.chdir(tmp_path)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # what the second SIGINT raises inside the first steps
 
-    monkeypatch.setattr(drawcli.train, "train", interrupted)
+    monkeypatch.setattr(drawcli.training.loop, "train", interrupted)
     r = cli("train", *TINY, "--name", "early", env=env)
     one_error_line(r, "interrupted before the first checkpoint; removed the unfinished run runs/early", code=130)
     assert not (tmp_path / "runs" / "early").exists()
@@ -397,8 +397,8 @@ def test_item10_a_run_left_without_checkpoints_says_which_folder_to_delete(tmp_p
 
 # ----------------------------------------------------------------------------- 11-17: smaller things
 def test_item11_missing_data_hints_carry_the_data_dir(tmp_path, monkeypatch):
-    from drawcli.data import MissingDataset, load_images
-    from drawcli.datasets import get_spec
+    from drawcli.data.catalogue import get_spec
+    from drawcli.data.loading import MissingDataset, load_images
 
     monkeypatch.setenv("DRAW_DATA_DIR", str(tmp_path / "default"))
     with pytest.raises(MissingDataset) as info:

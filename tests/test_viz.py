@@ -21,11 +21,11 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from drawcli import render, viz
-from drawcli.checkpoint import atomic_save, build_model, make_checkpoint
 from drawcli.cli import app
-from drawcli.errors import DrawError
-from drawcli.runs import write_config
+from drawcli.core.errors import DrawError
+from drawcli.pictures import render, viz
+from drawcli.runs.checkpoint import atomic_save, build_model, make_checkpoint
+from drawcli.runs.store import write_config
 from drawcli.settings import build_settings
 
 T = 4
