@@ -487,3 +487,12 @@ def check_against_image(settings: Settings, height: int, width: int) -> None:
         n = getattr(settings.model, key)
         if n > side:
             raise DrawError(f"model.{key}: must be <= {side} (the image side), got {n}")
+
+
+def load_data(data: DataSettings, data_dir: Path):
+    """The data set ``data`` (settings.data) names, as drawcli.data.loading.Splits: ``load_splits``
+    with every data.* key that matters passed on (the one place that says which)."""
+    from drawcli.data.loading import load_splits
+
+    return load_splits(data.dataset, data_dir, data.validation, image_size=data.image_size,
+                       channels=data.channels, test_fraction=data.test_fraction, skip_unreadable=data.skip_unreadable)

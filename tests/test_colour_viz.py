@@ -19,8 +19,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from drawcli.cli import app
-from drawcli.data.loading import load_data
 from drawcli.pictures import render, viz
+from drawcli.settings import load_data
 
 from helpers import make_colour_run
 

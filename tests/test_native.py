@@ -373,7 +373,7 @@ def test_a_compilers_error_line_is_remembered_but_not_a_killed_build():
 
 FALLBACK = (
     "import torch\n"
-    "from drawcli import native\n"
+    "from drawcli.model import native_build as native\n"
     "from drawcli.model import DRAW\n"
     "from drawcli.model.engine import forward_engine, Engine\n"
     "ok = native.load()\n"

@@ -70,7 +70,7 @@ def test_models_lists_without_torch_and_says_when_empty():
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from drawcli import builtin\n"
+        "from drawcli.runs import builtin\n"
         "from drawcli.cli import app\n"
         "r = CliRunner().invoke(app, ['models'])\n"
         "print(r.exit_code, '@mnist' in r.output, 'torch' in sys.modules)\n"

@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from drawcli.core.errors import DrawError
+from drawcli.core.files import write_text_atomically
+from drawcli.data.arrays import Splits, save_cache
 from drawcli.data.catalogue import FOLDER_PREFIX, DatasetSpec
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -273,9 +275,6 @@ def load_folder_images(dataset: str, data_dir: Path | None, image_size: int | No
     unreadable_before = list(found.unreadable)
     images = read_folder(found, image_size, channels, skip_unreadable)
     if cache is not None:
-        from drawcli.core.files import write_text_atomically
-        from drawcli.data.loading import save_cache
-
         skipped = sorted(set(found.unreadable) - set(unreadable_before))
         try:
             if skipped:  # first the list, then the cache it describes
@@ -304,10 +303,8 @@ def held_out_count(n: int, test_fraction: float | None) -> int:
 
 def load_folder_splits(dataset: str, data_dir: Path | None, validation: bool = False, *,
                        image_size: int | None = None, channels: int | None = None,
-                       test_fraction: float | None = None, skip_unreadable: bool = False):
-    """data.Splits for ``folder:PATH``: train and test (or validation) images, and a spec with their shape."""
-    from drawcli.data.loading import Splits
-
+                       test_fraction: float | None = None, skip_unreadable: bool = False) -> Splits:
+    """Splits (drawcli/data/arrays.py) for ``folder:PATH``: train and test (or validation) images, and a spec with their shape."""
     images, found, from_cache = load_folder_images(dataset, data_dir, image_size, channels, skip_unreadable)
     paths = [rel for rel, _, _ in found.files]
     n = len(paths)

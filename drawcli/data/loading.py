@@ -18,20 +18,17 @@ import os
 import shlex
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    import torch
-
-    from drawcli.settings import DataSettings
 
 import numpy as np
 
 from drawcli.core.errors import DrawError
-from drawcli.core.files import replace_atomically
+from drawcli.data.arrays import Splits, save_cache
 from drawcli.data.catalogue import DatasetSpec, get_spec, is_folder
+
+if TYPE_CHECKING:
+    import torch
 
 VALIDATION_SIZE = 10_000  # held out from the end of a 60k training set when asked
 
@@ -164,19 +161,6 @@ def _cached(cache: Path, source: Path, shape: tuple[int, ...], build: Callable[[
     return images
 
 
-def save_cache(cache: Path, images: np.ndarray) -> None:
-    """Write a .npy cache atomically; quietly skip it when the folder cannot be written."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, images, allow_pickle=False)
-
-    try:
-        replace_atomically(cache, write)
-    except DrawError:
-        pass  # a read-only data directory still works, only slower
-
-
 def _source(spec: DatasetSpec, directory: Path, role: str) -> Path:
     """The file that holds ``role``'s images: its own file, or cifar10's single archive."""
     entry = spec.file("archive" if spec.kind == "cifar" else role)
@@ -233,15 +217,6 @@ def _load_cifar(spec: DatasetSpec, directory: Path, archive: Path, role: str) ->
     return images
 
 
-@dataclass
-class Splits:
-    train: np.ndarray  # uint8 0..255: (N, H, W) when spec.channels == 1, else (N, C, H, W)
-    eval: np.ndarray
-    eval_name: str  # "test" or "valid"
-    spec: DatasetSpec  # height, width and channels of the images
-    notes: tuple[str, ...] = ()  # lines worth showing the user (e.g. files a folder set skipped)
-
-
 def load_splits(
     dataset: str,
     data_dir: Path,
@@ -282,12 +257,6 @@ def load_splits(
     if len(train) <= VALIDATION_SIZE:
         raise DrawError(f"data set {spec.name!r} has too few training images to hold out {VALIDATION_SIZE}")
     return Splits(train[:-VALIDATION_SIZE], train[-VALIDATION_SIZE:], "valid", spec)
-
-
-def load_data(data: DataSettings, data_dir: Path) -> Splits:
-    """``load_splits`` for a DataSettings (settings.data): every data.* key that matters, passed on."""
-    return load_splits(data.dataset, data_dir, data.validation, image_size=data.image_size,
-                       channels=data.channels, test_fraction=data.test_fraction, skip_unreadable=data.skip_unreadable)
 
 
 def to_input(images: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:

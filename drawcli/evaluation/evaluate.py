@@ -37,7 +37,8 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def _load_split(data, data_dir: Path, split: str, console: Console):
     """(images of ``split``, the data set's spec) for DataSettings ``data`` (registry sets and folder:PATH)."""
-    from drawcli.data.loading import MissingDataset, load_data
+    from drawcli.data.loading import MissingDataset
+    from drawcli.settings import load_data
 
     def load():
         if split == "test":

@@ -119,7 +119,8 @@ def load_test_images(loaded: LoadedRun, data_dir: str | None) -> np.ndarray:
     import dataclasses
 
     from drawcli.data.catalogue import get_spec, is_folder
-    from drawcli.data.loading import load_data, load_images, resolve_data_dir
+    from drawcli.data.loading import load_images, resolve_data_dir
+    from drawcli.settings import load_data
 
     data = loaded.settings.data
     root = resolve_data_dir(data_dir or data.data_dir)

@@ -163,7 +163,7 @@ def launcher_threads(settings: Settings, nproc: int):
 
 
 def apply_threads(settings: Settings, device, env: distributed.DistEnv, console: Console) -> None:
-    """Set this process's CPU threads from run.threads or the policy in drawcli.device (in a job
+    """Set this process's CPU threads from run.threads or the policy in drawcli.core.device (in a job
     launched by --nproc: as its launcher decided and said)."""
     import torch
 
@@ -322,7 +322,8 @@ def run_train(settings: Settings, resume: ResumeFrom | None = None, console: Con
 
 def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv, notes: list[str]) -> Path:
     from drawcli.core.device import describe, resolve_device
-    from drawcli.data.loading import MissingDataset, load_data, resolve_data_dir
+    from drawcli.data.loading import MissingDataset, resolve_data_dir
+    from drawcli.settings import load_data
     from drawcli.training.tensorboard_log import use_tensorboard
 
     note = None
