@@ -485,7 +485,7 @@ def runs_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
     """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, failed, empty, locked)."""
-    from drawcli.runs.listing import runs_command as list_command
+    from drawcli.commands.runs import runs_command as list_command
 
     list_command(runs_dir, as_json=as_json)
 

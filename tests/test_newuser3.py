@@ -152,6 +152,7 @@ def test_item2_steps_warns_once_and_every_training_prints_the_model(here, env):
 # ----------------------------------------------------------------------------- 3: a corrupt last.pt
 def test_item3_a_corrupt_last_pt_falls_back_to_the_newest_readable_checkpoint(here, env):
     from drawcli.runs import checkpoint as ckpt_io
+    from drawcli.runs import names
 
     ok(run_cli("train", *TINY, "--epochs", "3", "--name", "c", env=env))
     ckpts = here / "runs" / "c" / "checkpoints"
@@ -173,7 +174,7 @@ def test_item3_a_corrupt_last_pt_falls_back_to_the_newest_readable_checkpoint(he
     # A chosen checkpoint file: resume from epoch 1; the newer files move aside, nothing is overwritten.
     r = ok(run_cli("train", "--resume", ckpts / "epoch_001.pt", "--epochs", "2", env=env))
     assert "moved last.pt, epoch_002.pt, epoch_003.pt, epoch_004.pt" in r.stdout
-    assert ckpt_io.load(ckpts / "epoch_002.pt")["step"] == 6 and ckpt_io.list_epochs(ckpts) == [1, 2]
+    assert ckpt_io.load(ckpts / "epoch_002.pt")["step"] == 6 and names.list_epochs(ckpts) == [1, 2]
     assert len([p for p in ckpts.iterdir() if p.name.startswith("set-aside-")]) == 2
 
 

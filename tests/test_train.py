@@ -12,6 +12,7 @@ import torch
 
 from drawcli.core.version import __version__
 from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import names
 from drawcli.runs.store import resolve_checkpoint
 from drawcli.settings import build_settings
 from drawcli.training.loop import train
@@ -143,7 +144,7 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
     assert r.exit_code == 0, r.output
     assert "resuming at step 4" in r.output
     assert ckpt_io.load(ckpts / "last.pt")["step"] == 9  # 3 epochs x 3 steps
-    assert ckpt_io.list_epochs(ckpts) == [1, 2, 3]
+    assert names.list_epochs(ckpts) == [1, 2, 3]
     assert resolve_checkpoint(run, "3").name == "epoch_003.pt"
     assert (run / "config.yaml").read_text() == config_before  # the original settings, for good
 

@@ -22,6 +22,7 @@ from drawcli.core.progress import Reporter, count_columns, make_console
 from drawcli.core.version import __version__
 from drawcli.data.catalogue import EVAL_SPLITS
 from drawcli.evaluation.bounds import check_finite, likelihood_bounds, paper_comparison
+from drawcli.runs.names import EVAL_PREFIX
 
 SPLITS = EVAL_SPLITS
 EVAL_FORMAT = "drawcli-eval"
@@ -249,7 +250,7 @@ def eval_file_name(split: str, samples: int, limit: int | None, checkpoint: Path
     """eval-[DATASET-]SPLIT-kK[-limitN][-seedS]-CHECKPOINT.json, e.g. eval-test-k100-best.json: results
     with other settings never replace each other (the same settings again do, with fresh numbers).
     ``checkpoint`` None (a built-in model): no checkpoint part."""
-    parts = ["eval", dataset or "", split, f"k{samples}", f"limit{limit}" if limit is not None else "",
+    parts = [EVAL_PREFIX, dataset or "", split, f"k{samples}", f"limit{limit}" if limit is not None else "",
              f"seed{seed}" if seed else "", Path(checkpoint).stem if checkpoint is not None else ""]
     return "-".join(p for p in parts if p) + ".json"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from drawcli.core.errors import DrawError
 from drawcli.core.files import check_output, replace_atomically
 from drawcli.runs.metrics import current_rows, read_config, read_metrics, steps_per_epoch
+from drawcli.runs.names import METRICS
 
 INSTALL_HINT = 'pip install "drawcli[plot]"'
 DPI = 100
@@ -63,9 +64,9 @@ def _run_dir(ref: str, runs_dir: str | Path) -> Path:
         raise DrawError(f"{ref} is a built-in model: it ships without learning curves (no metrics.jsonl); "
                         "draw plot takes runs you trained (see draw runs)")
     path = Path(ref)
-    if path.name == "metrics.jsonl" and path.is_file():
+    if path.name == METRICS and path.is_file():
         return path.parent
-    if ("/" in ref or "\\" in ref or ref in (".", "..")) and (path / "metrics.jsonl").is_file():
+    if ("/" in ref or "\\" in ref or ref in (".", "..")) and (path / METRICS).is_file():
         return path
     return resolve_run(ref, Path(runs_dir))
 
@@ -76,13 +77,13 @@ class RunCurves:
     def __init__(self, ref: str, runs_dir: str | Path):
         self.dir = _run_dir(ref, runs_dir)
         self.name = self.dir.name
-        rows = current_rows(read_metrics(self.dir / "metrics.jsonl"))
+        rows = current_rows(read_metrics(self.dir / METRICS))
         self.train = [r for r in rows if r.get("kind") == "train"]
         self.eval = [r for r in rows if r.get("kind") == "eval"]
         self.iwae = [r for r in rows if r.get("kind") == "iwae" and isinstance(r.get("iwae"), (int, float))]
         self.resumes = [r for r in rows if r.get("kind") == "resume"]
         if not self.train and not self.eval:
-            where = self.dir / "metrics.jsonl"
+            where = self.dir / METRICS
             why = "does not exist" if not where.is_file() else "has no train or eval rows"
             raise DrawError(f"run {self.name!r} has no metrics to plot yet ({where} {why})")
         self.spe = steps_per_epoch(self.train + self.eval)

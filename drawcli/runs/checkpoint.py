@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
     from drawcli.model import DRAW
 
-from drawcli.core.version import __version__
 from drawcli.core.errors import DrawError
 from drawcli.core.files import replace_atomically
+from drawcli.core.version import __version__
 from drawcli.settings import Settings, apply_overrides, from_dict, model_arguments, spell
 
 FORMAT = "drawcli-checkpoint"
@@ -316,17 +316,3 @@ def make_checkpoint(
         "metrics": {k: float(v) for k, v in metrics.items()},
         "best_loss": None if best_loss is None else float(best_loss),
     }
-
-
-# ----------------------------------------------------------------------------- file names
-def epoch_file(epoch: int) -> str:
-    return f"epoch_{epoch:03d}.pt"
-
-
-def list_epochs(ckpt_dir: Path) -> list[int]:
-    out = []
-    for p in Path(ckpt_dir).glob("epoch_*.pt"):
-        m = re.fullmatch(r"epoch_(\d+)\.pt", p.name)
-        if m:
-            out.append(int(m.group(1)))
-    return sorted(out)

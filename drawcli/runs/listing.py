@@ -1,4 +1,4 @@
-"""`draw runs`: a table (or JSON) of the runs in a runs folder.
+"""What `draw runs` says about each run in a runs folder (run_info, list_runs), as plain data.
 
 Fast and torch-free: it reads config.yaml, metrics.jsonl, any eval*.json and the names and
 times of files, never a checkpoint. A run's status:
@@ -26,44 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from drawcli.core.errors import DrawError
+from drawcli.runs import names
+from drawcli.runs.lock import lock_holder
 from drawcli.runs.metrics import current_rows, read_config, read_metrics, steps_per_epoch
-
-LOCK_FILE = ".lock"
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
-
-
-def lock_holder(run_dir: str | Path) -> dict | None:
-    """None when no process holds RUN_DIR/.lock; else the lock file's JSON ({} if unreadable).
-
-    A training process holds the file with flock(LOCK_EX); a shared, non-blocking flock of ours
-    then fails at once. When it succeeds nobody holds it, and it is released straight away.
-    """
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): no lock can be seen
-        return None
-    try:
-        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held by a training process
-        except OSError:  # a file system without flock: no lock can be seen
-            return None
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        try:
-            holder = json.loads(os.read(fd, 65536).decode("utf-8", errors="replace") or "{}")
-        except (OSError, ValueError):
-            holder = {}
-        return holder if isinstance(holder, dict) else {}
-    finally:
-        os.close(fd)
-
 
 def _section(config: dict, name: str) -> dict:
     value = config.get(name)
@@ -74,28 +39,13 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _checkpoint_epochs(run_dir: Path) -> list[int]:
-    try:
-        names = os.listdir(run_dir / "checkpoints")
-    except OSError:
-        return []
-    return sorted(int(m.group(1)) for name in names if (m := _EPOCH_FILE.match(name)))
-
-
-def _has_checkpoints(run_dir: Path) -> bool:
-    try:
-        return any(name.endswith(".pt") and not name.startswith(".") for name in os.listdir(run_dir / "checkpoints"))
-    except OSError:
-        return False
-
-
 def unreadable_checkpoints(run_dir: Path) -> list[str]:
     """last.pt and best.pt when they cannot be opened as the zip archives torch writes (a truncated
     file has lost its central directory): a cheap look, without torch, at the files that resume and
     the picture commands read first. (They fall back to the newest readable checkpoint.)"""
     bad = []
-    for name in ("last.pt", "best.pt"):
-        path = run_dir / "checkpoints" / name
+    for name in (names.LAST, names.BEST):
+        path = run_dir / names.CHECKPOINTS / name
         if not path.is_file():
             continue
         try:
@@ -110,7 +60,7 @@ def _last_change(run_dir: Path) -> float:
     """The newest modification time of the run directory and the files in it (one level into
     checkpoints/ and tb/)."""
     newest = 0.0
-    for folder in (run_dir, run_dir / "checkpoints", run_dir / "tb"):
+    for folder in (run_dir, run_dir / names.CHECKPOINTS, run_dir / names.TB_DIR):
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
@@ -135,8 +85,8 @@ def _iwae_results(run_dir: Path, rows: list[dict]) -> list[dict]:
             found.append({"iwae": row["iwae"], "stderr": row.get("iwae_stderr"), "samples": row.get("samples"),
                           "split": row.get("split"), "images": row.get("images"), "limit": None, "step": row.get("step"),
                           "time": row.get("time") if _finite(row.get("time")) else None,
-                          "source": "metrics.jsonl"})
-    for path in sorted(run_dir.glob("eval*.json")):
+                          "source": names.METRICS})
+    for path in sorted(run_dir.glob(names.EVAL_GLOB)):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             when = path.stat().st_mtime
@@ -186,12 +136,12 @@ def run_info(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     model, data, train = _section(config, "model"), _section(config, "data"), _section(config, "train")
-    rows = current_rows(read_metrics(run_dir / "metrics.jsonl"))
+    rows = current_rows(read_metrics(run_dir / names.METRICS))
     curve = [r for r in rows if r.get("kind") in ("train", "eval")]
     evals = [r for r in curve if r["kind"] == "eval"]
-    ckpt_epochs = _checkpoint_epochs(run_dir)
+    ckpt_epochs = names.list_epochs(run_dir / names.CHECKPOINTS)
     epochs_target, max_steps = targets(train, rows)
-    has_checkpoints = _has_checkpoints(run_dir)
+    has_checkpoints = names.has_checkpoints(run_dir)
     spe = steps_per_epoch(curve)
 
     steps_done = max((r["step"] for r in curve), default=0)
@@ -248,7 +198,7 @@ def run_info(run_dir: str | Path) -> dict:
 
 def _is_run(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith(".") and any(
-        (path / f).exists() for f in ("config.yaml", "metrics.jsonl", "checkpoints")
+        (path / f).exists() for f in (names.CONFIG, names.METRICS, names.CHECKPOINTS)
     )
 
 
@@ -269,96 +219,3 @@ def list_runs(runs_dir: str | Path) -> list[dict]:
     except OSError as e:
         raise DrawError(f"cannot read {runs_dir}: {e.strerror or e}") from None
     return [run_info(p) for p in sorted(paths, key=lambda p: _order(p.name))]
-
-
-def model_summary(model: dict) -> str:
-    """T64 r2 w5 h256 z100 (read and write N with attention), or T64 no-att h256 z100."""
-    def part(prefix, key):
-        value = model.get(key)
-        return f"{prefix}{value if value is not None else '?'}"
-
-    attention = model.get("attention")
-    middle = [part("r", "read_n"), part("w", "write_n")] if attention is not False else ["no-att"]
-    return " ".join([part("T", "glimpses"), *middle, part("h", "hidden"), part("z", "latent")])
-
-
-def _age(unix: float | None, now: float | None = None) -> str:
-    """How long ago, briefly: 'now', '12m ago', '5h ago', '3d ago'."""
-    if not unix:
-        return "-"
-    seconds = (datetime.now().timestamp() if now is None else now) - unix
-    if seconds < 60:
-        return "now"
-    for unit, size, limit in (("m", 60, 3600), ("h", 3600, 48 * 3600), ("d", 86400, math.inf)):
-        if seconds < limit:
-            return f"{int(seconds // size)}{unit} ago"
-    return "-"  # pragma: no cover
-
-
-STATUS_STYLE = {"finished": "green", "interrupted": "yellow", "locked": "cyan", "empty": "dim", "failed": "red"}
-
-
-def runs_table(infos: list[dict], runs_dir: str | Path):
-    """The rich table of `draw runs`: one row per run (details are in --json)."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=f"runs in {runs_dir}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("run", "data", "model", "epochs", "steps", "best", "IWAE", "changed", "status"):
-        right = name in ("epochs", "steps", "best", "IWAE")
-        # On a narrow terminal the model summary wraps; everything else stays whole.
-        table.add_column(name, justify="right" if right else "left", no_wrap=name != "model",
-                         min_width=9 if name == "model" else None, style="bold" if name == "run" else None)
-    for info in infos:
-        target = info["epochs_target"]
-        epochs = f"{info['epochs']}/{target}" if target is not None else str(info["epochs"])
-        steps = str(info["steps"]) + (f"/{info['max_steps']}" if info["max_steps"] is not None else "")
-        best = info["best_eval"]
-        iwae = info["iwae"]
-        iwae_text = "-"
-        if iwae:
-            iwae_text = f"{iwae['iwae']:.2f}" + (f" K{iwae['samples']}" if iwae.get("samples") is not None else "")
-            if iwae.get("limit") is not None:  # not the whole split: not comparable with the best loss beside it
-                iwae_text += f" ({iwae.get('images') or iwae['limit']} img)"
-            if iwae.get("split") not in (None, "test"):
-                iwae_text += f" {iwae['split']}"
-        status = info["status"]
-        if status == "locked" and info["lock"]:
-            pid = info["lock"].get("pid")
-            status = f"locked (pid {pid})" if pid is not None else status
-        if info.get("unreadable"):
-            status += f", {' and '.join(info['unreadable'])} unreadable"
-        cells = [info["name"], str(info["dataset"] or "?"), model_summary(info["model"]), epochs, steps,
-                 f"{best['loss']:.2f}" if best else "-", iwae_text, _age(info["last_change_unix"])]
-        # Text, not markup: nothing read from a run's files is interpreted.
-        table.add_row(*map(Text, cells), Text(status, style=STATUS_STYLE[info["status"]]))
-    return table
-
-
-def runs_command(runs_dir: str = "runs", as_json: bool = False, console=None) -> list[dict]:
-    """Print the runs in runs_dir as a table, or as JSON with ``as_json``; return them."""
-    infos = list_runs(runs_dir)
-    if as_json:
-        print(json.dumps(infos, indent=2))
-        return infos
-    from rich.console import Console
-
-    # Piped or logged: rows stay whole, as on a wide terminal.
-    console = console or (Console() if Console().is_terminal else Console(width=160))
-    if not infos:
-        console.print(f"no runs in {Path(runs_dir).absolute()} (--runs-dir DIR lists another folder; "
-                      "train one with: draw train --name NAME)", highlight=False, soft_wrap=True)
-        return infos
-    print_table(console, runs_table(infos, runs_dir))
-    return infos
-
-
-def print_table(console, table) -> None:
-    """A rich table; off a terminal (pipes, logs) without the spaces that pad its lines to its width."""
-    if console.is_terminal:
-        console.print(table)
-        return
-    with console.capture() as captured:
-        console.print(table)
-    console.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from drawcli.core.errors import DrawError
+from drawcli.runs.names import CONFIG
 
 CURVE_KINDS = ("train", "eval")
 
@@ -98,7 +99,7 @@ def steps_per_epoch(rows: list[dict]) -> int | None:
 def read_config(run_dir: str | Path) -> dict:
     """A run's config.yaml as a plain mapping, unvalidated; {} when missing or unreadable."""
     try:
-        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+        data = yaml.safe_load((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -1,10 +1,7 @@
 """Run directories: naming, lookup, loading a trained model, and the recorder that writes a run's files.
 
-Layout of ``RUNS_DIR/NAME/``:
-  config.yaml          the settings the run was started with (reproduce with ``draw train --config``)
-  metrics.jsonl        one JSON object per logged step, per epoch and per resume
-  checkpoints/epoch_NNN.pt, last.pt, best.pt
-  .lock                held (flock) by the process that trains the run
+What a run directory holds, and the names of its files: drawcli/runs/names.py. The run lock:
+drawcli/runs/lock.py.
 
 A model to draw with or evaluate is named by a run (a name under the runs folder or a run
 directory) or by a built-in model written ``@NAME`` (drawcli/runs/builtin.py). :func:`locate`
@@ -15,22 +12,21 @@ This module must not import torch at module level: run lookups and their errors 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import json
 import os
 import re
-import socket
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from drawcli.runs import checkpoint as ckpt_io
 from drawcli.core.errors import DrawError
 from drawcli.core.files import write_text_atomically
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import names
+from drawcli.runs.lock import describe_holder, lock_holder, run_lock
+from drawcli.runs.names import has_checkpoints
 from drawcli.settings import from_dict, validate_run_name
 
 validate_name = validate_run_name  # the rule lives with the settings (run.name); lookups use it here
@@ -39,7 +35,7 @@ validate_name = validate_run_name  # the rule lives with the settings (run.name)
 def existing_runs(runs_dir: Path) -> list[str]:
     if not runs_dir.is_dir():
         return []
-    runs = [p.name for p in runs_dir.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
+    runs = [p.name for p in runs_dir.iterdir() if p.is_dir() and (p / names.CONFIG).is_file()]
     key = lambda n: (0, int(n[3:]), n) if re.fullmatch(r"run\d+", n) else (1, 0, n)  # noqa: E731
     return sorted(runs, key=key)
 
@@ -56,7 +52,7 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
     if path.exists():
         raise DrawError(existing_run_message(path))
     try:
-        (path / "checkpoints").mkdir(parents=True)
+        (path / names.CHECKPOINTS).mkdir(parents=True)
     except OSError as e:
         raise DrawError(f"cannot create run directory {path}: {e.strerror or e}") from None
     return path
@@ -71,18 +67,13 @@ def file_identity(path: Path) -> tuple | None:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    ckpts = Path(run_dir) / "checkpoints"
-    return ckpts.is_dir() and any(p.suffix == ".pt" for p in ckpts.iterdir())
-
-
 def existing_run_message(path: Path) -> str:
     """Why --name NAME cannot be used again, and what to do instead."""
     name, runs_dir = path.name, path.parent
     holder = lock_holder(path) if path.is_dir() else None
     if holder is not None:
-        return f"run {name!r} already exists in {runs_dir} and is being trained by {_describe_holder(holder)}; pick another --name"
-    if path.is_dir() and not has_checkpoint(path):
+        return f"run {name!r} already exists in {runs_dir} and is being trained by {describe_holder(holder)}; pick another --name"
+    if path.is_dir() and not has_checkpoints(path):
         # Stopped before its first checkpoint (e.g. a double Ctrl-C): nothing in it to resume.
         return (
             f"run {name!r} already exists in {runs_dir} but has no checkpoint to resume (it stopped before "
@@ -90,11 +81,6 @@ def existing_run_message(path: Path) -> str:
             f"or pick another --name"
         )
     return f"run {name!r} already exists in {runs_dir}; pick another --name or continue it with --resume {name}"
-
-
-# What `draw train` puts in a run directory: a run left with nothing else and no checkpoint may be
-# removed to free its name (anything else in it is the user's, and stays).
-RUN_ENTRIES = {"config.yaml", "metrics.jsonl", "checkpoints", "tb", ".lock"}
 
 
 def remove_unfinished(path: Path) -> bool:
@@ -108,14 +94,14 @@ def remove_unfinished(path: Path) -> bool:
         entries = {p.name for p in path.iterdir()} if path.is_dir() else None
     except OSError:
         return False
-    if not entries or not (path / "config.yaml").is_file() or entries - RUN_ENTRIES:
+    if not entries or not (path / names.CONFIG).is_file() or entries - names.RUN_ENTRIES:
         return False
-    if has_checkpoint(path) or lock_holder(path) is not None:
+    if has_checkpoints(path) or lock_holder(path) is not None:
         return False
     trash = path.with_name(f".{path.name}.removing-{os.getpid()}")
     try:
         with run_lock(path):
-            if has_checkpoint(path):
+            if has_checkpoints(path):
                 return False
             os.rename(path, trash)
     except DrawError:
@@ -157,7 +143,7 @@ def checkpoint_ref(ref: str) -> Path | None:
 def run_of_checkpoint(path: Path) -> Path | None:
     """The run directory holding a checkpoint file (RUN/checkpoints/FILE.pt), or None."""
     run = Path(path).parent.parent
-    if Path(path).parent.name == "checkpoints" and (run / "config.yaml").is_file():
+    if Path(path).parent.name == names.CHECKPOINTS and (run / names.CONFIG).is_file():
         return run
     return None
 
@@ -174,7 +160,7 @@ def resolve_run(ref: str, runs_dir: Path) -> Path:
     candidate = Path(ref)
     # A path (it has a separator, or is . or ..) names a run directory; anything else is a name.
     pathlike = "/" in ref or "\\" in ref or ref in (".", "..")
-    if pathlike and (candidate / "config.yaml").is_file():
+    if pathlike and (candidate / names.CONFIG).is_file():
         return candidate
     if pathlike:
         if candidate.is_dir():
@@ -182,7 +168,7 @@ def resolve_run(ref: str, runs_dir: Path) -> Path:
         raise DrawError(f"run directory not found: {ref}")
     validate_name(ref)
     path = Path(runs_dir) / ref
-    if not (path / "config.yaml").is_file():
+    if not (path / names.CONFIG).is_file():
         runs = existing_runs(Path(runs_dir))
         where = Path(runs_dir).absolute()  # the folder it looked in, whatever the working directory
         listing = f"existing runs: {', '.join(runs)}" if runs else "no runs there yet"
@@ -192,9 +178,9 @@ def resolve_run(ref: str, runs_dir: Path) -> Path:
 
 def fallback_checkpoints(run_dir: Path) -> list[Path]:
     """A run's checkpoints from the newest: last.pt, the epoch files from the last, best.pt."""
-    ckpts = Path(run_dir) / "checkpoints"
-    epochs = [ckpts / ckpt_io.epoch_file(e) for e in reversed(ckpt_io.list_epochs(ckpts))]
-    return [p for p in [ckpts / "last.pt", *epochs, ckpts / "best.pt"] if p.is_file()]
+    ckpts = Path(run_dir) / names.CHECKPOINTS
+    epochs = [ckpts / names.epoch_file(e) for e in reversed(names.list_epochs(ckpts))]
+    return [p for p in [ckpts / names.LAST, *epochs, ckpts / names.BEST] if p.is_file()]
 
 
 def load_readable(run_dir: Path, wanted: Path) -> tuple[Path, dict, str | None]:
@@ -226,15 +212,15 @@ def set_aside_newer(run_dir: Path, source: Path, ckpt: dict) -> str | None:
     named with --resume), move the checkpoints it would overwrite into checkpoints/set-aside-TIME/:
     last.pt, the epoch files after ``ckpt``'s epochs, and best.pt when it is unreadable or newer.
     Nothing is deleted. Returns the line that says what moved, or None."""
-    ckpts = Path(run_dir) / "checkpoints"
+    ckpts = Path(run_dir) / names.CHECKPOINTS
     keep = file_identity(source)
     complete = int(ckpt["epoch"]) - (1 if ckpt.get("epoch_images", 0) else 0)
     moving = []
-    last = ckpts / "last.pt"
+    last = ckpts / names.LAST
     if last.is_file() and file_identity(last) != keep:
         moving.append(last)
-    moving += [ckpts / ckpt_io.epoch_file(e) for e in ckpt_io.list_epochs(ckpts) if e > complete]
-    best = ckpts / "best.pt"
+    moving += [ckpts / names.epoch_file(e) for e in names.list_epochs(ckpts) if e > complete]
+    best = ckpts / names.BEST
     if best.is_file() and file_identity(best) != keep:
         try:
             newer = int(ckpt_io.load(best)["step"]) > int(ckpt["step"])
@@ -257,20 +243,20 @@ def set_aside_newer(run_dir: Path, source: Path, ckpt: dict) -> str | None:
             os.rename(path, folder / path.name)
     except OSError as e:
         raise DrawError(f"cannot move the newer checkpoints of run {Path(run_dir).name!r} aside into {folder}: {e.strerror or e}") from None
-    names = ", ".join(p.name for p in moving)
-    return f"moved {names} (unreadable, or newer than {source.name}) to {folder}, so that nothing is overwritten"
+    moved = ", ".join(p.name for p in moving)
+    return f"moved {moved} (unreadable, or newer than {source.name}) to {folder}, so that nothing is overwritten"
 
 
 def resolve_checkpoint(run_dir: Path, load: str | None) -> Path:
     """--load EPOCH|last|best; default best, else last, else the newest epoch file."""
-    ckpts = run_dir / "checkpoints"
+    ckpts = run_dir / names.CHECKPOINTS
     if load is None:
-        for name in ("best.pt", "last.pt"):
+        for name in (names.BEST, names.LAST):
             if (ckpts / name).is_file():
                 return ckpts / name
-        epochs = ckpt_io.list_epochs(ckpts)
+        epochs = names.list_epochs(ckpts)
         if epochs:  # best.pt and last.pt deleted or moved: the newest epoch file
-            return ckpts / ckpt_io.epoch_file(epochs[-1])
+            return ckpts / names.epoch_file(epochs[-1])
         raise DrawError(f"run {run_dir.name!r} has no checkpoints yet (looked in {ckpts})")
     if load in ("best", "last"):
         path = ckpts / f"{load}.pt"
@@ -279,9 +265,9 @@ def resolve_checkpoint(run_dir: Path, load: str | None) -> Path:
         return path
     if not load.isdigit():
         raise DrawError(f"--load: expected an epoch number, 'last' or 'best', got {load!r}")
-    path = ckpts / ckpt_io.epoch_file(int(load))
+    path = ckpts / names.epoch_file(int(load))
     if not path.is_file():
-        epochs = ckpt_io.list_epochs(ckpts)
+        epochs = names.list_epochs(ckpts)
         have = ", ".join(map(str, epochs)) if epochs else "none"
         raise DrawError(f"run {run_dir.name!r} has no checkpoint for epoch {int(load)} (epochs with checkpoints: {have})")
     return path
@@ -351,8 +337,8 @@ class LoadedRun:
 def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Located:
     """A run name, run directory or @NAME, with --load and --device checked: every mistake in them
     is answered here, before torch is imported (which takes seconds)."""
-    from drawcli.runs import builtin
     from drawcli.core.device import check_spec
+    from drawcli.runs import builtin
 
     if builtin.is_builtin_ref(ref):
         entry = builtin.get_builtin(ref)
@@ -376,8 +362,8 @@ def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: 
              located: Located | None = None, precision: str = "float32") -> LoadedRun:
     """Run name, run directory or @NAME (+ --load) -> the model in eval mode on the device, with its
     settings and the precision (float32, bfloat16 or auto) resolved for that device."""
-    from drawcli.runs import builtin
     from drawcli.core.device import resolve_device, resolve_precision
+    from drawcli.runs import builtin
 
     located = located or locate(ref, load, device, runs_dir)
     dev = resolve_device(device)
@@ -409,9 +395,9 @@ class RunRecorder:
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / names.CHECKPOINTS
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = self.run_dir / names.METRICS
 
     def _append(self, row: dict) -> None:
         try:
@@ -427,15 +413,15 @@ class RunRecorder:
         self._append(row)
 
     def on_checkpoint(self, ckpt: dict, is_best: bool) -> None:
-        last = self.ckpt_dir / "last.pt"
+        last = self.ckpt_dir / names.LAST
         if ckpt.get("epoch_images", 0):
             # A stop inside an epoch (--max-steps): last.pt only, so that epoch_NNN.pt always
             # means "after NNN complete epochs" and is never written twice.
             ckpt_io.atomic_save(ckpt, last)
             if is_best:
-                ckpt_io.atomic_link(last, self.ckpt_dir / "best.pt")
+                ckpt_io.atomic_link(last, self.ckpt_dir / names.BEST)
             return
-        epoch_path = self.ckpt_dir / ckpt_io.epoch_file(ckpt["epoch"])
+        epoch_path = self.ckpt_dir / names.epoch_file(ckpt["epoch"])
         if epoch_path.exists():
             # Another training state already holds this name (e.g. last.pt was replaced by an
             # older checkpoint): keep both, the new one as last.pt, and say so.
@@ -448,159 +434,16 @@ class RunRecorder:
         # last.pt and best.pt are hard links to the epoch file: no extra disk, same atomicity.
         ckpt_io.atomic_link(epoch_path, last)
         if is_best:
-            ckpt_io.atomic_link(epoch_path, self.ckpt_dir / "best.pt")
+            ckpt_io.atomic_link(epoch_path, self.ckpt_dir / names.BEST)
 
     def on_interrupt(self, ckpt: dict) -> None:
         # Mid-epoch: only last.pt moves on (a new file replaces the link; epoch files stay).
-        ckpt_io.atomic_save(ckpt, self.ckpt_dir / "last.pt")
+        ckpt_io.atomic_save(ckpt, self.ckpt_dir / names.LAST)
 
 
 def write_config(run_dir: Path, settings) -> None:
     header = "# drawcli resolved settings; reproduce with: draw train --config THIS_FILE --name NEW\n"
-    write_text_atomically(Path(run_dir) / "config.yaml", header + settings.to_yaml())
-
-
-# ----------------------------------------------------------------------------- the run lock
-# An advisory lock held by the one process that trains a run. The lock is the flock on
-# RUN_DIR/.lock, not the file: the OS drops it when the process ends in any way (kill -9
-# included), so a stale file never blocks. The file only says who holds it. Windows has no
-# flock: msvcrt's byte lock is used there, and where neither exists runs are not locked.
-LOCK_FILE = ".lock"
-_held: dict[str, tuple[int, int]] = {}  # resolved run dir -> (fd, depth): re-entrant in one process
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-    try:
-        import msvcrt
-    except ImportError:
-        msvcrt = None
-
-
-def _try_lock(fd: int) -> bool:
-    """Take the lock on fd without waiting; False when another process holds it."""
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        elif msvcrt is not None:  # pragma: no cover - Windows
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except OSError as e:
-        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)):
-            return False  # held by another process
-        raise
-    return True
-
-
-def _unlock(fd: int) -> None:
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        elif msvcrt is not None:  # pragma: no cover - Windows
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    except OSError:
-        pass
-
-
-def _read_holder(fd: int) -> dict:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = os.read(fd, 65536)
-        info = json.loads(data.decode("utf-8")) if data.strip() else {}
-        return info if isinstance(info, dict) else {}
-    except (OSError, ValueError):
-        return {}  # being rewritten right now: the holder is real, its details unknown
-
-
-def _describe_holder(info: dict) -> str:
-    parts = [f"pid {info['pid']}" if info.get("pid") is not None else "another process"]
-    if info.get("host"):
-        parts.append(f"on {info['host']}")
-    if info.get("started"):
-        parts.append(f"since {info['started']}")
-    return " ".join(parts)
-
-
-def lock_holder(run_dir: Path) -> dict | None:
-    """Who trains this run: the lock file's contents, when another process holds its lock; else None."""
-    path = Path(run_dir) / LOCK_FILE
-    key = str(Path(run_dir).resolve())
-    if key in _held or (fcntl is None and msvcrt is None):
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY if fcntl is not None else os.O_RDWR)
-    except OSError:
-        return None  # no lock file: nobody has ever trained it with a lock
-    try:
-        if _try_lock(fd):
-            _unlock(fd)
-            return None
-        return _read_holder(fd)
-    finally:
-        os.close(fd)
-
-
-def _locked(run_dir: Path, info: dict) -> DrawError:
-    return DrawError(
-        f"run {Path(run_dir).name!r} is being trained by {_describe_holder(info)}; "
-        "wait for it to finish or stop it, then try again"
-    )
-
-
-def check_not_locked(run_dir: Path) -> None:
-    """Fail fast when another process trains the run (run_lock is what makes it safe)."""
-    info = lock_holder(run_dir)
-    if info is not None:
-        raise _locked(run_dir, info)
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Hold RUN_DIR/.lock while the block runs; a DrawError naming the holder if another process has it."""
-    run_dir = Path(run_dir)
-    key = str(run_dir.resolve())
-    if key in _held:  # this process holds it already (the CLI took it, training nests)
-        fd, depth = _held[key]
-        _held[key] = (fd, depth + 1)
-        try:
-            yield
-        finally:
-            fd, depth = _held[key]
-            _held[key] = (fd, depth - 1)
-        return
-    if fcntl is None and msvcrt is None:  # pragma: no cover - no locking on this platform
-        yield
-        return
-    path = run_dir / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise DrawError(f"cannot create the run lock {path}: {e.strerror or e}") from None
-    try:
-        if not _try_lock(fd):
-            raise _locked(run_dir, _read_holder(fd))
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["draw", *sys.argv[1:]]),
-        }
-        try:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
-        except OSError:
-            pass  # the lock holds without its description
-        _held[key] = (fd, 1)
-        try:
-            yield
-        finally:
-            _held.pop(key, None)
-            _unlock(fd)
-    finally:
-        os.close(fd)
+    write_text_atomically(Path(run_dir) / names.CONFIG, header + settings.to_yaml())
 
 
 def append_resume(run_dir: Path, row: dict) -> None:

@@ -24,7 +24,10 @@ from drawcli.core.progress import make_console
 from drawcli.data.catalogue import FOLDER_PREFIX, is_folder
 from drawcli.data.folders import folder_path
 from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import names
 from drawcli.runs import store as runs
+from drawcli.runs.lock import check_not_locked, run_lock
+from drawcli.runs.names import has_checkpoints
 from drawcli.settings import Settings, build_settings, changed_settings, check_against_image, from_dict, spell
 from drawcli.training import distributed
 
@@ -49,7 +52,7 @@ class ResumeFrom:
 
     @property
     def from_last(self) -> bool:
-        return self.source.name == "last.pt" and self.source.parent == self.run_dir / "checkpoints"
+        return self.source.name == names.LAST and self.source.parent == self.run_dir / names.CHECKPOINTS
 
 
 def resume_source(run_ref: str, runs_dir: str) -> ResumeFrom:
@@ -60,12 +63,12 @@ def resume_source(run_ref: str, runs_dir: str) -> ResumeFrom:
     named = runs.checkpoint_ref(run_ref)
     if named is not None:
         return ResumeFrom(run_dir, named, ckpt_io.load(named))
-    if not runs.has_checkpoint(run_dir):
+    if not has_checkpoints(run_dir):
         raise DrawError(
             f"run {run_dir.name!r} has no checkpoint to resume from (it stopped before its first one); "
             f"start it again with --name {run_dir.name} instead of --resume (its folder {run_dir.absolute()} is then replaced)"
         )
-    source, ckpt, note = runs.load_readable(run_dir, run_dir / "checkpoints" / "last.pt")
+    source, ckpt, note = runs.load_readable(run_dir, run_dir / names.CHECKPOINTS / names.LAST)
     if note is not None:
         note += "; unreadable and newer checkpoints are moved aside, not overwritten"
     return ResumeFrom(run_dir, source, ckpt, note)
@@ -214,7 +217,7 @@ def train_command(config: str | None, flags: dict, sets: list[str] | None, resum
         spec = base.run.device if resume is None else settings_for_resume(resume, base.run.runs_dir, config, flags, sets)[0].run.device
         distributed.check_launch(nproc, spec)
         if resume is not None:
-            runs.check_not_locked(runs.resolve_run(resume, Path(base.run.runs_dir)))
+            check_not_locked(runs.resolve_run(resume, Path(base.run.runs_dir)))
         else:
             note = runs.check_new_run(Path(base.run.runs_dir), base.run.name)
             if note:
@@ -240,15 +243,15 @@ def resume_run(run_ref: str, runs_dir: str, config, flags, sets, notes: list[str
         if nothing_to_do(settings, found.ckpt, run_dir.name):
             return run_dir
         return run_train(settings, resume=found, notes=notes)
-    runs.check_not_locked(run_dir)  # the usual case answered at once, before torch is imported
-    last = run_dir / "checkpoints" / "last.pt"
+    check_not_locked(run_dir)  # the usual case answered at once, before torch is imported
+    last = run_dir / names.CHECKPOINTS / names.LAST
     before = runs.file_identity(last)
     settings, found = settings_for_resume(run_ref, runs_dir, config, flags, sets)
     idle = nothing_to_do(settings, found.ckpt, run_dir.name)
     if idle:  # before data, lock and a resume row: nothing would change
         make_console().print(idle, highlight=False)
         return run_dir
-    with runs.run_lock(run_dir):
+    with run_lock(run_dir):
         if runs.file_identity(last) != before:
             raise DrawError(
                 f"run {run_dir.name!r}: last.pt changed while it was being read (another process trained the run); "
@@ -381,11 +384,11 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
                 if run_dir is None:
                     run_dir = runs.new_run_dir(Path(settings.run.runs_dir), settings.run.name)
                     created = True
-                    held.enter_context(runs.run_lock(run_dir))
+                    held.enter_context(run_lock(run_dir))
                     settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
                     runs.write_config(run_dir, settings)
                 else:
-                    held.enter_context(runs.run_lock(run_dir))
+                    held.enter_context(run_lock(run_dir))
                     if not resume.from_last:  # continuing from an older file: the newer ones are kept aside
                         moved = runs.set_aside_newer(run_dir, resume.source, ckpt)
                         if moved:
@@ -403,7 +406,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         try:
             return _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard, engine)
         except KeyboardInterrupt:
-            if created and not runs.has_checkpoint(run_dir):
+            if created and not has_checkpoints(run_dir):
                 # A second Ctrl-C before the first checkpoint: nothing in the run to resume, so
                 # leave no half-made run behind to block --name (other failures say what to do).
                 _remove_unfinished(run_dir)
@@ -464,7 +467,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
     """Train with the run directory ready (and locked, on rank 0); print the summary."""
     from drawcli.core.progress import TrainProgress, summary_table
     from drawcli.training.loop import Interrupted, train
-    from drawcli.training.tensorboard_log import TB_DIR, TensorBoardLogger
+    from drawcli.training.tensorboard_log import TensorBoardLogger
 
     if env.is_main:
         console.print(f"run: {run_dir}" + (f" (resuming at step {ckpt['step']})" if ckpt else ""), highlight=False)
@@ -480,7 +483,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
 
     progress = TrainProgress(console)
     callbacks = [runs.RunRecorder(run_dir), progress] if env.is_main else []
-    tb = TensorBoardLogger(run_dir / TB_DIR, seed=settings.train.seed) if tensorboard and env.is_main else None
+    tb = TensorBoardLogger(run_dir / names.TB_DIR, seed=settings.train.seed) if tensorboard and env.is_main else None
     callbacks += [tb] if tb is not None else []
     try:
         with StopOnSignal(announce=env.is_main) as stop:

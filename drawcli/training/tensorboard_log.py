@@ -28,7 +28,6 @@ import numpy as np
 
 from drawcli.core.errors import DrawError
 
-TB_DIR = "tb"  # under the run directory
 INSTALL_HINT = 'pip install "drawcli[tensorboard]"'
 SAMPLES = 64  # prior samples in the grid image
 SCALE = 2  # nearest-neighbour upscaling of the images
