@@ -185,13 +185,13 @@ class Drawer:
     def _binarize(self) -> str:
         """The binarisation ``draw evaluate`` applies to the model's own data set."""
         from drawcli.data.catalogue import get_spec, is_folder
-        from drawcli.evaluation.evaluate import _eval_binarize
+        from drawcli.evaluation.evaluate import eval_binarize
 
         dataset = self.settings.data.dataset
         spec = None if is_folder(dataset) else get_spec(dataset)
         if spec is None:
             return self.settings.data.binarize
-        return _eval_binarize(spec, self.settings)
+        return eval_binarize(spec, self.settings)
 
     def _images(self, images: Any) -> np.ndarray:
         """uint8 grey levels in the data sets' layout, (N, H, W) grey or (N, C, H, W), checked."""

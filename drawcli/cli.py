@@ -220,7 +220,7 @@ def train(
         "run": {"name": name, "device": device, "runs_dir": runs_dir, "threads": threads, "tensorboard": tensorboard,
                 "engine": engine},
     }
-    from drawcli.training.run import train_command
+    from drawcli.commands.train import train_command
 
     train_command(config, flags, set_, resume=resume, nproc=nproc, argv=sys.argv, notes=notes)
 
@@ -256,7 +256,7 @@ def download(
     from drawcli.settings import build_settings
 
     settings = build_settings(config, {"data": {"data_dir": data_dir}})
-    from drawcli.data.download import download_command
+    from drawcli.commands.download import download_command
 
     download_command(name, settings.data.data_dir, source=source, force=force, quiet=quiet, list_only=list_only, extra=extra)
 
@@ -291,7 +291,7 @@ def sample(
 ):
     """A PNG grid of samples from the prior: sigmoid(c_T), the final canvas."""
     _locate(run, load, runs_dir, device, seed, precision, engine)
-    from drawcli.pictures.viz import sample_command
+    from drawcli.commands.pictures import sample_command
 
     sample_command(
         run, load=load, n=n, nrow=nrow, scale=scale, binary=binary, npy=npy, seed=seed, device=device, output=output,
@@ -336,7 +336,7 @@ def animate(
 ):
     """Animate the drawing: one frame per glimpse t = 1..T of sigmoid(c_t); loops forever."""
     _locate(run, load, runs_dir, device, seed, precision, engine)
-    from drawcli.pictures.viz import animate_command
+    from drawcli.commands.pictures import animate_command
 
     animate_command(
         run, output=output, load=load, n=n, nrow=nrow, scale=scale, fps=fps, hold=hold, boxes=boxes, reconstruct=reconstruct,
@@ -377,7 +377,7 @@ def inspect_attention(
 ):
     """Show where the model reads (green) and writes (red) at every glimpse: GIF, PNG strip, table or JSON."""
     _locate(run, load, runs_dir, device, seed, precision, engine)
-    from drawcli.pictures.viz import inspect_attention_command
+    from drawcli.commands.pictures import inspect_attention_command
 
     inspect_attention_command(
         run, load=load, n=n, index=index, generate=generate, json_path=json_path, output=output, scale=scale, fps=fps,
@@ -424,7 +424,7 @@ def evaluate(
     if output is not None and not output.lower().endswith(".json"):
         raise DrawError(f"{output}: the results are written as JSON; use a .json file name")
     _locate(run, load, runs_dir, device, seed, precision, engine)
-    from drawcli.evaluation.evaluate import evaluate_command
+    from drawcli.commands.evaluate import evaluate_command
 
     evaluate_command(
         run, load=load, split=split, dataset=dataset, samples=samples, batch_size=batch_size, limit=limit, seed=seed,
@@ -461,7 +461,7 @@ def plot(
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
     """Learning curves from metrics.jsonl: train loss per log step, evaluation loss per epoch (needs matplotlib)."""
-    from drawcli.pictures.plot import plot_command
+    from drawcli.commands.plot import plot_command
 
     plot_command(runs, output, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=size, lr=lr,
                  runs_dir=runs_dir)

@@ -12,7 +12,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from drawcli.cli import app
-from drawcli.pictures import viz
+from drawcli.commands import pictures as pictures_cmd
 from drawcli.settings import ModelSettings, TrainSettings
 
 from test_viz import make_run
@@ -57,9 +57,9 @@ def test_a_bad_precision_is_one_line_before_torch(command, tmp_path):
 
 
 def test_sample_in_bfloat16_is_close_to_float32(runs, tmp_path):
-    a = viz.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "f32.png",
+    a = pictures_cmd.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "f32.png",
                            console=_quiet())
-    b = viz.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "bf16.png",
+    b = pictures_cmd.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "bf16.png",
                            precision="bfloat16", console=_quiet())
     f32, bf16 = np.load(a[1]), np.load(b[1])
     assert f32.dtype == np.float32 and bf16.dtype == np.float32
@@ -108,7 +108,7 @@ def _quiet():
 
 def test_download_extra_reaches_the_downloader(monkeypatch, tmp_path):
     """`draw download svhn --extra` asks for the set's optional files (svhn's extra_32x32.mat)."""
-    from drawcli.data import download
+    from drawcli.commands import download
 
     seen = {}
     monkeypatch.setattr(download, "download_command", lambda name, data_dir, **kw: seen.update(name=name, **kw))

@@ -219,13 +219,3 @@ def plot_runs(
     return output, notes
 
 
-def plot_command(refs: list[str], output=None, console=None, **options) -> Path:
-    from rich.console import Console
-
-    console = console or Console()
-    err = Console(stderr=True)
-    path, notes = plot_runs(refs, output, **options)
-    for note in notes:
-        err.print(note, highlight=False)
-    console.print(f"wrote {path}", highlight=False)
-    return path

@@ -82,7 +82,7 @@ def _images(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _images_from(probs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(prior grid, glimpse strip) of one channel's probabilities (T, n, H, W)."""
-    from drawcli.pictures.viz import grid_for, to_uint8, upscale
+    from drawcli.pictures.render import grid_for, to_uint8, upscale
 
     steps = probs.shape[0]
     cells = upscale(to_uint8(probs), SCALE)  # (T, n, h, w)
