@@ -1,6 +1,6 @@
 """The registry of data sets: files, checksums, mirrors, image shape, splits.
 
-Pure data, no I/O and no torch. The loader (data.py) and the downloader
+Pure data, no I/O and no torch. The loader (loading.py) and the downloader
 (download.py) both read it, so a data set is described exactly once.
 
 Authority for integrity is the sha256 of each file's *decompressed* contents:

@@ -3,9 +3,9 @@ training or evaluation when a set is missing: ensure_dataset).
 
 Every file goes the same way, whatever it came from (a mirror, ``--from URL`` or
 ``--from FOLDER``): bytes go to a ``.part`` file, the part is checked against the
-registry (sha256 and size of the *decompressed* contents, see datasets.py), and only
+registry (sha256 and size of the *decompressed* contents, see catalogue.py), and only
 then is it renamed into place, as ``NAME.gz`` when the bytes are gzip and ``NAME``
-otherwise (data.py reads either). A file that fails the check is deleted; it is never
+otherwise (loading.py reads either). A file that fails the check is deleted; it is never
 left under a name the loader would pick up.
 
 Network policy: mirrors are tried in order; timeouts, resets, HTTP 429 and 5xx are
@@ -82,8 +82,8 @@ def _install_part(part: Path, entry: DataFile, directory: Path, stamp: dict) -> 
     other = directory / (entry.name if gz else entry.name + ".gz")
     try:
         os.replace(part, final)
-        other.unlink(missing_ok=True)  # never both forms: data.py would prefer the raw one
-        (directory / (entry.name + ".npy")).unlink(missing_ok=True)  # data.py's .amat cache
+        other.unlink(missing_ok=True)  # never both forms: loading.py would prefer the raw one
+        (directory / (entry.name + ".npy")).unlink(missing_ok=True)  # loading.py's .amat cache
         remove_parts(directory, entry)  # partials left by other mirrors or earlier runs
     except OSError as e:
         raise DrawError(f"cannot write {final}: {e.strerror or e}") from None
@@ -259,7 +259,7 @@ def _build_dataset(spec: DatasetSpec, directory: Path, todo: list[DataFile], con
         for entry in todo:
             part = part_path(directory, entry, "built")
             with open_part(part, "wb") as out:
-                # gzip (level 6, no timestamp): a tenth of the disk; data.py and the check read either form.
+                # gzip (level 6, no timestamp): a tenth of the disk; loading.py and the check read either form.
                 write_chunk(out, gzip.compress(contents[entry.name], compresslevel=6, mtime=0), part)
             status = check_file(part, entry)
             if status != OK:
@@ -351,7 +351,7 @@ def ensure_dataset(name: str, data_dir: Path, console: Console | None = None, qu
     torchrun job only rank 0 downloads; the other ranks wait at a barrier, then check.
     """
     if is_folder(name):
-        return  # the user's own folder: nothing to download (data.py says if it is missing)
+        return  # the user's own folder: nothing to download (loading.py says if it is missing)
     spec = get_spec(name)
     directory = Path(data_dir) / spec.name
     dist = _distributed()

@@ -207,7 +207,7 @@ def load_cifar(archive: Path) -> dict[str, np.ndarray]:
 
     The archive is extracted (safely, see safe_extract) into a temporary folder beside it,
     or in the system temp folder when the data directory cannot be written, read, and
-    removed again: the arrays are what data.py caches, and nothing stale is left behind.
+    removed again: the arrays are what loading.py caches, and nothing stale is left behind.
     """
     scratch = None
     for parent in (archive.parent, None):  # None: the system's temp folder

@@ -13,7 +13,7 @@ so nothing is downloaded and the result is the same on every machine:
   numpy (unlike ``Generator`` methods, whose algorithms may change), so the built files'
   sha256 can be recorded in the registry and checked like a download.
 
-Files, in IDX format as MNIST's own (data.py reads them like MNIST):
+Files, in IDX format as MNIST's own (loading.py reads them like MNIST):
 ``{train,t10k}-images-idx3-ubyte`` uint8 (N, 60, 60), and ``{train,t10k}-layout-idx2-int``,
 int32 (N, 8): for each image ``index_a, row_a, col_a, label_a, index_b, row_b, col_b,
 label_b`` (source indices into the MNIST split, the top-left corner of each digit's box,
