@@ -258,15 +258,15 @@ SUFFIX = {"sample": ".png", "animate": ".gif", "inspect": ".json", "evaluate": "
 def test_item5_every_output_is_checked_before_the_work(tiny, env, command, monkeypatch):
     if command == "plot":
         pytest.importorskip("matplotlib")
+    import drawcli.commands.pictures
     import drawcli.pictures.plot
-    import drawcli.pictures.viz
     import drawcli.runs.store
 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started before the output was checked")
 
     with monkeypatch.context() as m:
-        for module, name in ((drawcli.pictures.viz, "load_run"), (drawcli.runs.store, "load_run"), (drawcli.pictures.plot, "build_figure")):
+        for module, name in ((drawcli.commands.pictures, "load_run"), (drawcli.runs.store, "load_run"), (drawcli.pictures.plot, "build_figure")):
             m.setattr(module, name, no_work)
         where = unwritable_folder()
         one_error_line(run_cli(*OUTPUTS[command], where / f"x{SUFFIX[command]}", env=env),
