@@ -4,7 +4,7 @@
     drawer = torch.hub.load("PATH/TO/THIS/CLONE", "mnist", source="local")   # trained, as drawcli.load("@mnist")
     model = torch.hub.load("PATH/TO/THIS/CLONE", "draw", source="local", glimpses=16, read_n=3)
 
-The trained weights ship inside the package (drawcli/weights/), verified by their sha256: nothing
+The trained weights ship inside the package (drawcli/runs/weights/), verified by their sha256: nothing
 is downloaded.
 """
 

@@ -27,7 +27,7 @@ In one process, on one device:
 5. colour training (sample_configs/colour_quick.yaml's model: 32 x 32 x 3, T = 16, read 4, write
    6, batch 32, in its precision auto): the native engine, the Python engine and the baseline;
 6. with --threads-mode: training at batch 128 with 1 thread, 2 threads and drawcli's default
-   policy (drawcli.device.thread_policy), on a quiet machine and with one core kept busy by a
+   policy (drawcli.core.device.thread_policy), on a quiet machine and with one core kept busy by a
    spinning process, interleaved (see ``threads_mode``).
 Results go to a JSON file (default benchmarks/results-<device>.json).
 
@@ -65,12 +65,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from drawcli import native  # noqa: E402
-from drawcli.device import autocast, native_bf16, thread_policy  # noqa: E402
+from drawcli.model import native_build as native  # noqa: E402
+from drawcli.core.device import autocast, native_bf16, thread_policy  # noqa: E402
 from drawcli.model import DRAW, Engine  # noqa: E402
 from drawcli.model import native_loop, python_loop  # noqa: E402
 from drawcli.model.packed_gemm import packed_gemm_works  # noqa: E402
-from drawcli.train import make_adam  # noqa: E402
+from drawcli.training.loop import make_adam  # noqa: E402
 
 PAPER = dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5)
 # sample_configs/colour_quick.yaml's model, at its 32 x 32 image size and batch

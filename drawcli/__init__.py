@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
 
 __version__ = "0.1.0"
 

@@ -19,14 +19,14 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
     from drawcli.model import DRAW
-    from drawcli.runs import LoadedRun
+    from drawcli.runs.store import LoadedRun
     from drawcli.settings import Settings
 
 
@@ -64,7 +64,7 @@ class Drawer:
         """The engine this object runs for ``work`` (``"sample"`` or ``"evaluate"``): native,
         python or reference, resolved from :func:`load`'s ``engine`` as the commands resolve it."""
         if work not in self._engines:
-            from drawcli.engine_choice import choose_engine
+            from drawcli.model.choice import choose_engine
 
             choice = choose_engine(self._engine_setting, self.device, self.model.attention, work, flag="engine")
             self._engines[work] = choice.engine
@@ -125,14 +125,14 @@ class Drawer:
     # ------------------------------------------------------------------ drawing
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` images drawn from the prior, (n, C, H, W) in [0, 1] (as ``draw sample``)."""
-        from drawcli.viz import sample_prior
+        from drawcli.pictures.viz import sample_prior
 
         probs, _ = sample_prior(self._loaded, _count(n), self._generator(seed), self.engine("sample"), every_step=False)
         return _channels_first(probs[-1], self.model.channels)
 
     def sample_glimpses(self, n: int, seed: int = 0) -> Glimpses:
         """``n`` samples glimpse by glimpse: every canvas and write window (as ``draw animate``)."""
-        from drawcli.viz import sample_prior
+        from drawcli.pictures.viz import sample_prior
 
         probs, write = sample_prior(self._loaded, _count(n), self._generator(seed), self.engine("sample"))
         return Glimpses(canvases=_channels_first(probs, self.model.channels, steps=True), write=_tensor(write))
@@ -140,7 +140,7 @@ class Drawer:
     def attention(self, images: Any, seed: int = 0) -> Glimpses:
         """Encode and redraw ``images``: every canvas, and the read and write windows of every glimpse
         (as ``draw animate --reconstruct`` and ``draw inspect-attention``)."""
-        from drawcli.viz import reconstruct_images
+        from drawcli.pictures.viz import reconstruct_images
 
         x = self._images(images)
         inputs, probs, read, write = reconstruct_images(self._loaded, x, self._generator(seed), self.engine("inspect-attention"))
@@ -164,10 +164,10 @@ class Drawer:
         return self.bounds(images, samples=k, seed=seed).iwae
 
     def bounds(self, images: Any, samples: int = 1, seed: int = 0):
-        """Both bounds and the ELBO's parts per image: a :class:`drawcli.bounds.Bounds` (``lx``,
+        """Both bounds and the ELBO's parts per image: a :class:`drawcli.evaluation.bounds.Bounds` (``lx``,
         ``lz``, ``elbo``, ``iwae``; ``summary()`` gives the means with standard errors)."""
-        from drawcli.bounds import likelihood_bounds
-        from drawcli.device import autocast
+        from drawcli.core.device import autocast
+        from drawcli.evaluation.bounds import likelihood_bounds
 
         x = self._images(images)
         with autocast(self.device, self._loaded.precision):
@@ -184,14 +184,14 @@ class Drawer:
 
     def _binarize(self) -> str:
         """The binarisation ``draw evaluate`` applies to the model's own data set."""
-        from drawcli.datasets import get_spec, is_folder
-        from drawcli.evaluate import _eval_binarize
+        from drawcli.data.catalogue import get_spec, is_folder
+        from drawcli.evaluation.evaluate import eval_binarize
 
         dataset = self.settings.data.dataset
         spec = None if is_folder(dataset) else get_spec(dataset)
         if spec is None:
             return self.settings.data.binarize
-        return _eval_binarize(spec, self.settings)
+        return eval_binarize(spec, self.settings)
 
     def _images(self, images: Any) -> np.ndarray:
         """uint8 grey levels in the data sets' layout, (N, H, W) grey or (N, C, H, W), checked."""
@@ -260,7 +260,7 @@ def load(source: str | Path, *, device: str = "auto", checkpoint: str | None = N
 
     Raises :class:`drawcli.DrawError` with one line that says what is wrong.
     """
-    from drawcli.runs import load_run, locate
+    from drawcli.runs.store import load_run, locate
 
     ref, device = str(source), str(device)
     located = locate(ref, checkpoint, device, runs_dir)
@@ -279,7 +279,7 @@ def create_model(*, height: int = 28, width: int = 28, channels: int = 1, **mode
     the rest keep their defaults (the paper's MNIST model). Values are checked as in a settings
     file: a wrong name or value raises :class:`drawcli.DrawError` naming it.
     """
-    from drawcli.checkpoint import build_model
+    from drawcli.runs.checkpoint import build_model
     from drawcli.settings import Settings, apply_overrides, check_against_image
 
     for name, value in (("height", height), ("width", width), ("channels", channels)):

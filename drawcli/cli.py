@@ -15,8 +15,8 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperGroup
 
-from drawcli import __version__
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.core.version import __version__
 from drawcli.settings import DataSettings, ModelSettings, RunSettings, TrainSettings
 
 # click's exceptions as typer raises them (recent typer versions vendor their own click).
@@ -89,7 +89,7 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DrawError as e:
-            from drawcli.distributed import env_from_os, is_quiet_rank
+            from drawcli.training.distributed import env_from_os, is_quiet_rank
 
             if not is_quiet_rank():  # in a torchrun job the same error is shown once, by rank 0
                 typer.echo(f"error: {e}", err=True)
@@ -97,7 +97,7 @@ def _user_errors(fn):
                 typer.echo(f"error: rank {env_from_os().rank}: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            from drawcli.distributed import is_quiet_rank
+            from drawcli.training.distributed import is_quiet_rank
 
             if not is_quiet_rank():
                 typer.echo("interrupted", err=True)
@@ -137,7 +137,7 @@ DEFAULT_ENGINE = RunSettings.engine
 def _locate(run: str, load: Optional[str], runs_dir: str, device: str, seed: Optional[int] = None,
             precision: Optional[str] = None, engine: Optional[str] = None) -> None:
     """Answer a wrong run name, --load, --seed, --device, --precision or --engine before the command imports torch (seconds)."""
-    from drawcli.runs import locate
+    from drawcli.runs.store import locate
     from drawcli.settings import check_command_options
 
     check_command_options(seed=seed, device=device, precision=precision, engine=engine)
@@ -220,7 +220,7 @@ def train(
         "run": {"name": name, "device": device, "runs_dir": runs_dir, "threads": threads, "tensorboard": tensorboard,
                 "engine": engine},
     }
-    from drawcli.train_run import train_command
+    from drawcli.commands.train import train_command
 
     train_command(config, flags, set_, resume=resume, nproc=nproc, argv=sys.argv, notes=notes)
 
@@ -256,7 +256,7 @@ def download(
     from drawcli.settings import build_settings
 
     settings = build_settings(config, {"data": {"data_dir": data_dir}})
-    from drawcli.download import download_command
+    from drawcli.commands.download import download_command
 
     download_command(name, settings.data.data_dir, source=source, force=force, quiet=quiet, list_only=list_only, extra=extra)
 
@@ -291,7 +291,7 @@ def sample(
 ):
     """A PNG grid of samples from the prior: sigmoid(c_T), the final canvas."""
     _locate(run, load, runs_dir, device, seed, precision, engine)
-    from drawcli.viz import sample_command
+    from drawcli.commands.pictures import sample_command
 
     sample_command(
         run, load=load, n=n, nrow=nrow, scale=scale, binary=binary, npy=npy, seed=seed, device=device, output=output,
@@ -336,7 +336,7 @@ def animate(
 ):
     """Animate the drawing: one frame per glimpse t = 1..T of sigmoid(c_t); loops forever."""
     _locate(run, load, runs_dir, device, seed, precision, engine)
-    from drawcli.viz import animate_command
+    from drawcli.commands.pictures import animate_command
 
     animate_command(
         run, output=output, load=load, n=n, nrow=nrow, scale=scale, fps=fps, hold=hold, boxes=boxes, reconstruct=reconstruct,
@@ -377,7 +377,7 @@ def inspect_attention(
 ):
     """Show where the model reads (green) and writes (red) at every glimpse: GIF, PNG strip, table or JSON."""
     _locate(run, load, runs_dir, device, seed, precision, engine)
-    from drawcli.viz import inspect_attention_command
+    from drawcli.commands.pictures import inspect_attention_command
 
     inspect_attention_command(
         run, load=load, n=n, index=index, generate=generate, json_path=json_path, output=output, scale=scale, fps=fps,
@@ -417,14 +417,14 @@ def evaluate(
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="JSON file (default RUN_DIR/eval-SPLIT-kK[-limitN]-CKPT.json; NAME-eval-....json here for @NAME).")] = None,
 ):
     """Bounds on -log p(x) in nats (ELBO = L_x + L_z, importance-weighted with K samples) beside the paper's Table 2; writes RUN_DIR/eval-....json."""
-    from drawcli.datasets import EVAL_SPLITS
+    from drawcli.data.catalogue import EVAL_SPLITS
 
     if split not in EVAL_SPLITS:
         raise DrawError(f"--split: expected one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if output is not None and not output.lower().endswith(".json"):
         raise DrawError(f"{output}: the results are written as JSON; use a .json file name")
     _locate(run, load, runs_dir, device, seed, precision, engine)
-    from drawcli.evaluate import evaluate_command
+    from drawcli.commands.evaluate import evaluate_command
 
     evaluate_command(
         run, load=load, split=split, dataset=dataset, samples=samples, batch_size=batch_size, limit=limit, seed=seed,
@@ -461,7 +461,7 @@ def plot(
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
     """Learning curves from metrics.jsonl: train loss per log step, evaluation loss per epoch (needs matplotlib)."""
-    from drawcli.plot import plot_command
+    from drawcli.commands.plot import plot_command
 
     plot_command(runs, output, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=size, lr=lr,
                  runs_dir=runs_dir)
@@ -485,7 +485,7 @@ def runs_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
     """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, failed, empty, locked)."""
-    from drawcli.runs_list import runs_command as list_command
+    from drawcli.commands.runs import runs_command as list_command
 
     list_command(runs_dir, as_json=as_json)
 
@@ -505,7 +505,7 @@ def models_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
     """The built-in models (use one as @NAME with sample, animate, inspect-attention and evaluate), with their settings and measured numbers."""
-    from drawcli.models_list import models_command as list_command
+    from drawcli.commands.models import models_command as list_command
 
     list_command(as_json=as_json)
 

@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from drawcli.datasets import DATASETS, FOLDER_PREFIX, is_folder
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.data.catalogue import DATASETS, FOLDER_PREFIX, is_folder
 
 IMAGE_SIDE_MAX = 28  # refined against the data set's real shape when it is loaded
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -53,7 +53,7 @@ class DataSettings:
     data_dir: str | None = None  # None: $DRAW_DATA_DIR, else the per-user cache
     binarize: str = "dynamic"  # dynamic | threshold | none
     validation: bool = False  # hold out the last 10k training images; evaluate on them
-    # folder:PATH data sets only (drawcli/folders.py):
+    # folder:PATH data sets only (drawcli/data/folders.py):
     image_size: int | None = None  # resize every image to S x S; None: all must have the first image's size
     channels: int | None = None  # 1 (grey) or 3 (colour); None: a folder's default, 3, or a registry set's own
     test_fraction: float | None = None  # held-out test share; None: 10%, at most 10,000 images
@@ -89,9 +89,9 @@ class RunSettings:
     name: str | None = None  # None: run1, run2, ...
     runs_dir: str = "runs"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threads: int | None = None  # CPU threads per process; None: drawcli's policy (see drawcli/device.py)
+    threads: int | None = None  # CPU threads per process; None: drawcli's policy (see drawcli/core/device.py)
     tensorboard: str = "auto"  # auto (log when the package is importable) | true | false; YAML booleans accepted
-    engine: str = "auto"  # auto | native | python | reference: which implementation runs the model (drawcli/engine_choice.py)
+    engine: str = "auto"  # auto | native | python | reference: which implementation runs the model (drawcli/model/choice.py)
 
 
 @dataclass(frozen=True)
@@ -469,7 +469,7 @@ def check_command_options(seed: int | None = None, device: str | None = None, pr
     if seed is not None and seed < 0:
         raise DrawError(f"--seed must be 0 or more, got {seed}")
     if device is not None:
-        from drawcli.device import check_spec
+        from drawcli.core.device import check_spec
 
         check_spec(device)
     choices = CHOICES[("train", "precision")]
@@ -487,3 +487,12 @@ def check_against_image(settings: Settings, height: int, width: int) -> None:
         n = getattr(settings.model, key)
         if n > side:
             raise DrawError(f"model.{key}: must be <= {side} (the image side), got {n}")
+
+
+def load_data(data: DataSettings, data_dir: Path):
+    """The data set ``data`` (settings.data) names, as drawcli.data.loading.Splits: ``load_splits``
+    with every data.* key that matters passed on (the one place that says which)."""
+    from drawcli.data.loading import load_splits
+
+    return load_splits(data.dataset, data_dir, data.validation, image_size=data.image_size,
+                       channels=data.channels, test_fraction=data.test_fraction, skip_unreadable=data.skip_unreadable)

@@ -46,7 +46,7 @@ def mnist_data_dir(mnist_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_splits(mnist_data_dir):
-    from drawcli.data import load_splits
+    from drawcli.data.loading import load_splits
 
     return load_splits("mnist", mnist_data_dir)
 
@@ -72,6 +72,6 @@ def native_engine_loaded():
     """The native engine's library, loaded once per session where a compiler can build it (the
     first time on a machine: 20-40 s), so that engine "auto" means the same in every test whatever
     ran before it. Tests of a particular engine name it."""
-    from drawcli import native
+    from drawcli.model import native_build as native
 
     native.load()

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from drawcli import distributed  # noqa: E402
 from drawcli.settings import build_settings  # noqa: E402
-from drawcli.train import train  # noqa: E402
+from drawcli.training import distributed  # noqa: E402
+from drawcli.training.loop import train  # noqa: E402
 
 from helpers import synthetic_images  # noqa: E402
 
@@ -24,7 +24,7 @@ def main(out: str, steps: str) -> None:
     images = synthetic_images(200, seed=5)
     result = train(settings, images, images[:70], device, env=env)
     torch.save({"model": result.model.state_dict(), "eval": result.eval}, Path(out) / f"rank{env.rank}.pt")
-    distributed.barrier()  # leave together (see train_run.run_train)
+    distributed.barrier()  # leave together (see drawcli.training.run.run_train)
     distributed.shutdown()
 
 

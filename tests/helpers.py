@@ -40,8 +40,8 @@ def make_colour_run(runs_dir, name: str, folder, data_dir, steps: int = 3, heigh
     written as a real run directory with one checkpoint, last.pt."""
     import torch
 
-    from drawcli.checkpoint import atomic_save, build_model, make_checkpoint
-    from drawcli.runs import write_config
+    from drawcli.runs.checkpoint import atomic_save, build_model, make_checkpoint
+    from drawcli.runs.store import write_config
 
     settings = build_settings(
         flags={

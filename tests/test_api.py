@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import drawcli
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
 
 from helpers import run_cli, synthetic_images
 
@@ -45,8 +45,8 @@ def test_sample_is_what_draw_sample_writes(mnist, tmp_path):
 
 
 def test_bounds_and_attention_agree_with_the_commands_on_the_same_images_and_noise(mnist, tmp_path, monkeypatch, synthetic_data_dir):
-    from drawcli.data import load_images
-    from drawcli.datasets import get_spec
+    from drawcli.data.catalogue import get_spec
+    from drawcli.data.loading import load_images
 
     images = load_images(get_spec("mnist"), synthetic_data_dir / "mnist", "test_images")[:12]
     monkeypatch.setenv("DRAW_DATA_DIR", str(synthetic_data_dir))

@@ -1,4 +1,4 @@
-"""Built-in models (drawcli/builtin.py): verified by sha256, loaded weights-only, listed without torch."""
+"""Built-in models (drawcli/runs/builtin.py): verified by sha256, loaded weights-only, listed without torch."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from drawcli import builtin
-from drawcli.errors import DrawError
-from drawcli.train import train
+from drawcli.core.errors import DrawError
+from drawcli.runs import builtin
+from drawcli.training.loop import train
 
 from helpers import Collect, synthetic_images, tiny_settings
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drawcli import builtin
+from drawcli.runs import builtin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,8 @@ def test_animate_at_mnist_draws_with_no_data_and_no_runs(tmp_path, monkeypatch):
 def test_the_bundled_model_still_reaches_its_recorded_elbo(mnist_data_dir):
     """A regression check that can fail: the ELBO on the first 500 test images (fixed binarisation,
     K = 1) stays within 2 nats of the figure measured when the file was made."""
-    from drawcli.bounds import likelihood_bounds
-    from drawcli.data import load_splits
+    from drawcli.data.loading import load_splits
+    from drawcli.evaluation.bounds import likelihood_bounds
 
     want = builtin.REGRESSION["mnist"]
     model, settings, _ = builtin.build(builtin.get_builtin("mnist"), torch.device("cpu"))
@@ -72,4 +72,4 @@ def test_the_wheel_carries_the_weights(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     wheel = next(tmp_path.glob("drawcli-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "drawcli/weights/mnist.pt" in names
+    assert "drawcli/runs/weights/mnist.pt" in names

@@ -1,11 +1,11 @@
-"""drawcli/checkpoint.py: the format is written, read back weights-only, and rebuilds the model."""
+"""drawcli/runs/checkpoint.py: the format is written, read back weights-only, and rebuilds the model."""
 
 from __future__ import annotations
 
 import torch
 
-from drawcli import checkpoint as ckpt_io
-from drawcli.train import train
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.training.loop import train
 
 from helpers import Collect, synthetic_images, tiny_settings
 

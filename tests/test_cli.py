@@ -11,8 +11,8 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from drawcli import viz
 from drawcli.cli import app
+from drawcli.commands import pictures as pictures_cmd
 from drawcli.settings import ModelSettings, TrainSettings
 
 from test_viz import make_run
@@ -57,9 +57,9 @@ def test_a_bad_precision_is_one_line_before_torch(command, tmp_path):
 
 
 def test_sample_in_bfloat16_is_close_to_float32(runs, tmp_path):
-    a = viz.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "f32.png",
+    a = pictures_cmd.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "f32.png",
                            console=_quiet())
-    b = viz.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "bf16.png",
+    b = pictures_cmd.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "bf16.png",
                            precision="bfloat16", console=_quiet())
     f32, bf16 = np.load(a[1]), np.load(b[1])
     assert f32.dtype == np.float32 and bf16.dtype == np.float32
@@ -68,16 +68,16 @@ def test_sample_in_bfloat16_is_close_to_float32(runs, tmp_path):
 
 @pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention"])
 def test_precision_reaches_the_model(command, runs, tmp_path, monkeypatch):
-    import drawcli.device
+    import drawcli.core.device
 
     seen = []
-    real = drawcli.device.autocast
+    real = drawcli.core.device.autocast
 
     def spy(device, precision):
         seen.append(precision)
         return real(device, precision)
 
-    monkeypatch.setattr(drawcli.device, "autocast", spy)
+    monkeypatch.setattr(drawcli.core.device, "autocast", spy)
     extra = ["--generate", "-n", "2"] if command == "inspect-attention" else ["-n", "2"]
     out = tmp_path / ("x.png" if command == "sample" else "x.gif")
     r = CliRunner().invoke(app, [command, "att", "--runs-dir", str(runs), "--device", "cpu", "--precision", "bfloat16",
@@ -108,7 +108,7 @@ def _quiet():
 
 def test_download_extra_reaches_the_downloader(monkeypatch, tmp_path):
     """`draw download svhn --extra` asks for the set's optional files (svhn's extra_32x32.mat)."""
-    from drawcli import download
+    from drawcli.commands import download
 
     seen = {}
     monkeypatch.setattr(download, "download_command", lambda name, data_dir, **kw: seen.update(name=name, **kw))

@@ -18,9 +18,11 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from drawcli import render, viz
 from drawcli.cli import app
-from drawcli.data import load_data
+from drawcli.commands import pictures as pictures_cmd
+from drawcli.pictures import render, viz
+from drawcli.runs.store import load_run
+from drawcli.settings import load_data
 
 from helpers import make_colour_run
 
@@ -40,7 +42,7 @@ def colour(tmp_path_factory):
         Image.fromarray(img).save(root / f"{i:02d}.png")
     runs = root / "runs"
     run_dir = make_colour_run(runs, "rgb", root, root / "data")
-    return runs, root / "data", viz.load_run("rgb", None, "cpu", runs).settings, run_dir
+    return runs, root / "data", load_run("rgb", None, "cpu", runs).settings, run_dir
 
 
 def _quiet():
@@ -92,12 +94,12 @@ def test_colour_windows_have_a_black_outline():
 def test_sample_writes_the_rgb_canvas_of_every_channel(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "s.png"
-    viz.sample_command("rgb", n=5, nrow=3, scale=3, npy=True, seed=4, device="cpu", output=out, runs_dir=runs, console=_quiet())
+    pictures_cmd.sample_command("rgb", n=5, nrow=3, scale=3, npy=True, seed=4, device="cpu", output=out, runs_dir=runs, console=_quiet())
     img = iio.imread(out)
     grid = render.grid_for(5, 3, H * 3, W * 3)
     assert img.shape == (*grid.shape, 3) and img.dtype == np.uint8
     # The model's own final canvases, per channel, from the same seed.
-    loaded = viz.load_run("rgb", None, "cpu", runs)
+    loaded = load_run("rgb", None, "cpu", runs)
     logits, _ = loaded.model.generate(5, generator=torch.Generator().manual_seed(4), every_step=False)
     probs = torch.sigmoid(logits[-1]).numpy()
     assert probs.shape == (5, 3, H, W)
@@ -113,11 +115,11 @@ def test_animate_gif_shows_every_canvas_in_colour(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "a.gif"
     scale = 8  # a multiple of the dither's 4x4 period: each image pixel's block averages to its colour
-    viz.animate_command("rgb", output=out, n=4, scale=scale, seed=2, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command("rgb", output=out, n=4, scale=scale, seed=2, device="cpu", runs_dir=runs, console=_quiet())
     frames = iio.imread(out, index=None)[..., :3].astype(float)
     grid = render.grid_for(4, None, H * scale, W * scale)
     assert frames.shape == (T, grid.shape[0] + render.PROGRESS_HEIGHT, grid.shape[1], 3)
-    loaded = viz.load_run("rgb", None, "cpu", runs)
+    loaded = load_run("rgb", None, "cpu", runs)
     probs, _ = viz.sample_prior(loaded, 4, torch.Generator().manual_seed(2))
     assert probs.shape == (T, 4, 3, H, W)
     for i in range(4):
@@ -133,10 +135,10 @@ def test_animate_boxes_in_window_colour_with_outline(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "boxes.gif"
     scale = 6
-    viz.animate_command("rgb", output=out, n=1, scale=scale, boxes=True, progress=False, device="cpu", runs_dir=runs,
+    pictures_cmd.animate_command("rgb", output=out, n=1, scale=scale, boxes=True, progress=False, device="cpu", runs_dir=runs,
                         console=_quiet())
     frames = iio.imread(out, index=None)[..., :3]
-    loaded = viz.load_run("rgb", None, "cpu", runs)
+    loaded = load_run("rgb", None, "cpu", runs)
     _, write = viz.sample_prior(loaded, 1, torch.Generator().manual_seed(0))
     boxes = render.window_boxes(write[:, 0], loaded.model.write_n, scale)
     widths = render.border_widths(write[:, 0], scale)
@@ -159,7 +161,7 @@ def test_animate_boxes_in_window_colour_with_outline(colour, tmp_path):
 def test_animate_reconstructs_folder_test_images_with_both_windows(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "recon.gif"
-    viz.animate_command("rgb", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command("rgb", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
     frames = iio.imread(out, index=None)[..., :3]
     assert len(frames) == T
     for colour_ in (render.WRITE_COLOR, render.READ_COLOR):
@@ -170,7 +172,7 @@ def test_animate_reconstructs_folder_test_images_with_both_windows(colour, tmp_p
 def test_animate_mp4_takes_rgb_frames(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "a.mp4"
-    viz.animate_command("rgb", output=out, n=1, scale=4, hold=0, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command("rgb", output=out, n=1, scale=4, hold=0, device="cpu", runs_dir=runs, console=_quiet())
     video = np.stack(list(iio.imiter(out)))
     assert video.shape[0] == T and video.shape[-1] == 3
 
@@ -179,7 +181,7 @@ def test_animate_mp4_takes_rgb_frames(colour, tmp_path):
 def test_inspect_attention_on_a_colour_folder_run(colour, tmp_path):
     runs, data_dir, settings, _ = colour
     out, js = tmp_path / "att.gif", tmp_path / "att.json"
-    viz.inspect_attention_command("rgb", n=2, output=out, json_path=js, scale=4, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.inspect_attention_command("rgb", n=2, output=out, json_path=js, scale=4, device="cpu", runs_dir=runs, console=_quiet())
     frames = iio.imread(out, index=None)
     assert len(frames) == T
     doc = json.loads(js.read_text())

@@ -1,4 +1,4 @@
-"""drawcli/data.py: reading data sets (IDX, .amat, gzip), splits, the data directory and model input."""
+"""drawcli/data/loading.py: reading data sets (IDX, .amat, gzip), splits, the data directory and model input."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from drawcli import data
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.data import loading as data
 
 from helpers import idx_bytes, synthetic_images
 

@@ -22,12 +22,12 @@ import torch
 import typer
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from drawcli import distributed
-from drawcli.bounds import likelihood_bounds
-from drawcli.device import bfloat16_problem, resolve_precision
-from drawcli.errors import DrawError, RankError
+from drawcli.core.device import bfloat16_problem, resolve_precision
+from drawcli.core.errors import DrawError, RankError
+from drawcli.evaluation.bounds import likelihood_bounds
 from drawcli.model import DRAW
-from drawcli.train import evaluate, train
+from drawcli.training import distributed
+from drawcli.training.loop import evaluate, train
 
 from helpers import run_cli, synthetic_images, tiny_settings
 
@@ -174,7 +174,7 @@ def test_bfloat16_that_autocast_switches_off_is_refused_not_reported(monkeypatch
     assert problem == "autocast gave float32 products (In MPS autocast, but the target dtype is not supported. Disabling autocast.)"
     monkeypatch.undo()
     assert resolve_precision("bfloat16", torch.device("cpu")) == ("bfloat16", "as set")
-    monkeypatch.setattr("drawcli.device.bfloat16_problem", lambda device: "bf16 needs macOS 14")
+    monkeypatch.setattr("drawcli.core.device.bfloat16_problem", lambda device: "bf16 needs macOS 14")
     with pytest.raises(DrawError, match="precision bfloat16 cannot run on mps: bf16 needs macOS 14; use --precision float32"):
         resolve_precision("bfloat16", torch.device("mps"))
 
@@ -187,7 +187,7 @@ def test_a_device_that_raises_under_bfloat16_autocast_is_named():
 # ----------------------------------------------------------------------------- library use
 def test_train_takes_tensors_as_they_are(monkeypatch):
     """A CUDA tensor cannot go through numpy: tensors must reach .to(device) directly."""
-    import drawcli.train as train_module
+    import drawcli.training.loop as train_module
 
     real = train_module.np.asarray
 
@@ -263,7 +263,7 @@ def test_environment_sets_and_restores_variables(monkeypatch):
     """The one scoped environment change behind the native build (CXX, PATH) and --nproc's threads."""
     import os
 
-    from drawcli.files import environment
+    from drawcli.core.files import environment
 
     monkeypatch.setenv("DRAW_T_SET", "before")
     monkeypatch.delenv("DRAW_T_UNSET", raising=False)

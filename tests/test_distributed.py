@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from drawcli import checkpoint as ckpt_io
-from drawcli.checkpoint import model_from_checkpoint
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs.checkpoint import model_from_checkpoint
 from drawcli.settings import build_settings
-from drawcli.train import train
+from drawcli.training.loop import train
 
 from helpers import synthetic_images
 

@@ -24,9 +24,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from drawcli import data, datasets, download
-from drawcli.datasets import DataFile, DatasetSpec
-from drawcli.errors import DrawError
+from drawcli.commands import download as download_cmd
+from drawcli.core.errors import DrawError
+from drawcli.data import catalogue as datasets
+from drawcli.data import download, transfer, verify
+from drawcli.data import loading as data
+from drawcli.data.catalogue import DataFile, DatasetSpec
 
 # --------------------------------------------------------------------------- local HTTP server
 
@@ -236,7 +239,7 @@ def installed(directory: Path) -> list[str]:
 
 
 def stored(directory: Path, syn: Synthetic, gz: bool) -> list[str]:
-    return sorted([e.name + (".gz" if gz else "") for e in syn.spec.files] + [download.STAMP_NAME])
+    return sorted([e.name + (".gz" if gz else "") for e in syn.spec.files] + [verify.STAMP_NAME])
 
 
 # --------------------------------------------------------------------------- real MNIST
@@ -264,7 +267,7 @@ def test_mnist_first_mirror_404_second_used_then_loadable(server, mnist_mirror, 
     assert [s for _, _, s in server.requests("bad")] == [404] * 4
     assert [s for _, _, s in server.requests("good")] == [200] * 4
     assert "HTTP 404" in log and "sha256 verified" in log
-    assert download.verify_dataset(datasets.MNIST, root / "mnist") == {e.role: "ok" for e in datasets.MNIST.files}
+    assert verify.verify_dataset(datasets.MNIST, root / "mnist") == {e.role: "ok" for e in datasets.MNIST.files}
     assert not list((root / "mnist").glob("*.part"))
     splits = data.load_splits("mnist", root)
     assert splits.train.shape == (60000, 28, 28) and splits.eval.shape == (10000, 28, 28)
@@ -273,16 +276,16 @@ def test_mnist_first_mirror_404_second_used_then_loadable(server, mnist_mirror, 
     # Second run: present and verified, not one request.
     before = len(server.requests())
     console, out = quiet_console()
-    download.download_command("mnist", str(root), console=console)
+    download_cmd.download_command("mnist", str(root), console=console)
     assert "present and verified" in out.getvalue()
     assert len(server.requests()) == before
 
 
 def test_mnist_from_local_folder(mnist_dir, tmp_path):
     console, out = quiet_console()
-    download.download_command("mnist", str(tmp_path / "data"), source=str(mnist_dir), console=console)
+    download_cmd.download_command("mnist", str(tmp_path / "data"), source=str(mnist_dir), console=console)
     assert "4 file(s) installed and verified" in out.getvalue()
-    assert all(s == "ok" for s in download.verify_dataset(datasets.MNIST, tmp_path / "data" / "mnist").values())
+    assert all(s == "ok" for s in verify.verify_dataset(datasets.MNIST, tmp_path / "data" / "mnist").values())
 
 
 # --------------------------------------------------------------------------- mirrors and failures
@@ -314,7 +317,7 @@ def test_connection_cut_mid_file_is_resumed_with_range(server, tiny, tmp_path):
     server.cut[path] = 5000
     install(tiny.spec, tmp_path / "tiny", [server.url("m")])
     assert server.requests("m/train-images") == [(path, None, 200), (path, "bytes=5000-", 206)]
-    assert download.verify_dataset(tiny.spec, tmp_path / "tiny")["train_images"] == "ok"
+    assert verify.verify_dataset(tiny.spec, tmp_path / "tiny")["train_images"] == "ok"
 
 
 def test_connection_cut_and_range_ignored_restarts_from_zero(server, tiny, tmp_path):
@@ -324,7 +327,7 @@ def test_connection_cut_and_range_ignored_restarts_from_zero(server, tiny, tmp_p
     server.cut[path] = 5000
     install(tiny.spec, tmp_path / "tiny", [server.url("m")])
     assert server.requests("m/train-images") == [(path, None, 200), (path, "bytes=5000-", 200)]
-    assert download.verify_dataset(tiny.spec, tmp_path / "tiny")["train_images"] == "ok"
+    assert verify.verify_dataset(tiny.spec, tmp_path / "tiny")["train_images"] == "ok"
 
 
 def test_partial_file_from_an_interrupted_run_is_resumed(server, tiny, tmp_path):
@@ -337,7 +340,7 @@ def test_partial_file_from_an_interrupted_run_is_resumed(server, tiny, tmp_path)
     install(tiny.spec, tmp_path / "tiny", [server.url("m")])
     assert server.requests("m/train-images")[-1] == (path, "bytes=3000-", 206)
     assert not list((tmp_path / "tiny").glob("*.part"))
-    assert all(s == "ok" for s in download.verify_dataset(tiny.spec, tmp_path / "tiny").values())
+    assert all(s == "ok" for s in verify.verify_dataset(tiny.spec, tmp_path / "tiny").values())
 
 
 def test_server_errors_are_retried(server, tiny, tmp_path):
@@ -369,7 +372,7 @@ def test_corrupt_first_mirror_falls_back_to_second(server, tiny, tmp_path):
     server.corrupt.add("/a/t10k-images-idx3-ubyte.gz")
     install(tiny.spec, tmp_path / "tiny", [server.url("a"), server.url("b")])
     assert [p for p, *_ in server.requests("b")] == ["/b/t10k-images-idx3-ubyte.gz"]
-    assert all(s == "ok" for s in download.verify_dataset(tiny.spec, tmp_path / "tiny").values())
+    assert all(s == "ok" for s in verify.verify_dataset(tiny.spec, tmp_path / "tiny").values())
 
 
 def test_oversized_response_is_refused(server, tiny, tmp_path):
@@ -402,7 +405,7 @@ def test_http_mirror_refused_without_from(server, tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(datasets.DATASETS, "tiny", dataclasses.replace(tiny.spec, mirrors=(server.url("m"),)))
     console, _ = quiet_console()
     with pytest.raises(DrawError, match="refused: not https"):
-        download.download_command("tiny", str(tmp_path / "b"), console=console)
+        download_cmd.download_command("tiny", str(tmp_path / "b"), console=console)
     assert server.requests() == []
 
 
@@ -447,11 +450,11 @@ def test_complete_part_from_an_interrupted_run_is_verified_not_refetched(server,
     target.mkdir()
     entry = tiny.spec.files[1]
     url = server.url("m") + entry.remote
-    download._part_path(target, entry, url).write_bytes((tiny.gz_dir / entry.remote).read_bytes())
+    transfer.part_path(target, entry, url).write_bytes((tiny.gz_dir / entry.remote).read_bytes())
     install(tiny.spec, target, [server.url("m")])
     size = (tiny.gz_dir / entry.remote).stat().st_size
     assert server.requests("m/" + entry.remote) == [("/m/" + entry.remote, f"bytes={size}-", 416)]
-    assert download.verify_dataset(tiny.spec, target)[entry.role] == "ok"
+    assert verify.verify_dataset(tiny.spec, target)[entry.role] == "ok"
 
 
 def test_stale_part_that_fails_verification_is_downloaded_again(server, tiny, tmp_path):
@@ -460,11 +463,11 @@ def test_stale_part_that_fails_verification_is_downloaded_again(server, tiny, tm
     target.mkdir()
     entry = tiny.spec.files[0]
     url = server.url("m") + entry.remote
-    download._part_path(target, entry, url).write_bytes(b"\x1f\x8b" + b"stale bytes of another copy")
+    transfer.part_path(target, entry, url).write_bytes(b"\x1f\x8b" + b"stale bytes of another copy")
     log = install(tiny.spec, target, [server.url("m")])
     assert [(r, s) for _, r, s in server.requests("m/" + entry.remote)] == [("bytes=29-", 206), (None, 200)]
     assert "downloading it again" in log
-    assert download.verify_dataset(tiny.spec, target)[entry.role] == "ok"
+    assert verify.verify_dataset(tiny.spec, target)[entry.role] == "ok"
 
 
 # --------------------------------------------------------------------------- --from
@@ -474,7 +477,7 @@ def test_stale_part_that_fails_verification_is_downloaded_again(server, tiny, tm
 def test_from_folder(tiny, tmp_path, variant):
     folder = tiny.gz_dir if variant == "gz" else tiny.raw_dir
     console, out = quiet_console()
-    download.download_command("tiny", str(tmp_path / "data"), source=str(folder), console=console)
+    download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(folder), console=console)
     target = tmp_path / "data" / "tiny"
     assert installed(target) == stored(target, tiny, gz=variant == "gz")
     assert data.load_splits("tiny", tmp_path / "data").train.shape == (40, 28, 28)
@@ -483,8 +486,8 @@ def test_from_folder(tiny, tmp_path, variant):
 
 def test_one_form_only_after_reinstall(tiny, tmp_path):
     console, _ = quiet_console()
-    download.download_command("tiny", str(tmp_path / "data"), source=str(tiny.raw_dir), console=console)
-    download.download_command("tiny", str(tmp_path / "data"), source=str(tiny.gz_dir), force=True, console=console)
+    download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(tiny.raw_dir), console=console)
+    download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(tiny.gz_dir), force=True, console=console)
     assert installed(tmp_path / "data" / "tiny") == stored(tmp_path / "data" / "tiny", tiny, gz=True)
 
 
@@ -494,8 +497,8 @@ def test_from_folder_holding_the_dataset_folder(tiny, tmp_path):
     for f in tiny.raw_dir.iterdir():
         (parent / "tiny" / f.name).write_bytes(f.read_bytes())
     console, _ = quiet_console()
-    download.download_command("tiny", str(tmp_path / "data"), source=str(parent), console=console)
-    assert all(s == "ok" for s in download.verify_dataset(tiny.spec, tmp_path / "data" / "tiny").values())
+    download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(parent), console=console)
+    assert all(s == "ok" for s in verify.verify_dataset(tiny.spec, tmp_path / "data" / "tiny").values())
 
 
 def test_from_folder_with_corrupt_file(tiny, tmp_path):
@@ -503,7 +506,7 @@ def test_from_folder_with_corrupt_file(tiny, tmp_path):
     bad.write_bytes(bad.read_bytes()[:-1] + b"\x63")
     console, _ = quiet_console()
     with pytest.raises(DrawError, match=r"t10k-labels-idx1-ubyte.*sha256 mismatch"):
-        download.download_command("tiny", str(tmp_path / "data"), source=str(tiny.raw_dir), console=console)
+        download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(tiny.raw_dir), console=console)
     target = tmp_path / "data" / "tiny"
     assert not (target / "t10k-labels-idx1-ubyte").exists() and not list(target.glob("*.part"))
 
@@ -511,36 +514,36 @@ def test_from_folder_with_corrupt_file(tiny, tmp_path):
 def test_from_missing_or_empty_folder(tiny, tmp_path):
     console, _ = quiet_console()
     with pytest.raises(DrawError, match="no such folder"):
-        download.download_command("tiny", str(tmp_path / "data"), source=str(tmp_path / "nope"), console=console)
+        download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(tmp_path / "nope"), console=console)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DrawError, match="found none of train-images-idx3-ubyte.gz"):
-        download.download_command("tiny", str(tmp_path / "data"), source=str(tmp_path / "empty"), console=console)
+        download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(tmp_path / "empty"), console=console)
 
 
 def test_from_url_then_idempotent_then_force(server, tiny, tmp_path):
     server.mounts["m"] = tiny.raw_dir  # decompressed files: found under their plain names
     console, out = quiet_console()
     root = str(tmp_path / "data")
-    download.download_command("tiny", root, source=server.url("m").rstrip("/"), console=console)
+    download_cmd.download_command("tiny", root, source=server.url("m").rstrip("/"), console=console)
     # For each file: remote name (.gz) 404s, then the plain name is served.
     assert [s for *_, s in server.requests()] == [404, 200] * 4
     assert installed(tmp_path / "data" / "tiny") == stored(tmp_path / "data" / "tiny", tiny, gz=False)
 
     count = len(server.requests())
-    download.download_command("tiny", root, source=server.url("m"), console=console)
+    download_cmd.download_command("tiny", root, source=server.url("m"), console=console)
     assert len(server.requests()) == count
     assert "present and verified" in out.getvalue()
 
-    download.download_command("tiny", root, source=server.url("m"), force=True, console=console)
+    download_cmd.download_command("tiny", root, source=server.url("m"), force=True, console=console)
     assert [s for *_, s in server.requests()[count:]] == [404, 200] * 4
-    assert all(s == "ok" for s in download.verify_dataset(tiny.spec, tmp_path / "data" / "tiny").values())
+    assert all(s == "ok" for s in verify.verify_dataset(tiny.spec, tmp_path / "data" / "tiny").values())
 
 
 def test_from_url_all_candidates_missing(server, tiny, tmp_path):
     server.mounts["m"] = tmp_path  # holds none of the files
     console, _ = quiet_console()
     with pytest.raises(DrawError) as err:
-        download.download_command("tiny", str(tmp_path / "data"), source=server.url("m"), console=console)
+        download_cmd.download_command("tiny", str(tmp_path / "data"), source=server.url("m"), console=console)
     message = str(err.value)
     assert "\n" not in message and message.count("HTTP 404") == 2  # remote name (= name.gz), plain name
 
@@ -550,53 +553,53 @@ def test_from_url_all_candidates_missing(server, tiny, tmp_path):
 
 def test_changed_file_is_verified_again(tiny, tmp_path):
     console, _ = quiet_console()
-    download.download_command("tiny", str(tmp_path / "data"), source=str(tiny.raw_dir), console=console)
+    download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(tiny.raw_dir), console=console)
     target = tmp_path / "data" / "tiny"
-    assert (target / download.STAMP_NAME).is_file()
+    assert (target / verify.STAMP_NAME).is_file()
     f = target / "train-labels-idx1-ubyte"
     st = f.stat()
     body = bytearray(f.read_bytes())
     body[20] ^= 1
     f.write_bytes(bytes(body))
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    assert download.verify_dataset(tiny.spec, target)["train_labels"] == "bad hash"
+    assert verify.verify_dataset(tiny.spec, target)["train_labels"] == "bad hash"
     # The bad file is replaced on the next run, without --force.
-    download.download_command("tiny", str(tmp_path / "data"), source=str(tiny.raw_dir), console=console)
-    assert download.verify_dataset(tiny.spec, target)["train_labels"] == "ok"
+    download_cmd.download_command("tiny", str(tmp_path / "data"), source=str(tiny.raw_dir), console=console)
+    assert verify.verify_dataset(tiny.spec, target)["train_labels"] == "ok"
 
 
 def test_list_shows_every_dataset_and_status(tiny, tmp_path):
     root = tmp_path / "data"
     console, out = quiet_console()
-    download.download_command(None, str(root), list_only=True, console=console)
+    download_cmd.download_command(None, str(root), list_only=True, console=console)
     table = out.getvalue()
     for name in ("mnist", "fashion-mnist", "binarized-mnist", "tiny"):
         assert name in table
     assert "present and verified" not in table and "missing" in table
     assert "55.0 MB" in table  # mnist's decompressed size
 
-    download.download_command("tiny", str(root), source=str(tiny.gz_dir), console=console)
+    download_cmd.download_command("tiny", str(root), source=str(tiny.gz_dir), console=console)
     console, out = quiet_console()
-    download.download_command("tiny", str(root), list_only=True, console=console)
+    download_cmd.download_command("tiny", str(root), list_only=True, console=console)
     assert "present and verified" in out.getvalue()
 
     (root / "tiny" / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8bnot gzip")
     console, out = quiet_console()
-    download.download_command("tiny", str(root), list_only=True, console=console)
+    download_cmd.download_command("tiny", str(root), list_only=True, console=console)
     assert "corrupt" in out.getvalue() and "t10k-images-idx3-ubyte" in out.getvalue()
 
     (root / "tiny" / "t10k-images-idx3-ubyte.gz").unlink()
     console, out = quiet_console()
-    download.download_command("tiny", str(root), list_only=True, console=console)
+    download_cmd.download_command("tiny", str(root), list_only=True, console=console)
     assert "incomplete" in out.getvalue()
 
 
 def test_names_are_checked(tmp_path):
     console, _ = quiet_console()
     with pytest.raises(DrawError, match="mnist, fashion-mnist, binarized-mnist"):
-        download.download_command(None, str(tmp_path), console=console)
+        download_cmd.download_command(None, str(tmp_path), console=console)
     with pytest.raises(DrawError, match=r"unknown data set 'mnits' \(did you mean 'mnist'\?\); known data sets: mnist"):
-        download.download_command("mnits", str(tmp_path), console=console)
+        download_cmd.download_command("mnits", str(tmp_path), console=console)
 
 
 # --------------------------------------------------------------------------- the other data sets
@@ -629,7 +632,7 @@ def test_fashion_mnist_from_url(server, tmp_path, monkeypatch):
     monkeypatch.setitem(datasets.DATASETS, "fashion-mnist", spec)
     server.mounts["fm"] = syn.gz_dir
     console, _ = quiet_console()
-    download.download_command("fashion-mnist", str(tmp_path / "data"), source=server.url("fm"), console=console)
+    download_cmd.download_command("fashion-mnist", str(tmp_path / "data"), source=server.url("fm"), console=console)
     splits = data.load_splits("fashion-mnist", tmp_path / "data")
     assert splits.train.shape == (20, 28, 28) and splits.eval.shape == (6, 28, 28)
     assert splits.train.tobytes() == syn.raw["train-images-idx3-ubyte"][16:]
@@ -738,11 +741,11 @@ def test_progress_bar_on_terminal_and_silence_when_quiet(server, tiny, tmp_path)
     download.install_dataset(tiny.spec, tmp_path / "b", mirrors=(server.url("m"),), allow_http=True,
                              console=Console(file=out, force_terminal=True), quiet=True)
     assert out.getvalue() == ""
-    assert all(s == "ok" for s in download.verify_dataset(tiny.spec, tmp_path / "b").values())
+    assert all(s == "ok" for s in verify.verify_dataset(tiny.spec, tmp_path / "b").values())
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, drawcli.download; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, drawcli.data.download; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -750,8 +753,8 @@ def test_draw_train_downloads_a_missing_set_then_trains_on_fashion_mnist(server,
     """`draw train --dataset fashion-mnist` fetches the missing set through the same code, then trains."""
     from typer.testing import CliRunner
 
-    from drawcli import checkpoint
     from drawcli.cli import app
+    from drawcli.runs import checkpoint
 
     syn = make_idx_set(tmp_path / "src", name="fashion-mnist", n_train=20, n_test=6, seed=4)
     server.mounts["fm"] = syn.gz_dir
@@ -804,13 +807,13 @@ def test_svhn_downloads_over_http_verified_by_md5_and_loads(server, svhn_files, 
     assert spec.http_mirrors and spec.mirrors[0].startswith("http://")
     console, out = quiet_console()
     # No allow_http: the registry allows this set's http mirror because md5 + size pin every file.
-    download.download_command("svhn", str(tmp_path / "data"), console=console)
+    download_cmd.download_command("svhn", str(tmp_path / "data"), console=console)
     target = tmp_path / "data" / "svhn"
     assert "md5 and size verified" in out.getvalue() and "2 file(s) installed" in out.getvalue()
     assert [p for p, *_ in server.requests("svhn")] == ["/svhn/train_32x32.mat", "/svhn/test_32x32.mat"]  # no extra
-    assert installed(target) == [download.STAMP_NAME, "test_32x32.mat", "train_32x32.mat"]
+    assert installed(target) == [verify.STAMP_NAME, "test_32x32.mat", "train_32x32.mat"]
     assert (target / "train_32x32.mat").read_bytes() == (server.mounts["svhn"] / "train_32x32.mat").read_bytes()
-    stamp = download._load_stamp(target)
+    stamp = verify.load_stamp(target)
     assert stamp["train_32x32.mat"]["md5"] == spec.file("train_images").remote_md5 and "sha256" not in stamp["train_32x32.mat"]
     splits = data.load_splits("svhn", tmp_path / "data")
     np.testing.assert_array_equal(splits.train, arrays["train_32x32.mat"])
@@ -818,11 +821,11 @@ def test_svhn_downloads_over_http_verified_by_md5_and_loads(server, svhn_files, 
 
     # Present and verified: nothing fetched again. --extra fetches the extra file alone.
     count = len(server.requests())
-    download.download_command("svhn", str(tmp_path / "data"), console=console)
+    download_cmd.download_command("svhn", str(tmp_path / "data"), console=console)
     assert len(server.requests()) == count
-    download.download_command("svhn", str(tmp_path / "data"), console=console, extra=True)
+    download_cmd.download_command("svhn", str(tmp_path / "data"), console=console, extra=True)
     assert [p for p, *_ in server.requests()[count:]] == ["/svhn/extra_32x32.mat"]
-    assert download.verify_dataset(spec, target, extras=True)["extra_images"] == "ok"
+    assert verify.verify_dataset(spec, target, extras=True)["extra_images"] == "ok"
     np.testing.assert_array_equal(data.load_images(spec, target, "extra_images"), arrays["extra_32x32.mat"])
 
 
@@ -838,7 +841,7 @@ def test_svhn_file_failing_md5_or_size_is_never_installed(server, svhn_files, tm
         problem = "wrong file size"
     console, _ = quiet_console()
     with pytest.raises(DrawError) as e:
-        download.download_command("svhn", str(tmp_path / "data"), console=console)
+        download_cmd.download_command("svhn", str(tmp_path / "data"), console=console)
     assert "test_32x32.mat of data set 'svhn': every mirror failed" in str(e.value) and problem in str(e.value)
     target = tmp_path / "data" / "svhn"
     assert "test_32x32.mat" not in installed(target) and not list(target.glob("*.part"))
@@ -847,20 +850,20 @@ def test_svhn_file_failing_md5_or_size_is_never_installed(server, svhn_files, tm
 def test_svhn_file_changed_on_disk_is_caught(svhn_files, tmp_path):
     spec, _ = svhn_files
     console, _ = quiet_console()
-    download.download_command("svhn", str(tmp_path / "data"), console=console)
+    download_cmd.download_command("svhn", str(tmp_path / "data"), console=console)
     f = tmp_path / "data" / "svhn" / "train_32x32.mat"
     body = bytearray(f.read_bytes())
     body[-1] ^= 1
     f.write_bytes(bytes(body))
-    assert download.verify_dataset(spec, f.parent)["train_images"] == "bad md5"
+    assert verify.verify_dataset(spec, f.parent)["train_images"] == "bad md5"
     f.write_bytes(bytes(body[:-1]))
-    assert download.verify_dataset(spec, f.parent)["train_images"] == "bad file size"
+    assert verify.verify_dataset(spec, f.parent)["train_images"] == "bad file size"
 
 
 def test_extra_is_only_for_sets_that_have_one(tmp_path):
     console, _ = quiet_console()
     with pytest.raises(DrawError, match="--extra: data set 'mnist' has no optional files \\(only svhn has\\)"):
-        download.download_command("mnist", str(tmp_path), console=console, extra=True)
+        download_cmd.download_command("mnist", str(tmp_path), console=console, extra=True)
 
 
 @pytest.fixture
@@ -883,13 +886,13 @@ def test_cifar10_downloads_kept_as_tar_gz_and_loads(server, cifar_file, tmp_path
     log = install(spec, target, [server.url("cifar")])
     assert "md5 and size verified" in log
     # gzip bytes, but kept under its own name: the md5 is of the .tar.gz itself.
-    assert installed(target) == [download.STAMP_NAME, "cifar-10-python.tar.gz"]
+    assert installed(target) == [verify.STAMP_NAME, "cifar-10-python.tar.gz"]
     assert (target / "cifar-10-python.tar.gz").read_bytes() == body
-    assert download.verify_dataset(spec, target) == {"archive": "ok"}
+    assert verify.verify_dataset(spec, target) == {"archive": "ok"}
     splits = data.load_splits("cifar10", tmp_path / "data")
     np.testing.assert_array_equal(splits.train, expected["train_images"])
     np.testing.assert_array_equal(splits.eval, expected["test_images"])
-    assert installed(target) == [download.STAMP_NAME, "cifar-10-python.tar.gz", "test_images.npy", "train_images.npy"]
+    assert installed(target) == [verify.STAMP_NAME, "cifar-10-python.tar.gz", "test_images.npy", "train_images.npy"]
 
 
 def test_cifar10_from_url_and_corrupt_copy(server, cifar_file, tmp_path):
@@ -897,11 +900,11 @@ def test_cifar10_from_url_and_corrupt_copy(server, cifar_file, tmp_path):
     server.corrupt.add("/cifar/cifar-10-python.tar.gz")
     console, _ = quiet_console()
     with pytest.raises(DrawError, match=r"cifar-10-python.tar.gz.*md5 mismatch"):
-        download.download_command("cifar10", str(tmp_path / "data"), source=server.url("cifar"), console=console)
+        download_cmd.download_command("cifar10", str(tmp_path / "data"), source=server.url("cifar"), console=console)
     assert installed(tmp_path / "data" / "cifar10") == []
     server.corrupt.clear()
-    download.download_command("cifar10", str(tmp_path / "data"), source=server.url("cifar"), console=console)
-    assert download.verify_dataset(spec, tmp_path / "data" / "cifar10") == {"archive": "ok"}
+    download_cmd.download_command("cifar10", str(tmp_path / "data"), source=server.url("cifar"), console=console)
+    assert verify.verify_dataset(spec, tmp_path / "data" / "cifar10") == {"archive": "ok"}
 
 
 def test_http_mirror_still_refused_for_other_sets(server, tiny, tmp_path):
@@ -914,7 +917,7 @@ def test_http_mirror_still_refused_for_other_sets(server, tiny, tmp_path):
 
 def test_list_shows_the_new_sets_with_sizes(tmp_path):
     console, out = quiet_console()
-    download.download_command(None, str(tmp_path), list_only=True, console=console)
+    download_cmd.download_command(None, str(tmp_path), list_only=True, console=console)
     table = out.getvalue()
     for name, size in (("svhn", "246.3 MB"), ("cifar10", "170.5 MB"), ("two-digit-mnist", "254.2 MB")):
         row = next(line for line in table.splitlines() if f" {name} " in line)
@@ -931,12 +934,12 @@ def _synthetic_mnist(tmp_path, monkeypatch) -> Path:
     monkeypatch.setitem(datasets.DATASETS, "mnist", syn.spec)
     root = tmp_path / "data"
     console, _ = quiet_console()
-    download.download_command("mnist", str(root), source=str(syn.gz_dir), console=console)
+    download_cmd.download_command("mnist", str(root), source=str(syn.gz_dir), console=console)
     return root
 
 
 def test_two_digit_mnist_is_built_verified_and_loaded(tmp_path, monkeypatch):
-    from drawcli import twodigit
+    from drawcli.data import twodigit
 
     root = _synthetic_mnist(tmp_path, monkeypatch)
     built = twodigit.build_from_mnist(root / "mnist", spec=datasets.DATASETS["mnist"])
@@ -946,11 +949,11 @@ def test_two_digit_mnist_is_built_verified_and_loaded(tmp_path, monkeypatch):
     monkeypatch.setitem(datasets.DATASETS, "two-digit-mnist", spec)
 
     console, out = quiet_console()
-    download.download_command("two-digit-mnist", str(root), console=console)
+    download_cmd.download_command("two-digit-mnist", str(root), console=console)
     assert "building two-digit-mnist from" in out.getvalue() and "4 file(s) installed and verified" in out.getvalue()
     target = root / "two-digit-mnist"
-    assert installed(target) == sorted([e.name + ".gz" for e in files] + [download.STAMP_NAME])
-    assert all(s == "ok" for s in download.verify_dataset(spec, target).values())
+    assert installed(target) == sorted([e.name + ".gz" for e in files] + [verify.STAMP_NAME])
+    assert all(s == "ok" for s in verify.verify_dataset(spec, target).values())
     splits = data.load_splits("two-digit-mnist", root)
     assert splits.train.shape == (40, 60, 60) and splits.eval.shape == (12, 60, 60) and splits.spec.channels == 1
     assert splits.train.tobytes() == built["train-images-idx3-ubyte"][16:]
@@ -959,7 +962,7 @@ def test_two_digit_mnist_is_built_verified_and_loaded(tmp_path, monkeypatch):
 
     # Present and verified: not built again; ensure_dataset (draw train's path) agrees.
     console, out = quiet_console()
-    download.download_command("two-digit-mnist", str(root), console=console)
+    download_cmd.download_command("two-digit-mnist", str(root), console=console)
     assert "nothing to download" in out.getvalue()
     download.ensure_dataset("two-digit-mnist", root, console=console)
 
@@ -969,7 +972,7 @@ def test_two_digit_mnist_built_differently_is_refused(tmp_path, monkeypatch):
     console, _ = quiet_console()
     with pytest.raises(DrawError, match=r"built train-images-idx3-ubyte of data set 'two-digit-mnist' does not match "
                                         r"the registry \(wrong size after decompression\)"):
-        download.download_command("two-digit-mnist", str(root), console=console)
+        download_cmd.download_command("two-digit-mnist", str(root), console=console)
     assert installed(root / "two-digit-mnist") == []
 
 
@@ -977,7 +980,7 @@ def test_two_digit_mnist_needs_mnist_first(tmp_path):
     console, _ = quiet_console()
     root = tmp_path / "data"
     with pytest.raises(DrawError) as e:
-        download.download_command("two-digit-mnist", str(root), console=console)
+        download_cmd.download_command("two-digit-mnist", str(root), console=console)
     assert str(e.value) == (f"data set 'two-digit-mnist' is built from 'mnist', which is not installed in {root}; "
                             f"run `draw download mnist --data-dir {root}` first")
     with pytest.raises(data.MissingDataset, match=r"run `draw download two-digit-mnist --data-dir \S+` \(it is built from mnist\)"):
@@ -986,14 +989,14 @@ def test_two_digit_mnist_needs_mnist_first(tmp_path):
 
 def test_two_digit_mnist_from_real_mnist_matches_the_registry(mnist_dir, tmp_path):
     """Built from the real MNIST, the files have the sha256 recorded in the registry, and hold both digits."""
-    from drawcli import twodigit
+    from drawcli.data import twodigit
 
     root = tmp_path / "data"
     (root / "mnist").mkdir(parents=True)
     for f in mnist_dir.iterdir():
         (root / "mnist" / f.name).symlink_to(f.resolve())
     console, out = quiet_console()
-    download.download_command("two-digit-mnist", str(root), console=console)
+    download_cmd.download_command("two-digit-mnist", str(root), console=console)
     assert "4 file(s) installed and verified" in out.getvalue()
     splits = data.load_splits("two-digit-mnist", root)
     assert splits.train.shape == (60000, 60, 60) and splits.eval.shape == (10000, 60, 60)

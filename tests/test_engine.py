@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from drawcli import native
-from drawcli.distributed import DistEnv
-from drawcli.engine_choice import choose_engine
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
 from drawcli.model import DRAW, Engine
+from drawcli.model import native_build as native
+from drawcli.model.choice import choose_engine
 from drawcli.model.engine import MPS_REASON, forward_engine, sampling_engine
-from drawcli.train import make_adam, train_step
+from drawcli.training.distributed import DistEnv
+from drawcli.training.loop import make_adam, train_step
 
 from helpers import run_cli
 

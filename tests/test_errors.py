@@ -24,10 +24,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from drawcli import checkpoint as ckpt_io
-from drawcli.checkpoint import build_model, make_checkpoint, rng_state
 from drawcli.cli import app
-from drawcli.runs import write_config
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import names
+from drawcli.runs.checkpoint import build_model, make_checkpoint, rng_state
+from drawcli.runs.store import write_config
 from drawcli.settings import build_settings
 
 from helpers import idx_bytes, synthetic_images
@@ -89,10 +90,10 @@ def make_run(runs_dir: pathlib.Path, name: str, epochs=(1, 2)) -> pathlib.Path:
     ckpts.mkdir(parents=True)
     write_config(run_dir, tiny_settings(name))
     for epoch in epochs:
-        ckpt_io.atomic_save(tiny_checkpoint(name, epoch), ckpts / ckpt_io.epoch_file(epoch))
+        ckpt_io.atomic_save(tiny_checkpoint(name, epoch), ckpts / names.epoch_file(epoch))
     if epochs:
-        ckpt_io.atomic_link(ckpts / ckpt_io.epoch_file(epochs[-1]), ckpts / "last.pt")
-        ckpt_io.atomic_link(ckpts / ckpt_io.epoch_file(epochs[0]), ckpts / "best.pt")
+        ckpt_io.atomic_link(ckpts / names.epoch_file(epochs[-1]), ckpts / "last.pt")
+        ckpt_io.atomic_link(ckpts / names.epoch_file(epochs[0]), ckpts / "best.pt")
     return run_dir
 
 
@@ -580,7 +581,7 @@ def test_no_free_disk_while_writing_a_checkpoint(tmp_path, monkeypatch, env):
     assert ckpt_io.load(ckpts / "last.pt")["step"] == 3
 
     # Replacing last.pt itself (what an interrupt does) fails the same way and keeps the old one.
-    from drawcli.runs import RunRecorder
+    from drawcli.runs.store import RunRecorder
 
     with pytest.raises(Exception, match="No space left on device"):
         RunRecorder(ckpts.parent).on_interrupt(ckpt_io.load(ckpts / "last.pt"))

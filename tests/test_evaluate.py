@@ -22,8 +22,10 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from drawcli import runs
-from drawcli.bounds import (
+from drawcli.cli import app
+from drawcli.commands.evaluate import evaluate_command
+from drawcli.data.loading import to_input
+from drawcli.evaluation.bounds import (
     fixed_binarization,
     iwae_report,
     likelihood_bounds,
@@ -31,11 +33,9 @@ from drawcli.bounds import (
     report_line,
     rows_per_pass,
 )
-from drawcli.checkpoint import build_model, make_checkpoint
-from drawcli.cli import app
-from drawcli.data import to_input
-from drawcli.evaluate import evaluate_command
 from drawcli.model import DRAW
+from drawcli.runs import store as runs
+from drawcli.runs.checkpoint import build_model, make_checkpoint
 from drawcli.settings import (
     DataSettings,
     ModelSettings,
@@ -43,7 +43,7 @@ from drawcli.settings import (
     Settings,
     TrainSettings,
 )
-from drawcli.train import evaluate, train
+from drawcli.training.loop import evaluate, train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -242,7 +242,7 @@ def test_paper_comparison_matches_only_the_table_3_setup():
 
 
 def test_the_results_table_drops_the_paper_column_where_table_2_has_no_number():
-    from drawcli.evaluate import _footnotes, results_table
+    from drawcli.commands.evaluate import _footnotes, results_table
 
     paper = {"height": 28, "width": 28, "steps": 64, "hidden": 256, "embed": 100, "attention": True, "read_n": 2, "write_n": 5}
     result = {"run": "r", "epoch": 1, "images": 10, "dataset": "two-digit-mnist", "split": "test", "samples": 1,

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drawcli import data, folders
-from drawcli.errors import DrawError
-from drawcli.settings import build_settings
+from drawcli.core.errors import DrawError
+from drawcli.data import folders
+from drawcli.data import loading as data
+from drawcli.settings import build_settings, load_data
 
 
 def flat(mode: str, size: tuple[int, int], colour) -> Image.Image:
@@ -196,7 +197,7 @@ def test_unwritable_data_dir_still_loads(zoo, tmp_path):
 def test_load_data_passes_the_folder_settings(zoo, tmp_path):
     settings = build_settings(None, None, [f"data.dataset=folder:{zoo}", "data.image_size=6", "data.channels=1",
                                            "data.test_fraction=0.3"])
-    splits = data.load_data(settings.data, tmp_path / "data")
+    splits = load_data(settings.data, tmp_path / "data")
     assert splits.train.shape == (6, 6, 6) and splits.eval.shape == (3, 6, 6)
 
 

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from colour_files import cifar_archive, cifar_batch, file_member, py2_pickle, svhn_mat, tar_bytes, write
 
-from drawcli import data, datasets, formats
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.data import catalogue as datasets
+from drawcli.data import formats
+from drawcli.data import loading as data
 
 # --------------------------------------------------------------------------- SVHN
 

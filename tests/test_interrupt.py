@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from drawcli import checkpoint as ckpt_io
+from drawcli.runs import checkpoint as ckpt_io
 
 ARGS = ["train", "--steps", "3", "--hidden", "16", "--embed", "4", "-b", "8", "--epochs", "3",
         "--device", "cpu", "--seed", "7", "--set", "train.log_every=1", "--set", "train.eval_batch_size=40"]

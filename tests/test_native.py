@@ -1,4 +1,4 @@
-"""The native engine (drawcli/model/csrc/draw_loop.cpp, built and loaded by drawcli/native.py,
+"""The native engine (drawcli/model/csrc/draw_loop.cpp, built and loaded by drawcli/model/native_build.py,
 called by drawcli/model/native_loop.py) computes what draw.py's plain loops compute: losses, the
 log ratio and every gradient agree to 1e-10 relative in float64, for training and for
 evaluation, grey and colour; float32 with oneDNN's packed products and bfloat16 products agree
@@ -19,8 +19,8 @@ import sys
 import pytest
 import torch
 
-from drawcli import native
 from drawcli.model import DRAW, native_loop
+from drawcli.model import native_build as native
 from drawcli.model.draw import FILTER_EPS
 from drawcli.model.engine import Engine, forward_engine
 from drawcli.model.layout import LoopWeights, loop_weights
@@ -373,7 +373,7 @@ def test_a_compilers_error_line_is_remembered_but_not_a_killed_build():
 
 FALLBACK = (
     "import torch\n"
-    "from drawcli import native\n"
+    "from drawcli.model import native_build as native\n"
     "from drawcli.model import DRAW\n"
     "from drawcli.model.engine import forward_engine, Engine\n"
     "ok = native.load()\n"

@@ -24,11 +24,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from drawcli import checkpoint as ckpt_io
-from drawcli import render
-from drawcli import runs as runs_mod
 from drawcli.cli import app
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.pictures import render
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import lock, names
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--steps", "2", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu", "--set", "train.eval_batch_size=50"]
@@ -86,12 +86,12 @@ def test_item1_resume_with_another_batch_size_keeps_epochs_monotonic_and_epoch_f
     # Batch 64 makes 2 steps per epoch. Stop inside epoch 3 (the issue's --max-steps case), then finish.
     r = cli("train", "--resume", "b", "-b", "64", "--epochs", "4", "--max-steps", "7", env=env)
     assert r.exit_code == 0, r.output
-    assert ckpt_io.list_epochs(ckpts) == [1, 2]  # step 7 is inside epoch 3: last.pt only
+    assert names.list_epochs(ckpts) == [1, 2]  # step 7 is inside epoch 3: last.pt only
     last = ckpt_io.load(ckpts / "last.pt")
     assert (last["step"], last["epoch"], last["epoch_images"]) == (7, 3, 64)
     r = cli("train", "--resume", "b", env=env)
     assert r.exit_code == 0, r.output
-    assert ckpt_io.list_epochs(ckpts) == [1, 2, 3, 4]
+    assert names.list_epochs(ckpts) == [1, 2, 3, 4]
     e3, e4 = ckpt_io.load(ckpts / "epoch_003.pt"), ckpt_io.load(ckpts / "epoch_004.pt")
     assert (e3["step"], e3["epoch_images"], e4["step"]) == (8, 0, 10)  # 64 + 32 images, then 2 more steps
     assert {p.name: p.read_bytes() for p in ckpts.glob("epoch_00[12].pt")} == before  # never rewritten
@@ -113,7 +113,7 @@ def test_item1_checkpoints_without_epoch_images_still_resume_as_before():
     import torch
 
     from drawcli.settings import build_settings
-    from drawcli.train import resume_position, train
+    from drawcli.training.loop import resume_position, train
 
     from helpers import synthetic_images
 
@@ -153,7 +153,7 @@ def test_item2_a_second_process_cannot_train_a_run_that_is_being_trained(tiny, p
             except (OSError, ValueError):
                 pass
             time.sleep(0.05)
-        holder = runs_mod.lock_holder(tiny)
+        holder = lock.lock_holder(tiny)
         assert holder is not None and holder["pid"] == first.pid and holder["command"].startswith("draw train --resume")
         second = subprocess.run([sys.executable, "-m", "drawcli", "train", "--resume", "tiny", "--epochs", "500"],
                                 cwd=cwd, env=proc_env, capture_output=True, text=True, timeout=120)
@@ -167,7 +167,7 @@ def test_item2_a_second_process_cannot_train_a_run_that_is_being_trained(tiny, p
     finally:
         first.kill()  # SIGKILL: no cleanup of any kind
         first.communicate()
-    assert (tiny / ".lock").is_file() and runs_mod.lock_holder(tiny) is None  # the OS let go of it
+    assert (tiny / ".lock").is_file() and lock.lock_holder(tiny) is None  # the OS let go of it
     third = subprocess.run([sys.executable, "-m", "drawcli", "train", "--resume", "tiny", "--epochs", "1"],
                            cwd=cwd, env=proc_env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0, third.stderr
@@ -176,12 +176,12 @@ def test_item2_a_second_process_cannot_train_a_run_that_is_being_trained(tiny, p
 
 
 def test_item2_the_lock_is_reentrant_in_one_process_and_exclusive_across_descriptors(tmp_path):
-    with runs_mod.run_lock(tmp_path):
-        with runs_mod.run_lock(tmp_path):  # the CLI holds it, then training takes it again
-            assert runs_mod.lock_holder(tmp_path) is None  # this process is not "another" holder
+    with lock.run_lock(tmp_path):
+        with lock.run_lock(tmp_path):  # the CLI holds it, then training takes it again
+            assert lock.lock_holder(tmp_path) is None  # this process is not "another" holder
         info = json.loads((tmp_path / ".lock").read_text())
         assert info["pid"] == os.getpid() and {"host", "started", "command"} <= set(info)
-    assert runs_mod.lock_holder(tmp_path) is None
+    assert lock.lock_holder(tmp_path) is None
 
 
 # ----------------------------------------------------------------------------- 3: resume history
@@ -370,14 +370,14 @@ def test_item9_log_lines_and_tables_are_not_wrapped_when_not_a_terminal(tmp_path
 
 # ----------------------------------------------------------------------------- 10: a run without checkpoints
 def test_item10_a_second_ctrl_c_before_the_first_checkpoint_leaves_no_run_behind(tmp_path, monkeypatch, env):
-    import drawcli.train
+    import drawcli.training.loop
 
     monkeypatch.chdir(tmp_path)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # what the second SIGINT raises inside the first steps
 
-    monkeypatch.setattr(drawcli.train, "train", interrupted)
+    monkeypatch.setattr(drawcli.training.loop, "train", interrupted)
     r = cli("train", *TINY, "--name", "early", env=env)
     one_error_line(r, "interrupted before the first checkpoint; removed the unfinished run runs/early", code=130)
     assert not (tmp_path / "runs" / "early").exists()
@@ -397,8 +397,8 @@ def test_item10_a_run_left_without_checkpoints_says_which_folder_to_delete(tmp_p
 
 # ----------------------------------------------------------------------------- 11-17: smaller things
 def test_item11_missing_data_hints_carry_the_data_dir(tmp_path, monkeypatch):
-    from drawcli.data import MissingDataset, load_images
-    from drawcli.datasets import get_spec
+    from drawcli.data.catalogue import get_spec
+    from drawcli.data.loading import MissingDataset, load_images
 
     monkeypatch.setenv("DRAW_DATA_DIR", str(tmp_path / "default"))
     with pytest.raises(MissingDataset) as info:

@@ -47,7 +47,7 @@ def test_item1_a_batch_larger_than_the_training_split_is_refused(here, env):
 
 
 def test_item1_a_step_that_cannot_fit_in_memory_is_refused_with_the_largest_batch_that_fits(here, env):
-    from drawcli.memory import step_memory
+    from drawcli.core.memory import step_memory
 
     # The tiny model's step: a 1.2 MB limit leaves room for about half of a 64-image batch.
     need = step_memory(2, 16, 4, True, 2, 5, 28, 28, parameters=0)
@@ -64,11 +64,11 @@ def test_item1_a_step_that_cannot_fit_in_memory_is_refused_with_the_largest_batc
 MEASURE = r"""
 import json, re, sys
 import torch
-from drawcli.checkpoint import build_model
-from drawcli.distributed import DistEnv
-from drawcli.memory import model_step_memory
+from drawcli.runs.checkpoint import build_model
+from drawcli.training.distributed import DistEnv
+from drawcli.core.memory import model_step_memory
 from drawcli.settings import build_settings
-from drawcli.train import draw_batch, make_adam, train_step
+from drawcli.training.loop import draw_batch, make_adam, train_step
 
 def status(key):
     text = open("/proc/self/status").read()
@@ -151,7 +151,8 @@ def test_item2_steps_warns_once_and_every_training_prints_the_model(here, env):
 
 # ----------------------------------------------------------------------------- 3: a corrupt last.pt
 def test_item3_a_corrupt_last_pt_falls_back_to_the_newest_readable_checkpoint(here, env):
-    from drawcli import checkpoint as ckpt_io
+    from drawcli.runs import checkpoint as ckpt_io
+    from drawcli.runs import names
 
     ok(run_cli("train", *TINY, "--epochs", "3", "--name", "c", env=env))
     ckpts = here / "runs" / "c" / "checkpoints"
@@ -173,7 +174,7 @@ def test_item3_a_corrupt_last_pt_falls_back_to_the_newest_readable_checkpoint(he
     # A chosen checkpoint file: resume from epoch 1; the newer files move aside, nothing is overwritten.
     r = ok(run_cli("train", "--resume", ckpts / "epoch_001.pt", "--epochs", "2", env=env))
     assert "moved last.pt, epoch_002.pt, epoch_003.pt, epoch_004.pt" in r.stdout
-    assert ckpt_io.load(ckpts / "epoch_002.pt")["step"] == 6 and ckpt_io.list_epochs(ckpts) == [1, 2]
+    assert ckpt_io.load(ckpts / "epoch_002.pt")["step"] == 6 and names.list_epochs(ckpts) == [1, 2]
     assert len([p for p in ckpts.iterdir() if p.name.startswith("set-aside-")]) == 2
 
 
@@ -257,15 +258,15 @@ SUFFIX = {"sample": ".png", "animate": ".gif", "inspect": ".json", "evaluate": "
 def test_item5_every_output_is_checked_before_the_work(tiny, env, command, monkeypatch):
     if command == "plot":
         pytest.importorskip("matplotlib")
-    import drawcli.plot
-    import drawcli.runs
-    import drawcli.viz
+    import drawcli.commands.pictures
+    import drawcli.pictures.plot
+    import drawcli.runs.store
 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started before the output was checked")
 
     with monkeypatch.context() as m:
-        for module, name in ((drawcli.viz, "load_run"), (drawcli.runs, "load_run"), (drawcli.plot, "build_figure")):
+        for module, name in ((drawcli.commands.pictures, "load_run"), (drawcli.runs.store, "load_run"), (drawcli.pictures.plot, "build_figure")):
             m.setattr(module, name, no_work)
         where = unwritable_folder()
         one_error_line(run_cli(*OUTPUTS[command], where / f"x{SUFFIX[command]}", env=env),
@@ -313,11 +314,11 @@ def test_item7_throughput_is_training_images_over_training_time(here, env, monke
     summary must then say 32 img/s (batch 32), the first row after an evaluation included."""
     import time
 
-    import drawcli.train
+    import drawcli.training.loop
 
     clock = [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-    real_step, real_evaluate = drawcli.train.train_step, drawcli.train.evaluate
+    real_step, real_evaluate = drawcli.training.loop.train_step, drawcli.training.loop.evaluate
 
     def step(*args, **kwargs):
         clock[0] += 1.0
@@ -327,8 +328,8 @@ def test_item7_throughput_is_training_images_over_training_time(here, env, monke
         clock[0] += 100.0
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(drawcli.train, "train_step", step)
-    monkeypatch.setattr(drawcli.train, "evaluate", evaluate)
+    monkeypatch.setattr(drawcli.training.loop, "train_step", step)
+    monkeypatch.setattr(drawcli.training.loop, "evaluate", evaluate)
     r = ok(run_cli("train", *TINY, "--epochs", "2", "--set", "train.log_every=1", "--name", "t", env=env))
     rows = [json.loads(line) for line in (here / "runs" / "t" / "metrics.jsonl").read_text().splitlines()]
     assert [row["img_per_s"] for row in rows if row["kind"] == "train"] == [32.0] * 6
@@ -393,8 +394,8 @@ def test_item9_attention_table_and_draw_models_read_cleanly():
     import numpy as np
     from rich.console import Console
 
-    from drawcli.models_list import list_models
-    from drawcli.viz import attention_tables
+    from drawcli.commands.models import list_models
+    from drawcli.pictures.viz import attention_tables
 
     write = np.zeros((2, 3, 5))
     write[:, :, 0] = 14.1  # g_x, the same for every image: a standard deviation of 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drawcli.device import autocast, native_bf16, resolve_precision, thread_policy
-from drawcli.errors import DrawError
+from drawcli.core.device import autocast, native_bf16, resolve_precision, thread_policy
+from drawcli.core.errors import DrawError
 from drawcli.model import DRAW, python_backward, python_loop
-from drawcli.train import train
+from drawcli.training.loop import train
 
 from helpers import Collect, synthetic_images, tiny_settings
 
@@ -115,7 +115,7 @@ def test_bf16_training_resumes_bit_exactly_and_its_checkpoint_is_float32():
 
 def test_a_bf16_checkpoint_samples_in_float32(tmp_path):
     """A bf16-trained run's checkpoint is ordinary float32 weights: draw sample loads it."""
-    from drawcli.checkpoint import atomic_save, load, model_from_checkpoint
+    from drawcli.runs.checkpoint import atomic_save, load, model_from_checkpoint
 
     cb = Collect()
     images = synthetic_images()
@@ -129,7 +129,7 @@ def test_a_bf16_checkpoint_samples_in_float32(tmp_path):
 
 
 def test_training_logs_the_precision_it_used():
-    from drawcli.train import train as run
+    from drawcli.training.loop import train as run
 
     seen = {}
 
@@ -147,17 +147,17 @@ def test_thread_policy(monkeypatch):
     assert thread_policy(3, CPU) == (3, "as set")
     assert thread_policy(None, torch.device("meta"))[0] is None  # only CPUs get a thread count
     default = torch.get_num_threads()
-    monkeypatch.setattr("drawcli.device.idle_cores", lambda: 0.2)  # a busy machine
+    monkeypatch.setattr("drawcli.core.device.idle_cores", lambda: 0.2)  # a busy machine
     assert thread_policy(None, CPU) == (1, f"0.2 of {default} cores idle at start")
-    monkeypatch.setattr("drawcli.device.idle_cores", lambda: 64.0)  # more idle than torch's default
+    monkeypatch.setattr("drawcli.core.device.idle_cores", lambda: 64.0)  # more idle than torch's default
     assert thread_policy(None, CPU)[0] == default
     assert thread_policy(None, CPU, processes=2)[0] == max(1, default // 2)
-    monkeypatch.setattr("drawcli.device.idle_cores", lambda: None)
+    monkeypatch.setattr("drawcli.core.device.idle_cores", lambda: None)
     assert thread_policy(None, CPU)[1] == "no load information"
 
 
 def test_idle_cores_reads_the_machine():
-    from drawcli.device import idle_cores
+    from drawcli.core.device import idle_cores
 
     idle = idle_cores(0.05)
     if idle is None:

@@ -1,4 +1,4 @@
-"""drawcli/runs.py: run lookup and one load_run for runs and built-in models (@NAME)."""
+"""drawcli/runs/store.py: run lookup and one load_run for runs and built-in models (@NAME)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from drawcli import runs
 from drawcli.cli import app
-from drawcli.errors import DrawError
-from drawcli.runs import new_run_dir, resolve_run, validate_name
+from drawcli.core.errors import DrawError
+from drawcli.runs import store as runs
+from drawcli.runs.store import new_run_dir, resolve_run, validate_name
 
 from test_builtin import tiny_builtin  # noqa: F401 - a fixture
 
@@ -70,7 +70,7 @@ def test_models_lists_without_torch_and_says_when_empty():
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from drawcli import builtin\n"
+        "from drawcli.runs import builtin\n"
         "from drawcli.cli import app\n"
         "r = CliRunner().invoke(app, ['models'])\n"
         "print(r.exit_code, '@mnist' in r.output, 'torch' in sys.modules)\n"
@@ -94,8 +94,8 @@ def test_models_json_lists_the_registry(tiny_builtin):  # noqa: F811
 
 
 def test_no_import_loop_between_settings_runs_and_checkpoint():
-    for first in ("drawcli.settings", "drawcli.runs", "drawcli.checkpoint"):
-        code = f"import sys, {first}; import drawcli.runs, drawcli.checkpoint, drawcli.settings; print('torch' in sys.modules)"
+    for first in ("drawcli.settings", "drawcli.runs.store", "drawcli.runs.checkpoint"):
+        code = f"import sys, {first}; import drawcli.runs.store, drawcli.runs.checkpoint, drawcli.settings; print('torch' in sys.modules)"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         assert out.strip() == "False"
 

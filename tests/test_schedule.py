@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
 from drawcli.settings import build_settings
-from drawcli.train import learning_rate, train
+from drawcli.training.loop import learning_rate, train
 
 from helpers import Collect, run_cli, synthetic_images, tiny_settings
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
 from drawcli.settings import Settings, build_settings, check_against_image, from_dict, parse_set
 
 CONFIGS = sorted((Path(__file__).parent.parent / "sample_configs").glob("*.yaml"))

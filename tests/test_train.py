@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from drawcli import __version__
-from drawcli import checkpoint as ckpt_io
-from drawcli.runs import resolve_checkpoint
+from drawcli.core.version import __version__
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import names
+from drawcli.runs.store import resolve_checkpoint
 from drawcli.settings import build_settings
-from drawcli.train import train
+from drawcli.training.loop import train
 
 from helpers import Collect, cli_in_fresh_interpreter, run_cli, synthetic_images, tiny_settings
 
@@ -64,7 +65,7 @@ def test_training_is_deterministic_for_a_seed_and_differs_across_seeds():
 def test_adam_uses_the_fused_kernel_where_torch_has_one_and_resume_keeps_this_machines_choice(monkeypatch):
     """make_adam asks for PyTorch's fused Adam (CPU: torch >= 2.4) and falls back to the default;
     a checkpoint written with the other kind resumes with this machine's kind."""
-    from drawcli import train as train_module
+    from drawcli.training import loop as train_module
 
     layer = torch.nn.Linear(3, 2)
     fused = train_module.make_adam(layer.parameters(), 1e-3, (0.5, 0.999))
@@ -98,7 +99,7 @@ def test_a_plain_adam_state_loads_into_fused_adam_with_its_step_counters_placed_
     makes that flag this machine's before loading, so a checkpoint from a machine without the
     fused kernel gets float32 counters on the parameters' device (what CUDA's fused Adam needs),
     and the learning rate is the resumed run's."""
-    from drawcli.train import load_optimizer_state, make_adam
+    from drawcli.training.loop import load_optimizer_state, make_adam
 
     layer = torch.nn.Linear(3, 2)
     plain = torch.optim.Adam(layer.parameters(), lr=1e-3)
@@ -143,7 +144,7 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
     assert r.exit_code == 0, r.output
     assert "resuming at step 4" in r.output
     assert ckpt_io.load(ckpts / "last.pt")["step"] == 9  # 3 epochs x 3 steps
-    assert ckpt_io.list_epochs(ckpts) == [1, 2, 3]
+    assert names.list_epochs(ckpts) == [1, 2, 3]
     assert resolve_checkpoint(run, "3").name == "epoch_003.pt"
     assert (run / "config.yaml").read_text() == config_before  # the original settings, for good
 

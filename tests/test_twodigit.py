@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drawcli import data, datasets, twodigit
-from drawcli.errors import DrawError
+from drawcli.core.errors import DrawError
+from drawcli.data import catalogue as datasets
+from drawcli.data import loading as data
+from drawcli.data import twodigit
 
 from helpers import synthetic_images
 

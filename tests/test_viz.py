@@ -21,11 +21,12 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from drawcli import render, viz
-from drawcli.checkpoint import atomic_save, build_model, make_checkpoint
 from drawcli.cli import app
-from drawcli.errors import DrawError
-from drawcli.runs import write_config
+from drawcli.commands import pictures as pictures_cmd
+from drawcli.core.errors import DrawError
+from drawcli.pictures import render, viz
+from drawcli.runs.checkpoint import atomic_save, build_model, make_checkpoint
+from drawcli.runs.store import load_run, write_config
 from drawcli.settings import build_settings
 
 T = 4
@@ -253,7 +254,7 @@ def test_progress_bar_makes_every_frame_distinct():
 # ----------------------------------------------------------------------------- draw sample
 def test_sample_png_size_values_and_npy(runs, tmp_path):
     out = tmp_path / "s.png"
-    written = viz.sample_command("att", n=6, nrow=3, scale=2, npy=True, device="cpu", output=out, runs_dir=runs, console=_quiet())
+    written = pictures_cmd.sample_command("att", n=6, nrow=3, scale=2, npy=True, device="cpu", output=out, runs_dir=runs, console=_quiet())
     assert written == [out, tmp_path / "s.npy"]
     img = iio.imread(out)
     assert img.dtype == np.uint8 and img.shape == (render.PAD + 2 * (56 + render.PAD), render.PAD + 3 * (56 + render.PAD))
@@ -266,14 +267,14 @@ def test_sample_png_size_values_and_npy(runs, tmp_path):
 
 
 def test_sample_default_output_binary_and_seed(runs, tmp_path):
-    first = viz.sample_command("att", n=4, binary=True, npy=True, device="cpu", runs_dir=runs, console=_quiet())
+    first = pictures_cmd.sample_command("att", n=4, binary=True, npy=True, device="cpu", runs_dir=runs, console=_quiet())
     assert first[0] == runs / "att" / "samples-best-n4-seed0-binary.png"  # named by what it holds
     raw = np.load(first[1])
     assert set(np.unique(raw).tolist()) <= {0.0, 1.0}
     a = iio.imread(first[0])
-    again = viz.sample_command("att", n=4, binary=True, device="cpu", runs_dir=runs, output=tmp_path / "b.png", console=_quiet())
+    again = pictures_cmd.sample_command("att", n=4, binary=True, device="cpu", runs_dir=runs, output=tmp_path / "b.png", console=_quiet())
     assert (iio.imread(again[0]) == a).all()
-    other = viz.sample_command("att", n=4, binary=True, seed=1, device="cpu", runs_dir=runs, output=tmp_path / "c.png", console=_quiet())
+    other = pictures_cmd.sample_command("att", n=4, binary=True, seed=1, device="cpu", runs_dir=runs, output=tmp_path / "c.png", console=_quiet())
     assert (iio.imread(other[0]) != a).any()
 
 
@@ -287,7 +288,7 @@ def test_sample_cli_prints_path_and_works_without_attention(runs, tmp_path):
 # ----------------------------------------------------------------------------- draw animate
 def test_animate_gif_frames_timing_loop_and_content(runs, tmp_path):
     out = tmp_path / "a.gif"
-    viz.animate_command("att", output=out, n=4, scale=2, fps=10, hold=1.5, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command("att", output=out, n=4, scale=2, fps=10, hold=1.5, device="cpu", runs_dir=runs, console=_quiet())
     frames, durations, loop = gif_info(out)
     grid = render.grid_for(4, None, 56, 56)
     assert frames.shape[:3] == (T, grid.shape[0] + render.PROGRESS_HEIGHT, grid.shape[1])
@@ -301,7 +302,7 @@ def test_animate_gif_frames_timing_loop_and_content(runs, tmp_path):
 
 
 def test_animate_frames_match_the_model_canvases(runs):
-    loaded = viz.load_run("att", None, "cpu", runs)
+    loaded = load_run("att", None, "cpu", runs)
     probs, _ = viz.sample_prior(loaded, 3, torch.Generator().manual_seed(0))
     frames = render.animation_frames(probs, 1, progress=False)
     grid = render.grid_for(3, None, 28, 28)
@@ -311,12 +312,12 @@ def test_animate_frames_match_the_model_canvases(runs):
 
 def test_animate_boxes_are_red_and_reconstruct_adds_green(runs, tmp_path):
     out = tmp_path / "boxes.gif"
-    viz.animate_command("att", output=out, n=2, boxes=True, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command("att", output=out, n=2, boxes=True, device="cpu", runs_dir=runs, console=_quiet())
     frames, _, _ = gif_info(out)
     red = (frames[..., 0] > 200) & (frames[..., 1] < 60) & (frames[..., 2] < 60)
     assert red.any(axis=(1, 2)).all()  # a write window in every frame
     out = tmp_path / "recon.gif"
-    viz.animate_command("att", output=out, n=3, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command("att", output=out, n=3, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
     frames, durations, _ = gif_info(out)
     assert len(frames) == len(durations) == T
     green = (frames[..., 1] > 200) & (frames[..., 0] < 60) & (frames[..., 2] < 60)
@@ -326,7 +327,7 @@ def test_animate_boxes_are_red_and_reconstruct_adds_green(runs, tmp_path):
 def test_animate_same_seed_same_gif(runs, tmp_path):
     paths = []
     for name, seed in (("x.gif", 5), ("y.gif", 5), ("z.gif", 6)):
-        viz.animate_command("att", output=tmp_path / name, n=2, seed=seed, device="cpu", runs_dir=runs, console=_quiet())
+        pictures_cmd.animate_command("att", output=tmp_path / name, n=2, seed=seed, device="cpu", runs_dir=runs, console=_quiet())
         paths.append(tmp_path / name)
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert paths[0].read_bytes() != paths[2].read_bytes()
@@ -334,7 +335,7 @@ def test_animate_same_seed_same_gif(runs, tmp_path):
 
 def test_animate_without_attention_draws_no_windows(runs, tmp_path):
     out = tmp_path / "plain.gif"
-    viz.animate_command("plain", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command("plain", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
     frames, _, _ = gif_info(out)
     assert len(frames) == T
     assert (frames[..., 0] == frames[..., 1]).all()  # grey only
@@ -351,7 +352,7 @@ def test_animate_mp4_with_ffmpeg(runs, tmp_path):
     if not render.ffmpeg_available():
         pytest.skip("imageio-ffmpeg is not installed")
     out = tmp_path / "a.mp4"
-    viz.animate_command("att", output=out, n=3, fps=10, hold=1.0, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command("att", output=out, n=3, fps=10, hold=1.0, device="cpu", runs_dir=runs, console=_quiet())
     import imageio.v2 as iio2
 
     with iio2.get_reader(out, format="FFMPEG") as reader:
@@ -408,7 +409,7 @@ def test_inspect_attention_table_and_default_outputs(runs):
 
 def test_inspect_attention_generate_has_write_windows_only(runs, tmp_path):
     js = tmp_path / "gen.json"
-    viz.inspect_attention_command(
+    pictures_cmd.inspect_attention_command(
         "att", n=3, generate=True, json_path=js, output=tmp_path / "gen.gif", device="cpu", runs_dir=runs, console=_quiet()
     )
     doc = json.loads(js.read_text())
@@ -423,7 +424,7 @@ def test_inspect_attention_generate_has_write_windows_only(runs, tmp_path):
 def test_inspect_attention_same_seed_same_json(runs, tmp_path):
     texts = []
     for name in ("a", "b"):
-        viz.inspect_attention_command(
+        pictures_cmd.inspect_attention_command(
             "att", n=2, json_path=tmp_path / f"{name}.json", output=tmp_path / f"{name}.gif", seed=3, device="cpu", runs_dir=runs, console=_quiet()
         )
         texts.append(json.loads((tmp_path / f"{name}.json").read_text())["images"])
@@ -472,7 +473,7 @@ def test_help_does_not_import_torch():
 def test_inspect_attention_on_real_mnist(mnist_data_dir, tmp_path):
     make_run(tmp_path, "real", data_dir=mnist_data_dir)
     js = tmp_path / "real.json"
-    viz.inspect_attention_command(
+    pictures_cmd.inspect_attention_command(
         "real", index="0,9999", json_path=js, output=tmp_path / "real.gif", device="cpu", runs_dir=tmp_path, console=_quiet()
     )
     doc = json.loads(js.read_text())

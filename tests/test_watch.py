@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from drawcli.errors import DrawError
-from drawcli.metrics import current_rows, steps_per_epoch
+from drawcli.core.errors import DrawError
+from drawcli.runs.metrics import current_rows, steps_per_epoch
 from drawcli.settings import build_settings
-from drawcli.tensorboard_log import TensorBoardLogger
-from drawcli.train import Interrupted, train
+from drawcli.training.loop import Interrupted, train
+from drawcli.training.tensorboard_log import TensorBoardLogger
 
 from helpers import cli_in_fresh_interpreter, run_cli, synthetic_images
 
@@ -127,7 +127,7 @@ def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_a
     assert all(e.value > 0 for e in acc.Scalars("optim/grad_norm"))
     assert acc.Scalars("L_x/test")[-1].value + acc.Scalars("L_z/test")[-1].value == pytest.approx(
         acc.Scalars("loss/test")[-1].value, rel=1e-5)
-    from drawcli.render import grid_for
+    from drawcli.pictures.render import grid_for
 
     prior, strip = acc.Images("samples/prior"), acc.Images("samples/glimpses")
     assert [e.step for e in prior] == [e.step for e in strip] == [3, 6, 9]
@@ -267,7 +267,7 @@ def test_plot_writes_pngs_of_the_expected_size_for_one_and_two_runs(tmp_path, mo
 
 def test_plot_draws_the_current_rows_of_each_run_and_the_papers_lines(tmp_path):
     pytest.importorskip("matplotlib")
-    from drawcli.plot import build_figure, load_runs
+    from drawcli.pictures.plot import build_figure, load_runs
 
     runs = tmp_path / "runs"
     # "att" died after logging steps 13-14 past its last checkpoint (step 12) and was resumed there.
@@ -301,7 +301,7 @@ def test_plot_draws_the_current_rows_of_each_run_and_the_papers_lines(tmp_path):
 
 def test_plot_lr_draws_each_runs_schedule_on_a_second_axis(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from drawcli.plot import build_figure, load_runs
+    from drawcli.pictures.plot import build_figure, load_runs
 
     runs = tmp_path / "runs"
     decay = [{"kind": "train", "step": s, "epoch": 4, "lx": 1.0, "lz": 1.0, "loss": 2.0, "lr": 1e-3 / s} for s in (13, 14)]

@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from drawcli import native
 from drawcli.model import DRAW
-from drawcli.train import make_adam
+from drawcli.model import native_build as native
+from drawcli.training.loop import make_adam
 
 VARIANTS = {
     "all": ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math"],

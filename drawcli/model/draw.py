@@ -22,36 +22,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from drawcli.model import fused  # the fast engines
 from drawcli.model.engine import Engine, as_engine
+from drawcli.model.parts import FILTER_EPS, LSTMCell, kl_per_image, log_ratio_per_image
 
 # Column order of every attention-parameter tensor this module returns.
 ATTENTION_FIELDS = ("g_x", "g_y", "delta", "sigma2", "gamma")
-
-FILTER_EPS = 1e-8  # guards the filterbank normalisation (eq 25, 26) when all weights underflow
-
-class LSTMCell(nn.Module):
-    """A standard LSTM cell with one GEMM per step: W [x, h] + b.
-
-    Concatenating input and hidden state halves the number of matrix products
-    per step compared with torch.nn.LSTMCell's two, which matters for DRAW's
-    long, narrow time loop.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int):
-        super().__init__()
-        self.hidden_size = hidden_size
-        self.linear = nn.Linear(input_size + hidden_size, 4 * hidden_size)
-        with torch.no_grad():
-            # Forget-gate bias 1 (Gers et al.): keeps early gradients flowing through c.
-            self.linear.bias[hidden_size : 2 * hidden_size].fill_(1.0)
-
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        h, c = state
-        gates = self.linear(torch.cat([x, h], dim=1))
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
 
 
 @dataclass
@@ -243,7 +219,6 @@ class DRAW(nn.Module):
             raise ValueError(f"expected images ({self.channels}, {self.height}, {self.width}), got {tuple(x.shape[1:])}")
         if eps is None:  # fresh noise for every step and image, drawn at once
             eps = torch.randn(self.steps, x.shape[0], self.embed, device=x.device, dtype=x.dtype, generator=generator)
-        from drawcli.model import fused  # the fast engines (they import this module)
 
         engine = as_engine(engine)
         name = fused.choose(self, x, record, engine)
@@ -316,7 +291,6 @@ class DRAW(nn.Module):
         device = device if device is not None else self.grid_x.device
         dtype = self.grid_x.dtype  # the model's (float64 after .double())
         z = torch.randn(self.steps, n, self.embed, device=device, dtype=dtype, generator=generator)
-        from drawcli.model import fused
 
         engine = as_engine(engine)
         if fused.choose_sampling(engine, z.device) == "reference":
@@ -341,23 +315,6 @@ class DRAW(nn.Module):
                 writes.append(write_params)
         return torch.stack(canvases), (torch.stack(writes) if self.attention else None)
 
-
-
-def kl_per_image(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """L^z: KL(N(mu, sigma) || N(0, I)) summed over steps and latent dims, (T, B, Z) -> (B,).
-
-    eq 11: 1/2 sum_t (mu^2 + sigma^2 - log sigma^2) - T/2, where the sum also runs over
-    all Z latent dimensions, so the constant is -T*Z/2 (not -T/2).
-    """
-    t, _, z = mu.shape
-    return 0.5 * (mu.pow(2) + torch.exp(2 * log_sigma) - 2 * log_sigma).sum((0, 2)) - t * z / 2
-
-
-def log_ratio_per_image(mu: torch.Tensor, log_sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """sum over t and Z of log q(z_t | x, z_<t) - log p(z_t) at z = mu + sigma eps, (T, B, Z) -> (B,):
-    log N(z; mu, sigma) - log N(z; 0, 1), the normalising constants cancelling."""
-    z = mu + torch.exp(log_sigma) * eps
-    return (0.5 * z.pow(2) - 0.5 * eps.pow(2) - log_sigma).sum((0, 2))
 
 
 def count_parameters(model: nn.Module) -> int:

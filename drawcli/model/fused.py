@@ -20,9 +20,9 @@ import functools
 import torch
 
 from drawcli.model import native_loop, python_backward, python_loop, sampling
-from drawcli.model.draw import kl_per_image, log_ratio_per_image
 from drawcli.model.engine import Engine, as_engine, forward_engine, sampling_engine
 from drawcli.model.layout import loop_weights
+from drawcli.model.parts import kl_per_image, log_ratio_per_image
 
 
 def _eager(fn):

@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn as nn
 
-from drawcli.model.draw import FILTER_EPS, LSTMCell
+from drawcli.model.parts import FILTER_EPS, LSTMCell
 
 _CONSTANTS: dict = {}
 

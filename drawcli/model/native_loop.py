@@ -18,9 +18,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from drawcli.model.draw import FILTER_EPS
 from drawcli.model.layout import LoopWeights, offsets, pixel_grid
 from drawcli.model.packed_gemm import packed_applies
+from drawcli.model.parts import FILTER_EPS
 from drawcli.model.python_backward import head_grads
 
 # The workspaces left by each model's last training and evaluation loop (see python_loop.py).

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from drawcli.model.layout import LoopWeights, Numbers, numbers, offsets, pixel_grid
 from drawcli.model.packed_gemm import matmul, step_matmul
-
-if TYPE_CHECKING:
-    from drawcli.model.python_backward import BackwardViews
 
 # The buffers left by each model's last loop, for its next call of the same shape: training
 # (kept until backward has run) and evaluation (two slots) apart. Outside the module, so that
@@ -195,7 +192,7 @@ class Workspace:
     grid: Grid | None = None
     xb: torch.Tensor | None = None  # (steps, B, H, 2, C, W): [x | x_hat_t]
     plan: list[Step] = field(default_factory=list)
-    backward: BackwardViews | None = None  # added by the first backward
+    backward: Any = None  # python_backward.BackwardViews, added by the first backward (this module does not import its backward)
 
 
 def workspace(m, x: torch.Tensor, ke: int, kd: int, heads_width: int, save: bool) -> Workspace:

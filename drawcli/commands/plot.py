@@ -1,0 +1,20 @@
+"""`draw plot`: training curves of runs into a picture file (drawcli/pictures/plot.py draws them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from drawcli.pictures.plot import plot_runs
+
+
+def plot_command(refs: list[str], output=None, console=None, **options) -> Path:
+    from rich.console import Console
+
+    console = console or Console()
+    err = Console(stderr=True)
+    path, notes = plot_runs(refs, output, **options)
+    for note in notes:
+        err.print(note, highlight=False)
+    console.print(f"wrote {path}", highlight=False)
+    return path

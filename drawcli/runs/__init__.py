@@ -1,0 +1,9 @@
+"""runs: what training leaves on disk, and loading it back.
+
+Owns checkpoint files (checkpoint: format, reading, epoch-file names), run directories (store:
+names, the file names inside a run, locating and loading a run or a checkpoint, the run lock,
+the recorder of metrics and checkpoints), the models bundled in the package (builtin, with
+weights/), the metrics log (metrics) and the description of runs for `draw runs` (listing).
+
+Layer: above model. May import drawcli.core, drawcli.data, drawcli.settings and drawcli.model.
+"""

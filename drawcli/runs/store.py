@@ -1,0 +1,451 @@
+"""Run directories: naming, lookup, loading a trained model, and the recorder that writes a run's files.
+
+What a run directory holds, and the names of its files: drawcli/runs/names.py. The run lock:
+drawcli/runs/lock.py.
+
+A model to draw with or evaluate is named by a run (a name under the runs folder or a run
+directory) or by a built-in model written ``@NAME`` (drawcli/runs/builtin.py). :func:`locate`
+answers every mistake in such a reference without torch; :func:`load_run` then loads it.
+
+This module must not import torch at module level: run lookups and their errors stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from drawcli.core.errors import DrawError
+from drawcli.core.files import write_text_atomically
+from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import names
+from drawcli.runs.lock import describe_holder, lock_holder, run_lock
+from drawcli.runs.names import has_checkpoints
+from drawcli.settings import from_dict, validate_run_name
+
+validate_name = validate_run_name  # the rule lives with the settings (run.name); lookups use it here
+
+
+def existing_runs(runs_dir: Path) -> list[str]:
+    if not runs_dir.is_dir():
+        return []
+    runs = [p.name for p in runs_dir.iterdir() if p.is_dir() and (p / names.CONFIG).is_file()]
+    key = lambda n: (0, int(n[3:]), n) if re.fullmatch(r"run\d+", n) else (1, 0, n)  # noqa: E731
+    return sorted(runs, key=key)
+
+
+def new_run_dir(runs_dir: Path, name: str | None) -> Path:
+    """Create RUNS_DIR/NAME (auto-named run1, run2, ... when name is None)."""
+    runs_dir = Path(runs_dir)
+    if name is None:
+        taken = {int(m.group(1)) for p in (runs_dir.iterdir() if runs_dir.is_dir() else []) if (m := re.fullmatch(r"run(\d+)", p.name))}
+        number = max(taken, default=0) + 1
+        name = f"run{number}"
+    validate_name(name)
+    path = runs_dir / name
+    if path.exists():
+        raise DrawError(existing_run_message(path))
+    try:
+        (path / names.CHECKPOINTS).mkdir(parents=True)
+    except OSError as e:
+        raise DrawError(f"cannot create run directory {path}: {e.strerror or e}") from None
+    return path
+
+
+def file_identity(path: Path) -> tuple | None:
+    """What changes when a file is replaced (inode, size, mtime); None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def existing_run_message(path: Path) -> str:
+    """Why --name NAME cannot be used again, and what to do instead."""
+    name, runs_dir = path.name, path.parent
+    holder = lock_holder(path) if path.is_dir() else None
+    if holder is not None:
+        return f"run {name!r} already exists in {runs_dir} and is being trained by {describe_holder(holder)}; pick another --name"
+    if path.is_dir() and not has_checkpoints(path):
+        # Stopped before its first checkpoint (e.g. a double Ctrl-C): nothing in it to resume.
+        return (
+            f"run {name!r} already exists in {runs_dir} but has no checkpoint to resume (it stopped before "
+            f"its first one) and holds files draw train did not write; delete {path.absolute()} to start it again, "
+            f"or pick another --name"
+        )
+    return f"run {name!r} already exists in {runs_dir}; pick another --name or continue it with --resume {name}"
+
+
+def remove_unfinished(path: Path) -> bool:
+    """Remove a run directory left without any checkpoint (a run killed before its first one: out of
+    memory, kill -9), so that its name can be used again; True when it was removed.
+
+    Nothing is removed while a process holds the run's lock, when it has a checkpoint, or when it
+    holds anything `draw train` did not write there."""
+    path = Path(path)
+    try:
+        entries = {p.name for p in path.iterdir()} if path.is_dir() else None
+    except OSError:
+        return False
+    if not entries or not (path / names.CONFIG).is_file() or entries - names.RUN_ENTRIES:
+        return False
+    if has_checkpoints(path) or lock_holder(path) is not None:
+        return False
+    trash = path.with_name(f".{path.name}.removing-{os.getpid()}")
+    try:
+        with run_lock(path):
+            if has_checkpoints(path):
+                return False
+            os.rename(path, trash)
+    except DrawError:
+        return False  # another process took the lock meanwhile
+    except OSError as e:
+        raise DrawError(f"cannot remove the unfinished run {path}: {e.strerror or e}") from None
+    import shutil
+
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def check_new_run(runs_dir: Path, name: str | None) -> str | None:
+    """Fail fast (before torch and data are loaded) when --name names an existing run; a run left
+    without any checkpoint is removed instead, and the line that says so is returned."""
+    if name is not None:
+        validate_name(name)
+        path = Path(runs_dir) / name
+        if path.exists():
+            if remove_unfinished(path):
+                return f"removed {path}, left by a run that stopped before its first checkpoint (nothing in it to resume)"
+            raise DrawError(existing_run_message(path))
+    return None
+
+
+def checkpoint_ref(ref: str) -> Path | None:
+    """The checkpoint file a reference names (a path ending in .pt, e.g. runs/x/checkpoints/epoch_002.pt),
+    or None when it names a run."""
+    if not ref.lower().endswith(".pt"):
+        return None
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    if "/" in ref or "\\" in ref:
+        raise DrawError(f"checkpoint not found: {ref}")
+    return None  # a run named like a file: looked up as a run
+
+
+def run_of_checkpoint(path: Path) -> Path | None:
+    """The run directory holding a checkpoint file (RUN/checkpoints/FILE.pt), or None."""
+    run = Path(path).parent.parent
+    if Path(path).parent.name == names.CHECKPOINTS and (run / names.CONFIG).is_file():
+        return run
+    return None
+
+
+def resolve_run(ref: str, runs_dir: Path) -> Path:
+    """A run name under runs_dir, a path to a run directory, or a checkpoint file in one (its run)."""
+    ckpt_file = checkpoint_ref(ref)
+    if ckpt_file is not None:
+        run = run_of_checkpoint(ckpt_file)
+        if run is None:
+            raise DrawError(f"{ref} is a checkpoint file outside a run directory (RUN/checkpoints/FILE.pt); "
+                            "this command needs its run")
+        return run
+    candidate = Path(ref)
+    # A path (it has a separator, or is . or ..) names a run directory; anything else is a name.
+    pathlike = "/" in ref or "\\" in ref or ref in (".", "..")
+    if pathlike and (candidate / names.CONFIG).is_file():
+        return candidate
+    if pathlike:
+        if candidate.is_dir():
+            raise DrawError(f"{ref} is not a run directory (no config.yaml in it)")
+        raise DrawError(f"run directory not found: {ref}")
+    validate_name(ref)
+    path = Path(runs_dir) / ref
+    if not (path / names.CONFIG).is_file():
+        runs = existing_runs(Path(runs_dir))
+        where = Path(runs_dir).absolute()  # the folder it looked in, whatever the working directory
+        listing = f"existing runs: {', '.join(runs)}" if runs else "no runs there yet"
+        raise DrawError(f"run {ref!r} not found in {where} ({listing})")
+    return path
+
+
+def fallback_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's checkpoints from the newest: last.pt, the epoch files from the last, best.pt."""
+    ckpts = Path(run_dir) / names.CHECKPOINTS
+    epochs = [ckpts / names.epoch_file(e) for e in reversed(names.list_epochs(ckpts))]
+    return [p for p in [ckpts / names.LAST, *epochs, ckpts / names.BEST] if p.is_file()]
+
+
+def load_readable(run_dir: Path, wanted: Path) -> tuple[Path, dict, str | None]:
+    """(path, checkpoint, note): ``wanted`` loaded; when it is missing or not readable (truncated,
+    corrupt), the run's newest readable checkpoint instead, and a one-line note that says which
+    (the unreadable file is left as it is). The first error when no checkpoint is readable."""
+    try:
+        return wanted, ckpt_io.load(wanted), None
+    except DrawError as e:
+        first = e
+    tried = {file_identity(wanted)}
+    for candidate in fallback_checkpoints(run_dir):
+        identity = file_identity(candidate)
+        if identity in tried:  # the same file (a hard link) or one already refused
+            continue
+        tried.add(identity)
+        try:
+            ckpt = ckpt_io.load(candidate)
+        except DrawError:
+            continue
+        note = (f"warning: {first}; using {candidate.name} instead (epoch {ckpt['epoch']}, step {ckpt['step']}), "
+                f"the newest readable checkpoint of run {Path(run_dir).name!r}")
+        return candidate, ckpt, note
+    raise first
+
+
+def set_aside_newer(run_dir: Path, source: Path, ckpt: dict) -> str | None:
+    """Before a run continues from an older checkpoint than last.pt (last.pt unreadable, or a file
+    named with --resume), move the checkpoints it would overwrite into checkpoints/set-aside-TIME/:
+    last.pt, the epoch files after ``ckpt``'s epochs, and best.pt when it is unreadable or newer.
+    Nothing is deleted. Returns the line that says what moved, or None."""
+    ckpts = Path(run_dir) / names.CHECKPOINTS
+    keep = file_identity(source)
+    complete = int(ckpt["epoch"]) - (1 if ckpt.get("epoch_images", 0) else 0)
+    moving = []
+    last = ckpts / names.LAST
+    if last.is_file() and file_identity(last) != keep:
+        moving.append(last)
+    moving += [ckpts / names.epoch_file(e) for e in names.list_epochs(ckpts) if e > complete]
+    best = ckpts / names.BEST
+    if best.is_file() and file_identity(best) != keep:
+        try:
+            newer = int(ckpt_io.load(best)["step"]) > int(ckpt["step"])
+        except DrawError:
+            newer = True  # unreadable: kept as evidence, out of the way
+        if newer:
+            moving.append(best)
+    if not moving:
+        return None
+    base = "set-aside-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = ckpts / base
+    try:
+        for i in range(2, 100):
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                folder = ckpts / f"{base}-{i}"
+        for path in moving:
+            os.rename(path, folder / path.name)
+    except OSError as e:
+        raise DrawError(f"cannot move the newer checkpoints of run {Path(run_dir).name!r} aside into {folder}: {e.strerror or e}") from None
+    moved = ", ".join(p.name for p in moving)
+    return f"moved {moved} (unreadable, or newer than {source.name}) to {folder}, so that nothing is overwritten"
+
+
+def resolve_checkpoint(run_dir: Path, load: str | None) -> Path:
+    """--load EPOCH|last|best; default best, else last, else the newest epoch file."""
+    ckpts = run_dir / names.CHECKPOINTS
+    if load is None:
+        for name in (names.BEST, names.LAST):
+            if (ckpts / name).is_file():
+                return ckpts / name
+        epochs = names.list_epochs(ckpts)
+        if epochs:  # best.pt and last.pt deleted or moved: the newest epoch file
+            return ckpts / names.epoch_file(epochs[-1])
+        raise DrawError(f"run {run_dir.name!r} has no checkpoints yet (looked in {ckpts})")
+    if load in ("best", "last"):
+        path = ckpts / f"{load}.pt"
+        if not path.is_file():
+            raise DrawError(f"run {run_dir.name!r} has no {load}.pt checkpoint")
+        return path
+    if not load.isdigit():
+        raise DrawError(f"--load: expected an epoch number, 'last' or 'best', got {load!r}")
+    path = ckpts / names.epoch_file(int(load))
+    if not path.is_file():
+        epochs = names.list_epochs(ckpts)
+        have = ", ".join(map(str, epochs)) if epochs else "none"
+        raise DrawError(f"run {run_dir.name!r} has no checkpoint for epoch {int(load)} (epochs with checkpoints: {have})")
+    return path
+
+
+# ----------------------------------------------------------------------------- loading a model
+@dataclass(frozen=True)
+class Located:
+    """What a model reference names, found without torch: a run's checkpoint or a built-in model."""
+
+    ref: str
+    run_dir: Path | None  # None for a built-in model or a checkpoint file outside a run
+    checkpoint: Path | None  # None for a built-in model (its file is found and verified when loaded)
+    builtin: Any = None  # drawcli.runs.builtin.BuiltinModel for @NAME
+    chosen: bool = False  # the checkpoint was named (--load or a file): no other one is used in its place
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the run's name, @NAME, or the checkpoint file's name."""
+        if self.builtin is not None:
+            return f"@{self.builtin.name}"
+        return self.run_dir.name if self.run_dir is not None else self.checkpoint.name
+
+    def output(self, kind: str, suffix: str, *parts: str) -> Path:
+        """A default output file whose name says what it holds, so that outputs made with other options
+        never replace each other: RUN_DIR/KIND-CHECKPOINT-PARTS.SUFFIX (e.g. samples-best-n64-seed0.png),
+        or NAME-KIND-PARTS.SUFFIX in the current directory for a built-in model (or FILE-KIND-... for a
+        checkpoint file outside a run)."""
+        if self.builtin is not None:
+            return Path("-".join([self.builtin.name, kind, *(p for p in parts if p)]) + suffix)
+        if self.run_dir is None:
+            return Path("-".join([self.checkpoint.stem, kind, *(p for p in parts if p)]) + suffix)
+        return self.run_dir / ("-".join([kind, self.checkpoint.stem, *(p for p in parts if p)]) + suffix)
+
+
+@dataclass
+class LoadedRun:
+    """A trained model ready to draw or evaluate, and where it came from."""
+
+    located: Located
+    epoch: int
+    step: int
+    settings: Any  # drawcli.settings.Settings: the ones it was trained with
+    saved_settings: dict  # the same, as saved in the file
+    model: Any  # drawcli.model.DRAW, in eval mode on ``device``
+    device: Any  # torch.device
+    precision: str = "float32"  # resolved: float32 or bfloat16 (run the model under drawcli.core.device.autocast)
+    precision_reason: str = "as set"
+    note: str | None = None  # a line to show: the checkpoint asked for was unreadable, and which one was used
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.located.run_dir
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.located.checkpoint
+
+    @property
+    def label(self) -> str:
+        return self.located.label
+
+    def output(self, kind: str, suffix: str, *parts: str) -> Path:
+        return self.located.output(kind, suffix, *parts)
+
+
+def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Located:
+    """A run name, run directory or @NAME, with --load and --device checked: every mistake in them
+    is answered here, before torch is imported (which takes seconds)."""
+    from drawcli.core.device import check_spec
+    from drawcli.runs import builtin
+
+    if builtin.is_builtin_ref(ref):
+        entry = builtin.get_builtin(ref)
+        if load is not None:
+            raise DrawError(f"--load picks a run's checkpoint; the built-in model {ref} has one set of weights")
+        check_spec(device)
+        return Located(ref, None, None, entry)
+    ckpt_file = checkpoint_ref(ref)
+    if ckpt_file is not None:
+        if load is not None:
+            raise DrawError(f"--load picks a run's checkpoint; {ref} is a checkpoint file already")
+        check_spec(device)
+        return Located(ref, run_of_checkpoint(ckpt_file), ckpt_file, chosen=True)
+    run_dir = resolve_run(ref, Path(runs_dir))
+    path = resolve_checkpoint(run_dir, load)
+    check_spec(device)
+    return Located(ref, run_dir, path, chosen=load is not None)
+
+
+def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: str | Path = "runs",
+             located: Located | None = None, precision: str = "float32") -> LoadedRun:
+    """Run name, run directory or @NAME (+ --load) -> the model in eval mode on the device, with its
+    settings and the precision (float32, bfloat16 or auto) resolved for that device."""
+    from drawcli.core.device import resolve_device, resolve_precision
+    from drawcli.runs import builtin
+
+    located = located or locate(ref, load, device, runs_dir)
+    dev = resolve_device(device)
+    how = resolve_precision(precision, dev)
+    if located.builtin is not None:
+        model, settings, data = builtin.build(located.builtin, dev)
+        # The data folder of the machine that trained it means nothing here: use this machine's default.
+        settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, data_dir=None))
+        return LoadedRun(located, int(data.get("epoch", 0)), int(data.get("step", 0)), settings, data["settings"], model, dev, *how)
+    note = None
+    if located.chosen or located.run_dir is None:
+        try:
+            ckpt = ckpt_io.load(located.checkpoint)
+        except DrawError as e:
+            named_file = located.ref.lower().endswith(".pt")
+            if named_file or located.run_dir is None or len(fallback_checkpoints(located.run_dir)) < 2:
+                raise
+            raise DrawError(f"{e} (without --load, the run's newest readable checkpoint is used)") from None
+    else:  # the default choice (best, else last): the newest readable one when it cannot be read
+        path, ckpt, note = load_readable(located.run_dir, located.checkpoint)
+        located = dataclasses.replace(located, checkpoint=path)
+    settings = from_dict(ckpt["settings"])
+    model = ckpt_io.model_from_checkpoint(ckpt, dev).eval()
+    return LoadedRun(located, int(ckpt["epoch"]), int(ckpt["step"]), settings, ckpt["settings"], model, dev, *how, note=note)
+
+
+class RunRecorder:
+    """Training callback that writes metrics.jsonl and the checkpoints of one run."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / names.CHECKPOINTS
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / names.METRICS
+
+    def _append(self, row: dict) -> None:
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise DrawError(f"cannot write {self.metrics_path}: {e.strerror or e}") from None
+
+    def on_log(self, row: dict) -> None:
+        self._append(row)
+
+    def on_epoch(self, row: dict) -> None:
+        self._append(row)
+
+    def on_checkpoint(self, ckpt: dict, is_best: bool) -> None:
+        last = self.ckpt_dir / names.LAST
+        if ckpt.get("epoch_images", 0):
+            # A stop inside an epoch (--max-steps): last.pt only, so that epoch_NNN.pt always
+            # means "after NNN complete epochs" and is never written twice.
+            ckpt_io.atomic_save(ckpt, last)
+            if is_best:
+                ckpt_io.atomic_link(last, self.ckpt_dir / names.BEST)
+            return
+        epoch_path = self.ckpt_dir / names.epoch_file(ckpt["epoch"])
+        if epoch_path.exists():
+            # Another training state already holds this name (e.g. last.pt was replaced by an
+            # older checkpoint): keep both, the new one as last.pt, and say so.
+            ckpt_io.atomic_save(ckpt, last)
+            raise DrawError(
+                f"{epoch_path} already exists; it was not replaced by this run's epoch {ckpt['epoch']} "
+                f"(step {ckpt['step']}), which is saved as {last} instead"
+            )
+        ckpt_io.atomic_save(ckpt, epoch_path)
+        # last.pt and best.pt are hard links to the epoch file: no extra disk, same atomicity.
+        ckpt_io.atomic_link(epoch_path, last)
+        if is_best:
+            ckpt_io.atomic_link(epoch_path, self.ckpt_dir / names.BEST)
+
+    def on_interrupt(self, ckpt: dict) -> None:
+        # Mid-epoch: only last.pt moves on (a new file replaces the link; epoch files stay).
+        ckpt_io.atomic_save(ckpt, self.ckpt_dir / names.LAST)
+
+
+def write_config(run_dir: Path, settings) -> None:
+    header = "# drawcli resolved settings; reproduce with: draw train --config THIS_FILE --name NEW\n"
+    write_text_atomically(Path(run_dir) / names.CONFIG, header + settings.to_yaml())
+
+
+def append_resume(run_dir: Path, row: dict) -> None:
+    """One ``"kind": "resume"`` row in metrics.jsonl: what changed when the run was continued."""
+    RunRecorder(run_dir)._append({"kind": "resume", **row})
