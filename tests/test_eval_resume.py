@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drawcli.bounds import Partial, likelihood_bounds
+from drawcli.evaluation.bounds import Partial, likelihood_bounds
 from drawcli.model import DRAW
 
 
@@ -72,7 +72,7 @@ def test_a_partial_of_other_work_is_refused():
     with pytest.raises(KeyboardInterrupt):
         likelihood_bounds(model, x, "none", 3, seed=0, batch_size=3, keep=kept.append,
                           progress=lambda done: (_ for _ in ()).throw(KeyboardInterrupt) if done == 2 else None)
-    from drawcli.errors import DrawError
+    from drawcli.core.errors import DrawError
 
     with pytest.raises(DrawError, match="partial evaluation is of 5 images with K=3, not 4 with K=3"):
         likelihood_bounds(model, x[:4], "none", 3, seed=0, resume=kept[0])
