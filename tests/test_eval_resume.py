@@ -76,3 +76,78 @@ def test_a_partial_of_other_work_is_refused():
 
     with pytest.raises(DrawError, match="partial evaluation is of 5 images with K=3, not 4 with K=3"):
         likelihood_bounds(model, x[:4], "none", 3, seed=0, resume=kept[0])
+
+
+# --------------------------------------------------------------------------- draw evaluate
+
+
+def test_draw_evaluate_continues_an_interrupted_evaluation(tmp_path, monkeypatch):
+    import io
+    import json
+
+    import numpy as np
+    from rich.console import Console
+    from test_evaluate import TINY, make_run, write_idx
+
+    from drawcli.commands import evaluate as command
+
+    data_dir = tmp_path / "data"
+    (data_dir / "mnist").mkdir(parents=True)
+    g = np.random.default_rng(1)
+    write_idx(data_dir / "mnist" / "train-images-idx3-ubyte", g.integers(0, 256, (64, 28, 28), dtype=np.uint8))
+    write_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte", g.integers(0, 256, (30, 28, 28), dtype=np.uint8))
+    make_run(tmp_path / "runs", "tiny", TINY, data_dir)
+    out = io.StringIO()
+    common = dict(runs_dir=tmp_path / "runs", samples=3, batch_size=6, device="cpu", console=Console(file=out, width=200))
+
+    whole = command.evaluate_command("tiny", output=tmp_path / "whole.json", **common)
+
+    real = command.likelihood_bounds
+
+    def interrupted(*args, progress=None, **kwargs):
+        def stop(done):
+            if done >= 8:
+                raise KeyboardInterrupt
+
+        return real(*args, progress=stop, keep_every=0.0, **kwargs)
+
+    monkeypatch.setattr(command, "likelihood_bounds", interrupted)
+    target = tmp_path / "again.json"
+    with pytest.raises(KeyboardInterrupt):
+        command.evaluate_command("tiny", output=target, **common)
+    kept = target.with_name("again.json.partial")
+    assert kept.exists() and not target.exists()
+    assert "the same command continues from there" in out.getvalue()
+    assert torch.load(kept, weights_only=True)["partial"]["done"] == 8
+
+    monkeypatch.setattr(command, "likelihood_bounds", real)
+    again = command.evaluate_command("tiny", output=target, **common)
+    assert "continuing from" in out.getvalue() and "8 of 30 images were done" in out.getvalue()
+    assert not kept.exists()  # finished: the partial file is gone
+    for key in ("elbo", "elbo_lx", "elbo_lz", "iwae", "iwae_stderr", "images"):
+        assert again[key] == whole[key], key
+    assert json.loads(target.read_text())["iwae"] == whole["iwae"]
+
+
+def test_a_kept_evaluation_of_other_work_is_not_continued(tmp_path):
+    from drawcli.evaluation.bounds import Partial
+    from drawcli.evaluation.evaluate import partial_key, read_partial, write_partial
+
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"x")
+    key = partial_key("run", ckpt, split="test", samples=1000, seed=0)
+    p = Partial(done=4, lx=torch.zeros(9, dtype=torch.float64), lz=torch.zeros(9, dtype=torch.float64),
+                iwae=torch.zeros(9, dtype=torch.float64), noise=torch.Generator().get_state(),
+                per_block=2, per_pass=1000, images=9, samples=1000)
+    write_partial(tmp_path / "e.json.partial", key, p, 12.5)
+    got, seconds = read_partial(tmp_path / "e.json.partial", key)
+    assert got.done == 4 and seconds == 12.5
+    other, why = read_partial(tmp_path / "e.json.partial", partial_key("run", ckpt, split="test", samples=100, seed=0))
+    assert other is None and "another samples" in why
+    ckpt.write_bytes(b"xy")  # the checkpoint was replaced (another epoch)
+    other, why = read_partial(tmp_path / "e.json.partial", partial_key("run", ckpt, split="test", samples=1000, seed=0))
+    assert other is None and "another checkpoint" in why
+    (tmp_path / "bad.partial").write_bytes(b"not a torch file")
+    other, why = read_partial(tmp_path / "bad.partial", key)
+    assert other is None and "unreadable" in why
+    assert read_partial(tmp_path / "none.partial", key) == (None, None)

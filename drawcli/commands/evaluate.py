@@ -25,9 +25,13 @@ from drawcli.evaluation.evaluate import (
     eval_binarize,
     eval_path,
     load_split,
+    partial_key,
+    partial_path,
     per_value,
+    read_partial,
     same_dataset,
     write_json_atomic,
+    write_partial,
 )
 
 
@@ -114,13 +118,35 @@ def evaluate_command(
         highlight=False,
     )
     console.print(choice.line, highlight=False)
+
+    # Hours of K = 1000 survive an interruption: the finished images are kept beside the output
+    # (at most a minute's work is lost) and the same command continues, to the same numbers.
+    kept_at = partial_path(path)
+    key = partial_key(located.label, located.checkpoint, split=split, dataset=name, limit=limit, images=len(images),
+                      samples=samples, seed=seed, binarize=binarize, precision=loaded.precision, engine=choice.engine,
+                      device=dev.type)
+    resume, earlier = read_partial(kept_at, key)
+    if resume is None and earlier is not None:
+        console.print(earlier, highlight=False)
+        earlier = 0.0
+    elif resume is not None:
+        console.print(f"continuing from {kept_at}: {resume.done} of {len(images)} images were done", highlight=False)
     t0 = time.perf_counter()
-    with Reporter(console, columns=count_columns("images"), transient=True, unit="images") as bar:
-        bar.begin(f"K={samples}", len(images))
-        with autocast(dev, loaded.precision):
-            bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size, progress=bar.tick,
-                                       engine=choice.engine)
-    seconds = time.perf_counter() - t0
+
+    def keep(partial) -> None:
+        write_partial(kept_at, key, partial, (earlier or 0.0) + time.perf_counter() - t0)
+
+    try:
+        with Reporter(console, columns=count_columns("images"), transient=True, unit="images") as bar:
+            bar.begin(f"K={samples}", len(images), completed=resume.done if resume is not None else 0)
+            with autocast(dev, loaded.precision):
+                bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size,
+                                           progress=bar.tick, engine=choice.engine, resume=resume, keep=keep)
+    except KeyboardInterrupt:
+        if kept_at.exists():
+            console.print(f"the finished images are kept in {kept_at}: the same command continues from there", highlight=False)
+        raise
+    seconds = (earlier or 0.0) + time.perf_counter() - t0
     numbers = bounds.summary()
     check_finite(numbers)
 
@@ -156,6 +182,7 @@ def evaluate_command(
     for line in _footnotes(result):
         console.print(line, highlight=False)
     write_json_atomic(path, result)
+    kept_at.unlink(missing_ok=True)
     console.print(f"wrote {path} ({seconds:.1f} s)", highlight=False)
     return result
 

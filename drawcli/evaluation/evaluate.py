@@ -125,3 +125,56 @@ def per_value(numbers: dict, values: int) -> dict:
             **{f"{key}_per_value_bits": numbers[key] / values / math.log(2) for key in ("elbo", "iwae")}}
 
 
+
+
+# --------------------------------------------------------------------------- interrupted evaluations
+
+PARTIAL_FORMAT = "drawcli-eval-partial"
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(path: Path) -> Path:
+    """Where an evaluation writing ``path`` keeps its finished images while it runs."""
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def partial_key(source: str, checkpoint: Path | None, **what) -> dict:
+    """What must be the same for a kept partial evaluation to be continued: the model file (path,
+    size and modification time; a built-in by name), and ``what`` (split, K, seed, limit, engine,
+    precision, device kind, ...: everything that changes the numbers or the noise)."""
+    key = {"source": source, **what}
+    if checkpoint is not None:
+        st = Path(checkpoint).stat()
+        key["checkpoint"] = [str(Path(checkpoint).resolve()), st.st_size, st.st_mtime_ns]
+    return key
+
+
+def read_partial(path: Path, key: dict):
+    """(the kept Partial, seconds it took) when ``path`` holds one of the same work as ``key``;
+    else (None, a line saying why it is not used, or None when there is no file)."""
+    import torch
+
+    from drawcli.evaluation.bounds import Partial
+
+    if not path.exists():
+        return None, None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("format") != PARTIAL_FORMAT:
+            raise ValueError("not a partial evaluation")
+        if data["key"] != key:
+            changed = sorted(k for k in set(key) | set(data["key"]) if key.get(k) != data["key"].get(k))
+            return None, f"not continuing {path}: it was made with another {', '.join(changed)}; starting over"
+        return Partial.from_dict(data["partial"]), float(data["seconds"])
+    except Exception as e:  # unreadable: say so and start over; the file is replaced as the work goes
+        return None, f"not continuing {path}: unreadable ({type(e).__name__}); starting over"
+
+
+def write_partial(path: Path, key: dict, partial, seconds: float) -> None:
+    """Keep ``partial`` (plain types and tensors, atomically) for the same command to continue."""
+    import torch
+
+    from drawcli.core.files import replace_atomically
+
+    data = {"format": PARTIAL_FORMAT, "key": key, "partial": partial.to_dict(), "seconds": seconds}
+    replace_atomically(path, lambda tmp: torch.save(data, tmp), what="partial evaluation ")
