@@ -477,3 +477,20 @@ def test_item11_quick_config_uses_the_faster_recipe_and_the_readme_shows_its_sam
     assert "--threads 1" in section  # measured on one thread: said, with the time
     for picture in ("quick-samples.png", "quick.gif"):
         assert (ROOT / "docs" / picture).stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- a copied run folder
+def test_a_copied_run_folder_resumes_under_its_own_name(here, env):
+    """Branching an experiment by copying its folder: the copy resumes as itself; the original is untouched."""
+    import shutil
+
+    ok(run_cli("train", *TINY, "--epochs", "1", "--name", "trunk", env=env))
+    shutil.copytree(here / "runs" / "trunk", here / "runs" / "branch")
+    before = (here / "runs" / "trunk" / "metrics.jsonl").read_text()
+    r = ok(run_cli("train", "--resume", "branch", "--epochs", "2", env=env))
+    assert "epoch 2" in r.stdout
+    assert (here / "runs" / "branch" / "checkpoints" / "epoch_002.pt").is_file()
+    assert not (here / "runs" / "trunk" / "checkpoints" / "epoch_002.pt").exists()
+    assert (here / "runs" / "trunk" / "metrics.jsonl").read_text() == before
+    # A --name that is neither the folder's nor the saved one is still a contradiction.
+    one_error_line(run_cli("train", "--resume", "branch", "--name", "third", env=env), "--resume branch cannot be combined with --name third")

@@ -96,7 +96,9 @@ def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tup
         raise DrawError(f"--resume {run_dir.name}: cannot change the model shape ({'; '.join(changed)})")
     settings = same_data_set(settings, saved, run_dir.name)
     name = settings.run.name
-    if name is not None and name != run_dir.name:
+    # A run is its folder: one copied or renamed (to branch an experiment) continues under its
+    # folder's name; only a --name that differs from both is a contradiction.
+    if name is not None and name not in (run_dir.name, saved.run.name):
         raise DrawError(f"--resume {run_dir.name} cannot be combined with --name {name}")
     changes = changed_settings(saved, settings)
     for key, why in FIXED_ON_RESUME.items():
