@@ -12,6 +12,8 @@
 //     runs on blocks of at most 64 images (struct Block), which stay in the cache;
 //   * with bfloat16 products, every product input is written in bfloat16 once, when it is made,
 //     into buffers that the weight-gradient products read again: no bulk casts.
+//   * with bfloat16 products on a CPU with AMX, the LSTM products run on AMX tiles (amx.h) against
+//     weights laid out once per call by the op amx_pack (enc_amx ... buffers), with float32 results.
 // Two ops, registered below with schemas that name every argument and declare what each op
 // writes (Tensor(a!)). The kernels read their arguments by those names (class Args), and
 // native_loop.py passes them by name: the schemas are the one list of them.
