@@ -269,6 +269,65 @@ def test_training_step_runs_natively_and_learns():
     assert losses[-1] < losses[0] - 20
 
 
+# ----------------------------------------------------------------------------- AMX tiles
+def amx_or_skip():
+    if not native_loop.amx_available():
+        pytest.skip("this CPU (or build) has no AMX tiles: bfloat16 products run by oneDNN")
+
+
+def unpack(packed: torch.Tensor, k: int, n: int) -> torch.Tensor:
+    """B (k x n) back from amx_pack's layout: tiles (n / 16, k / 32) of 16 pairs of rows x 16 columns x 2."""
+    kp, np_ = -(-k // 32) * 32, -(-n // 32) * 32
+    tiles = packed.view(np_ // 16, kp // 32, 16, 16, 2)  # (n tile, k tile, k pair, n, k parity)
+    return tiles.permute(1, 2, 4, 0, 3).reshape(kp, np_)[:k, :n]
+
+
+@needs_compiler
+@pytest.mark.usefixtures("loaded")
+def test_amx_pack_lays_out_the_weight_in_bfloat16():
+    """Both layouts hold exactly torch's bfloat16 rounding of the weight (NaN included), the
+    padding zero."""
+    amx_or_skip()
+    w = torch.randn(72, 45, generator=torch.Generator().manual_seed(3))
+    w[5, 7] = float("nan")
+    for transpose, cols in ((True, 0), (False, 45), (False, 21)):
+        k, n = (45, 72) if transpose else (72, cols)
+        out = torch.full((-(-n // 32) * 32 * -(-k // 32) * 32,), 7.0, dtype=torch.bfloat16)
+        torch.ops.drawcli.amx_pack(w, cols, transpose, out)
+        want = (w.t() if transpose else w[:, :cols]).to(torch.bfloat16)
+        got = unpack(out, k, n)
+        nan = want.isnan()
+        assert torch.equal(got.isnan(), nan) and int(nan.sum()) == (1 if transpose or cols > 7 else 0)
+        assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))  # the same rounding
+        assert int((out != 0).sum()) == int((want != 0).sum())  # the padding is zero
+    torch.library.opcheck(torch.ops.drawcli.amx_pack.default, (w, 21, False, torch.empty(96 * 32, dtype=torch.bfloat16)))
+
+
+@needs_compiler
+@pytest.mark.usefixtures("loaded")
+@pytest.mark.parametrize("channels,b,hidden", [(1, 37, 64), (3, 32, 20)])
+def test_amx_products_agree_with_onednns_bfloat16_products(channels, b, hidden):
+    """The same training forward, backward and evaluation with the LSTM products on AMX tiles and
+    by oneDNN (at::mm): equal to bfloat16's precision. Uneven shapes: 37 rows (padded to 64), 4H =
+    80 (padded to 96), encoder inputs not a multiple of 32."""
+    amx_or_skip()
+    m = model_for(11, dtype=torch.float32, height=12, width=10, steps=3, hidden=hidden, embed=5, read_n=3, write_n=4,
+                  channels=channels)
+    x = images(b, channels, 12, 10, seed=2, dtype=torch.float32)
+    eps = torch.randn(3, b, 5, generator=torch.Generator().manual_seed(4))
+    w = LoopWeights(*(t.detach() for t in loop_weights(m)))
+    out = {}
+    for amx in (True, False):
+        canvas, mu_ls, lz, saved = native_loop.forward(m, x, eps, w, torch.bfloat16, amx=amx)
+        d_canvas = torch.linspace(-1, 1, canvas.numel()).view_as(canvas)
+        dx, grads = native_loop.backward(m, saved, d_canvas, None, torch.ones(b), mu_ls, need_x=True)
+        ev = native_loop.evaluate(m, x, eps, w, torch.bfloat16, log_ratio=True, amx=amx)
+        out[amx] = (canvas, lz, dx, *grads, *ev)
+    for a, o in zip(out[True], out[False]):
+        assert rel(a, o) < 2e-2
+        assert torch.nn.functional.cosine_similarity(a.flatten(), o.flatten(), dim=0) > 0.999
+
+
 # ----------------------------------------------------------------------------- the ops
 def workspace_for(m: DRAW, x: torch.Tensor, eps: torch.Tensor, keep: bool):
     w = LoopWeights(*(t.detach().contiguous() for t in loop_weights(m)))

@@ -7,7 +7,7 @@ Three engines compute the same function from the same parameters:
 * ``python``: fused.py, the time loop as one autograd node with a hand-written backward
   (python_loop.py), the sampling decoder (sampling.py). Runs on every device but MPS (below).
 * ``native``: the same loop in C++ (csrc/draw_loop.cpp, glue in native_loop.py): training and
-  evaluation of the attention model on the CPU, grey or colour. drawcli/native.py builds and
+  evaluation of the attention model on the CPU, grey or colour. drawcli/model/native_build.py builds and
   loads it; the model itself never does (it does no I/O).
 
 ``auto`` (the default) picks, for each call: the native engine where it is loaded and can run
@@ -56,7 +56,7 @@ def as_engine(engine: str | Engine | None) -> Engine:
 
 
 def native_loaded() -> bool:
-    """Whether this process has loaded the native library (drawcli.native.load())."""
+    """Whether this process has loaded the native library (drawcli.model.native_build.load())."""
     try:
         return hasattr(torch.ops.drawcli, "loop_forward")
     except (AttributeError, RuntimeError):
@@ -66,7 +66,7 @@ def native_loaded() -> bool:
 def native_refusal(m, x: torch.Tensor, record: bool, mm_dtype: torch.dtype | None) -> str | None:
     """Why the native engine cannot run this forward of model m on input x, or None if it can."""
     if not native_loaded():
-        return "the native library is not loaded (drawcli.native.load() builds and loads it)"
+        return "the native library is not loaded (drawcli.model.native_build.load() builds and loads it)"
     if x.device.type != "cpu":
         return f"it runs on the CPU only, not {x.device.type}"
     if not m.attention:

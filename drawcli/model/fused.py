@@ -5,7 +5,7 @@ This module is the front: it picks the engine of a call (engine.py), keeps autoc
 loops, and wraps training in one autograd node (_DrawLoop) whose backward is hand-written:
 
 - python_loop.py / python_backward.py: the time loop in PyTorch ops, into preallocated buffers;
-- native_loop.py: the same loop in C++ (csrc/draw_loop.cpp, loaded by drawcli/native.py);
+- native_loop.py: the same loop in C++ (csrc/draw_loop.cpp, loaded by drawcli/model/native_build.py);
 - sampling.py: the decoder alone, for DRAW.generate;
 - layout.py: the parameters as both loops read them (LoopWeights), and cached constants.
 

@@ -1,6 +1,6 @@
 """The native engine's glue: the buffers of csrc/draw_loop.cpp's two ops, and the calls.
 
-drawcli/native.py builds and loads the library; this module only calls its ops, which the C++
+drawcli/model/native_build.py builds and loads the library; this module only calls its ops, which the C++
 registers with schemas naming every argument (and what each op writes). ``call`` passes every
 argument by its schema name, taken from the dataclasses below, whose fields carry those names:
 the schemas are the one list of them, and a missing or misnamed one fails loudly.
@@ -87,6 +87,12 @@ class Workspace:
     g_dec_lp: torch.Tensor | None = None
     d_heads: torch.Tensor | None = None  # training: dL/d heads (T + 1, B, .), dL/d[mu | log sigma] (T, B, 2Z)
     dq: torch.Tensor | None = None
+    # bfloat16 products on AMX tiles (csrc/amx.h): the LSTM weights laid out by drawcli::amx_pack,
+    # rewritten by every call (products); for the forward products and for the input gradients
+    enc_amx: torch.Tensor | None = None
+    dec_amx: torch.Tensor | None = None
+    enc_amx_t: torch.Tensor | None = None
+    dec_amx_t: torch.Tensor | None = None
 
 
 def workspace(m, b: int, dtype: torch.dtype, ke: int, kd: int, lowp: bool, keep: bool) -> Workspace:
@@ -156,11 +162,31 @@ def inputs(m, x: torch.Tensor, eps: torch.Tensor) -> Inputs:
 PACK_MIN_ROWS = 2048
 
 
-def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed: bool, backward: bool) -> Products:
+def amx_available() -> bool:
+    """Whether the library multiplies bfloat16 on AMX tiles here (built for AMX, tile state granted)."""
+    if "amx" not in _AMX:
+        _AMX["amx"] = bool(torch.ops.drawcli.amx_available())
+    return _AMX["amx"]
+
+
+_AMX: dict = {}
+
+
+def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed: bool, backward: bool,
+             ws: Workspace | None = None, amx: bool = True) -> Products:
     """The LSTM weights for the products (see Products), packed for ``rows`` rows where that
     applies. (q's and the heads' products, 64 x 256 x 200 and smaller, stay at::addmm: packing
-    did not make them faster.)"""
+    did not make them faster.)
+
+    With ``packed`` and ``amx``, bfloat16 products run on AMX tiles where the library has them
+    (amx_available): the weights are laid out into ws's enc_amx ... buffers instead, in one pass
+    each, and the products return float32. Measured against oneDNN's packed products, the other
+    way (docs/performance.md): faster at colour_quick's 32 rows (where oneDNN was not even worth
+    packing for) and at the paper config's 128."""
     p = Products()
+    if mm_dtype == torch.bfloat16 and packed and amx and ws is not None and amx_available():
+        amx_weights(m, w, ws, backward)
+        return p
     if mm_dtype is not None:
         p.enc_w_lp, p.dec_w_lp = w.enc_w.to(mm_dtype).contiguous(), w.dec_w.to(mm_dtype).contiguous()
     dtype = mm_dtype or w.enc_w.dtype
@@ -173,6 +199,28 @@ def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed:
             ce = 2 * m.channels * m.read_n * m.read_n + 2 * m.hidden
             p.enc_pk_t, p.dec_pk_t = pack(w.enc_w[:, :ce].t()), pack(w.dec_w[:, : m.embed + m.hidden].t())
     return p
+
+
+def amx_weights(m, w: LoopWeights, ws: Workspace, backward: bool) -> None:
+    """w's LSTM weights laid out for AMX into ws (made on first use, then rewritten in place)."""
+    hd = m.hidden
+    ce, cd = 2 * m.channels * m.read_n * m.read_n + 2 * hd, m.embed + hd
+    wanted = [("enc_amx", w.enc_w, 0, True), ("dec_amx", w.dec_w, 0, True)]
+    if backward:
+        wanted += [("enc_amx_t", w.enc_w, ce, False), ("dec_amx_t", w.dec_w, cd, False)]
+    for name, weight, cols, transpose in wanted:
+        k, n = (weight.shape[1], weight.shape[0]) if transpose else (weight.shape[0], cols)
+        size = _round_up(n, 32) * _round_up(k, 32)
+        buf = getattr(ws, name)
+        if buf is None or buf.numel() != size:
+            with torch.inference_mode(False):
+                buf = torch.empty(size, dtype=torch.bfloat16)
+            setattr(ws, name, buf)
+        torch.ops.drawcli.amx_pack(weight, cols, transpose, buf)
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
 
 
 # Evaluation cuts the batch into chunks of at most this many rows (at least one per thread): larger
@@ -229,9 +277,10 @@ class Saved:
     chunks: int
 
 
-def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtype: torch.dtype | None, packed: bool = True):
+def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtype: torch.dtype | None, packed: bool = True,
+            amx: bool = True):
     """python_loop.forward(save=True) natively: (c_T, [mu | log sigma] (T, B, 2Z), L^z (eq 11,
-    summed as the loop goes), Saved)."""
+    summed as the loop goes), Saved). amx=False keeps bfloat16 products off AMX (see products)."""
     T, Z = m.steps, m.embed
     b = x.shape[0]
     w = LoopWeights(*(t.detach().contiguous() for t in weights))
@@ -240,7 +289,7 @@ def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtyp
     _start(m, ws, w.heads_b)
     chunks = chunks_for(b)  # backward must cut the batch the same way: the lane buffers are laid out per chunk
     ins = inputs(m, x, eps)
-    prods = products(m, w, -(-b // chunks), mm_dtype, packed, backward=True)
+    prods = products(m, w, -(-b // chunks), mm_dtype, packed, backward=True, ws=ws, amx=amx)
     mu_ls, canvas, lz = x.new_empty(T, b, 2 * Z), torch.empty_like(ins.x), x.new_empty(b)
     call(torch.ops.drawcli.loop_forward.default, ins, w, prods, ws, mu_ls=mu_ls, canvas=canvas, lz=lz, log_ratio=None,
          filter_eps=FILTER_EPS, chunks=chunks)
@@ -275,7 +324,7 @@ def backward(m, sv: Saved, d_canvas, d_mu_ls, d_lz, mu_ls: torch.Tensor, need_x:
 
 
 def evaluate(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtype: torch.dtype | None,
-             log_ratio: bool, packed: bool = True):
+             log_ratio: bool, packed: bool = True, amx: bool = True):
     """A forward without gradients: (c_T, L^z, the log ratio of the IWAE bound or None)."""
     b = x.shape[0]
     w = LoopWeights(*(t.detach().contiguous() for t in weights))
@@ -284,7 +333,7 @@ def evaluate(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dty
     _start(m, ws, w.heads_b)
     chunks = eval_chunks(b)
     ins = inputs(m, x, eps)
-    prods = products(m, w, -(-b // chunks), mm_dtype, packed, backward=False)
+    prods = products(m, w, -(-b // chunks), mm_dtype, packed, backward=False, ws=ws, amx=amx)
     canvas, lz = torch.empty_like(ins.x), x.new_empty(b)
     ratio = x.new_empty(b) if log_ratio else None
     call(torch.ops.drawcli.loop_forward.default, ins, w, prods, ws, canvas=canvas, lz=lz, log_ratio=ratio,

@@ -12,13 +12,15 @@
 //     runs on blocks of at most 64 images (struct Block), which stay in the cache;
 //   * with bfloat16 products, every product input is written in bfloat16 once, when it is made,
 //     into buffers that the weight-gradient products read again: no bulk casts.
+//   * with bfloat16 products on a CPU with AMX, the LSTM products run on AMX tiles (amx.h) against
+//     weights laid out once per call by the op amx_pack (enc_amx ... buffers), with float32 results.
 // Two ops, registered below with schemas that name every argument and declare what each op
 // writes (Tensor(a!)). The kernels read their arguments by those names (class Args), and
 // native_loop.py passes them by name: the schemas are the one list of them.
 //   loop_forward: training (every step's buffers kept: T + 1 slots of the inputs, T of the rest)
 //     or evaluation (2 slots and 1, reused in turn; also the log ratio of the IWAE bound);
 //   loop_backward: backpropagation through a training forward.
-// drawcli/native.py builds this file (torch.utils.cpp_extension); tests/test_native.py checks
+// drawcli/model/native_build.py builds this file (torch.utils.cpp_extension); tests/test_native.py checks
 // it against draw.py's plain loops (float64 to 1e-10) and the Python engine.
 
 #include <ATen/ATen.h>
@@ -33,13 +35,15 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
 #ifndef DRAWCLI_ABI
-#error "DRAWCLI_ABI is defined by drawcli/native.py, which builds this file"
+#error "DRAWCLI_ABI is defined by drawcli/model/native_build.py, which builds this file"
 #endif
 
+#include "amx.h"
 #include "kernels.h"
 
 namespace {
@@ -124,6 +128,9 @@ struct Loop {
   // weights in layout.py's layout, their bfloat16 copies (or undefined), and the packed ones
   // (or undefined where at::mm runs): forward, and for the input gradients W[:, :inputs]^T
   Tensor enc_w, dec_w, q_w, q_b, heads_w, heads_b, enc_w_lp, dec_w_lp, enc_pk, dec_pk, enc_pk_t, dec_pk_t;
+  // or the weights packed for AMX (amx.h; the products then need no bfloat16 copies): forward, and
+  // for the input gradients
+  Tensor enc_amx, dec_amx, enc_amx_t, dec_amx_t;
   // buffers (native_loop.py's Workspace documents each)
   Tensor enc_in, dec_in, mu_ls, heads, g_enc, g_dec, enc_lp, dec_lp, g_enc_lp, g_dec_lp;
   T *p_enc_in, *p_dec_in, *c_enc, *c_dec, *p_g_enc, *p_g_dec, *tc_enc, *tc_dec, *se, *p_heads, *p_mu_ls, *xhat, *f_r,
@@ -170,8 +177,17 @@ struct Loop {
     x = tx.data_ptr<T>(), eps = te.data_ptr<T>(), grid = a.tensor("grid").data_ptr<T>();
     roff = tro.data_ptr<T>(), woff = two.data_ptr<T>();
     enc_w_lp = a.optional("enc_w_lp"), dec_w_lp = a.optional("dec_w_lp");
-    lowp = enc_w_lp.defined();
-    TORCH_CHECK(!lowp || (std::is_same<T, float>::value && dec_w_lp.defined()), "drawcli loop: bfloat16 products need float32");
+    enc_amx = a.optional("enc_amx"), dec_amx = a.optional("dec_amx");
+    enc_amx_t = a.optional("enc_amx_t"), dec_amx_t = a.optional("dec_amx_t");
+    const bool amx_fwd = enc_amx.defined() && dec_amx.defined(), amx_bwd = enc_amx_t.defined() && dec_amx_t.defined();
+    lowp = enc_w_lp.defined() || amx_fwd || amx_bwd;
+    TORCH_CHECK(!lowp || (std::is_same<T, float>::value && (dec_w_lp.defined() || amx_fwd || amx_bwd)),
+                "drawcli loop: bfloat16 products need float32");
+    TORCH_CHECK(!(amx_fwd || amx_bwd) || amx::available(), "drawcli loop: AMX weights given, but AMX is not available");
+    const int64_t ce = d.R + 2 * d.hd, cd = d.Z + d.hd;
+    for (auto [t, name, k, n] : {std::tuple{&enc_amx, "enc_amx", d.ke, 4 * d.hd}, {&dec_amx, "dec_amx", d.kd, 4 * d.hd},
+                                 {&enc_amx_t, "enc_amx_t", 4 * d.hd, ce}, {&dec_amx_t, "dec_amx_t", 4 * d.hd, cd}})
+      if (t->defined()) expect(*t, name, at::kBFloat16, amx::packed_size(k, n));
     enc_pk = a.optional("enc_pk"), dec_pk = a.optional("dec_pk");
     enc_pk_t = a.optional("enc_pk_t"), dec_pk_t = a.optional("dec_pk_t");
     const int64_t S1 = d.S_in, S = d.S, B = d.B, hd = d.hd;
@@ -221,6 +237,8 @@ struct Loop {
   }
 
   T* row(T* base, int64_t slot, int64_t b, int64_t width) const { return base + (slot * D.B + b) * width; }
+  static BF* p_lp(const Tensor& t) { return t.data_ptr<BF>(); }
+  static const uint16_t* bits(const Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<BF>()); }
   BF* row(BF* base, int64_t slot, int64_t b, int64_t width) const { return base + (slot * D.B + b) * width; }
 
   // A chunk's block of a per-image buffer of S slots, laid out (S, size, V) with the chunk's V images innermost.
@@ -250,7 +268,7 @@ struct Loop {
   // weights, then the cell: gates into slot ss of g, c_{t-1} from slot si of c and c_t into si1,
   // tanh(c_t) into slot ss of tc, and h_t into h (row stride h_stride).
   void cell(int64_t si, int64_t si1, int64_t ss, int64_t sl, int64_t b0, int64_t nb, const Tensor& in,
-            const Tensor& in_lp, const Tensor& w, const Tensor& w_lp, const Tensor& pk, Tensor& pre_lp,
+            const Tensor& in_lp, const Tensor& w, const Tensor& w_lp, const Tensor& pk, const Tensor& ab, Tensor& pre_lp,
             const Tensor& gates, T* g, T* c, T* tc, T* h, int64_t h_stride) {
     const int64_t hd = D.hd;
     auto finish = [&](auto* pre, int64_t b) {
@@ -258,7 +276,13 @@ struct Loop {
       lstm_forward<T, P>(pre, row(g, ss, b0 + b, 4 * hd), row(c, si, b0 + b, hd), row(c, si1, b0 + b, hd),
                          row(tc, ss, b0 + b, hd), h + (b0 + b) * h_stride, hd);
     };
-    if (lowp) {
+    if (ab.defined()) {  // AMX: float32 results (amx.h)
+      const int64_t k = in_lp.size(2), n = 4 * hd;
+      float* pre = amx::output(nb, n);
+      amx::gemm(reinterpret_cast<const uint16_t*>(row(p_lp(in_lp), sl, b0, k)), k, nb, k, bits(ab), n, pre);
+      if constexpr (std::is_same<T, float>::value)
+        for (int64_t b = 0; b < nb; ++b) finish(pre + b * amx::round_up(n, 2 * amx::NT), b);
+    } else if (lowp) {
       if (pk.defined())
         pre_lp = packed_linear(in_lp[sl].narrow(0, b0, nb), pk);
       else
@@ -428,7 +452,7 @@ struct Loop {
       for (Block& blk : blks) read(blk, sc, t, si, sl);
       // eq 5: the encoder; h^enc_t goes to the next slot's encoder input
       T* next = p_enc_in + si1 * d.B * d.ke;
-      cell(si, si1, ss, sl, b0, nb, enc_in, enc_lp, enc_w, enc_w_lp, enc_pk, pre_lp, g_enc, p_g_enc, c_enc, tc_enc,
+      cell(si, si1, ss, sl, b0, nb, enc_in, enc_lp, enc_w, enc_w_lp, enc_pk, enc_amx, pre_lp, g_enc, p_g_enc, c_enc, tc_enc,
            next + R + hd, d.ke);
       if (next_lp)
         for (int64_t b = b0; b < b0 + nb; ++b)
@@ -455,7 +479,7 @@ struct Loop {
         if (lowp) to_lp(row(p_dec_lp, sl, b, d.kd), z, Z);
       }
       // eq 7: the decoder; h^dec_t goes to the next slot's encoder and decoder inputs
-      cell(si, si1, ss, sl, b0, nb, dec_in, dec_lp, dec_w, dec_w_lp, dec_pk, pre_lp, g_dec, p_g_dec, c_dec, tc_dec,
+      cell(si, si1, ss, sl, b0, nb, dec_in, dec_lp, dec_w, dec_w_lp, dec_pk, dec_amx, pre_lp, g_dec, p_g_dec, c_dec, tc_dec,
            next + R, d.ke);
       for (int64_t b = b0; b < b0 + nb; ++b) {
         const T* h = row(p_enc_in, si1, b, d.ke) + R;
@@ -483,8 +507,15 @@ struct Loop {
   // backward ------------------------------------------------------------------------
   // d_out (nb x cols) = g (nb x 4hd) @ w[:, :cols], from the gate gradients of step t
   void input_grads(int64_t t, int64_t b0, int64_t nb, const Tensor& gates, const Tensor& g_lp, const Tensor& w,
-                   const Tensor& w_lp, const Tensor& pk, int64_t cols, Tensor& out, Tensor& out_lp) {
-    if (lowp) {
+                   const Tensor& w_lp, const Tensor& pk, const Tensor& ab, int64_t cols, Tensor& out, Tensor& out_lp) {
+    if (ab.defined()) {  // AMX: float32 results (amx.h)
+      const int64_t k = 4 * D.hd, np = amx::round_up(cols, 2 * amx::NT);
+      float* res = amx::output(nb, cols);
+      amx::gemm(reinterpret_cast<const uint16_t*>(row(p_lp(g_lp), t, b0, k)), k, nb, k, bits(ab), cols, res);
+      T* o = out.data_ptr<T>();
+      for (int64_t b = 0; b < nb; ++b)
+        for (int64_t j = 0; j < cols; ++j) o[b * cols + j] = static_cast<T>(res[b * np + j]);
+    } else if (lowp) {
       if (pk.defined())
         out_lp = packed_linear(g_lp[t].narrow(0, b0, nb), pk);
       else
@@ -718,7 +749,7 @@ struct Loop {
       }
       dh.addmm_(at::from_blob(row(d_heads, t + 1, b0, d.hw), {nb, d.hw}, opt), heads_w);
       cell_backward(t, b0, nb, p_g_dec, p_g_dec_lp, c_dec, tc_dec, pdh, pdcd);
-      input_grads(t, b0, nb, g_dec, g_dec_lp, dec_w, dec_w_lp, dec_pk_t, cd, ddi[cur], di_lp);  // [dz_t | dh^dec_{t-1}]
+      input_grads(t, b0, nb, g_dec, g_dec_lp, dec_w, dec_w_lp, dec_pk_t, dec_amx_t, cd, ddi[cur], di_lp);  // [dz_t | dh^dec_{t-1}]
       const T* ddc = ddi[cur].data_ptr<T>();
       for (int64_t b = 0; b < nb; ++b) {
         const T* dz = ddc + b * cd;
@@ -742,7 +773,7 @@ struct Loop {
       for (int64_t b = 0; b < nb; ++b) std::copy(ei_next + b * ce + R + hd, ei_next + b * ce + R + 2 * hd, pdh + b * hd);
       dh.addmm_(at::from_blob(row(dq, t, b0, 2 * Z), {nb, 2 * Z}, opt), q_w);
       cell_backward(t, b0, nb, p_g_enc, p_g_enc_lp, c_enc, tc_enc, pdh, pdce);
-      input_grads(t, b0, nb, g_enc, g_enc_lp, enc_w, enc_w_lp, enc_pk_t, ce, dei[cur], ei_lp);  // [dr_t | dh^dec | dh^enc]
+      input_grads(t, b0, nb, g_enc, g_enc_lp, enc_w, enc_w_lp, enc_pk_t, enc_amx_t, ce, dei[cur], ei_lp);  // [dr_t | dh^dec | dh^enc]
       const T* dr = dei[cur].data_ptr<T>();
       for (Block& blk : blks) read_backward(blk, sc, t, dr + (blk.b0 - b0) * ce, ce);
       cur = 1 - cur;
@@ -811,6 +842,19 @@ void loop_backward(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   torch::jit::drop(*stack, op.schema().arguments().size());
 }
 
+// w (float32) laid out for amx::gemm into out (bfloat16, amx::packed_size values): transpose: B = w^T
+// (K = w's columns, N = its rows), the forward's x @ w^T; else B = w[:, :cols] (K = w's rows, N = cols),
+// the input gradients' g @ w[:, :cols].
+void amx_pack(const Tensor& w, int64_t cols, bool transpose, const Tensor& out) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.device().is_cpu(),
+              "drawcli amx_pack: w must be a contiguous 2-d float32 CPU tensor");
+  const int64_t K = transpose ? w.size(1) : w.size(0), N = transpose ? w.size(0) : cols;
+  TORCH_CHECK(transpose || (cols > 0 && cols <= w.size(1)), "drawcli amx_pack: cols out of range");
+  expect(out, "out", at::kBFloat16, amx::packed_size(K, N));
+  amx::pack(w.data_ptr<float>(), w.size(1), K, N, transpose, reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
+            [](uint16_t* dst, const float* src, int64_t count) { to_lp<float>(reinterpret_cast<BF*>(dst), src, count); });
+}
+
 }  // namespace
 
 // The schemas: every argument by name, and (a!) ... on what each op writes. native_loop.py's
@@ -819,7 +863,7 @@ TORCH_LIBRARY(drawcli, m) {
   m.def(
       "loop_forward(Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
       "Tensor enc_w, Tensor dec_w, Tensor q_w, Tensor q_b, Tensor heads_w, Tensor heads_b, "
-      "Tensor? enc_w_lp, Tensor? dec_w_lp, Tensor? enc_pk, Tensor? dec_pk, "
+      "Tensor? enc_w_lp, Tensor? dec_w_lp, Tensor? enc_pk, Tensor? dec_pk, Tensor? enc_amx, Tensor? dec_amx, "
       "Tensor(a!) enc_in, Tensor(b!) dec_in, Tensor(c!) c_enc, Tensor(d!) c_dec, Tensor(e!) heads, "
       "Tensor(f!) g_enc, Tensor(g!) g_dec, Tensor(h!) tc_enc, Tensor(i!) tc_dec, Tensor(j!) se, Tensor(k!) mu_ls, "
       "Tensor(l!) xhat, Tensor(m!) f_r, Tensor(n!) f_w, Tensor(o!) left, Tensor(p!) u, Tensor(q!) wdiv, "
@@ -828,7 +872,7 @@ TORCH_LIBRARY(drawcli, m) {
   m.def(
       "loop_backward(Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
       "Tensor enc_w, Tensor dec_w, Tensor q_w, Tensor heads_w, "
-      "Tensor? enc_w_lp, Tensor? dec_w_lp, Tensor? enc_pk_t, Tensor? dec_pk_t, "
+      "Tensor? enc_w_lp, Tensor? dec_w_lp, Tensor? enc_pk_t, Tensor? dec_pk_t, Tensor? enc_amx_t, Tensor? dec_amx_t, "
       "Tensor enc_in, Tensor c_enc, Tensor c_dec, Tensor heads, "
       "Tensor(a!) g_enc, Tensor(b!) g_dec, Tensor tc_enc, Tensor tc_dec, Tensor se, Tensor mu_ls, "
       "Tensor xhat, Tensor f_r, Tensor f_w, Tensor left, Tensor u, Tensor wdiv, "
@@ -836,6 +880,9 @@ TORCH_LIBRARY(drawcli, m) {
       "Tensor(e!) d_heads, Tensor(f!) dq, Tensor d_canvas, Tensor(g!)? dx, Tensor d_lz, Tensor? d_mu_ls, "
       "float filter_eps, int chunks) -> ()");
   m.def("abi_version() -> int", []() -> int64_t { return DRAWCLI_ABI; });
+  m.def("amx_pack(Tensor w, int cols, bool transpose, Tensor(a!) out) -> ()");
+  // Whether amx_pack's weights can be used here: built for AMX, and the tile state granted (amx.h).
+  m.def("amx_available() -> bool", []() -> bool { return amx::available(); });
 }
 
 // CPU, and MkldnnCPU: the dispatcher picks the kernel by every tensor argument, and oneDNN's
@@ -843,6 +890,7 @@ TORCH_LIBRARY(drawcli, m) {
 TORCH_LIBRARY_IMPL(drawcli, CPU, m) {
   m.impl("loop_forward", torch::CppFunction::makeFromBoxedFunction<&loop_forward>());
   m.impl("loop_backward", torch::CppFunction::makeFromBoxedFunction<&loop_backward>());
+  m.impl("amx_pack", &amx_pack);
 }
 
 TORCH_LIBRARY_IMPL(drawcli, MkldnnCPU, m) {
