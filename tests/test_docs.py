@@ -100,14 +100,32 @@ def check_keys(text: str) -> list[str]:
     return sorted(named - SETTING_KEYS)
 
 
+def anchors(text: str) -> set[str]:
+    """The #anchors GitHub gives a Markdown text's headings: lower case, punctuation dropped,
+    spaces to hyphens, -1, -2 ... on repeats."""
+    found: set[str] = set()
+    for heading in re.findall(r"^#{1,6}\s+(.*?)\s*$", FENCE.sub("", text), re.M):
+        slug = unique = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        repeat = 0
+        while unique in found:
+            repeat += 1
+            unique = f"{slug}-{repeat}"
+        found.add(unique)
+    return found
+
+
 def check_links(text: str, where: Path) -> list[str]:
-    """Relative links and image paths of a Markdown file that do not resolve."""
+    """Relative links and image paths of a Markdown file that do not resolve, and #anchors that name
+    no heading of their page."""
     bad = []
     for target in LINK.findall(text):
-        if re.match(r"[a-z][a-z+.-]*:", target) or target.startswith("#"):
+        if re.match(r"[a-z][a-z+.-]*:", target):
             continue
-        path = target.split("#", 1)[0]
-        if path and not (where.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        page = where.parent / path if path else where
+        if path and not page.exists():
+            bad.append(target)
+        elif anchor and page.suffix == ".md" and anchor not in anchors(page.read_text(encoding="utf-8")):
             bad.append(target)
     return bad
 
@@ -217,6 +235,7 @@ draw sample @mnist -n 4 && draw animat @mnist
 
 Or `draw evaluate @mnist --limit 10 --no-such-flag`, with `train.eval_every` and `train.eval_evry`.
 ![missing](docs/no-such-picture.png) and [a page](docs/nowhere.md#part), [ok](README.md), [web](https://example.org/x).
+[A section](README.md#results) and [one that is not there](README.md#no-such-section), [here](#the-quick-config).
 """
 
 
@@ -230,7 +249,12 @@ def test_the_checker_catches_made_up_options_commands_keys_and_broken_links():
     assert "no command 'animat'" in problems[2]
     assert "draw evaluate has no option --no-such-flag" in problems[3]
     assert check_keys(BAD_DOC) == ["train.eval_evry"]
-    assert check_links(BAD_DOC, ROOT / "README.md") == ["docs/no-such-picture.png", "docs/nowhere.md#part"]
+    assert check_links(BAD_DOC, ROOT / "README.md") == ["docs/no-such-picture.png", "docs/nowhere.md#part",
+                                                        "README.md#no-such-section", "#the-quick-config"]
+    assert "#the-quick-config" not in check_links(BAD_DOC, ROOT / "docs" / "results.md")  # a heading there
+    assert {"the-quick-config", "a-folder-of-colour-pictures"} <= anchors((ROOT / "docs" / "results.md").read_text())
+    assert anchors("# A\n## Your own pictures: `folder:PATH`\n## A\n```\n# not a heading\n```\n") == {
+        "a", "your-own-pictures-folderpath", "a-1"}
 
 
 def test_the_checker_catches_module_paths_and_names_that_moved():
