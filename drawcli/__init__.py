@@ -18,8 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from drawcli.core.errors import DrawError
-
-__version__ = "0.1.0"
+from drawcli.core.version import __version__
 
 if TYPE_CHECKING:
     from drawcli.api import Drawer, Glimpses, create_model, load

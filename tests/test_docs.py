@@ -1,6 +1,7 @@
 """The docs cannot go stale: every `draw …` command line in README.md and docs/*.md (and every
 example at the end of a command's --help) names a real command and only options it has; every
-settings key the docs mention exists; every relative link and image resolves.
+settings key the docs mention exists; every relative link and image resolves; every `drawcli/…` path
+and `drawcli.…` name exists; the Python examples of README.md and docs/api.md run.
 
 Command lines are checked against Typer's command tree (Click's, as typer bundles it) without running them.
 """
@@ -8,6 +9,7 @@ Command lines are checked against Typer's command tree (Click's, as typer bundle
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -25,6 +27,8 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`(draw [^`]+)`")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 KEY = re.compile(r"(?<![\w./-])(model|data|train|run)\.([a-z_]+)\b(?![(/.])(?!\s+=)")  # not Python: model.fused = False
+CODE_PATH = re.compile(r"(?<![\w./~-])drawcli/[\w./-]*\w/?")  # not ~/.cache/drawcli/native/
+CODE_NAME = re.compile(r"(?<![\w./])drawcli(?:\.[A-Za-z_]\w*)+")  # not torch.ops.drawcli.loop_forward
 FILE_SUFFIXES = {"py", "yaml", "yml", "jsonl", "json", "pt", "md", "sh", "log"}
 
 
@@ -96,16 +100,63 @@ def check_keys(text: str) -> list[str]:
     return sorted(named - SETTING_KEYS)
 
 
+def anchors(text: str) -> set[str]:
+    """The #anchors GitHub gives a Markdown text's headings: lower case, punctuation dropped,
+    spaces to hyphens, -1, -2 ... on repeats."""
+    found: set[str] = set()
+    for heading in re.findall(r"^#{1,6}\s+(.*?)\s*$", FENCE.sub("", text), re.M):
+        slug = unique = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        repeat = 0
+        while unique in found:
+            repeat += 1
+            unique = f"{slug}-{repeat}"
+        found.add(unique)
+    return found
+
+
 def check_links(text: str, where: Path) -> list[str]:
-    """Relative links and image paths of a Markdown file that do not resolve."""
+    """Relative links and image paths of a Markdown file that do not resolve, and #anchors that name
+    no heading of their page."""
     bad = []
     for target in LINK.findall(text):
-        if re.match(r"[a-z][a-z+.-]*:", target) or target.startswith("#"):
+        if re.match(r"[a-z][a-z+.-]*:", target):
             continue
-        path = target.split("#", 1)[0]
-        if path and not (where.parent / path).exists():
+        path, _, anchor = target.partition("#")
+        page = where.parent / path if path else where
+        if path and not page.exists():
+            bad.append(target)
+        elif anchor and page.suffix == ".md" and anchor not in anchors(page.read_text(encoding="utf-8")):
             bad.append(target)
     return bad
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``dotted`` (drawcli.runs.checkpoint.load) is a module, or a module and its attributes."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[i:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+def check_code_names(text: str) -> list[str]:
+    """The ``drawcli/...`` paths (relative to the repository root) and ``drawcli.x.y`` names a text
+    mentions that do not exist: a module moved or renamed leaves the docs behind."""
+    bad = [path for path in CODE_PATH.findall(text) if not (ROOT / path).exists()]
+    bad += [name for name in CODE_NAME.findall(text) if not _resolves(name)]
+    return sorted(set(bad))
+
+
+def python_blocks(text: str) -> list[str]:
+    """The fenced ```python blocks of a Markdown text."""
+    return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
 
 
 # ----------------------------------------------------------------------------- the real docs
@@ -146,6 +197,33 @@ def test_every_relative_link_and_image_resolves():
     assert not {k: v for k, v in problems.items() if v}
 
 
+def test_every_module_path_and_name_in_the_docs_exists():
+    problems = {str(doc.relative_to(ROOT)): check_code_names(doc.read_text(encoding="utf-8")) for doc in DOCS}
+    assert not {k: v for k, v in problems.items() if v}
+
+
+def test_the_python_examples_run_as_written(tmp_path, monkeypatch, synthetic_data_dir):
+    """README's "From Python" and every block of docs/api.md, in order, in a folder holding a run named
+    quick (a tiny one: the blocks load it by name, directory and epoch-3 file). Only the placeholder
+    path/to/clone of torch.hub is replaced, by this clone."""
+    import torch
+
+    from helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    r = run_cli("train", "--glimpses", "3", "--hidden", "16", "--latent", "4", "-b", "32", "--epochs", "3", "--device", "cpu",
+                "--set", "train.eval_batch_size=50", "--name", "quick", env={"DRAW_DATA_DIR": str(synthetic_data_dir)})
+    assert r.exit_code == 0, r.output
+    for page in (ROOT / "README.md", ROOT / "docs" / "api.md"):
+        blocks = python_blocks(page.read_text(encoding="utf-8"))
+        assert blocks, f"{page.name} has no python example"
+        namespace: dict = {}
+        for block in blocks:
+            exec(compile(block.replace("path/to/clone", str(ROOT)), str(page), "exec"), namespace)
+    assert namespace["drawer"].name == "@mnist" and namespace["model"].steps == 16  # api.md ran to its end
+
+
 # ----------------------------------------------------------------------------- the checker itself
 BAD_DOC = """
 Run it:
@@ -157,6 +235,7 @@ draw sample @mnist -n 4 && draw animat @mnist
 
 Or `draw evaluate @mnist --limit 10 --no-such-flag`, with `train.eval_every` and `train.eval_evry`.
 ![missing](docs/no-such-picture.png) and [a page](docs/nowhere.md#part), [ok](README.md), [web](https://example.org/x).
+[A section](README.md#results) and [one that is not there](README.md#no-such-section), [here](#the-quick-config).
 """
 
 
@@ -170,7 +249,21 @@ def test_the_checker_catches_made_up_options_commands_keys_and_broken_links():
     assert "no command 'animat'" in problems[2]
     assert "draw evaluate has no option --no-such-flag" in problems[3]
     assert check_keys(BAD_DOC) == ["train.eval_evry"]
-    assert check_links(BAD_DOC, ROOT / "README.md") == ["docs/no-such-picture.png", "docs/nowhere.md#part"]
+    assert check_links(BAD_DOC, ROOT / "README.md") == ["docs/no-such-picture.png", "docs/nowhere.md#part",
+                                                        "README.md#no-such-section", "#the-quick-config"]
+    assert "#the-quick-config" not in check_links(BAD_DOC, ROOT / "docs" / "results.md")  # a heading there
+    assert {"the-quick-config", "a-folder-of-colour-pictures"} <= anchors((ROOT / "docs" / "results.md").read_text())
+    assert anchors("# A\n## Your own pictures: `folder:PATH`\n## A\n```\n# not a heading\n```\n") == {
+        "a", "your-own-pictures-folderpath", "a-1"}
+
+
+def test_the_checker_catches_module_paths_and_names_that_moved():
+    text = """The model is in `drawcli/model/draw.py` (once `drawcli/model.py`); pictures in drawcli/viz.py,
+    bounds in `drawcli.bounds` and `drawcli.evaluation.bounds.likelihood_bounds`, weights in drawcli/runs/weights/.
+    `drawcli.load("@mnist")`, `drawcli.runs.checkpoint.no_such_function`, `torch.ops.drawcli.loop_forward`,
+    the cache ~/.cache/drawcli/native/, and `pip install "drawcli[plot]"`."""
+    assert check_code_names(text) == ["drawcli.bounds", "drawcli.runs.checkpoint.no_such_function",
+                                      "drawcli/model.py", "drawcli/viz.py"]
 
 
 @pytest.mark.parametrize("line", ["draw train --set train.lr=1e-3 --lr=0.002 -T 16", "draw models --json", "draw --help"])
@@ -204,7 +297,7 @@ def render_commands() -> str:
             names = ", ".join(f"`{o}`" for o in (*param.opts, *param.secondary_opts))
             default = param.default
             shown = "" if default is None or callable(default) or default is False or param.is_flag and not param.secondary_opts else str(default)
-            if param.is_flag and param.secondary_opts:
+            if param.is_flag and param.secondary_opts and default is not None:  # None: the settings decide
                 shown = param.opts[0] if default else param.secondary_opts[0]
             rows.append((names, f"`{shown}`" if shown else "", " ".join((param.help or "").split()).replace("|", "\\|")))
         if rows:
@@ -222,6 +315,8 @@ def test_the_commands_page_is_made_from_the_commands():
     import os
 
     page = render_commands()
+    # a flag pair whose default is None (the settings decide) shows no default, not its off form
+    assert "| `--attention`, `--no-attention` |  | Gaussian" in page
     if os.environ.get("DRAW_UPDATE_DOCS") == "1":
         COMMANDS_PAGE.write_text(page, encoding="utf-8")
     assert COMMANDS_PAGE.read_text(encoding="utf-8") == page, "docs/commands.md is stale: DRAW_UPDATE_DOCS=1 python -m pytest tests/test_docs.py"
