@@ -6,6 +6,7 @@ The command line is ``draw``; from Python::
     drawer = drawcli.load("@mnist")        # a built-in model, a run, a run directory or a checkpoint file
     images = drawer.sample(16, seed=0)     # (16, 1, 28, 28) in [0, 1]
     film = drawer.sample_glimpses(4)       # the canvas and write window of every glimpse
+    test_images = drawcli.load_images("mnist", limit=100)   # uint8, downloaded first if missing
     nats = drawer.elbo(test_images)        # per image; drawer.iwae(test_images, k=100)
     model = drawcli.create_model(glimpses=16, read_n=3)   # an untrained DRAW (torch.nn.Module)
 
@@ -21,12 +22,12 @@ from drawcli.core.errors import DrawError
 from drawcli.core.version import __version__
 
 if TYPE_CHECKING:
-    from drawcli.api import Drawer, Glimpses, create_model, load
+    from drawcli.api import Drawer, Glimpses, create_model, load, load_images
     from drawcli.model import DRAW
 
-__all__ = ["DRAW", "DrawError", "Drawer", "Glimpses", "__version__", "create_model", "load"]
+__all__ = ["DRAW", "DrawError", "Drawer", "Glimpses", "__version__", "create_model", "load", "load_images"]
 
-_LAZY = {"load": "drawcli.api", "create_model": "drawcli.api", "Drawer": "drawcli.api", "Glimpses": "drawcli.api",
+_LAZY = {"load": "drawcli.api", "load_images": "drawcli.api", "create_model": "drawcli.api", "Drawer": "drawcli.api", "Glimpses": "drawcli.api",
          "DRAW": "drawcli.model"}
 
 

@@ -288,3 +288,29 @@ def create_model(*, height: int = 28, width: int = 28, channels: int = 1, **mode
     settings = apply_overrides(Settings(), {"model": model})
     check_against_image(settings, height, width)
     return build_model(settings, height, width, channels)
+
+
+def load_images(dataset: str = "mnist", split: str = "test", *, limit: int | None = None,
+                data_dir: str | Path | None = None) -> np.ndarray:
+    """A data set's images as the commands read them: uint8, (N, H, W) grey or (N, C, H, W) colour.
+
+    dataset: a name of ``draw download --list`` (``"mnist"``, ``"binarized-mnist"``, ``"svhn"``, ...)
+    or ``"folder:PATH"``. split: ``"test"``, ``"valid"`` (the data set's own, else the last 10k
+    training images) or ``"train"``. limit: the first ``limit`` images. data_dir: where data sets
+    live (default ``$DRAW_DATA_DIR``, else the per-user cache); a missing data set is downloaded
+    there first, as ``draw download`` would (progress on stderr).
+    """
+    from rich.console import Console
+
+    from drawcli.data.loading import resolve_data_dir
+    from drawcli.evaluation.evaluate import SPLITS, load_split
+    from drawcli.settings import Settings, apply_overrides
+
+    if split not in SPLITS:
+        raise DrawError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DrawError(f"limit must be an integer >= 1, got {limit!r}")
+    data = apply_overrides(Settings(), {"data": {"dataset": dataset}}).data  # the name checked as in a settings file
+    images, _ = load_split(data, resolve_data_dir(None if data_dir is None else str(data_dir)), split,
+                           Console(stderr=True))
+    return images[:limit] if limit is not None else images

@@ -45,11 +45,8 @@ def test_sample_is_what_draw_sample_writes(mnist, tmp_path):
 
 
 def test_bounds_and_attention_agree_with_the_commands_on_the_same_images_and_noise(mnist, tmp_path, monkeypatch, synthetic_data_dir):
-    from drawcli.data.catalogue import get_spec
-    from drawcli.data.loading import load_images
-
-    images = load_images(get_spec("mnist"), synthetic_data_dir / "mnist", "test_images")[:12]
     monkeypatch.setenv("DRAW_DATA_DIR", str(synthetic_data_dir))
+    images = drawcli.load_images("mnist", limit=12)  # what draw evaluate --limit 12 reads
     for k in (1, 4):
         out = tmp_path / f"k{k}.json"
         r = run_cli("evaluate", "@mnist", "--samples", k, "--limit", 12, "--seed", 5, "--device", "cpu", "-o", out)
@@ -76,6 +73,21 @@ def test_bounds_and_attention_agree_with_the_commands_on_the_same_images_and_noi
                 seen.write[t, i].tolist(), abs=1e-5)
             assert step["read"]["g_x"] == pytest.approx(float(seen.read[t, i, 0]), abs=1e-5)
     assert torch.equal(mnist.reconstruct(images[:3], seed=2), seen.images)
+
+
+def test_load_images_reads_a_split_as_the_commands_do(synthetic_data_dir):
+    from drawcli.data.catalogue import get_spec
+    from drawcli.data.loading import load_images
+
+    test = drawcli.load_images("mnist", data_dir=synthetic_data_dir)
+    assert test.dtype == np.uint8 and test.shape == (40, 28, 28)
+    assert np.array_equal(test, load_images(get_spec("mnist"), synthetic_data_dir / "mnist", "test_images"))
+    assert np.array_equal(drawcli.load_images("mnist", "train", limit=5, data_dir=synthetic_data_dir),
+                          load_images(get_spec("mnist"), synthetic_data_dir / "mnist", "train_images")[:5])
+    for bad, message in (({"dataset": "mnsit"}, "did you mean 'mnist'"), ({"split": "tset"}, "split: expected one of"),
+                         ({"limit": 0}, "limit must be an integer >= 1")):
+        with pytest.raises(DrawError, match=message):
+            drawcli.load_images(**{"data_dir": synthetic_data_dir, **bad})
 
 
 def test_images_in_any_usual_form(mnist):

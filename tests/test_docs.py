@@ -212,6 +212,7 @@ def test_the_python_examples_run_as_written(tmp_path, monkeypatch, synthetic_dat
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setenv("DRAW_DATA_DIR", str(synthetic_data_dir))  # drawcli.load_images reads the synthetic mnist
     r = run_cli("train", "--glimpses", "3", "--hidden", "16", "--latent", "4", "-b", "32", "--epochs", "3", "--device", "cpu",
                 "--set", "train.eval_batch_size=50", "--name", "quick", env={"DRAW_DATA_DIR": str(synthetic_data_dir)})
     assert r.exit_code == 0, r.output
