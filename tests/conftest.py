@@ -75,3 +75,16 @@ def native_engine_loaded():
     from drawcli.model import native_build as native
 
     native.load()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small-tensor tests (request it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``): two threads on two cores shared with
+    other test processes spin and wait far more than they compute here (8x slower measured)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -9,13 +9,7 @@ import torch
 from drawcli.evaluation.bounds import Partial, likelihood_bounds
 from drawcli.model import DRAW
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model() -> DRAW:

@@ -45,15 +45,7 @@ from drawcli.settings import (
 )
 from drawcli.training.loop import evaluate, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two intra-op threads on two cores shared with other test processes spin and wait far
-    # more than they compute for these small tensors (8x slower measured): use one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- binarisation
