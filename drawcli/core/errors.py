@@ -18,3 +18,13 @@ class RankError(DrawError):
     """An error of one process of a job that rank 0 does not see: shown by the rank that met it."""
 
     every_rank = True
+
+
+class Interrupted(DrawError):
+    """Training stopped on request (SIGINT/SIGTERM) after a checkpoint was written."""
+
+    exit_code = 130  # the shell's convention for SIGINT
+
+    def __init__(self, step: int, detail: str = "last.pt written"):
+        super().__init__(f"interrupted at step {step}; {detail}")
+        self.step = step

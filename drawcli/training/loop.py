@@ -23,22 +23,12 @@ import numpy as np
 import torch
 
 from drawcli.core.device import autocast, resolve_precision
-from drawcli.core.errors import DrawError
+from drawcli.core.errors import DrawError, Interrupted
 from drawcli.data.loading import to_input
 from drawcli.model import DRAW
 from drawcli.runs.checkpoint import build_model, make_checkpoint, rng_state
 from drawcli.settings import Settings, TrainSettings
 from drawcli.training.distributed import DistEnv, check_global_batch
-
-
-class Interrupted(DrawError):
-    """Training stopped on request (SIGINT/SIGTERM) after a checkpoint was written."""
-
-    exit_code = 130  # the shell's convention for SIGINT
-
-    def __init__(self, step: int, detail: str = "last.pt written"):
-        super().__init__(f"interrupted at step {step}; {detail}")
-        self.step = step
 
 
 class Callback(Protocol):  # every method optional

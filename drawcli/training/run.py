@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from drawcli.core.errors import DrawError
+from drawcli.core.errors import DrawError, Interrupted
 from drawcli.core.files import environment
 from drawcli.core.progress import make_console
 from drawcli.data.catalogue import FOLDER_PREFIX, is_folder
@@ -285,6 +285,10 @@ def run_train(settings: Settings, resume: ResumeFrom | None = None, console: Con
             # writing files can abort in gloo's threads ("terminate called without an active exception").
             distributed.barrier()
         return run_dir
+    except Interrupted:
+        if env.active:  # every rank stops at the same step (the stop flag is summed over ranks): leave together too
+            distributed.barrier()
+        raise
     finally:
         if env.active:
             distributed.shutdown()
@@ -433,7 +437,7 @@ def _remove_unfinished(run_dir: Path) -> None:
 def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard: bool, engine: str) -> Path:
     """Train with the run directory ready (and locked, on rank 0); print the summary."""
     from drawcli.core.progress import TrainProgress, summary_table
-    from drawcli.training.loop import Interrupted, train
+    from drawcli.training.loop import train
     from drawcli.training.tensorboard_log import TensorBoardLogger
 
     if env.is_main:
