@@ -7,6 +7,7 @@
 #       start the run, or resume it from its last.pt; THREADS: 1 (default, beside other work) or 2
 #       (nothing else running). EXTRA args go to `draw train --resume` (e.g. a chosen decay:
 #       -- --epochs 200 --set train.decay_start=170 --set train.decay_epochs=30).
+#       LONGRUN_FROM=epoch_060.pt: resume from that checkpoint of the run instead of last.pt.
 #   docs/reproduction/longrun.sh stop      ask it to stop (it saves last.pt after the current step)
 #   docs/reproduction/longrun.sh status    is it running; its last lines
 #   docs/reproduction/longrun.sh sync      copy its metrics.jsonl and log into docs/reproduction/
@@ -38,7 +39,9 @@ start)
     mkdir -p "$code.tmp" && git -C "$repo" archive "$commit" | tar -x -C "$code.tmp" && mv "$code.tmp" "$code"
     echo "$commit" > "$dir/code.commit"
   fi
-  if [ -f "$dir/runs/$name/checkpoints/last.pt" ]; then
+  if [ -n "${LONGRUN_FROM:-}" ]; then  # go on from an earlier checkpoint (later ones are moved aside, not deleted)
+    args=(train --resume "$dir/runs/$name/checkpoints/$LONGRUN_FROM" --runs-dir "$dir/runs" --threads "$threads" "$@")
+  elif [ -f "$dir/runs/$name/checkpoints/last.pt" ]; then
     args=(train --resume "$name" --runs-dir "$dir/runs" --threads "$threads" "$@")
   else
     rm -rf "${dir:?}/runs/$name"  # a run that died before its first checkpoint
