@@ -48,9 +48,8 @@ BUILTINS: dict[str, BuiltinModel] = {
         description="DRAW with attention on MNIST, the paper's Table 3 model (the reproduction run's last epoch)",
         dataset="mnist",
         model=dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5, channels=1),
-        trained="epoch 85 (the last) of the mnist-wsd run: sample_configs/mnist_reproduce.yaml (batch 64, bfloat16, "
-                "lr 1e-3 constant to epoch 60, then resumed with --epochs 85 --set train.decay_start=60 "
-                "--set train.decay_epochs=25), 4.3 h on 1-2 threads of a 2-core Intel Xeon (AMX)",
+        trained="epoch 85 of run mnist-wsd (sample_configs/mnist_reproduce.yaml: 1e-3 to epoch 60, then a 25-epoch "
+                "decay), 4.3 h on a 2-core Intel Xeon",
         results={
             "test ELBO (all 10k, K=1)": 82.33,
             "test IWAE bound (all 10k, K=100)": 80.05,
