@@ -3,6 +3,8 @@ finished is kept, and continuing gives exactly what an uninterrupted evaluation 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -39,8 +41,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(batch_size, engine):
 
     with pytest.raises(Stop):
         likelihood_bounds(model, x, "dynamic", 2, seed=5, batch_size=batch_size, engine=engine,
-                          progress=stop_after_two_blocks, keep=lambda p: kept.append(torch.utils._pytree.tree_map(
-                              lambda t: t.clone() if isinstance(t, torch.Tensor) else t, p.to_dict())))
+                          progress=stop_after_two_blocks, keep=lambda p: kept.append(copy.deepcopy(p.to_dict())))
     assert len(kept) == 1  # kept once, when it was interrupted
     partial = Partial.from_dict(kept[0])
     assert 0 < partial.done < len(x)
@@ -63,9 +64,13 @@ def test_kept_every_interval_and_not_after_the_last_block():
 def test_a_partial_of_other_work_is_refused():
     model, x = small_model(), images(5)
     kept: list[Partial] = []
+
+    def interrupt_at_two(done: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
-        likelihood_bounds(model, x, "none", 3, seed=0, batch_size=3, keep=kept.append,
-                          progress=lambda done: (_ for _ in ()).throw(KeyboardInterrupt) if done == 2 else None)
+        likelihood_bounds(model, x, "none", 3, seed=0, batch_size=3, keep=kept.append, progress=interrupt_at_two)
     from drawcli.core.errors import DrawError
 
     with pytest.raises(DrawError, match="partial evaluation is of 5 images with K=3, not 4 with K=3"):
@@ -134,14 +139,14 @@ def test_a_kept_evaluation_of_other_work_is_not_continued(tmp_path):
                 iwae=torch.zeros(9, dtype=torch.float64), noise=torch.Generator().get_state(),
                 per_block=2, per_pass=1000, images=9, samples=1000)
     write_partial(tmp_path / "e.json.partial", key, p, 12.5)
-    got, seconds = read_partial(tmp_path / "e.json.partial", key)
-    assert got.done == 4 and seconds == 12.5
-    other, why = read_partial(tmp_path / "e.json.partial", partial_key("run", ckpt, split="test", samples=100, seed=0))
+    got, seconds, note = read_partial(tmp_path / "e.json.partial", key)
+    assert got.done == 4 and seconds == 12.5 and "4 of 9 images were done" in note
+    other, _, why = read_partial(tmp_path / "e.json.partial", partial_key("run", ckpt, split="test", samples=100, seed=0))
     assert other is None and "another samples" in why
     ckpt.write_bytes(b"xy")  # the checkpoint was replaced (another epoch)
-    other, why = read_partial(tmp_path / "e.json.partial", partial_key("run", ckpt, split="test", samples=1000, seed=0))
+    other, _, why = read_partial(tmp_path / "e.json.partial", partial_key("run", ckpt, split="test", samples=1000, seed=0))
     assert other is None and "another checkpoint" in why
     (tmp_path / "bad.partial").write_bytes(b"not a torch file")
-    other, why = read_partial(tmp_path / "bad.partial", key)
+    other, _, why = read_partial(tmp_path / "bad.partial", key)
     assert other is None and "unreadable" in why
-    assert read_partial(tmp_path / "none.partial", key) == (None, None)
+    assert read_partial(tmp_path / "none.partial", key) == (None, 0.0, None)

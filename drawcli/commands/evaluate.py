@@ -125,16 +125,13 @@ def evaluate_command(
     key = partial_key(located.label, located.checkpoint, split=split, dataset=name, limit=limit, images=len(images),
                       samples=samples, seed=seed, binarize=binarize, precision=loaded.precision, engine=choice.engine,
                       device=dev.type)
-    resume, earlier = read_partial(kept_at, key)
-    if resume is None and earlier is not None:
-        console.print(earlier, highlight=False)
-        earlier = 0.0
-    elif resume is not None:
-        console.print(f"continuing from {kept_at}: {resume.done} of {len(images)} images were done", highlight=False)
+    resume, earlier, note = read_partial(kept_at, key)
+    if note is not None:
+        console.print(note, highlight=False)
     t0 = time.perf_counter()
 
     def keep(partial) -> None:
-        write_partial(kept_at, key, partial, (earlier or 0.0) + time.perf_counter() - t0)
+        write_partial(kept_at, key, partial, earlier + time.perf_counter() - t0)
 
     try:
         with Reporter(console, columns=count_columns("images"), transient=True, unit="images") as bar:
@@ -146,7 +143,7 @@ def evaluate_command(
         if kept_at.exists():
             console.print(f"the finished images are kept in {kept_at}: the same command continues from there", highlight=False)
         raise
-    seconds = (earlier or 0.0) + time.perf_counter() - t0
+    seconds = earlier + time.perf_counter() - t0
     numbers = bounds.summary()
     check_finite(numbers)
 

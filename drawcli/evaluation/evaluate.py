@@ -150,24 +150,28 @@ def partial_key(source: str, checkpoint: Path | None, **what) -> dict:
 
 
 def read_partial(path: Path, key: dict):
-    """(the kept Partial, seconds it took) when ``path`` holds one of the same work as ``key``;
-    else (None, a line saying why it is not used, or None when there is no file)."""
+    """(the kept Partial or None, the seconds it took, a line to show or None).
+
+    The Partial is returned when ``path`` holds one of the same work as ``key``; otherwise the line
+    says why it is not used (other settings, unreadable). No file: (None, 0.0, None).
+    """
     import torch
 
     from drawcli.evaluation.bounds import Partial
 
     if not path.exists():
-        return None, None
+        return None, 0.0, None
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
         if data.get("format") != PARTIAL_FORMAT:
             raise ValueError("not a partial evaluation")
         if data["key"] != key:
             changed = sorted(k for k in set(key) | set(data["key"]) if key.get(k) != data["key"].get(k))
-            return None, f"not continuing {path}: it was made with another {', '.join(changed)}; starting over"
-        return Partial.from_dict(data["partial"]), float(data["seconds"])
+            return None, 0.0, f"not continuing {path}: it was made with another {', '.join(changed)}; starting over"
+        partial = Partial.from_dict(data["partial"])
+        return partial, float(data["seconds"]), f"continuing from {path}: {partial.done} of {partial.images} images were done"
     except Exception as e:  # unreadable: say so and start over; the file is replaced as the work goes
-        return None, f"not continuing {path}: unreadable ({type(e).__name__}); starting over"
+        return None, 0.0, f"not continuing {path}: unreadable ({type(e).__name__}); starting over"
 
 
 def write_partial(path: Path, key: dict, partial, seconds: float) -> None:
