@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -324,32 +324,34 @@ def apply_overrides(base: Settings, overrides: Mapping[str, Mapping[str, Any]], 
         sections[section] = dataclasses.replace(getattr(base, section), **checked)
     out = dataclasses.replace(base, **sections)
     if together:
-        _check_together(out, origin)
+        _check_together(out, lambda key: origin)
     return out
 
 
-def _check_together(settings: Settings, origin: str) -> None:
-    """Rules between keys, checked after every layer of settings."""
+def _check_together(settings: Settings, origin: Callable[[str], str]) -> None:
+    """Rules between keys, checked on the settings every layer made together: one layer may mend
+    what an earlier one alone would break (``--epochs 170 --set train.decay_start=140`` on a resume
+    whose saved decay started at 170). ``origin("section.key")`` names where a key was given."""
     ds = settings.data
     if not is_folder(ds.dataset):
         spec = DATASETS[ds.dataset]
         for key in ("image_size", "test_fraction", "skip_unreadable"):
             if getattr(ds, key) not in (None, False):
-                raise DrawError(f"{origin}data.{key}: only for folder:PATH data sets; {spec.name} has fixed "
+                raise DrawError(f"{origin('data.' + key)}data.{key}: only for folder:PATH data sets; {spec.name} has fixed "
                                 f"{spec.width}x{spec.height} images and its own splits")
         if ds.channels is not None and ds.channels != spec.channels:
-            raise DrawError(f"{origin}data.channels: {spec.name} has {spec.channels} channel(s), got {ds.channels}; "
+            raise DrawError(f"{origin('data.channels')}data.channels: {spec.name} has {spec.channels} channel(s), got {ds.channels}; "
                             f"leave it unset for a registry data set")
     ts = settings.train
     if ts.lr_schedule in ("cosine", "wsd") and ts.min_lr > ts.lr:
-        raise DrawError(f"{origin}train.min_lr: must be <= train.lr ({ts.lr:g}) for the {ts.lr_schedule} schedule, got {ts.min_lr:g}")
+        raise DrawError(f"{origin('train.min_lr')}train.min_lr: must be <= train.lr ({ts.lr:g}) for the {ts.lr_schedule} schedule, got {ts.min_lr:g}")
     if ts.lr_schedule == "wsd" and ts.decay_start is not None and ts.decay_start + ts.decay_epochs > ts.epochs:
         raise DrawError(
-            f"{origin}train.decay_start: the decay ({ts.decay_start} + {ts.decay_epochs} train.decay_epochs) would end after "
+            f"{origin('train.decay_start')}train.decay_start: the decay ({ts.decay_start} + {ts.decay_epochs} train.decay_epochs) would end after "
             f"train.epochs ({ts.epochs}); set train.epochs to at least {ts.decay_start + ts.decay_epochs}"
         )
     if ts.lr_schedule != "wsd" and ts.decay_start is not None:
-        raise DrawError(f"{origin}train.decay_start: only for train.lr_schedule=wsd (it is {ts.lr_schedule})")
+        raise DrawError(f"{origin('train.decay_start')}train.decay_start: only for train.lr_schedule=wsd (it is {ts.lr_schedule})")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -437,12 +439,21 @@ def build_settings(
     ``together=False`` checks every key and value but not the rules between keys (see
     :func:`apply_overrides`)."""
     settings = base or Settings()
+    layers = []
     if config is not None:
-        settings = apply_overrides(settings, load_yaml(config), origin=f"{config}: ", together=together)
+        layers.append((load_yaml(config), f"{config}: "))
     if flags:
         given = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
-        settings = apply_overrides(settings, {s: kv for s, kv in given.items() if kv}, origin="", together=together)
-    settings = apply_overrides(settings, parse_set(sets), origin="--set ", together=together)
+        layers.append(({s: kv for s, kv in given.items() if kv}, ""))
+    layers.append((parse_set(sets), "--set "))
+    given_in: dict[str, str] = {}  # "section.key" -> the origin of the last layer that gave it
+    for overrides, origin in layers:
+        settings = apply_overrides(settings, overrides, origin=origin, together=False)
+        for section, values in overrides.items():
+            for key in values or {}:
+                given_in[f"{section}.{ALIASES.get((str(section), str(key)), str(key))}"] = origin
+    if together:
+        _check_together(settings, lambda key: given_in.get(key, ""))
     return settings
 
 

@@ -97,6 +97,28 @@ def test_bad_schedule_settings_are_refused_with_the_key(sets, message):
     assert message in str(e.value)
 
 
+def test_rules_between_keys_hold_for_all_layers_together_and_name_where_the_key_was_given(tmp_path):
+    """A later layer may mend what an earlier one alone would break: a run whose decay was set to
+    start after epoch 170 is shortened with --epochs 170 and a --set that moves the decay to 140."""
+    saved = build_settings(None, None, ["train.lr_schedule=wsd", "train.epochs=200", "train.decay_start=170",
+                                        "train.decay_epochs=30"])
+    shorter = build_settings(None, {"train": {"epochs": 170}}, ["train.decay_start=140"], base=saved).train
+    assert (shorter.epochs, shorter.decay_start, shorter.decay_epochs) == (170, 140, 30)
+    # The same flag alone still breaks the rule; the message names the key and the layer that gave it.
+    with pytest.raises(DrawError) as e:
+        build_settings(None, {"train": {"epochs": 170}}, None, base=saved)
+    assert str(e.value).startswith("train.decay_start: the decay (170 + 30 train.decay_epochs) would end after train.epochs (170)")
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {lr_schedule: wsd, epochs: 20, decay_start: 15}\n")
+    with pytest.raises(DrawError) as e:
+        build_settings(config, None, None)
+    assert str(e.value).startswith(f"{config}: train.decay_start: the decay (15 + 10")
+    with pytest.raises(DrawError) as e:
+        build_settings(config, None, ["train.decay_start=16"])
+    assert str(e.value).startswith("--set train.decay_start: the decay (16 + 10")
+    assert build_settings(config, {"train": {"epochs": 25}}, None).train.epochs == 25  # a flag mends the file
+
+
 def test_the_logged_rate_follows_the_schedule():
     cb = Collect()
     s = tiny_settings("train.epochs=2", "train.lr_schedule=cosine", "train.lr=0.002", "train.min_lr=0.0", "train.log_every=1")
@@ -151,6 +173,28 @@ def test_wsd_resume_bit_exact_and_a_decay_chosen_on_resume_is_followed_and_recor
     assert lrs[7] == pytest.approx(1e-3) and lrs[12] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
     decay = [lrs[s] for s in range(7, 13)]
     assert all(x > y for x, y in zip(decay, decay[1:]))
+
+
+def test_a_resume_may_end_a_run_sooner_by_moving_its_decay_in_the_same_command(tmp_path, monkeypatch, synthetic_data_dir):
+    """The long run's case: a decay chosen to start after epoch 3 of 5, stopped inside epoch 3, then
+    ended sooner with --epochs 4 and the decay moved to 2. --epochs alone breaks the rule (decay 3 + 2
+    after epoch 4) and is refused in one line; with the --set in the same command it is accepted."""
+    monkeypatch.chdir(tmp_path)
+    env = {"DRAW_DATA_DIR": str(synthetic_data_dir)}
+    tiny = ("--glimpses", "3", "--hidden", "16", "--latent", "4", "-b", "32", "--device", "cpu")
+    r = run_cli("train", *tiny, "--epochs", "5", "--max-steps", "7", "--set", "train.lr_schedule=wsd",
+                "--set", "train.decay_start=3", "--set", "train.decay_epochs=2", "--set", "train.eval_batch_size=50", env=env)
+    assert r.exit_code == 0, r.output
+    r = run_cli("train", "--resume", "run1", "--epochs", "4", env=env)
+    assert r.exit_code != 0 and "train.decay_start: the decay (3 + 2 train.decay_epochs) would end after train.epochs (4)" in r.output
+    r = run_cli("train", "--resume", "run1", "--epochs", "4", "--set", "train.decay_start=2", env=env)
+    assert r.exit_code == 0, r.output
+    assert "changed on resume: train.epochs 5 -> 4; train.decay_start 3 -> 2" in r.output
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "run1" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows if row["kind"] == "eval"][-1] == 4
+    # Asked for fewer epochs than it has trained: the line says how many it has.
+    r = run_cli("train", "--resume", "run1", "--epochs", "3", "--set", "train.decay_start=1", env=env)
+    assert r.exit_code == 0 and "nothing to do: run run1 has already trained 4 epochs (--epochs 3)" in r.output, r.output
 
 
 def test_eval_every_evaluates_every_n_epochs_and_at_the_end_and_best_is_chosen_among_them():

@@ -138,8 +138,9 @@ def nothing_to_do(settings: Settings, ckpt: dict, name: str) -> str | None:
         return (f"nothing to do: run {name} is already at step {step} (--max-steps {ts.max_steps}); "
                 f"give a larger --max-steps, or none to train to its {ts.epochs} epochs")
     if ts.max_steps is None and complete >= ts.epochs:
-        return (f"nothing to do: run {name} has finished its {ts.epochs} epochs (step {step}); to train it "
-                f"further, give more: draw train --resume {name} --epochs {max(ts.epochs, complete) + 10}")
+        done = f"has finished its {ts.epochs} epochs" if complete == ts.epochs else f"has already trained {complete} epochs (--epochs {ts.epochs})"
+        return (f"nothing to do: run {name} {done} (step {step}); to train it further, give more: "
+                f"draw train --resume {name} --epochs {complete + 10}")
     return None
 
 
