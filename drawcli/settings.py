@@ -82,6 +82,7 @@ class TrainSettings:
     log_every: int = 100  # plain log lines / metrics.jsonl rows every N steps
     eval_every: int = 1  # evaluate on the test (or validation) split every N epochs, and always after the last one
     precision: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the hardware multiplies it natively)
+    init_from: str | None = None  # a new run starts from these weights (run, checkpoint file or @NAME); optimizer and schedule start fresh
 
 
 @dataclass(frozen=True)

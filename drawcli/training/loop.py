@@ -410,6 +410,7 @@ def train(
     should_stop=None,
     env: DistEnv = DistEnv(),
     engine: str | None = None,
+    init_weights: dict | None = None,
 ) -> TrainResult:
     """Train DRAW on uint8 images (N, H, W); evaluate on ``eval_images`` every
     ``train.eval_every`` epochs and at the end.
@@ -428,6 +429,8 @@ def train(
     Callbacks should be given to rank 0 only. The stop flag is agreed on at log steps.
     ``engine``: the engine every model call runs (default: ``settings.run.engine`` as the model
     reads it; `draw train` passes the one it resolved and printed, see drawcli/model/choice.py).
+    ``init_weights``: a state dict a new run starts from (train.init_from) in place of the seeded
+    initialisation; the optimizer, schedule and step count start fresh. Ignored on resume.
     """
     ts = settings.train
     engine = engine or settings.run.engine
@@ -441,6 +444,8 @@ def train(
     # -- set up: model, optimizer, generators; a resumed run continues from its checkpoint
     torch.manual_seed(ts.seed)  # parameter initialisation
     model = build_model(settings, height, width, channels).to(device)
+    if init_weights is not None and resume is None:
+        model.load_state_dict(init_weights)
     optimizer = make_adam(model.parameters(), ts.lr, (ts.beta1, ts.beta2))
     data_gen, noise_gen = _generator(device, ts.seed + 1), _generator(device, ts.seed + 2)
     step, best_loss = restore(resume, model, optimizer, data_gen, noise_gen, ts) if resume is not None else (0, None)

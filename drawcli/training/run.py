@@ -332,6 +332,12 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         console.print(note, highlight=False)
     check_against_image(settings, splits.spec.height, splits.spec.width)
     changes = resume_changes(settings, resume.ckpt) if resume is not None else {}
+    if "train.init_from" in changes:
+        raise DrawError("train.init_from sets the weights a run starts from; a resumed run continues from its checkpoint, so it cannot change")
+    init = None
+    if resume is None and settings.train.init_from:
+        init = initial_weights(settings, splits.spec.height, splits.spec.width, splits.spec.channels)
+        console.print(init[1], highlight=False)
     binarize = settings.data.binarize
     if splits.spec.prebinarized and binarize != "none":
         # Already 0/1: every binarisation is the identity; record what really happens.
@@ -376,7 +382,8 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
         if error is not None:
             raise DrawError(error)
         try:
-            return _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard, engine)
+            return _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard, engine,
+                             init_weights=init[0] if init else None)
         except KeyboardInterrupt:
             if created and not has_checkpoints(run_dir):
                 # A second Ctrl-C before the first checkpoint: nothing in the run to resume, so
@@ -386,6 +393,33 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
                 err.exit_code = 130
                 raise err from None
             raise
+
+
+def initial_weights(settings: Settings, height: int, width: int, channels: int) -> tuple[dict, str]:
+    """train.init_from: the weights a new run starts from (a run, a checkpoint file or @NAME), on the CPU,
+    and a line saying where they come from. The model settings and the image shape must be the run's;
+    the data set may differ (fine-tuning on other pictures)."""
+    ref = settings.train.init_from
+    try:
+        loaded = runs.load_run(ref, device="cpu", runs_dir=settings.run.runs_dir)
+    except DrawError as e:
+        raise DrawError(f"train.init_from: {e}") from None
+    mine, theirs = settings.model, loaded.settings.model
+    differ = [
+        f"model.{f.name} is {spell(getattr(theirs, f.name))} there and {spell(getattr(mine, f.name))} here"
+        for f in dataclasses.fields(mine)
+        if getattr(mine, f.name) != getattr(theirs, f.name)
+    ]
+    model = loaded.model
+    if (model.channels, model.height, model.width) != (channels, height, width):
+        differ.append(f"its images are {model.channels}x{model.height}x{model.width} (CxHxW), these are {channels}x{height}x{width}")
+    if differ:
+        raise DrawError(f"train.init_from {ref}: another model ({'; '.join(differ)}); use the same model settings")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # @NAME's file changes between releases: the line names the one used.
+    which = f" (sha256 {loaded.located.builtin.sha256[:16]})" if loaded.located.builtin is not None else ""
+    return state, (f"initial weights: {loaded.label}{which}, epoch {loaded.epoch}, step {loaded.step}; "
+                   "a fresh optimizer and learning-rate schedule")
 
 
 def absolute_folders(settings: Settings) -> Settings:
@@ -435,7 +469,8 @@ def _remove_unfinished(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard: bool, engine: str) -> Path:
+def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard: bool, engine: str,
+              init_weights: dict | None = None) -> Path:
     """Train with the run directory ready (and locked, on rank 0); print the summary."""
     from drawcli.core.progress import TrainProgress, summary_table
     from drawcli.training.loop import train
@@ -470,6 +505,7 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
                 should_stop=stop.requested,
                 env=env,
                 engine=engine,
+                init_weights=init_weights,
             )
     except Interrupted as e:
         if run_dir is None:  # ranks other than 0 do not know the run directory, and stay quiet anyway
