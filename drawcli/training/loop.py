@@ -189,7 +189,10 @@ def load_optimizer_state(optimizer, state: dict, lr: float) -> None:
     group's "fused" flag: on the parameter's device when fused, which CUDA's fused kernel requires.
     """
     fused = optimizer.param_groups[0].get("fused")
-    state = dict(state, param_groups=[{**group, "fused": fused} for group in state["param_groups"]])
+    # torch keeps the loaded tensors where they already have the right device and dtype, and Adam then
+    # updates them in place: copies, so that training never changes the checkpoint it resumed from.
+    moments = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for i, s in state["state"].items()}
+    state = dict(state, state=moments, param_groups=[{**group, "fused": fused} for group in state["param_groups"]])
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -1,0 +1,98 @@
+"""train.init_from (--init-from): a new run that starts from trained weights, with a fresh optimizer
+and learning-rate schedule (how the second cycle of the reproduction run was made)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from drawcli.training.loop import train
+
+from helpers import Collect, run_cli, synthetic_images, tiny_settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SETS = ("train.epochs=1", "train.lr=0.003", "train.lr_schedule=wsd", "train.warmup_steps=2")
+TINY = ("--glimpses", "3", "--hidden", "16", "--latent", "4", "-b", "32", "--device", "cpu",
+        "--set", "train.eval_batch_size=50")
+
+
+class AtStart(Collect):
+    """Also keeps the weights the model has when training starts."""
+
+    def on_start(self, info):
+        self.start = {k: v.detach().clone() for k, v in info["model"].state_dict().items()}
+
+
+def test_a_run_starts_from_the_given_weights_and_trains_on_from_them():
+    images = synthetic_images()
+    donor = train(tiny_settings(*SETS), images, images[:40], torch.device("cpu")).model.state_dict()
+    seeded = AtStart()
+    train(tiny_settings(*SETS, "train.max_steps=1"), images, images[:40], torch.device("cpu"), callbacks=[seeded])
+    assert not all(torch.equal(seeded.start[k], donor[k]) for k in donor)  # training changed the seeded weights
+
+    cb = AtStart()
+    first = train(tiny_settings(*SETS), images, images[:40], torch.device("cpu"), callbacks=[cb], init_weights=donor)
+    assert all(torch.equal(cb.start[k], donor[k]) for k in donor)
+    # It trains from there: the weights move, and the same call gives the same weights again.
+    after = first.model.state_dict()
+    assert not all(torch.equal(after[k], donor[k]) for k in donor)
+    again = train(tiny_settings(*SETS), images, images[:40], torch.device("cpu"), init_weights=donor).model.state_dict()
+    assert all(torch.equal(after[k], again[k]) for k in after)
+    # The step count and schedule start fresh: the first step runs at the warm-up's first rate.
+    assert cb.ckpts[-1][0]["step"] == 3 and cb.logs[0]["step"] == 2
+
+
+def test_a_resume_continues_from_its_checkpoint_not_from_init_weights():
+    """(Two resumes from one checkpoint dict also check that training leaves the dict as it was.)"""
+    images = synthetic_images()
+    donor = train(tiny_settings(*SETS), images, images[:40], torch.device("cpu")).model.state_dict()
+    cb = Collect()
+    sets = ("train.epochs=2", "train.lr=0.003")
+    train(tiny_settings(*sets, "train.max_steps=2"), images, images[:40], torch.device("cpu"), callbacks=[cb])
+    plain = train(tiny_settings(*sets), images, images[:40], torch.device("cpu"), resume=cb.ckpts[-1][0]).model.state_dict()
+    given = train(tiny_settings(*sets), images, images[:40], torch.device("cpu"), resume=cb.ckpts[-1][0],
+                  init_weights=donor).model.state_dict()
+    assert all(torch.equal(plain[k], given[k]) for k in plain)
+
+
+def test_draw_train_init_from_a_run_and_what_it_refuses(tmp_path, monkeypatch, env):
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("train", *TINY, "--epochs", "2", "--name", "donor", env=env)
+    assert r.exit_code == 0, r.output
+    r = run_cli("train", *TINY, "--epochs", "1", "--init-from", "donor", "--name", "second", env=env)
+    assert r.exit_code == 0, r.output
+    assert "initial weights: donor, epoch 2, step 6; a fresh optimizer and learning-rate schedule" in r.output
+    config = yaml.safe_load((tmp_path / "runs" / "second" / "config.yaml").read_text())
+    assert config["train"]["init_from"] == "donor"  # config.yaml still reproduces the run
+    start = torch.load(tmp_path / "runs" / "donor" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    second = torch.load(tmp_path / "runs" / "second" / "checkpoints" / "last.pt", weights_only=True)
+    assert second["step"] == 3 and second["epoch"] == 1
+
+    # Another model: one line naming the key, and no run left behind.
+    r = run_cli("train", *TINY, "--hidden", "8", "--init-from", "donor", "--name", "other", env=env)
+    assert r.exit_code != 0
+    assert "train.init_from donor: another model (model.hidden is 16 there and 8 here)" in r.output
+    assert not (tmp_path / "runs" / "other").exists()
+    # A name that is nothing.
+    r = run_cli("train", *TINY, "--init-from", "nosuch", "--name", "other", env=env)
+    assert r.exit_code != 0 and "train.init_from: run 'nosuch' not found" in r.output
+    assert not (tmp_path / "runs" / "other").exists()
+    # A resume continues from its own checkpoint: changing where the weights came from is refused.
+    r = run_cli("train", "--resume", "second", "--epochs", "2", "--set", "train.init_from=second", env=env)
+    assert r.exit_code != 0 and "a resumed run continues from its checkpoint" in r.output
+    # ... and a plain resume of the run made from them goes on.
+    r = run_cli("train", "--resume", "second", "--epochs", "2", env=env)
+    assert r.exit_code == 0, r.output
+    assert torch.load(tmp_path / "runs" / "second" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+    after = torch.load(tmp_path / "runs" / "donor" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(start[k], after[k]) for k in start)  # the donor's file is untouched by runs made from it
+
+
+def test_init_from_the_bundled_model_checks_the_model_settings(tmp_path, monkeypatch, env):
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("train", *TINY, "--init-from", "@mnist", "--name", "other", env=env)
+    assert r.exit_code != 0
+    assert "train.init_from @mnist: another model (model.glimpses is 64 there and 3 here;" in r.output
+    assert not (tmp_path / "runs" / "other").exists()
