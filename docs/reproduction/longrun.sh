@@ -5,7 +5,9 @@
 #
 #   docs/reproduction/longrun.sh start [THREADS] [-- EXTRA draw train ARGS]
 #       start the run, or resume it from its last.pt; THREADS: 1 (default, beside other work) or 2
-#       (nothing else running). EXTRA args go to `draw train --resume` (e.g. a chosen decay:
+#       (nothing else running). EXTRA args go to `draw train`: to the new run's command at the first
+#       start (e.g. mnist-cycle2's -- --init-from @mnist --epochs 55 --set train.decay_start=10
+#       --set train.decay_epochs=45), to `draw train --resume` after (e.g. a chosen decay:
 #       -- --epochs 200 --set train.decay_start=170 --set train.decay_epochs=30).
 #       LONGRUN_FROM=epoch_060.pt: resume from that checkpoint of the run instead of last.pt.
 #       LONGRUN_BRANCH=mnist-wsd: the first start of a run named by LONGRUN_NAME copies this run's
