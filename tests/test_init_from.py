@@ -96,3 +96,27 @@ def test_init_from_the_bundled_model_checks_the_model_settings(tmp_path, monkeyp
     assert r.exit_code != 0
     assert "train.init_from @mnist: another model (model.glimpses is 64 there and 3 here;" in r.output
     assert not (tmp_path / "runs" / "other").exists()
+
+
+def test_a_weights_file_loads_and_starts_a_run_but_is_not_resumed(tmp_path, monkeypatch, env):
+    """The files `@NAME` ships (export_weights: no optimizer or random state) work where a checkpoint
+    file does for drawing, evaluating and --init-from; a resume from one is refused in one line."""
+    import drawcli
+    from drawcli.runs import builtin
+    from drawcli.runs import checkpoint as ckpt_io
+
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("train", *TINY, "--epochs", "1", "--name", "donor", env=env)
+    assert r.exit_code == 0, r.output
+    ckpt = ckpt_io.load(tmp_path / "runs" / "donor" / "checkpoints" / "last.pt")
+    builtin.export_weights(ckpt, tmp_path / "w.pt")
+    drawer = drawcli.load(tmp_path / "w.pt", device="cpu")
+    assert drawer.epoch == 1 and all(torch.equal(drawer.model.state_dict()[k], v) for k, v in ckpt["model"].items())
+    r = run_cli("train", *TINY, "--epochs", "1", "--init-from", "w.pt", "--name", "from-file", env=env)
+    assert r.exit_code == 0, r.output
+    assert "initial weights: w.pt, epoch 1, step 3;" in r.output
+    (tmp_path / "runs" / "donor" / "checkpoints" / "w.pt").write_bytes((tmp_path / "w.pt").read_bytes())
+    r = run_cli("train", "--resume", "runs/donor/checkpoints/w.pt", env=env)
+    assert r.exit_code != 0
+    assert "w.pt: a weights file (no optimizer or random state): it draws, evaluates and starts a new run (--init-from), " \
+           "but cannot be resumed" in " ".join(r.output.split())

@@ -21,9 +21,9 @@ from importlib import resources
 from pathlib import Path
 
 from drawcli.core.errors import DrawError
+from drawcli.runs.checkpoint import WEIGHTS_FORMAT
 
 PREFIX = "@"
-WEIGHTS_FORMAT = "drawcli-weights"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ from drawcli.settings import Settings, apply_overrides, from_dict, model_argumen
 
 FORMAT = "drawcli-checkpoint"
 FORMAT_VERSION = 1
+# Weights files (drawcli/runs/builtin.py's export_weights: the @NAME files): weights, settings, epoch and
+# step, without optimizer or random state. They load, draw and evaluate as checkpoints do, and start
+# runs (train.init_from), but cannot be resumed.
+WEIGHTS_FORMAT = "drawcli-weights"
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -88,8 +92,10 @@ def _refusal(e: pickle.UnpicklingError) -> str:
     return f"its pickle is not plain data ({found.group(0) if found else 'unsupported content'})"
 
 
-def load(path: Path, map_location: str = "cpu") -> dict:
+def load(path: Path, map_location: str = "cpu", weights: bool = False) -> dict:
     """Load and sanity-check a drawcli checkpoint; any problem is a one-line DrawError.
+    ``weights``: a weights file (WEIGHTS_FORMAT, no optimizer state) is accepted too, for uses that
+    need only the model; without it, one is refused with a line saying what it can do.
 
     Only zip-format PyTorch files are opened, and only with ``weights_only=True``: a file
     that would run code when unpickled is refused before anything in it runs. Then the
@@ -136,7 +142,12 @@ def load(path: Path, map_location: str = "cpu") -> dict:
         raise DrawError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_sentence(e)}") from None
     if not isinstance(ckpt, dict):
         raise DrawError(f"{path}: not a drawcli checkpoint (a {type(ckpt).__name__}, not a dict)")
-    if ckpt.get("format") != FORMAT:
+    if ckpt.get("format") == WEIGHTS_FORMAT and not weights:
+        raise DrawError(
+            f"{path}: a weights file (no optimizer or random state): it draws, evaluates and starts a new run "
+            "(--init-from), but cannot be resumed"
+        )
+    if ckpt.get("format") not in (FORMAT, WEIGHTS_FORMAT):
         keys = ", ".join(sorted(map(str, ckpt)))
         keys = keys if len(keys) <= 120 else keys[:117] + "..."
         raise DrawError(f"{path}: not a drawcli checkpoint (no format {FORMAT!r} in it; its keys: {keys or 'none'})")

@@ -376,7 +376,7 @@ def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: 
     note = None
     if located.chosen or located.run_dir is None:
         try:
-            ckpt = ckpt_io.load(located.checkpoint)
+            ckpt = ckpt_io.load(located.checkpoint, weights=True)
         except DrawError as e:
             named_file = located.ref.lower().endswith(".pt")
             if named_file or located.run_dir is None or len(fallback_checkpoints(located.run_dir)) < 2:
