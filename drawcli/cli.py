@@ -511,6 +511,32 @@ def models_command(
     list_command(as_json=as_json)
 
 
+EXPORT_EXAMPLES = """
+Examples (runs you trained, e.g. quick: see draw train --help):
+
+  draw export quick -o quick.pt
+
+  draw export quick --load 3 -o quick-epoch3.pt      (then: draw sample quick-epoch3.pt)
+
+  draw train --config sample_configs/quick.yaml --init-from quick.pt --name again
+"""
+
+
+@app.command("export", epilog=EXPORT_EXAMPLES)
+@_user_errors
+def export_command(
+    run: Annotated[str, typer.Argument(help="A run name under the runs directory, a run directory, or a checkpoint file.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="The weights file to write (.pt).")],
+    load: LoadOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
+):
+    """Write a run's checkpoint as a weights file, the kind @NAME ships: weights and settings only, for sample, evaluate, drawcli.load and train --init-from."""
+    from drawcli.commands.export import export_command as export
+
+    export(run, load, output, runs_dir, force=force)
+
+
 def main() -> None:
     app(prog_name="draw")
 

@@ -1,7 +1,11 @@
 """train.init_from (--init-from): a new run that starts from trained weights, with a fresh optimizer
-and learning-rate schedule (how the second cycle of the reproduction run was made)."""
+and learning-rate schedule (how the second cycle of the reproduction run was made); weights files
+(`draw export`, the kind @NAME ships) as a source."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -120,3 +124,47 @@ def test_a_weights_file_loads_and_starts_a_run_but_is_not_resumed(tmp_path, monk
     assert r.exit_code != 0
     assert "w.pt: a weights file (no optimizer or random state): it draws, evaluates and starts a new run (--init-from), " \
            "but cannot be resumed" in " ".join(r.output.split())
+
+
+def test_draw_export_writes_a_weights_file_and_refuses_in_one_line(tmp_path, monkeypatch, env):
+    from drawcli.runs import builtin
+    from drawcli.runs import checkpoint as ckpt_io
+
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("train", *TINY, "--epochs", "2", "--name", "donor", env=env)
+    assert r.exit_code == 0, r.output
+    r = run_cli("export", "donor", "--load", "1", "-o", "e1.pt", env=env)
+    assert r.exit_code == 0, r.output
+    digest = builtin.sha256_of(tmp_path / "e1.pt")
+    assert "wrote e1.pt (" in r.output and f"donor's epoch_001.pt, epoch 1, step 3; sha256 {digest}" in r.output
+    data = ckpt_io.load(tmp_path / "e1.pt", weights=True)
+    source = ckpt_io.load(tmp_path / "runs" / "donor" / "checkpoints" / "epoch_001.pt")
+    assert data["format"] == ckpt_io.WEIGHTS_FORMAT and "optimizer" not in data and "rng" not in data
+    assert all(torch.equal(data["model"][k], v) for k, v in source["model"].items())
+    assert "data_dir" not in data["settings"]["data"] and "runs_dir" not in data["settings"]["run"]
+
+    for args, message in [
+        (("donor", "-o", "e1.pt"), "error: e1.pt exists; use --force to replace it"),
+        (("donor", "-o", "e1.txt"), "error: e1.txt: a weights file is a PyTorch file; use a .pt file name"),
+        (("@mnist", "-o", "m.pt"), "error: @mnist is a weights file already"),
+        (("nosuch", "-o", "m.pt"), "error: run 'nosuch' not found"),
+        (("donor", "-o", "no/such/m.pt"), "error: no/such: no such folder"),
+        (("donor", "--load", "last", "-o", "runs/donor/checkpoints/last.pt", "--force"), "is the checkpoint being exported"),
+    ]:
+        r = run_cli("export", *args, env=env)
+        assert r.exit_code != 0 and message in r.output, (args, r.output)
+    r = run_cli("export", "donor", "-o", "e1.pt", "--force", env=env)  # best, else last: epoch 2
+    assert r.exit_code == 0 and "epoch 2, step 6" in r.output, r.output
+
+
+def test_draw_export_help_and_errors_do_not_import_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from drawcli.cli import app\n"
+        "a = CliRunner().invoke(app, ['export', '--help'])\n"
+        "b = CliRunner().invoke(app, ['export', 'nosuch', '-o', 'x.pt'])\n"
+        "print(a.exit_code, b.exit_code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert out.split() == ["0", "1", "False"]
