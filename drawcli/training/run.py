@@ -396,7 +396,7 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
 
 
 def initial_weights(settings: Settings, height: int, width: int, channels: int) -> tuple[dict, str]:
-    """train.init_from: the weights a new run starts from (a run, a checkpoint file or @NAME), on the CPU,
+    """train.init_from: the weights a new run starts from (a run, a checkpoint or weights file, @NAME), on the CPU,
     and a line saying where they come from. The model settings and the image shape must be the run's;
     the data set may differ (fine-tuning on other pictures)."""
     ref = settings.train.init_from
