@@ -44,8 +44,9 @@ def test_a_run_starts_from_the_given_weights_and_trains_on_from_them():
     assert not all(torch.equal(after[k], donor[k]) for k in donor)
     again = train(tiny_settings(*SETS), images, images[:40], torch.device("cpu"), init_weights=donor).model.state_dict()
     assert all(torch.equal(after[k], again[k]) for k in after)
-    # The step count and schedule start fresh: the first step runs at the warm-up's first rate.
-    assert cb.ckpts[-1][0]["step"] == 3 and cb.logs[0]["step"] == 2
+    # The step count starts fresh: one epoch is 3 steps (the donor's 3 are not counted on), so the
+    # warm-up and schedule run again from step 0.
+    assert cb.ckpts[-1][0]["step"] == 3 and cb.ckpts[-1][0]["epoch"] == 1
 
 
 def test_a_resume_continues_from_its_checkpoint_not_from_init_weights():

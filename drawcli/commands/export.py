@@ -17,7 +17,6 @@ from drawcli.runs import store
 def export_command(run: str, load: str | None, output: str, runs_dir: str, force: bool = False) -> Path:
     """Write RUN's checkpoint (--load, default best, else last) to OUTPUT; returns the path."""
     from drawcli.runs import builtin
-    from drawcli.runs import checkpoint as ckpt_io
 
     out = Path(output).expanduser()
     if not out.name.lower().endswith(".pt"):
@@ -29,12 +28,10 @@ def export_command(run: str, load: str | None, output: str, runs_dir: str, force
         raise DrawError(f"{out} exists; use --force to replace it")
     if not out.parent.is_dir():
         raise DrawError(f"{out.parent}: no such folder")
-    if located.chosen or located.run_dir is None:
-        source, ckpt = located.checkpoint, ckpt_io.load(located.checkpoint, weights=True)
-    else:  # best, else last; the newest readable one when that cannot be read
-        source, ckpt, note = store.load_readable(located.run_dir, located.checkpoint)
-        if note:
-            make_console().print(note, highlight=False)
+    located, ckpt, note = store.read_checkpoint(located)
+    if note:
+        make_console().print(note, highlight=False)
+    source = located.checkpoint
     if out.resolve() == Path(source).resolve():
         raise DrawError(f"{out} is the checkpoint being exported; write the weights file elsewhere")
     digest = builtin.export_weights(ckpt, out)

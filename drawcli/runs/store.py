@@ -358,6 +358,22 @@ def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Loc
     return Located(ref, run_dir, path, chosen=load is not None)
 
 
+def read_checkpoint(located: Located) -> tuple[Located, dict, str | None]:
+    """The checkpoint (or weights file) a located run or file names, as a dict: a named one as it is,
+    the default choice (best, else last) replaced by the newest readable one when it cannot be read.
+    Returns the located reference with the file used, the dict, and a line saying so (or None)."""
+    if located.chosen or located.run_dir is None:
+        try:
+            return located, ckpt_io.load(located.checkpoint, weights=True), None
+        except DrawError as e:
+            named_file = located.ref.lower().endswith(".pt")
+            if named_file or located.run_dir is None or len(fallback_checkpoints(located.run_dir)) < 2:
+                raise
+            raise DrawError(f"{e} (without --load, the run's newest readable checkpoint is used)") from None
+    path, ckpt, note = load_readable(located.run_dir, located.checkpoint)
+    return dataclasses.replace(located, checkpoint=path), ckpt, note
+
+
 def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: str | Path = "runs",
              located: Located | None = None, precision: str = "float32") -> LoadedRun:
     """Run name, run directory or @NAME (+ --load) -> the model in eval mode on the device, with its
@@ -373,18 +389,7 @@ def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: 
         # The data folder of the machine that trained it means nothing here: use this machine's default.
         settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, data_dir=None))
         return LoadedRun(located, int(data.get("epoch", 0)), int(data.get("step", 0)), settings, data["settings"], model, dev, *how)
-    note = None
-    if located.chosen or located.run_dir is None:
-        try:
-            ckpt = ckpt_io.load(located.checkpoint, weights=True)
-        except DrawError as e:
-            named_file = located.ref.lower().endswith(".pt")
-            if named_file or located.run_dir is None or len(fallback_checkpoints(located.run_dir)) < 2:
-                raise
-            raise DrawError(f"{e} (without --load, the run's newest readable checkpoint is used)") from None
-    else:  # the default choice (best, else last): the newest readable one when it cannot be read
-        path, ckpt, note = load_readable(located.run_dir, located.checkpoint)
-        located = dataclasses.replace(located, checkpoint=path)
+    located, ckpt, note = read_checkpoint(located)
     settings = from_dict(ckpt["settings"])
     model = ckpt_io.model_from_checkpoint(ckpt, dev).eval()
     return LoadedRun(located, int(ckpt["epoch"]), int(ckpt["step"]), settings, ckpt["settings"], model, dev, *how, note=note)

@@ -415,7 +415,7 @@ def initial_weights(settings: Settings, height: int, width: int, channels: int) 
         differ.append(f"its images are {model.channels}x{model.height}x{model.width} (CxHxW), these are {channels}x{height}x{width}")
     if differ:
         raise DrawError(f"train.init_from {ref}: another model ({'; '.join(differ)}); use the same model settings")
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = model.state_dict()  # the model was built for this alone: its tensors need no copy
     # @NAME's file changes between releases: the line names the one used.
     which = f" (sha256 {loaded.located.builtin.sha256[:16]})" if loaded.located.builtin is not None else ""
     return state, (f"initial weights: {loaded.label}{which}, epoch {loaded.epoch}, step {loaded.step}; "
