@@ -160,7 +160,7 @@ Examples (in a clone of the repository; data sets download on first use):
 
   draw train --no-attention --glimpses 10 --max-steps 300 --name noatt
 
-  draw train --resume quick --epochs 5
+  draw train --resume quick --epochs 8
 
   draw train --nproc 2 --batch-size 128 --max-steps 100 --name two
 
