@@ -16,7 +16,8 @@
 #   docs/reproduction/longrun.sh status    is it running; its last lines
 #   docs/reproduction/longrun.sh sync      copy its metrics.jsonl and log into docs/reproduction/
 #
-# Environment: LONGRUN_NAME (default mnist-wsd) is the run; LONGRUN_DIR (default /work/longrun) holds
+# Environment: LONGRUN_NAME (default mnist-wsd) is the run; LONGRUN_CONFIG (default
+# sample_configs/mnist_reproduce.yaml, a path in the frozen code) is its recipe at the first start; LONGRUN_DIR (default /work/longrun) holds
 # code-<commit>/ (the frozen copy, made from this repository's HEAD at the run's first start),
 # runs/, and per run NAME.code.commit, NAME.log and NAME.pid (mnist-wsd, the first run, keeps the
 # older names code.commit, longrun.log and longrun.pid); DRAW_DATA_DIR (default the shared data
@@ -69,7 +70,7 @@ start)
     args=(train --resume "$name" --runs-dir "$dir/runs" --threads "$threads" "$@")
   else
     rm -rf "${dir:?}/runs/$name"  # a run that died before its first checkpoint
-    args=(train --config "$code/sample_configs/mnist_reproduce.yaml" --name "$name" --runs-dir "$dir/runs" --threads "$threads" "$@")
+    args=(train --config "$code/${LONGRUN_CONFIG:-sample_configs/mnist_reproduce.yaml}" --name "$name" --runs-dir "$dir/runs" --threads "$threads" "$@")
   fi
   echo "=== $(date -u +%FT%TZ) code $commit: draw ${args[*]}" >> "$log"
   cd "$code"
