@@ -26,7 +26,10 @@ In one process, on one device:
    image-passes/s;
 5. colour training (sample_configs/colour_quick.yaml's model: 32 x 32 x 3, T = 16, read 4, write
    6, batch 32, in its precision auto): the native engine, the Python engine and the baseline;
-6. with --threads-mode: training at batch 128 with 1 thread, 2 threads and drawcli's default
+6. the model without attention at the paper's config (T 64, LSTM 256, z 100, batch 128; eq 17-18):
+   training by the native engine, the Python engine and the baseline, then evaluation by the two
+   engines, interleaved (``plain_rows``; --no-plain skips them);
+7. with --threads-mode: training at batch 128 with 1 thread, 2 threads and drawcli's default
    policy (drawcli.core.device.thread_policy), on a quiet machine and with one core kept busy by a
    spinning process, interleaved (see ``threads_mode``).
 Results go to a JSON file (default benchmarks/results-<device>.json).
@@ -76,6 +79,8 @@ PAPER = dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=Tru
 # sample_configs/colour_quick.yaml's model, at its 32 x 32 image size and batch
 COLOUR = dict(height=32, width=32, channels=3, steps=16, hidden=256, embed=20, attention=True, read_n=4, write_n=6)
 COLOUR_BATCH = 32
+# the model without attention (Table 2's 87.40-nat row: the paper's config, --T/--hidden/--embed), at batch 128
+PLAIN_BATCH = 128
 ADAM = dict(lr=1e-3, betas=(0.5, 0.999))  # drawcli's train defaults
 GRAD_CLIP = 5.0
 
@@ -477,6 +482,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-attention", action="store_true")
     ap.add_argument("--eval-rows", type=int, default=800, help="image copies per evaluation pass (0: no evaluation rows)")
     ap.add_argument("--no-colour", action="store_true", help="skip the colour training rows")
+    ap.add_argument("--no-plain", action="store_true", help="skip the rows of the model without attention")
+    ap.add_argument("--only-plain", action="store_true", help="only the rows of the model without attention")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results-<device>.json)")
     args = ap.parse_args(argv)
 
@@ -516,6 +523,9 @@ def main(argv=None) -> dict:
     if args.threads_mode:
         b = batches[0] if len(batches) == 1 else 128
         result["threads_mode"] = threads_mode(cfg, device, b, args.steps, say)
+        return write_result(result, args, device, say)
+    if args.only_plain:
+        result["no_attention"] = plain_rows(dict(cfg, attention=False), device, args, mem, loaded, say)
         return write_result(result, args, device, say)
     say(f"config {cfg}")
     say(f"FLOPs per image: training {flops['training'] / 1e6:.1f} M (3 x forward {flops['forward'] / 1e6:.1f} M), "
@@ -607,6 +617,8 @@ def main(argv=None) -> dict:
         result["evaluation"] = evaluation_rows(cfg, device, args.eval_rows, args, mem, loaded, say)
     if not args.no_colour:
         result["colour"] = colour_rows(device, args, mem, loaded, say)
+    if not args.no_plain:
+        result["no_attention"] = plain_rows(dict(cfg, attention=False), device, args, mem, loaded, say)
 
     def ratio(kind, a, b):
         return {size: result[kind][a][size]["images_per_s"] / result[kind][b][size]["images_per_s"]
@@ -682,6 +694,36 @@ def colour_rows(device, args, mem, loaded: bool, say) -> dict:
         say(f"colour {name:16s} B={COLOUR_BATCH:<5d} {r['images_per_s']:7.1f} img/s ({precision})  peak {r['peak_memory_mb']:.0f} MB  "
             f"(median of {r['repeats']}, cpu/wall {r['cpu_over_wall']:.2f})")
     out["speedup"] = engine_speedups(out, "images_per_s", "colour training", say)
+    return out
+
+
+def plain_rows(plain: dict, device, args, mem, loaded: bool, say) -> dict:
+    """Training steps of the model without attention (``plain``: the paper's at the defaults) at batch 128 in precision auto, by the
+    native engine, the Python engine and the baseline, interleaved; then evaluation (float32, the
+    log ratio, --eval-rows copies) by the two engines."""
+    precision = "bfloat16" if native_bf16(device) else "float32"
+    impls = engine_models(plain, device, loaded, args)
+    fns = {name: train_step_fn(m, plain, PLAIN_BATCH, device, precision, e) for name, (m, e) in impls.items()}
+    reps = {name: max(2, args.steps // 2) if name == "baseline" else args.steps for name in fns}
+    flops = flops_per_image(plain)["training"]
+    out = {"config": dict(plain, batch=PLAIN_BATCH), "precision": precision, "flops_per_image": flops}
+    for name, r in measure(fns, device, reps, args.warmup, mem, [m for m, _ in impls.values()]).items():
+        r["images_per_s"] = PLAIN_BATCH / r["median_s"]
+        r["gflops"] = r["images_per_s"] * flops / 1e9
+        out[name] = r
+        say(f"no-attention {name:16s} B={PLAIN_BATCH:<5d} {r['images_per_s']:7.1f} img/s ({precision}, {r['gflops']:.0f} GFLOP/s)  "
+            f"peak {r['peak_memory_mb']:.0f} MB  (median of {r['repeats']}, cpu/wall {r['cpu_over_wall']:.2f})")
+    out["speedup"] = engine_speedups(out, "images_per_s", "no-attention training", say)
+    if args.eval_rows:
+        fns = {name: evaluate_fn(m, plain, args.eval_rows, device, engine=e) for name, (m, e) in impls.items() if name != "baseline"}
+        ev = {}
+        for name, r in measure(fns, device, {n: 3 if args.quick else 7 for n in fns}, 1, mem, [m for m, _ in impls.values()]).items():
+            r["image_passes_per_s"] = args.eval_rows / r["median_s"]
+            ev[name] = r
+            say(f"no-attention evaluate {name:16s} rows={args.eval_rows:<5d} {r['image_passes_per_s']:7.1f} image-passes/s  "
+                f"(median of {r['repeats']}, cpu/wall {r['cpu_over_wall']:.2f})")
+        ev["speedup"] = engine_speedups(ev, "image_passes_per_s", "no-attention evaluate", say)
+        out["evaluation"] = ev
     return out
 
 

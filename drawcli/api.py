@@ -66,7 +66,8 @@ class Drawer:
         if work not in self._engines:
             from drawcli.model.choice import choose_engine
 
-            choice = choose_engine(self._engine_setting, self.device, self.model.attention, work, flag="engine")
+            choice = choose_engine(self._engine_setting, self.device, self.model.attention, work, flag="engine",
+                                   window=max(self.model.read_n, self.model.write_n))
             self._engines[work] = choice.engine
         return self._engines[work]
 

@@ -49,6 +49,13 @@ def test_a_tiny_benchmark_run_writes_every_section(tmp_path):
     assert abs(b["ceiling_over_baseline"] - base_ms / b["products_ms"]) < 1e-9 * b["ceiling_over_baseline"]
     assert abs(b["rest_ms_at_bar"] - (base_ms / 3.5 - b["products_ms"])) < 1e-6 * base_ms
     assert "budget drawcli" in proc.stdout
+    plain = r["no_attention"]  # the model without attention: its engines side by side
+    assert plain["config"]["attention"] is False and plain["config"]["batch"] == 128
+    assert plain["drawcli-python"]["images_per_s"] > 0 and plain["baseline"]["images_per_s"] > 0
+    assert "no-attention drawcli-python" in proc.stdout
+    if "drawcli-native" in plain:
+        assert plain["speedup"]["drawcli-native over drawcli-python"] > 0
+        assert plain["evaluation"]["speedup"]["drawcli-native over drawcli-python"] > 0
     if r["native_bf16"]:  # bfloat16 is timed where the CPU multiplies it natively
         assert set(r["training"]["drawcli-bf16"]) == {"4"} and r["gemm"]["bfloat16"]["training"]["4"]["gflops"] > 0
         assert r["speedup"]["drawcli-bf16 over drawcli"]["sampling"]["40"] > 0

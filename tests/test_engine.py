@@ -61,11 +61,13 @@ def test_auto_picks_native_for_training_and_evaluation_where_it_loads():
     for work in ("train", "evaluate"):
         choice = choose_engine("auto", CPU, True, work)
         if native.load():
-            assert choice.engine == "native" and choice.why == "auto: CPU, attention model, library loaded"
+            assert choice.engine == "native" and choice.why == "auto: CPU, library loaded"
+            assert choose_engine("auto", CPU, False, work).engine == "native"  # without attention too
         else:
             assert choice.engine == "python" and choice.why.startswith("auto: the native engine is unavailable: ")
-    assert choose_engine("auto", CPU, False, "train").line == (
-        "engine: python (fused PyTorch loop); auto: the native engine runs the attention model only")
+    assert choose_engine("auto", CPU, True, "train", window=65).line == (
+        "engine: python (fused PyTorch loop); auto: the native engine's windows are at most 64 wide, this model's are 65")
+    assert choose_engine("auto", CPU, False, "train", window=65).engine == choose_engine("auto", CPU, False, "train").engine
     assert choose_engine("auto", CPU, True, "sample").line == "engine: python (fused PyTorch loop); auto: draw sample has no native loop"
     assert choose_engine("reference", CPU, True, "train").line == "engine: reference (draw.py's plain loops); --engine reference"
 
@@ -77,12 +79,13 @@ def test_switched_off_by_the_environment(monkeypatch):
 
 
 def test_native_where_it_cannot_run_is_one_clear_line():
-    for args, why in ((("auto", CPU, False, "train"), "the native engine runs the attention model only"),
-                      (("auto", CPU, True, "sample"), "draw sample has no native loop"),
+    for args, why in ((("auto", CPU, True, "sample"), "draw sample has no native loop"),
                       (("auto", torch.device("cuda"), True, "train"), "the native engine runs on the CPU, this is cuda")):
         with pytest.raises(DrawError) as e:
             choose_engine("native", *args[1:])
         assert str(e.value) == f"--engine native: {why}; use --engine auto or python"
+    with pytest.raises(DrawError, match=r"^--engine native: the native engine's windows are at most 64 wide, this model's are 70; use"):
+        choose_engine("native", CPU, True, "train", window=70)
     with pytest.raises(DrawError, match=r"^--engine: expected one of auto, native, python, reference, got 'fast'$"):
         choose_engine("fast", CPU, True, "train")
 
@@ -93,7 +96,7 @@ def test_every_command_prints_the_engine_it_ran(tmp_path, synthetic_data_dir):
     r = run_cli("train", "--glimpses", 3, "--hidden", 16, "--latent", 4, "--batch-size", 32, "--max-steps", 2, "--epochs", 1,
                 "--data-dir", synthetic_data_dir, "--device", "cpu", "--threads", 1, "--name", "e", "--no-tensorboard", *common)
     assert r.exit_code == 0, r.output
-    native_line = "engine: native (C++ loop); auto: CPU, attention model, library loaded"
+    native_line = "engine: native (C++ loop); auto: CPU, library loaded"
     auto = native_line if native.load() else "engine: python (fused PyTorch loop); auto: the native engine is unavailable"
     assert auto in r.output
     r = run_cli("evaluate", "e", "--samples", 2, "--limit", 8, "--data-dir", synthetic_data_dir, "--device", "cpu",
@@ -114,10 +117,9 @@ def test_every_command_prints_the_engine_it_ran(tmp_path, synthetic_data_dir):
     assert r.exit_code == 1
     assert r.output.strip().splitlines()[-1] == "error: --engine native: draw sample has no native loop; use --engine auto or python"
     r = run_cli("train", "--no-attention", "--glimpses", 2, "--hidden", 8, "--latent", 2, "--max-steps", 1, "--batch-size", 32,
-                "--data-dir", synthetic_data_dir, "--device", "cpu", "--name", "f", "--engine", "native", *common)
-    assert r.exit_code == 1
-    assert r.output.strip().splitlines()[-1] == (
-        "error: --engine native: the native engine runs the attention model only; use --engine auto or python")
+                "--data-dir", synthetic_data_dir, "--device", "cpu", "--name", "f", *common)
+    assert r.exit_code == 0, r.output
+    assert auto in r.output  # the model without attention runs natively too
 
 
 # ----------------------------------------------------------------------------- issue 27: no host data per step

@@ -57,7 +57,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def model_for(seed: int, dtype=torch.float64, **config) -> DRAW:
     torch.manual_seed(seed)
-    m = DRAW(attention=True, **config).to(dtype)
+    m = DRAW(**{"attention": True, **config}).to(dtype)
     g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():  # off the initialisation, biases included; windows stay on the image
         for name, p in m.named_parameters():
@@ -88,6 +88,20 @@ def case_id(c):
     return f"C{c[0]}-{c[1]}x{c[2]}-T{c[3]}-N{c[6]}{c[7]}-B{c[8]}"
 
 
+# The model without attention (eq 17-18): (channels, height, width, steps, hidden, embed, batch)
+PLAIN_CASES = [
+    (1, 28, 28, 3, 16, 5, 3),  # the paper's MNIST shapes, short
+    (1, 12, 9, 3, 8, 3, 20),  # non-square; two chunks on two threads
+    (3, 12, 9, 3, 8, 3, 20),  # colour, non-square: the (H, C, W) rows of layout.py
+    (2, 5, 6, 1, 8, 4, 1),  # T = 1, batch 1
+    (1, 7, 10, 2, 8, 2, 150),  # chunks of 75 rows
+]
+
+
+def plain_id(c):
+    return f"C{c[0]}-{c[1]}x{c[2]}-T{c[3]}-B{c[6]}"
+
+
 @needs_compiler
 @pytest.mark.usefixtures("loaded")
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -97,7 +111,21 @@ def test_native_equals_the_reference_loops_in_float64_forward_and_every_gradient
     channels, height, width, steps, hidden, embed, read_n, write_n, batch = case
     m = model_for(sum(case), channels=channels, height=height, width=width, steps=steps, hidden=hidden, embed=embed,
                   read_n=read_n, write_n=write_n)
-    x = images(batch, channels, height, width)
+    equals_the_reference(m, images(batch, channels, height, width))
+
+
+@needs_compiler
+@pytest.mark.usefixtures("loaded")
+@pytest.mark.parametrize("case", PLAIN_CASES, ids=plain_id)
+def test_without_attention_native_equals_the_reference_loops_in_float64(case):
+    """The same for DRAW without attention: r_t = [x, x_hat_t] (eq 17), c_t = c_{t-1} + W(h^dec_t) (eq 18)."""
+    channels, height, width, steps, hidden, embed, batch = case
+    m = model_for(sum(case), channels=channels, height=height, width=width, steps=steps, hidden=hidden, embed=embed,
+                  attention=False)
+    equals_the_reference(m, images(batch, channels, height, width))
+
+
+def equals_the_reference(m: DRAW, x: torch.Tensor) -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # two chunks where the batch allows
@@ -156,12 +184,12 @@ def test_threads_changed_between_forward_and_backward_do_not_change_the_gradient
 
 @needs_compiler
 @pytest.mark.usefixtures("loaded")
-@pytest.mark.parametrize("channels", [1, 3])
-def test_float32_with_packed_products_agrees_with_the_python_engine(channels):
+@pytest.mark.parametrize("channels,attention", [(1, True), (3, True), (1, False), (3, False)])
+def test_float32_with_packed_products_agrees_with_the_python_engine(channels, attention):
     """64 and 97 images (uneven chunks of 49 and 48 rows on two threads, weights packed by oneDNN
-    for 49), training and evaluation, float32 and bfloat16 products."""
+    for 49), training and evaluation, float32 and bfloat16 products, with and without attention."""
     m = model_for(5, dtype=torch.float32, height=28, width=28, steps=4, hidden=64, embed=10, read_n=2, write_n=5,
-                  channels=channels)
+                  channels=channels, attention=attention)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -242,10 +270,15 @@ def test_where_it_runs_and_where_it_refuses():
     auto = Engine()
     assert forward_engine(auto, att, x, record=False, mm_dtype=None) == "native"
     assert forward_engine(auto, att, x, record=True, mm_dtype=None) == "python"  # pictures
-    assert forward_engine(auto, plain, x, record=False, mm_dtype=None) == "python"
+    assert forward_engine(auto, plain, x, record=False, mm_dtype=None) == "native"
     assert forward_engine(auto, att, x.half(), record=False, mm_dtype=None) == "python"
-    with pytest.raises(ValueError, match="attention model only"):
-        plain(x, engine="native")
+    wide = DRAW(height=70, width=70, steps=1, hidden=8, embed=2, read_n=65, write_n=2)
+    wide_x = torch.rand(2, 1, 70, 70)
+    assert forward_engine(auto, wide, wide_x, record=False, mm_dtype=None) == "python"
+    with pytest.raises(ValueError, match="at most 64 wide, this model's are 65"):
+        wide(wide_x, engine="native")
+    assert forward_engine(auto, DRAW(height=64, width=64, steps=1, hidden=8, embed=2, read_n=64, write_n=64),
+                          torch.rand(2, 1, 64, 64), record=False, mm_dtype=None) == "native"
     with pytest.raises(ValueError, match="does not record"):
         att(x, record=True, engine="native")
     with pytest.raises(ValueError, match="no sampling loop"):
@@ -330,10 +363,14 @@ def test_amx_products_agree_with_onednns_bfloat16_products(channels, b, hidden):
 
 # ----------------------------------------------------------------------------- the ops
 def workspace_for(m: DRAW, x: torch.Tensor, eps: torch.Tensor, keep: bool):
+    """The weights (x's columns cut off without attention), workspace, inputs and products of a call, and
+    what the ops take besides them (enc_base, attention)."""
     w = LoopWeights(*(t.detach().contiguous() for t in loop_weights(m)))
+    w, base, _ = native_loop.split_encoder(m, w, x, None)
     ws = native_loop.workspace(m, x.shape[0], x.dtype, w.enc_w.shape[1], w.dec_w.shape[1], False, keep)
     native_loop._start(m, ws, w.heads_b)
-    return w, ws, native_loop.inputs(m, x, eps), native_loop.products(m, w, x.shape[0], None, False, keep)
+    return w, ws, native_loop.inputs(m, x, eps), native_loop.products(m, w, x.shape[0], None, False, keep), \
+        {"enc_base": base, "attention": m.attention}
 
 
 def named(op, *sources, **given) -> dict:
@@ -350,21 +387,22 @@ def named(op, *sources, **given) -> dict:
 def test_opcheck_every_registered_op():
     """torch.library.opcheck: the schemas declare every tensor each op writes (Tensor(a!)) and no
     other, the fake (meta) registration matches, and the ops trace under AOTAutograd."""
-    m = model_for(9, height=6, width=5, steps=2, hidden=4, embed=2, read_n=2, write_n=2, channels=2)
     x, eps = images(3, 2, 6, 5), torch.randn(2, 3, 2, dtype=torch.float64)
     fwd, bwd = torch.ops.drawcli.loop_forward.default, torch.ops.drawcli.loop_backward.default
-    for keep in (True, False):  # training and evaluation buffers
-        w, ws, ins, prods = workspace_for(m, x, eps, keep)
-        mu_ls = x.new_empty(2, 3, 4) if keep else ws.mu_ls
-        args = named(fwd, ins, w, prods, ws, mu_ls=mu_ls, canvas=torch.empty_like(x), lz=x.new_empty(3),
-                     log_ratio=None if keep else x.new_empty(3), filter_eps=FILTER_EPS, chunks=1)
-        torch.library.opcheck(fwd, (), args)
-        if keep:
-            fwd(**args)
-            ws.d_heads.zero_()
-            torch.library.opcheck(bwd, (), named(bwd, ins, w, prods, ws, mu_ls=mu_ls, d_canvas=torch.randn_like(x),
-                                                 dx=torch.zeros_like(x), d_lz=torch.ones(3, dtype=x.dtype), d_mu_ls=None,
-                                                 filter_eps=FILTER_EPS, chunks=1))
+    for attention in (True, False):
+        m = model_for(9, height=6, width=5, steps=2, hidden=4, embed=2, read_n=2, write_n=2, channels=2, attention=attention)
+        for keep in (True, False):  # training and evaluation buffers
+            w, ws, ins, prods, extra = workspace_for(m, x, eps, keep)
+            mu_ls = x.new_empty(2, 3, 4) if keep else ws.mu_ls
+            args = named(fwd, ins, w, prods, ws, mu_ls=mu_ls, canvas=torch.empty_like(x), lz=x.new_empty(3),
+                         log_ratio=None if keep else x.new_empty(3), filter_eps=FILTER_EPS, chunks=1, **extra)
+            torch.library.opcheck(fwd, (), args)
+            if keep:
+                fwd(**args)
+                ws.d_heads.zero_()
+                torch.library.opcheck(bwd, (), named(bwd, ins, w, prods, ws, mu_ls=mu_ls, d_canvas=torch.randn_like(x),
+                                                     dx=torch.zeros_like(x), d_lz=torch.ones(3, dtype=x.dtype), d_mu_ls=None,
+                                                     filter_eps=FILTER_EPS, chunks=1, attention=attention))
     torch.library.opcheck(torch.ops.drawcli.abi_version.default, ())
     assert torch.ops.drawcli.abi_version() == native.ABI
 
@@ -375,7 +413,8 @@ def test_the_glue_names_every_argument_of_the_schemas():
     """Every argument of both ops is a field of native_loop's dataclasses (or one of the few
     given per call), and every Workspace buffer is an argument of one of them: the schemas and
     the glue cannot drift apart unnoticed."""
-    given = {"mu_ls", "canvas", "lz", "log_ratio", "filter_eps", "chunks", "d_canvas", "dx", "d_lz", "d_mu_ls"}
+    given = {"mu_ls", "canvas", "lz", "log_ratio", "filter_eps", "chunks", "d_canvas", "dx", "d_lz", "d_mu_ls", "enc_base",
+             "attention"}
     fields = set()
     for cls in (native_loop.Inputs, native_loop.Products, native_loop.Workspace):
         fields |= {f.name for f in dataclasses.fields(cls)}
@@ -393,14 +432,16 @@ def test_the_glue_names_every_argument_of_the_schemas():
 def test_wrong_buffers_are_refused_in_one_message():
     m = model_for(9, height=6, width=5, steps=2, hidden=4, embed=2, read_n=2, write_n=2)
     x, eps = images(3, 1, 6, 5), torch.randn(2, 3, 2, dtype=torch.float64)
-    w, ws, ins, prods = workspace_for(m, x, eps, True)
+    w, ws, ins, prods, extra = workspace_for(m, x, eps, True)
     fwd = torch.ops.drawcli.loop_forward.default
     args = named(fwd, ins, w, prods, ws, mu_ls=x.new_empty(2, 3, 4), canvas=torch.empty_like(x), lz=x.new_empty(3),
-                 log_ratio=None, filter_eps=FILTER_EPS, chunks=1)
+                 log_ratio=None, filter_eps=FILTER_EPS, chunks=1, **extra)
     with pytest.raises(RuntimeError, match="se has 10 values, expected 12"):
         fwd(**dict(args, se=x.new_empty(2, 5)))
     with pytest.raises(RuntimeError, match="heads must be Double"):
         fwd(**dict(args, heads=args["heads"].float()))
+    with pytest.raises(RuntimeError, match="filter offsets come with attention, and only with it"):
+        fwd(**dict(args, attention=False))
 
 
 # ----------------------------------------------------------------------------- building

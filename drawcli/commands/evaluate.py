@@ -94,7 +94,8 @@ def evaluate_command(
             )
     from drawcli.model.choice import choose_engine
 
-    choice = choose_engine(engine, dev, model.attention, "evaluate", say=lambda line: console.print(line, highlight=False))
+    choice = choose_engine(engine, dev, model.attention, "evaluate", say=lambda line: console.print(line, highlight=False),
+                           window=max(model.read_n, model.write_n))
     images, spec = load_split(data, resolve_data_dir(data_dir or settings.data.data_dir), split, console)
     expected = (model.height, model.width) if model.channels == 1 else (model.channels, model.height, model.width)
     if tuple(images.shape[1:]) != expected:

@@ -49,7 +49,7 @@ def _engine(setting: str, loaded: LoadedRun, work: str, console) -> str:
     """--engine resolved for this command's work (drawcli/model/choice.py), said in one line."""
     from drawcli.model.choice import choose_engine
 
-    choice = choose_engine(setting, loaded.device, loaded.model.attention, work)
+    choice = choose_engine(setting, loaded.device, loaded.model.attention, work, window=max(loaded.model.read_n, loaded.model.write_n))
     console.print(choice.line, highlight=False, soft_wrap=True)
     return choice.engine
 

@@ -7,7 +7,7 @@ Three engines compute the same function from the same parameters:
 * ``python``: fused.py, the time loop as one autograd node with a hand-written backward
   (python_loop.py), the sampling decoder (sampling.py). Runs on every device but MPS (below).
 * ``native``: the same loop in C++ (csrc/draw_loop.cpp, glue in native_loop.py): training and
-  evaluation of the attention model on the CPU, grey or colour. drawcli/model/native_build.py builds and
+  evaluation on the CPU, with or without attention, grey or colour, windows up to NATIVE_MAX_WINDOW. drawcli/model/native_build.py builds and
   loads it; the model itself never does (it does no I/O).
 
 ``auto`` (the default) picks, for each call: the native engine where it is loaded and can run
@@ -29,6 +29,17 @@ ENGINES = ("auto", "native", "python", "reference")
 # slices of larger buffers, and out= into non-contiguous views has given silently wrong results
 # on MPS in some torch releases. No MPS machine has tested it here, so MPS runs the plain loops.
 MPS_REASON = "on MPS the fused engine's writes into strided views are not trusted (some torch releases got them wrong)"
+
+# The widest read or write window (N) the native loop takes: its kernels keep a window's column in
+# fixed arrays (NMAX in csrc/kernels.h). Wider windows run the Python engine.
+NATIVE_MAX_WINDOW = 64
+
+
+def window_refusal(attention: bool, widest: int) -> str | None:
+    """Why the native loop cannot take windows of side ``widest``, or None."""
+    if attention and widest > NATIVE_MAX_WINDOW:
+        return f"windows are at most {NATIVE_MAX_WINDOW} wide, this model's are {widest}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,9 @@ def native_refusal(m, x: torch.Tensor, record: bool, mm_dtype: torch.dtype | Non
         return "the native library is not loaded (drawcli.model.native_build.load() builds and loads it)"
     if x.device.type != "cpu":
         return f"it runs on the CPU only, not {x.device.type}"
-    if not m.attention:
-        return "it runs the attention model only"
+    too_wide = window_refusal(m.attention, max(m.read_n, m.write_n))
+    if too_wide:
+        return f"its {too_wide}"
     if record:
         return "it does not record canvases and windows (pictures run the Python engine)"
     if x.dtype not in (torch.float32, torch.float64):

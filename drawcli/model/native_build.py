@@ -38,7 +38,7 @@ HEADERS = (SOURCE.parent / "kernels.h", SOURCE.parent / "amx.h")  # included by 
 NAME = "drawcli_loop"  # the library's file name (torch.ops.drawcli is its namespace)
 # The one place of the library's ABI number: compiled in as DRAWCLI_ABI and checked after loading.
 # Raise it when the ops change in a way a library built from an older source must not serve.
-ABI = 3
+ABI = 4
 OPS = ("loop_forward", "loop_backward", "amx_pack")
 
 _STATE: dict = {"loaded": None, "error": None}  # this process's one attempt: loaded or not, and why

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from drawcli.model.layout import LoopWeights, offsets, pixel_grid
-from drawcli.model.packed_gemm import packed_applies
+from drawcli.model.packed_gemm import matmul, packed_applies
 from drawcli.model.parts import FILTER_EPS
 from drawcli.model.python_backward import head_grads
 
@@ -95,10 +95,20 @@ class Workspace:
     dec_amx_t: torch.Tensor | None = None
 
 
+def sizes(m) -> tuple[int, int, int]:
+    """(R, kw, lead): the encoder input that changes with t (r_t, eq 27; without attention x_hat_t, eq 17),
+    the write (w_t, eq 28 / 18), and the encoder input that does not (without attention x, whose
+    product enc_base is made once per call; 0 with attention)."""
+    C, n, nw, chw = m.channels, m.read_n, m.write_n, m.channels * m.height * m.width
+    return (2 * C * n * n, C * nw * nw, 0) if m.attention else (chw, chw, chw)
+
+
 def workspace(m, b: int, dtype: torch.dtype, ke: int, kd: int, lowp: bool, keep: bool) -> Workspace:
     T, hd, Z, C, H, W = m.steps, m.hidden, m.embed, m.channels, m.height, m.width
-    n, nw, L = m.read_n, m.write_n, max(H, W)
-    R, hw = 2 * C * n * n, C * nw * nw + 10
+    R, kw, _ = sizes(m)
+    # without attention there are no windows: the per-image buffers of the read and write are empty
+    n, nw, L = (m.read_n, m.write_n, max(H, W)) if m.attention else (0, 0, 0)
+    hw = kw + 10 if m.attention else kw
     s_in, s = (T + 1, T) if keep else (2, 1)
 
     def new(*shape, dt=dtype, zero=False):
@@ -107,8 +117,9 @@ def workspace(m, b: int, dtype: torch.dtype, ke: int, kd: int, lowp: bool, keep:
     ws = Workspace(key=(), enc_in=new(s_in, b, ke, zero=True), dec_in=new(s_in, b, kd, zero=True),
                    c_enc=new(s_in, b, hd), c_dec=new(s_in, b, hd), heads=new(s_in, b, hw),
                    g_enc=new(s, b, 4 * hd), g_dec=new(s, b, 4 * hd), tc_enc=new(s, b, hd), tc_dec=new(s, b, hd),
-                   se=new(s, b, Z), xhat=new(s, b, C * H * W), f_r=new(s, b, 2 * n * L), f_w=new(s, b, 2 * nw * L),
-                   left=new(s, b, n * 2 * C * W), u=new(s, b, nw * C * W), wdiv=new(s, b, C * nw * nw))
+                   se=new(s, b, Z), xhat=new(s, b, C * H * W if m.attention else 0), f_r=new(s, b, 2 * n * L),
+                   f_w=new(s, b, 2 * nw * L), left=new(s, b, n * 2 * C * W), u=new(s, b, nw * C * W),
+                   wdiv=new(s, b, kw if m.attention else 0))
     ws.enc_in[:, :, R + 2 * hd].fill_(1)  # the column that multiplies the bias column of [W | b]
     ws.dec_in[:, :, Z + hd].fill_(1)
     if not keep:
@@ -154,7 +165,22 @@ _NAMES: dict = {}
 
 def inputs(m, x: torch.Tensor, eps: torch.Tensor) -> Inputs:
     grid, _ = pixel_grid(m, x.dtype)
+    if not m.attention:  # no filters: the loop takes empty offsets
+        none = x.new_empty(0)
+        return Inputs(x.contiguous(), eps.contiguous(), grid, none, none)
     return Inputs(x.contiguous(), eps.contiguous(), grid, offsets(m, m.read_n, x.dtype), offsets(m, m.write_n, x.dtype))
+
+
+def split_encoder(m, w: LoopWeights, x: torch.Tensor, mm_dtype: torch.dtype | None) -> tuple[LoopWeights, torch.Tensor | None, torch.Tensor | None]:
+    """Without attention, eq 5's product over [x | x_hat_t | ...] is x's part, the same at every step,
+    plus the rest: (the weights with enc_w's x columns cut off, enc_base = x W_x^T (B, 4H), W_x). With
+    attention: (w, None, None)."""
+    lead = sizes(m)[2]
+    if not lead:
+        return w, None, None
+    w_x = w.enc_w[:, :lead]
+    base = matmul(x.reshape(x.shape[0], lead), w_x.t(), mm_dtype).contiguous()
+    return w._replace(enc_w=w.enc_w[:, lead:].contiguous()), base, w_x
 
 
 # Packing a weight costs about what a few dozen of its products save: short loops (T x rows below
@@ -196,7 +222,7 @@ def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed:
 
         p.enc_pk, p.dec_pk = pack(w.enc_w), pack(w.dec_w)
         if backward:
-            ce = 2 * m.channels * m.read_n * m.read_n + 2 * m.hidden
+            ce = sizes(m)[0] + 2 * m.hidden
             p.enc_pk_t, p.dec_pk_t = pack(w.enc_w[:, :ce].t()), pack(w.dec_w[:, : m.embed + m.hidden].t())
     return p
 
@@ -204,7 +230,7 @@ def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed:
 def amx_weights(m, w: LoopWeights, ws: Workspace, backward: bool) -> None:
     """w's LSTM weights laid out for AMX into ws (made on first use, then rewritten in place)."""
     hd = m.hidden
-    ce, cd = 2 * m.channels * m.read_n * m.read_n + 2 * hd, m.embed + hd
+    ce, cd = sizes(m)[0] + 2 * hd, m.embed + hd
     wanted = [("enc_amx", w.enc_w, 0, True), ("dec_amx", w.dec_w, 0, True)]
     if backward:
         wanted += [("enc_amx_t", w.enc_w, ce, False), ("dec_amx_t", w.dec_w, cd, False)]
@@ -243,7 +269,7 @@ def chunks_for(b: int) -> int:
 def _start(m, ws: Workspace, heads_b: torch.Tensor) -> None:
     """Slot 0 as step 1 finds it: h_0 = 0 and c_0 = 0 (both LSTMs), the first read window from
     the heads' bias alone (h^dec_0 = 0), its delta, sigma^2 and gamma from their logs."""
-    R, hd, Z = 2 * m.channels * m.read_n * m.read_n, m.hidden, m.embed
+    R, hd, Z = sizes(m)[0], m.hidden, m.embed
     ws.enc_in[0, :, R : R + 2 * hd].zero_()
     ws.dec_in[0, :, Z : Z + hd].zero_()
     ws.c_enc[0].zero_()
@@ -251,7 +277,9 @@ def _start(m, ws: Workspace, heads_b: torch.Tensor) -> None:
     if ws.enc_lp is not None:
         ws.enc_lp[0, :, R : R + 2 * hd].zero_()
         ws.dec_lp[0, :, Z : Z + hd].zero_()
-    kw = m.channels * m.write_n * m.write_n
+    if not m.attention:  # no windows: slot 0 of the heads is never read
+        return
+    kw = sizes(m)[1]
     ws.heads[0] = heads_b
     ws.heads[0, :, kw:].view(-1, 2, 5)[:, :, 2:].exp_()
 
@@ -275,6 +303,7 @@ class Saved:
     products: Products
     mm_dtype: torch.dtype | None
     chunks: int
+    enc_x: torch.Tensor | None = None  # without attention: enc_w's x columns (split_encoder)
 
 
 def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtype: torch.dtype | None, packed: bool = True,
@@ -284,16 +313,17 @@ def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtyp
     T, Z = m.steps, m.embed
     b = x.shape[0]
     w = LoopWeights(*(t.detach().contiguous() for t in weights))
+    w, base, w_x = split_encoder(m, w, x.detach(), mm_dtype)
     lowp = mm_dtype is not None
     ws = _workspace(TRAINING, m, ("train", b, x.dtype, lowp), b, x.dtype, w, lowp, keep=True)
     _start(m, ws, w.heads_b)
     chunks = chunks_for(b)  # backward must cut the batch the same way: the lane buffers are laid out per chunk
-    ins = inputs(m, x, eps)
+    ins = inputs(m, x.detach(), eps)
     prods = products(m, w, -(-b // chunks), mm_dtype, packed, backward=True, ws=ws, amx=amx)
     mu_ls, canvas, lz = x.new_empty(T, b, 2 * Z), torch.empty_like(ins.x), x.new_empty(b)
     call(torch.ops.drawcli.loop_forward.default, ins, w, prods, ws, mu_ls=mu_ls, canvas=canvas, lz=lz, log_ratio=None,
-         filter_eps=FILTER_EPS, chunks=chunks)
-    return canvas, mu_ls, lz, Saved(ws, ins, w, prods, mm_dtype, chunks)
+         enc_base=base, attention=m.attention, filter_eps=FILTER_EPS, chunks=chunks)
+    return canvas, mu_ls, lz, Saved(ws, ins, w, prods, mm_dtype, chunks, w_x)
 
 
 def backward(m, sv: Saved, d_canvas, d_mu_ls, d_lz, mu_ls: torch.Tensor, need_x: bool):
@@ -301,14 +331,14 @@ def backward(m, sv: Saved, d_canvas, d_mu_ls, d_lz, mu_ls: torch.Tensor, need_x:
     ws, x = sv.ws, sv.inputs.x
     T, hd = m.steps, m.hidden
     b = x.shape[0]
-    R = 2 * m.channels * m.read_n * m.read_n
+    R = sizes(m)[0]
     ws.d_heads.zero_()
     d_canvas = torch.zeros_like(x) if d_canvas is None else d_canvas.contiguous()
     d_lz = x.new_zeros(b) if d_lz is None else d_lz.contiguous()
     d_mu_ls = None if d_mu_ls is None else d_mu_ls.contiguous()
     dx = torch.zeros_like(x) if need_x else None
     call(torch.ops.drawcli.loop_backward.default, sv.inputs, sv.weights, sv.products, ws, mu_ls=mu_ls, d_canvas=d_canvas,
-         dx=dx, d_lz=d_lz, d_mu_ls=d_mu_ls, filter_eps=FILTER_EPS, chunks=sv.chunks)
+         dx=dx, d_lz=d_lz, d_mu_ls=d_mu_ls, attention=m.attention, filter_eps=FILTER_EPS, chunks=sv.chunks)
     # Weight gradients: one (T*B)-row product each, as the Python engine's (bias included: the
     # inputs' column of ones); with bfloat16 products their inputs were written in bfloat16.
     rows = T * b
@@ -318,6 +348,12 @@ def backward(m, sv: Saved, d_canvas, d_mu_ls, d_lz, mu_ls: torch.Tensor, need_x:
     else:
         d_enc_w = ws.g_enc.view(rows, -1).t() @ ws.enc_in[:T].view(rows, -1)
         d_dec_w = ws.g_dec.view(rows, -1).t() @ ws.dec_in[:T].view(rows, -1)
+    if sv.enc_x is not None:  # without attention: x's columns, the same input at every step
+        g_sum = (ws.g_enc if sv.mm_dtype is None else ws.g_enc_lp).sum(0, dtype=x.dtype)
+        lead = sv.enc_x.shape[1]
+        d_enc_w = torch.cat([matmul(g_sum.t(), x.reshape(b, lead), sv.mm_dtype), d_enc_w], 1)
+        if need_x:
+            dx += matmul(g_sum, sv.enc_x, sv.mm_dtype).view_as(x)
     grads = (d_enc_w, d_dec_w, *head_grads(ws.enc_in, ws.dq, ws.d_heads, R, hd))
     TRAINING[m] = ws  # this forward's buffers are free for the next one
     return dx, grads
@@ -328,6 +364,7 @@ def evaluate(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dty
     """A forward without gradients: (c_T, L^z, the log ratio of the IWAE bound or None)."""
     b = x.shape[0]
     w = LoopWeights(*(t.detach().contiguous() for t in weights))
+    w, base, _ = split_encoder(m, w, x, mm_dtype)
     lowp = mm_dtype is not None
     ws = _workspace(EVALUATION, m, ("eval", b, x.dtype, lowp), b, x.dtype, w, lowp, keep=False)
     _start(m, ws, w.heads_b)
@@ -337,6 +374,6 @@ def evaluate(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dty
     canvas, lz = torch.empty_like(ins.x), x.new_empty(b)
     ratio = x.new_empty(b) if log_ratio else None
     call(torch.ops.drawcli.loop_forward.default, ins, w, prods, ws, canvas=canvas, lz=lz, log_ratio=ratio,
-         filter_eps=FILTER_EPS, chunks=chunks)
+         enc_base=base, attention=m.attention, filter_eps=FILTER_EPS, chunks=chunks)
     EVALUATION[m] = ws
     return canvas, lz, ratio

@@ -194,7 +194,8 @@ def apply_engine(settings: Settings, device, console: Console) -> str:
     from drawcli.model.choice import choose_engine
 
     say = lambda line: console.print(line, highlight=False)
-    choice = choose_engine(settings.run.engine, device, settings.model.attention, "train", say=say)
+    choice = choose_engine(settings.run.engine, device, settings.model.attention, "train", say=say,
+                           window=max(settings.model.read_n, settings.model.write_n))
     say(choice.line)
     return choice.engine
 

@@ -81,6 +81,7 @@ class Args {
   }
 
   double real(const char* name) const { return value(name).toDouble(); }
+  bool boolean(const char* name) const { return value(name).toBool(); }
   int64_t integer(const char* name) const { return value(name).toInt(); }
   size_t count() const { return schema_.arguments().size(); }
 
@@ -103,7 +104,11 @@ class Args {
 // states, heads, encoder and decoder inputs) or S (everything else) slots; step t uses slot t % S_in
 // or t % S, and t + 1 % S_in for what it hands to the next step. Training: S_in = T + 1, S = T;
 // evaluation: S_in = 2, S = 1.
+// With attention R = 2 C n^2 (r_t, eq 27) and kw = C nw^2 (w_t, eq 28), the heads [w_t | write window
+// | read window] (hw = kw + 10); without (eq 17-18) R = C H W (x_hat_t: x's part of r_t = [x, x_hat_t]
+// is the same at every step, its product enc_base is made once outside the loop), kw = hw = C H W.
 struct Dims {
+  bool att;
   int64_t T, B, C, H, W, HW, L, hd, Z, n, nw, kw, R, ke, kd, hw, S_in, S;
 };
 
@@ -125,6 +130,7 @@ struct Loop {
   T feps;
   // inputs (x as (B, C, H, W); eps (T, B, Z); the pixel grid (2, L); the filter offsets of eq 19-20)
   const T *x, *eps, *grid, *roff, *woff;
+  const T* base = nullptr;  // without attention: (B, 4H), x's part of every step's encoder product
   // weights in layout.py's layout, their bfloat16 copies (or undefined), and the packed ones
   // (or undefined where at::mm runs): forward, and for the input gradients W[:, :inputs]^T
   Tensor enc_w, dec_w, q_w, q_b, heads_w, heads_b, enc_w_lp, dec_w_lp, enc_pk, dec_pk, enc_pk_t, dec_pk_t;
@@ -152,10 +158,12 @@ struct Loop {
     d.L = std::max(d.H, d.W);
     const Tensor tro = a.tensor("read_offsets"), two = a.tensor("write_offsets");
     d.n = tro.numel(), d.nw = two.numel();
+    d.att = a.boolean("attention");
+    TORCH_CHECK(d.att == (d.n > 0 && d.nw > 0), "drawcli loop: filter offsets come with attention, and only with it");
     TORCH_CHECK(d.n <= NMAX && d.nw <= NMAX, "drawcli loop: read and write sides are at most ", NMAX);
-    d.kw = d.C * d.nw * d.nw;
-    d.R = 2 * d.C * d.n * d.n;
-    d.hw = d.kw + 10;
+    d.kw = d.att ? d.C * d.nw * d.nw : d.C * d.HW;
+    d.R = d.att ? 2 * d.C * d.n * d.n : d.C * d.HW;
+    d.hw = d.att ? d.kw + 10 : d.kw;
     enc_w = a.tensor("enc_w"), dec_w = a.tensor("dec_w"), q_w = a.tensor("q_w"), heads_w = a.tensor("heads_w");
     q_b = a.optional("q_b"), heads_b = a.optional("heads_b");
     d.hd = q_w.size(1), d.ke = enc_w.size(1), d.kd = dec_w.size(1);
@@ -202,12 +210,15 @@ struct Loop {
     expect(a.tensor("tc_dec"), "tc_dec", dt, S * B * hd);
     expect(a.tensor("se"), "se", dt, S * B * d.Z);
     expect(mu_ls, "mu_ls", dt, S * B * 2 * d.Z);
-    expect(a.tensor("xhat"), "xhat", dt, S * B * d.C * d.HW);
+    expect(a.tensor("xhat"), "xhat", dt, d.att ? S * B * d.C * d.HW : 0);
     expect(a.tensor("f_r"), "f_r", dt, S * B * 2 * d.n * d.L);
     expect(a.tensor("f_w"), "f_w", dt, S * B * 2 * d.nw * d.L);
     expect(a.tensor("left"), "left", dt, S * B * 2 * d.C * d.n * d.W);
     expect(a.tensor("u"), "u", dt, S * B * d.nw * d.C * d.W);
-    expect(a.tensor("wdiv"), "wdiv", dt, S * B * d.kw);
+    expect(a.tensor("wdiv"), "wdiv", dt, d.att ? S * B * d.kw : 0);
+    const Tensor tbase = a.optional("enc_base");  // forward without attention: x's part of eq 5's product
+    if (tbase.defined()) expect(tbase, "enc_base", dt, B * 4 * hd);
+    base = data<T>(tbase);
     p_enc_in = data<T>(enc_in), p_dec_in = data<T>(dec_in), p_heads = data<T>(heads), p_mu_ls = data<T>(mu_ls);
     c_enc = data<T>(a.tensor("c_enc")), c_dec = data<T>(a.tensor("c_dec"));
     p_g_enc = data<T>(g_enc), p_g_dec = data<T>(g_dec);
@@ -269,12 +280,22 @@ struct Loop {
   // tanh(c_t) into slot ss of tc, and h_t into h (row stride h_stride).
   void cell(int64_t si, int64_t si1, int64_t ss, int64_t sl, int64_t b0, int64_t nb, const Tensor& in,
             const Tensor& in_lp, const Tensor& w, const Tensor& w_lp, const Tensor& pk, const Tensor& ab, Tensor& pre_lp,
-            const Tensor& gates, T* g, T* c, T* tc, T* h, int64_t h_stride) {
+            const Tensor& gates, T* g, T* c, T* tc, T* h, int64_t h_stride, const T* add = nullptr) {
     const int64_t hd = D.hd;
+    // add: rows (B, 4H) added to the product first (enc_base), in the model's dtype, into g's row
     auto finish = [&](auto* pre, int64_t b) {
       using P = std::remove_const_t<std::remove_pointer_t<decltype(pre)>>;
-      lstm_forward<T, P>(pre, row(g, ss, b0 + b, 4 * hd), row(c, si, b0 + b, hd), row(c, si1, b0 + b, hd),
-                         row(tc, ss, b0 + b, hd), h + (b0 + b) * h_stride, hd);
+      T* a = row(g, ss, b0 + b, 4 * hd);
+      if (add != nullptr) {
+        const T* ad = add + (b0 + b) * 4 * hd;
+        IVDEP
+        for (int64_t j = 0; j < 4 * hd; ++j) a[j] = as<T>(pre[j]) + ad[j];
+        lstm_forward<T, T>(a, a, row(c, si, b0 + b, hd), row(c, si1, b0 + b, hd), row(tc, ss, b0 + b, hd),
+                           h + (b0 + b) * h_stride, hd);
+        return;
+      }
+      lstm_forward<T, P>(pre, a, row(c, si, b0 + b, hd), row(c, si1, b0 + b, hd), row(tc, ss, b0 + b, hd),
+                         h + (b0 + b) * h_stride, hd);
     };
     if (ab.defined()) {  // AMX: float32 results (amx.h)
       const int64_t k = in_lp.size(2), n = 4 * hd;
@@ -332,7 +353,7 @@ struct Loop {
     const Dims& d = D;
     const int64_t V = LANES, nmax = std::max(d.n, d.nw);
     Scratch s{std::vector<T>(5 * V), std::vector<T>(V), std::vector<T>(4 * V), {}, {}, {}, {}};
-    if (backward) {
+    if (backward && d.att) {
       s.df.resize(2 * nmax * d.L * V);
       s.du.resize(d.nw * d.C * d.W * V);
       s.dg.resize(d.R * V);
@@ -437,11 +458,67 @@ struct Loop {
           });
   }
 
+  // Without attention (eq 17-18) the per-image work is elementwise: a chunk's images stay rows, in the
+  // (H, C, W) order of layout.py (the encoder's x_hat columns and the write head's rows), so that x_hat_t
+  // goes straight into the encoder input and w_t straight onto the canvas.
+  struct Plain {
+    std::vector<T> xr, cv, dx;  // x, the canvas (forward) or dL/dc (backward), dL/dx: (nb, H, C, W)
+  };
+
+  // (B, C, H, W) rows <-> the chunk's (nb, H, C, W) rows
+  void hcw_in(T* dst, const T* src, int64_t b0, int64_t nb) const {
+    const int64_t C = D.C, H = D.H, W = D.W, CHW = C * D.HW;
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t h = 0; h < H; ++h)
+          std::copy(src + (b0 + b) * CHW + (c * H + h) * W, src + (b0 + b) * CHW + (c * H + h + 1) * W,
+                    dst + b * CHW + (h * C + c) * W);
+  }
+  void hcw_out(T* dst, const T* src, int64_t b0, int64_t nb) const {
+    const int64_t C = D.C, H = D.H, W = D.W, CHW = C * D.HW;
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t h = 0; h < H; ++h)
+          std::copy(src + b * CHW + (h * C + c) * W, src + b * CHW + (h * C + c + 1) * W,
+                    dst + (b0 + b) * CHW + (c * H + h) * W);
+  }
+
+  Plain plain(int64_t b0, int64_t nb, bool with_dx) const {
+    const int64_t CHW = D.C * D.HW;
+    Plain p{std::vector<T>(nb * CHW), std::vector<T>(nb * CHW, T(0)), std::vector<T>(with_dx ? nb * CHW : 0, T(0))};
+    hcw_in(p.xr.data(), x, b0, nb);
+    return p;
+  }
+
+  // eq 3 and 17: x_hat_t = x - sigmoid(c_{t-1}) into the encoder input slot si (and its bfloat16 copy, slot sl)
+  void read_plain(const Plain& p, int64_t b0, int64_t nb, int64_t si, int64_t sl) {
+    const int64_t CHW = D.C * D.HW;
+    for (int64_t b = 0; b < nb; ++b) {
+      const T *xv = p.xr.data() + b * CHW, *cv = p.cv.data() + b * CHW;
+      T* r = row(p_enc_in, si, b0 + b, D.ke);
+      IVDEP
+      for (int64_t k = 0; k < CHW; ++k) r[k] = xv[k] - sigm<T>(cv[k]);
+      if (lowp) to_lp(row(p_enc_lp, sl, b0 + b, D.ke), r, CHW);
+    }
+  }
+
+  // eq 8, 18: c_t = c_{t-1} + w_t (the heads slot si1)
+  void write_plain(Plain& p, int64_t b0, int64_t nb, int64_t si1) {
+    const int64_t CHW = D.C * D.HW;
+    for (int64_t b = 0; b < nb; ++b) {
+      const T* w = row(p_heads, si1, b0 + b, D.hw);
+      T* cv = p.cv.data() + b * CHW;
+      IVDEP
+      for (int64_t k = 0; k < CHW; ++k) cv[k] += w[k];
+    }
+  }
+
   void forward_chunk(int64_t b0, int64_t nb) {
     const Dims& d = D;
     const int64_t CHW = d.C * d.HW, R = d.R, hd = d.hd, Z = d.Z, kw = d.kw;
     Tensor pre_lp = lowp ? at::empty({nb, 4 * hd}, enc_in.options().dtype(at::kBFloat16)) : Tensor();
-    std::vector<Block> blks = blocks(b0, nb, false);
+    std::vector<Block> blks = d.att ? blocks(b0, nb, false) : std::vector<Block>();
+    Plain pl = d.att ? Plain() : plain(b0, nb, false);
     Scratch sc = scratch(false);
     std::fill(lz + b0, lz + b0 + nb, T(0));
     if (log_ratio_on) std::fill(log_ratio + b0, log_ratio + b0 + nb, T(0));
@@ -449,11 +526,14 @@ struct Loop {
       const int64_t si = t % d.S_in, si1 = (t + 1) % d.S_in, ss = t % d.S;
       const int64_t sl = lowp ? t % S_lp : 0, sl1 = lowp ? (t + 1) % S_lp : 0;
       const bool next_lp = lowp && t + 1 < d.T;
-      for (Block& blk : blks) read(blk, sc, t, si, sl);
+      if (d.att)
+        for (Block& blk : blks) read(blk, sc, t, si, sl);
+      else
+        read_plain(pl, b0, nb, si, sl);
       // eq 5: the encoder; h^enc_t goes to the next slot's encoder input
       T* next = p_enc_in + si1 * d.B * d.ke;
       cell(si, si1, ss, sl, b0, nb, enc_in, enc_lp, enc_w, enc_w_lp, enc_pk, enc_amx, pre_lp, g_enc, p_g_enc, c_enc, tc_enc,
-           next + R + hd, d.ke);
+           next + R + hd, d.ke, base);
       if (next_lp)
         for (int64_t b = b0; b < b0 + nb; ++b)
           to_lp(row(p_enc_lp, sl1, b, d.ke) + R + hd, row(p_enc_in, si1, b, d.ke) + R + hd, hd);
@@ -492,6 +572,10 @@ struct Loop {
       // eq 18/28, 21: the heads over h^dec_t, then the write
       Tensor head_rows = heads[si1].narrow(0, b0, nb);
       at::addmm_out(head_rows, heads_b, enc_in[si1].narrow(0, b0, nb).narrow(1, R, hd), heads_w.t());
+      if (!d.att) {
+        write_plain(pl, b0, nb, si1);
+        continue;
+      }
       for (int64_t b = b0; b < b0 + nb; ++b) {
         T* hh = row(p_heads, si1, b, d.hw);
         for (int64_t k = 2; k < 5; ++k) {  // delta, sigma^2, gamma from their logs
@@ -501,7 +585,10 @@ struct Loop {
       }
       for (Block& blk : blks) write(blk, sc, t, si1);
     }
-    for (const Block& blk : blks) from_lanes(canvas, blk.cv.data(), blk.b0, blk.V, CHW);  // c_T, one image per row
+    if (d.att)
+      for (const Block& blk : blks) from_lanes(canvas, blk.cv.data(), blk.b0, blk.V, CHW);  // c_T, one image per row
+    else
+      hcw_out(canvas, pl.cv.data(), b0, nb);
   }
 
   // backward ------------------------------------------------------------------------
@@ -717,6 +804,27 @@ struct Loop {
     }
   }
 
+  // Backward of read_plain at step t (eq 3, 17) from dL/dx_hat_t (dr, rows of width ce): dL/dc_{t-1} into
+  // p.cv, dL/dx into p.dx. sigmoid(c_{t-1}) = x - x_hat_t, from the encoder input slot t.
+  void read_backward_plain(Plain& p, int64_t t, int64_t b0, int64_t nb, const T* dr, int64_t ce) {
+    const int64_t CHW = D.C * D.HW;
+    const bool with_dx = !p.dx.empty();
+    for (int64_t b = 0; b < nb; ++b) {
+      const T *g = dr + b * ce, *xv = p.xr.data() + b * CHW, *xh = row(p_enc_in, t, b0 + b, D.ke);
+      T* dc = p.cv.data() + b * CHW;
+      IVDEP
+      for (int64_t k = 0; k < CHW; ++k) {
+        const T sg = xv[k] - xh[k];
+        dc[k] -= g[k] * sg * (T(1) - sg);
+      }
+      if (with_dx) {
+        T* o = p.dx.data() + b * CHW;
+        IVDEP
+        for (int64_t k = 0; k < CHW; ++k) o[k] += g[k];
+      }
+    }
+  }
+
   void backward_chunk(int64_t b0, int64_t nb) {
     const Dims& d = D;
     const int64_t CHW = d.C * d.HW, R = d.R, hd = d.hd, Z = d.Z;
@@ -730,8 +838,10 @@ struct Loop {
       ei_lp = at::empty({nb, ce}, opt.dtype(at::kBFloat16));
       di_lp = at::empty({nb, cd}, opt.dtype(at::kBFloat16));
     }
-    std::vector<Block> blks = blocks(b0, nb, dx != nullptr);
+    std::vector<Block> blks = d.att ? blocks(b0, nb, dx != nullptr) : std::vector<Block>();
     for (Block& blk : blks) to_lanes(blk.cv.data(), dC, blk.b0, blk.V, CHW);  // dL/dc_T, then dL/dc_t as t goes down
+    Plain pl = d.att ? Plain() : plain(b0, nb, dx != nullptr);
+    if (!d.att) hcw_in(pl.cv.data(), dC, b0, nb);
     Scratch sc = scratch(true);
     T* pdh = dh.data_ptr<T>();
     T *pdce = dc_enc.data_ptr<T>(), *pdcd = dc_dec.data_ptr<T>();
@@ -739,7 +849,11 @@ struct Loop {
     for (int64_t t = d.T - 1; t >= 0; --t) {
       const T* ei_next = dei[1 - cur].data_ptr<T>();
       const T* di_next = ddi[1 - cur].data_ptr<T>();
-      for (Block& blk : blks) write_backward(blk, sc, t);
+      if (d.att)
+        for (Block& blk : blks) write_backward(blk, sc, t);
+      else  // eq 8, 18: dL/dw_t = dL/dc_t
+        for (int64_t b = 0; b < nb; ++b)
+          std::copy(pl.cv.data() + b * CHW, pl.cv.data() + (b + 1) * CHW, d_heads + ((t + 1) * d.B + b0 + b) * d.hw);
       // h^dec_t feeds the heads and step t+1's encoder and decoder
       for (int64_t b = 0; b < nb; ++b) {
         const T *a = ei_next + b * ce + R, *c = di_next + b * cd + Z;
@@ -775,11 +889,16 @@ struct Loop {
       cell_backward(t, b0, nb, p_g_enc, p_g_enc_lp, c_enc, tc_enc, pdh, pdce);
       input_grads(t, b0, nb, g_enc, g_enc_lp, enc_w, enc_w_lp, enc_pk_t, enc_amx_t, ce, dei[cur], ei_lp);  // [dr_t | dh^dec | dh^enc]
       const T* dr = dei[cur].data_ptr<T>();
-      for (Block& blk : blks) read_backward(blk, sc, t, dr + (blk.b0 - b0) * ce, ce);
+      if (d.att)
+        for (Block& blk : blks) read_backward(blk, sc, t, dr + (blk.b0 - b0) * ce, ce);
+      else
+        read_backward_plain(pl, t, b0, nb, dr, ce);
       cur = 1 - cur;
     }
-    if (dx)
+    if (dx && d.att)
       for (const Block& blk : blks) from_lanes(dx, blk.dx.data(), blk.b0, blk.V, CHW);
+    else if (dx)
+      hcw_out(dx, pl.dx.data(), b0, nb);
   }
 };
 
@@ -861,8 +980,8 @@ void amx_pack(const Tensor& w, int64_t cols, bool transpose, const Tensor& out) 
 // Workspace holds the buffers under these names and passes them by name.
 TORCH_LIBRARY(drawcli, m) {
   m.def(
-      "loop_forward(Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
-      "Tensor enc_w, Tensor dec_w, Tensor q_w, Tensor q_b, Tensor heads_w, Tensor heads_b, "
+      "loop_forward(bool attention, Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
+      "Tensor enc_w, Tensor dec_w, Tensor q_w, Tensor q_b, Tensor heads_w, Tensor heads_b, Tensor? enc_base, "
       "Tensor? enc_w_lp, Tensor? dec_w_lp, Tensor? enc_pk, Tensor? dec_pk, Tensor? enc_amx, Tensor? dec_amx, "
       "Tensor(a!) enc_in, Tensor(b!) dec_in, Tensor(c!) c_enc, Tensor(d!) c_dec, Tensor(e!) heads, "
       "Tensor(f!) g_enc, Tensor(g!) g_dec, Tensor(h!) tc_enc, Tensor(i!) tc_dec, Tensor(j!) se, Tensor(k!) mu_ls, "
@@ -870,7 +989,7 @@ TORCH_LIBRARY(drawcli, m) {
       "Tensor(r!)? enc_lp, Tensor(s!)? dec_lp, Tensor(t!)? g_enc_lp, Tensor(u!)? g_dec_lp, "
       "Tensor(v!) canvas, Tensor(w!) lz, Tensor(x!)? log_ratio, float filter_eps, int chunks) -> ()");
   m.def(
-      "loop_backward(Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
+      "loop_backward(bool attention, Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
       "Tensor enc_w, Tensor dec_w, Tensor q_w, Tensor heads_w, "
       "Tensor? enc_w_lp, Tensor? dec_w_lp, Tensor? enc_pk_t, Tensor? dec_pk_t, Tensor? enc_amx_t, Tensor? dec_amx_t, "
       "Tensor enc_in, Tensor c_enc, Tensor c_dec, Tensor heads, "

@@ -87,7 +87,7 @@ inline T as(const BF& v) { return static_cast<T>(from_lp(v)); }
 // that the compiler unrolls and vectorises the lane loop) or, once, the remaining lanes.
 template <typename T>
 constexpr int64_t Tile = 128 / sizeof(T);
-constexpr int64_t NMAX = 32;  // the largest read or write side N (settings allow 28)
+constexpr int64_t NMAX = 64;  // the largest read or write side N (engine.py NATIVE_MAX_WINDOW; wider runs the Python engine)
 
 template <typename T, typename F>
 inline void tiles(int64_t V, const F& body) {
