@@ -29,7 +29,11 @@ In one process, on one device:
 6. the model without attention at the paper's config (T 64, LSTM 256, z 100, batch 128; eq 17-18):
    training by the native engine, the Python engine and the baseline, then evaluation by the two
    engines, interleaved (``plain_rows``; --no-plain skips them);
-7. with --threads-mode: training at batch 128 with 1 thread, 2 threads and drawcli's default
+7. with --isa CLASSES (e.g. --isa native,avx512_core,avx2): everything above once per CPU class, each in
+   its own process with the instruction set capped (oneDNN's ONEDNN_MAX_CPU_ISA, ATen's
+   ATEN_CPU_CAPABILITY, the native library built for that -march and without AMX), the classes
+   interleaved round by round (--rounds); one table per class (``isa_mode``);
+8. with --threads-mode: training at batch 128 with 1 thread, 2 threads and drawcli's default
    policy (drawcli.core.device.thread_policy), on a quiet machine and with one core kept busy by a
    spinning process, interleaved (see ``threads_mode``).
 Results go to a JSON file (default benchmarks/results-<device>.json).
@@ -484,8 +488,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-colour", action="store_true", help="skip the colour training rows")
     ap.add_argument("--no-plain", action="store_true", help="skip the rows of the model without attention")
     ap.add_argument("--only-plain", action="store_true", help="only the rows of the model without attention")
+    ap.add_argument("--isa", default=None, help=f"CPU classes to emulate, comma-separated: {', '.join(ISA_CLASSES)}")
+    ap.add_argument("--rounds", type=int, default=2, help="with --isa: interleaved rounds of every class")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results-<device>.json)")
     args = ap.parse_args(argv)
+    if args.isa:
+        return isa_mode(args, list(sys.argv[1:] if argv is None else argv))
 
     device = resolve_device(args.device)
     if args.threads:
@@ -501,6 +509,7 @@ def main(argv=None) -> dict:
     flops = flops_per_image(cfg)
     mem = PeakMemory(device)
     bf16 = args.bf16 if args.bf16 is not None else bool(native_bf16(device))
+    args.low_precision = bf16  # the precision auto of the colour and no-attention rows
 
     def say(*a):
         print(*a, flush=True)
@@ -681,9 +690,9 @@ def engine_speedups(out: dict, rate: str, what: str, say) -> dict:
 
 def colour_rows(device, args, mem, loaded: bool, say) -> dict:
     """Training steps of sample_configs/colour_quick.yaml's model at its batch and precision
-    (auto: bfloat16 where the device multiplies it natively) by the native engine, the Python
-    engine and the baseline, interleaved."""
-    precision = "bfloat16" if native_bf16(device) else "float32"
+    (auto: bfloat16 where the device multiplies it natively, or as --bf16 says) by the native engine,
+    the Python engine and the baseline, interleaved."""
+    precision = "bfloat16" if args.low_precision else "float32"
     impls = engine_models(COLOUR, device, loaded, args)
     fns = {name: train_step_fn(m, COLOUR, COLOUR_BATCH, device, precision, e) for name, (m, e) in impls.items()}
     reps = {name: max(2, args.steps // 2) if name == "baseline" else args.steps for name in fns}
@@ -701,7 +710,7 @@ def plain_rows(plain: dict, device, args, mem, loaded: bool, say) -> dict:
     """Training steps of the model without attention (``plain``: the paper's at the defaults) at batch 128 in precision auto, by the
     native engine, the Python engine and the baseline, interleaved; then evaluation (float32, the
     log ratio, --eval-rows copies) by the two engines."""
-    precision = "bfloat16" if native_bf16(device) else "float32"
+    precision = "bfloat16" if args.low_precision else "float32"
     impls = engine_models(plain, device, loaded, args)
     fns = {name: train_step_fn(m, plain, PLAIN_BATCH, device, precision, e) for name, (m, e) in impls.items()}
     reps = {name: max(2, args.steps // 2) if name == "baseline" else args.steps for name in fns}
@@ -725,6 +734,103 @@ def plain_rows(plain: dict, device, args, mem, loaded: bool, say) -> dict:
         ev["speedup"] = engine_speedups(ev, "image_passes_per_s", "no-attention evaluate", say)
         out["evaluation"] = ev
     return out
+
+
+# CPU classes for --isa: the environment of each class's process, and whether its rows run bfloat16
+# products (None: where this CPU multiplies them natively). Caps only lower the instruction set: on a
+# CPU without AVX512-BF16, avx512_core_bf16 runs as avx512_core (the JSON records the CPU's flags).
+ISA_CLASSES = {
+    "native": ({}, None),
+    "avx512_core_bf16": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512", "DRAWCLI_AMX": "0"}, None),
+    "avx512_core": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512", "DRAWCLI_AMX": "0",
+                     "DRAWCLI_NATIVE_ARCH": "x86-64-v4"}, False),
+    "avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "DRAWCLI_AMX": "0",
+              "DRAWCLI_NATIVE_ARCH": "x86-64-v3"}, False),
+}
+
+
+def isa_rates(r: dict) -> dict[str, float]:
+    """One result's rates by row: training (img/s per implementation and batch), evaluation
+    (image-passes/s), colour and no-attention training (img/s)."""
+    out = {}
+    for impl, by_size in r.get("training", {}).items():
+        for size, row in by_size.items():
+            out[f"train {impl} B={size}"] = row["images_per_s"]
+    for section, rate in (("evaluation", "image_passes_per_s"), ("colour", "images_per_s"), ("no_attention", "images_per_s")):
+        for name, row in r.get(section, {}).items():
+            if isinstance(row, dict) and rate in row:
+                out[f"{section} {name}"] = row[rate]
+        ev = r.get(section, {}).get("evaluation") if section == "no_attention" else None
+        for name, row in (ev or {}).items():
+            if isinstance(row, dict) and "image_passes_per_s" in row:
+                out[f"no_attention evaluation {name}"] = row["image_passes_per_s"]
+    return out
+
+
+def isa_mode(args, argv: list[str]) -> dict:
+    """Every row once per CPU class of --isa, each class in its own process (the caps must be set
+    before oneDNN and ATen start), round by round so that the classes are interleaved; then one
+    table per class: each row's median over the rounds, and the ratios the issues ask for."""
+    import subprocess
+    import tempfile
+
+    classes = [c.strip() for c in args.isa.split(",") if c.strip()]
+    unknown = [c for c in classes if c not in ISA_CLASSES]
+    if unknown:
+        raise SystemExit(f"--isa: unknown class {unknown[0]!r}; choose from {', '.join(ISA_CLASSES)}")
+    child = []
+    skip = {"--isa", "--rounds", "--out"}
+    it = iter(argv)
+    for a in it:
+        name = a.split("=", 1)[0]
+        if name in skip:
+            if "=" not in a:
+                next(it, None)
+            continue
+        child.append(a)
+    runs: dict[str, list[dict]] = {c: [] for c in classes}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(args.rounds):
+            for c in classes:
+                env_extra, bf16 = ISA_CLASSES[c]
+                out = Path(tmp) / f"{c}-{rnd}.json"
+                cmd = [sys.executable, str(Path(__file__).resolve()), *child, "--out", str(out)]
+                if bf16 is False:
+                    cmd.append("--no-bf16")
+                print(f"=== round {rnd + 1}/{args.rounds}, class {c}: {' '.join(f'{k}={v}' for k, v in env_extra.items()) or 'no caps'}",
+                      flush=True)
+                done = subprocess.run(cmd, env=dict(os.environ, **env_extra), text=True, capture_output=True)
+                for line in done.stdout.splitlines():
+                    print(f"  [{c}] {line}", flush=True)
+                if done.returncode != 0:
+                    raise SystemExit(f"class {c} failed:\n{done.stderr[-3000:]}")
+                runs[c].append(json.loads(out.read_text()))
+    result = {"isa_classes": {c: {"env": ISA_CLASSES[c][0], "runs": runs[c]} for c in classes}, "argv": argv,
+              "cpu_flags": cpu_flags(), "device_name": device_name(torch.device("cpu")), "torch": torch.__version__}
+    for c in classes:
+        rates = [isa_rates(r) for r in runs[c]]
+        table = {row: statistics.median(r[row] for r in rates if row in r) for row in rates[0]}
+        result["isa_classes"][c]["median"] = table
+        ratios = {}
+        for a, b in (("train drawcli", "train baseline"), ("evaluation drawcli-native", "evaluation drawcli-python"),
+                     ("colour drawcli-native", "colour drawcli-python"),
+                     ("no_attention drawcli-native", "no_attention drawcli-python"),
+                     ("no_attention evaluation drawcli-native", "no_attention evaluation drawcli-python")):
+            for row in table:
+                if row.startswith(a + " ") or row == a:
+                    other = b + row[len(a):]
+                    if other in table:
+                        ratios[f"{row} over {other}"] = [r[row] / r[other] for r in rates if row in r and other in r]
+        result["isa_classes"][c]["ratios"] = ratios
+        print(f"\n{c} ({' '.join(f'{k}={v}' for k, v in ISA_CLASSES[c][0].items()) or 'no caps'}); median of {len(rates)} rounds:")
+        for row, v in table.items():
+            print(f"  {row:48s} {v:8.1f}")
+        for key, vals in ratios.items():
+            print(f"  {key}: " + ", ".join(f"{v:.2f}x" for v in vals))
+    out = Path(args.out) if args.out else HERE / "results-isa.json"
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out}")
+    return result
 
 
 def write_result(result: dict, args, device, say) -> dict:

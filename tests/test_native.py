@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import subprocess
 import sys
 
@@ -277,8 +278,12 @@ def test_where_it_runs_and_where_it_refuses():
     assert forward_engine(auto, wide, wide_x, record=False, mm_dtype=None) == "python"
     with pytest.raises(ValueError, match="at most 64 wide, this model's are 65"):
         wide(wide_x, engine="native")
-    assert forward_engine(auto, DRAW(height=64, width=64, steps=1, hidden=8, embed=2, read_n=64, write_n=64),
-                          torch.rand(2, 1, 64, 64), record=False, mm_dtype=None) == "native"
+    widest = DRAW(height=64, width=64, steps=2, hidden=8, embed=2, read_n=64, write_n=64).double()
+    assert forward_engine(auto, widest, torch.rand(2, 1, 64, 64), record=False, mm_dtype=None) == "native"
+    # ... and computes it: NATIVE_MAX_WINDOW (engine.py) is the C++ kernels' NMAX
+    x64 = torch.rand(3, 1, 64, 64, dtype=torch.float64)
+    a, b = run(widest, x64, "native"), run(widest, x64, "reference")
+    assert rel(a[0], b[0]) < 1e-10 and all(rel(a[3][k], b[3][k]) < 1e-10 for k in b[3])
     with pytest.raises(ValueError, match="does not record"):
         att(x, record=True, engine="native")
     with pytest.raises(ValueError, match="no sampling loop"):
@@ -461,6 +466,55 @@ def test_the_build_key_follows_what_the_build_depends_on(monkeypatch, tmp_path):
     src.write_bytes(native.SOURCE.read_bytes() + b"\n// changed\n")
     monkeypatch.setattr(native, "SOURCE", src)
     assert native.build_key(cxx) != base
+
+
+def test_the_target_and_amx_switches_are_flags_and_part_of_the_key(monkeypatch):
+    cxx = "/usr/bin/c++"
+    base = native.build_key(cxx)
+    assert "-march=native" in native.flags(cxx)[0] and "-DDRAWCLI_NO_AMX" not in native.flags(cxx)[0]
+    monkeypatch.setenv("DRAWCLI_NATIVE_ARCH", "x86-64-v3")  # AVX2 only, as most laptops
+    assert "-march=x86-64-v3" in native.flags(cxx)[0] and "-march=native" not in native.flags(cxx)[0]
+    assert native.build_key(cxx) != base
+    monkeypatch.delenv("DRAWCLI_NATIVE_ARCH")
+    monkeypatch.setenv("DRAWCLI_AMX", "0")
+    assert "-DDRAWCLI_NO_AMX" in native.flags(cxx)[0] and native.build_key(cxx) != base
+
+
+GENERIC_CHECK = """
+import torch
+from drawcli.model import native_build, native_loop
+from drawcli.model.draw import DRAW
+assert native_build.load(), native_build.unavailable_reason()
+assert not native_loop.amx_available()
+torch.manual_seed(0)
+worst = 0.0
+for attention, c in ((True, 1), (False, 3)):
+    m = DRAW(height=9, width=7, steps=3, hidden=8, embed=3, read_n=2, write_n=3, attention=attention, channels=c).double()
+    x = torch.rand(11, c, 9, 7, dtype=torch.float64, requires_grad=True)
+    eps = torch.randn(3, 11, 3, dtype=torch.float64)
+    got = []
+    for engine in ("native", "reference"):
+        m.zero_grad()
+        x.grad = None
+        out = m(x, eps=eps, engine=engine, log_ratio=True)
+        (out.loss.sum() + 0.1 * out.log_ratio.sum()).backward()
+        got.append([out.loss.detach(), x.grad.clone(), *(p.grad.clone() for p in m.parameters())])
+    for a, b in zip(*got):
+        worst = max(worst, float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)))
+print("worst", worst)
+assert worst < 1e-10
+"""
+
+
+@needs_compiler
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="-march=x86-64 is the x86 baseline")
+def test_the_generic_build_without_x86_extensions_equals_the_reference():
+    """What an Arm machine builds: no -march=native (here the x86-64 baseline: SSE2, no AVX) and no AMX
+    kernels. It compiles, and it computes draw.py's function, with and without attention (float64)."""
+    env = dict(os.environ, DRAWCLI_NATIVE_ARCH="x86-64", DRAWCLI_AMX="0", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", GENERIC_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "worst" in done.stdout
 
 
 def test_a_compilers_error_line_is_remembered_but_not_a_killed_build():

@@ -49,9 +49,25 @@ def cache_dir() -> Path:
     return Path(base) / "native"
 
 
+def _off(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def switched_off() -> bool:
     """DRAWCLI_NATIVE=0 (or false, no, off): `auto` never picks the native engine."""
-    return os.environ.get("DRAWCLI_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+    return _off("DRAWCLI_NATIVE")
+
+
+def amx_switched_off() -> bool:
+    """DRAWCLI_AMX=0 (or false, no, off): the library is built without its AMX kernels (csrc/amx.h),
+    as on a CPU without AMX; the bfloat16 products then run through oneDNN."""
+    return _off("DRAWCLI_AMX")
+
+
+def target_arch() -> str:
+    """The -march the library is built for: $DRAWCLI_NATIVE_ARCH (e.g. x86-64-v3 for AVX2 only,
+    x86-64-v4 for AVX-512, x86-64 for the generic baseline), else "native"."""
+    return os.environ.get("DRAWCLI_NATIVE_ARCH", "").strip() or "native"
 
 
 def _cpu_id() -> str:
@@ -92,6 +108,10 @@ def flags(cxx: str) -> tuple[list[str], list[str]]:
     """Compile and link flags (torch.utils.cpp_extension adds torch's include paths, libraries and
     -D_GLIBCXX_USE_CXX11_ABI).
 
+    $DRAWCLI_NATIVE_ARCH replaces -march=native (to build for a smaller instruction set than this
+    CPU's, e.g. AVX2 only: benchmarks/speed.py --isa), and DRAWCLI_AMX=0 adds -DDRAWCLI_NO_AMX, which
+    leaves the AMX kernels out; both are part of the build key.
+
     -ffast-math and -march=native stay because they were measured to matter (README, Performance;
     Intel Xeon with AMX, one thread, medians of three interleaved rounds): without -ffast-math,
     which lets gcc call libmvec's vector exp, paper-config training in bfloat16 ran 31% slower,
@@ -109,7 +129,9 @@ def flags(cxx: str) -> tuple[list[str], list[str]]:
     openmp = "-fopenmp=libgomp" if clang else "-fopenmp"
     mvec = ["-Wl,--as-needed", "-lmvec"] if ctypes.util.find_library("mvec") else []
     wide = ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else []
-    cflags = ["-O3", "-march=native", *wide, "-ffast-math", openmp, f"-DDRAWCLI_ABI={ABI}"]
+    arch = target_arch()
+    no_amx = ["-DDRAWCLI_NO_AMX"] if amx_switched_off() else []
+    cflags = ["-O3", f"-march={arch}", *wide, "-ffast-math", openmp, f"-DDRAWCLI_ABI={ABI}", *no_amx]
     ldflags = [openmp, "-Wl,-z,defs", *mvec]
     return cflags, ldflags
 

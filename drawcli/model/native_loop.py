@@ -68,7 +68,7 @@ class Workspace:
     dec_in: torch.Tensor  # (S_in, B, kd): [z_t | h^dec_{t-1} | 1 | 0...], eq 7
     c_enc: torch.Tensor  # (S_in, B, H): cell states
     c_dec: torch.Tensor
-    heads: torch.Tensor  # (S_in, B, C N^2 + 10): slot t + 1: [w_t | write window_t | read window_{t+1}]
+    heads: torch.Tensor  # (S_in, B, C N^2 + 10): slot t + 1: [w_t | write window_t | read window_{t+1}]; without attention (S_in, B, C H W): w_t
     g_enc: torch.Tensor  # (S, B, 4H): activated gates (i, f, g, o), then (backward) their gradients
     g_dec: torch.Tensor
     tc_enc: torch.Tensor  # (S, B, H): tanh(c_t)

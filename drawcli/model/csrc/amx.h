@@ -7,8 +7,9 @@
 // product of a bfloat16 pair summed in float32, as oneDNN's bfloat16 products do. The result stays
 // float32 (at::mm's bfloat16 output would round it to bfloat16 first).
 //
-// Compiled where the compiler targets AMX (-march=native on a CPU with amx_tile and amx_bf16), and
-// used where Linux grants the process the tile state (available()); elsewhere the loop runs at::mm.
+// Compiled where the compiler targets AMX (-march=native on a CPU with amx_tile and amx_bf16) unless
+// DRAWCLI_NO_AMX is defined (DRAWCLI_AMX=0 at build time), and used where Linux grants the process the
+// tile state (available()); elsewhere the loop runs oneDNN's products or at::mm.
 
 #pragma once
 
@@ -19,7 +20,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__)
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && !defined(DRAWCLI_NO_AMX)
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>

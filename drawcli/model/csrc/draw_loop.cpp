@@ -1,7 +1,7 @@
 // DRAW's time loop (eq 3-8, 17-29) and its backpropagation through time, in C++: the native engine.
 //
-// The same computation as drawcli/model/python_loop.py (forward) and python_backward.py for the
-// attention model, grey or colour, into buffers laid out as native_loop.py's Workspace documents,
+// The same computation as drawcli/model/python_loop.py (forward) and python_backward.py, with or
+// without attention, grey or colour, into buffers laid out as native_loop.py's Workspace documents,
 // so that Python's weight-gradient products and everything after them are shared. What changes:
 //   * no Python and one dispatcher call per product: the per-step elementwise work (LSTM cells,
 //     filterbanks, read and write) runs as plain loops that the compiler vectorises, with the
