@@ -12,23 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drawcli.core.errors import DrawError
 from drawcli.model.draw import DRAW as PaperDRAW
 from drawcli.runs import folder as folders
-from drawcli.runs import safetensors
+from drawcli.runs import hub, safetensors
 
 if TYPE_CHECKING:
     import torch
-
-HUB_PREFIX = "hf:"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-INSTALL_HUB = "pip install 'drawcli[hub]' (huggingface_hub)"
-
 
 class DRAW(PaperDRAW):
     """DRAW (drawcli/model/draw.py) that saves to and loads from a model folder or the Hugging Face Hub."""
@@ -52,7 +45,7 @@ class DRAW(PaperDRAW):
                     private: bool | None = None, token: str | None = None, commit_message: str = "Upload DRAW model"):
         """Upload this model's folder to a Hub repository (created when missing); needs the ``hub``
         extra and a token (``hf auth login``). Returns what huggingface_hub's upload returns."""
-        return push_folder(repo_id, lambda tmp: self.save_pretrained(tmp, settings=settings, training=training),
+        return hub.push_folder(repo_id, lambda tmp: self.save_pretrained(tmp, settings=settings, training=training),
                            private=private, token=token, commit_message=commit_message)
 
 
@@ -142,69 +135,17 @@ def save_folder(folder: Path, model_config: dict, state_dict: dict, *, settings:
     return hashlib.sha256(weights).hexdigest()
 
 
-# ----------------------------------------------------------------------------- the Hugging Face Hub
-def hub_repo(ref: str) -> tuple[str, str | None]:
-    """``hf:owner/name`` or ``hf:owner/name@revision`` -> (repo id, revision); one line if malformed."""
-    body = ref[len(HUB_PREFIX):] if ref.startswith(HUB_PREFIX) else ref
-    repo, at, revision = body.partition("@")
-    if not _REPO_ID.match(repo) or ".." in repo or (at and not revision):
-        raise DrawError(f"{ref}: a Hub model is written hf:OWNER/NAME (or hf:OWNER/NAME@REVISION)")
-    return repo, revision or None
-
-
-def _hub():
-    try:
-        import huggingface_hub
-    except ImportError:
-        raise DrawError(f"the Hugging Face Hub needs the hub extra: {INSTALL_HUB}") from None
-    return huggingface_hub
-
-
-def hub_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("huggingface_hub") is not None
-
-
-def download(repo_id: str, revision: str | None = None) -> Path:
-    """A Hub repository's model folder, downloaded (or found in huggingface_hub's cache)."""
-    hub = _hub()
-    try:
-        path = hub.snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(folders.FILES))
-    except Exception as e:  # noqa: BLE001 - network, authentication, a missing repository: one line
-        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise DrawError(f"{HUB_PREFIX}{repo_id}: cannot download it from the Hugging Face Hub: {text}") from None
-    return Path(path)
-
-
 def resolve_source(source: str | Path, revision: str | None = None) -> Path:
     """A local model folder as it is; ``hf:owner/name`` or ``owner/name`` (not a local path) downloaded."""
     text = str(source)
-    if not text.startswith(HUB_PREFIX):
+    if not text.startswith(hub.HUB_PREFIX):
         path = Path(text).expanduser()
         if path.exists():
             folders.check_folder(path)
             return path
-        if not _REPO_ID.match(text):
+        if not hub.REPO_ID.match(text):
             raise DrawError(f"{text}: no such model folder (nor a Hub repository id OWNER/NAME)")
-        if not hub_available():
-            raise DrawError(f"{text}: no such folder here; to download it from the Hugging Face Hub, {INSTALL_HUB}")
-    repo, at = hub_repo(text)
-    return download(repo, revision or at)
-
-
-def push_folder(repo_id: str, save, *, private: bool | None = None, token: str | None = None,
-                commit_message: str = "Upload DRAW model"):
-    """``save(folder)`` writes a model folder; it is uploaded to the Hub repository ``repo_id``."""
-    repo, revision = hub_repo(repo_id)
-    hub = _hub()
-    with tempfile.TemporaryDirectory(prefix="drawcli-push-") as tmp:
-        folder = Path(tmp) / repo.split("/")[1]
-        save(folder)
-        try:
-            api = hub.HfApi(token=token)
-            api.create_repo(repo_id=repo, private=private, exist_ok=True)
-            return api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=commit_message, revision=revision)
-        except Exception as e:  # noqa: BLE001 - network, authentication: one line
-            text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise DrawError(f"{HUB_PREFIX}{repo}: cannot upload to the Hugging Face Hub: {text}") from None
+        if not hub.hub_available():
+            raise DrawError(f"{text}: no such folder here; to download it from the Hugging Face Hub, {hub.INSTALL_HUB}")
+    repo, at = hub.hub_repo(text)
+    return hub.download(repo, revision or at)

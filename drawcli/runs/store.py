@@ -368,14 +368,14 @@ def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Loc
     """A run name, run directory or @NAME, with --load and --device checked: every mistake in them
     is answered here, before torch is imported (which takes seconds)."""
     from drawcli.core.device import check_spec
-    from drawcli.runs import builtin, pretrained
+    from drawcli.runs import builtin, hub
 
-    if ref.startswith(pretrained.HUB_PREFIX):
-        pretrained.hub_repo(ref)
+    if ref.startswith(hub.HUB_PREFIX):
+        hub.hub_repo(ref)
         if load is not None:
             raise DrawError(f"--load picks a run's checkpoint; the Hub model {ref} has one set of weights")
-        if not pretrained.hub_available():
-            raise DrawError(f"{ref}: a model on the Hugging Face Hub needs the hub extra: {pretrained.INSTALL_HUB}")
+        if not hub.hub_available():
+            raise DrawError(f"{ref}: a model on the Hugging Face Hub needs the hub extra: {hub.INSTALL_HUB}")
         check_spec(device)
         return Located(ref, None, None, hub=ref)
     if builtin.is_builtin_ref(ref):
@@ -440,13 +440,13 @@ def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: 
     from drawcli.core.device import resolve_device, resolve_precision
     from drawcli.runs import builtin
 
-    from drawcli.runs import pretrained
+    from drawcli.runs import hub, pretrained
 
     located = located or locate(ref, load, device, runs_dir)
     dev = resolve_device(device)
     how = resolve_precision(precision, dev)
     if located.hub is not None:
-        located = dataclasses.replace(located, folder=pretrained.download(*pretrained.hub_repo(located.hub)))
+        located = dataclasses.replace(located, folder=hub.download(*hub.hub_repo(located.hub)))
     if located.builtin is not None or located.folder is not None:
         if located.builtin is not None:
             model, settings, config = builtin.build(located.builtin, dev)
