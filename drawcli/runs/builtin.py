@@ -59,8 +59,7 @@ BUILTINS: dict[str, BuiltinModel] = {
         dataset="mnist",
         model=dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5, channels=1),
         trained="400 epochs in four cycles (160 + 90 + 85 + 65), 11.4 h on a 2-core Intel Xeon: "
-                "sample_configs/mnist_reproduce.yaml, then three more cycles, each from the last weights "
-                "(--init-from; docs/results.md)",
+                "sample_configs/mnist_reproduce.yaml, each cycle from the last one's weights (docs/results.md)",
         results={
             "test ELBO (all 10k, K=1)": 80.94,
             "test IWAE bound (all 10k, K=100)": 79.20,
