@@ -17,7 +17,7 @@ from drawcli.runs import builtin
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The weights of @mnist as the .pt file held them before it became a model folder (commit 40c0a1c's
+# The weights of @mnist as the .pt file held them before it became a model folder (commit e1b604b's
 # drawcli/runs/weights/mnist.pt): sha256 over every tensor's name and float32 bytes, by name.
 WEIGHTS_FINGERPRINT = "f12277ffe25924b76b81f8d64e89f7b129f297b495309fa068c804a8b1ac2f38"
 

@@ -178,8 +178,8 @@ def test_weights_that_do_not_match_the_config_are_refused(folder, env):
     config["model"]["hidden"] = 8
     path.write_text(json.dumps(config))
     message = refused(folder, env)
-    assert message.startswith(f"{folder / 'model.safetensors'}: the weights do not match {path} (channels=1, height=28, width=28, "
-                              "steps=3, hidden=8,") and "expected" in message
+    assert message.startswith(f"{folder / 'model.safetensors'}: the weights do not match {path} (image 1x28x28, glimpses=3, "
+                              "hidden=8, latent=4, attention=true, read_n=2, write_n=5): ") and "expected" in message
     (folder / "config.json").write_text('{"format": "drawcli-model", "format": 1}')
     assert refused(folder, env) == f"{path}: 'format' is given twice"
     (folder / "config.json").unlink()

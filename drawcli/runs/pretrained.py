@@ -83,8 +83,13 @@ def weights_mismatch(config: dict, weights: dict) -> str | None:
 
 
 def describe_model(config: dict) -> str:
-    return ", ".join(f"{k}={config[k]}" for k in ("channels", "height", "width", "steps", "hidden", "embed", "attention",
-                                                   "read_n", "write_n") if k in config)
+    """DRAW's constructor arguments as config.json names them: 'image 1x28x28, glimpses=64, hidden=256, ...'."""
+    from drawcli.settings import spell
+
+    names = {"steps": "glimpses", "embed": "latent"}
+    keys = ("steps", "hidden", "embed", "attention", "read_n", "write_n")
+    image = f"image {config.get('channels', 1)}x{config.get('height')}x{config.get('width')}"
+    return ", ".join([image] + [f"{names.get(k, k)}={spell(config[k])}" for k in keys if k in config])
 
 
 # ----------------------------------------------------------------------------- model folders
