@@ -86,6 +86,22 @@ def test_its_whole_history_is_recorded_and_reported(tmp_path, monkeypatch):
     assert "400 epochs in 4 cycles: 160 + 90 + 85 + 65, 375200 steps" in repr(drawer) and "epoch 65" not in repr(drawer)
 
 
+def test_draw_evaluate_reports_its_whole_history(tmp_path, monkeypatch, env):
+    """`draw evaluate @mnist` says 400 epochs in four cycles (not the last cycle's epoch 65), in its
+    line, its table and its JSON."""
+    from helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("evaluate", "@mnist", "--samples", "1", "--limit", "4", "--device", "cpu", env=env)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "evaluating @mnist (400 epochs in 4 cycles: 160 + 90 + 85 + 65, 375200 steps) on 4 mnist test images" in text
+    assert "run @mnist, 400 epochs in 4 cycles:" in text and "epoch 65" not in text
+    result = json.loads((tmp_path / "mnist-eval-test-k1-limit4.json").read_text())
+    assert result["epoch"] == 400 and result["step"] == 375200
+    assert [c["epochs"] for c in result["training"]["cycles"]] == [160, 90, 85, 65]
+
+
 def test_the_bundled_model_samples_deterministically_for_a_seed():
     model, settings, _ = builtin.build(builtin.get_builtin("mnist"), torch.device("cpu"))
     a, _ = model.generate(3, generator=torch.Generator().manual_seed(5), every_step=False)

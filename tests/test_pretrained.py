@@ -56,6 +56,10 @@ def test_export_then_load_back_gives_bit_identical_samples(donor, env):
     config = json.loads((folder / "config.json").read_text())
     assert config["format"] == "drawcli-model" and config["model"]["glimpses"] == 3 and config["image"] == {"channels": 1, "height": 28, "width": 28}
     assert config["data"]["dataset"] == "mnist" and "data_dir" not in config["data"] and "runs_dir" not in config["run"]
+    run.save_pretrained(donor / "saved")  # from Python: the same weights, settings and history as draw export's
+    saved = drawcli.load(donor / "saved", device="cpu")
+    assert saved.training == folded.training and saved.settings == folded.settings
+    assert (donor / "saved" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     # The default output goes to the current folder, named after the model folder.
     r = run_cli("sample", "donor-model", "-n", "4", "--device", "cpu", env=env)
     assert r.exit_code == 0 and (donor / "donor-model-samples-n4-seed0.png").is_file(), r.output
