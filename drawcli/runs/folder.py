@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -162,9 +162,8 @@ def parse_config(data: Any) -> tuple[Settings, tuple[int, int, int], dict | None
     for section, key in MACHINE_FOLDERS:
         if isinstance(sections.get(section), dict) and key in sections[section]:
             raise DrawError(f"{section}.{key}: a training machine's folder does not belong in a model folder")
-    model = _keys("model", data["model"], tuple(f.name for f in ModelSettings.__dataclass_fields__.values()),
-                  tuple(ModelSettings.__dataclass_fields__))
-    del model  # checked for completeness; the values are checked with the settings' rules below
+    names = tuple(f.name for f in fields(ModelSettings))
+    _keys("model", data["model"], names, names)  # every key, by its settings name; the values are checked below
     settings = apply_overrides(Settings(), sections)
     check_against_image(settings, h, w)
     training = check_training(data["training"]) if data.get("training") is not None else None
