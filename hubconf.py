@@ -4,8 +4,8 @@
     drawer = torch.hub.load("PATH/TO/THIS/CLONE", "mnist", source="local")   # trained, as drawcli.load("@mnist")
     model = torch.hub.load("PATH/TO/THIS/CLONE", "draw", source="local", glimpses=16, read_n=3)
 
-The trained weights ship inside the package (drawcli/runs/weights/), verified by their sha256: nothing
-is downloaded.
+The trained weights ship inside the package as model folders (drawcli/runs/weights/NAME/: config.json,
+model.safetensors, README.md), verified by their sha256s and read with no pickle: nothing is downloaded.
 """
 
 dependencies = ["torch", "numpy", "yaml", "typer", "rich", "imageio"]

@@ -11,7 +11,8 @@ The command line is ``draw``; from Python::
     model = drawcli.create_model(glimpses=16, read_n=3)   # an untrained DRAW (torch.nn.Module)
 
 ``drawcli.DRAW`` is the ``torch.nn.Module`` itself (drawcli/model/draw.py, the paper equation by
-equation). Importing drawcli does not import torch; the first call that needs it does.
+equation), with ``from_pretrained``, ``save_pretrained`` and ``push_to_hub`` (drawcli/runs/pretrained.py).
+Importing drawcli does not import torch; the first call that needs it does.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from drawcli.core.version import __version__
 
 if TYPE_CHECKING:
     from drawcli.api import Drawer, Glimpses, create_model, load, load_images
-    from drawcli.model import DRAW
+    from drawcli.runs.pretrained import DRAW
 
 __all__ = ["DRAW", "DrawError", "Drawer", "Glimpses", "__version__", "create_model", "load", "load_images"]
 
 _LAZY = {"load": "drawcli.api", "load_images": "drawcli.api", "create_model": "drawcli.api", "Drawer": "drawcli.api", "Glimpses": "drawcli.api",
-         "DRAW": "drawcli.model"}
+         "DRAW": "drawcli.runs.pretrained"}
 
 
 def __getattr__(name: str):

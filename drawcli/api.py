@@ -1,7 +1,7 @@
 """The Python API: a trained DRAW in one call, and what the commands do with it, as tensors.
 
     import drawcli
-    drawer = drawcli.load("@mnist")              # or a run name, a run directory, a checkpoint file
+    drawer = drawcli.load("@mnist")              # or a run, a checkpoint file, a model folder, "hf:OWNER/NAME"
     images = drawer.sample(16, seed=0)           # (16, 1, 28, 28) in [0, 1]
     film = drawer.sample_glimpses(4, seed=0)     # every glimpse's canvas and write window
     nats = drawer.elbo(test_images)              # per image, as `draw evaluate --samples 1`
@@ -98,7 +98,36 @@ class Drawer:
 
     @property
     def epoch(self) -> int:
+        """The epochs it trained: a run's checkpoint's epoch, or for a model trained in several cycles
+        (``@mnist``) all of them (see :attr:`training`)."""
         return self._loaded.epoch
+
+    @property
+    def training(self) -> dict | None:
+        """Its training history where it is recorded (model folders, built-in models): ``{"epochs",
+        "steps", "cycles": [{"run", "epochs", "steps", ...}]}``; None for a run's checkpoint."""
+        return self._loaded.training
+
+    # ------------------------------------------------------------------ sharing
+    def save_pretrained(self, folder: str | Path, *, force: bool = False) -> Path:
+        """Write this model as a model folder (config.json, model.safetensors, README.md card) with the
+        settings it was trained with and its training history; ``force`` replaces a model folder."""
+        self.model.save_pretrained(folder, settings=self._loaded.saved_settings, training=self._training_record(), force=force)
+        return Path(folder)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None):
+        """Upload :meth:`save_pretrained`'s folder to a Hugging Face Hub repository (the ``hub`` extra)."""
+        return self.model.push_to_hub(repo_id, settings=self._loaded.saved_settings, training=self._training_record(),
+                                      private=private, token=token)
+
+    def _training_record(self) -> dict | None:
+        if self._loaded.training is not None:
+            return self._loaded.training
+        if self._loaded.checkpoint is None:
+            return None
+        from drawcli.runs.folder import one_cycle
+
+        return one_cycle(self.name, self.epoch, self._loaded.step, self.settings.train.init_from)
 
     @property
     def glimpses(self) -> int:
@@ -120,8 +149,10 @@ class Drawer:
         c, h, w = self.image_shape
         m = self.model
         attention = f"read {m.read_n}x{m.read_n}, write {m.write_n}x{m.write_n}" if m.attention else "no attention"
+        cycles = (self.training or {}).get("cycles") or []
+        trained = self._loaded.trained if len(cycles) > 1 or self._loaded.checkpoint is None else f"epoch {self.epoch}"
         return (f"Drawer({self.name!r}: {c}x{h}x{w}, glimpses {self.glimpses}, LSTM {m.hidden}, latent {self.latent}, "
-                f"{attention}; epoch {self.epoch}, on {self.device}, {self._loaded.precision})")
+                f"{attention}; {trained}, on {self.device}, {self._loaded.precision})")
 
     # ------------------------------------------------------------------ drawing
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -251,7 +282,9 @@ def load(source: str | Path, *, device: str = "auto", checkpoint: str | None = N
     """A trained DRAW, ready to draw and to score images.
 
     source: a built-in model (``"@mnist"``, see ``draw models``), a run name under ``runs_dir``,
-    a run directory, or a checkpoint file (``runs/NAME/checkpoints/epoch_012.pt``).
+    a run directory, a checkpoint or weights file (``runs/NAME/checkpoints/epoch_012.pt``), a model
+    folder (config.json + model.safetensors, as ``draw export`` and ``save_pretrained`` write it) or a
+    model on the Hugging Face Hub, ``"hf:OWNER/NAME"`` (needs ``pip install "drawcli[hub]"``).
     checkpoint: for a run, which of its checkpoints: an epoch number, ``"last"`` or ``"best"``
     (default best, else last).
     device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.

@@ -114,7 +114,7 @@ def _version(value: bool):
 
 # ----------------------------------------------------------------------------- shared options
 RunArg = Annotated[str, typer.Argument(
-    help="A built-in model @NAME (see draw models), a run name under the runs directory, a run directory, or a checkpoint file (runs/NAME/checkpoints/epoch_002.pt).")]
+    help="A built-in model @NAME (see draw models), a run name under the runs directory, a run directory, a checkpoint file (runs/NAME/checkpoints/epoch_002.pt), a model folder (draw export) or hf:OWNER/NAME.")]
 LoadOpt = Annotated[Optional[str], typer.Option("--load", help="Checkpoint: EPOCH, last or best (default best, else last).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
@@ -199,7 +199,7 @@ def train(
     device: Annotated[Optional[str], typer.Option("--device", help=f"auto, cpu, cuda, cuda:N or mps (default {RunSettings.device}).")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml).")] = None,
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")] = None,
-    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start a new run from these weights: a run, a checkpoint file or @NAME, with the same model settings (train.init_from); the optimizer and learning-rate schedule start fresh.")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start a new run from these weights: a run, a checkpoint file, a model folder, hf:OWNER/NAME or @NAME, with the same model settings (train.init_from); the optimizer and learning-rate schedule start fresh.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt (the newest readable checkpoint when it is unreadable), or from a checkpoint file: runs/NAME/checkpoints/epoch_002.pt.")] = None,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch.")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option(
@@ -514,6 +514,10 @@ def models_command(
 EXPORT_EXAMPLES = """
 Examples (runs you trained, e.g. quick: see draw train --help):
 
+  draw export quick -o quick/      (a model folder: config.json, model.safetensors, README.md)
+
+  draw sample quick/ -n 16
+
   draw export quick -o quick.pt
 
   draw export quick --load 3 -o quick-epoch3.pt      (then: draw sample quick-epoch3.pt)
@@ -526,12 +530,12 @@ Examples (runs you trained, e.g. quick: see draw train --help):
 @_user_errors
 def export_command(
     run: Annotated[str, typer.Argument(help="A run name under the runs directory, a run directory, or a checkpoint file.")],
-    output: Annotated[str, typer.Option("-o", "--output", help="The weights file to write (.pt).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="A model folder to write (DIR/, or any name without a dot: config.json, model.safetensors, README.md), or a weights file (NAME.pt).")],
     load: LoadOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists (a folder only when it holds a model folder's files alone).")] = False,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
-    """Write a run's checkpoint as a weights file, the kind @NAME ships: weights and settings only, for sample, evaluate, drawcli.load and train --init-from."""
+    """Write a run's checkpoint as a model folder (safetensors weights, config.json, a model card; the kind @NAME ships) or a .pt weights file: for sample, evaluate, drawcli.load and train --init-from."""
     from drawcli.commands.export import export_command as export
 
     export(run, load, output, runs_dir, force=force)

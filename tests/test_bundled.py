@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import zipfile
@@ -15,14 +17,89 @@ from drawcli.runs import builtin
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_bundled_file_is_small_weights_only_and_matches_its_sha256():
+# The weights of @mnist as the .pt file held them before it became a model folder (commit e1b604b's
+# drawcli/runs/weights/mnist.pt): sha256 over every tensor's name and float32 bytes, by name.
+WEIGHTS_FINGERPRINT = "f12277ffe25924b76b81f8d64e89f7b129f297b495309fa068c804a8b1ac2f38"
+
+
+def fingerprint(state: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_the_bundled_folder_is_small_safetensors_and_matches_its_sha256s():
     entry = builtin.get_builtin("@mnist")
-    path = builtin.weights_path(entry)
-    assert path.stat().st_size <= 5 * 2**20
-    assert builtin.sha256_of(path) == entry.sha256
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    assert data["format"] == builtin.WEIGHTS_FORMAT and "optimizer" not in data
-    assert {"channels": 1, **data["model_config"]} == entry.model  # files from before colour support omit channels
+    folder = builtin.folder_path(entry)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert (folder / "model.safetensors").stat().st_size <= 5 * 2**20
+    assert builtin.sha256_of(folder / "model.safetensors") == entry.sha256
+    assert builtin.sha256_of(folder / "config.json") == entry.config_sha256
+    config = json.loads((folder / "config.json").read_text())
+    image = config["image"]
+    model = {"height": image["height"], "width": image["width"], "channels": image["channels"], "steps": config["model"]["glimpses"],
+             "hidden": config["model"]["hidden"], "embed": config["model"]["latent"],
+             **{k: config["model"][k] for k in ("attention", "read_n", "write_n")}}
+    assert model == entry.model and config["data"]["dataset"] == entry.dataset
+    assert "optimizer" not in config and "data_dir" not in config["data"] and "runs_dir" not in config["run"]
+
+
+def test_the_conversion_kept_the_weights_bit_for_bit():
+    model, _, _ = builtin.build(builtin.get_builtin("mnist"), torch.device("cpu"))
+    assert fingerprint(model.state_dict()) == WEIGHTS_FINGERPRINT
+
+
+def test_loading_the_bundled_model_runs_no_pickle(monkeypatch):
+    import pickle
+
+    import drawcli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pickle was read")
+
+    for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")):
+        monkeypatch.setattr(module, name, refuse)
+    drawer = drawcli.load("@mnist", device="cpu")
+    assert fingerprint(drawer.model.state_dict()) == WEIGHTS_FINGERPRINT
+
+
+def test_its_whole_history_is_recorded_and_reported(tmp_path, monkeypatch):
+    """400 epochs in four cycles (issue 36): the registry, config.json, the card, drawcli.load and the
+    init-from line agree; each cycle's steps are 938 per epoch (60k images, batch 64)."""
+    import drawcli
+    from drawcli.runs.folder import read_config
+
+    entry = builtin.get_builtin("@mnist")
+    config = read_config(builtin.folder_path(entry))
+    assert config.training == entry.training
+    cycles = config.training["cycles"]
+    assert [c["epochs"] for c in cycles] == [160, 90, 85, 65] and config.epochs == 400
+    assert all(c["steps"] == 938 * c["epochs"] for c in cycles) and config.steps == 375200
+    assert "400 epochs in four cycles (160 + 90 + 85 + 65)" in entry.trained
+    card = (builtin.folder_path(entry) / "README.md").read_text()
+    assert "400 in 4 cycles" in card and "| ELBO | 80.94 ± 0.22 | 10000 | 1 |" in card and "| IWAE bound | 79.20 ± 0.20 | 10000 | 100 |" in card
+    assert entry.results["test ELBO (all 10k, K=1)"] == 80.94 and entry.results["test IWAE bound (all 10k, K=100)"] == 79.20
+    drawer = drawcli.load("@mnist", device="cpu")
+    assert drawer.epoch == 400 and drawer.training == entry.training
+    assert "400 epochs in 4 cycles: 160 + 90 + 85 + 65, 375200 steps" in repr(drawer) and "epoch 65" not in repr(drawer)
+
+
+def test_draw_evaluate_reports_its_whole_history(tmp_path, monkeypatch, env):
+    """`draw evaluate @mnist` says 400 epochs in four cycles (not the last cycle's epoch 65), in its
+    line, its table and its JSON."""
+    from helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("evaluate", "@mnist", "--samples", "1", "--limit", "4", "--device", "cpu", env=env)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "evaluating @mnist (400 epochs in 4 cycles: 160 + 90 + 85 + 65, 375200 steps) on 4 mnist test images" in text
+    assert "run @mnist, 400 epochs in 4 cycles:" in text and "epoch 65" not in text
+    result = json.loads((tmp_path / "mnist-eval-test-k1-limit4.json").read_text())
+    assert result["epoch"] == 400 and result["step"] == 375200
+    assert [c["epochs"] for c in result["training"]["cycles"]] == [160, 90, 85, 65]
 
 
 def test_the_bundled_model_samples_deterministically_for_a_seed():
@@ -72,4 +149,4 @@ def test_the_wheel_carries_the_weights(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     wheel = next(tmp_path.glob("drawcli-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "drawcli/runs/weights/mnist.pt" in names
+    assert {f"drawcli/runs/weights/mnist/{name}" for name in ("config.json", "model.safetensors", "README.md")} <= set(names)

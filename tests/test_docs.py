@@ -1,7 +1,7 @@
 """The docs cannot go stale: every `draw …` command line in README.md and docs/*.md (and every
 example at the end of a command's --help) names a real command and only options it has; every
 settings key the docs mention exists; every relative link and image resolves; every `drawcli/…` path
-and `drawcli.…` name exists; the Python examples of README.md and docs/api.md run.
+and `drawcli.…` name exists; the Python examples of README.md, docs/sharing.md and docs/api.md run.
 
 Command lines are checked against Typer's command tree (Click's, as typer bundles it) without running them.
 """
@@ -27,9 +27,9 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`(draw [^`]+)`")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 KEY = re.compile(r"(?<![\w./-])(model|data|train|run)\.([a-z_]+)\b(?![(/.])(?!\s+=)")  # not Python: model.fused = False
-CODE_PATH = re.compile(r"(?<![\w./~-])drawcli/[\w./-]*\w/?")  # not ~/.cache/drawcli/native/
+CODE_PATH = re.compile(r"(?<![\w./~:-])drawcli/[\w./-]*\w/?")  # not ~/.cache/drawcli/native/, nor git show REV:drawcli/...
 CODE_NAME = re.compile(r"(?<![\w./])drawcli(?:\.[A-Za-z_]\w*)+")  # not torch.ops.drawcli.loop_forward
-FILE_SUFFIXES = {"py", "yaml", "yml", "jsonl", "json", "pt", "md", "sh", "log"}
+FILE_SUFFIXES = {"py", "yaml", "yml", "jsonl", "json", "pt", "md", "sh", "log", "safetensors"}
 
 
 def command_lines(text: str) -> list[str]:
@@ -203,7 +203,7 @@ def test_every_module_path_and_name_in_the_docs_exists():
 
 
 def test_the_python_examples_run_as_written(tmp_path, monkeypatch, synthetic_data_dir):
-    """README's "From Python" and every block of docs/api.md, in order, in a folder holding a run named
+    """README's "From Python" and every block of docs/sharing.md and docs/api.md, in order, in a folder holding a run named
     quick (a tiny one: the blocks load it by name, directory and epoch-3 file). Only the placeholder
     path/to/clone of torch.hub is replaced, by this clone."""
     import torch
@@ -216,7 +216,7 @@ def test_the_python_examples_run_as_written(tmp_path, monkeypatch, synthetic_dat
     r = run_cli("train", "--glimpses", "3", "--hidden", "16", "--latent", "4", "-b", "32", "--epochs", "3", "--device", "cpu",
                 "--set", "train.eval_batch_size=50", "--name", "quick", env={"DRAW_DATA_DIR": str(synthetic_data_dir)})
     assert r.exit_code == 0, r.output
-    for page in (ROOT / "README.md", ROOT / "docs" / "api.md"):
+    for page in (ROOT / "README.md", ROOT / "docs" / "sharing.md", ROOT / "docs" / "api.md"):
         blocks = python_blocks(page.read_text(encoding="utf-8"))
         assert blocks, f"{page.name} has no python example"
         namespace: dict = {}

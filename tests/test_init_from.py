@@ -103,6 +103,20 @@ def test_init_from_the_bundled_model_checks_the_model_settings(tmp_path, monkeyp
     assert not (tmp_path / "runs" / "other").exists()
 
 
+def test_init_from_the_bundled_model_names_its_whole_history():
+    """@mnist trained 400 epochs in four cycles: the line says so, not only the last cycle's epoch 65."""
+    from drawcli.runs import builtin
+    from drawcli.settings import build_settings
+    from drawcli.training.run import initial_weights
+
+    settings = build_settings(None, None, ["train.init_from=@mnist", "model.glimpses=64", "model.hidden=256", "model.latent=100"])
+    state, line = initial_weights(settings, 28, 28, 1)
+    sha = builtin.get_builtin("@mnist").sha256[:16]
+    assert line == (f"initial weights: @mnist (sha256 {sha}), 400 epochs in 4 cycles: 160 + 90 + 85 + 65, 375200 steps; "
+                    "a fresh optimizer and learning-rate schedule")
+    assert "epoch 65" not in line and len(state) > 10
+
+
 def test_a_weights_file_loads_and_starts_a_run_but_is_not_resumed(tmp_path, monkeypatch, env):
     """The files `@NAME` ships (export_weights: no optimizer or random state) work where a checkpoint
     file does for drawing, evaluating and --init-from; a resume from one is refused in one line."""
@@ -146,8 +160,8 @@ def test_draw_export_writes_a_weights_file_and_refuses_in_one_line(tmp_path, mon
 
     for args, message in [
         (("donor", "-o", "e1.pt"), "error: e1.pt exists; use --force to replace it"),
-        (("donor", "-o", "e1.txt"), "error: e1.txt: a weights file is a PyTorch file; use a .pt file name"),
-        (("@mnist", "-o", "m.pt"), "error: @mnist is a weights file already"),
+        (("donor", "-o", "e1.txt"), "error: e1.txt: give NAME.pt for a weights file, or DIR/ for a model folder"),
+        (("@mnist", "-o", "m.pt"), "error: @mnist is a model folder already"),
         (("nosuch", "-o", "m.pt"), "error: run 'nosuch' not found"),
         (("donor", "-o", "no/such/m.pt"), "error: no/such: no such folder"),
         (("donor", "--load", "last", "-o", "runs/donor/checkpoints/last.pt", "--force"), "is the checkpoint being exported"),

@@ -15,13 +15,15 @@ from drawcli.core.errors import DrawError
 from drawcli.runs import store as runs
 from drawcli.runs.store import new_run_dir, resolve_run, validate_name
 
-from test_builtin import tiny_builtin  # noqa: F401 - a fixture
+from test_builtin import tiny_builtin, tiny_ckpt  # noqa: F401 - fixtures
 
 
 def test_load_run_of_a_builtin_has_no_run_directory(tiny_builtin, tmp_path):  # noqa: F811
     loaded = runs.load_run("@tiny", None, "cpu", tmp_path / "no-runs-here")
     assert loaded.run_dir is None and loaded.checkpoint is None and loaded.label == "@tiny"
-    assert not loaded.model.training and loaded.settings.model.glimpses == 3 and loaded.step == 2
+    # epoch and step: its whole training history (test_builtin.HISTORY), not only the file's last run
+    assert not loaded.model.training and loaded.settings.model.glimpses == 3 and (loaded.epoch, loaded.step) == (3, 5)
+    assert loaded.trained == "3 epochs in 2 cycles: 1 + 2, 5 steps"
     assert loaded.settings.data.data_dir is None  # the training machine's folder is not used
     assert loaded.output("samples", ".png", "n64", "seed0").as_posix() == "tiny-samples-n64-seed0.png"
 
@@ -51,6 +53,33 @@ def test_evaluate_a_builtin_writes_json_in_the_current_directory(tiny_builtin, t
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "tiny-eval-test-k2-limit8.json").read_text())
     assert doc["run"] == "@tiny" and doc["checkpoint"] is None and doc["images"] == 8
+
+
+def test_model_folders_and_hub_names_are_resolved_without_torch(tmp_path, monkeypatch):
+    """The one resolver (locate): a path to a folder with config.json or model.safetensors is a model
+    folder, a bare name is a run when the runs folder has one, else a folder here; hf:OWNER/NAME."""
+    from test_viz import make_run
+
+    monkeypatch.chdir(tmp_path)
+    make_run(tmp_path / "runs", "both")
+    for name in ("both", "m", "half"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        if name != "half":
+            (tmp_path / name / "model.safetensors").write_bytes(b"")
+    assert runs.locate("both", None, "cpu", "runs").run_dir.as_posix() == "runs/both"  # a run wins over ./both
+    assert runs.locate("./both", None, "cpu", "runs").folder.as_posix() == "both"
+    located = runs.locate("m", None, "cpu", "runs")
+    assert located.folder.as_posix() == "m" and located.label == "m" and located.output("samples", ".png", "n4").as_posix() == "m-samples-n4.png"
+    with pytest.raises(DrawError, match=r"^half is not a model folder: it has no model.safetensors$"):
+        runs.locate("half/", None, "cpu", "runs")  # what it lacks, before anything is read
+    with pytest.raises(DrawError, match="--load picks a run's checkpoint; m is a model folder with one set of weights"):
+        runs.locate("m", "best", "cpu", "runs")
+    with pytest.raises(DrawError, match="a Hub model is written hf:OWNER/NAME"):
+        runs.locate("hf:nothing", None, "cpu", "runs")
+    code = "import sys\nfrom drawcli.runs import store\nstore.locate('m', None, 'cpu', 'runs')\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert out.strip() == "False"
 
 
 def test_load_run_of_a_run_and_of_a_directory_agree(tmp_path):

@@ -114,7 +114,7 @@ def evaluate_command(
         notes.append("the train split measures fit, not generalisation")
 
     console.print(
-        f"evaluating {source} (epoch {loaded.epoch}, step {loaded.step}) on {len(images)} {name} {split} images, "
+        f"evaluating {source} ({loaded.trained}) on {len(images)} {name} {split} images, "
         f"K={samples}, device {describe(dev)}, precision {loaded.precision}",
         highlight=False,
     )
@@ -156,6 +156,7 @@ def evaluate_command(
         "checkpoint": str(located.checkpoint) if located.checkpoint is not None else None,
         "epoch": loaded.epoch,
         "step": loaded.step,
+        **({"training": loaded.training} if loaded.training is not None else {}),  # every cycle of a model trained in several
         "settings": loaded.saved_settings,
         "dataset": name,
         "split": split,
@@ -191,7 +192,7 @@ def results_table(result: dict) -> Table:
     what = ("Bernoulli cross-entropy of continuous targets (not a likelihood bound)" if result.get("continuous")
             else "-log p(x) bounds")
     title = (
-        f"run {escape(result['run'])}, epoch {result['epoch']}: {what}, nats per image, "
+        f"run {escape(result['run'])}, {_epochs(result)}: {what}, nats per image, "
         f"{result['images']} {escape(result['dataset'])} {result['split']} images, {result.get('precision', 'float32')}"
     )
     table = Table(title=title, title_justify="left")
@@ -223,6 +224,14 @@ def results_table(result: dict) -> Table:
             row(f"{label} per sub-pixel ({n} per image)",
                 f"{result[key + '_per_value_nats']:.4f} nats = {result[key + '_per_value_bits']:.4f} bits", "")
     return table
+
+
+def _epochs(result: dict) -> str:
+    """'epoch 12', or '400 epochs in 4 cycles' for a model trained in several (its training history)."""
+    cycles = (result.get("training") or {}).get("cycles") or []
+    if len(cycles) > 1:
+        return f"{result['epoch']} epochs in {len(cycles)} cycles"
+    return f"epoch {result['epoch']}"
 
 
 def _footnotes(result: dict) -> list[str]:

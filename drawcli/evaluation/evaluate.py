@@ -96,15 +96,13 @@ def data_for(data, dataset: str | None, model):
 
 def eval_path(located, split: str, samples: int, limit: int | None, dataset: str | None, seed: int) -> Path:
     """Where draw evaluate writes by default: RUN_DIR/eval-....json, or NAME-eval-....json in the current
-    folder for a built-in model or a checkpoint file outside a run."""
+    folder for a built-in model, a model folder, a Hub model or a checkpoint file outside a run."""
     from drawcli.data.catalogue import is_folder
 
     if dataset is not None and is_folder(dataset):  # a folder's name, not its path, goes in a file name
         dataset = "folder-" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(dataset.split(":", 1)[1]).expanduser().resolve().name)
-    if located.builtin is not None:  # no run directory: the current one
-        return Path(f"{located.builtin.name}-" + eval_file_name(split, samples, limit, None, dataset, seed))
-    if located.run_dir is None:
-        return Path(f"{located.checkpoint.stem}-" + eval_file_name(split, samples, limit, None, dataset, seed))
+    if located.stem is not None:  # no run directory (a built-in model, a model folder, a file): the current one
+        return Path(f"{located.stem}-" + eval_file_name(split, samples, limit, None, dataset, seed))
     return located.run_dir / eval_file_name(split, samples, limit, located.checkpoint, dataset, seed)
 
 

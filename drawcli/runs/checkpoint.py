@@ -208,33 +208,18 @@ def _check_contents(ckpt: dict) -> None:
     weights = ckpt["model"]
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise DrawError("model must be a mapping of names to tensors")
-    from drawcli.model import DRAW
+    from drawcli.runs.pretrained import weights_mismatch
 
-    try:
-        try:
-            with torch.device("meta"):  # shapes only: nothing is allocated
-                expected = DRAW(**cfg)
-        except Exception:  # noqa: BLE001 - an __init__ that needs real tensors: build it for real
-            expected = DRAW(**cfg)
-    except Exception as e:  # noqa: BLE001 - any failure means the config is unusable
-        raise DrawError(f"model_config does not describe a DRAW model: {_first_sentence(e)}") from None
-    want = expected.state_dict()
-    describe = ", ".join(f"{k}={cfg[k]}" for k in MODEL_KEYS)
-    missing = [k for k in want if k not in weights]
-    extra = [k for k in weights if k not in want]
-    if missing or extra:
-        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise DrawError(f"model weights do not match its model_config ({describe}): {what}")
-    for key, tensor in want.items():
-        if weights[key].shape != tensor.shape:
-            raise DrawError(
-                f"model weights do not match its model_config ({describe}): {key} is "
-                f"{_shape(weights[key])}, expected {_shape(tensor)}"
-            )
+    problem = weights_mismatch(cfg, weights)
+    if problem and problem.startswith("it does not describe"):
+        raise DrawError(f"model_config does not describe a DRAW model: {problem.split(': ', 1)[1]}")
+    if problem:
+        describe = ", ".join(f"{k}={cfg[k]}" for k in MODEL_KEYS)
+        raise DrawError(f"model weights do not match its model_config ({describe}): {problem}")
 
     optimizer = ckpt.get("optimizer")
     if optimizer is not None:
-        _check_optimizer(optimizer, list(expected.parameters()))
+        _check_optimizer(optimizer, _parameters(cfg))
     rng = ckpt.get("rng")
     if rng is not None and (
         not isinstance(rng, dict)
@@ -250,6 +235,19 @@ def _check_contents(ckpt: dict) -> None:
     best = ckpt.get("best_loss")
     if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
         raise DrawError(f"best_loss must be a number, got {spell(best)}")
+
+
+def _parameters(cfg: dict) -> list:
+    """The parameters of DRAW(**cfg), in order (shapes only where the meta device allows)."""
+    import torch
+
+    from drawcli.model import DRAW
+
+    try:
+        with torch.device("meta"):
+            return list(DRAW(**cfg).parameters())
+    except Exception:  # noqa: BLE001 - an __init__ that needs real tensors: build it for real
+        return list(DRAW(**cfg).parameters())
 
 
 def _check_optimizer(optimizer, params) -> None:
@@ -279,18 +277,18 @@ def _check_optimizer(optimizer, params) -> None:
 # ----------------------------------------------------------------------------- writing and rebuilding
 def build_model(settings: Settings, height: int, width: int, channels: int = 1) -> DRAW:
     """A fresh DRAW for ``settings`` (settings.model_arguments maps the settings' names to DRAW's); the
-    image shape comes from the data."""
-    from drawcli.model import DRAW
+    image shape comes from the data. (drawcli.DRAW: the model with from_pretrained and save_pretrained.)"""
+    from drawcli.runs.pretrained import make_model
 
-    return DRAW(height=height, width=width, channels=channels, **model_arguments(settings.model))
+    return make_model(height=height, width=width, channels=channels, **model_arguments(settings.model))
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device | str) -> DRAW:
     """Rebuild the model a checkpoint describes and load its weights."""
-    from drawcli.model import DRAW
+    from drawcli.runs.pretrained import make_model
 
     try:
-        model = DRAW(**ckpt["model_config"])
+        model = make_model(**ckpt["model_config"])
         model.load_state_dict(ckpt["model"])
     except (TypeError, RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

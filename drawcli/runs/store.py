@@ -4,8 +4,11 @@ What a run directory holds, and the names of its files: drawcli/runs/names.py. T
 drawcli/runs/lock.py.
 
 A model to draw with or evaluate is named by a run (a name under the runs folder or a run
-directory) or by a built-in model written ``@NAME`` (drawcli/runs/builtin.py). :func:`locate`
-answers every mistake in such a reference without torch; :func:`load_run` then loads it.
+directory), a checkpoint or weights file (FILE.pt), a model folder (config.json + model.safetensors,
+drawcli/runs/folder.py), a Hugging Face Hub repository written ``hf:OWNER/NAME`` (the hub extra) or
+a built-in model written ``@NAME`` (drawcli/runs/builtin.py). :func:`locate` is the one place that
+resolves such a reference, and answers every mistake in it without torch; :func:`load_run` then
+loads it.
 
 This module must not import torch at module level: run lookups and their errors stay fast.
 """
@@ -24,6 +27,7 @@ from typing import Any
 from drawcli.core.errors import DrawError
 from drawcli.core.files import write_text_atomically
 from drawcli.runs import checkpoint as ckpt_io
+from drawcli.runs import folder as folders
 from drawcli.runs import names
 from drawcli.runs.lock import describe_holder, lock_holder, run_lock
 from drawcli.runs.names import has_checkpoints
@@ -276,30 +280,47 @@ def resolve_checkpoint(run_dir: Path, load: str | None) -> Path:
 # ----------------------------------------------------------------------------- loading a model
 @dataclass(frozen=True)
 class Located:
-    """What a model reference names, found without torch: a run's checkpoint or a built-in model."""
+    """What a model reference names, found without torch: a run's checkpoint, a checkpoint or weights
+    file, a model folder, a Hub repository or a built-in model."""
 
     ref: str
-    run_dir: Path | None  # None for a built-in model or a checkpoint file outside a run
-    checkpoint: Path | None  # None for a built-in model (its file is found and verified when loaded)
+    run_dir: Path | None  # None for a built-in model, a model folder or a checkpoint file outside a run
+    checkpoint: Path | None  # None for a built-in model or a model folder (found and verified when loaded)
     builtin: Any = None  # drawcli.runs.builtin.BuiltinModel for @NAME
     chosen: bool = False  # the checkpoint was named (--load or a file): no other one is used in its place
+    folder: Path | None = None  # a model folder (for hf:OWNER/NAME, once downloaded)
+    hub: str | None = None  # hf:OWNER/NAME[@REVISION]
 
     @property
     def label(self) -> str:
-        """How messages name it: the run's name, @NAME, or the checkpoint file's name."""
+        """How messages name it: the run's name, @NAME, hf:OWNER/NAME, the model folder's or the checkpoint file's name."""
         if self.builtin is not None:
             return f"@{self.builtin.name}"
+        if self.hub is not None:
+            return self.hub
+        if self.folder is not None:
+            return self.folder.resolve().name
         return self.run_dir.name if self.run_dir is not None else self.checkpoint.name
+
+    @property
+    def stem(self) -> str | None:
+        """The first part of its default output files' names when they go to the current directory
+        (no run directory): the built-in model's, the folder's, the Hub repository's or the file's name."""
+        if self.builtin is not None:
+            return self.builtin.name
+        if self.hub is not None:
+            return self.hub.split("/", 1)[1].split("@")[0]
+        if self.folder is not None:
+            return self.folder.resolve().name
+        return self.checkpoint.stem if self.run_dir is None else None
 
     def output(self, kind: str, suffix: str, *parts: str) -> Path:
         """A default output file whose name says what it holds, so that outputs made with other options
         never replace each other: RUN_DIR/KIND-CHECKPOINT-PARTS.SUFFIX (e.g. samples-best-n64-seed0.png),
-        or NAME-KIND-PARTS.SUFFIX in the current directory for a built-in model (or FILE-KIND-... for a
-        checkpoint file outside a run)."""
-        if self.builtin is not None:
-            return Path("-".join([self.builtin.name, kind, *(p for p in parts if p)]) + suffix)
-        if self.run_dir is None:
-            return Path("-".join([self.checkpoint.stem, kind, *(p for p in parts if p)]) + suffix)
+        or NAME-KIND-PARTS.SUFFIX in the current directory for a built-in model, a model folder, a Hub
+        model or a checkpoint file outside a run (its file name)."""
+        if self.stem is not None:
+            return Path("-".join([self.stem, kind, *(p for p in parts if p)]) + suffix)
         return self.run_dir / ("-".join([kind, self.checkpoint.stem, *(p for p in parts if p)]) + suffix)
 
 
@@ -317,6 +338,15 @@ class LoadedRun:
     precision: str = "float32"  # resolved: float32 or bfloat16 (run the model under drawcli.core.device.autocast)
     precision_reason: str = "as set"
     note: str | None = None  # a line to show: the checkpoint asked for was unreadable, and which one was used
+    training: dict | None = None  # the whole history where it is recorded (config.json's training: cycles)
+
+    @property
+    def trained(self) -> str:
+        """How long it trained, for messages: 'epoch 12, step 5628', or every cycle of a model trained
+        in several ('400 epochs in 4 cycles: 160 + 90 + 85 + 65, 375200 steps')."""
+        if self.training is None and self.located.checkpoint is None:
+            return "training not recorded"
+        return folders.describe_training(self.training, self.epoch, self.step)
 
     @property
     def run_dir(self) -> Path | None:
@@ -338,8 +368,16 @@ def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Loc
     """A run name, run directory or @NAME, with --load and --device checked: every mistake in them
     is answered here, before torch is imported (which takes seconds)."""
     from drawcli.core.device import check_spec
-    from drawcli.runs import builtin
+    from drawcli.runs import builtin, hub
 
+    if ref.startswith(hub.HUB_PREFIX):
+        hub.hub_repo(ref)
+        if load is not None:
+            raise DrawError(f"--load picks a run's checkpoint; the Hub model {ref} has one set of weights")
+        if not hub.hub_available():
+            raise DrawError(f"{ref}: a model on the Hugging Face Hub needs the hub extra: {hub.INSTALL_HUB}")
+        check_spec(device)
+        return Located(ref, None, None, hub=ref)
     if builtin.is_builtin_ref(ref):
         entry = builtin.get_builtin(ref)
         if load is not None:
@@ -352,10 +390,31 @@ def locate(ref: str, load: str | None, device: str, runs_dir: str | Path) -> Loc
             raise DrawError(f"--load picks a run's checkpoint; {ref} is a checkpoint file already")
         check_spec(device)
         return Located(ref, run_of_checkpoint(ckpt_file), ckpt_file, chosen=True)
+    folder = model_folder_ref(ref, Path(runs_dir))
+    if folder is not None:
+        if load is not None:
+            raise DrawError(f"--load picks a run's checkpoint; {ref} is a model folder with one set of weights")
+        folders.check_folder(folder)
+        check_spec(device)
+        return Located(ref, None, None, folder=folder)
     run_dir = resolve_run(ref, Path(runs_dir))
     path = resolve_checkpoint(run_dir, load)
     check_spec(device)
     return Located(ref, run_dir, path, chosen=load is not None)
+
+
+def model_folder_ref(ref: str, runs_dir: Path) -> Path | None:
+    """The model folder a reference names, or None when it names a run: a path (with a separator) to a
+    folder holding config.json or model.safetensors, or a bare name of such a folder in the current
+    directory when no run under runs_dir has that name (a run wins)."""
+    path = Path(ref).expanduser()
+    looks = path.is_dir() and ((path / folders.CONFIG).is_file() or (path / folders.WEIGHTS).is_file())
+    if not looks or (path / names.CONFIG).is_file():  # a run directory has config.yaml
+        return None
+    pathlike = "/" in ref or "\\" in ref or ref in (".", "..") or ref.startswith("~")
+    if pathlike or not (Path(runs_dir) / ref / names.CONFIG).is_file():
+        return path
+    return None
 
 
 def read_checkpoint(located: Located) -> tuple[Located, dict, str | None]:
@@ -381,14 +440,22 @@ def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: 
     from drawcli.core.device import resolve_device, resolve_precision
     from drawcli.runs import builtin
 
+    from drawcli.runs import hub, pretrained
+
     located = located or locate(ref, load, device, runs_dir)
     dev = resolve_device(device)
     how = resolve_precision(precision, dev)
-    if located.builtin is not None:
-        model, settings, data = builtin.build(located.builtin, dev)
-        # The data folder of the machine that trained it means nothing here: use this machine's default.
-        settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, data_dir=None))
-        return LoadedRun(located, int(data.get("epoch", 0)), int(data.get("step", 0)), settings, data["settings"], model, dev, *how)
+    if located.hub is not None:
+        located = dataclasses.replace(located, folder=hub.download(*hub.hub_repo(located.hub)))
+    if located.builtin is not None or located.folder is not None:
+        if located.builtin is not None:
+            model, settings, config = builtin.build(located.builtin, dev)
+        else:
+            model, config = pretrained.load_folder(located.folder, dev)
+            settings = config.settings
+        # A model folder holds no data folder (data.data_dir): this machine's default is used.
+        return LoadedRun(located, config.epochs or 0, config.steps or 0, settings, config.saved_settings, model, dev, *how,
+                         training=config.training)
     located, ckpt, note = read_checkpoint(located)
     settings = from_dict(ckpt["settings"])
     model = ckpt_io.model_from_checkpoint(ckpt, dev).eval()

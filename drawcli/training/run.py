@@ -397,7 +397,8 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
 
 
 def initial_weights(settings: Settings, height: int, width: int, channels: int) -> tuple[dict, str]:
-    """train.init_from: the weights a new run starts from (a run, a checkpoint or weights file, @NAME), on the CPU,
+    """train.init_from: the weights a new run starts from (a run, a checkpoint or weights file, a model folder,
+    hf:OWNER/NAME, @NAME), on the CPU,
     and a line saying where they come from. The model settings and the image shape must be the run's;
     the data set may differ (fine-tuning on other pictures)."""
     ref = settings.train.init_from
@@ -417,9 +418,9 @@ def initial_weights(settings: Settings, height: int, width: int, channels: int) 
     if differ:
         raise DrawError(f"train.init_from {ref}: another model ({'; '.join(differ)}); use the same model settings")
     state = model.state_dict()  # the model was built for this alone: its tensors need no copy
-    # @NAME's file changes between releases: the line names the one used.
+    # @NAME's weights change between releases: the line names the ones used (the sha256 of its model.safetensors).
     which = f" (sha256 {loaded.located.builtin.sha256[:16]})" if loaded.located.builtin is not None else ""
-    return state, (f"initial weights: {loaded.label}{which}, epoch {loaded.epoch}, step {loaded.step}; "
+    return state, (f"initial weights: {loaded.label}{which}, {loaded.trained}; "
                    "a fresh optimizer and learning-rate schedule")
 
 
