@@ -23,7 +23,6 @@ import yaml
 from drawcli.core.errors import DrawError
 from drawcli.data.catalogue import DATASETS, FOLDER_PREFIX, is_folder
 
-IMAGE_SIDE_MAX = 28  # refined against the data set's real shape when it is loaded
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -147,10 +146,7 @@ MIN = {
     ("train", "grad_clip"): 0.0,
     ("train", "seed"): 0,
 }
-MAX = {
-    ("model", "read_n"): IMAGE_SIDE_MAX,
-    ("model", "write_n"): IMAGE_SIDE_MAX,
-}
+MAX: dict = {}  # read_n and write_n: at most the image side, a rule between keys (image_side, check_against_image)
 POSITIVE = {("train", "lr")}  # strictly > 0
 OPEN_UNIT = {("train", "beta1"), ("train", "beta2")}  # in [0, 1)
 UNIT = {("train", "lr_decay")}  # in (0, 1]
@@ -353,6 +349,18 @@ def _check_together(settings: Settings, origin: Callable[[str], str]) -> None:
         )
     if ts.lr_schedule != "wsd" and ts.decay_start is not None:
         raise DrawError(f"{origin('train.decay_start')}train.decay_start: only for train.lr_schedule=wsd (it is {ts.lr_schedule})")
+    side = image_side(ds)
+    if side is not None:
+        check_against_image(settings, *side, origin=origin)
+
+
+def image_side(data: DataSettings) -> tuple[int, int] | None:
+    """(height, width) of the images ``data`` names, where the settings alone tell it: a registry
+    data set's, or a folder's data.image_size; None for a folder without it (known once read)."""
+    if is_folder(data.dataset):
+        return None if data.image_size is None else (data.image_size, data.image_size)
+    spec = DATASETS[data.dataset]
+    return spec.height, spec.width
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -492,13 +500,15 @@ def check_command_options(seed: int | None = None, device: str | None = None, pr
         raise DrawError(f"--engine: expected one of {', '.join(engines)}, got {engine!r}")
 
 
-def check_against_image(settings: Settings, height: int, width: int) -> None:
-    """Range rules that depend on the data: glimpse sizes must fit the image."""
+def check_against_image(settings: Settings, height: int, width: int, origin: Callable[[str], str] = lambda key: "") -> None:
+    """Range rules that depend on the data: the read and write windows are at most the image's
+    shorter side (checked as soon as it is known: from the settings for a registry data set or a
+    folder's data.image_size, else once the pictures are read)."""
     side = min(height, width)
     for key in ("read_n", "write_n"):
         n = getattr(settings.model, key)
         if n > side:
-            raise DrawError(f"model.{key}: must be <= {side} (the image side), got {n}")
+            raise DrawError(f"{origin('model.' + key)}model.{key}: must be <= {side} (the image side), got {n}")
 
 
 def load_data(data: DataSettings, data_dir: Path):

@@ -162,3 +162,22 @@ def test_glimpses_and_latent_keep_their_old_names_as_aliases(tmp_path):
     from drawcli.settings import model_arguments
 
     assert model_arguments(old.model)["steps"] == 12 and model_arguments(old.model)["embed"] == 9
+
+
+@pytest.mark.parametrize("dataset, side", [("svhn", 32), ("cifar10", 32), ("two-digit-mnist", 60), ("mnist", 28)])
+def test_windows_may_be_as_wide_as_the_data_sets_image_side(tmp_path, dataset, side):
+    """read_n and write_n are limited by the data set's real image side, not by a fixed 28."""
+    s = build_settings(write(tmp_path, f"model:\n  read_n: {side}\n  write_n: {side}\ndata:\n  dataset: {dataset}\n"))
+    assert (s.model.read_n, s.model.write_n) == (side, side)
+    with pytest.raises(DrawError) as e:
+        build_settings(write(tmp_path, f"model:\n  read_n: {side + 1}\ndata:\n  dataset: {dataset}\n"))
+    assert f"model.read_n: must be <= {side} (the image side), got {side + 1}" in str(e.value)
+
+
+def test_windows_of_a_folder_data_set_are_limited_by_its_image_size(tmp_path):
+    """folder:PATH with data.image_size: checked against it at once; without: once the pictures are read."""
+    s = build_settings(write(tmp_path, "model:\n  read_n: 30\n  write_n: 64\ndata:\n  dataset: folder:/x\n  image_size: 64\n"))
+    assert (s.model.read_n, s.model.write_n) == (30, 64)
+    with pytest.raises(DrawError, match=r"model.write_n: must be <= 64 \(the image side\), got 65"):
+        build_settings(write(tmp_path, "model:\n  write_n: 65\ndata:\n  dataset: folder:/x\n  image_size: 64\n"))
+    assert build_settings(write(tmp_path, "model:\n  read_n: 100\ndata:\n  dataset: folder:/x\n")).model.read_n == 100

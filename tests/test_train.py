@@ -175,6 +175,30 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.parametrize("side", [32, 60, 64])
+def test_windows_as_wide_as_the_image_train_on_a_folder(tmp_path, monkeypatch, side):
+    """A read and write window as wide as the image side (not capped at 28): YAML and flags, Python engine."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / f"pictures{side}"
+    folder.mkdir()
+    for i, image in enumerate(synthetic_images(12, seed=side)):
+        Image.fromarray(image).resize((side, side)).save(folder / f"{i:02d}.png")
+    small = ["--glimpses", "2", "--hidden", "8", "--latent", "3", "-b", "4", "--max-steps", "1", "--device", "cpu",
+             "--engine", "python", "--set", "train.eval_batch_size=4", "--no-tensorboard"]
+    r = run_cli("train", "--dataset", f"folder:{folder}", "--read-n", side, "--write-n", side, *small, "--name", "flags")
+    assert r.exit_code == 0, r.output
+    assert ckpt_io.load(tmp_path / "runs" / "flags" / "checkpoints" / "last.pt")["model_config"]["read_n"] == side
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  read_n: {side}\n  write_n: {side}\ndata:\n  dataset: folder:{folder}\n  image_size: {side}\n")
+    r = run_cli("train", "-c", config, *small, "--name", "yaml")
+    assert r.exit_code == 0, r.output
+    # One pixel wider than the image: refused in one line, naming the real side.
+    r = run_cli("train", "--dataset", f"folder:{folder}", "--read-n", side + 1, *small, "--name", "wide")
+    assert r.exit_code == 1 and f"model.read_n: must be <= {side} (the image side), got {side + 1}" in r.stderr, r.output
+
+
 def test_real_mnist_training_learns_and_resumes(mnist_data_dir, tmp_path, monkeypatch):
     """A few hundred steps on real MNIST beat the best model that ignores the latents.
 
