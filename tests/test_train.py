@@ -199,6 +199,46 @@ def test_windows_as_wide_as_the_image_train_on_a_folder(tmp_path, monkeypatch, s
     assert r.exit_code == 1 and f"model.read_n: must be <= {side} (the image side), got {side + 1}" in r.stderr, r.output
 
 
+def test_resume_after_a_corrupt_last_pt_takes_the_newest_readable_full_checkpoint_by_step(tmp_path, monkeypatch, synthetic_data_dir):
+    """Whatever its kind (last.pt, best.pt, epoch_NNN.pt): the readable checkpoint with the most steps
+    and the full training state; the files it would overwrite are set aside, never deleted."""
+    import os
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    env = {"DRAW_DATA_DIR": str(synthetic_data_dir)}
+    tiny = ["--glimpses", "2", "--hidden", "16", "--latent", "4", "-b", "32", "--device", "cpu", "--set", "train.eval_batch_size=50"]
+    r = run_cli("train", *tiny, "--epochs", "3", "--max-steps", "5", "--name", "c", env=env)  # 3 steps per epoch
+    assert r.exit_code == 0, r.output
+    ckpts = tmp_path / "runs" / "c" / "checkpoints"
+    last, best = ckpts / "last.pt", ckpts / "best.pt"
+    # best.pt its own file (not a link to last.pt) at step 5, as readable as it was; last.pt cut short.
+    best.unlink()
+    shutil.copyfile(last, best)
+    os.truncate(last, 10000)
+    assert ckpt_io.load(best)["step"] == 5 and ckpt_io.load(ckpts / "epoch_001.pt")["step"] == 3
+
+    r = run_cli("train", "--resume", "c", "--max-steps", "6", env=env)
+    assert r.exit_code == 0, r.output
+    assert "using best.pt instead (epoch 2, step 5)" in r.stdout and "resuming at step 5" in r.stdout
+    assert ckpt_io.load(last)["step"] == 6  # one step trained, not 3 trained again from epoch_001.pt
+    aside = [p for p in ckpts.iterdir() if p.name.startswith("set-aside-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["last.pt"]
+    assert (aside[0] / "last.pt").stat().st_size == 10000  # kept as it was
+
+    # A readable best.pt without the random state cannot continue training: the next newest that can.
+    full = ckpt_io.load(last)
+    ckpt_io.atomic_save({k: v for k, v in full.items() if k != "rng"}, ckpts / "best.pt.new")
+    os.replace(ckpts / "best.pt.new", best)
+    os.truncate(last, 10000)  # step 6 ended epoch 2: last.pt is a link to epoch_002.pt, cut too
+    r = run_cli("train", "--resume", "c", "--max-steps", "7", env=env)
+    assert r.exit_code == 0, r.output
+    assert "using epoch_001.pt instead (epoch 1, step 3)" in r.stdout and "resuming at step 3" in r.stdout
+    # best.pt (step 6, newer than epoch_001.pt) was set aside with the cut files: nothing is deleted.
+    second = [p for p in ckpts.iterdir() if p.name.startswith("set-aside-") and p not in aside]
+    assert len(second) == 1 and sorted(p.name for p in second[0].iterdir()) == ["best.pt", "epoch_002.pt", "last.pt"]
+
+
 def test_real_mnist_training_learns_and_resumes(mnist_data_dir, tmp_path, monkeypatch):
     """A few hundred steps on real MNIST beat the best model that ignores the latents.
 

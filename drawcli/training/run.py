@@ -56,8 +56,9 @@ class ResumeFrom:
 
 def resume_source(run_ref: str, runs_dir: str) -> ResumeFrom:
     """The checkpoint --resume continues from: a checkpoint file named with --resume
-    (RUN/checkpoints/epoch_002.pt), else the run's last.pt, else, when that is missing or unreadable,
-    its newest readable checkpoint (said in one line)."""
+    (RUN/checkpoints/epoch_002.pt), else the run's last.pt, else, when that is missing, unreadable or
+    without the training state, its readable checkpoint with the most steps that holds the full
+    training state, whatever its kind (best.pt, epoch_NNN.pt; said in one line)."""
     run_dir = runs.resolve_run(run_ref, Path(runs_dir))
     named = runs.checkpoint_ref(run_ref)
     if named is not None:
@@ -67,7 +68,7 @@ def resume_source(run_ref: str, runs_dir: str) -> ResumeFrom:
             f"run {run_dir.name!r} has no checkpoint to resume from (it stopped before its first one); "
             f"start it again with --name {run_dir.name} instead of --resume (its folder {run_dir.absolute()} is then replaced)"
         )
-    source, ckpt, note = runs.load_readable(run_dir, run_dir / names.CHECKPOINTS / names.LAST)
+    source, ckpt, note = runs.load_readable(run_dir, run_dir / names.CHECKPOINTS / names.LAST, full_state=True)
     if note is not None:
         note += "; unreadable and newer checkpoints are moved aside, not overwritten"
     return ResumeFrom(run_dir, source, ckpt, note)
