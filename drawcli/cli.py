@@ -199,7 +199,7 @@ def train(
     device: Annotated[Optional[str], typer.Option("--device", help=f"auto, cpu, cuda, cuda:N or mps (default {RunSettings.device}).")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml).")] = None,
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")] = None,
-    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start a new run from these weights: a run, a checkpoint file or @NAME, with the same model settings (train.init_from); the optimizer and learning-rate schedule start fresh.")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start a new run from these weights: a run, a checkpoint file or @NAME, taking its model settings (train.init_from); the optimizer and learning-rate schedule start fresh.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt (the newest readable checkpoint when it is unreadable), or from a checkpoint file: runs/NAME/checkpoints/epoch_002.pt.")] = None,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch.")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option(

@@ -442,18 +442,21 @@ def build_settings(
     sets: list[str] | None = None,
     base: Settings | None = None,
     together: bool = True,
+    given: dict[str, str] | None = None,
 ) -> Settings:
     """defaults (or ``base``) < YAML file < flags (None means 'not given') < --set.
 
     ``together=False`` checks every key and value but not the rules between keys (see
-    :func:`apply_overrides`)."""
+    :func:`apply_overrides`). ``given``, a dict, receives ``{"section.key": origin}`` for every key
+    a layer set, with the origin of the last one: ``"FILE: "`` (the config), ``""`` (a flag) or
+    ``"--set "``."""
     settings = base or Settings()
     layers = []
     if config is not None:
         layers.append((load_yaml(config), f"{config}: "))
     if flags:
-        given = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
-        layers.append(({s: kv for s, kv in given.items() if kv}, ""))
+        set_flags = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
+        layers.append(({s: kv for s, kv in set_flags.items() if kv}, ""))
     layers.append((parse_set(sets), "--set "))
     given_in: dict[str, str] = {}  # "section.key" -> the origin of the last layer that gave it
     for overrides, origin in layers:
@@ -463,6 +466,8 @@ def build_settings(
                 given_in[f"{section}.{ALIASES.get((str(section), str(key)), str(key))}"] = origin
     if together:
         _check_together(settings, lambda key: given_in.get(key, ""))
+    if given is not None:
+        given.update(given_in)
     return settings
 
 

@@ -27,7 +27,7 @@ from drawcli.runs import names
 from drawcli.runs import store as runs
 from drawcli.runs.lock import check_not_locked, run_lock
 from drawcli.runs.names import has_checkpoints
-from drawcli.settings import Settings, build_settings, changed_settings, check_against_image, from_dict, spell
+from drawcli.settings import ModelSettings, Settings, build_settings, changed_settings, check_against_image, from_dict, spell
 from drawcli.training import distributed
 
 # Settings a resumed run may not change, and why: with them the continued run would no longer
@@ -277,11 +277,15 @@ class StopOnSignal:
 
 
 def run_train(settings: Settings, resume: ResumeFrom | None = None, console: Console | None = None,
-              notes: list[str] | None = None) -> Path:
-    """Train according to ``settings`` (in a torchrun job when WORLD_SIZE > 1); returns the run directory."""
+              notes: list[str] | None = None, given: dict[str, str] | None = None) -> Path:
+    """Train according to ``settings`` (in a torchrun job when WORLD_SIZE > 1); returns the run directory.
+
+    ``given``: the settings the command set explicitly, ``{"section.key": where}`` (e.g.
+    ``{"model.hidden": "--hidden"}``); a new run from weights (train.init_from) takes the other model
+    settings from them (:func:`adopt_model_settings`). None: every model setting is taken as given."""
     env = distributed.env_from_os()
     try:
-        run_dir = _run(settings, resume, console, env, notes or [])
+        run_dir = _run(settings, resume, console, env, notes or [], given)
         if env.active:
             # Leave together: a rank that tears its process group down while rank 0 is still
             # writing files can abort in gloo's threads ("terminate called without an active exception").
@@ -296,7 +300,8 @@ def run_train(settings: Settings, resume: ResumeFrom | None = None, console: Con
             distributed.shutdown()
 
 
-def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv, notes: list[str]) -> Path:
+def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv, notes: list[str],
+         given: dict[str, str] | None = None) -> Path:
     from drawcli.core.device import describe, resolve_device
     from drawcli.data.loading import MissingDataset, resolve_data_dir
     from drawcli.settings import load_data
@@ -305,6 +310,10 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
     note = None
     if resume is None:
         settings = absolute_folders(settings)
+    source = None
+    if resume is None and settings.train.init_from:  # before anything reads settings.model
+        source = init_source(settings)
+        settings = adopt_model_settings(settings, source.settings.model, given, settings.train.init_from)
     if resume is None and env.is_main:
         note = runs.check_new_run(Path(settings.run.runs_dir), settings.run.name)  # before torch and minutes of setup
     tensorboard = use_tensorboard(settings.run.tensorboard)  # run.tensorboard=true without the package: refused here
@@ -336,8 +345,8 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
     if "train.init_from" in changes:
         raise DrawError("train.init_from sets the weights a run starts from; a resumed run continues from its checkpoint, so it cannot change")
     init = None
-    if resume is None and settings.train.init_from:
-        init = initial_weights(settings, splits.spec.height, splits.spec.width, splits.spec.channels)
+    if source is not None:
+        init = initial_weights(settings, splits.spec.height, splits.spec.width, splits.spec.channels, source)
         console.print(init[1], highlight=False)
     binarize = settings.data.binarize
     if splits.spec.prebinarized and binarize != "none":
@@ -396,26 +405,47 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
             raise
 
 
-def initial_weights(settings: Settings, height: int, width: int, channels: int) -> tuple[dict, str]:
-    """train.init_from: the weights a new run starts from (a run, a checkpoint or weights file, @NAME), on the CPU,
-    and a line saying where they come from. The model settings and the image shape must be the run's;
-    the data set may differ (fine-tuning on other pictures)."""
-    ref = settings.train.init_from
+def init_source(settings: Settings):
+    """train.init_from loaded (drawcli.runs.store.LoadedRun, on the CPU): a run, a checkpoint or weights file, @NAME."""
     try:
-        loaded = runs.load_run(ref, device="cpu", runs_dir=settings.run.runs_dir)
+        return runs.load_run(settings.train.init_from, device="cpu", runs_dir=settings.run.runs_dir)
     except DrawError as e:
         raise DrawError(f"train.init_from: {e}") from None
-    mine, theirs = settings.model, loaded.settings.model
-    differ = [
-        f"model.{f.name} is {spell(getattr(theirs, f.name))} there and {spell(getattr(mine, f.name))} here"
-        for f in dataclasses.fields(mine)
-        if getattr(mine, f.name) != getattr(theirs, f.name)
-    ]
+
+
+def adopt_model_settings(settings: Settings, carried: ModelSettings, given: dict[str, str] | None, ref: str) -> Settings:
+    """A new run from weights takes the model settings they carry (``carried``: a checkpoint's or weights
+    file's, a built-in model's). A model setting given explicitly (``given``: ``{"model.hidden": "--hidden"}``,
+    None for all of them) must agree; one that does not is refused in one line naming where it was
+    given and the fix."""
+    differ = []
+    for f in dataclasses.fields(carried):
+        key = f"model.{f.name}"
+        mine, theirs = getattr(settings.model, f.name), getattr(carried, f.name)
+        if mine != theirs and (given is None or key in given):
+            differ.append((key, theirs, mine, None if given is None else given[key]))
+    if differ:
+        shown = "; ".join(f"{key} is {spell(theirs)} there and {spell(mine)} here" + (f", from {where}" if where else "")
+                          for key, theirs, mine, where in differ)
+        wheres = [where for *_, where in differ if where]
+        fix = ("use the same model settings" if not wheres else
+               "a new run from these weights takes the model settings they carry: leave out "
+               + (", ".join(wheres[:-1]) + " and " + wheres[-1] if len(wheres) > 1 else wheres[0]))
+        raise DrawError(f"train.init_from {ref}: another model ({shown}); {fix}")
+    return dataclasses.replace(settings, model=carried)
+
+
+def initial_weights(settings: Settings, height: int, width: int, channels: int, loaded=None) -> tuple[dict, str]:
+    """train.init_from: the weights a new run starts from (``loaded``, else loaded here: :func:`init_source`),
+    on the CPU, and a line saying where they come from. The model settings (see :func:`adopt_model_settings`)
+    and the image shape must be the run's; the data set may differ (fine-tuning on other pictures)."""
+    ref = settings.train.init_from
+    loaded = loaded if loaded is not None else init_source(settings)
+    adopt_model_settings(settings, loaded.settings.model, None, ref)
     model = loaded.model
     if (model.channels, model.height, model.width) != (channels, height, width):
-        differ.append(f"its images are {model.channels}x{model.height}x{model.width} (CxHxW), these are {channels}x{height}x{width}")
-    if differ:
-        raise DrawError(f"train.init_from {ref}: another model ({'; '.join(differ)}); use the same model settings")
+        raise DrawError(f"train.init_from {ref}: another model (its images are {model.channels}x{model.height}x{model.width} "
+                        f"(CxHxW), these are {channels}x{height}x{width}); use the same model settings")
     state = model.state_dict()  # the model was built for this alone: its tensors need no copy
     # @NAME's file changes between releases: the line names the one used.
     which = f" (sha256 {loaded.located.builtin.sha256[:16]})" if loaded.located.builtin is not None else ""
