@@ -451,7 +451,7 @@ Examples (runs you trained, e.g. quick: see draw train --help):
 def plot(
     runs: Annotated[List[str], typer.Argument(help="Run names under the runs directory, run directories or checkpoint files in them; several go in one figure.")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG, SVG or PDF file (default RUN_DIR/curves.png for one run, curves.png for several).")] = None,
-    x: Annotated[str, typer.Option("--x", help="Horizontal axis: step or epoch.")] = "step",
+    x: Annotated[Optional[str], typer.Option("--x", help="Horizontal axis: step or epoch (default: step, or epoch when a run changed its batch size on resume; the change is marked).")] = None,
     parts: Annotated[bool, typer.Option("--parts", help="Also plot L_x and L_z, each in its own panel.")] = False,
     log: Annotated[bool, typer.Option("--log/--linear", help="Logarithmic or linear loss axis.")] = False,
     paper: Annotated[bool, typer.Option("--paper", help="Horizontal lines at the paper's 80.97 (attention) / 87.40 (no attention) for MNIST runs.")] = False,
@@ -485,7 +485,7 @@ def runs_command(
     runs_dir: Annotated[str, typer.Option("--runs-dir", help="The runs folder to list.")] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
-    """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, failed, empty, locked)."""
+    """The runs in a runs folder: data, model, complete epochs, steps, best loss, tightest IWAE bound (with its K), last change and status (finished, stopped at max-steps, interrupted, failed, empty, locked)."""
     from drawcli.commands.runs import runs_command as list_command
 
     list_command(runs_dir, as_json=as_json)

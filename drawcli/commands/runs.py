@@ -35,7 +35,7 @@ def _age(unix: float | None, now: float | None = None) -> str:
     return "-"  # pragma: no cover
 
 
-STATUS_STYLE = {"finished": "green", "interrupted": "yellow", "locked": "cyan", "empty": "dim", "failed": "red"}
+STATUS_STYLE = {"finished": "green", "stopped at max-steps": "green", "interrupted": "yellow", "locked": "cyan", "empty": "dim", "failed": "red"}
 
 
 def runs_table(infos: list[dict], runs_dir: str | Path):

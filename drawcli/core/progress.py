@@ -197,13 +197,26 @@ class TrainProgress:
         self.reporter.close()
 
 
+def epochs_done_text(summary: dict) -> str:
+    """Complete epochs of the target, as `draw runs` counts them: '1/5 complete', and where a stop
+    inside an epoch (--max-steps, Ctrl-C) left it: '; stopped inside epoch 2 after 32 of 96 images'."""
+    epoch, inside = summary["epoch"], summary.get("epoch_images", 0)
+    complete = epoch - 1 if inside else epoch
+    target = summary.get("epochs_target")
+    text = f"{complete}/{target} complete" if target is not None else f"{complete} complete"
+    if inside:
+        of = f" of {summary['train_images']}" if summary.get("train_images") else ""
+        text += f"; stopped inside epoch {epoch} after {inside}{of} images"
+    return text
+
+
 def summary_table(run_dir, summary: dict, eval_split: str) -> Table:
     """The end-of-training table: steps, epochs, losses, time, throughput, run directory."""
     table = Table(title=f"run {run_dir.name}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("optimizer steps", str(summary["step"]))
-    table.add_row("epochs", str(summary["epoch"]))
+    table.add_row("epochs", epochs_done_text(summary))
     ev = summary.get("eval") or {}
     if ev:
         table.add_row(f"{eval_split} loss (nats/image)", f"{ev['loss']:.2f}")

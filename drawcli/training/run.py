@@ -565,6 +565,9 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
         summary = {
             "step": result.step,
             "epoch": result.epoch,
+            "epoch_images": result.epoch_images,
+            "train_images": result.train_images,
+            "epochs_target": settings.train.epochs,
             "eval": result.eval,
             "best_loss": result.best_loss,
             "seconds": result.seconds,
