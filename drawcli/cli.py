@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from drawcli.core.errors import DrawError
 from drawcli.core.version import __version__
-from drawcli.settings import DataSettings, ModelSettings, RunSettings, TrainSettings
+from drawcli.settings import SYNONYMS, DataSettings, ModelSettings, RunSettings, TrainSettings
 
 # click's exceptions as typer raises them (recent typer versions vendor their own click).
 clickx = importlib.import_module(typer.BadParameter.__module__)
@@ -30,6 +30,11 @@ def usage_line(e) -> str:
     where = ctx.command_path if ctx is not None else "draw"
     if isinstance(e, clickx.NoSuchOption):
         near = difflib.get_close_matches(e.option_name, e.possibilities or [], n=1, cutoff=0.6)
+        meant = SYNONYMS.get(e.option_name.lstrip("-").replace("-", "_"), "").split(" ")[0]  # --learning-rate: --lr
+        flag = f"--{meant.split('.')[1].replace('_', '-')}" if meant else None
+        params = ctx.command.params if ctx is not None else []
+        if flag and any(flag in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])] for p in params):
+            near = [flag]
         hint = f"did you mean {near[0]}?" if near else f"see {where} --help"
         return f"{where}: unknown option {e.option_name} ({hint})"
     text = e.format_message()
@@ -92,7 +97,7 @@ def _user_errors(fn):
             from drawcli.training.distributed import env_from_os, is_quiet_rank
 
             if not is_quiet_rank():  # in a torchrun job the same error is shown once, by rank 0
-                typer.echo(f"error: {e}", err=True)
+                typer.echo(f"error: {e}" if e.is_error else str(e), err=True)
             elif e.every_rank:  # ... unless only this rank met it
                 typer.echo(f"error: rank {env_from_os().rank}: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
@@ -118,7 +123,7 @@ RunArg = Annotated[str, typer.Argument(
 LoadOpt = Annotated[Optional[str], typer.Option("--load", help="Checkpoint: EPOCH, last or best (default best, else last).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-RunsDirOpt = Annotated[str, typer.Option("--runs-dir", help="Where run names are looked up.")]
+RunsDirOpt = Annotated[str, typer.Option("--runs-dir", envvar="DRAW_RUNS_DIR", help="Where run names are looked up.")]
 DataDirOpt = Annotated[Optional[str], typer.Option(
     "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache).")]
 PrecisionOpt = Annotated[str, typer.Option(
@@ -204,7 +209,7 @@ def train(
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch.")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option(
         "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed).")] = None,
-    runs_dir: Annotated[Optional[str], typer.Option("--runs-dir", help=f"Where runs are created and looked up (run.runs_dir; default {RunSettings.runs_dir}).")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option("--runs-dir", help=f"Where runs are created and looked up (run.runs_dir; default $DRAW_RUNS_DIR, else {RunSettings.runs_dir}).")] = None,
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
     notes = []
@@ -482,7 +487,7 @@ Examples:
 @app.command("runs", epilog=RUNS_EXAMPLES)
 @_user_errors
 def runs_command(
-    runs_dir: Annotated[str, typer.Option("--runs-dir", help="The runs folder to list.")] = "runs",
+    runs_dir: Annotated[str, typer.Option("--runs-dir", envvar="DRAW_RUNS_DIR", help="The runs folder to list.")] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
     """The runs in a runs folder: data, model, complete epochs, steps, best loss, tightest IWAE bound (with its K), last change and status (finished, stopped at max-steps, interrupted, failed, empty, locked)."""

@@ -171,6 +171,52 @@ def _type_of(section: str, key: str) -> str:
 ALIASES = {("model", "steps"): "glimpses", ("model", "embed"): "latent"}
 
 
+# Other names people give the settings (other programs', papers', the flags of the original code):
+# an unknown key that is one of them suggests the setting, in any section, before close spellings.
+# A value may add a word after the key: shown after the suggestion.
+SYNONYMS = {
+    **dict.fromkeys(("learning_rate", "learningrate", "rate", "lr_rate"), "train.lr"),
+    **dict.fromkeys(("batch", "batchsize", "bs", "minibatch", "mini_batch", "batch_len"), "train.batch_size"),
+    **dict.fromkeys(("epoch", "n_epochs", "num_epochs", "max_epochs", "nepochs"), "train.epochs"),
+    **dict.fromkeys(("iterations", "iters", "max_iters", "num_steps", "total_steps", "max_step", "train_steps"), "train.max_steps"),
+    "steps": "model.glimpses glimpses are the drawing steps per image; optimizer steps are train.max_steps",
+    **dict.fromkeys(("t", "T", "n_glimpses", "num_glimpses", "glimpse_count", "timesteps", "time_steps"), "model.glimpses"),
+    **dict.fromkeys(("z", "z_size", "z_dim", "latent_size", "latent_dim", "code_size", "embedding", "embed_size"), "model.latent"),
+    **dict.fromkeys(("hidden_size", "hidden_dim", "lstm", "lstm_size", "units", "rnn_size", "enc_size", "dec_size"), "model.hidden"),
+    **dict.fromkeys(("read", "read_size", "read_window", "read_attn_size"), "model.read_n"),
+    **dict.fromkeys(("write", "write_size", "write_window", "write_attn_size"), "model.write_n"),
+    **dict.fromkeys(("attn", "use_attention", "read_attn", "write_attn"), "model.attention"),
+    **dict.fromkeys(("warmup", "warmup_iters", "warm_up"), "train.warmup_steps"),
+    **dict.fromkeys(("clip", "clip_grad", "gradient_clip", "max_grad_norm", "clip_norm", "grad_norm"), "train.grad_clip"),
+    **dict.fromkeys(("schedule", "scheduler", "lr_scheduler", "lr_policy"), "train.lr_schedule"),
+    **dict.fromkeys(("random_seed", "rng_seed"), "train.seed"),
+    **dict.fromkeys(("iwae_samples", "importance_samples", "k"), "train.eval_samples"),
+    **dict.fromkeys(("dtype", "amp", "mixed_precision"), "train.precision"),
+    **dict.fromkeys(("pretrained", "init", "init_weights", "weights", "checkpoint", "finetune_from"), "train.init_from"),
+    **dict.fromkeys(("data", "data_set", "dataset_name", "data_name"), "data.dataset"),
+    **dict.fromkeys(("data_path", "data_root", "root", "dataroot", "data_folder"), "data.data_dir"),
+    **dict.fromkeys(("size", "img_size", "resolution", "resize", "image_side"), "data.image_size"),
+    **dict.fromkeys(("binarise", "binarization", "binarisation", "binary"), "data.binarize"),
+    **dict.fromkeys(("val", "valid", "validation_split", "holdout"), "data.validation"),
+    **dict.fromkeys(("gpu", "cuda", "accelerator"), "run.device"),
+    **dict.fromkeys(("num_threads", "n_threads", "nthreads", "cpu_threads"), "run.threads"),
+    **dict.fromkeys(("out_dir", "output_dir", "log_dir", "logdir", "save_dir", "checkpoint_dir", "run_dir"), "run.runs_dir"),
+    **dict.fromkeys(("run_name", "experiment", "exp_name"), "run.name"),
+    **dict.fromkeys(("backend", "implementation"), "run.engine"),
+}
+
+
+def _synonym(section: str, key: str) -> str | None:
+    """' (did you mean ...?)' for a key that SYNONYMS knows, or None."""
+    target = SYNONYMS.get(key) or SYNONYMS.get(key.lower())
+    if target is None:
+        return None
+    dotted, _, why = target.partition(" ")
+    where, name = dotted.split(".")
+    shown = name if where == section else dotted
+    return f" (did you mean '{shown}'?" + (f" {why})" if why else ")")
+
+
 def model_arguments(model: ModelSettings) -> dict[str, Any]:
     """DRAW's constructor arguments for ``model`` (DRAW keeps the paper's T = steps and Z = embed)."""
     return dict(steps=model.glimpses, hidden=model.hidden, embed=model.latent, attention=model.attention,
@@ -285,6 +331,9 @@ def _check_key(section: str | None, key: str, origin: str) -> None:
         return
     valid = [f.name for f in fields(_SECTION_CLASSES[section])]
     if key not in valid:
+        synonym = _synonym(section, key)
+        if synonym:
+            raise DrawError(f"{origin}{section}.{key}: unknown key{synonym}")
         # A key that belongs to another section is a common slip: say where it lives.
         for other, cls in _SECTION_CLASSES.items():
             if key in {f.name for f in fields(cls)} | {old for (sec, old) in ALIASES if sec == other}:

@@ -83,3 +83,8 @@ def test_a_file_that_is_not_weights_is_refused(tiny_builtin):
     fake = dataclasses.replace(entry, sha256=builtin.sha256_of(path))
     with pytest.raises(DrawError, match="is not a drawcli weights file"):
         builtin.load_weights(fake)
+
+
+def test_a_mistyped_builtin_name_suggests_the_nearest():
+    with pytest.raises(DrawError, match=r"unknown built-in model @mnst \(did you mean @mnist\?"):
+        builtin.get_builtin("@mnst")

@@ -239,6 +239,22 @@ def test_resume_after_a_corrupt_last_pt_takes_the_newest_readable_full_checkpoin
     assert len(second) == 1 and sorted(p.name for p in second[0].iterdir()) == ["best.pt", "epoch_002.pt", "last.pt"]
 
 
+def test_a_window_without_attention_and_more_threads_than_cores_are_said_in_one_line(tmp_path, monkeypatch, synthetic_data_dir):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    r = run_cli("train", "--no-attention", "--read-n", "3", "--glimpses", "2", "--hidden", "8", "--latent", "2", "-b", "32",
+                "--max-steps", "1", "--device", "cpu", "--threads", cores + 1, "--no-tensorboard", "--name", "w",
+                env={"DRAW_DATA_DIR": str(synthetic_data_dir)})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert "warning: --read-n has no effect without attention (--no-attention): the model reads and writes whole images" in lines
+    threads = [line for line in lines if line.startswith("warning: --threads")]
+    assert threads == [f"warning: --threads {cores + 1} is more than the {cores} CPU core{'s' * (cores > 1)} this process may "
+                       "use; the threads beyond them wait for each other (slower, not faster)"], lines
+
+
 def test_real_mnist_training_learns_and_resumes(mnist_data_dir, tmp_path, monkeypatch):
     """A few hundred steps on real MNIST beat the best model that ignores the latents.
 

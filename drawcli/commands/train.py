@@ -4,6 +4,7 @@ worker processes (drawcli/training/ does the work).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from drawcli.core.errors import DrawError
 from drawcli.core.progress import make_console
 from drawcli.runs import store as runs
 from drawcli.runs.lock import check_not_locked
+from drawcli.runs.names import RUNS_DIR_ENV
 from drawcli.settings import ALIASES, build_settings, parse_set
 from drawcli.training import distributed
 from drawcli.training.run import launcher_threads, resume_run, run_train, settings_for_resume
@@ -30,7 +32,12 @@ def train_command(config: str | None, flags: dict, sets: list[str] | None, resum
     # are checked against the run's own settings (settings_for_resume).
     origins: dict[str, str] = {}
     base = build_settings(config, flags, sets, together=resume is None, given=origins)
+    if "run.runs_dir" not in origins and os.environ.get(RUNS_DIR_ENV):  # $DRAW_RUNS_DIR: below the config and flags
+        flags = {**(flags or {}), "run": {**(flags or {}).get("run", {}), "runs_dir": os.environ[RUNS_DIR_ENV]}}
+        origins = {}
+        base = build_settings(config, flags, sets, together=resume is None, given=origins)
     given = {key: where_given(key, origin, flags, sets) for key, origin in origins.items()}
+    notes = [*(notes or []), *unused_settings(base, given)]
     if nproc is not None and nproc > 1:
         distributed.check_global_batch(base.train.batch_size, nproc, launcher=True)
         distributed.dist_timeout_s()  # a malformed DRAWCLI_DIST_TIMEOUT, said once
@@ -50,6 +57,14 @@ def train_command(config: str | None, flags: dict, sets: list[str] | None, resum
     if resume is not None:
         return resume_run(resume, base.run.runs_dir, config, flags, sets, notes=notes)
     return run_train(base, notes=notes, given=given)
+
+
+def unused_settings(settings, given: dict[str, str]) -> list[str]:
+    """Warnings about settings given explicitly that change nothing: read and write windows without attention."""
+    if settings.model.attention:
+        return []
+    return [f"warning: {given[key]} has no effect without attention (--no-attention): the model reads and writes whole images"
+            for key in ("model.read_n", "model.write_n") if key in given]
 
 
 FLAGS = {"model.glimpses": "--glimpses", "model.latent": "--latent", "model.hidden": "--hidden", "model.read_n": "--read-n",

@@ -7,6 +7,8 @@ The registry is pure data: listing the models (``draw models``) imports no torch
 
 from __future__ import annotations
 
+import difflib
+
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -73,7 +75,9 @@ def get_builtin(ref: str) -> BuiltinModel:
     name = ref[len(PREFIX):] if ref.startswith(PREFIX) else ref
     if name not in BUILTINS:
         known = ", ".join(PREFIX + n for n in BUILTINS) or "none in this version"
-        raise DrawError(f"unknown built-in model {PREFIX}{name} (built-in models: {known}; see `draw models`)")
+        near = difflib.get_close_matches(name, list(BUILTINS), n=1, cutoff=0.6)
+        hint = f"did you mean {PREFIX}{near[0]}? " if near else ""
+        raise DrawError(f"unknown built-in model {PREFIX}{name} ({hint}built-in models: {known}; see `draw models`)")
     return BUILTINS[name]
 
 

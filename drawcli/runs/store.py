@@ -172,7 +172,8 @@ def resolve_run(ref: str, runs_dir: Path) -> Path:
         runs = existing_runs(Path(runs_dir))
         where = Path(runs_dir).absolute()  # the folder it looked in, whatever the working directory
         listing = f"existing runs: {', '.join(runs)}" if runs else "no runs there yet"
-        raise DrawError(f"run {ref!r} not found in {where} ({listing})")
+        raise DrawError(f"run {ref!r} not found in {where} ({listing}); runs elsewhere: --runs-dir DIR or "
+                        f"{names.RUNS_DIR_ENV}=DIR")
     return path
 
 

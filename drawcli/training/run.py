@@ -157,13 +157,15 @@ def launcher_threads(settings: Settings, nproc: int):
     otherwise set 1 with a warning) and MKL_NUM_THREADS. The environment is restored afterwards."""
     import torch
 
-    from drawcli.core.device import resolve_device, thread_policy
+    from drawcli.core.device import resolve_device, thread_policy, thread_warning
 
     device = resolve_device(settings.run.device)
     threads, why = thread_policy(settings.run.threads, device, nproc)
     if threads is None:  # GPUs: each process's CPU threads only feed its device
         threads, why = max(1, torch.get_num_threads() // nproc), f"{device.type}: the CPU cores shared among the processes"
     make_console().print(f"threads: {threads} per process x {nproc} processes ({why})", highlight=False)
+    if settings.run.threads is not None and device.type == "cpu" and (warning := thread_warning(threads, nproc)):
+        make_console().print(warning, highlight=False)
     with environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **{LAUNCHER_THREADS: str(threads)}):
         yield
 
@@ -173,7 +175,7 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
     launched by --nproc: as its launcher decided and said)."""
     import torch
 
-    from drawcli.core.device import thread_policy
+    from drawcli.core.device import thread_policy, thread_warning
 
     launched = os.environ.get(LAUNCHER_THREADS)
     if env.active and launched and launched.isdigit():
@@ -184,6 +186,8 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
         return
     torch.set_num_threads(threads)
     console.print(f"threads: {threads} per process ({why})", highlight=False)
+    if settings.run.threads is not None and device.type == "cpu" and (warning := thread_warning(threads, env.world)):
+        console.print(warning, highlight=False)
 
 
 def apply_engine(settings: Settings, device, console: Console) -> str:
