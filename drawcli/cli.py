@@ -123,7 +123,7 @@ RunArg = Annotated[str, typer.Argument(
 LoadOpt = Annotated[Optional[str], typer.Option("--load", help="Checkpoint: EPOCH, last or best (default best, else last).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-RunsDirOpt = Annotated[str, typer.Option("--runs-dir", envvar="DRAW_RUNS_DIR", help="Where run names are looked up.")]
+RunsDirOpt = Annotated[str, typer.Option("--runs-dir", envvar="DRAW_RUNS_DIR", help="Where run names are looked up ($DRAW_RUNS_DIR when set).")]
 DataDirOpt = Annotated[Optional[str], typer.Option(
     "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache).")]
 PrecisionOpt = Annotated[str, typer.Option(
@@ -205,7 +205,7 @@ def train(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml).")] = None,
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")] = None,
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start a new run from these weights: a run, a checkpoint file or @NAME, taking its model settings (train.init_from); the optimizer and learning-rate schedule start fresh.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt (the newest readable checkpoint when it is unreadable), or from a checkpoint file: runs/NAME/checkpoints/epoch_002.pt.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt (when that is unreadable, from the readable checkpoint with the most steps), or from a checkpoint file: runs/NAME/checkpoints/epoch_002.pt.")] = None,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch.")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option(
         "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed).")] = None,
@@ -487,7 +487,7 @@ Examples:
 @app.command("runs", epilog=RUNS_EXAMPLES)
 @_user_errors
 def runs_command(
-    runs_dir: Annotated[str, typer.Option("--runs-dir", envvar="DRAW_RUNS_DIR", help="The runs folder to list.")] = "runs",
+    runs_dir: Annotated[str, typer.Option("--runs-dir", envvar="DRAW_RUNS_DIR", help="The runs folder to list ($DRAW_RUNS_DIR when set).")] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
     """The runs in a runs folder: data, model, complete epochs, steps, best loss, tightest IWAE bound (with its K), last change and status (finished, stopped at max-steps, interrupted, failed, empty, locked)."""
