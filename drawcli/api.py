@@ -193,17 +193,20 @@ class Drawer:
     def iwae(self, images: Any, k: int = 100, seed: int = 0) -> torch.Tensor:
         """The K-sample importance-weighted bound on -log p(x) of every image, in nats, (N,) float64
         (as ``draw evaluate --samples K --seed SEED``); tighter than :meth:`elbo` as K grows."""
-        return self.bounds(images, samples=k, seed=seed).iwae
+        return self._bounds(images, _count(k, "k"), seed).iwae
 
     def bounds(self, images: Any, samples: int = 1, seed: int = 0):
         """Both bounds and the ELBO's parts per image: a :class:`drawcli.evaluation.bounds.Bounds` (``lx``,
         ``lz``, ``elbo``, ``iwae``; ``summary()`` gives the means with standard errors)."""
+        return self._bounds(images, _count(samples, "samples"), seed)
+
+    def _bounds(self, images: Any, samples: int, seed: int):
         from drawcli.core.device import autocast
         from drawcli.evaluation.bounds import likelihood_bounds
 
         x = self._images(images)
         with autocast(self.device, self._loaded.precision):
-            return likelihood_bounds(self.model, x, self._binarize(), _count(samples, "samples"), seed=seed,
+            return likelihood_bounds(self.model, x, self._binarize(), samples, seed=seed,
                                      engine=self.engine("evaluate"))
 
     # ------------------------------------------------------------------ helpers
@@ -262,6 +265,17 @@ def _count(n: int, what: str = "n") -> int:
     return n
 
 
+def _checkpoint_choice(checkpoint: Any) -> str | None:
+    """load()'s ``checkpoint`` as --load spells it: None, an epoch number (int or digits), last or best."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint, int) and not isinstance(checkpoint, bool) and checkpoint >= 0:
+        return str(checkpoint)
+    if isinstance(checkpoint, str) and (checkpoint.isdigit() or checkpoint in ("last", "best")):
+        return checkpoint
+    raise DrawError(f"checkpoint: expected an epoch number, 'last' or 'best', got {checkpoint!r}")
+
+
 def _tensor(array):
     import torch
 
@@ -277,7 +291,7 @@ def _channels_first(array, channels: int, steps: bool = False):
     return t.unsqueeze(-3) if channels == 1 and t.dim() == grey_dims else t
 
 
-def load(source: str | Path, *, device: str = "auto", checkpoint: str | None = None, runs_dir: str | Path = "runs",
+def load(source: str | Path, *, device: str = "auto", checkpoint: int | str | None = None, runs_dir: str | Path | None = None,
          precision: str = "float32", engine: str = "auto") -> Drawer:
     """A trained DRAW, ready to draw and to score images.
 
@@ -285,8 +299,9 @@ def load(source: str | Path, *, device: str = "auto", checkpoint: str | None = N
     a run directory, a checkpoint or weights file (``runs/NAME/checkpoints/epoch_012.pt``), a model
     folder (config.json + model.safetensors, as ``draw export`` and ``save_pretrained`` write it) or a
     model on the Hugging Face Hub, ``"hf:OWNER/NAME"`` (needs ``pip install "drawcli[hub]"``).
-    checkpoint: for a run, which of its checkpoints: an epoch number, ``"last"`` or ``"best"``
-    (default best, else last).
+    checkpoint: for a run, which of its checkpoints: an epoch number (``3`` or ``"3"``), ``"last"`` or
+    ``"best"`` (default None: best, else last).
+    runs_dir: where run names are looked up (default ``$DRAW_RUNS_DIR``, else ``runs``).
     device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
     precision: ``"float32"``, ``"bfloat16"`` or ``"auto"``, for the products of the LSTMs.
     engine: ``"auto"`` (the native C++ engine where it runs, else the Python one), ``"native"``,
@@ -294,9 +309,12 @@ def load(source: str | Path, *, device: str = "auto", checkpoint: str | None = N
 
     Raises :class:`drawcli.DrawError` with one line that says what is wrong.
     """
+    from drawcli.runs.names import default_runs_dir
     from drawcli.runs.store import load_run, locate
 
     ref, device = str(source), str(device)
+    runs_dir = default_runs_dir() if runs_dir is None else runs_dir
+    checkpoint = _checkpoint_choice(checkpoint)
     located = locate(ref, checkpoint, device, runs_dir)
     from drawcli.model.engine import ENGINES
 
@@ -319,7 +337,7 @@ def create_model(*, height: int = 28, width: int = 28, channels: int = 1, **mode
     for name, value in (("height", height), ("width", width), ("channels", channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DrawError(f"{name} must be an integer >= 1, got {value!r}")
-    settings = apply_overrides(Settings(), {"model": model})
+    settings = apply_overrides(Settings(), {"model": model}, together=False)  # the image is height x width, not mnist's
     check_against_image(settings, height, width)
     return build_model(settings, height, width, channels)
 

@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from drawcli.core.errors import DrawError
 from drawcli.core.version import __version__
-from drawcli.settings import DataSettings, ModelSettings, RunSettings, TrainSettings
+from drawcli.settings import SYNONYMS, DataSettings, ModelSettings, RunSettings, TrainSettings
 
 # click's exceptions as typer raises them (recent typer versions vendor their own click).
 clickx = importlib.import_module(typer.BadParameter.__module__)
@@ -30,6 +30,11 @@ def usage_line(e) -> str:
     where = ctx.command_path if ctx is not None else "draw"
     if isinstance(e, clickx.NoSuchOption):
         near = difflib.get_close_matches(e.option_name, e.possibilities or [], n=1, cutoff=0.6)
+        meant = SYNONYMS.get(e.option_name.lstrip("-").replace("-", "_"), "").split(" ")[0]  # --learning-rate: --lr
+        flag = f"--{meant.split('.')[1].replace('_', '-')}" if meant else None
+        params = ctx.command.params if ctx is not None else []
+        if flag and any(flag in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])] for p in params):
+            near = [flag]
         hint = f"did you mean {near[0]}?" if near else f"see {where} --help"
         return f"{where}: unknown option {e.option_name} ({hint})"
     text = e.format_message()
@@ -92,7 +97,7 @@ def _user_errors(fn):
             from drawcli.training.distributed import env_from_os, is_quiet_rank
 
             if not is_quiet_rank():  # in a torchrun job the same error is shown once, by rank 0
-                typer.echo(f"error: {e}", err=True)
+                typer.echo(f"error: {e}" if e.is_error else str(e), err=True)
             elif e.every_rank:  # ... unless only this rank met it
                 typer.echo(f"error: rank {env_from_os().rank}: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
@@ -118,7 +123,7 @@ RunArg = Annotated[str, typer.Argument(
 LoadOpt = Annotated[Optional[str], typer.Option("--load", help="Checkpoint: EPOCH, last or best (default best, else last).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-RunsDirOpt = Annotated[str, typer.Option("--runs-dir", help="Where run names are looked up.")]
+RunsDirOpt = Annotated[str, typer.Option("--runs-dir", envvar="DRAW_RUNS_DIR", help="Where run names are looked up ($DRAW_RUNS_DIR when set).")]
 DataDirOpt = Annotated[Optional[str], typer.Option(
     "--data-dir", help="Data directory (default: the run's, else $DRAW_DATA_DIR or the user cache).")]
 PrecisionOpt = Annotated[str, typer.Option(
@@ -199,12 +204,12 @@ def train(
     device: Annotated[Optional[str], typer.Option("--device", help=f"auto, cpu, cuda, cuda:N or mps (default {RunSettings.device}).")] = None,
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="YAML settings file (e.g. sample_configs/quick.yaml).")] = None,
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")] = None,
-    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start a new run from these weights: a run, a checkpoint file, a model folder, hf:OWNER/NAME or @NAME, with the same model settings (train.init_from); the optimizer and learning-rate schedule start fresh.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt (the newest readable checkpoint when it is unreadable), or from a checkpoint file: runs/NAME/checkpoints/epoch_002.pt.")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start a new run from these weights: a run, a checkpoint file, a model folder, hf:OWNER/NAME or @NAME, taking its model settings (train.init_from); the optimizer and learning-rate schedule start fresh.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue run NAME from its last.pt (when that is unreadable, from the readable checkpoint with the most steps), or from a checkpoint file: runs/NAME/checkpoints/epoch_002.pt.")] = None,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N local processes (torchrun + DDP); --batch-size is the global batch.")] = None,
     tensorboard: Annotated[Optional[bool], typer.Option(
         "--tensorboard/--no-tensorboard", help="TensorBoard logs in RUN_DIR/tb (run.tensorboard; default: when installed).")] = None,
-    runs_dir: Annotated[Optional[str], typer.Option("--runs-dir", help=f"Where runs are created and looked up (run.runs_dir; default {RunSettings.runs_dir}).")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option("--runs-dir", help=f"Where runs are created and looked up (run.runs_dir; default $DRAW_RUNS_DIR, else {RunSettings.runs_dir}).")] = None,
 ):
     """Train DRAW; writes runs/NAME/ (config.yaml, metrics.jsonl, checkpoints/)."""
     notes = []
@@ -451,7 +456,7 @@ Examples (runs you trained, e.g. quick: see draw train --help):
 def plot(
     runs: Annotated[List[str], typer.Argument(help="Run names under the runs directory, run directories or checkpoint files in them; several go in one figure.")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG, SVG or PDF file (default RUN_DIR/curves.png for one run, curves.png for several).")] = None,
-    x: Annotated[str, typer.Option("--x", help="Horizontal axis: step or epoch.")] = "step",
+    x: Annotated[Optional[str], typer.Option("--x", help="Horizontal axis: step or epoch (default: step, or epoch when a run changed its batch size on resume; the change is marked).")] = None,
     parts: Annotated[bool, typer.Option("--parts", help="Also plot L_x and L_z, each in its own panel.")] = False,
     log: Annotated[bool, typer.Option("--log/--linear", help="Logarithmic or linear loss axis.")] = False,
     paper: Annotated[bool, typer.Option("--paper", help="Horizontal lines at the paper's 80.97 (attention) / 87.40 (no attention) for MNIST runs.")] = False,
@@ -482,10 +487,10 @@ Examples:
 @app.command("runs", epilog=RUNS_EXAMPLES)
 @_user_errors
 def runs_command(
-    runs_dir: Annotated[str, typer.Option("--runs-dir", help="The runs folder to list.")] = "runs",
+    runs_dir: Annotated[str, typer.Option("--runs-dir", envvar="DRAW_RUNS_DIR", help="The runs folder to list ($DRAW_RUNS_DIR when set).")] = "runs",
     as_json: Annotated[bool, typer.Option("--json", help="Print the same data as JSON, for scripts.")] = False,
 ):
-    """The runs in a runs folder: data, model, progress, best loss, IWAE, last change and status (finished, interrupted, failed, empty, locked)."""
+    """The runs in a runs folder: data, model, complete epochs, steps, best loss, tightest IWAE bound (with its K), last change and status (finished, stopped at max-steps, interrupted, failed, empty, locked)."""
     from drawcli.commands.runs import runs_command as list_command
 
     list_command(runs_dir, as_json=as_json)

@@ -23,7 +23,6 @@ import yaml
 from drawcli.core.errors import DrawError
 from drawcli.data.catalogue import DATASETS, FOLDER_PREFIX, is_folder
 
-IMAGE_SIDE_MAX = 28  # refined against the data set's real shape when it is loaded
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -147,10 +146,7 @@ MIN = {
     ("train", "grad_clip"): 0.0,
     ("train", "seed"): 0,
 }
-MAX = {
-    ("model", "read_n"): IMAGE_SIDE_MAX,
-    ("model", "write_n"): IMAGE_SIDE_MAX,
-}
+MAX: dict = {}  # read_n and write_n: at most the image side, a rule between keys (image_side, check_against_image)
 POSITIVE = {("train", "lr")}  # strictly > 0
 OPEN_UNIT = {("train", "beta1"), ("train", "beta2")}  # in [0, 1)
 UNIT = {("train", "lr_decay")}  # in (0, 1]
@@ -173,6 +169,52 @@ def _type_of(section: str, key: str) -> str:
 # older runs): model.steps was easy to confuse with optimizer steps (--max-steps), and embed is the
 # latent size. Messages name the key as it was written.
 ALIASES = {("model", "steps"): "glimpses", ("model", "embed"): "latent"}
+
+
+# Other names people give the settings (other programs', papers', the flags of the original code):
+# an unknown key that is one of them suggests the setting, in any section, before close spellings.
+# A value may add a word after the key: shown after the suggestion.
+SYNONYMS = {
+    **dict.fromkeys(("learning_rate", "learningrate", "rate", "lr_rate"), "train.lr"),
+    **dict.fromkeys(("batch", "batchsize", "bs", "minibatch", "mini_batch", "batch_len"), "train.batch_size"),
+    **dict.fromkeys(("epoch", "n_epochs", "num_epochs", "max_epochs", "nepochs"), "train.epochs"),
+    **dict.fromkeys(("iterations", "iters", "max_iters", "num_steps", "total_steps", "max_step", "train_steps"), "train.max_steps"),
+    "steps": "model.glimpses glimpses are the drawing steps per image; optimizer steps are train.max_steps",
+    **dict.fromkeys(("t", "T", "n_glimpses", "num_glimpses", "glimpse_count", "timesteps", "time_steps"), "model.glimpses"),
+    **dict.fromkeys(("z", "z_size", "z_dim", "latent_size", "latent_dim", "code_size", "embedding", "embed_size"), "model.latent"),
+    **dict.fromkeys(("hidden_size", "hidden_dim", "lstm", "lstm_size", "units", "rnn_size", "enc_size", "dec_size"), "model.hidden"),
+    **dict.fromkeys(("read", "read_size", "read_window", "read_attn_size"), "model.read_n"),
+    **dict.fromkeys(("write", "write_size", "write_window", "write_attn_size"), "model.write_n"),
+    **dict.fromkeys(("attn", "use_attention", "read_attn", "write_attn"), "model.attention"),
+    **dict.fromkeys(("warmup", "warmup_iters", "warm_up"), "train.warmup_steps"),
+    **dict.fromkeys(("clip", "clip_grad", "gradient_clip", "max_grad_norm", "clip_norm", "grad_norm"), "train.grad_clip"),
+    **dict.fromkeys(("schedule", "scheduler", "lr_scheduler", "lr_policy"), "train.lr_schedule"),
+    **dict.fromkeys(("random_seed", "rng_seed"), "train.seed"),
+    **dict.fromkeys(("iwae_samples", "importance_samples", "k"), "train.eval_samples"),
+    **dict.fromkeys(("dtype", "amp", "mixed_precision"), "train.precision"),
+    **dict.fromkeys(("pretrained", "init", "init_weights", "weights", "checkpoint", "finetune_from"), "train.init_from"),
+    **dict.fromkeys(("data", "data_set", "dataset_name", "data_name"), "data.dataset"),
+    **dict.fromkeys(("data_path", "data_root", "root", "dataroot", "data_folder"), "data.data_dir"),
+    **dict.fromkeys(("size", "img_size", "resolution", "resize", "image_side"), "data.image_size"),
+    **dict.fromkeys(("binarise", "binarization", "binarisation", "binary"), "data.binarize"),
+    **dict.fromkeys(("val", "valid", "validation_split", "holdout"), "data.validation"),
+    **dict.fromkeys(("gpu", "cuda", "accelerator"), "run.device"),
+    **dict.fromkeys(("num_threads", "n_threads", "nthreads", "cpu_threads"), "run.threads"),
+    **dict.fromkeys(("out_dir", "output_dir", "log_dir", "logdir", "save_dir", "checkpoint_dir", "run_dir"), "run.runs_dir"),
+    **dict.fromkeys(("run_name", "experiment", "exp_name"), "run.name"),
+    **dict.fromkeys(("backend", "implementation"), "run.engine"),
+}
+
+
+def _synonym(section: str, key: str) -> str | None:
+    """' (did you mean ...?)' for a key that SYNONYMS knows, or None."""
+    target = SYNONYMS.get(key) or SYNONYMS.get(key.lower())
+    if target is None:
+        return None
+    dotted, _, why = target.partition(" ")
+    where, name = dotted.split(".")
+    shown = name if where == section else dotted
+    return f" (did you mean '{shown}'?" + (f" {why})" if why else ")")
 
 
 def model_arguments(model: ModelSettings) -> dict[str, Any]:
@@ -289,6 +331,9 @@ def _check_key(section: str | None, key: str, origin: str) -> None:
         return
     valid = [f.name for f in fields(_SECTION_CLASSES[section])]
     if key not in valid:
+        synonym = _synonym(section, key)
+        if synonym:
+            raise DrawError(f"{origin}{section}.{key}: unknown key{synonym}")
         # A key that belongs to another section is a common slip: say where it lives.
         for other, cls in _SECTION_CLASSES.items():
             if key in {f.name for f in fields(cls)} | {old for (sec, old) in ALIASES if sec == other}:
@@ -353,6 +398,18 @@ def _check_together(settings: Settings, origin: Callable[[str], str]) -> None:
         )
     if ts.lr_schedule != "wsd" and ts.decay_start is not None:
         raise DrawError(f"{origin('train.decay_start')}train.decay_start: only for train.lr_schedule=wsd (it is {ts.lr_schedule})")
+    side = image_side(ds)
+    if side is not None:
+        check_against_image(settings, *side, origin=origin)
+
+
+def image_side(data: DataSettings) -> tuple[int, int] | None:
+    """(height, width) of the images ``data`` names, where the settings alone tell it: a registry
+    data set's, or a folder's data.image_size; None for a folder without it (known once read)."""
+    if is_folder(data.dataset):
+        return None if data.image_size is None else (data.image_size, data.image_size)
+    spec = DATASETS[data.dataset]
+    return spec.height, spec.width
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -434,18 +491,21 @@ def build_settings(
     sets: list[str] | None = None,
     base: Settings | None = None,
     together: bool = True,
+    given: dict[str, str] | None = None,
 ) -> Settings:
     """defaults (or ``base``) < YAML file < flags (None means 'not given') < --set.
 
     ``together=False`` checks every key and value but not the rules between keys (see
-    :func:`apply_overrides`)."""
+    :func:`apply_overrides`). ``given``, a dict, receives ``{"section.key": origin}`` for every key
+    a layer set, with the origin of the last one: ``"FILE: "`` (the config), ``""`` (a flag) or
+    ``"--set "``."""
     settings = base or Settings()
     layers = []
     if config is not None:
         layers.append((load_yaml(config), f"{config}: "))
     if flags:
-        given = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
-        layers.append(({s: kv for s, kv in given.items() if kv}, ""))
+        set_flags = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}
+        layers.append(({s: kv for s, kv in set_flags.items() if kv}, ""))
     layers.append((parse_set(sets), "--set "))
     given_in: dict[str, str] = {}  # "section.key" -> the origin of the last layer that gave it
     for overrides, origin in layers:
@@ -455,6 +515,8 @@ def build_settings(
                 given_in[f"{section}.{ALIASES.get((str(section), str(key)), str(key))}"] = origin
     if together:
         _check_together(settings, lambda key: given_in.get(key, ""))
+    if given is not None:
+        given.update(given_in)
     return settings
 
 
@@ -492,13 +554,15 @@ def check_command_options(seed: int | None = None, device: str | None = None, pr
         raise DrawError(f"--engine: expected one of {', '.join(engines)}, got {engine!r}")
 
 
-def check_against_image(settings: Settings, height: int, width: int) -> None:
-    """Range rules that depend on the data: glimpse sizes must fit the image."""
+def check_against_image(settings: Settings, height: int, width: int, origin: Callable[[str], str] = lambda key: "") -> None:
+    """Range rules that depend on the data: the read and write windows are at most the image's
+    shorter side (checked as soon as it is known: from the settings for a registry data set or a
+    folder's data.image_size, else once the pictures are read)."""
     side = min(height, width)
     for key in ("read_n", "write_n"):
         n = getattr(settings.model, key)
         if n > side:
-            raise DrawError(f"model.{key}: must be <= {side} (the image side), got {n}")
+            raise DrawError(f"{origin('model.' + key)}model.{key}: must be <= {side} (the image side), got {n}")
 
 
 def load_data(data: DataSettings, data_dir: Path):

@@ -106,7 +106,8 @@ def test_images_in_any_usual_form(mnist):
         assert message in str(e.value)
     for bad_call, message in ((lambda: mnist.sample(0), "n must be an integer >= 1, got 0"),
                               (lambda: mnist.sample(2, seed=-1), "seed must be an integer >= 0, got -1"),
-                              (lambda: mnist.iwae(u8, k=0), "samples must be an integer >= 1, got 0")):
+                              (lambda: mnist.iwae(u8, k=0), "k must be an integer >= 1, got 0"),
+                              (lambda: mnist.bounds(u8, samples=0), "samples must be an integer >= 1, got 0")):
         with pytest.raises(DrawError) as e:
             bad_call()
         assert message in str(e.value)
@@ -124,6 +125,18 @@ def test_a_run_by_name_and_by_directory(tmp_path, monkeypatch, synthetic_data_di
     assert by_file.checkpoint.name == "epoch_001.pt" and by_file.epoch == 1
     assert torch.equal(by_name.sample(2, seed=0), by_dir.sample(2, seed=0))
     assert torch.equal(by_file.sample(2, seed=0), by_dir.sample(2, seed=0))
+    # checkpoint: an epoch number as an int or a string, "last", "best" or None (the default).
+    for checkpoint, name in ((1, "epoch_001.pt"), ("1", "epoch_001.pt"), ("001", "epoch_001.pt"), ("last", "last.pt"),
+                             ("best", "best.pt"), (None, "best.pt")):
+        assert drawcli.load("tiny", device="cpu", checkpoint=checkpoint).checkpoint.name == name, checkpoint
+    for checkpoint, message in ((1.0, "checkpoint: expected an epoch number, 'last' or 'best', got 1.0"),
+                                (True, "checkpoint: expected an epoch number, 'last' or 'best', got True"),
+                                (-1, "checkpoint: expected an epoch number, 'last' or 'best', got -1"),
+                                ("first", "checkpoint: expected an epoch number, 'last' or 'best', got 'first'"),
+                                (2, "run 'tiny' has no checkpoint for epoch 2 (epochs with checkpoints: 1)")):
+        with pytest.raises(DrawError) as e:
+            drawcli.load("tiny", device="cpu", checkpoint=checkpoint)
+        assert message in str(e.value), (checkpoint, str(e.value))
 
 
 def test_a_wrong_source_is_one_clear_error(tmp_path):
@@ -145,6 +158,16 @@ def test_create_model_takes_the_documented_names_and_checks_them():
         with pytest.raises(DrawError) as e:
             drawcli.create_model(**kwargs)
         assert message in str(e.value)
+
+
+def test_create_model_takes_windows_as_wide_as_the_image():
+    """The read and write windows may be as wide as the image side, whatever it is (not a fixed 28)."""
+    model = drawcli.create_model(glimpses=2, hidden=8, latent=3, read_n=30, write_n=64, height=64, width=64)
+    assert (model.read_n, model.write_n) == (30, 64)
+    assert model(torch.rand(2, 64, 64), engine="python").loss.shape == (2,)
+    with pytest.raises(DrawError) as e:
+        drawcli.create_model(read_n=33, height=32, width=40)
+    assert "model.read_n: must be <= 32 (the image side), got 33" in str(e.value)
 
 
 def test_torch_hub_entry_points(tmp_path, monkeypatch):

@@ -107,3 +107,8 @@ def test_a_folder_that_matches_its_sha256_but_not_the_format_is_refused(tiny_bui
     with pytest.raises(DrawError, match=r"^built-in model @tiny: .*model.safetensors: not a valid safetensors file"):
         builtin.build(fake, torch.device("cpu"))
     assert config["format"] == "drawcli-model"
+
+
+def test_a_mistyped_builtin_name_suggests_the_nearest():
+    with pytest.raises(DrawError, match=r"unknown built-in model @mnst \(did you mean @mnist\?"):
+        builtin.get_builtin("@mnst")

@@ -117,3 +117,28 @@ def test_download_extra_reaches_the_downloader(monkeypatch, tmp_path):
     assert seen["name"] == "svhn" and seen["extra"] is True
     CliRunner().invoke(app, ["download", "svhn", "--data-dir", str(tmp_path)])
     assert seen["extra"] is False
+
+
+@pytest.mark.parametrize("flag, hint", [("--learning-rate", "--lr"), ("--batch", "--batch-size"), ("--z-dim", "--latent")])
+def test_a_flag_by_another_name_suggests_the_real_one(flag, hint):
+    r = CliRunner().invoke(app, ["train", flag, "3"])
+    assert r.exit_code == 2 and f"error: draw train: unknown option {flag} (did you mean {hint}?)" in r.output, r.output
+
+
+def test_a_run_not_found_says_where_runs_are_looked_up_and_draw_runs_dir_works(tmp_path, monkeypatch, runs):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["sample", "att"])
+    assert r.exit_code == 1
+    assert f"run 'att' not found in {tmp_path / 'runs'} (no runs there yet); runs elsewhere: --runs-dir DIR or " \
+           "DRAW_RUNS_DIR=DIR" in " ".join(r.output.split()), r.output
+    r = CliRunner().invoke(app, ["sample", "att", "-n", "2", "--device", "cpu", "-o", "s.png"], env={"DRAW_RUNS_DIR": str(runs)})
+    assert r.exit_code == 0 and (tmp_path / "s.png").is_file(), r.output
+    r = CliRunner().invoke(app, ["runs", "--json"], env={"DRAW_RUNS_DIR": str(runs)})
+    assert [row["name"] for row in json.loads(r.stdout)] == ["att"]
+
+
+def test_picture_commands_print_no_engine_line(runs, tmp_path):
+    """The engine matters for training and evaluation (said there); sample and animate just draw."""
+    for argv in (["sample", "att", "-n", "2", "-o", tmp_path / "s.png"], ["animate", "att", "-n", "2", "-o", tmp_path / "a.gif"]):
+        r = CliRunner().invoke(app, [str(a) for a in argv] + ["--device", "cpu", "--runs-dir", str(runs)])
+        assert r.exit_code == 0 and "engine" not in r.output, r.output

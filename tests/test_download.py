@@ -1007,3 +1007,13 @@ def test_two_digit_mnist_from_real_mnist_matches_the_registry(mnist_dir, tmp_pat
             a, ra, ca, _, b, rb, cb, _ = layout[i]
             assert (images[i, ra : ra + 28, ca : ca + 28] >= digits[a]).all()
             assert (images[i, rb : rb + 28, cb : cb + 28] >= digits[b]).all()
+
+
+def test_a_from_folder_that_does_not_exist_is_an_error_even_when_installed(server, tiny, tmp_path):
+    server.mounts["m"] = tiny.raw_dir
+    console, out = quiet_console()
+    root = str(tmp_path / "data")
+    download_cmd.download_command("tiny", root, source=server.url("m"), console=console)
+    assert all(s == "ok" for s in verify.verify_dataset(tiny.spec, tmp_path / "data" / "tiny").values())
+    with pytest.raises(DrawError, match="^--from /nonexistent: no such folder$"):
+        download_cmd.download_command("tiny", root, source="/nonexistent", console=console)

@@ -162,7 +162,7 @@ def test_yaml_that_is_not_a_mapping(tmp_path, text, fragment):
     [
         (("yaml", "model:\n  stepz: 3\n"), "model.stepz: unknown key (did you mean 'steps'?)"),
         (("yaml", "modle:\n  steps: 3\n"), "modle: unknown section (did you mean 'model'?)"),
-        (("yaml", "train:\n  steps: 3\n"), "train.steps: unknown key (did you mean 'model.steps'?)"),
+        (("yaml", "train:\n  steps: 3\n"), "train.steps: unknown key (did you mean 'model.glimpses'? glimpses are the drawing steps per image; optimizer steps are train.max_steps)"),
         # the list goes on with every train key
         (("yaml", "train:\n  colour: red\n"), "train.colour: unknown key (valid keys: epochs, batch_size, lr, lr_schedule, "),
         (("set", "model.read_m=3"), "--set model.read_m: unknown key (did you mean 'read_n'?)"),

@@ -374,3 +374,35 @@ def test_clear_errors(tmp_path, data_dir):
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
         assert "Traceback" not in result.output
     assert not list(runs_dir.glob("*/eval*.json"))
+
+
+def test_progress_estimates_the_total_time_early_and_says_the_time_left():
+    """The first batches give an estimate in one line (after ESTIMATE_AFTER seconds, or a tenth of the
+    work); plain lines then say the time left. A fake clock: nothing here depends on real time."""
+    from drawcli.core.progress import Reporter
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = Reporter(Console(file=out, width=200), unit="images", estimate=True, clock=lambda: now[0])
+    bar.begin("K=100", 10000)
+    for done in range(26, 10001, 26):
+        now[0] = done * 0.084  # 84 s per 1000 images: 14 minutes for 10,000
+        bar.tick(done)
+    now[0] = 840.0
+    bar.tick(10000)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "K=100: 52/10000 images in 4.4 s; about 14 min in all, 14 min left (estimated from them)", lines[0]
+    assert "K=100: 1014/10000 images (85.2 s, about 13 min left)" in lines
+    assert lines[-1].startswith("K=100: 10000/10000 images (840.0 s)")
+    assert len(lines) < 30  # a line every tenth, or every minute: not every batch
+
+
+def test_evaluate_prints_the_estimate_in_its_first_progress_line(tmp_path, data_dir):
+    make_run(tmp_path / "runs", "tiny", TINY, data_dir)
+    args = ["evaluate", "tiny", "--runs-dir", str(tmp_path / "runs"), "--samples", "2", "--batch-size", "4", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    progress = [line for line in lines if line.startswith("K=2: ")]
+    assert "in all" in progress[0] and "left (estimated from them)" in progress[0], progress
+    assert progress[-1].startswith("K=2: 48/48 images")

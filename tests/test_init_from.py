@@ -78,7 +78,7 @@ def test_draw_train_init_from_a_run_and_what_it_refuses(tmp_path, monkeypatch, e
     # Another model: one line naming the key, and no run left behind.
     r = run_cli("train", *TINY, "--hidden", "8", "--init-from", "donor", "--name", "other", env=env)
     assert r.exit_code != 0
-    assert "train.init_from donor: another model (model.hidden is 16 there and 8 here)" in r.output
+    assert "train.init_from donor: another model (model.hidden is 16 there and 8 here, from --hidden)" in r.output
     assert not (tmp_path / "runs" / "other").exists()
     # A name that is nothing.
     r = run_cli("train", *TINY, "--init-from", "nosuch", "--name", "other", env=env)
@@ -99,7 +99,8 @@ def test_init_from_the_bundled_model_checks_the_model_settings(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     r = run_cli("train", *TINY, "--init-from", "@mnist", "--name", "other", env=env)
     assert r.exit_code != 0
-    assert "train.init_from @mnist: another model (model.glimpses is 64 there and 3 here;" in r.output
+    assert "train.init_from @mnist: another model (model.glimpses is 64 there and 3 here, from --glimpses;" in r.output
+    assert "leave out --glimpses, --hidden and --latent" in " ".join(r.output.split())
     assert not (tmp_path / "runs" / "other").exists()
 
 
@@ -115,6 +116,33 @@ def test_init_from_the_bundled_model_names_its_whole_history():
     assert line == (f"initial weights: @mnist (sha256 {sha}), 400 epochs in 4 cycles: 160 + 90 + 85 + 65, 375200 steps; "
                     "a fresh optimizer and learning-rate schedule")
     assert "epoch 65" not in line and len(state) > 10
+
+
+def test_a_new_run_from_weights_takes_the_model_settings_the_file_carries(tmp_path, monkeypatch, env):
+    """`draw export` then `draw train --init-from FILE` without repeating the model flags: the file's
+    model settings are the run's; a flag, config or --set that sets one otherwise is refused, naming it."""
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("train", *TINY, "--epochs", "1", "--read-n", "3", "--write-n", "4", "--name", "quick", env=env)
+    assert r.exit_code == 0, r.output
+    assert run_cli("export", "quick", "-o", "quick.pt", env=env).exit_code == 0
+    plain = ("-b", "32", "--device", "cpu", "--epochs", "1", "--set", "train.eval_batch_size=50")
+    for source in ("quick.pt", "quick"):
+        r = run_cli("train", *plain, "--init-from", source, "--name", f"ft-{source}", env=env)
+        assert r.exit_code == 0, r.output
+        model = yaml.safe_load((tmp_path / "runs" / f"ft-{source}" / "config.yaml").read_text())["model"]
+        assert model == {"glimpses": 3, "hidden": 16, "latent": 4, "attention": True, "read_n": 3, "write_n": 4}
+    # Settings given explicitly that agree are fine; those that disagree are refused with the fix.
+    r = run_cli("train", *plain, "--hidden", "16", "--init-from", "quick.pt", "--name", "same", env=env)
+    assert r.exit_code == 0, r.output
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  glimpses: 64\n")
+    for extra, origin in ((["--glimpses", "5"], "--glimpses"), (["-c", config], f"model.glimpses in {config}"),
+                          (["--set", "model.steps=5"], "--set model.steps=5")):
+        r = run_cli("train", *plain, *extra, "--init-from", "quick.pt", "--name", "other", env=env)
+        line = " ".join(r.stderr.split())
+        assert r.exit_code == 1 and f"from {origin})" in line and f"leave out {origin}" in line, r.output
+        assert "train.init_from quick.pt: another model (model.glimpses is 3 there and " in line, line
+        assert not (tmp_path / "runs" / "other").exists()
 
 
 def test_a_weights_file_loads_and_starts_a_run_but_is_not_resumed(tmp_path, monkeypatch, env):

@@ -97,3 +97,22 @@ def test_second_sigint_quits_at_once_without_a_partial_checkpoint(tmp_path, synt
     # Whatever happened first, last.pt is a whole checkpoint (the old one or the new one).
     assert ckpt_io.load(ckpts / "last.pt")["step"] >= 12
     assert not list(ckpts.glob(".*tmp*"))
+
+
+def test_a_clean_stop_is_not_an_error_and_says_what_was_saved(tmp_path, monkeypatch, synthetic_data_dir):
+    """What Ctrl-C (or SIGTERM) ends with once last.pt is written: not 'error:', but where to go on from."""
+    import drawcli.training.loop
+    from drawcli.core.errors import Interrupted
+
+    from helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+
+    def stopped(*args, **kwargs):
+        raise Interrupted(5)
+
+    monkeypatch.setattr(drawcli.training.loop, "train", stopped)
+    r = run_cli(*ARGS, "--name", "cut", env={"DRAW_DATA_DIR": str(synthetic_data_dir)})
+    assert r.exit_code == 130
+    assert r.stderr.strip().splitlines()[-1] == "stopped at step 5: saved runs/cut/checkpoints/last.pt; continue with: draw train --resume cut"
+    assert "error" not in r.stderr

@@ -259,7 +259,7 @@ def test_item5_ctrl_c_to_a_two_process_job_is_one_line_last_pt_and_exit_130(tmp_
     assert proc.returncode == 130, (out, err)
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[:-1] == ["stopping after this step to save last.pt (press Ctrl-C again to quit at once)"], err
-    assert re.fullmatch(r"error: interrupted at step \d+; saved runs/ddp/checkpoints/last\.pt; "
+    assert re.fullmatch(r"stopped at step \d+: saved runs/ddp/checkpoints/last\.pt; "
                         r"continue with: draw train --resume ddp", lines[-1]), err
     last = ckpt_io.load(tmp_path / "runs" / "ddp" / "checkpoints" / "last.pt")
     assert last["step"] > 12 and last["epoch_images"] > 0

@@ -288,7 +288,7 @@ def test_item6_runs_shows_the_targets_in_effect_whole_epochs_limited_iwae_and_fa
     ok(run_cli("train", "--resume", "tiny", "--epochs", "2", "--max-steps", "4", env=env))
     row = info()
     assert (row["epochs"], row["epochs_target"], row["steps"], row["max_steps"]) == (1, 2, 4, 4)
-    assert row["status"] == "finished"  # at its --max-steps
+    assert row["status"] == "stopped at max-steps"  # at its --max-steps, before its epochs (issue 37)
     ok(run_cli("train", "--resume", "tiny", "--epochs", "5", "--max-steps", "5", env=env))
     ok(run_cli("train", "--resume", "tiny", "--epochs", "3", env=env))  # no --max-steps: none is in effect
     row = info()

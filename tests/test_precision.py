@@ -186,3 +186,13 @@ def test_draw_train_applies_threads_and_the_flag_overrides(tmp_path, synthetic_d
     assert out.returncode == 0, out.stderr
     assert "threads: 1 per process (as set)" in out.stdout and "THREADS 1" in out.stdout
     assert "precision bfloat16" in out.stdout
+
+
+def test_more_threads_than_cores_is_one_warning(monkeypatch):
+    from drawcli.core.device import thread_warning
+
+    monkeypatch.setattr("drawcli.core.device.usable_cores", lambda: 2)
+    assert thread_warning(2) is None and thread_warning(1, processes=2) is None
+    assert thread_warning(4) == ("warning: --threads 4 is more than the 2 CPU cores this process may use; "
+                                 "the threads beyond them wait for each other (slower, not faster)")
+    assert thread_warning(2, processes=2).startswith("warning: --threads 2 x 2 processes is more than the 2 CPU cores")

@@ -162,3 +162,54 @@ def test_glimpses_and_latent_keep_their_old_names_as_aliases(tmp_path):
     from drawcli.settings import model_arguments
 
     assert model_arguments(old.model)["steps"] == 12 and model_arguments(old.model)["embed"] == 9
+
+
+@pytest.mark.parametrize("dataset, side", [("svhn", 32), ("cifar10", 32), ("two-digit-mnist", 60), ("mnist", 28)])
+def test_windows_may_be_as_wide_as_the_data_sets_image_side(tmp_path, dataset, side):
+    """read_n and write_n are limited by the data set's real image side, not by a fixed 28."""
+    s = build_settings(write(tmp_path, f"model:\n  read_n: {side}\n  write_n: {side}\ndata:\n  dataset: {dataset}\n"))
+    assert (s.model.read_n, s.model.write_n) == (side, side)
+    with pytest.raises(DrawError) as e:
+        build_settings(write(tmp_path, f"model:\n  read_n: {side + 1}\ndata:\n  dataset: {dataset}\n"))
+    assert f"model.read_n: must be <= {side} (the image side), got {side + 1}" in str(e.value)
+
+
+def test_windows_of_a_folder_data_set_are_limited_by_its_image_size(tmp_path):
+    """folder:PATH with data.image_size: checked against it at once; without: once the pictures are read."""
+    s = build_settings(write(tmp_path, "model:\n  read_n: 30\n  write_n: 64\ndata:\n  dataset: folder:/x\n  image_size: 64\n"))
+    assert (s.model.read_n, s.model.write_n) == (30, 64)
+    with pytest.raises(DrawError, match=r"model.write_n: must be <= 64 \(the image side\), got 65"):
+        build_settings(write(tmp_path, "model:\n  write_n: 65\ndata:\n  dataset: folder:/x\n  image_size: 64\n"))
+    assert build_settings(write(tmp_path, "model:\n  read_n: 100\ndata:\n  dataset: folder:/x\n")).model.read_n == 100
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.learning_rate=0.01", "--set train.learning_rate: unknown key (did you mean 'lr'?)"),
+        ("train.batch=64", "--set train.batch: unknown key (did you mean 'batch_size'?)"),
+        ("model.z_dim=10", "--set model.z_dim: unknown key (did you mean 'latent'?)"),
+        ("model.hidden_size=10", "--set model.hidden_size: unknown key (did you mean 'hidden'?)"),
+        ("model.learning_rate=0.1", "--set model.learning_rate: unknown key (did you mean 'train.lr'?)"),
+        ("run.gpu=cuda", "--set run.gpu: unknown key (did you mean 'device'?)"),
+        ("train.steps=10", "--set train.steps: unknown key (did you mean 'model.glimpses'? glimpses are the drawing "
+                           "steps per image; optimizer steps are train.max_steps)"),
+    ],
+)
+def test_unknown_keys_are_matched_on_meaning_too(item, message):
+    """Common other names of a setting suggest it, as close spellings do (settings.SYNONYMS)."""
+    with pytest.raises(DrawError) as e:
+        build_settings(None, None, [item])
+    assert str(e.value) == message
+
+
+def test_every_synonym_names_a_real_setting_and_is_none_itself():
+    from dataclasses import fields
+
+    from drawcli.settings import _SECTION_CLASSES, SYNONYMS
+
+    keys = {f"{section}.{f.name}" for section, cls in _SECTION_CLASSES.items() for f in fields(cls)}
+    for other, target in SYNONYMS.items():
+        assert target.split(" ")[0] in keys, (other, target)
+        # (an old name, model.steps, is read as its key in its own section: a synonym in the others)
+        assert other not in {k.split(".")[1] for k in keys}, other

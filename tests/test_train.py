@@ -175,6 +175,86 @@ def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monk
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.parametrize("side", [32, 60, 64])
+def test_windows_as_wide_as_the_image_train_on_a_folder(tmp_path, monkeypatch, side):
+    """A read and write window as wide as the image side (not capped at 28): YAML and flags, Python engine."""
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / f"pictures{side}"
+    folder.mkdir()
+    for i, image in enumerate(synthetic_images(12, seed=side)):
+        Image.fromarray(image).resize((side, side)).save(folder / f"{i:02d}.png")
+    small = ["--glimpses", "2", "--hidden", "8", "--latent", "3", "-b", "4", "--max-steps", "1", "--device", "cpu",
+             "--engine", "python", "--set", "train.eval_batch_size=4", "--no-tensorboard"]
+    r = run_cli("train", "--dataset", f"folder:{folder}", "--read-n", side, "--write-n", side, *small, "--name", "flags")
+    assert r.exit_code == 0, r.output
+    assert ckpt_io.load(tmp_path / "runs" / "flags" / "checkpoints" / "last.pt")["model_config"]["read_n"] == side
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  read_n: {side}\n  write_n: {side}\ndata:\n  dataset: folder:{folder}\n  image_size: {side}\n")
+    r = run_cli("train", "-c", config, *small, "--name", "yaml")
+    assert r.exit_code == 0, r.output
+    # One pixel wider than the image: refused in one line, naming the real side.
+    r = run_cli("train", "--dataset", f"folder:{folder}", "--read-n", side + 1, *small, "--name", "wide")
+    assert r.exit_code == 1 and f"model.read_n: must be <= {side} (the image side), got {side + 1}" in r.stderr, r.output
+
+
+def test_resume_after_a_corrupt_last_pt_takes_the_newest_readable_full_checkpoint_by_step(tmp_path, monkeypatch, synthetic_data_dir):
+    """Whatever its kind (last.pt, best.pt, epoch_NNN.pt): the readable checkpoint with the most steps
+    and the full training state; the files it would overwrite are set aside, never deleted."""
+    import os
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    env = {"DRAW_DATA_DIR": str(synthetic_data_dir)}
+    tiny = ["--glimpses", "2", "--hidden", "16", "--latent", "4", "-b", "32", "--device", "cpu", "--set", "train.eval_batch_size=50"]
+    r = run_cli("train", *tiny, "--epochs", "3", "--max-steps", "5", "--name", "c", env=env)  # 3 steps per epoch
+    assert r.exit_code == 0, r.output
+    ckpts = tmp_path / "runs" / "c" / "checkpoints"
+    last, best = ckpts / "last.pt", ckpts / "best.pt"
+    # best.pt its own file (not a link to last.pt) at step 5, as readable as it was; last.pt cut short.
+    best.unlink()
+    shutil.copyfile(last, best)
+    os.truncate(last, 10000)
+    assert ckpt_io.load(best)["step"] == 5 and ckpt_io.load(ckpts / "epoch_001.pt")["step"] == 3
+
+    r = run_cli("train", "--resume", "c", "--max-steps", "6", env=env)
+    assert r.exit_code == 0, r.output
+    assert "using best.pt instead (epoch 2, step 5)" in r.stdout and "resuming at step 5" in r.stdout
+    assert ckpt_io.load(last)["step"] == 6  # one step trained, not 3 trained again from epoch_001.pt
+    aside = [p for p in ckpts.iterdir() if p.name.startswith("set-aside-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["last.pt"]
+    assert (aside[0] / "last.pt").stat().st_size == 10000  # kept as it was
+
+    # A readable best.pt without the random state cannot continue training: the next newest that can.
+    full = ckpt_io.load(last)
+    ckpt_io.atomic_save({k: v for k, v in full.items() if k != "rng"}, ckpts / "best.pt.new")
+    os.replace(ckpts / "best.pt.new", best)
+    os.truncate(last, 10000)  # step 6 ended epoch 2: last.pt is a link to epoch_002.pt, cut too
+    r = run_cli("train", "--resume", "c", "--max-steps", "7", env=env)
+    assert r.exit_code == 0, r.output
+    assert "using epoch_001.pt instead (epoch 1, step 3)" in r.stdout and "resuming at step 3" in r.stdout
+    # best.pt (step 6, newer than epoch_001.pt) was set aside with the cut files: nothing is deleted.
+    second = [p for p in ckpts.iterdir() if p.name.startswith("set-aside-") and p not in aside]
+    assert len(second) == 1 and sorted(p.name for p in second[0].iterdir()) == ["best.pt", "epoch_002.pt", "last.pt"]
+
+
+def test_a_window_without_attention_and_more_threads_than_cores_are_said_in_one_line(tmp_path, monkeypatch, synthetic_data_dir):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    r = run_cli("train", "--no-attention", "--read-n", "3", "--glimpses", "2", "--hidden", "8", "--latent", "2", "-b", "32",
+                "--max-steps", "1", "--device", "cpu", "--threads", cores + 1, "--no-tensorboard", "--name", "w",
+                env={"DRAW_DATA_DIR": str(synthetic_data_dir)})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert "warning: --read-n has no effect without attention (--no-attention): the model reads and writes whole images" in lines
+    threads = [line for line in lines if line.startswith("warning: --threads")]
+    assert threads == [f"warning: --threads {cores + 1} is more than the {cores} CPU core{'s' * (cores > 1)} this process may "
+                       "use; the threads beyond them wait for each other (slower, not faster)"], lines
+
+
 def test_real_mnist_training_learns_and_resumes(mnist_data_dir, tmp_path, monkeypatch):
     """A few hundred steps on real MNIST beat the best model that ignores the latents.
 

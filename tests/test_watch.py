@@ -386,7 +386,7 @@ def test_runs_lists_finished_interrupted_empty_and_locked_runs(tmp_path, monkeyp
     info = {row["name"]: row for row in json.loads(r.stdout)}
     assert set(info) == {"real", "stopped", "capped", "early", "fresh", "busy"}
     status = {name: row["status"] for name, row in info.items()}
-    assert status == {"real": "finished", "stopped": "interrupted", "capped": "finished", "early": "interrupted",
+    assert status == {"real": "finished", "stopped": "interrupted", "capped": "stopped at max-steps", "early": "interrupted",
                       "fresh": "empty", "busy": "locked"}
     assert info["busy"]["lock"]["pid"] == 4242
     real = info["real"]
@@ -412,3 +412,73 @@ def test_runs_lists_finished_interrupted_empty_and_locked_runs(tmp_path, monkeyp
     r = run_cli("runs", "--runs-dir", "nowhere")
     assert r.exit_code == 0 and f"no runs in {tmp_path / 'nowhere'} (--runs-dir DIR lists another folder" in r.stdout
     assert json.loads(run_cli("runs", "--runs-dir", "nowhere", "--json").stdout) == []
+
+
+def test_summary_and_runs_count_the_same_epochs_and_a_max_steps_stop_is_not_finished(tmp_path, monkeypatch, synthetic_data_dir):
+    """--max-steps inside an epoch: the training summary and `draw runs` both count complete epochs
+    (1 of 5 here, 3 steps per epoch), and the run is listed as stopped at max-steps, not finished."""
+    monkeypatch.chdir(tmp_path)
+    env = {"DRAW_DATA_DIR": str(synthetic_data_dir)}
+    r = run_cli("train", *TINY, "--epochs", "5", "--max-steps", "4", "--name", "short", "--no-tensorboard", env=env)
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.stdout.splitlines() if "│ epochs" in line)
+    assert "1/5 complete; stopped inside epoch 2 after 32 of 96 images" in row, row
+    info = json.loads(run_cli("runs", "--json").stdout)[0]
+    assert (info["epochs"], info["epochs_target"], info["status"]) == (1, 5, "stopped at max-steps")
+    table = run_cli("runs").stdout
+    assert " 1/5 " in table and "stopped at max-steps" in table
+    # Trained on to its epochs: finished.
+    r = run_cli("train", "--resume", "short", "--epochs", "2", env=env)
+    assert r.exit_code == 0, r.output
+    assert "2/2 complete" in next(line for line in r.stdout.splitlines() if "│ epochs" in line)
+    info = json.loads(run_cli("runs", "--json").stdout)[0]
+    assert (info["epochs"], info["status"]) == (2, "finished")
+
+
+def test_runs_shows_the_tightest_iwae_bound_with_its_k(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    bounds = [{"kind": "iwae", "iwae": 165.04, "samples": 100, "split": "test", "step": 12, "time": 1.0},
+              {"kind": "iwae", "iwae": 167.28, "samples": 10, "split": "test", "step": 12, "time": 2.0}]
+    fake_run(runs, "a", extra_rows=bounds)
+    (runs / "a" / "eval-test-k5-limit100-best.json").write_text(json.dumps(
+        {"iwae": 150.0, "samples": 5, "split": "test", "limit": 100, "images": 100, "step": 12}))  # 100 images only
+    info = json.loads(run_cli("runs", "--json").stdout)[0]
+    assert info["iwae"]["iwae"] == 165.04 and info["iwae"]["samples"] == 100
+    assert len(info["iwae_all"]) == 3
+    assert "165.04 K100" in run_cli("runs").stdout
+
+
+def test_plot_after_a_batch_size_change_is_against_epochs_by_default(tmp_path, monkeypatch):
+    """Steps of 32 images, then (after a resume with --batch-size 64) of 64: the default axis is
+    epochs, placed by where each epoch ended; --x step still draws steps and marks the change."""
+    pytest.importorskip("matplotlib")
+    from drawcli.pictures.plot import build_figure, load_runs, plot_runs
+
+    runs = tmp_path / "runs"
+    # 2 epochs of 4 steps (batch 32, 128 images), then epochs 3-4 of 2 steps each (batch 64).
+    later = []
+    for step in (9, 10, 11, 12):
+        epoch = 3 + (step - 9) // 2
+        later.append({"kind": "train", "step": step, "epoch": epoch, "lx": 1.0, "lz": 1.0, "loss": 2.0})
+        if step % 2 == 0:
+            later.append({"kind": "eval", "split": "test", "step": step, "epoch": epoch, "lx": 1.0, "lz": 1.0, "loss": 2.0,
+                          "epoch_complete": True})
+    resume = {"kind": "resume", "step": 8, "epoch": 2, "changes": {"train.batch_size": [32, 64], "train.epochs": [2, 4]}}
+    fake_run(runs, "b", epochs=2, done_epochs=2, spe=4, extra_rows=[resume, *later])
+    fake_run(runs, "plain", epochs=2, done_epochs=2, spe=4)
+
+    fig, notes = build_figure(load_runs(["b"], runs))
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert fig.axes[0].get_xlabel() == "epoch"
+    assert list(lines["b test"].get_xdata()) == [1, 2, 3, 4]
+    assert list(lines["b train"].get_xdata()) == [s / 4 for s in range(1, 9)] + [2.5, 3, 3.5, 4]
+    assert any("batch size changed on resume" in note and "32 -> 64" in note for note in notes), notes
+    assert build_figure(load_runs(["plain"], runs))[0].axes[0].get_xlabel() == "step"  # no change: steps
+
+    fig, notes = build_figure(load_runs(["b"], runs), x="step")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert fig.axes[0].get_xlabel() == "step" and any("batch 32 → 64" in t for t in texts), texts
+    monkeypatch.chdir(tmp_path)
+    path, notes = plot_runs(["b"], "b.png")
+    assert path.is_file() and any("batch size changed" in n for n in notes)

@@ -69,6 +69,8 @@ def download_command(
     if extra and not spec.extras:
         raise DrawError(f"--extra: data set {spec.name!r} has no optional files "
                         f"(only {', '.join(n for n, d in DATASETS.items() if d.extras) or 'none'} has)")
+    if source is not None:
+        download.check_source(source)  # a --from that names nothing is an error, installed or not
     if not force and all(s == verify.OK for s in verify.verify_dataset(spec, directory, extra).values()):
         if not quiet:
             console.print(f"{spec.name}: present and verified in {directory}; nothing to download "

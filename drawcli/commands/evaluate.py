@@ -135,7 +135,7 @@ def evaluate_command(
         write_partial(kept_at, key, partial, earlier + time.perf_counter() - t0)
 
     try:
-        with Reporter(console, columns=count_columns("images"), transient=True, unit="images") as bar:
+        with Reporter(console, columns=count_columns("images"), transient=True, unit="images", estimate=True) as bar:
             bar.begin(f"K={samples}", len(images), completed=resume.done if resume is not None else 0)
             with autocast(dev, loaded.precision):
                 bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size,

@@ -45,13 +45,12 @@ from drawcli.runs.store import LoadedRun, load_run, locate
 from drawcli.settings import check_command_options
 
 
-def _engine(setting: str, loaded: LoadedRun, work: str, console) -> str:
-    """--engine resolved for this command's work (drawcli/model/choice.py), said in one line."""
+def _engine(setting: str, loaded: LoadedRun, work: str) -> str:
+    """--engine resolved for this command's work (drawcli/model/choice.py). Not said: the engine
+    changes the time training and evaluation take (they say which runs), not what is drawn."""
     from drawcli.model.choice import choose_engine
 
-    choice = choose_engine(setting, loaded.device, loaded.model.attention, work, window=max(loaded.model.read_n, loaded.model.write_n))
-    console.print(choice.line, highlight=False, soft_wrap=True)
-    return choice.engine
+    return choose_engine(setting, loaded.device, loaded.model.attention, work, window=max(loaded.model.read_n, loaded.model.write_n)).engine
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -120,7 +119,7 @@ def sample_command(
         con.print(loaded.note, highlight=False, soft_wrap=True)
         if output is None:  # the file's name says which checkpoint drew it
             out = loaded.output("samples", ".png", f"n{n}", f"seed{seed}", "binary" if binary else "")
-    engine = _engine(engine, loaded, "sample", con)
+    engine = _engine(engine, loaded, "sample")
     gen = seeded_generator(loaded, seed)
     model = loaded.model
     with running(loaded):
@@ -185,7 +184,7 @@ def animate_command(
         con.print(loaded.note, highlight=False, soft_wrap=True)
         if output is None:
             out = loaded.output("animation", ".gif", f"n{n}", f"seed{seed}", what)
-    engine = _engine(engine, loaded, "animate", con)
+    engine = _engine(engine, loaded, "animate")
     model = loaded.model
     if boxes and not reconstruct:
         require_attention(loaded, "to draw (drop --boxes)")
@@ -273,7 +272,7 @@ def inspect_attention_command(
         if output is None:
             out = loaded.output("attention", ".gif", *_inspected(generate, n, index), f"seed{seed}")
     require_attention(loaded, "to inspect")
-    engine = _engine(engine, loaded, "inspect-attention", _console(console))
+    engine = _engine(engine, loaded, "inspect-attention")
     strip_path = out.with_suffix(".png")
     model = loaded.model
     gen = seeded_generator(loaded, seed)

@@ -35,7 +35,7 @@ def _age(unix: float | None, now: float | None = None) -> str:
     return "-"  # pragma: no cover
 
 
-STATUS_STYLE = {"finished": "green", "interrupted": "yellow", "locked": "cyan", "empty": "dim", "failed": "red"}
+STATUS_STYLE = {"finished": "green", "stopped at max-steps": "green", "interrupted": "yellow", "locked": "cyan", "empty": "dim", "failed": "red"}
 
 
 def runs_table(infos: list[dict], runs_dir: str | Path):
@@ -87,7 +87,7 @@ def runs_command(runs_dir: str = "runs", as_json: bool = False, console=None) ->
     # Piped or logged: rows stay whole, as on a wide terminal.
     console = console or (Console() if Console().is_terminal else Console(width=160))
     if not infos:
-        console.print(f"no runs in {Path(runs_dir).absolute()} (--runs-dir DIR lists another folder; "
+        console.print(f"no runs in {Path(runs_dir).absolute()} (--runs-dir DIR lists another folder, as does DRAW_RUNS_DIR=DIR; "
                       "train one with: draw train --name NAME)", highlight=False, soft_wrap=True)
         return infos
     print_table(console, runs_table(infos, runs_dir))

@@ -179,3 +179,24 @@ def thread_policy(setting: int | None, device: torch.device, processes: int = 1)
         return max(1, default // processes), "no load information"
     free = max(1, int(idle + 0.5))
     return max(1, min(default, free) // processes), f"{idle:.1f} of {default} cores idle at start"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_warning(threads: int, processes: int = 1) -> str | None:
+    """One warning line when run.threads (x the processes of a job) asks for more threads than there are
+    cores: OpenMP threads without a core of their own wait for each other at every parallel op."""
+    cores = usable_cores()
+    if threads * processes <= cores:
+        return None
+    asked = f"--threads {threads}" + (f" x {processes} processes" if processes > 1 else "")
+    return (f"warning: {asked} is more than the {cores} CPU core{'s' if cores > 1 else ''} this process may use; "
+            "the threads beyond them wait for each other (slower, not faster)")

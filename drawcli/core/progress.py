@@ -52,25 +52,46 @@ def train_columns() -> list[ProgressColumn]:
             TextColumn("loss {task.fields[loss]}  {task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
 
 
+ESTIMATE_AFTER = 3.0  # seconds of work (or a tenth of it) before the first estimate of the total time
+PLAIN_EVERY = 60.0  # with an estimate, a plain line at least this often (seconds)
+
+
+def duration(seconds: float) -> str:
+    """'4.4 s', '38 s', '14 min', '2.8 h'."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class Reporter:
     """Progress output: a rich bar on a terminal, plain lines otherwise, nothing (but errors) when quiet.
 
     One task at a time: :meth:`begin` starts it (or resets it, for a retry), :meth:`update` moves it,
     :meth:`end` finishes it. :meth:`say` prints a plain line (above the bar, when there is one);
     :meth:`tick` moves the task and, without a bar, prints a plain line at every tenth of the total.
+    With ``estimate``, :meth:`tick` also says the estimated total time in one line as soon as the
+    first ESTIMATE_AFTER seconds (or a tenth) of the work are done, and the plain lines say the time
+    left and come at least every PLAIN_EVERY seconds (the bar shows the time left itself).
     Use as a context manager, or call :meth:`close`, so the bar stops however the work ended.
     """
 
     def __init__(self, console: Console | None = None, quiet: bool = False, columns: Sequence[ProgressColumn] | None = None,
-                 transient: bool = False, unit: str = ""):
+                 transient: bool = False, unit: str = "", estimate: bool = False, clock=time.perf_counter):
         self.console = console or make_console()
         self.quiet = quiet
         self.unit = unit
+        self.estimate = estimate
+        self._clock = clock
         self._columns = list(columns) if columns is not None else count_columns(unit)
         self._transient = transient
         self._bar: Progress | None = None
         self._task = None
-        self._label, self._total, self._next_line, self._t0 = "", None, 0.1, time.perf_counter()
+        self._label, self._total, self._next_line, self._t0 = "", None, 0.1, clock()
+        self._first, self._estimated, self._last_line = 0, False, self._t0
 
     def start(self) -> Reporter:
         if self._bar is None and not self.quiet and self.console.is_terminal:
@@ -98,7 +119,10 @@ class Reporter:
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def begin(self, label: str, total: float | None, completed: float = 0, **fields) -> None:
-        self._label, self._total, self._next_line, self._t0 = label, total, 0.1, time.perf_counter()
+        self._label, self._total, self._next_line, self._t0 = label, total, 0.1, self._clock()
+        self._first, self._estimated, self._last_line = completed, False, self._t0
+        while total and self._next_line * total <= completed:
+            self._next_line += 0.1
         if self._bar is None:
             return
         if self._task is None:
@@ -110,15 +134,36 @@ class Reporter:
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=completed, **fields)
 
+    def _left(self, done: int, elapsed: float) -> float | None:
+        """Seconds left at the pace so far (of this session's work), or None before any."""
+        worked = done - self._first
+        if worked <= 0 or elapsed <= 0 or not self._total:
+            return None
+        return (self._total - done) * elapsed / worked
+
     def tick(self, done: int) -> None:
         """``done`` of the total finished: the bar moves, or a plain line at every tenth."""
+        now = self._clock()
+        elapsed, total = now - self._t0, self._total or 0
+        unit = f" {self.unit}" if self.unit else ""
+        left = self._left(done, elapsed) if self.estimate else None
+        if left is not None and not self._estimated and done < total and (
+                elapsed >= ESTIMATE_AFTER or done - self._first >= 0.1 * (total - self._first)):
+            self._estimated, self._last_line = True, now
+            self.say(f"{self._label}: {done}/{total}{unit} in {duration(elapsed)}; about {duration(elapsed + left)} in all, "
+                     f"{duration(left)} left (estimated from them)")
+            while self._next_line * total <= done:
+                self._next_line += 0.1
+            if self._bar is None:
+                return
         if self._bar is not None:
             self.update(done)
             return
-        total = self._total or 0
-        if done >= self._next_line * total or done == total:
-            unit = f" {self.unit}" if self.unit else ""
-            self.say(f"{self._label}: {done}/{total}{unit} ({time.perf_counter() - self._t0:.1f} s)")
+        due = self._estimated and now - self._last_line >= PLAIN_EVERY
+        if done >= self._next_line * total or done == total or due:
+            after = f", about {duration(left)} left" if left is not None and done < total else ""
+            self.say(f"{self._label}: {done}/{total}{unit} ({elapsed:.1f} s{after})")
+            self._last_line = now
             while self._next_line * total <= done:
                 self._next_line += 0.1
 
@@ -197,13 +242,26 @@ class TrainProgress:
         self.reporter.close()
 
 
+def epochs_done_text(summary: dict) -> str:
+    """Complete epochs of the target, as `draw runs` counts them: '1/5 complete', and where a stop
+    inside an epoch (--max-steps, Ctrl-C) left it: '; stopped inside epoch 2 after 32 of 96 images'."""
+    epoch, inside = summary["epoch"], summary.get("epoch_images", 0)
+    complete = epoch - 1 if inside else epoch
+    target = summary.get("epochs_target")
+    text = f"{complete}/{target} complete" if target is not None else f"{complete} complete"
+    if inside:
+        of = f" of {summary['train_images']}" if summary.get("train_images") else ""
+        text += f"; stopped inside epoch {epoch} after {inside}{of} images"
+    return text
+
+
 def summary_table(run_dir, summary: dict, eval_split: str) -> Table:
     """The end-of-training table: steps, epochs, losses, time, throughput, run directory."""
     table = Table(title=f"run {run_dir.name}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("optimizer steps", str(summary["step"]))
-    table.add_row("epochs", str(summary["epoch"]))
+    table.add_row("epochs", epochs_done_text(summary))
     ev = summary.get("eval") or {}
     if ev:
         table.add_row(f"{eval_split} loss (nats/image)", f"{ev['loss']:.2f}")

@@ -158,6 +158,11 @@ def _local_folder(source: str) -> Path | None:
     return path
 
 
+def check_source(source: str) -> None:
+    """A --from value: an http(s) URL, or a folder that exists (else a one-line DrawError)."""
+    _local_folder(source)
+
+
 def install_dataset(
     spec: DatasetSpec,
     directory: Path,

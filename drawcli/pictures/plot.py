@@ -87,17 +87,62 @@ class RunCurves:
             why = "does not exist" if not where.is_file() else "has no train or eval rows"
             raise DrawError(f"run {self.name!r} has no metrics to plot yet ({where} {why})")
         self.spe = steps_per_epoch(self.train + self.eval)
+        self.ends = epoch_ends(self.train + self.eval)
         config = read_config(self.dir)
         data, model = config.get("data") or {}, config.get("model") or {}
         self.dataset = data.get("dataset") if isinstance(data, dict) else None
         self.attention = model.get("attention", True) if isinstance(model, dict) else None
+        # (step, old, new) of every resume that changed train.batch_size: a step means another number of images after it
+        self.batch_changes = []
+        for r in self.resumes:
+            change = (r.get("changes") or {}).get("train.batch_size") if isinstance(r.get("changes"), dict) else None
+            if isinstance(change, list) and len(change) == 2:
+                self.batch_changes.append((r["step"], change[0], change[1]))
 
     def x(self, row: dict, axis: str) -> float:
         if axis == "step":
             return row["step"]
-        if self.spe:
-            return row["step"] / self.spe  # fractional epochs: train rows fall between the ends of epochs
-        return row.get("epoch", 0)
+        if not self.ends:  # no epoch complete yet
+            return row["step"] / self.spe if self.spe else row.get("epoch", 0)
+        # Fractional epochs between the steps where epochs ended: right whatever the batch size was.
+        step, before = row["step"], (0, 0)
+        for end in self.ends:
+            if step <= end[0]:
+                return before[1] + (step - before[0]) / (end[0] - before[0]) * (end[1] - before[1])
+            before_last, before = before, end
+        per_epoch = (before[0] - before_last[0]) / (before[1] - before_last[1])
+        return before[1] + (step - before[0]) / per_epoch
+
+
+def epoch_ends(rows: list[dict]) -> list[tuple[int, int]]:
+    """(step, epoch) where each complete epoch ended, by step: the last row of an epoch that a later
+    epoch's rows follow, or that an evaluation says was complete."""
+    last: dict[int, int] = {}
+    complete = set()
+    for r in rows:
+        epoch = r.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1:
+            last[epoch] = max(last.get(epoch, 0), r["step"])
+            if r.get("kind") == "eval" and r.get("epoch_complete") is True:
+                complete.add(epoch)
+    newest = max(last, default=0)
+    ends, previous = [], (0, 0)
+    for epoch in sorted(last):
+        if (epoch < newest or epoch in complete) and last[epoch] > previous[0]:
+            previous = (last[epoch], epoch)
+            ends.append(previous)
+    return ends
+
+
+def default_axis(runs: list[RunCurves]) -> tuple[str, list[str]]:
+    """step, or epoch when a run changed its batch size on resume (a step then means another number
+    of images), with the note that says so."""
+    changed = [(run, change) for run in runs for change in run.batch_changes]
+    if not changed:
+        return "step", []
+    run, (step, old, new) = changed[0]
+    return "epoch", [f"run {run.name}: the batch size changed on resume ({old} -> {new} at step {step}): plotted against "
+                     "epochs; --x step plots optimizer steps (the change is marked)"]
 
 
 def load_runs(refs: list[str], runs_dir: str | Path = "runs") -> list[RunCurves]:
@@ -112,7 +157,7 @@ def load_runs(refs: list[str], runs_dir: str | Path = "runs") -> list[RunCurves]
 def build_figure(
     runs: list[RunCurves],
     *,
-    x: str = "step",
+    x: str | None = None,
     parts: bool = False,
     log: bool = False,
     paper: bool = False,
@@ -121,15 +166,18 @@ def build_figure(
     size: tuple[int, int] | None = None,
     lr: bool = False,
 ):
-    """The matplotlib Figure (Agg canvas) of the runs' curves, and notes for the user."""
+    """The matplotlib Figure (Agg canvas) of the runs' curves, and notes for the user. ``x``: step,
+    epoch, or None: :func:`default_axis`."""
     Figure, FigureCanvasAgg = _matplotlib()
+    notes = []
+    if x is None:
+        x, notes = default_axis(runs)
     width, height = size or (SIZE_PARTS if parts else SIZE)
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     keys = ["loss", "lx", "lz"] if parts else ["loss"]
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     colors = [f"C{i % 10}" for i in range(len(runs))]
-    notes = []
     for ax, key in zip(axes, keys):
         for run, color in zip(runs, colors):
             if run.train:
@@ -141,6 +189,10 @@ def build_figure(
                         marker="o", ms=3.5, label=f"{run.name} {split}")
             for r in run.resumes:
                 ax.axvline(run.x(r, x), color=color, ls=":", lw=0.9)
+            if key == "loss":
+                for step, old, new in run.batch_changes:
+                    ax.text(run.x({"step": step}, x), 0.98, f" batch {old} → {new}", transform=ax.get_xaxis_transform(),
+                            color=color, fontsize="small", va="top", rotation=90)
             if key == "loss" and run.iwae:
                 ax.plot([run.x(r, x) for r in run.iwae], [r["iwae"] for r in run.iwae], ls="none", marker="*",
                         ms=11, color=color, markeredgecolor="black", markeredgewidth=0.5,
@@ -186,7 +238,7 @@ def plot_runs(
     refs: list[str],
     output: str | Path | None = None,
     *,
-    x: str = "step",
+    x: str | None = None,
     parts: bool = False,
     log: bool = False,
     paper: bool = False,
@@ -197,7 +249,7 @@ def plot_runs(
     runs_dir: str | Path = "runs",
 ) -> tuple[Path, list[str]]:
     """Draw the runs' curves into ``output``; returns the path and notes for the user."""
-    if x not in ("step", "epoch"):
+    if x is not None and x not in ("step", "epoch"):
         raise DrawError(f"--x: expected step or epoch, got {x!r}")
     if ymin is not None and ymax is not None and ymin >= ymax:
         raise DrawError(f"--ymin {ymin:g} must be below --ymax {ymax:g}")

@@ -8,6 +8,8 @@ no torch.
 
 from __future__ import annotations
 
+import difflib
+
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -104,7 +106,9 @@ def get_builtin(ref: str) -> BuiltinModel:
     name = ref[len(PREFIX):] if ref.startswith(PREFIX) else ref
     if name not in BUILTINS:
         known = ", ".join(PREFIX + n for n in BUILTINS) or "none in this version"
-        raise DrawError(f"unknown built-in model {PREFIX}{name} (built-in models: {known}; see `draw models`)")
+        near = difflib.get_close_matches(name, list(BUILTINS), n=1, cutoff=0.6)
+        hint = f"did you mean {PREFIX}{near[0]}? " if near else ""
+        raise DrawError(f"unknown built-in model {PREFIX}{name} ({hint}built-in models: {known}; see `draw models`)")
     return BUILTINS[name]
 
 

@@ -193,7 +193,7 @@ def _check_contents(ckpt: dict) -> None:
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise DrawError(f"model_config: {key} must be a whole number >= 1, got {spell(cfg[key])}")
     # The same rules as for settings: types and ranges of steps, hidden, embed, ...
-    apply_overrides(Settings(), {"model": {k: cfg[k] for k in MODEL_KEYS}}, origin="model_config: ")
+    apply_overrides(Settings(), {"model": {k: cfg[k] for k in MODEL_KEYS}}, origin="model_config: ", together=False)
 
     if not isinstance(ckpt["settings"], dict):
         raise DrawError(f"settings must be a mapping, got {type(ckpt['settings']).__name__}")

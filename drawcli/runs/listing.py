@@ -5,8 +5,10 @@ times of files, never a checkpoint. A run's status:
 
 * ``locked``: a process holds RUN_DIR/.lock (training now); its JSON (pid, host, started)
   is shown when present;
-* ``finished``: an evaluation at train.epochs (a whole epoch) or at train.max_steps, as the
-  run's resumes last set them;
+* ``finished``: an evaluation at the end of train.epochs (a whole epoch), as the run's resumes
+  last set them;
+* ``stopped at max-steps``: an evaluation at train.max_steps (as the run's resumes last set it)
+  before the end of train.epochs: `draw train --resume NAME` trains on to its epochs;
 * ``empty``: no metrics and no checkpoints yet;
 * ``failed``: metrics but no checkpoint: it stopped (was killed) before its first one, so there
   is nothing to resume (``draw train --name NAME`` starts it again);
@@ -100,6 +102,14 @@ def _iwae_results(run_dir: Path, rows: list[dict]) -> list[dict]:
     return found
 
 
+def tightest(results: list[dict]) -> dict | None:
+    """The tightest (lowest) IWAE bound measured, among those over a whole split when there are
+    any (a bound on the first N images is not comparable), on the test split when there are any."""
+    pool = [r for r in results if r.get("limit") is None] or results
+    pool = [r for r in pool if r.get("split") in (None, "test")] or pool
+    return min(pool, key=lambda r: r["iwae"], default=None)
+
+
 def targets(train: dict, rows: list[dict]) -> tuple:
     """(train.epochs, train.max_steps) in effect now: config.yaml's, as the resumes changed them (a
     resume records its changes; train.max_steps is never inherited, so a resume without
@@ -148,15 +158,14 @@ def run_info(run_dir: str | Path) -> dict:
     done = epochs_done(evals, ckpt_epochs, has_checkpoints, spe)
     best = min((r for r in evals), key=lambda r: r["loss"], default=None)
 
-    finished = False
+    finished = capped = False
     if evals:
         last = evals[-1]
-        if isinstance(max_steps, int) and last["step"] >= max_steps:
-            finished = True
-        elif isinstance(epochs_target, int) and isinstance(last.get("epoch"), int) and last["epoch"] >= epochs_target:
+        if isinstance(epochs_target, int) and isinstance(last.get("epoch"), int) and last["epoch"] >= epochs_target:
             complete = last.get("epoch_complete")
             # a whole epoch, not an early stop inside it
             finished = complete if isinstance(complete, bool) else (spe is None or last["step"] >= last["epoch"] * spe)
+        capped = not finished and isinstance(max_steps, int) and last["step"] >= max_steps
     elif isinstance(epochs_target, int) and ckpt_epochs and ckpt_epochs[-1] >= epochs_target:
         finished = True  # metrics lost, but the checkpoint of the last epoch is there
 
@@ -165,6 +174,8 @@ def run_info(run_dir: str | Path) -> dict:
         status = "locked"
     elif finished:
         status = "finished"
+    elif capped:
+        status = "stopped at max-steps"
     elif not has_checkpoints:
         # Nothing to resume: never trained, or stopped (killed) before its first checkpoint.
         status = "empty" if not curve else "failed"
@@ -189,7 +200,7 @@ def run_info(run_dir: str | Path) -> dict:
         "steps": steps_done,
         "max_steps": max_steps,
         "best_eval": None if best is None else {k: best.get(k) for k in ("loss", "lx", "lz", "split", "epoch", "step")},
-        "iwae": iwae[-1] if iwae else None,
+        "iwae": tightest(iwae),
         "iwae_all": iwae,
         "last_change": datetime.fromtimestamp(changed, timezone.utc).isoformat(timespec="seconds") if changed else None,
         "last_change_unix": changed or None,

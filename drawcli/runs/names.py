@@ -15,6 +15,7 @@ No torch here: `draw runs` reads runs with these alone.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -27,6 +28,16 @@ TB_DIR = "tb"
 LOCK = ".lock"
 EVAL_PREFIX = "eval"  # eval-[DATASET-]SPLIT-kK...json
 EVAL_GLOB = f"{EVAL_PREFIX}*.json"
+
+# Where run names are looked up and new runs are made when --runs-dir (run.runs_dir) is not given.
+RUNS_DIR_ENV = "DRAW_RUNS_DIR"
+RUNS_DIR_DEFAULT = "runs"
+
+
+def default_runs_dir() -> str:
+    """$DRAW_RUNS_DIR when set, else ``runs`` (in the current folder)."""
+    return os.environ.get(RUNS_DIR_ENV) or RUNS_DIR_DEFAULT
+
 
 # What `draw train` puts in a run directory: a run left with nothing else and no checkpoint may be
 # removed to free its name (anything else in it is the user's, and stays).

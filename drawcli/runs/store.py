@@ -176,39 +176,80 @@ def resolve_run(ref: str, runs_dir: Path) -> Path:
         runs = existing_runs(Path(runs_dir))
         where = Path(runs_dir).absolute()  # the folder it looked in, whatever the working directory
         listing = f"existing runs: {', '.join(runs)}" if runs else "no runs there yet"
-        raise DrawError(f"run {ref!r} not found in {where} ({listing})")
+        raise DrawError(f"run {ref!r} not found in {where} ({listing}); runs elsewhere: --runs-dir DIR or "
+                        f"{names.RUNS_DIR_ENV}=DIR")
     return path
 
 
 def fallback_checkpoints(run_dir: Path) -> list[Path]:
-    """A run's checkpoints from the newest: last.pt, the epoch files from the last, best.pt."""
+    """A run's checkpoints: last.pt, the epoch files from the last, best.pt."""
     ckpts = Path(run_dir) / names.CHECKPOINTS
     epochs = [ckpts / names.epoch_file(e) for e in reversed(names.list_epochs(ckpts))]
     return [p for p in [ckpts / names.LAST, *epochs, ckpts / names.BEST] if p.is_file()]
 
 
-def load_readable(run_dir: Path, wanted: Path) -> tuple[Path, dict, str | None]:
-    """(path, checkpoint, note): ``wanted`` loaded; when it is missing or not readable (truncated,
-    corrupt), the run's newest readable checkpoint instead, and a one-line note that says which
-    (the unreadable file is left as it is). The first error when no checkpoint is readable."""
+TRAINING_STATE = ("optimizer", "rng")  # what a checkpoint needs beyond the weights to continue training
+
+
+def _usable(path: Path, full_state: bool) -> dict | None:
+    """The checkpoint at ``path`` when it is readable (and, with ``full_state``, holds the optimizer
+    and random state a resume needs), else None."""
     try:
-        return wanted, ckpt_io.load(wanted), None
-    except DrawError as e:
-        first = e
-    tried = {file_identity(wanted)}
-    for candidate in fallback_checkpoints(run_dir):
+        ckpt = ckpt_io.load(path)
+    except DrawError:
+        return None
+    if full_state and any(key not in ckpt for key in TRAINING_STATE):
+        return None
+    return ckpt
+
+
+def newest_usable(run_dir: Path, tried: set, full_state: bool = False) -> tuple[Path, dict] | None:
+    """The run's readable checkpoint with the most optimizer steps, whatever its kind (last.pt,
+    best.pt, epoch_NNN.pt), leaving out the files in ``tried`` (file identities); with ``full_state``
+    only one that can continue training. Epoch files are read from the newest until one is usable
+    (an older one has fewer steps); on equal steps last.pt, then the epoch file, then best.pt."""
+    found = []
+    epochs_done = False
+    for rank, candidate in enumerate(fallback_checkpoints(run_dir)):
+        is_epoch = candidate.name not in (names.LAST, names.BEST)
+        if is_epoch and epochs_done:
+            continue
         identity = file_identity(candidate)
         if identity in tried:  # the same file (a hard link) or one already refused
             continue
         tried.add(identity)
-        try:
-            ckpt = ckpt_io.load(candidate)
-        except DrawError:
+        ckpt = _usable(candidate, full_state)
+        if ckpt is None:
             continue
-        note = (f"warning: {first}; using {candidate.name} instead (epoch {ckpt['epoch']}, step {ckpt['step']}), "
-                f"the newest readable checkpoint of run {Path(run_dir).name!r}")
-        return candidate, ckpt, note
-    raise first
+        epochs_done = epochs_done or is_epoch
+        found.append((int(ckpt["step"]), -rank, candidate, ckpt))
+    if not found:
+        return None
+    _, _, path, ckpt = max(found, key=lambda f: f[:2])
+    return path, ckpt
+
+
+def load_readable(run_dir: Path, wanted: Path, full_state: bool = False) -> tuple[Path, dict, str | None]:
+    """(path, checkpoint, note): ``wanted`` loaded; when it is missing or not readable (truncated,
+    corrupt), or with ``full_state`` lacks the training state, the run's newest usable checkpoint
+    instead (:func:`newest_usable`), and a one-line note that says which (the unreadable file is
+    left as it is). The first error when no checkpoint is usable."""
+    try:
+        ckpt = ckpt_io.load(wanted)
+        missing = [key for key in TRAINING_STATE if key not in ckpt] if full_state else []
+        if not missing:
+            return wanted, ckpt, None
+        first = DrawError(f"{wanted}: checkpoint lacks {', '.join(map(repr, missing))}, so the run cannot be resumed from it")
+    except DrawError as e:
+        first = e
+    found = newest_usable(run_dir, {file_identity(wanted)}, full_state)
+    if found is None:
+        raise first
+    candidate, ckpt = found
+    what = "newest readable checkpoint" + (" with the full training state" if full_state else "")
+    note = (f"warning: {first}; using {candidate.name} instead (epoch {ckpt['epoch']}, step {ckpt['step']}), "
+            f"the {what} of run {Path(run_dir).name!r}")
+    return candidate, ckpt, note
 
 
 def set_aside_newer(run_dir: Path, source: Path, ckpt: dict) -> str | None:

@@ -52,8 +52,10 @@ def _emit(callbacks, name: str, *args) -> None:
 class TrainResult:
     model: DRAW
     step: int
-    epoch: int
+    epoch: int  # the last epoch trained in, complete or not (see epoch_images)
     eval: dict = field(default_factory=dict)  # last evaluation: lx, lz, loss
+    epoch_images: int = 0  # 0: ``epoch`` is complete; else the images of it trained on (a stop inside it)
+    train_images: int = 0  # images in an epoch
     best_loss: float | None = None
     seconds: float = 0.0  # wall time of the call: training, evaluations, checkpoints
     train_seconds: float = 0.0  # training steps alone
@@ -484,7 +486,7 @@ def train(
     window, watch = LogWindow(device), DivergenceWatch(device)
     last_metrics = dict(resume.get("metrics", {})) if resume is not None else {}
     t_start, images_done = time.perf_counter(), 0
-    result = TrainResult(model=model, step=step, epoch=epoch + (pos > 0), best_loss=best_loss)
+    result = TrainResult(model=model, step=step, epoch=epoch + (pos > 0), best_loss=best_loss, epoch_images=pos, train_images=n)
     model.train()
 
     # -- the loop: epochs of seeded orders, steps of global batches
@@ -523,7 +525,7 @@ def train(
             model, optimizer, settings, eval_x, eval_split, epoch + 1, step, pos, n, rng_state(data_gen, noise_gen),
             best_loss, step >= total_steps, callbacks, env, engine,
         )
-        result.epoch = epoch + 1
+        result.epoch, result.epoch_images = epoch + 1, 0 if complete else pos
         if metrics is not None:
             result.eval = last_metrics = metrics
         if complete:

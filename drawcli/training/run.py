@@ -27,7 +27,7 @@ from drawcli.runs import names
 from drawcli.runs import store as runs
 from drawcli.runs.lock import check_not_locked, run_lock
 from drawcli.runs.names import has_checkpoints
-from drawcli.settings import Settings, build_settings, changed_settings, check_against_image, from_dict, spell
+from drawcli.settings import ModelSettings, Settings, build_settings, changed_settings, check_against_image, from_dict, spell
 from drawcli.training import distributed
 
 # Settings a resumed run may not change, and why: with them the continued run would no longer
@@ -56,8 +56,9 @@ class ResumeFrom:
 
 def resume_source(run_ref: str, runs_dir: str) -> ResumeFrom:
     """The checkpoint --resume continues from: a checkpoint file named with --resume
-    (RUN/checkpoints/epoch_002.pt), else the run's last.pt, else, when that is missing or unreadable,
-    its newest readable checkpoint (said in one line)."""
+    (RUN/checkpoints/epoch_002.pt), else the run's last.pt, else, when that is missing, unreadable or
+    without the training state, its readable checkpoint with the most steps that holds the full
+    training state, whatever its kind (best.pt, epoch_NNN.pt; said in one line)."""
     run_dir = runs.resolve_run(run_ref, Path(runs_dir))
     named = runs.checkpoint_ref(run_ref)
     if named is not None:
@@ -67,7 +68,7 @@ def resume_source(run_ref: str, runs_dir: str) -> ResumeFrom:
             f"run {run_dir.name!r} has no checkpoint to resume from (it stopped before its first one); "
             f"start it again with --name {run_dir.name} instead of --resume (its folder {run_dir.absolute()} is then replaced)"
         )
-    source, ckpt, note = runs.load_readable(run_dir, run_dir / names.CHECKPOINTS / names.LAST)
+    source, ckpt, note = runs.load_readable(run_dir, run_dir / names.CHECKPOINTS / names.LAST, full_state=True)
     if note is not None:
         note += "; unreadable and newer checkpoints are moved aside, not overwritten"
     return ResumeFrom(run_dir, source, ckpt, note)
@@ -156,13 +157,15 @@ def launcher_threads(settings: Settings, nproc: int):
     otherwise set 1 with a warning) and MKL_NUM_THREADS. The environment is restored afterwards."""
     import torch
 
-    from drawcli.core.device import resolve_device, thread_policy
+    from drawcli.core.device import resolve_device, thread_policy, thread_warning
 
     device = resolve_device(settings.run.device)
     threads, why = thread_policy(settings.run.threads, device, nproc)
     if threads is None:  # GPUs: each process's CPU threads only feed its device
         threads, why = max(1, torch.get_num_threads() // nproc), f"{device.type}: the CPU cores shared among the processes"
     make_console().print(f"threads: {threads} per process x {nproc} processes ({why})", highlight=False)
+    if settings.run.threads is not None and device.type == "cpu" and (warning := thread_warning(threads, nproc)):
+        make_console().print(warning, highlight=False)
     with environment(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **{LAUNCHER_THREADS: str(threads)}):
         yield
 
@@ -172,7 +175,7 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
     launched by --nproc: as its launcher decided and said)."""
     import torch
 
-    from drawcli.core.device import thread_policy
+    from drawcli.core.device import thread_policy, thread_warning
 
     launched = os.environ.get(LAUNCHER_THREADS)
     if env.active and launched and launched.isdigit():
@@ -183,6 +186,8 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
         return
     torch.set_num_threads(threads)
     console.print(f"threads: {threads} per process ({why})", highlight=False)
+    if settings.run.threads is not None and device.type == "cpu" and (warning := thread_warning(threads, env.world)):
+        console.print(warning, highlight=False)
 
 
 def apply_engine(settings: Settings, device, console: Console) -> str:
@@ -277,11 +282,15 @@ class StopOnSignal:
 
 
 def run_train(settings: Settings, resume: ResumeFrom | None = None, console: Console | None = None,
-              notes: list[str] | None = None) -> Path:
-    """Train according to ``settings`` (in a torchrun job when WORLD_SIZE > 1); returns the run directory."""
+              notes: list[str] | None = None, given: dict[str, str] | None = None) -> Path:
+    """Train according to ``settings`` (in a torchrun job when WORLD_SIZE > 1); returns the run directory.
+
+    ``given``: the settings the command set explicitly, ``{"section.key": where}`` (e.g.
+    ``{"model.hidden": "--hidden"}``); a new run from weights (train.init_from) takes the other model
+    settings from them (:func:`adopt_model_settings`). None: every model setting is taken as given."""
     env = distributed.env_from_os()
     try:
-        run_dir = _run(settings, resume, console, env, notes or [])
+        run_dir = _run(settings, resume, console, env, notes or [], given)
         if env.active:
             # Leave together: a rank that tears its process group down while rank 0 is still
             # writing files can abort in gloo's threads ("terminate called without an active exception").
@@ -296,7 +305,8 @@ def run_train(settings: Settings, resume: ResumeFrom | None = None, console: Con
             distributed.shutdown()
 
 
-def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv, notes: list[str]) -> Path:
+def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv, notes: list[str],
+         given: dict[str, str] | None = None) -> Path:
     from drawcli.core.device import describe, resolve_device
     from drawcli.data.loading import MissingDataset, resolve_data_dir
     from drawcli.settings import load_data
@@ -305,6 +315,10 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
     note = None
     if resume is None:
         settings = absolute_folders(settings)
+    source = None
+    if resume is None and settings.train.init_from:  # before anything reads settings.model
+        source = init_source(settings)
+        settings = adopt_model_settings(settings, source.settings.model, given, settings.train.init_from)
     if resume is None and env.is_main:
         note = runs.check_new_run(Path(settings.run.runs_dir), settings.run.name)  # before torch and minutes of setup
     tensorboard = use_tensorboard(settings.run.tensorboard)  # run.tensorboard=true without the package: refused here
@@ -336,8 +350,8 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
     if "train.init_from" in changes:
         raise DrawError("train.init_from sets the weights a run starts from; a resumed run continues from its checkpoint, so it cannot change")
     init = None
-    if resume is None and settings.train.init_from:
-        init = initial_weights(settings, splits.spec.height, splits.spec.width, splits.spec.channels)
+    if source is not None:
+        init = initial_weights(settings, splits.spec.height, splits.spec.width, splits.spec.channels, source)
         console.print(init[1], highlight=False)
     binarize = settings.data.binarize
     if splits.spec.prebinarized and binarize != "none":
@@ -396,27 +410,48 @@ def _run(settings: Settings, resume, console: Console | None, env: distributed.D
             raise
 
 
-def initial_weights(settings: Settings, height: int, width: int, channels: int) -> tuple[dict, str]:
-    """train.init_from: the weights a new run starts from (a run, a checkpoint or weights file, a model folder,
-    hf:OWNER/NAME, @NAME), on the CPU,
-    and a line saying where they come from. The model settings and the image shape must be the run's;
-    the data set may differ (fine-tuning on other pictures)."""
-    ref = settings.train.init_from
+def init_source(settings: Settings):
+    """train.init_from loaded (drawcli.runs.store.LoadedRun, on the CPU): a run, a checkpoint or weights file,
+    a model folder, hf:OWNER/NAME, @NAME."""
     try:
-        loaded = runs.load_run(ref, device="cpu", runs_dir=settings.run.runs_dir)
+        return runs.load_run(settings.train.init_from, device="cpu", runs_dir=settings.run.runs_dir)
     except DrawError as e:
         raise DrawError(f"train.init_from: {e}") from None
-    mine, theirs = settings.model, loaded.settings.model
-    differ = [
-        f"model.{f.name} is {spell(getattr(theirs, f.name))} there and {spell(getattr(mine, f.name))} here"
-        for f in dataclasses.fields(mine)
-        if getattr(mine, f.name) != getattr(theirs, f.name)
-    ]
+
+
+def adopt_model_settings(settings: Settings, carried: ModelSettings, given: dict[str, str] | None, ref: str) -> Settings:
+    """A new run from weights takes the model settings they carry (``carried``: a checkpoint's or weights
+    file's, a built-in model's). A model setting given explicitly (``given``: ``{"model.hidden": "--hidden"}``,
+    None for all of them) must agree; one that does not is refused in one line naming where it was
+    given and the fix."""
+    differ = []
+    for f in dataclasses.fields(carried):
+        key = f"model.{f.name}"
+        mine, theirs = getattr(settings.model, f.name), getattr(carried, f.name)
+        if mine != theirs and (given is None or key in given):
+            differ.append((key, theirs, mine, None if given is None else given[key]))
+    if differ:
+        shown = "; ".join(f"{key} is {spell(theirs)} there and {spell(mine)} here" + (f", from {where}" if where else "")
+                          for key, theirs, mine, where in differ)
+        wheres = [where for *_, where in differ if where]
+        fix = ("use the same model settings" if not wheres else
+               "a new run from these weights takes the model settings they carry: leave out "
+               + (", ".join(wheres[:-1]) + " and " + wheres[-1] if len(wheres) > 1 else wheres[0]))
+        raise DrawError(f"train.init_from {ref}: another model ({shown}); {fix}")
+    return dataclasses.replace(settings, model=carried)
+
+
+def initial_weights(settings: Settings, height: int, width: int, channels: int, loaded=None) -> tuple[dict, str]:
+    """train.init_from: the weights a new run starts from (``loaded``, else loaded here: :func:`init_source`),
+    on the CPU, and a line saying where they come from. The model settings (see :func:`adopt_model_settings`)
+    and the image shape must be the run's; the data set may differ (fine-tuning on other pictures)."""
+    ref = settings.train.init_from
+    loaded = loaded if loaded is not None else init_source(settings)
+    adopt_model_settings(settings, loaded.settings.model, None, ref)
     model = loaded.model
     if (model.channels, model.height, model.width) != (channels, height, width):
-        differ.append(f"its images are {model.channels}x{model.height}x{model.width} (CxHxW), these are {channels}x{height}x{width}")
-    if differ:
-        raise DrawError(f"train.init_from {ref}: another model ({'; '.join(differ)}); use the same model settings")
+        raise DrawError(f"train.init_from {ref}: another model (its images are {model.channels}x{model.height}x{model.width} "
+                        f"(CxHxW), these are {channels}x{height}x{width}); use the same model settings")
     state = model.state_dict()  # the model was built for this alone: its tensors need no copy
     # @NAME's weights change between releases: the line names the ones used (the sha256 of its model.safetensors).
     which = f" (sha256 {loaded.located.builtin.sha256[:16]})" if loaded.located.builtin is not None else ""
@@ -536,6 +571,9 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
         summary = {
             "step": result.step,
             "epoch": result.epoch,
+            "epoch_images": result.epoch_images,
+            "train_images": result.train_images,
+            "epochs_target": settings.train.epochs,
             "eval": result.eval,
             "best_loss": result.best_loss,
             "seconds": result.seconds,
