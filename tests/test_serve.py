@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from drawcli.serve import images, work  # noqa: E402
 from drawcli.serve.app import Limits, create_app  # noqa: E402
 from drawcli.serve.catalogue import Catalogue  # noqa: E402
 
-from helpers import make_colour_run  # noqa: E402
+from helpers import make_colour_run, start_server, url_in  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -308,28 +307,6 @@ def test_too_many_waiting_requests_get_503(folders):
 
 # ----------------------------------------------------------------------------- the command
 _SERVERS: dict = {}
-
-
-def start_server(args: list[str], cwd: Path, env_extra: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
-    """`python -m drawcli serve ARGS --port 0`; returns the process and the lines it printed up to the URL."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "drawcli", "serve", *args, "--port", "0"], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if "serving" in line:
-            return proc, lines
-    proc.kill()
-    raise AssertionError(f"draw serve did not start: {lines}")
-
-
-def url_in(lines: list[str]) -> str:
-    return next(w for line in lines for w in line.split() if w.startswith("http://"))
 
 
 def server_url(folders) -> str:

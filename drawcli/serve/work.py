@@ -37,7 +37,7 @@ def model_info(drawer, entry: Entry) -> dict:
     return {"id": entry.id, "shape": list(drawer.image_shape), "glimpses": drawer.glimpses, "latent": drawer.latent,
             "attention": bool(m.attention), "read_n": int(m.read_n) if m.attention else None,
             "write_n": int(m.write_n) if m.attention else None, "epoch": drawer.epoch,
-            "engine": drawer.engine("sample"), "device": str(drawer.device)}
+            "engine": drawer.engine("sample"), "device": str(drawer.device), "binarize": drawer.settings.data.binarize}
 
 
 def sample(drawer, n: int, seed: int) -> dict:

@@ -216,6 +216,7 @@ function learn(info) {
     showCard();
     const colour = info.shape[0] === 3;
     $("ink-label").hidden = !colour;
+    $("read-caption").textContent = info.binarize === "none" ? "what it read" : `what it read (binarised: ${info.binarize})`;
     if (!state.drawn) clearPad();
   }
 }
@@ -385,18 +386,20 @@ async function readPicture(dataUrl, invert, what) {
 $("upload").addEventListener("change", async () => {
   const file = $("upload").files[0];
   if (!file) return;
-  try {
-    const bitmap = await createImageBitmap(file);
-    const scale = Math.min(1, 280 / Math.max(bitmap.width, bitmap.height));
-    const canvas = document.createElement("canvas");
-    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
-    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
-    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
-    await readPicture(canvas.toDataURL("image/png"), null, file.name);
-  } catch (e) {
-    failed(e instanceof Error && e.message ? e : new Error("cannot read that picture"));
-  }
   $("upload").value = "";
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch (e) {
+    failed(new Error(`cannot read ${file.name}: not a picture this browser can open`));
+    return;
+  }
+  const scale = Math.min(1, 280 / Math.max(bitmap.width, bitmap.height));
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+  canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  await readPicture(canvas.toDataURL("image/png"), null, file.name);
 });
 
 // ------------------------------------------------------------------ latent walk
