@@ -19,6 +19,8 @@ in worker threads, at most ``workers`` at a time, with at most ``queue`` request
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import sys
@@ -77,7 +79,9 @@ class Server:
         self.catalogue, self.limits = catalogue, limits
         self.models = work.Models(catalogue, device, engine)
         self.static = {name: (resources.files("drawcli.serve") / "static" / name).read_bytes() for name in STATIC}
-        self._limiter: anyio.CapacityLimiter | None = None
+        # A fixed pool of worker threads for the model work: the same few threads (and their memory
+        # arenas) serve every request, so memory settles under load instead of spreading over new threads.
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="draw-serve")
         self.waiting = 0
 
     # ------------------------------------------------------------------ requests
@@ -125,14 +129,12 @@ class Server:
             raise ApiError(400, f"unknown key {extra[0][:40]!r} (expected {', '.join(allowed)})")
 
     async def run(self, fn, *args):
-        """Model work in a worker thread; at most ``queue`` requests wait for one (else 503)."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.limits.workers)
+        """Model work in one of the ``workers`` threads; at most ``queue`` requests wait for one (else 503)."""
         if self.waiting >= self.limits.queue + self.limits.workers:
             raise ApiError(503, "the server is busy; try again in a moment")
         self.waiting += 1
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
         finally:
             self.waiting -= 1
 
