@@ -169,6 +169,28 @@ class Drawer:
         probs, write = sample_prior(self._loaded, _count(n), self._generator(seed), self.engine("sample"))
         return Glimpses(canvases=_channels_first(probs, self.model.channels, steps=True), write=_tensor(write))
 
+    def latents(self, n: int, seed: int = 0) -> torch.Tensor:
+        """The latents z_1..z_T of ``sample(n, seed)``'s images, (T, n, Z) float32 on the CPU:
+        ``decode(latents(n, seed))`` draws the same pictures, and points between two columns draw
+        pictures between them (a latent walk)."""
+        from drawcli.pictures.viz import prior_latents
+
+        return prior_latents(self._loaded, _count(n), self._generator(seed)).float().cpu()
+
+    def decode(self, z: Any) -> Glimpses:
+        """Draw latents ``z`` (T, N, Z), numpy or torch (e.g. from :meth:`latents`): every canvas and
+        write window, as :meth:`sample_glimpses` does for latents it draws itself."""
+        import torch
+
+        from drawcli.pictures.viz import sample_prior
+
+        z = torch.as_tensor(z).detach()
+        want = (self.glimpses, self.latent)
+        if z.dim() != 3 or (z.shape[0], z.shape[2]) != want or z.shape[1] < 1 or not z.is_floating_point():
+            raise DrawError(f"z must be floats of shape (T, N, Z) = ({want[0]}, N, {want[1]}) for {self.name}, got {tuple(z.shape)}")
+        probs, write = sample_prior(self._loaded, z.shape[1], None, self.engine("sample"), z=z)
+        return Glimpses(canvases=_channels_first(probs, self.model.channels, steps=True), write=_tensor(write))
+
     def attention(self, images: Any, seed: int = 0) -> Glimpses:
         """Encode and redraw ``images``: every canvas, and the read and write windows of every glimpse
         (as ``draw animate --reconstruct`` and ``draw inspect-attention``)."""
@@ -256,7 +278,8 @@ class Drawer:
             a = a[None]
         if tuple(a.shape[1:]) != want:
             raise DrawError(f"images are {tuple(a.shape[1:])}; {self.name} draws {want}")
-        return np.ascontiguousarray(a)
+        a = np.ascontiguousarray(a)
+        return a if a.flags.writeable else a.copy()  # torch.from_numpy warns about read-only arrays (np.frombuffer's)
 
 
 def _count(n: int, what: str = "n") -> int:

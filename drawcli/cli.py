@@ -546,6 +546,37 @@ def export_command(
     export(run, load, output, runs_dir, force=force)
 
 
+SERVE_EXAMPLES = """
+Examples (needs the serve extra: pip install "drawcli[serve]"):
+
+  draw serve      (the built-in models and every run in ./runs)
+
+  draw serve @mnist quick --port 8000
+
+  draw serve --runs-dir ~/experiments/runs
+
+  draw serve --host 0.0.0.0      (anyone on the network can use it)
+"""
+
+
+@app.command("serve", epilog=SERVE_EXAMPLES)
+@_user_errors
+def serve(
+    models: Annotated[Optional[List[str]], typer.Argument(
+        help="Models to offer: @NAME, run names under the runs directory, run directories or checkpoint files (default: every built-in model and every run with a checkpoint).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but a loopback address lets the network in.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8765,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    engine: EngineOpt = DEFAULT_ENGINE,
+    workers: Annotated[int, typer.Option("--workers", help="Model calls running at the same time (threads).")] = 2,
+):
+    """A local web page to explore trained models: samples, the glimpse player, draw your own digit, latent walks."""
+    from drawcli.commands.serve import serve_command
+
+    serve_command(models, host, port, runs_dir, device=device, engine=engine, workers=workers)
+
+
 def main() -> None:
     app(prog_name="draw")
 

@@ -1,6 +1,12 @@
-"""Helpers shared by the tests (fixtures live in conftest.py): synthetic images, tiny settings, a tiny colour run, a callback that collects."""
+"""Helpers shared by the tests (fixtures live in conftest.py): synthetic images, tiny settings, a tiny colour run, a callback that collects, a `draw serve` process."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -98,3 +104,25 @@ def run_cli(*args, env=None):
     result = CliRunner().invoke(app, [str(a) for a in args], env=env)
     assert "Traceback" not in result.output and "Traceback" not in (result.stderr or "")
     return result
+
+
+def start_server(args: list[str], cwd: Path, env_extra: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
+    """`python -m drawcli serve ARGS --port 0`; returns the process and the lines it printed up to the URL."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "drawcli", "serve", *args, "--port", "0"], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if "serving" in line:
+            return proc, lines
+    proc.kill()
+    raise AssertionError(f"draw serve did not start: {lines}")
+
+
+def url_in(lines: list[str]) -> str:
+    return next(w for line in lines for w in line.split() if w.startswith("http://"))

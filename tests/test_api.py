@@ -37,6 +37,15 @@ def test_load_a_builtin_and_sample_deterministically(mnist):
     assert torch.allclose(film.images, a, atol=1e-6)  # the same noise: the last glimpse is the sample
 
 
+def test_api_latents_and_decode_draw_the_samples(mnist):
+    z = mnist.latents(5, seed=7)
+    assert z.shape == (64, 5, 100) and z.dtype == torch.float32
+    film = mnist.decode(z[:, [3]].numpy())  # numpy or torch
+    assert torch.allclose(film.images[0], mnist.sample(5, seed=7)[3], atol=1e-5)
+    with pytest.raises(DrawError, match=r"\(T, N, Z\) = \(64, N, 100\)"):
+        mnist.decode(torch.zeros(64, 2, 99))
+
+
 def test_sample_is_what_draw_sample_writes(mnist, tmp_path):
     r = run_cli("sample", "@mnist", "-n", "6", "--seed", "3", "--npy", "--device", "cpu", "-o", tmp_path / "s.png")
     assert r.exit_code == 0, r.output

@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "drawcli"
 MAX_LINES = 600
 
 # Bottom to top (docs/development.md). A module may import its own layer and the layers below it.
-LAYERS = ("core", "data", "settings", "model", "runs", "evaluation", "pictures", "training", "api", "commands")
+LAYERS = ("core", "data", "settings", "model", "runs", "evaluation", "pictures", "training", "api", "serve", "commands")
 COMMAND_MODULES = ("cli", "__main__")  # beside commands/, in the commands layer
 
 

@@ -279,6 +279,7 @@ class DRAW(nn.Module):
         device: torch.device | str | None = None,
         every_step: bool = True,
         engine: str | Engine = "auto",
+        z: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample from the prior: z_t ~ N(0, I), decode, write (Section 2.3).
 
@@ -287,10 +288,10 @@ class DRAW(nn.Module):
         every_step=False: only the final step's, (1, n, ...) and (1, n, 5), from the same
         noise; it skips storing T canvases (200 MB for 1000 MNIST samples at T=64).
         engine: "reference" (decode below), "python" or "auto"; sampling has no native loop.
+        z: latents (T, n, Z) to decode instead of drawing them (``prior_latents`` draws the same
+        ones from the same generator); n is then z's.
         """
-        device = device if device is not None else self.grid_x.device
-        dtype = self.grid_x.dtype  # the model's (float64 after .double())
-        z = torch.randn(self.steps, n, self.embed, device=device, dtype=dtype, generator=generator)
+        z = self.prior_latents(n, generator, device) if z is None else z
 
         engine = as_engine(engine)
         if fused.choose_sampling(engine, z.device) == "reference":
@@ -298,6 +299,13 @@ class DRAW(nn.Module):
         else:
             canvases, writes = fused.decode(self, z, every_step, engine.packed_gemm)
         return (canvases[:, :, 0] if self.channels == 1 else canvases), writes
+
+    def prior_latents(self, n: int, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+        """z_t ~ N(0, I) for n images, (T, n, Z): the noise ``generate`` decodes for the same generator."""
+        device = device if device is not None else self.grid_x.device
+        dtype = self.grid_x.dtype  # the model's (float64 after .double())
+        return torch.randn(self.steps, n, self.embed, device=device, dtype=dtype, generator=generator)
 
     def decode(self, z: torch.Tensor, every_step: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The decoder half for latents z (T, n, Z): eq 7-8 with z_t in place of eq 6's sample.

@@ -139,13 +139,22 @@ def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator, engine:
     return x.cpu().numpy(), probs, read, write
 
 
-def sample_prior(loaded: LoadedRun, n: int, generator, engine: str = "auto", every_step: bool = True):
+def prior_latents(loaded: LoadedRun, n: int, generator):
+    """The latents (T, n, Z) that :func:`sample_prior` decodes for the same generator, on the model's device."""
+    return loaded.model.prior_latents(n, generator=generator, device=loaded.device)
+
+
+def sample_prior(loaded: LoadedRun, n: int, generator, engine: str = "auto", every_step: bool = True, z=None):
     """Prior samples: canvas probs (T, n, [C,] H, W) and write windows (T, n, 5) or None, as numpy;
-    only the last step's, (1, n, ...), without ``every_step``."""
+    only the last step's, (1, n, ...), without ``every_step``. ``z``: latents (T, n, Z) to decode
+    (from :func:`prior_latents`, or between two of them) instead of drawing new ones; n is then z's."""
     import torch
 
     with running(loaded):
-        logits, write = loaded.model.generate(n, generator=generator, device=loaded.device, engine=engine, every_step=every_step)
+        if z is not None:
+            z = torch.as_tensor(z).to(loaded.device, loaded.model.grid_x.dtype)
+        logits, write = loaded.model.generate(n, generator=generator, device=loaded.device, engine=engine, every_step=every_step,
+                                              z=z)
         probs = torch.sigmoid(logits.float()).cpu().numpy()
     return probs, (None if write is None else write.float().cpu().numpy())
 
