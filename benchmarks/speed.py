@@ -572,7 +572,7 @@ def main(argv=None) -> dict:
     # 2. training and sampling: drawcli's DRAW and the baseline, interleaved
     result["training"], result["sampling"] = {}, {}
     # drawcli-mm: drawcli with its oneDNN packed products off (torch.mm), on CPUs that have them.
-    # drawcli-bf16-python: drawcli-bf16 with the native training loop off (fused.py's Python loop).
+    # drawcli-bf16-python: drawcli-bf16 with the native training loop off (the Python engine).
     variants = ((["drawcli-bf16"] + (["drawcli-bf16-python"] if loaded else [])) if bf16 else []) + (
         ["drawcli-mm"] if packed_available(device) else [])
     impls = ["drawcli", *variants] + ([] if args.no_baseline else ["baseline"])
@@ -591,7 +591,7 @@ def main(argv=None) -> dict:
 
     def make_fns(make, models, **kw):
         """One model per implementation, all with the same weights: each keeps its own step buffers
-        (the fused engine keeps one set per model, made for its precision and loop), as a training
+        (the fast engines keep one set per model, made for its precision and loop), as a training
         process would; sharing one model would rebuild them at every interleaved call."""
         fns = {}
         for i in impls:

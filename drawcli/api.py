@@ -58,17 +58,19 @@ class Drawer:
     def __init__(self, loaded: LoadedRun, engine: str = "auto"):
         self._loaded = loaded
         self._engine_setting = engine
-        self._engines: dict[str, str] = {}
+        self._engines: dict = {}
 
     def engine(self, work: str = "evaluate") -> str:
-        """The engine this object runs for ``work`` (``"sample"`` or ``"evaluate"``): native,
-        python or reference, resolved from :func:`load`'s ``engine`` as the commands resolve it."""
-        if work not in self._engines:
-            from drawcli.model.choice import choose_engine
+        """The engine this object runs for ``work`` (``"sample"``, ``"evaluate"`` or
+        ``"inspect-attention"``): native, python or reference, resolved from :func:`load`'s
+        ``engine`` as the commands resolve it (drawcli.model.engine.resolve)."""
+        return self._resolved(work).name
 
-            choice = choose_engine(self._engine_setting, self.device, self.model.attention, work, flag="engine",
-                                   window=max(self.model.read_n, self.model.write_n))
-            self._engines[work] = choice.engine
+    def _resolved(self, work: str):
+        if work not in self._engines:
+            from drawcli.model.engine import resolve_for
+
+            self._engines[work] = resolve_for(self._engine_setting, self.model, self.device, work)
         return self._engines[work]
 
     # ------------------------------------------------------------------ what it is
@@ -159,14 +161,14 @@ class Drawer:
         """``n`` images drawn from the prior, (n, C, H, W) in [0, 1] (as ``draw sample``)."""
         from drawcli.pictures.viz import sample_prior
 
-        probs, _ = sample_prior(self._loaded, _count(n), self._generator(seed), self.engine("sample"), every_step=False)
+        probs, _ = sample_prior(self._loaded, _count(n), self._generator(seed), self._resolved("sample"), every_step=False)
         return _channels_first(probs[-1], self.model.channels)
 
     def sample_glimpses(self, n: int, seed: int = 0) -> Glimpses:
         """``n`` samples glimpse by glimpse: every canvas and write window (as ``draw animate``)."""
         from drawcli.pictures.viz import sample_prior
 
-        probs, write = sample_prior(self._loaded, _count(n), self._generator(seed), self.engine("sample"))
+        probs, write = sample_prior(self._loaded, _count(n), self._generator(seed), self._resolved("sample"))
         return Glimpses(canvases=_channels_first(probs, self.model.channels, steps=True), write=_tensor(write))
 
     def latents(self, n: int, seed: int = 0) -> torch.Tensor:
@@ -188,7 +190,7 @@ class Drawer:
         want = (self.glimpses, self.latent)
         if z.dim() != 3 or (z.shape[0], z.shape[2]) != want or z.shape[1] < 1 or not z.is_floating_point():
             raise DrawError(f"z must be floats of shape (T, N, Z) = ({want[0]}, N, {want[1]}) for {self.name}, got {tuple(z.shape)}")
-        probs, write = sample_prior(self._loaded, z.shape[1], None, self.engine("sample"), z=z)
+        probs, write = sample_prior(self._loaded, z.shape[1], None, self._resolved("sample"), z=z)
         return Glimpses(canvases=_channels_first(probs, self.model.channels, steps=True), write=_tensor(write))
 
     def attention(self, images: Any, seed: int = 0) -> Glimpses:
@@ -197,7 +199,7 @@ class Drawer:
         from drawcli.pictures.viz import reconstruct_images
 
         x = self._images(images)
-        inputs, probs, read, write = reconstruct_images(self._loaded, x, self._generator(seed), self.engine("inspect-attention"))
+        inputs, probs, read, write = reconstruct_images(self._loaded, x, self._generator(seed), self._resolved("inspect-attention"))
         c = self.model.channels
         return Glimpses(canvases=_channels_first(probs, c, steps=True), write=_tensor(write), read=_tensor(read),
                         inputs=_channels_first(inputs, c))
@@ -229,7 +231,7 @@ class Drawer:
         x = self._images(images)
         with autocast(self.device, self._loaded.precision):
             return likelihood_bounds(self.model, x, self._binarize(), samples, seed=seed,
-                                     engine=self.engine("evaluate"))
+                                     engine=self._resolved("evaluate"))
 
     # ------------------------------------------------------------------ helpers
     def _generator(self, seed: int) -> torch.Generator:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from drawcli.core.device import ENGINES
 from drawcli.core.errors import DrawError
 from drawcli.data.catalogue import DATASETS, FOLDER_PREFIX, is_folder
 
@@ -91,7 +92,7 @@ class RunSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # CPU threads per process; None: drawcli's policy (see drawcli/core/device.py)
     tensorboard: str = "auto"  # auto (log when the package is importable) | true | false; YAML booleans accepted
-    engine: str = "auto"  # auto | native | python | reference: which implementation runs the model (drawcli/model/choice.py)
+    engine: str = "auto"  # auto | native | python | reference: which implementation runs the model (drawcli/model/engine.py)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ CHOICES = {
     ("train", "lr_schedule"): ("constant", "cosine", "step", "wsd"),
     ("train", "precision"): ("float32", "bfloat16", "auto"),
     ("run", "tensorboard"): ("auto", "true", "false"),
-    ("run", "engine"): ("auto", "native", "python", "reference"),
+    ("run", "engine"): ENGINES,
 }
 MIN = {
     ("model", "glimpses"): 1,

@@ -67,16 +67,6 @@ def env(synthetic_data_dir) -> dict:
     return {"DRAW_DATA_DIR": str(synthetic_data_dir)}
 
 
-@pytest.fixture(scope="session", autouse=True)
-def native_engine_loaded():
-    """The native engine's library, loaded once per session where a compiler can build it (the
-    first time on a machine: 20-40 s), so that engine "auto" means the same in every test whatever
-    ran before it. Tests of a particular engine name it."""
-    from drawcli.model import native_build as native
-
-    native.load()
-
-
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of small-tensor tests (request it with

@@ -201,7 +201,7 @@ def test_train_takes_tensors_as_they_are(monkeypatch):
 
 
 def test_a_users_float16_autocast_keeps_the_fast_engines_products_in_float32():
-    from drawcli.model.fused import low_precision
+    from drawcli.model.fast import low_precision
 
     x = torch.zeros(2, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):

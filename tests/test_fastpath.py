@@ -1,4 +1,4 @@
-"""The Python engine (drawcli/model/fused.py, python_loop.py and python_backward.py: hand-written
+"""The Python engine (drawcli/model/fast.py, python_loop.py and python_backward.py: hand-written
 backward; sampling.py) equals draw.py's plain loops (engine "reference", autograd for every
 gradient). Every call names the engine it runs.
 

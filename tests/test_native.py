@@ -20,10 +20,9 @@ import sys
 import pytest
 import torch
 
-from drawcli.model import DRAW, native_loop
+from drawcli.model import DRAW, fast, native_loop
 from drawcli.model import native_build as native
 from drawcli.model.draw import FILTER_EPS
-from drawcli.model.engine import Engine, forward_engine
 from drawcli.model.layout import LoopWeights, loop_weights
 
 needs_compiler = pytest.mark.skipif(native.compiler() is None or not sys.platform.startswith("linux"),
@@ -268,25 +267,27 @@ def test_where_it_runs_and_where_it_refuses():
     x = torch.rand(4, 1, 8, 8)
     att = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)
     plain = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, attention=False)
-    auto = Engine()
-    assert forward_engine(auto, att, x, record=False, mm_dtype=None) == "native"
-    assert forward_engine(auto, att, x, record=True, mm_dtype=None) == "python"  # pictures
-    assert forward_engine(auto, plain, x, record=False, mm_dtype=None) == "native"
-    assert forward_engine(auto, att, x.half(), record=False, mm_dtype=None) == "python"
+    def auto(m, x, record=False):
+        return fast.choose(m, x, record, "auto").name
+
+    assert auto(att, x) == "native"
+    assert auto(att, x, record=True) == "python"  # pictures
+    assert auto(plain, x) == "native"
+    assert auto(att.half(), x.half()) == "python"
     wide = DRAW(height=70, width=70, steps=1, hidden=8, embed=2, read_n=65, write_n=2)
     wide_x = torch.rand(2, 1, 70, 70)
-    assert forward_engine(auto, wide, wide_x, record=False, mm_dtype=None) == "python"
-    with pytest.raises(ValueError, match="at most 64 wide, this model's are 65"):
+    assert auto(wide, wide_x) == "python"
+    with pytest.raises(ValueError, match="windows are at most 64 wide, this model's are 65"):
         wide(wide_x, engine="native")
     widest = DRAW(height=64, width=64, steps=2, hidden=8, embed=2, read_n=64, write_n=64).double()
-    assert forward_engine(auto, widest, torch.rand(2, 1, 64, 64), record=False, mm_dtype=None) == "native"
+    assert auto(widest, torch.rand(2, 1, 64, 64, dtype=torch.float64)) == "native"
     # ... and computes it: NATIVE_MAX_WINDOW (engine.py) is the C++ kernels' NMAX
     x64 = torch.rand(3, 1, 64, 64, dtype=torch.float64)
     a, b = run(widest, x64, "native"), run(widest, x64, "reference")
     assert rel(a[0], b[0]) < 1e-10 and all(rel(a[3][k], b[3][k]) < 1e-10 for k in b[3])
     with pytest.raises(ValueError, match="does not record"):
         att(x, record=True, engine="native")
-    with pytest.raises(ValueError, match="no sampling loop"):
+    with pytest.raises(ValueError, match="sampling has no native loop"):
         att.generate(2, engine="native")
 
 
@@ -529,12 +530,12 @@ FALLBACK = (
     "import torch\n"
     "from drawcli.model import native_build as native\n"
     "from drawcli.model import DRAW\n"
-    "from drawcli.model.engine import forward_engine, Engine\n"
+    "from drawcli.model.engine import resolve_for\n"
     "ok = native.load()\n"
     "m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)\n"
     "x = torch.rand(3, 8, 8)\n"
     "m(x).loss.mean().backward()\n"
-    "print(ok, forward_engine(Engine(), m, x[:, None], False, None), native.unavailable_reason())\n"
+    "print(ok, resolve_for('auto', m, 'cpu', 'train').name, native.unavailable_reason())\n"
 )
 
 

@@ -92,10 +92,9 @@ def evaluate_command(
                 f"data set {name} has {known.height}x{known.width} images with {known.channels} channel(s); "
                 f"{located.label!r} models {model.height}x{model.width} with {model.channels}"
             )
-    from drawcli.model.choice import choose_engine
+    from drawcli.model.engine import resolve_for
 
-    choice = choose_engine(engine, dev, model.attention, "evaluate", say=lambda line: console.print(line, highlight=False),
-                           window=max(model.read_n, model.write_n))
+    choice = resolve_for(engine, model, dev, "evaluate", flag="--engine", say=lambda line: console.print(line, highlight=False))
     images, spec = load_split(data, resolve_data_dir(data_dir or settings.data.data_dir), split, console)
     expected = (model.height, model.width) if model.channels == 1 else (model.channels, model.height, model.width)
     if tuple(images.shape[1:]) != expected:
@@ -124,7 +123,7 @@ def evaluate_command(
     # (at most a minute's work is lost) and the same command continues, to the same numbers.
     kept_at = partial_path(path)
     key = partial_key(located.label, located.checkpoint, split=split, dataset=name, limit=limit, images=len(images),
-                      samples=samples, seed=seed, binarize=binarize, precision=loaded.precision, engine=choice.engine,
+                      samples=samples, seed=seed, binarize=binarize, precision=loaded.precision, engine=choice.name,
                       device=dev.type)
     resume, earlier, note = read_partial(kept_at, key)
     if note is not None:
@@ -139,7 +138,7 @@ def evaluate_command(
             bar.begin(f"K={samples}", len(images), completed=resume.done if resume is not None else 0)
             with autocast(dev, loaded.precision):
                 bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size,
-                                           progress=bar.tick, engine=choice.engine, resume=resume, keep=keep)
+                                           progress=bar.tick, engine=choice, resume=resume, keep=keep)
     except KeyboardInterrupt:
         if kept_at.exists():
             console.print(f"the finished images are kept in {kept_at}: the same command continues from there", highlight=False)
@@ -172,7 +171,7 @@ def evaluate_command(
         "device": describe(dev),
         "precision": loaded.precision,
         "precision_reason": loaded.precision_reason,
-        "engine": choice.engine,
+        "engine": choice.name,
         "seconds": seconds,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

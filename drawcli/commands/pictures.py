@@ -45,12 +45,12 @@ from drawcli.runs.store import LoadedRun, load_run, locate
 from drawcli.settings import check_command_options
 
 
-def _engine(setting: str, loaded: LoadedRun, work: str) -> str:
-    """--engine resolved for this command's work (drawcli/model/choice.py). Not said: the engine
+def _engine(setting: str, loaded: LoadedRun, work: str):
+    """--engine resolved for this command's work (drawcli.model.engine.resolve). Not said: the engine
     changes the time training and evaluation take (they say which runs), not what is drawn."""
-    from drawcli.model.choice import choose_engine
+    from drawcli.model.engine import resolve_for
 
-    return choose_engine(setting, loaded.device, loaded.model.attention, work, window=max(loaded.model.read_n, loaded.model.write_n)).engine
+    return resolve_for(setting, loaded.model, loaded.device, work, flag="--engine")
 
 
 def _positive(name: str, value, minimum=1) -> None:

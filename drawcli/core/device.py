@@ -55,6 +55,9 @@ def describe(device: torch.device) -> str:
 
 # ----------------------------------------------------------------------------- precision
 PRECISIONS = ("float32", "bfloat16", "auto")
+# The engines that run the model (drawcli/model/engine.py describes them and resolves one): the
+# one list of their names, for the settings, the commands and the model.
+ENGINES = ("auto", "native", "python", "reference")
 
 
 def native_bf16(device: torch.device) -> str | None:

@@ -3,7 +3,7 @@
 Read this file first. Equation numbers are those of arXiv 1502.04623v2. ``DRAW.forward`` and
 ``DRAW.generate`` run the loops below (``encode_decode``, ``decode``) with ``engine="reference"``;
 by default (``engine="auto"``) they run a faster engine that computes the same function from the
-same parameters: fused.py's Python loop or the native C++ loop (engine.py says which runs when;
+same parameters: the Python engine or the native C++ loop (engine.resolve says which runs when;
 tests/test_fastpath.py and tests/test_native.py check them against these loops in float64,
 forward and backward). No I/O here.
 
@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from drawcli.model import fused  # the fast engines
-from drawcli.model.engine import Engine, as_engine
+from drawcli.model import fast  # the front of the fast engines
+from drawcli.model.engine import Engine, Resolved
 from drawcli.model.parts import FILTER_EPS, LSTMCell, kl_per_image, log_ratio_per_image
 
 # Column order of every attention-parameter tensor this module returns.
@@ -196,7 +196,7 @@ class DRAW(nn.Module):
         log_ratio: bool = False,
         generator: torch.Generator | None = None,
         eps: torch.Tensor | None = None,
-        engine: str | Engine = "auto",
+        engine: str | Engine | Resolved = "auto",
     ) -> DrawOutput:
         """Encode and reconstruct ``x`` (B, C, H, W), or (B, H, W) for one channel, in [0, 1]; losses in
         nats per image.
@@ -210,7 +210,8 @@ class DRAW(nn.Module):
         log_ratio: also return sum_t log q(z_t | x, z_<t) - log p(z_t) at the sampled
         z, needed for importance-weighted bounds.
         engine: which implementation runs the loop: "reference" (the loops below), "python",
-        "native" or "auto" (the default; see engine.py), or an engine.Engine with options. All
+        "native" or "auto" (the default; see engine.py), an engine.Engine with options, or an
+        engine.Resolved (what the commands pass: resolved once, checked against each call). All
         compute the same function.
         """
         grey = x.dim() == 3
@@ -220,14 +221,13 @@ class DRAW(nn.Module):
         if eps is None:  # fresh noise for every step and image, drawn at once
             eps = torch.randn(self.steps, x.shape[0], self.embed, device=x.device, dtype=x.dtype, generator=generator)
 
-        engine = as_engine(engine)
-        name = fused.choose(self, x, record, engine)
-        if name == "reference":
+        engine = fast.choose(self, x, record, engine)
+        if engine.name == "reference":
             canvas, mu, log_sigma, records = self.encode_decode(x, eps, record)
             lz = kl_per_image(mu, log_sigma)  # eq 10-11
             ratio = log_ratio_per_image(mu, log_sigma, eps) if log_ratio else None
         else:
-            canvas, lz, ratio, records = fused.encode_decode(self, x, eps, record, log_ratio, name, engine.packed_gemm)
+            canvas, lz, ratio, records = fast.encode_decode(self, x, eps, record, log_ratio, engine.name, engine.packed_gemm)
 
         # eq 9: Bernoulli NLL of x under sigmoid(c_T), summed over pixels (logits: safe under autocast).
         lx = F.binary_cross_entropy_with_logits(canvas, x, reduction="none").flatten(1).sum(1)
@@ -278,7 +278,7 @@ class DRAW(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         every_step: bool = True,
-        engine: str | Engine = "auto",
+        engine: str | Engine | Resolved = "auto",
         z: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sample from the prior: z_t ~ N(0, I), decode, write (Section 2.3).
@@ -293,11 +293,11 @@ class DRAW(nn.Module):
         """
         z = self.prior_latents(n, generator, device) if z is None else z
 
-        engine = as_engine(engine)
-        if fused.choose_sampling(engine, z.device) == "reference":
+        engine = fast.choose_sampling(self, engine, z.device, z.dtype)
+        if engine.name == "reference":
             canvases, writes = self.decode(z, every_step)
         else:
-            canvases, writes = fused.decode(self, z, every_step, engine.packed_gemm)
+            canvases, writes = fast.decode(self, z, every_step, engine.packed_gemm)
         return (canvases[:, :, 0] if self.channels == 1 else canvases), writes
 
     def prior_latents(self, n: int, generator: torch.Generator | None = None,

@@ -12,8 +12,8 @@ result. A build the compiler refused is remembered in FAILED beside it (later ru
 again; delete the file to retry). Where nothing can be built the commands say why in one line
 and run the Python engine: the same numbers, slower.
 
-The model never builds or loads anything itself (it does no I/O): the commands call ``load()``
-(drawcli/model/choice.py), and the model runs the native engine once it is loaded.
+drawcli/model/draw.py never builds or loads anything itself (it does no I/O): engine.resolve calls
+``load()`` where the native engine could run a call, and the model then runs it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pieces draw.py's loops and the fast engines (fused.py and the loops behind it) share: the
+"""The pieces draw.py's loops and the fast engines (fast.py and the loops behind it) share: the
 LSTM cell, the filterbank guard and the latent loss terms (eq 10-11). draw.py uses them as the
 paper writes DRAW; they live here so that the engines need not import draw.py, which calls them.
 No I/O here.

@@ -260,7 +260,7 @@ def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, save: b
 
     save=True keeps every step's inputs and activations for python_backward.backward; save=False
     (evaluation) keeps two slots and reuses them. mm_dtype (bfloat16 or None): the LSTM
-    products' inputs are cast to it (see fused.low_precision). packed: oneDNN packed products
+    products' inputs are cast to it (see fast.low_precision). packed: oneDNN packed products
     where they work (packed_gemm.py), else torch.mm.
     """
     enc_w, dec_w, q_w, q_b, heads_w, heads_b = weights

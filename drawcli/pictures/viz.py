@@ -124,7 +124,7 @@ def reconstruct_images(loaded: LoadedRun, images: np.ndarray, generator, engine:
     """Encode and redraw test images: (inputs (B,[C,]H,W), canvas probs (T,B,[C,]H,W), read, write) as numpy.
 
     The input is binarised as in training (the run's data.binarize, seeded), so
-    the picture shows what the model actually read. engine: see drawcli/model/choice.py.
+    the picture shows what the model actually read. engine: see drawcli/model/engine.py.
     """
     import torch
 

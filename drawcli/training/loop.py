@@ -245,7 +245,7 @@ def train_step(net, optimizer, params: list, x: torch.Tensor, eps: torch.Tensor,
     """
     m = len(x)
     lo, hi = m * env.rank // env.world, m * (env.rank + 1) // env.world
-    with autocast(x.device, precision):  # bfloat16: the LSTM products (see drawcli/model/fused.py)
+    with autocast(x.device, precision):  # bfloat16: the LSTM products (see drawcli/model/fast.py)
         out = net(x[lo:hi], eps=eps[:, lo:hi].contiguous(), engine=engine)
     # Mean over the global batch; DDP divides the summed gradients by the world size.
     loss = out.loss.sum() * (env.world / m)
@@ -433,7 +433,7 @@ def train(
     follow exactly the trajectory of one process x B images (up to float sums).
     Callbacks should be given to rank 0 only. The stop flag is agreed on at log steps.
     ``engine``: the engine every model call runs (default: ``settings.run.engine`` as the model
-    reads it; `draw train` passes the one it resolved and printed, see drawcli/model/choice.py).
+    reads it; `draw train` passes the one it resolved and printed, see drawcli/model/engine.py).
     ``init_weights``: a state dict a new run starts from (train.init_from) in place of the seeded
     initialisation; the optimizer, schedule and step count start fresh. Ignored on resume.
     """

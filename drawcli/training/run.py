@@ -190,19 +190,19 @@ def apply_threads(settings: Settings, device, env: distributed.DistEnv, console:
         console.print(warning, highlight=False)
 
 
-def apply_engine(settings: Settings, device, console: Console) -> str:
-    """run.engine resolved for training on this device (drawcli/model/choice.py), said in one line.
+def apply_engine(settings: Settings, device, console: Console):
+    """run.engine resolved for training on this device (drawcli.model.engine.resolve), said in one
+    line; the Resolved engine goes to every model call.
 
     The native engine's library is built once per machine (20-40 s; a line says so first).
     Without a C++ compiler, or with DRAWCLI_NATIVE=0, `auto` runs the Python engine: the same
     numbers, slower; an explicit `native` that cannot run ends the command in one line."""
-    from drawcli.model.choice import choose_engine
+    from drawcli.model.engine import resolve_for
 
     say = lambda line: console.print(line, highlight=False)
-    choice = choose_engine(settings.run.engine, device, settings.model.attention, "train", say=say,
-                           window=max(settings.model.read_n, settings.model.write_n))
-    say(choice.line)
-    return choice.engine
+    engine = resolve_for(settings.run.engine, settings.model, device, "train", flag="--engine", say=say)
+    say(engine.line)
+    return engine
 
 
 def resume_run(run_ref: str, runs_dir: str, config, flags, sets, notes: list[str] | None = None) -> Path:

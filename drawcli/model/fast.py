@@ -1,8 +1,8 @@
-"""The fast engines behind ``DRAW.forward`` and ``DRAW.generate`` (engine "python" or "native").
+"""The front of the fast engines behind ``DRAW.forward`` and ``DRAW.generate`` (engine "python" or "native").
 
 They compute exactly what draw.py's plain loops compute (eq 3-8, the same parameters), faster.
-This module is the front: it picks the engine of a call (engine.py), keeps autocast out of the
-loops, and wraps training in one autograd node (_DrawLoop) whose backward is hand-written:
+This module resolves the engine of a call (engine.resolve), keeps autocast out of the loops, and
+wraps training in one autograd node (_DrawLoop) whose backward is hand-written:
 
 - python_loop.py / python_backward.py: the time loop in PyTorch ops, into preallocated buffers;
 - native_loop.py: the same loop in C++ (csrc/draw_loop.cpp, loaded by drawcli/model/native_build.py);
@@ -20,7 +20,7 @@ import functools
 import torch
 
 from drawcli.model import native_loop, python_backward, python_loop, sampling
-from drawcli.model.engine import Engine, as_engine, forward_engine, sampling_engine
+from drawcli.model.engine import Engine, Resolved, resolve
 from drawcli.model.layout import loop_weights
 from drawcli.model.parts import kl_per_image, log_ratio_per_image
 
@@ -64,15 +64,22 @@ def low_precision(ref: torch.Tensor) -> torch.dtype | None:
     return dtype if dtype == torch.bfloat16 else None
 
 
-@_eager
-def choose(m, x: torch.Tensor, record: bool, engine: str | Engine | None) -> str:
-    """The engine that runs this forward: native, python or reference (engine.forward_engine)."""
-    return forward_engine(as_engine(engine), m, x, record, low_precision(x))
+def _window(m) -> int:
+    return max(m.read_n, m.write_n) if m.attention else 0
 
 
 @_eager
-def choose_sampling(engine: str | Engine | None, device: torch.device) -> str:
-    return sampling_engine(as_engine(engine), torch.device(device))
+def choose(m, x: torch.Tensor, record: bool, engine: str | Engine | Resolved | None) -> Resolved:
+    """The engine that runs this forward of model m on x (engine.resolve)."""
+    work = "record" if record else ("train" if torch.is_grad_enabled() else "evaluate")
+    return resolve(engine, attention=m.attention, window=_window(m), device=x.device, work=work, dtype=x.dtype,
+                   mm_dtype=low_precision(x))
+
+
+@_eager
+def choose_sampling(m, engine: str | Engine | Resolved | None, device: torch.device, dtype: torch.dtype) -> Resolved:
+    """The engine that samples from model m (engine.resolve; sampling has no native loop)."""
+    return resolve(engine, attention=m.attention, window=_window(m), device=device, work="sample", dtype=dtype)
 
 
 @_eager
@@ -133,7 +140,7 @@ class _DrawLoop(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_canvas, d_mu_ls, d_lz, *_):
         if ctx.saved is None:
-            raise RuntimeError("DRAW's fused backward reuses its buffers: backward through one forward only once")
+            raise RuntimeError("the fast engines' backward reuses its buffers: backward through one forward only once")
         (mu_ls,) = ctx.saved_tensors
         need_x = ctx.needs_input_grad[5]
         with torch.autocast(mu_ls.device.type, enabled=False):
