@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
-from drawcli.core.device import ENGINES
+from drawcli.core.device import ENGINES, PRECISIONS
 from drawcli.core.errors import DrawError
 from drawcli.data.catalogue import DATASETS, FOLDER_PREFIX, is_folder
 
@@ -37,62 +39,105 @@ def validate_run_name(name: str) -> str:
     return name
 
 
+def setting(default: Any = None, *, help: str, factory: Callable[[], Any] | None = None, choices: tuple | None = None,
+            bounds: tuple | None = None, check: Callable[[str, Any], None] | None = None) -> Any:
+    """A settings field with its rules beside it (dataclass field metadata), read by the one validator:
+
+    help: what it means; choices: the allowed values; bounds: (low, high, low included, high
+    included), either end None for none; check(where, value): a rule of its own that raises
+    DrawError. Rules between keys are in _check_together."""
+    meta = {"help": help, "choices": choices, "bounds": bounds, "check": check}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+AT_LEAST_1 = (1, None, True, None)
+AT_LEAST_0 = (0, None, True, None)
+
+
+def _check_channels(where: str, value: Any) -> None:
+    if value not in (1, 3):
+        raise DrawError(f"{where}: expected 1 (grey) or 3 (colour), got {spell(value)}")
+
+
+def _check_name(where: str, value: Any) -> None:
+    # Checked here, before any data is read or downloaded, not only when the run is made.
+    try:
+        validate_run_name(value)
+    except DrawError as e:
+        raise DrawError(f"{where}: {e}") from None
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    glimpses: int = 64  # T, the drawing steps of one image (paper Table 3: 64 for MNIST); old name: steps
-    hidden: int = 256  # LSTM units, encoder and decoder
-    latent: int = 100  # size of each z_t (paper Table 3's Z); old name: embed (the original's --embed)
-    attention: bool = True
-    read_n: int = 2  # read glimpse is read_n x read_n
-    write_n: int = 5  # write patch is write_n x write_n
+    glimpses: int = setting(64, help="T, the drawing steps of one image (paper Table 3: 64 for MNIST); old name: steps",
+                            bounds=AT_LEAST_1)
+    hidden: int = setting(256, help="LSTM units, encoder and decoder", bounds=AT_LEAST_1)
+    latent: int = setting(100, help="size of each z_t (paper Table 3's Z); old name: embed (the original's --embed)",
+                          bounds=AT_LEAST_1)
+    attention: bool = setting(True, help="read and write through Gaussian attention windows (Section 3); false: whole images (eq 17-18)")
+    # read_n and write_n are at most the image's side: a rule between keys (image_side, check_against_image)
+    read_n: int = setting(2, help="the read glimpse is read_n x read_n", bounds=AT_LEAST_1)
+    write_n: int = setting(5, help="the write patch is write_n x write_n", bounds=AT_LEAST_1)
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    dataset: str = "mnist"
-    data_dir: str | None = None  # None: $DRAW_DATA_DIR, else the per-user cache
-    binarize: str = "dynamic"  # dynamic | threshold | none
-    validation: bool = False  # hold out the last 10k training images; evaluate on them
+    dataset: str = setting("mnist", help="a registry data set (draw download --list) or folder:PATH",
+                           check=lambda where, value: _check_dataset(where, value))
+    data_dir: str | None = setting(None, help="None: $DRAW_DATA_DIR, else the per-user cache")
+    binarize: str = setting("dynamic", help="dynamic (anew at every step) | threshold | none", choices=("dynamic", "threshold", "none"))
+    validation: bool = setting(False, help="hold out the last 10k training images; evaluate on them")
     # folder:PATH data sets only (drawcli/data/folders.py):
-    image_size: int | None = None  # resize every image to S x S; None: all must have the first image's size
-    channels: int | None = None  # 1 (grey) or 3 (colour); None: a folder's default, 3, or a registry set's own
-    test_fraction: float | None = None  # held-out test share; None: 10%, at most 10,000 images
-    skip_unreadable: bool = False  # leave out pictures that cannot be read (counted and named) instead of stopping
+    image_size: int | None = setting(None, help="resize every image to S x S; None: all must have the first image's size",
+                                     bounds=AT_LEAST_1)
+    channels: int | None = setting(None, help="1 (grey) or 3 (colour); None: a folder's default, 3, or a registry set's own",
+                                   check=_check_channels)
+    test_fraction: float | None = setting(None, help="held-out test share; None: 10%, at most 10,000 images", bounds=(0, 1, False, False))
+    skip_unreadable: bool = setting(False, help="leave out pictures that cannot be read (counted and named) instead of stopping")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3  # peak learning rate (after warm-up)
-    lr_schedule: str = "constant"  # constant | cosine | step | wsd: a function of the training position alone
-    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr over the first steps
-    min_lr: float = 0.0  # cosine: the rate at the last step of train.epochs; wsd: the rate at the end of the decay
-    decay_start: int | None = None  # wsd: the epoch after which the final decay begins; None: constant (set it on a resume)
-    decay_epochs: int = 10  # wsd: the decay's length in epochs (half a cosine from lr to min_lr)
-    lr_step_epochs: int = 30  # step: multiply the rate by lr_decay every this many epochs
-    lr_decay: float = 0.1  # step: the factor
-    beta1: float = 0.5
-    beta2: float = 0.999
-    grad_clip: float = 5.0  # global L2 norm; 0 disables
-    seed: int = 0
-    max_steps: int | None = None  # stop early (then evaluate and checkpoint)
-    eval_batch_size: int = 1000
-    eval_samples: int | None = None  # after training: importance-weighted bound with K samples
-    log_every: int = 100  # plain log lines / metrics.jsonl rows every N steps
-    eval_every: int = 1  # evaluate on the test (or validation) split every N epochs, and always after the last one
-    precision: str = "auto"  # float32 | bfloat16 | auto (bfloat16 where the hardware multiplies it natively)
-    init_from: str | None = None  # a new run starts from these weights (run, checkpoint file or @NAME); optimizer and schedule start fresh
+    epochs: int = setting(100, help="passes over the training split", bounds=AT_LEAST_1)
+    batch_size: int = setting(128, help="images per optimizer step (the global batch with --nproc)", bounds=AT_LEAST_1)
+    lr: float = setting(1e-3, help="peak learning rate (after warm-up)", bounds=(0, None, False, None))
+    lr_schedule: str = setting("constant", help="constant | cosine | step | wsd: a function of the training position alone",
+                               choices=("constant", "cosine", "step", "wsd"))
+    warmup_steps: int = setting(0, help="linear warm-up from lr/warmup_steps to lr over the first steps", bounds=AT_LEAST_0)
+    min_lr: float = setting(0.0, help="cosine: the rate at the last step of train.epochs; wsd: the rate at the end of the decay",
+                            bounds=(0.0, None, True, None))
+    decay_start: int | None = setting(None, help="wsd: the epoch after which the final decay begins; None: constant (set it on a resume)",
+                                      bounds=AT_LEAST_0)
+    decay_epochs: int = setting(10, help="wsd: the decay's length in epochs (half a cosine from lr to min_lr)", bounds=AT_LEAST_1)
+    lr_step_epochs: int = setting(30, help="step: multiply the rate by lr_decay every this many epochs", bounds=AT_LEAST_1)
+    lr_decay: float = setting(0.1, help="step: the factor", bounds=(0, 1, False, True))
+    beta1: float = setting(0.5, help="Adam's beta1", bounds=(0, 1, True, False))
+    beta2: float = setting(0.999, help="Adam's beta2", bounds=(0, 1, True, False))
+    grad_clip: float = setting(5.0, help="global L2 norm; 0 disables", bounds=(0.0, None, True, None))
+    seed: int = setting(0, help="the data order, the binarisation and the noise", bounds=AT_LEAST_0)
+    max_steps: int | None = setting(None, help="stop early (then evaluate and checkpoint)", bounds=AT_LEAST_1)
+    eval_batch_size: int = setting(1000, help="images per evaluation pass", bounds=AT_LEAST_1)
+    eval_samples: int | None = setting(None, help="after training: importance-weighted bound with K samples", bounds=AT_LEAST_1)
+    log_every: int = setting(100, help="plain log lines / metrics.jsonl rows every N steps", bounds=AT_LEAST_1)
+    eval_every: int = setting(1, help="evaluate on the test (or validation) split every N epochs, and always after the last one",
+                              bounds=AT_LEAST_1)
+    precision: str = setting("auto", help="float32 | bfloat16 | auto (bfloat16 where the hardware multiplies it natively)",
+                             choices=PRECISIONS)
+    init_from: str | None = setting(None, help="a new run starts from these weights (run, checkpoint file, model folder, hf:OWNER/NAME "
+                                    "or @NAME); optimizer and schedule start fresh")
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    name: str | None = None  # None: run1, run2, ...
-    runs_dir: str = "runs"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threads: int | None = None  # CPU threads per process; None: drawcli's policy (see drawcli/core/device.py)
-    tensorboard: str = "auto"  # auto (log when the package is importable) | true | false; YAML booleans accepted
-    engine: str = "auto"  # auto | native | python | reference: which implementation runs the model (drawcli/model/engine.py)
+    name: str | None = setting(None, help="None: run1, run2, ...", check=_check_name)
+    runs_dir: str = setting("runs", help="where runs are kept (flag --runs-dir, or DRAW_RUNS_DIR)")
+    device: str = setting("auto", help="auto | cpu | cuda | cuda:N | mps")
+    threads: int | None = setting(None, help="CPU threads per process; None: drawcli's policy (see drawcli/core/device.py)",
+                                  bounds=AT_LEAST_1)
+    tensorboard: str = setting("auto", help="auto (log when the package is importable) | true | false; YAML booleans accepted",
+                               choices=("auto", "true", "false"))
+    engine: str = setting("auto", help="auto | native | python | reference: which implementation runs the model (drawcli/model/engine.py)",
+                          choices=ENGINES)
 
 
 @dataclass(frozen=True)
@@ -116,41 +161,15 @@ _SECTION_CLASSES = {
     "run": RunSettings,
 }
 
-# Allowed values and ranges; checked for every source of a value.
-CHOICES = {
-    ("data", "binarize"): ("dynamic", "threshold", "none"),
-    ("train", "lr_schedule"): ("constant", "cosine", "step", "wsd"),
-    ("train", "precision"): ("float32", "bfloat16", "auto"),
-    ("run", "tensorboard"): ("auto", "true", "false"),
-    ("run", "engine"): ENGINES,
-}
-MIN = {
-    ("model", "glimpses"): 1,
-    ("model", "hidden"): 1,
-    ("model", "latent"): 1,
-    ("model", "read_n"): 1,
-    ("model", "write_n"): 1,
-    ("train", "epochs"): 1,
-    ("train", "batch_size"): 1,
-    ("train", "max_steps"): 1,
-    ("train", "eval_batch_size"): 1,
-    ("train", "eval_samples"): 1,
-    ("train", "log_every"): 1,
-    ("train", "eval_every"): 1,
-    ("train", "decay_start"): 0,
-    ("train", "decay_epochs"): 1,
-    ("train", "warmup_steps"): 0,
-    ("train", "min_lr"): 0.0,
-    ("train", "lr_step_epochs"): 1,
-    ("run", "threads"): 1,
-    ("data", "image_size"): 1,
-    ("train", "grad_clip"): 0.0,
-    ("train", "seed"): 0,
-}
-MAX: dict = {}  # read_n and write_n: at most the image side, a rule between keys (image_side, check_against_image)
-POSITIVE = {("train", "lr")}  # strictly > 0
-OPEN_UNIT = {("train", "beta1"), ("train", "beta2")}  # in [0, 1)
-UNIT = {("train", "lr_decay")}  # in (0, 1]
+
+def rule(section: str, key: str) -> Mapping[str, Any]:
+    """The rules a field declares (setting's metadata): help, choices, bounds, check."""
+    return {f.name: f.metadata for f in fields(_SECTION_CLASSES[section])}[key]
+
+
+# The allowed values, by (section, key): read from the fields, for messages elsewhere.
+CHOICES = {(section, f.name): f.metadata["choices"] for section, cls in _SECTION_CLASSES.items() for f in fields(cls)
+           if f.metadata.get("choices")}
 
 
 def _nearest(name: str, valid: list[str]) -> str:
@@ -161,9 +180,14 @@ def _nearest(name: str, valid: list[str]) -> str:
     return f" (valid keys: {', '.join(valid)})"
 
 
-def _type_of(section: str, key: str) -> str:
-    cls = _SECTION_CLASSES[section]
-    return {f.name: f.type for f in fields(cls)}[key]
+@functools.cache
+def _types(cls) -> dict[str, tuple[type, bool]]:
+    """Each field's (base type, whether None is allowed), from its real annotation."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[name] = (args[0] if args else hint, type(None) in typing.get_args(hint))
+    return out
 
 
 # Old names still accepted wherever settings are read (YAML, --set, config.yaml and checkpoints of
@@ -244,9 +268,8 @@ def _coerce(section: str, key: str, value: Any, shown: str | None = None) -> Any
     if (section, key) == ("data", "dataset") and isinstance(value, dict) and list(value) == ["folder"]:
         # YAML reads `folder:` (nothing after the colon, e.g. from --set) as a mapping: the string was meant.
         value = FOLDER_PREFIX + ("" if value["folder"] is None else str(value["folder"]))
-    typ = _type_of(section, key).replace(" ", "")
-    optional = typ.endswith("|None")
-    base = typ.removesuffix("|None")
+    base, optional = _types(_SECTION_CLASSES[section])[key]
+    meta = rule(section, key)
     if (section, key) == ("run", "tensorboard") and not isinstance(value, str):
         if not isinstance(value, bool):
             raise DrawError(f"{where}: expected auto, true or false, got {spell(value)}")
@@ -255,16 +278,16 @@ def _coerce(section: str, key: str, value: Any, shown: str | None = None) -> Any
         if optional:
             return None
         raise DrawError(f"{where}: a value is required, got null")
-    if base == "bool":
+    if base is bool:
         if not isinstance(value, bool):
             raise DrawError(f"{where}: expected true or false, got {spell(value)}")
-    elif base == "int":
+    elif base is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
                 raise DrawError(f"{where}: expected an integer, got {spell(value)}")
-    elif base == "float":
+    elif base is float:
         # YAML 1.1 reads `1e-3` (no dot) as a string: accept it as the number it is.
         if isinstance(value, str):
             try:
@@ -276,41 +299,32 @@ def _coerce(section: str, key: str, value: Any, shown: str | None = None) -> Any
         value = float(value)
         if not math.isfinite(value):
             raise DrawError(f"{where}: expected a finite number, got {spell(value)}")
-    elif base == "str":
+    elif base is str:
         if not isinstance(value, str):
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "device":
                 raise DrawError(f"{where}: expected a device name such as 'cpu' or 'cuda:0', got {spell(value)}")
             raise DrawError(f"{where}: expected a string, got {spell(value)}")
-    choices = CHOICES.get((section, key))
+    choices = meta["choices"]
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise DrawError(f"{where}: expected one of {', '.join(choices)}, got {spell(value)}{hint}")
-    lo = MIN.get((section, key))
-    if lo is not None and value < lo:
-        raise DrawError(f"{where}: must be >= {lo}, got {spell(value)}")
-    hi = MAX.get((section, key))
-    if hi is not None and value > hi:
-        raise DrawError(f"{where}: must be <= {hi} (the image side), got {spell(value)}")
-    if (section, key) in POSITIVE and not value > 0:
-        raise DrawError(f"{where}: must be > 0, got {spell(value)}")
-    if (section, key) in OPEN_UNIT and not 0 <= value < 1:
-        raise DrawError(f"{where}: must be in [0, 1), got {spell(value)}")
-    if (section, key) in UNIT and not 0 < value <= 1:
-        raise DrawError(f"{where}: must be in (0, 1], got {spell(value)}")
-    if (section, key) == ("data", "dataset"):
-        _check_dataset(where, value)
-    if (section, key) == ("data", "channels") and value not in (1, 3):
-        raise DrawError(f"{where}: expected 1 (grey) or 3 (colour), got {spell(value)}")
-    if (section, key) == ("data", "test_fraction") and not 0 < value < 1:
-        raise DrawError(f"{where}: must be in (0, 1), got {spell(value)}")
-    if (section, key) == ("run", "name"):
-        # Checked here, before any data is read or downloaded, not only when the run is made.
-        try:
-            validate_run_name(value)
-        except DrawError as e:
-            raise DrawError(f"{where}: {e}") from None
+    if meta["bounds"] is not None:
+        _check_bounds(where, value, *meta["bounds"])
+    if meta["check"] is not None:
+        meta["check"](where, value)
     return value
+
+
+def _check_bounds(where: str, value, lo, hi, lo_in: bool, hi_in: bool) -> None:
+    """value within (lo, hi), each end included or not (None: no end), or one line saying so."""
+    below = lo is not None and (value < lo if lo_in else value <= lo)
+    above = hi is not None and (value > hi if hi_in else value >= hi)
+    if not (below or above):
+        return
+    if hi is None:
+        raise DrawError(f"{where}: must be {'>=' if lo_in else '>'} {lo}, got {spell(value)}")
+    raise DrawError(f"{where}: must be in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}, got {spell(value)}")
 
 
 def _check_dataset(where: str, value: str) -> None:

@@ -213,3 +213,21 @@ def test_every_synonym_names_a_real_setting_and_is_none_itself():
         assert target.split(" ")[0] in keys, (other, target)
         # (an old name, model.steps, is read as its key in its own section: a synonym in the others)
         assert other not in {k.split(".")[1] for k in keys}, other
+
+
+def test_every_setting_declares_its_help_and_rules_beside_it():
+    """Each field says what it means, and the one validator reads its bounds and choices from the field."""
+    from drawcli.settings import _SECTION_CLASSES, apply_overrides, rule
+
+    for section, cls in _SECTION_CLASSES.items():
+        for f in dataclasses.fields(cls):
+            meta = rule(section, f.name)
+            assert meta["help"].strip(), f"{section}.{f.name} has no help"
+            if meta["bounds"] is not None:  # a value just outside the low end is refused with the field's own rule
+                lo, _, lo_in, _ = meta["bounds"]
+                bad = (lo - 1 if isinstance(lo, int) else lo - 0.5) if lo_in else lo
+                with pytest.raises(DrawError, match=rf"^{section}\.{f.name}: must be "):
+                    apply_overrides(Settings(), {section: {f.name: bad}}, together=False)
+            if meta["choices"]:
+                with pytest.raises(DrawError, match=rf"^{section}\.{f.name}: expected one of {', '.join(map(str, meta['choices']))}"):
+                    apply_overrides(Settings(), {section: {f.name: "no-such-value"}}, together=False)
