@@ -78,7 +78,7 @@ def test_a_folder_evaluates_animates_and_starts_a_run(donor, env):
     assert r.exit_code == 0, r.output
     assert "initial weights: m, epoch 1, step 3; a fresh optimizer and learning-rate schedule" in r.output
     r = run_cli("train", *TINY, "--hidden", "8", "--init-from", "m/", "--name", "other", env=env)
-    assert r.exit_code != 0 and "train.init_from m/: another model (model.hidden is 16 there and 8 here)" in r.output
+    assert r.exit_code != 0 and "train.init_from m/: another model (model.hidden is 16 there and 8 here, from --hidden)" in r.output
     r = run_cli("sample", "m", "--load", "2", env=env)
     assert r.exit_code != 0 and "--load picks a run's checkpoint; m is a model folder with one set of weights" in r.output
 
