@@ -43,6 +43,23 @@ def test_shared_options_are_the_same_everywhere(command):
 
 
 @pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention", "evaluate"])
+def test_each_option_is_a_field_of_the_command_options_with_its_default(command):
+    """The command line's options are the options object's fields, with the same defaults: declared once."""
+    import dataclasses
+
+    from drawcli.commands import options
+
+    kind = {"sample": options.SampleOptions, "animate": options.AnimateOptions,
+            "inspect-attention": options.InspectOptions, "evaluate": options.EvaluateOptions}[command]
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    assert set(params) == set(fields)
+    for name, field in fields.items():
+        if name != "run":
+            assert params[name].default == field.default, name
+
+
+@pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention", "evaluate"])
 def test_a_bad_precision_is_one_line_before_torch(command, tmp_path):
     code = (
         "import sys\n"

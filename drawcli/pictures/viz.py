@@ -168,7 +168,6 @@ def binary_pixels(loaded: LoadedRun, probs: np.ndarray, generator) -> np.ndarray
         return torch.bernoulli(torch.from_numpy(probs).to(loaded.device), generator=generator).cpu().numpy()
 
 
-
 # ----------------------------------------------------------------------------- draw animate
 
 
