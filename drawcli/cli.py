@@ -1,9 +1,10 @@
-"""The `draw` command line. Thin: parse, check the options that need no torch, call one function.
+"""The `draw` command line. Thin: parse, build the command's options, call one function.
 
 Nothing here imports torch at module level, so `draw --help` stays fast;
-each command imports its implementation when it runs. Options shared by several
-commands are declared once, as ``Annotated`` aliases; help texts that name a
-default take it from the settings dataclasses.
+each command imports its implementation when it runs, and that checks its options before
+torch. Options shared by several commands are declared once, as ``Annotated`` aliases; the
+commands that load a model take one frozen options object (drawcli/commands/options.py), whose
+fields are the defaults here; help texts that name a default take it from the settings dataclasses.
 """
 
 import difflib
@@ -15,8 +16,10 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperGroup
 
+from drawcli.commands.options import INSPECTED, AnimateOptions, EvaluateOptions, InspectOptions, SampleOptions
 from drawcli.core.errors import DrawError
 from drawcli.core.version import __version__
+from drawcli.pictures.plot import SIZE, SIZE_PARTS, PlotOptions
 from drawcli.settings import SYNONYMS, DataSettings, ModelSettings, RunSettings, TrainSettings
 
 # click's exceptions as typer raises them (recent typer versions vendor their own click).
@@ -135,18 +138,7 @@ HoldOpt = Annotated[float, typer.Option("--hold", help="Seconds the last frame s
 ScaleOpt = Annotated[Optional[int], typer.Option("--scale", help="Nearest-neighbour upscaling (default 4 for 28-pixel images).")]
 DEFAULT_DEVICE = RunSettings.device
 DEFAULT_RUNS_DIR = RunSettings.runs_dir
-DEFAULT_PRECISION = "float32"  # pictures and bounds: float32 unless asked (training defaults to train.precision)
 DEFAULT_ENGINE = RunSettings.engine
-
-
-def _locate(run: str, load: Optional[str], runs_dir: str, device: str, seed: Optional[int] = None,
-            precision: Optional[str] = None, engine: Optional[str] = None) -> None:
-    """Answer a wrong run name, --load, --seed, --device, --precision or --engine before the command imports torch (seconds)."""
-    from drawcli.runs.store import locate
-    from drawcli.settings import check_command_options
-
-    check_command_options(seed=seed, device=device, precision=precision, engine=engine)
-    locate(run, load, device, runs_dir)
 
 
 @app.callback()
@@ -282,27 +274,26 @@ Examples (@mnist ships with drawcli; a run you trained works the same):
 @_user_errors
 def sample(
     run: RunArg,
-    n: Annotated[int, typer.Option("-n", "--number", help="Samples from the prior.")] = 64,
-    nrow: Annotated[Optional[int], typer.Option("--nrow", help="Samples per grid row (default: a near-square grid).")] = None,
-    scale: Annotated[Optional[int], typer.Option("--scale", help="Nearest-neighbour upscaling (default 4: a 28-pixel digit becomes 112 pixels).")] = None,
-    binary: Annotated[bool, typer.Option("--binary", help="Draw Bernoulli pixels instead of the means sigmoid(c_T).")] = False,
-    npy: Annotated[bool, typer.Option("--npy", help="Also save the raw (n, H, W) float32 array next to the PNG.")] = False,
-    load: LoadOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = DEFAULT_DEVICE,
-    precision: PrecisionOpt = DEFAULT_PRECISION,
-    engine: EngineOpt = DEFAULT_ENGINE,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG file (default RUN_DIR/samples-CKPT-nN-seedS.png; NAME-samples-nN-seedS.png here for @NAME).")] = None,
-    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
+    n: Annotated[int, typer.Option("-n", "--number", help="Samples from the prior.")] = SampleOptions.n,
+    nrow: Annotated[Optional[int], typer.Option("--nrow", help="Samples per grid row (default: a near-square grid).")] = SampleOptions.nrow,
+    scale: Annotated[Optional[int], typer.Option("--scale", help="Nearest-neighbour upscaling (default 4: a 28-pixel digit becomes 112 pixels).")] = SampleOptions.scale,
+    binary: Annotated[bool, typer.Option("--binary", help="Draw Bernoulli pixels instead of the means sigmoid(c_T).")] = SampleOptions.binary,
+    npy: Annotated[bool, typer.Option("--npy", help="Also save the raw (n, H, W) float32 array next to the PNG.")] = SampleOptions.npy,
+    load: LoadOpt = SampleOptions.load,
+    seed: SeedOpt = SampleOptions.seed,
+    device: DeviceOpt = SampleOptions.device,
+    precision: PrecisionOpt = SampleOptions.precision,
+    engine: EngineOpt = SampleOptions.engine,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG file (default RUN_DIR/samples-CKPT-nN-seedS.png; NAME-samples-nN-seedS.png here for @NAME).")] = SampleOptions.output,
+    runs_dir: RunsDirOpt = SampleOptions.runs_dir,
 ):
     """A PNG grid of samples from the prior: sigmoid(c_T), the final canvas."""
-    _locate(run, load, runs_dir, device, seed, precision, engine)
     from drawcli.commands.pictures import sample_command
 
-    sample_command(
-        run, load=load, n=n, nrow=nrow, scale=scale, binary=binary, npy=npy, seed=seed, device=device, output=output,
-        runs_dir=runs_dir, precision=precision, engine=engine,
-    )
+    sample_command(SampleOptions(
+        run, load=load, seed=seed, device=device, precision=precision, engine=engine, runs_dir=runs_dir, output=output,
+        n=n, nrow=nrow, scale=scale, binary=binary, npy=npy,
+    ))
 
 
 ANIMATE_EXAMPLES = """
@@ -322,32 +313,32 @@ Examples (@mnist ships with drawcli; a run you trained works the same):
 @_user_errors
 def animate(
     run: RunArg,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="GIF or MP4 file (default RUN_DIR/animation-CKPT-nN-seedS.gif).")] = None,
-    n: Annotated[int, typer.Option("-n", "--number", help="Samples (or test images with --reconstruct) in the grid.")] = 16,
-    nrow: Annotated[Optional[int], typer.Option("--nrow", help="Images per grid row (default: a near-square grid).")] = None,
-    scale: ScaleOpt = None,
-    fps: FpsOpt = 10.0,
-    hold: HoldOpt = 2.0,
-    boxes: Annotated[bool, typer.Option("--boxes", help="Overlay each sample's write window (red).")] = False,
-    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="Animate reconstructions of test images, with read (green) and write (red) windows.")] = False,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="GIF or MP4 file (default RUN_DIR/animation-CKPT-nN-seedS.gif).")] = AnimateOptions.output,
+    n: Annotated[int, typer.Option("-n", "--number", help="Samples (or test images with --reconstruct) in the grid.")] = AnimateOptions.n,
+    nrow: Annotated[Optional[int], typer.Option("--nrow", help="Images per grid row (default: a near-square grid).")] = AnimateOptions.nrow,
+    scale: ScaleOpt = AnimateOptions.scale,
+    fps: FpsOpt = AnimateOptions.fps,
+    hold: HoldOpt = AnimateOptions.hold,
+    boxes: Annotated[bool, typer.Option("--boxes", help="Overlay each sample's write window (red).")] = AnimateOptions.boxes,
+    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="Animate reconstructions of test images, with read (green) and write (red) windows.")] = AnimateOptions.reconstruct,
     progress: Annotated[bool, typer.Option(
-        "--progress/--no-progress", help="Timeline bar under the frames (it also stops the GIF encoder merging glimpses that change nothing).")] = True,
-    load: LoadOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = DEFAULT_DEVICE,
-    precision: PrecisionOpt = DEFAULT_PRECISION,
-    engine: EngineOpt = DEFAULT_ENGINE,
-    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
-    data_dir: DataDirOpt = None,
+        "--progress/--no-progress", help="Timeline bar under the frames (it also stops the GIF encoder merging glimpses that change nothing).")] = AnimateOptions.progress,
+    load: LoadOpt = AnimateOptions.load,
+    seed: SeedOpt = AnimateOptions.seed,
+    device: DeviceOpt = AnimateOptions.device,
+    precision: PrecisionOpt = AnimateOptions.precision,
+    engine: EngineOpt = AnimateOptions.engine,
+    runs_dir: RunsDirOpt = AnimateOptions.runs_dir,
+    data_dir: DataDirOpt = AnimateOptions.data_dir,
 ):
     """Animate the drawing: one frame per glimpse t = 1..T of sigmoid(c_t); loops forever."""
-    _locate(run, load, runs_dir, device, seed, precision, engine)
     from drawcli.commands.pictures import animate_command
 
-    animate_command(
-        run, output=output, load=load, n=n, nrow=nrow, scale=scale, fps=fps, hold=hold, boxes=boxes, reconstruct=reconstruct,
-        progress=progress, seed=seed, device=device, runs_dir=runs_dir, data_dir=data_dir, precision=precision, engine=engine,
-    )
+    animate_command(AnimateOptions(
+        run, load=load, seed=seed, device=device, precision=precision, engine=engine, runs_dir=runs_dir, output=output,
+        n=n, nrow=nrow, scale=scale, fps=fps, hold=hold, boxes=boxes, reconstruct=reconstruct, progress=progress,
+        data_dir=data_dir,
+    ))
 
 
 INSPECT_EXAMPLES = """
@@ -365,30 +356,29 @@ Examples (@mnist ships with drawcli; test images need: draw download mnist):
 @_user_errors
 def inspect_attention(
     run: RunArg,
-    n: Annotated[Optional[int], typer.Option("-n", "--number", help="The first N test images (default 8).")] = None,
-    index: Annotated[Optional[str], typer.Option("--index", help="Test images to inspect, e.g. 0,5,7 or 10-15.")] = None,
-    generate: Annotated[bool, typer.Option("--generate", help="Inspect samples from the prior instead (write windows only).")] = False,
-    json_path: Annotated[Optional[str], typer.Option("--json", help="Write g_x, g_y, delta, sigma2, gamma per image and step to this file.")] = None,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="GIF or MP4 file (default RUN_DIR/attention-CKPT-....gif); the PNG strip goes beside it.")] = None,
-    scale: ScaleOpt = None,
-    fps: FpsOpt = 10.0,
-    hold: HoldOpt = 2.0,
-    load: LoadOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = DEFAULT_DEVICE,
-    precision: PrecisionOpt = DEFAULT_PRECISION,
-    engine: EngineOpt = DEFAULT_ENGINE,
-    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
-    data_dir: DataDirOpt = None,
+    n: Annotated[Optional[int], typer.Option("-n", "--number", help=f"The first N test images (default {INSPECTED}).")] = InspectOptions.n,
+    index: Annotated[Optional[str], typer.Option("--index", help="Test images to inspect, e.g. 0,5,7 or 10-15.")] = InspectOptions.index,
+    generate: Annotated[bool, typer.Option("--generate", help="Inspect samples from the prior instead (write windows only).")] = InspectOptions.generate,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write g_x, g_y, delta, sigma2, gamma per image and step to this file.")] = InspectOptions.json_path,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="GIF or MP4 file (default RUN_DIR/attention-CKPT-....gif); the PNG strip goes beside it.")] = InspectOptions.output,
+    scale: ScaleOpt = InspectOptions.scale,
+    fps: FpsOpt = InspectOptions.fps,
+    hold: HoldOpt = InspectOptions.hold,
+    load: LoadOpt = InspectOptions.load,
+    seed: SeedOpt = InspectOptions.seed,
+    device: DeviceOpt = InspectOptions.device,
+    precision: PrecisionOpt = InspectOptions.precision,
+    engine: EngineOpt = InspectOptions.engine,
+    runs_dir: RunsDirOpt = InspectOptions.runs_dir,
+    data_dir: DataDirOpt = InspectOptions.data_dir,
 ):
     """Show where the model reads (green) and writes (red) at every glimpse: GIF, PNG strip, table or JSON."""
-    _locate(run, load, runs_dir, device, seed, precision, engine)
     from drawcli.commands.pictures import inspect_attention_command
 
-    inspect_attention_command(
-        run, load=load, n=n, index=index, generate=generate, json_path=json_path, output=output, scale=scale, fps=fps,
-        hold=hold, seed=seed, device=device, runs_dir=runs_dir, data_dir=data_dir, precision=precision, engine=engine,
-    )
+    inspect_attention_command(InspectOptions(
+        run, load=load, seed=seed, device=device, precision=precision, engine=engine, runs_dir=runs_dir, output=output,
+        n=n, index=index, generate=generate, json_path=json_path, scale=scale, fps=fps, hold=hold, data_dir=data_dir,
+    ))
 
 
 EVALUATE_EXAMPLES = """
@@ -408,34 +398,27 @@ Examples (@mnist ships with drawcli; MNIST's test set downloads on first use):
 @_user_errors
 def evaluate(
     run: RunArg,
-    load: LoadOpt = None,
-    split: Annotated[str, typer.Option("--split", help="test, valid (binarized-mnist's own, else the last 10k of train) or train.")] = "test",
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Data set to evaluate on (default: the run's).")] = None,
-    samples: Annotated[int, typer.Option("--samples", "-k", help="Importance samples K per image (K=1 gives the ELBO).")] = 100,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Image copies per forward pass, K per image (default: from a memory budget).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images of the split.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fixed binarisation and the posterior samples.")] = 0,
-    device: DeviceOpt = DEFAULT_DEVICE,
-    precision: PrecisionOpt = DEFAULT_PRECISION,
-    engine: EngineOpt = DEFAULT_ENGINE,
-    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
-    data_dir: DataDirOpt = None,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="JSON file (default RUN_DIR/eval-SPLIT-kK[-limitN]-CKPT.json; NAME-eval-....json here for @NAME).")] = None,
+    load: LoadOpt = EvaluateOptions.load,
+    split: Annotated[str, typer.Option("--split", help="test, valid (binarized-mnist's own, else the last 10k of train) or train.")] = EvaluateOptions.split,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Data set to evaluate on (default: the run's).")] = EvaluateOptions.dataset,
+    samples: Annotated[int, typer.Option("--samples", "-k", help="Importance samples K per image (K=1 gives the ELBO).")] = EvaluateOptions.samples,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Image copies per forward pass, K per image (default: from a memory budget).")] = EvaluateOptions.batch_size,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N images of the split.")] = EvaluateOptions.limit,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fixed binarisation and the posterior samples.")] = EvaluateOptions.seed,
+    device: DeviceOpt = EvaluateOptions.device,
+    precision: PrecisionOpt = EvaluateOptions.precision,
+    engine: EngineOpt = EvaluateOptions.engine,
+    runs_dir: RunsDirOpt = EvaluateOptions.runs_dir,
+    data_dir: DataDirOpt = EvaluateOptions.data_dir,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="JSON file (default RUN_DIR/eval-SPLIT-kK[-limitN]-CKPT.json; NAME-eval-....json here for @NAME).")] = EvaluateOptions.output,
 ):
     """Bounds on -log p(x) in nats (ELBO = L_x + L_z, importance-weighted with K samples) beside the paper's Table 2; writes RUN_DIR/eval-....json."""
-    from drawcli.data.catalogue import EVAL_SPLITS
-
-    if split not in EVAL_SPLITS:
-        raise DrawError(f"--split: expected one of {', '.join(EVAL_SPLITS)}, got {split!r}")
-    if output is not None and not output.lower().endswith(".json"):
-        raise DrawError(f"{output}: the results are written as JSON; use a .json file name")
-    _locate(run, load, runs_dir, device, seed, precision, engine)
     from drawcli.commands.evaluate import evaluate_command
 
-    evaluate_command(
-        run, load=load, split=split, dataset=dataset, samples=samples, batch_size=batch_size, limit=limit, seed=seed,
-        device=device, runs_dir=runs_dir, data_dir=data_dir, output=output, precision=precision, engine=engine,
-    )
+    evaluate_command(EvaluateOptions(
+        run, load=load, seed=seed, device=device, precision=precision, engine=engine, runs_dir=runs_dir, output=output,
+        split=split, dataset=dataset, samples=samples, batch_size=batch_size, limit=limit, data_dir=data_dir,
+    ))
 
 
 PLOT_EXAMPLES = """
@@ -456,21 +439,21 @@ Examples (runs you trained, e.g. quick: see draw train --help):
 def plot(
     runs: Annotated[List[str], typer.Argument(help="Run names under the runs directory, run directories or checkpoint files in them; several go in one figure.")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="PNG, SVG or PDF file (default RUN_DIR/curves.png for one run, curves.png for several).")] = None,
-    x: Annotated[Optional[str], typer.Option("--x", help="Horizontal axis: step or epoch (default: step, or epoch when a run changed its batch size on resume; the change is marked).")] = None,
-    parts: Annotated[bool, typer.Option("--parts", help="Also plot L_x and L_z, each in its own panel.")] = False,
-    log: Annotated[bool, typer.Option("--log/--linear", help="Logarithmic or linear loss axis.")] = False,
-    paper: Annotated[bool, typer.Option("--paper", help="Horizontal lines at the paper's 80.97 (attention) / 87.40 (no attention) for MNIST runs.")] = False,
-    ymin: Annotated[Optional[float], typer.Option("--ymin", help="Lower limit of the loss axis.")] = None,
-    ymax: Annotated[Optional[float], typer.Option("--ymax", help="Upper limit of the loss axis (hides the first steps' large losses).")] = None,
-    size: Annotated[Optional[str], typer.Option("--size", help="WIDTHxHEIGHT in pixels (default 1000x600, or 1500x500 with --parts).")] = None,
-    lr: Annotated[bool, typer.Option("--lr", help="Also plot the learning rate (dashed, on a second axis).")] = False,
+    x: Annotated[Optional[str], typer.Option("--x", help="Horizontal axis: step or epoch (default: step, or epoch when a run changed its batch size on resume; the change is marked).")] = PlotOptions.x,
+    parts: Annotated[bool, typer.Option("--parts", help="Also plot L_x and L_z, each in its own panel.")] = PlotOptions.parts,
+    log: Annotated[bool, typer.Option("--log/--linear", help="Logarithmic or linear loss axis.")] = PlotOptions.log,
+    paper: Annotated[bool, typer.Option("--paper", help="Horizontal lines at the paper's 80.97 (attention) / 87.40 (no attention) for MNIST runs.")] = PlotOptions.paper,
+    ymin: Annotated[Optional[float], typer.Option("--ymin", help="Lower limit of the loss axis.")] = PlotOptions.ymin,
+    ymax: Annotated[Optional[float], typer.Option("--ymax", help="Upper limit of the loss axis (hides the first steps' large losses).")] = PlotOptions.ymax,
+    size: Annotated[Optional[str], typer.Option("--size", help=f"WIDTHxHEIGHT in pixels (default {SIZE[0]}x{SIZE[1]}, or {SIZE_PARTS[0]}x{SIZE_PARTS[1]} with --parts).")] = PlotOptions.size,
+    lr: Annotated[bool, typer.Option("--lr", help="Also plot the learning rate (dashed, on a second axis).")] = PlotOptions.lr,
     runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ):
     """Learning curves from metrics.jsonl: train loss per log step, evaluation loss per epoch (needs matplotlib)."""
     from drawcli.commands.plot import plot_command
 
-    plot_command(runs, output, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=size, lr=lr,
-                 runs_dir=runs_dir)
+    options = PlotOptions(x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=size, lr=lr)
+    plot_command(runs, output, options, runs_dir)
 
 
 RUNS_EXAMPLES = """

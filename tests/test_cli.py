@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from drawcli.cli import app
 from drawcli.commands import pictures as pictures_cmd
+from drawcli.commands.options import SampleOptions
 from drawcli.settings import ModelSettings, TrainSettings
 
 from test_viz import make_run
@@ -42,6 +43,23 @@ def test_shared_options_are_the_same_everywhere(command):
 
 
 @pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention", "evaluate"])
+def test_each_option_is_a_field_of_the_command_options_with_its_default(command):
+    """The command line's options are the options object's fields, with the same defaults: declared once."""
+    import dataclasses
+
+    from drawcli.commands import options
+
+    kind = {"sample": options.SampleOptions, "animate": options.AnimateOptions,
+            "inspect-attention": options.InspectOptions, "evaluate": options.EvaluateOptions}[command]
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    assert set(params) == set(fields)
+    for name, field in fields.items():
+        if name != "run":
+            assert params[name].default == field.default, name
+
+
+@pytest.mark.parametrize("command", ["sample", "animate", "inspect-attention", "evaluate"])
 def test_a_bad_precision_is_one_line_before_torch(command, tmp_path):
     code = (
         "import sys\n"
@@ -57,10 +75,8 @@ def test_a_bad_precision_is_one_line_before_torch(command, tmp_path):
 
 
 def test_sample_in_bfloat16_is_close_to_float32(runs, tmp_path):
-    a = pictures_cmd.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "f32.png",
-                           console=_quiet())
-    b = pictures_cmd.sample_command("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "bf16.png",
-                           precision="bfloat16", console=_quiet())
+    a = pictures_cmd.sample_command(SampleOptions("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "f32.png"), console=_quiet())
+    b = pictures_cmd.sample_command(SampleOptions("att", n=4, npy=True, device="cpu", runs_dir=runs, output=tmp_path / "bf16.png", precision="bfloat16"), console=_quiet())
     f32, bf16 = np.load(a[1]), np.load(b[1])
     assert f32.dtype == np.float32 and bf16.dtype == np.float32
     assert np.abs(f32 - bf16).max() < 0.1

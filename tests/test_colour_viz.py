@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from drawcli.cli import app
 from drawcli.commands import pictures as pictures_cmd
+from drawcli.commands.options import AnimateOptions, InspectOptions, SampleOptions
 from drawcli.pictures import render, viz
 from drawcli.runs.store import load_run
 from drawcli.settings import load_data
@@ -94,7 +95,7 @@ def test_colour_windows_have_a_black_outline():
 def test_sample_writes_the_rgb_canvas_of_every_channel(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "s.png"
-    pictures_cmd.sample_command("rgb", n=5, nrow=3, scale=3, npy=True, seed=4, device="cpu", output=out, runs_dir=runs, console=_quiet())
+    pictures_cmd.sample_command(SampleOptions("rgb", n=5, nrow=3, scale=3, npy=True, seed=4, device="cpu", output=out, runs_dir=runs), console=_quiet())
     img = iio.imread(out)
     grid = render.grid_for(5, 3, H * 3, W * 3)
     assert img.shape == (*grid.shape, 3) and img.dtype == np.uint8
@@ -115,7 +116,7 @@ def test_animate_gif_shows_every_canvas_in_colour(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "a.gif"
     scale = 8  # a multiple of the dither's 4x4 period: each image pixel's block averages to its colour
-    pictures_cmd.animate_command("rgb", output=out, n=4, scale=scale, seed=2, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("rgb", output=out, n=4, scale=scale, seed=2, device="cpu", runs_dir=runs), console=_quiet())
     frames = iio.imread(out, index=None)[..., :3].astype(float)
     grid = render.grid_for(4, None, H * scale, W * scale)
     assert frames.shape == (T, grid.shape[0] + render.PROGRESS_HEIGHT, grid.shape[1], 3)
@@ -135,8 +136,7 @@ def test_animate_boxes_in_window_colour_with_outline(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "boxes.gif"
     scale = 6
-    pictures_cmd.animate_command("rgb", output=out, n=1, scale=scale, boxes=True, progress=False, device="cpu", runs_dir=runs,
-                        console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("rgb", output=out, n=1, scale=scale, boxes=True, progress=False, device="cpu", runs_dir=runs), console=_quiet())
     frames = iio.imread(out, index=None)[..., :3]
     loaded = load_run("rgb", None, "cpu", runs)
     _, write = viz.sample_prior(loaded, 1, torch.Generator().manual_seed(0))
@@ -161,7 +161,7 @@ def test_animate_boxes_in_window_colour_with_outline(colour, tmp_path):
 def test_animate_reconstructs_folder_test_images_with_both_windows(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "recon.gif"
-    pictures_cmd.animate_command("rgb", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("rgb", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs), console=_quiet())
     frames = iio.imread(out, index=None)[..., :3]
     assert len(frames) == T
     for colour_ in (render.WRITE_COLOR, render.READ_COLOR):
@@ -172,7 +172,7 @@ def test_animate_reconstructs_folder_test_images_with_both_windows(colour, tmp_p
 def test_animate_mp4_takes_rgb_frames(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "a.mp4"
-    pictures_cmd.animate_command("rgb", output=out, n=1, scale=4, hold=0, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("rgb", output=out, n=1, scale=4, hold=0, device="cpu", runs_dir=runs), console=_quiet())
     video = np.stack(list(iio.imiter(out)))
     assert video.shape[0] == T and video.shape[-1] == 3
 
@@ -181,7 +181,7 @@ def test_animate_mp4_takes_rgb_frames(colour, tmp_path):
 def test_inspect_attention_on_a_colour_folder_run(colour, tmp_path):
     runs, data_dir, settings, _ = colour
     out, js = tmp_path / "att.gif", tmp_path / "att.json"
-    pictures_cmd.inspect_attention_command("rgb", n=2, output=out, json_path=js, scale=4, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.inspect_attention_command(InspectOptions("rgb", n=2, output=out, json_path=js, scale=4, device="cpu", runs_dir=runs), console=_quiet())
     frames = iio.imread(out, index=None)
     assert len(frames) == T
     doc = json.loads(js.read_text())

@@ -335,7 +335,7 @@ def test_partial_file_from_an_interrupted_run_is_resumed(server, tiny, tmp_path)
     path = "/m/train-images-idx3-ubyte.gz"
     server.cut[path] = 3000
     with pytest.raises(DrawError, match="connection closed after"):
-        install(tiny.spec, tmp_path / "tiny", [server.url("m")], retries=0)
+        install(tiny.spec, tmp_path / "tiny", [server.url("m")], patience=download.Patience(retries=0))
     assert len(list((tmp_path / "tiny").glob("*.part"))) == 1  # kept for the next run
     install(tiny.spec, tmp_path / "tiny", [server.url("m")])
     assert server.requests("m/train-images")[-1] == (path, "bytes=3000-", 206)
@@ -438,7 +438,7 @@ def hangup_mirror():
 def test_host_that_never_answers_is_skipped_for_the_other_files(server, tiny, tmp_path, hangup_mirror):
     dead_url, accepted = hangup_mirror
     server.mounts["m"] = tiny.gz_dir
-    log = install(tiny.spec, tmp_path / "tiny", [dead_url, server.url("m")], retries=2)
+    log = install(tiny.spec, tmp_path / "tiny", [dead_url, server.url("m")], patience=download.Patience(retries=2))
     assert len(accepted) == 3  # the first file's three attempts; then the host is written off
     assert len(server.requests("m")) == 4
     assert "(after 3 attempts)" in log  # "connection reset" or "closed by the server", by timing

@@ -4,11 +4,12 @@ finished is kept, and continuing gives exactly what an uninterrupted evaluation 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
-from drawcli.evaluation.bounds import Partial, likelihood_bounds
+from drawcli.evaluation.bounds import Continuation, Partial, likelihood_bounds
 from drawcli.model import DRAW
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,14 +42,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(batch_size, engine):
 
     with pytest.raises(Stop):
         likelihood_bounds(model, x, "dynamic", 2, seed=5, batch_size=batch_size, engine=engine,
-                          progress=stop_after_two_blocks, keep=lambda p: kept.append(copy.deepcopy(p.to_dict())))
+                          progress=stop_after_two_blocks, continuation=Continuation(keep=lambda p: kept.append(copy.deepcopy(p.to_dict()))))
     assert len(kept) == 1  # kept once, when it was interrupted
     partial = Partial.from_dict(kept[0])
     assert 0 < partial.done < len(x)
     assert torch.equal(partial.iwae[: partial.done], whole.iwae[: partial.done])
 
     # A batch size given now is ignored: the pass layout is the partial's.
-    resumed = likelihood_bounds(model, x, "dynamic", 2, seed=5, batch_size=7, engine=engine, resume=partial)
+    resumed = likelihood_bounds(model, x, "dynamic", 2, seed=5, batch_size=7, engine=engine, continuation=Continuation(resume=partial))
     for name in ("lx", "lz", "iwae"):
         assert torch.equal(getattr(resumed, name), getattr(whole, name)), name
     assert resumed.rows_per_pass == whole.rows_per_pass
@@ -57,7 +58,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(batch_size, engine):
 def test_kept_every_interval_and_not_after_the_last_block():
     model, x = small_model(), images(5)
     kept: list[int] = []
-    likelihood_bounds(model, x, "none", 3, seed=0, batch_size=3, keep=lambda p: kept.append(p.done), keep_every=0.0)
+    likelihood_bounds(model, x, "none", 3, seed=0, batch_size=3, continuation=Continuation(keep=lambda p: kept.append(p.done), keep_every=0.0))
     assert kept == [1, 2, 3, 4]  # after every block but the last (the finished result is the caller's to write)
 
 
@@ -70,11 +71,11 @@ def test_a_partial_of_other_work_is_refused():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        likelihood_bounds(model, x, "none", 3, seed=0, batch_size=3, keep=kept.append, progress=interrupt_at_two)
+        likelihood_bounds(model, x, "none", 3, seed=0, batch_size=3, continuation=Continuation(keep=kept.append), progress=interrupt_at_two)
     from drawcli.core.errors import DrawError
 
     with pytest.raises(DrawError, match="partial evaluation is of 5 images with K=3, not 4 with K=3"):
-        likelihood_bounds(model, x[:4], "none", 3, seed=0, resume=kept[0])
+        likelihood_bounds(model, x[:4], "none", 3, seed=0, continuation=Continuation(resume=kept[0]))
 
 
 # --------------------------------------------------------------------------- draw evaluate
@@ -89,6 +90,8 @@ def test_draw_evaluate_continues_an_interrupted_evaluation(tmp_path, monkeypatch
     from test_evaluate import TINY, make_run, write_idx
 
     from drawcli.commands import evaluate as command
+    from drawcli.commands.options import EvaluateOptions
+    from drawcli.evaluation import bounds
 
     data_dir = tmp_path / "data"
     (data_dir / "mnist").mkdir(parents=True)
@@ -97,30 +100,31 @@ def test_draw_evaluate_continues_an_interrupted_evaluation(tmp_path, monkeypatch
     write_idx(data_dir / "mnist" / "t10k-images-idx3-ubyte", g.integers(0, 256, (30, 28, 28), dtype=np.uint8))
     make_run(tmp_path / "runs", "tiny", TINY, data_dir)
     out = io.StringIO()
-    common = dict(runs_dir=tmp_path / "runs", samples=3, batch_size=6, device="cpu", console=Console(file=out, width=200))
+    common = dict(runs_dir=tmp_path / "runs", samples=3, batch_size=6, device="cpu")
+    console = Console(file=out, width=200)
 
-    whole = command.evaluate_command("tiny", output=tmp_path / "whole.json", **common)
+    whole = command.evaluate_command(EvaluateOptions("tiny", output=tmp_path / "whole.json", **common), console)
 
-    real = command.likelihood_bounds
+    real = bounds.likelihood_bounds
 
-    def interrupted(*args, progress=None, **kwargs):
+    def interrupted(*args, progress=None, continuation=None, **kwargs):
         def stop(done):
             if done >= 8:
                 raise KeyboardInterrupt
 
-        return real(*args, progress=stop, keep_every=0.0, **kwargs)
+        return real(*args, progress=stop, continuation=dataclasses.replace(continuation, keep_every=0.0), **kwargs)
 
-    monkeypatch.setattr(command, "likelihood_bounds", interrupted)
+    monkeypatch.setattr(bounds, "likelihood_bounds", interrupted)
     target = tmp_path / "again.json"
     with pytest.raises(KeyboardInterrupt):
-        command.evaluate_command("tiny", output=target, **common)
+        command.evaluate_command(EvaluateOptions("tiny", output=target, **common), console)
     kept = target.with_name("again.json.partial")
     assert kept.exists() and not target.exists()
     assert "the same command continues from there" in out.getvalue()
     assert torch.load(kept, weights_only=True)["partial"]["done"] == 8
 
-    monkeypatch.setattr(command, "likelihood_bounds", real)
-    again = command.evaluate_command("tiny", output=target, **common)
+    monkeypatch.setattr(bounds, "likelihood_bounds", real)
+    again = command.evaluate_command(EvaluateOptions("tiny", output=target, **common), console)
     assert "continuing from" in out.getvalue() and "8 of 30 images were done" in out.getvalue()
     assert not kept.exists()  # finished: the partial file is gone
     for key in ("elbo", "elbo_lx", "elbo_lz", "iwae", "iwae_stderr", "images"):

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from drawcli.cli import app
 from drawcli.commands.evaluate import evaluate_command
+from drawcli.commands.options import EvaluateOptions
 from drawcli.data.loading import to_input
 from drawcli.evaluation.bounds import (
     fixed_binarization,
@@ -318,7 +319,7 @@ def test_cli_writes_eval_json_and_the_table(tmp_path, data_dir):
 
     # The function returns what it wrote; the same seed gives the same numbers.
     again = evaluate_command(
-        str(run_dir), load="2", samples=3, device="cpu", console=Console(file=io.StringIO())
+        EvaluateOptions(str(run_dir), load="2", samples=3, device="cpu"), console=Console(file=io.StringIO())
     )
     reread = json.loads((run_dir / "eval-test-k3-epoch_002.json").read_text())
     assert reread == again
@@ -331,11 +332,11 @@ def test_binarized_mnist_is_used_as_is_and_matches_the_paper_setup(tmp_path, dat
     paper = ModelSettings(glimpses=64, hidden=256, latent=100, attention=True, read_n=2, write_n=5)
     run_dir = make_run(tmp_path / "runs", "paper", paper, None, dataset="binarized-mnist")
     quiet = Console(file=io.StringIO())
-    common = {"runs_dir": tmp_path / "runs", "data_dir": str(data_dir), "samples": 2, "device": "cpu", "console": quiet}
-    test = evaluate_command("paper", dataset="binarized-mnist", **common)
+    common = {"runs_dir": tmp_path / "runs", "data_dir": str(data_dir), "samples": 2, "device": "cpu"}
+    test = evaluate_command(EvaluateOptions("paper", dataset="binarized-mnist", **common), console=quiet)
     assert test["binarization"]["mode"] == "none" and "already binary" in test["binarization"]["description"]
     assert test["images"] == 4 and test["paper"]["comparable"] and test["paper"]["table2"] == 80.97
-    valid = evaluate_command("paper", dataset="binarized-mnist", split="valid", limit=3, **common)
+    valid = evaluate_command(EvaluateOptions("paper", dataset="binarized-mnist", split="valid", limit=3, **common), console=quiet)
     assert valid["images"] == 3 and valid["split"] == "valid"
     assert not valid["paper"]["comparable"] and any("split valid" in d for d in valid["paper"]["differences"])
     # Each result keeps its own file: the quick one on valid did not replace the one on test.
@@ -343,13 +344,13 @@ def test_binarized_mnist_is_used_as_is_and_matches_the_paper_setup(tmp_path, dat
     assert json.loads((run_dir / "eval-binarized-mnist-valid-k2-limit3-best.json").read_text())["split"] == "valid"
 
     console = Console(record=True, width=140, file=io.StringIO())
-    evaluate_command("paper", dataset="binarized-mnist", console=console, **{k: v for k, v in common.items() if k != "console"})
+    evaluate_command(EvaluateOptions("paper", dataset="binarized-mnist", **common), console=console)
     text = console.export_text()
     assert "80.97" in text and "(80.97)*" not in text and "same setup as the paper" in text
 
     # The same architecture trained on grey-level MNIST is not the paper's setup.
     make_run(tmp_path / "runs", "paper-mnist", paper, None)
-    other = evaluate_command("paper-mnist", dataset="binarized-mnist", **common)
+    other = evaluate_command(EvaluateOptions("paper-mnist", dataset="binarized-mnist", **common), console=quiet)
     assert other["paper"]["differences"] == ["trained on mnist (paper binarized-mnist)"]
     assert other["binarization"]["mode"] == "none"
 

@@ -1,6 +1,8 @@
 """The package's layout (issue 24, point 3): sub-packages by concern, each importing only its own
 package and the layers below it, no import cycles (function-level and TYPE_CHECKING imports
-included), a docstring on every sub-package and no module over MAX_LINES lines.
+included), a docstring on every sub-package and no module over MAX_LINES lines; and no function
+outside cli.py with more than MAX_PARAMETERS parameters (issue 39: parameters that travel together
+are one frozen dataclass).
 
 The checker reads the source with ``ast`` (nothing is imported) and is tested on a small fake
 package too, so that a broken rule is seen to fail.
@@ -16,6 +18,16 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "drawcli"
 MAX_LINES = 600
+MAX_PARAMETERS = 10  # self and cls not counted; *args and **kwargs count one each
+# cli.py's Typer commands take one parameter per option by design; they build one options object each.
+PARAMETERS_EXEMPT = ("cli.py",)
+# Being removed by the training-state change (issue 39, item 3).
+LONG_SIGNATURES_ALLOWED = {
+    "drawcli/training/loop.py:end_epoch",
+    "drawcli/training/loop.py:stop_now",
+    "drawcli/training/loop.py:train",
+    "drawcli/training/run.py:_train_in",
+}
 
 # Bottom to top (docs/development.md). A module may import its own layer and the layers below it.
 LAYERS = ("core", "data", "settings", "model", "runs", "evaluation", "pictures", "training", "api", "serve", "commands")
@@ -154,6 +166,30 @@ def long_modules(package_dir: Path, limit: int = MAX_LINES) -> list[str]:
     return [f"{p}: {n} lines" for p in sorted(package_dir.rglob("*.py")) if (n := len(p.read_text().splitlines())) > limit]
 
 
+def parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> int:
+    """A function's parameters, not counting a method's first ``self`` or ``cls``."""
+    a = node.args
+    named = [p.arg for p in a.posonlyargs + a.args]
+    if named and named[0] in ("self", "cls"):
+        named = named[1:]
+    return len(named) + len(a.kwonlyargs) + (a.vararg is not None) + (a.kwarg is not None)
+
+
+def long_signatures(package_dir: Path, limit: int = MAX_PARAMETERS, exempt=PARAMETERS_EXEMPT) -> dict[str, int]:
+    """``drawcli/x/y.py:name`` -> parameters, for every function (nested ones and lambdas included)
+    with more than ``limit``, in every module but the ``exempt`` ones (paths relative to the package)."""
+    found = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        inside = path.relative_to(package_dir).as_posix()
+        if inside in exempt:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and parameter_count(node) > limit:
+                name = getattr(node, "name", f"<lambda>@{node.lineno}")
+                found[f"{package_dir.name}/{inside}:{name}"] = parameter_count(node)
+    return found
+
+
 # ------------------------------------------------------------------------------ the package itself
 def test_drawcli_has_no_import_cycle():
     cycle = find_cycle(imports(PACKAGE_DIR))
@@ -175,6 +211,14 @@ def test_every_sub_package_says_what_it_owns():
 
 def test_no_module_is_over_the_line_limit():
     assert long_modules(PACKAGE_DIR) == []
+
+
+def test_no_function_outside_cli_takes_more_than_ten_parameters():
+    found = long_signatures(PACKAGE_DIR)
+    over = {name: n for name, n in found.items() if name not in LONG_SIGNATURES_ALLOWED}
+    assert not over, f"more than {MAX_PARAMETERS} parameters (group those that travel together in a frozen dataclass): {over}"
+    fixed = LONG_SIGNATURES_ALLOWED - set(found)
+    assert not fixed, f"now within {MAX_PARAMETERS} parameters or gone: remove from LONG_SIGNATURES_ALLOWED: {sorted(fixed)}"
 
 
 # ------------------------------------------------------------------------------ the checker, on a fake package
@@ -232,3 +276,20 @@ def test_the_checker_passes_a_clean_package(tmp_path):
     assert {(i.source, i.target) for i in found} == {("drawcli", "drawcli.core.a"), ("drawcli.data.b", "drawcli.core.a"),
                                                      ("drawcli.data.b", "drawcli.data.c"), ("drawcli.data.c", "drawcli.core.a")}
     assert find_cycle(found) is None and layer_violations(found) == []
+
+
+def test_the_checker_counts_parameters_as_a_caller_passes_them(tmp_path):
+    ten = ", ".join(f"p{i}" for i in range(10))
+    package = _fake_package(tmp_path, {
+        "__init__.py": '"""fake"""\n',
+        "cli.py": f"def command({ten}, extra):\n    pass\n",  # exempt
+        "core/__init__.py": '"""core"""\n',
+        "core/a.py": (f"def ok({ten}):\n    pass\n\n\n"
+                      f"def over(p, /, {ten}, *, k):\n    pass\n\n\n"
+                      f"class C:\n    def method(self, {ten}):\n        pass\n\n"
+                      f"    def star(self, a, b, c, d, e, f, g, h, i, *args, **kwargs):\n        pass\n\n\n"
+                      f"def outer():\n    def inner({ten}, x):\n        pass\n    return lambda {ten}, y: 0\n"),
+    })
+    assert long_signatures(package) == {"drawcli/core/a.py:over": 12, "drawcli/core/a.py:star": 11,
+                                        "drawcli/core/a.py:inner": 11, "drawcli/core/a.py:<lambda>@20": 11}
+    assert long_signatures(package, exempt=()) == {**long_signatures(package), "drawcli/cli.py:command": 11}

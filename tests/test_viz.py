@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from drawcli.cli import app
 from drawcli.commands import pictures as pictures_cmd
+from drawcli.commands.options import AnimateOptions, InspectOptions, SampleOptions
 from drawcli.core.errors import DrawError
 from drawcli.pictures import render, viz
 from drawcli.runs.checkpoint import atomic_save, build_model, make_checkpoint
@@ -254,7 +255,7 @@ def test_progress_bar_makes_every_frame_distinct():
 # ----------------------------------------------------------------------------- draw sample
 def test_sample_png_size_values_and_npy(runs, tmp_path):
     out = tmp_path / "s.png"
-    written = pictures_cmd.sample_command("att", n=6, nrow=3, scale=2, npy=True, device="cpu", output=out, runs_dir=runs, console=_quiet())
+    written = pictures_cmd.sample_command(SampleOptions("att", n=6, nrow=3, scale=2, npy=True, device="cpu", output=out, runs_dir=runs), console=_quiet())
     assert written == [out, tmp_path / "s.npy"]
     img = iio.imread(out)
     assert img.dtype == np.uint8 and img.shape == (render.PAD + 2 * (56 + render.PAD), render.PAD + 3 * (56 + render.PAD))
@@ -267,14 +268,14 @@ def test_sample_png_size_values_and_npy(runs, tmp_path):
 
 
 def test_sample_default_output_binary_and_seed(runs, tmp_path):
-    first = pictures_cmd.sample_command("att", n=4, binary=True, npy=True, device="cpu", runs_dir=runs, console=_quiet())
+    first = pictures_cmd.sample_command(SampleOptions("att", n=4, binary=True, npy=True, device="cpu", runs_dir=runs), console=_quiet())
     assert first[0] == runs / "att" / "samples-best-n4-seed0-binary.png"  # named by what it holds
     raw = np.load(first[1])
     assert set(np.unique(raw).tolist()) <= {0.0, 1.0}
     a = iio.imread(first[0])
-    again = pictures_cmd.sample_command("att", n=4, binary=True, device="cpu", runs_dir=runs, output=tmp_path / "b.png", console=_quiet())
+    again = pictures_cmd.sample_command(SampleOptions("att", n=4, binary=True, device="cpu", runs_dir=runs, output=tmp_path / "b.png"), console=_quiet())
     assert (iio.imread(again[0]) == a).all()
-    other = pictures_cmd.sample_command("att", n=4, binary=True, seed=1, device="cpu", runs_dir=runs, output=tmp_path / "c.png", console=_quiet())
+    other = pictures_cmd.sample_command(SampleOptions("att", n=4, binary=True, seed=1, device="cpu", runs_dir=runs, output=tmp_path / "c.png"), console=_quiet())
     assert (iio.imread(other[0]) != a).any()
 
 
@@ -288,7 +289,7 @@ def test_sample_cli_prints_path_and_works_without_attention(runs, tmp_path):
 # ----------------------------------------------------------------------------- draw animate
 def test_animate_gif_frames_timing_loop_and_content(runs, tmp_path):
     out = tmp_path / "a.gif"
-    pictures_cmd.animate_command("att", output=out, n=4, scale=2, fps=10, hold=1.5, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("att", output=out, n=4, scale=2, fps=10, hold=1.5, device="cpu", runs_dir=runs), console=_quiet())
     frames, durations, loop = gif_info(out)
     grid = render.grid_for(4, None, 56, 56)
     assert frames.shape[:3] == (T, grid.shape[0] + render.PROGRESS_HEIGHT, grid.shape[1])
@@ -312,12 +313,12 @@ def test_animate_frames_match_the_model_canvases(runs):
 
 def test_animate_boxes_are_red_and_reconstruct_adds_green(runs, tmp_path):
     out = tmp_path / "boxes.gif"
-    pictures_cmd.animate_command("att", output=out, n=2, boxes=True, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("att", output=out, n=2, boxes=True, device="cpu", runs_dir=runs), console=_quiet())
     frames, _, _ = gif_info(out)
     red = (frames[..., 0] > 200) & (frames[..., 1] < 60) & (frames[..., 2] < 60)
     assert red.any(axis=(1, 2)).all()  # a write window in every frame
     out = tmp_path / "recon.gif"
-    pictures_cmd.animate_command("att", output=out, n=3, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("att", output=out, n=3, reconstruct=True, device="cpu", runs_dir=runs), console=_quiet())
     frames, durations, _ = gif_info(out)
     assert len(frames) == len(durations) == T
     green = (frames[..., 1] > 200) & (frames[..., 0] < 60) & (frames[..., 2] < 60)
@@ -327,7 +328,7 @@ def test_animate_boxes_are_red_and_reconstruct_adds_green(runs, tmp_path):
 def test_animate_same_seed_same_gif(runs, tmp_path):
     paths = []
     for name, seed in (("x.gif", 5), ("y.gif", 5), ("z.gif", 6)):
-        pictures_cmd.animate_command("att", output=tmp_path / name, n=2, seed=seed, device="cpu", runs_dir=runs, console=_quiet())
+        pictures_cmd.animate_command(AnimateOptions("att", output=tmp_path / name, n=2, seed=seed, device="cpu", runs_dir=runs), console=_quiet())
         paths.append(tmp_path / name)
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert paths[0].read_bytes() != paths[2].read_bytes()
@@ -335,7 +336,7 @@ def test_animate_same_seed_same_gif(runs, tmp_path):
 
 def test_animate_without_attention_draws_no_windows(runs, tmp_path):
     out = tmp_path / "plain.gif"
-    pictures_cmd.animate_command("plain", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("plain", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs), console=_quiet())
     frames, _, _ = gif_info(out)
     assert len(frames) == T
     assert (frames[..., 0] == frames[..., 1]).all()  # grey only
@@ -352,7 +353,7 @@ def test_animate_mp4_with_ffmpeg(runs, tmp_path):
     if not render.ffmpeg_available():
         pytest.skip("imageio-ffmpeg is not installed")
     out = tmp_path / "a.mp4"
-    pictures_cmd.animate_command("att", output=out, n=3, fps=10, hold=1.0, device="cpu", runs_dir=runs, console=_quiet())
+    pictures_cmd.animate_command(AnimateOptions("att", output=out, n=3, fps=10, hold=1.0, device="cpu", runs_dir=runs), console=_quiet())
     import imageio.v2 as iio2
 
     with iio2.get_reader(out, format="FFMPEG") as reader:
@@ -410,7 +411,7 @@ def test_inspect_attention_table_and_default_outputs(runs):
 def test_inspect_attention_generate_has_write_windows_only(runs, tmp_path):
     js = tmp_path / "gen.json"
     pictures_cmd.inspect_attention_command(
-        "att", n=3, generate=True, json_path=js, output=tmp_path / "gen.gif", device="cpu", runs_dir=runs, console=_quiet()
+        InspectOptions("att", n=3, generate=True, json_path=js, output=tmp_path / "gen.gif", device="cpu", runs_dir=runs), console=_quiet()
     )
     doc = json.loads(js.read_text())
     assert len(doc["images"]) == 3 and doc["source"] == "prior samples"
@@ -425,7 +426,7 @@ def test_inspect_attention_same_seed_same_json(runs, tmp_path):
     texts = []
     for name in ("a", "b"):
         pictures_cmd.inspect_attention_command(
-            "att", n=2, json_path=tmp_path / f"{name}.json", output=tmp_path / f"{name}.gif", seed=3, device="cpu", runs_dir=runs, console=_quiet()
+            InspectOptions("att", n=2, json_path=tmp_path / f"{name}.json", output=tmp_path / f"{name}.gif", seed=3, device="cpu", runs_dir=runs), console=_quiet()
         )
         texts.append(json.loads((tmp_path / f"{name}.json").read_text())["images"])
     assert texts[0] == texts[1]
@@ -474,7 +475,7 @@ def test_inspect_attention_on_real_mnist(mnist_data_dir, tmp_path):
     make_run(tmp_path, "real", data_dir=mnist_data_dir)
     js = tmp_path / "real.json"
     pictures_cmd.inspect_attention_command(
-        "real", index="0,9999", json_path=js, output=tmp_path / "real.gif", device="cpu", runs_dir=tmp_path, console=_quiet()
+        InspectOptions("real", index="0,9999", json_path=js, output=tmp_path / "real.gif", device="cpu", runs_dir=tmp_path), console=_quiet()
     )
     doc = json.loads(js.read_text())
     assert [im["index"] for im in doc["images"]] == [0, 9999]

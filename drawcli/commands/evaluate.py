@@ -1,5 +1,6 @@
 """`draw evaluate`: bounds of a run on a data split, printed as a table and written as JSON
-(drawcli/evaluation/ computes them).
+(drawcli/evaluation/ computes them). Its options are one object (drawcli/commands/options.py),
+checked, and the model located, once, before torch is imported.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from drawcli.commands.options import EvaluateOptions
 from drawcli.core.errors import DrawError
 from drawcli.core.files import check_output
 from drawcli.core.progress import Reporter, count_columns, make_console
 from drawcli.core.version import __version__
-from drawcli.evaluation.bounds import check_finite, likelihood_bounds, paper_comparison
 from drawcli.evaluation.evaluate import (
     EVAL_FORMAT,
     EVAL_FORMAT_VERSION,
-    SPLITS,
     data_for,
     eval_binarize,
     eval_path,
@@ -35,55 +35,37 @@ from drawcli.evaluation.evaluate import (
 )
 
 
-def evaluate_command(
-    run: str,
-    *,
-    load: str | None = None,
-    split: str = "test",
-    dataset: str | None = None,
-    samples: int = 100,
-    batch_size: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    runs_dir: str | Path = "runs",
-    data_dir: str | None = None,
-    limit: int | None = None,
-    console: Console | None = None,
-    output: str | Path | None = None,
-    precision: str = "float32",
-    engine: str = "auto",
-) -> dict:
-    """Evaluate a run's checkpoint; print a table, then write ``output`` (default: a name in the run
-    directory that says what it holds, see :func:`eval_file_name`); return what was written."""
+def evaluate_command(options: EvaluateOptions, console: Console | None = None) -> dict:
+    """Evaluate a run's checkpoint; print a table, then write ``options.output`` (default: a name in
+    the run directory that says what it holds, see :func:`eval_file_name`); return what was written."""
     from drawcli.core.device import autocast, describe
     from drawcli.data.catalogue import get_spec, is_folder
     from drawcli.data.loading import resolve_data_dir
     from drawcli.runs import store as runs
-    from drawcli.settings import check_command_options
 
+    o = options
     console = console or make_console()
-    if split not in SPLITS:
-        raise DrawError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    check_command_options(seed=seed, precision=precision, engine=engine)
-    for flag, value, low in (("--samples", samples, 1), ("--batch-size", batch_size, 1), ("--limit", limit, 1)):
-        if value is not None and value < low:
-            raise DrawError(f"{flag} must be >= {low}, got {value}")
+    o.check()
+    located = runs.locate(o.run, o.load, o.device, o.runs_dir)
 
-    located = runs.locate(run, load, device, runs_dir)
-    path = Path(output) if output is not None else eval_path(located, split, samples, limit, dataset, seed)
+    def named(where) -> Path:
+        return Path(o.output) if o.output is not None else eval_path(where, o.split, o.samples, o.limit, o.dataset, o.seed)
+
+    path = named(located)
     created = check_output(path)  # before minutes of evaluation
     if created:
         console.print(created, highlight=False)
-    loaded = runs.load_run(run, load, device, runs_dir, located, precision)
+    from drawcli.evaluation.bounds import Continuation, check_finite, likelihood_bounds, paper_comparison  # torch: only now
+
+    loaded = runs.load_run(o.run, o.load, o.device, o.runs_dir, located, o.precision)
     if loaded.note:
         console.print(loaded.note, highlight=False)
-        if output is None:  # the file's name says which checkpoint was evaluated
-            path = eval_path(loaded.located, split, samples, limit, dataset, seed)
+        path = named(loaded.located)  # the file's name says which checkpoint was evaluated
     located = loaded.located
     settings, model, dev = loaded.settings, loaded.model, loaded.device
     source = str(located.checkpoint) if located.checkpoint is not None else located.label
 
-    data = data_for(settings.data, dataset, model)
+    data = data_for(settings.data, o.dataset, model)
     name = data.dataset
     if not is_folder(name):  # a wrong shape is answered before any file is read
         known = get_spec(name)
@@ -94,27 +76,27 @@ def evaluate_command(
             )
     from drawcli.model.engine import resolve_for
 
-    choice = resolve_for(engine, model, dev, "evaluate", flag="--engine", say=lambda line: console.print(line, highlight=False))
-    images, spec = load_split(data, resolve_data_dir(data_dir or settings.data.data_dir), split, console)
+    choice = resolve_for(o.engine, model, dev, "evaluate", flag="--engine", say=lambda line: console.print(line, highlight=False))
+    images, spec = load_split(data, resolve_data_dir(o.data_dir or settings.data.data_dir), o.split, console)
     expected = (model.height, model.width) if model.channels == 1 else (model.channels, model.height, model.width)
     if tuple(images.shape[1:]) != expected:
         raise DrawError(f"{name} images are {tuple(images.shape[1:])}; {located.label!r} models {expected}")
     total = len(images)
-    if limit is not None:
-        images = images[:limit]
+    if o.limit is not None:
+        images = images[:o.limit]
     binarize = eval_binarize(spec, settings)
 
     notes = []
-    if split == "valid" and "valid" not in spec.splits and same_dataset(name, settings.data.dataset) and not settings.data.validation:
+    if o.split == "valid" and "valid" not in spec.splits and same_dataset(name, settings.data.dataset) and not settings.data.validation:
         notes.append(
             f"run {located.label!r} trained without data.validation: these last {len(images)} training images were in its training set"
         )
-    if split == "train":
+    if o.split == "train":
         notes.append("the train split measures fit, not generalisation")
 
     console.print(
-        f"evaluating {source} ({loaded.trained}) on {len(images)} {name} {split} images, "
-        f"K={samples}, device {describe(dev)}, precision {loaded.precision}",
+        f"evaluating {source} ({loaded.trained}) on {len(images)} {name} {o.split} images, "
+        f"K={o.samples}, device {describe(dev)}, precision {loaded.precision}",
         highlight=False,
     )
     console.print(choice.line, highlight=False)
@@ -122,8 +104,8 @@ def evaluate_command(
     # Hours of K = 1000 survive an interruption: the finished images are kept beside the output
     # (at most a minute's work is lost) and the same command continues, to the same numbers.
     kept_at = partial_path(path)
-    key = partial_key(located.label, located.checkpoint, split=split, dataset=name, limit=limit, images=len(images),
-                      samples=samples, seed=seed, binarize=binarize, precision=loaded.precision, engine=choice.name,
+    key = partial_key(located.label, located.checkpoint, split=o.split, dataset=name, limit=o.limit, images=len(images),
+                      samples=o.samples, seed=o.seed, binarize=binarize, precision=loaded.precision, engine=choice.name,
                       device=dev.type)
     resume, earlier, note = read_partial(kept_at, key)
     if note is not None:
@@ -135,10 +117,11 @@ def evaluate_command(
 
     try:
         with Reporter(console, columns=count_columns("images"), transient=True, unit="images", estimate=True) as bar:
-            bar.begin(f"K={samples}", len(images), completed=resume.done if resume is not None else 0)
+            bar.begin(f"K={o.samples}", len(images), completed=resume.done if resume is not None else 0)
             with autocast(dev, loaded.precision):
-                bounds = likelihood_bounds(model, images, binarize, samples, seed=seed, batch_size=batch_size,
-                                           progress=bar.tick, engine=choice, resume=resume, keep=keep)
+                bounds = likelihood_bounds(model, images, binarize, o.samples, seed=o.seed, batch_size=o.batch_size,
+                                           progress=bar.tick, engine=choice,
+                                           continuation=Continuation(resume=resume, keep=keep))
     except KeyboardInterrupt:
         if kept_at.exists():
             console.print(f"the finished images are kept in {kept_at}: the same command continues from there", highlight=False)
@@ -158,13 +141,13 @@ def evaluate_command(
         **({"training": loaded.training} if loaded.training is not None else {}),  # every cycle of a model trained in several
         "settings": loaded.saved_settings,
         "dataset": name,
-        "split": split,
-        "limit": limit,
-        "seed": seed,
+        "split": o.split,
+        "limit": o.limit,
+        "seed": o.seed,
         "rows_per_pass": bounds.rows_per_pass,
         "binarization": bounds.binarization,
         **numbers,
-        "paper": paper_comparison(model.config(), name, split, len(images), total, settings.data.dataset),
+        "paper": paper_comparison(model.config(), name, o.split, len(images), total, settings.data.dataset),
         "continuous": not bounds.binarization.get("binary", True),
         **per_value(numbers, model.channels * model.height * model.width),
         "notes": notes,

@@ -28,10 +28,18 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 @dataclass(frozen=True)
 class StepMemory:
-    """A training step's memory: ``fixed`` bytes plus ``per_image`` bytes per image of the batch."""
+    """A training step's memory: ``fixed`` bytes plus ``per_image`` bytes per image of the batch;
+    ``bfloat16_per_image`` more per image when the products run in bfloat16 (:meth:`in_precision`)."""
 
     fixed: int
     per_image: int
+    bfloat16_per_image: int = 0
+
+    def in_precision(self, precision: str) -> StepMemory:
+        """The step in this training precision: bfloat16 keeps its copies on top of the float32 activations."""
+        if precision != "bfloat16":
+            return self
+        return StepMemory(self.fixed, self.per_image + self.bfloat16_per_image)
 
     def total(self, batch: int) -> int:
         return self.fixed + self.per_image * batch
@@ -42,7 +50,7 @@ class StepMemory:
 
 
 def step_memory(glimpses: int, hidden: int, latent: int, attention: bool, read_n: int, write_n: int,
-                height: int, width: int, channels: int = 1, parameters: int = 0, bfloat16: bool = False) -> StepMemory:
+                height: int, width: int, channels: int = 1, parameters: int = 0) -> StepMemory:
     """Bytes one training step needs (forward, backward, Adam), from the model's shapes.
 
     Per image and glimpse, backpropagation through time keeps: both LSTMs' inputs, gates, cell
@@ -50,8 +58,8 @@ def step_memory(glimpses: int, hidden: int, latent: int, attention: bool, read_n
     their gradients; the heads' outputs and gradients; with attention, the error image x_hat (and x
     beside it), both filterbanks F_X, F_Y with (a - mu) for backward, and the partial products of
     read (F_Y [x | x_hat]) and write (w F_X); without attention the whole image enters the encoder
-    and the head writes the whole canvas. ``bfloat16``: the LSTM products' inputs and gates are also
-    kept in bfloat16. Per image once: the input (uint8, float, binarised), the canvas, the
+    and the head writes the whole canvas. In bfloat16 (``bfloat16_per_image``, see
+    :meth:`StepMemory.in_precision`) the LSTM products' inputs and gates are also kept in bfloat16. Per image once: the input (uint8, float, binarised), the canvas, the
     loss and their gradients. Fixed: the parameters, their gradients, Adam's two moments and the
     rearranged copies the engines multiply with.
     """
@@ -72,18 +80,17 @@ def step_memory(glimpses: int, hidden: int, latent: int, attention: bool, read_n
     lstm_state = 2 * (4 * hd + 2 * hd)  # per LSTM: gates, c_t, tanh(c_t) (h_t is in the inputs)
     per_glimpse = lstm_inputs + lstm_state + pictures + 2 * heads + 5 * Z  # heads and their gradients; mu, log sigma, eps, sigma eps, dq
     per_glimpse += 2 * hd  # h_enc_t and h_dec_t gathered for the weight gradients' (T*B)-row products
-    if bfloat16:
-        per_glimpse += (lstm_inputs + 2 * 4 * hd) // 2  # bfloat16 copies: half a float each
+    bfloat16_copies = (lstm_inputs + 2 * 4 * hd) // 2  # per glimpse: half a float each
     per_image = T * per_glimpse + 12 * pixels + 2 * T * Z  # input, canvas, loss and gradients; eps (T x Z) drawn per batch
     fixed = 6 * parameters  # weights, gradients, Adam's m and v, rearranged copies (x2)
-    return StepMemory(fixed=FLOAT * fixed, per_image=FLOAT * per_image)
+    return StepMemory(fixed=FLOAT * fixed, per_image=FLOAT * per_image, bfloat16_per_image=FLOAT * T * bfloat16_copies)
 
 
 def model_step_memory(model_settings, height: int, width: int, channels: int, parameters: int, precision: str) -> StepMemory:
     """:func:`step_memory` for settings.model (ModelSettings) on images of this shape."""
     m = model_settings
     return step_memory(m.glimpses, m.hidden, m.latent, m.attention, m.read_n, m.write_n, height, width, channels,
-                       parameters, bfloat16=precision == "bfloat16")
+                       parameters).in_precision(precision)
 
 
 def parse_size(text: str) -> int:

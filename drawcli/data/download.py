@@ -163,6 +163,17 @@ def check_source(source: str) -> None:
     _local_folder(source)
 
 
+@dataclass(frozen=True)
+class Patience:
+    """How long a source is tried: ``retries`` more attempts after a transient failure, ``backoff``
+    seconds before the first of them (doubling on each further one), ``timeout`` seconds a connect or
+    a single read may block. None: the module's RETRIES, BACKOFF_BASE, TIMEOUT, read when used."""
+
+    retries: int | None = None
+    backoff: float | None = None
+    timeout: float | None = None
+
+
 def install_dataset(
     spec: DatasetSpec,
     directory: Path,
@@ -173,17 +184,16 @@ def install_dataset(
     force: bool = False,
     console: Console | None = None,
     quiet: bool = False,
-    retries: int | None = None,
-    backoff: float | None = None,
-    timeout: float | None = None,
     extras: bool = False,
+    patience: Patience | None = None,
 ) -> int:
     """Download (or copy) every file of ``spec`` that is not present and verified; return how many.
 
     ``source`` is --from (folder or URL, http allowed). Otherwise ``mirrors`` (default:
     the registry's) are tried in order, https only unless ``allow_http`` (tests) or the
     registry allows http for the set. A set built from another one is built, unless
-    ``source`` names a copy of it. ``extras``: the optional files too.
+    ``source`` names a copy of it. ``extras``: the optional files too. ``patience``: how long each
+    source is tried (default: RETRIES, BACKOFF_BASE and TIMEOUT).
     """
     directory = Path(directory)
     console = console if console is not None else make_console()
@@ -203,9 +213,9 @@ def install_dataset(
     from_url = source is not None and _local_folder(source) is None
     opts = Options(
         opener=urllib.request.build_opener(RedirectPolicy(https_only=source is None and not allow_http)),
-        retries=RETRIES if retries is None else retries,
-        backoff=BACKOFF_BASE if backoff is None else backoff,
-        timeout=TIMEOUT if timeout is None else timeout,
+        retries=RETRIES if patience is None or patience.retries is None else patience.retries,
+        backoff=BACKOFF_BASE if patience is None or patience.backoff is None else patience.backoff,
+        timeout=TIMEOUT if patience is None or patience.timeout is None else patience.timeout,
     )
     if source is None and not mirrors:
         raise DrawError(

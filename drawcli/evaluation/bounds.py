@@ -203,6 +203,22 @@ class Partial:
                             f"not {images} with K={samples}")
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """An evaluation that survives an interruption, so that hours of K = 1000 are not lost.
+
+    ``keep`` is called with the work finished so far (a :class:`Partial`) at most every
+    ``keep_every`` seconds, and once more when the loop is interrupted (KeyboardInterrupt or any
+    error). ``resume`` continues from such a Partial: the same images, K and seed give
+    bit-identical results to an uninterrupted evaluation, because the Partial carries the noise
+    generator's state and the pass layout.
+    """
+
+    resume: Partial | None = None
+    keep: Callable[[Partial], None] | None = None
+    keep_every: float = 60.0
+
+
 @torch.no_grad()
 def likelihood_bounds(
     model: DRAW,
@@ -215,9 +231,7 @@ def likelihood_bounds(
     budget: int | None = None,
     progress: Callable[[int], None] | None = None,
     engine: str = "auto",
-    resume: Partial | None = None,
-    keep: Callable[[Partial], None] | None = None,
-    keep_every: float = 60.0,
+    continuation: Continuation | None = None,
 ) -> Bounds:
     """ELBO parts and the K-sample importance-weighted bound for every image.
 
@@ -228,12 +242,11 @@ def likelihood_bounds(
     repeated K times in a pass when that fits; otherwise its K samples are split over passes.
     progress: called with the number of images finished so far.
     engine: the engine every forward pass runs (DRAW.forward's argument).
-    keep: called with the work finished so far (a :class:`Partial`) at most every
-    ``keep_every`` seconds, and once more when the loop is interrupted (KeyboardInterrupt or any
-    error), so that hours of K = 1000 survive an interrupted session. ``resume`` continues from
-    such a Partial: the same images, K and seed give bit-identical results to an uninterrupted
-    evaluation, because the Partial carries the noise generator's state and the pass layout.
+    continuation: where an interruptible evaluation keeps its finished work and continues from
+    (a :class:`Continuation`); None: neither.
     """
+    c = continuation or Continuation()
+    resume, keep = c.resume, c.keep
     if samples < 1:
         raise DrawError(f"--samples must be >= 1, got {samples}")
     if batch_size is not None and batch_size < 1:
@@ -286,7 +299,7 @@ def likelihood_bounds(
             # log (1/K) sum_k exp(log w_k), stably: logsumexp subtracts the largest log w.
             iwae_all[start : start + m] = -(torch.logsumexp(log_w_m, dim=1) - log_k)
             state.done, state.noise = start + m, noise.get_state()
-            if keep is not None and start + m < n and time.monotonic() - last_kept >= keep_every:
+            if keep is not None and start + m < n and time.monotonic() - last_kept >= c.keep_every:
                 keep(state)
                 last_kept = time.monotonic()
             if progress is not None:

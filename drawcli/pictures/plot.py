@@ -11,6 +11,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from drawcli.core.errors import DrawError
@@ -234,28 +235,39 @@ def build_figure(
     return fig, notes
 
 
+@dataclass(frozen=True)
+class PlotOptions:
+    """What `draw plot` draws (:func:`build_figure` takes the same, with ``size`` parsed)."""
+
+    x: str | None = None  # step, epoch, or None: default_axis
+    parts: bool = False
+    log: bool = False
+    paper: bool = False
+    ymin: float | None = None
+    ymax: float | None = None
+    size: str | None = None  # WIDTHxHEIGHT in pixels; None: SIZE, or SIZE_PARTS with parts
+    lr: bool = False
+
+    def check(self) -> tuple[int, int] | None:
+        """A one-line DrawError for a wrong option; the size in pixels (None: the default)."""
+        if self.x is not None and self.x not in ("step", "epoch"):
+            raise DrawError(f"--x: expected step or epoch, got {self.x!r}")
+        if self.ymin is not None and self.ymax is not None and self.ymin >= self.ymax:
+            raise DrawError(f"--ymin {self.ymin:g} must be below --ymax {self.ymax:g}")
+        if self.log and self.ymin is not None and self.ymin <= 0:
+            raise DrawError(f"--ymin must be > 0 on a log axis, got {self.ymin:g}")
+        return parse_size(self.size) if self.size else None
+
+
 def plot_runs(
     refs: list[str],
     output: str | Path | None = None,
-    *,
-    x: str | None = None,
-    parts: bool = False,
-    log: bool = False,
-    paper: bool = False,
-    ymin: float | None = None,
-    ymax: float | None = None,
-    size: str | None = None,
-    lr: bool = False,
+    options: PlotOptions | None = None,
     runs_dir: str | Path = "runs",
 ) -> tuple[Path, list[str]]:
     """Draw the runs' curves into ``output``; returns the path and notes for the user."""
-    if x is not None and x not in ("step", "epoch"):
-        raise DrawError(f"--x: expected step or epoch, got {x!r}")
-    if ymin is not None and ymax is not None and ymin >= ymax:
-        raise DrawError(f"--ymin {ymin:g} must be below --ymax {ymax:g}")
-    if log and ymin is not None and ymin <= 0:
-        raise DrawError(f"--ymin must be > 0 on a log axis, got {ymin:g}")
-    pixels = parse_size(size) if size else None
+    o = options or PlotOptions()
+    pixels = o.check()
     if output is not None and Path(output).suffix.lower() not in FORMATS:
         raise DrawError(f"-o {output}: expected a .png, .svg or .pdf file name")
     _matplotlib()  # before reading anything: without it there is nothing to do
@@ -264,10 +276,9 @@ def plot_runs(
         output = runs[0].dir / "curves.png" if len(runs) == 1 else Path("curves.png")
     output = Path(output)
     created = check_output(output)
-    fig, notes = build_figure(runs, x=x, parts=parts, log=log, paper=paper, ymin=ymin, ymax=ymax, size=pixels, lr=lr)
+    fig, notes = build_figure(runs, x=o.x, parts=o.parts, log=o.log, paper=o.paper, ymin=o.ymin, ymax=o.ymax, size=pixels,
+                              lr=o.lr)
     notes = [created, *notes] if created else notes
     fmt = FORMATS[output.suffix.lower()]
     replace_atomically(output, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI), what="plot ")
     return output, notes
-
-

@@ -18,7 +18,6 @@ import numpy as np
 
 from drawcli.core.errors import DrawError
 from drawcli.runs.store import LoadedRun
-from drawcli.settings import check_command_options
 
 
 def parse_indices(spec: str | Sequence[int], limit: int) -> list[int]:
@@ -70,9 +69,9 @@ def running(loaded: LoadedRun):
 
 
 def seeded_generator(loaded: LoadedRun, seed: int):
+    """A generator on the model's device seeded with ``seed`` (the commands check --seed)."""
     import torch
 
-    check_command_options(seed=seed)
     return torch.Generator(device=loaded.device).manual_seed(seed)
 
 
@@ -160,6 +159,13 @@ def sample_prior(loaded: LoadedRun, n: int, generator, engine: str = "auto", eve
 
 
 # ----------------------------------------------------------------------------- draw sample
+def binary_pixels(loaded: LoadedRun, probs: np.ndarray, generator) -> np.ndarray:
+    """Bernoulli pixels drawn from the means ``probs`` (`draw sample --binary`), on the model's device
+    with the generator that drew the samples, so that a seed gives one picture."""
+    import torch
+
+    with running(loaded):
+        return torch.bernoulli(torch.from_numpy(probs).to(loaded.device), generator=generator).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- draw animate
