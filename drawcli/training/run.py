@@ -121,7 +121,6 @@ def resume_run(run_ref: str, runs_dir: str, config, flags, sets, notes: list[str
         return run_train(settings, resume=found, notes=notes)
 
 
-
 class StopOnSignal:
     """SIGINT or SIGTERM asks training to stop after the current step (and checkpoint).
 
@@ -213,6 +212,7 @@ class TrainingRun:
 
 def _run(settings: Settings, resume: ResumeFrom | None, console: Console | None, env: distributed.DistEnv,
          notes: list[str], given: dict[str, str] | None = None) -> Path:
+    """One process's run, in order: settings, device, data, the checks, the run directory, training."""
     from drawcli.training.tensorboard_log import use_tensorboard
 
     source, note = None, None
@@ -243,7 +243,7 @@ def _run(settings: Settings, resume: ResumeFrom | None, console: Console | None,
             raise
 
 
-def _new_run_settings(settings: Settings, given: dict[str, str] | None):
+def _new_run_settings(settings: Settings, given: dict[str, str] | None) -> tuple[Settings, Any]:
     """A new run's settings: its folders absolute, and with train.init_from the model settings of the
     weights it starts from (loaded here, before anything reads settings.model); (settings, loaded or None)."""
     settings = absolute_folders(settings)
