@@ -119,6 +119,48 @@ def test_a_plain_adam_state_loads_into_fused_adam_with_its_step_counters_placed_
     fused.step()  # and it runs
 
 
+def test_rows_name_the_evaluation_split_as_data_validation_does_and_count_the_models_parameters():
+    from drawcli.data.arrays import eval_split_name
+    from drawcli.model import count_parameters
+
+    images = synthetic_images()
+    for validation, split in ((False, "test"), (True, "valid")):
+        cb = Collect()
+        cb.on_start = lambda info, cb=cb: setattr(cb, "info", info)
+        s = tiny_settings("train.max_steps=2", f"data.validation={str(validation).lower()}")
+        result = train(s, images, images[:40], torch.device("cpu"), callbacks=[cb])
+        assert eval_split_name(validation) == split == cb.info["eval_split"]
+        assert [row["split"] for row in cb.epochs] == [split]
+        assert cb.info["parameters"] == count_parameters(result.model) == sum(p.numel() for p in result.model.parameters())
+
+
+def test_a_stop_at_the_last_step_of_an_epoch_resumes_to_the_same_weights_and_rows():
+    """A stop request at an epoch's last step checkpoints the epoch as in progress with all its
+    images done (epoch_images = N); the resumed call then evaluates and checkpoints that epoch and
+    goes on exactly as an uninterrupted run."""
+    from drawcli.training.loop import Interrupted
+
+    images, cpu = synthetic_images(), torch.device("cpu")
+    s = tiny_settings("train.epochs=2", "train.eval_every=1")
+    straight_cb = Collect()
+    straight = train(s, images, images[:40], cpu, callbacks=[straight_cb])
+    cut = Collect()
+    cut.on_interrupt = lambda ckpt: setattr(cut, "interrupted", ckpt)
+    cut.on_step = lambda step, epoch: setattr(cut, "step", step)
+    with pytest.raises(Interrupted):  # 96 images / 32: step 3 ends epoch 1
+        train(s, images, images[:40], cpu, callbacks=[cut], should_stop=lambda: cut.step == 3)
+    ckpt = cut.interrupted
+    assert (ckpt["step"], ckpt["epoch"], ckpt["epoch_images"]) == (3, 1, 96) and cut.epochs == []
+    resumed_cb = Collect()
+    resumed = train(s, images, images[:40], cpu, callbacks=[resumed_cb], resume=ckpt)
+    assert resumed.step == straight.step == 6 and resumed.epoch == 2
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    drop_time = lambda rows: [{k: v for k, v in row.items() if k != "time"} for row in rows]
+    assert drop_time(resumed_cb.epochs) == drop_time(straight_cb.epochs)  # epoch 1's evaluation included
+    assert [(c["step"], c["epoch"], c["epoch_images"]) for c, _ in resumed_cb.ckpts] == [(3, 1, 0), (6, 2, 0)]
+
+
 def test_cli_train_end_to_end_on_synthetic_data_resume_and_errors(tmp_path, monkeypatch, synthetic_data_dir):
     monkeypatch.chdir(tmp_path)
     env = {"DRAW_DATA_DIR": str(synthetic_data_dir)}

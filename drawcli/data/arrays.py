@@ -17,9 +17,15 @@ from drawcli.data.catalogue import DatasetSpec
 class Splits:
     train: np.ndarray  # uint8 0..255: (N, H, W) when spec.channels == 1, else (N, C, H, W)
     eval: np.ndarray
-    eval_name: str  # "test" or "valid"
+    eval_name: str  # "test" or "valid": eval_split_name(validation)
     spec: DatasetSpec  # height, width and channels of the images
     notes: tuple[str, ...] = ()  # lines worth showing the user (e.g. files a folder set skipped)
+
+
+def eval_split_name(validation: bool) -> str:
+    """The name of the split a data set evaluates on: "valid" when data.validation holds images out
+    (or takes the set's own validation split), else "test"."""
+    return "valid" if validation else "test"
 
 
 def save_cache(cache: Path, images: np.ndarray) -> None:

@@ -51,7 +51,7 @@ import numpy as np
 
 from drawcli.core.errors import DrawError
 from drawcli.core.files import write_text_atomically
-from drawcli.data.arrays import Splits, save_cache
+from drawcli.data.arrays import Splits, eval_split_name, save_cache
 from drawcli.data.catalogue import FOLDER_PREFIX, DatasetSpec
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -321,7 +321,7 @@ def load_folder_splits(dataset: str, data_dir: Path | None, validation: bool = F
     c = 1 if images.ndim == 3 else images.shape[1]
     spec = DatasetSpec(name=dataset, description=f"images in {found.root}", files=(), mirrors=(),
                        height=images.shape[-2], width=images.shape[-1], channels=c, kind="folder")
-    eval_name = "valid" if validation else "test"
+    eval_name = eval_split_name(validation)
     notes = [f"{dataset}: {_count(n, 'image')} {spec.width}x{spec.height}, {_count(c, 'channel')}: "
              f"{int(train_mask.sum())} train, {len(eval_idx)} {eval_name}"
              + (" (from the cache)" if from_cache else "")]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from drawcli.core.errors import DrawError
-from drawcli.data.arrays import Splits, save_cache
+from drawcli.data.arrays import Splits, eval_split_name, save_cache
 from drawcli.data.catalogue import DatasetSpec, get_spec, is_folder
 
 if TYPE_CHECKING:
@@ -251,12 +251,12 @@ def load_splits(
     directory = data_dir / spec.name
     train = load_images(spec, directory, "train_images")
     if not validation:
-        return Splits(train, load_images(spec, directory, "test_images"), "test", spec)
+        return Splits(train, load_images(spec, directory, "test_images"), eval_split_name(False), spec)
     if "valid" in spec.splits:
-        return Splits(train, load_images(spec, directory, "valid_images"), "valid", spec)
+        return Splits(train, load_images(spec, directory, "valid_images"), eval_split_name(True), spec)
     if len(train) <= VALIDATION_SIZE:
         raise DrawError(f"data set {spec.name!r} has too few training images to hold out {VALIDATION_SIZE}")
-    return Splits(train[:-VALIDATION_SIZE], train[-VALIDATION_SIZE:], "valid", spec)
+    return Splits(train[:-VALIDATION_SIZE], train[-VALIDATION_SIZE:], eval_split_name(True), spec)
 
 
 def to_input(images: torch.Tensor, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:

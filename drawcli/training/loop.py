@@ -1,7 +1,10 @@
 """Training and evaluation loops. No printing and no files here: callbacks do that.
 
 ``train`` receives everything it needs (settings, images, device, callbacks,
-an optional checkpoint to resume from), so tests call it directly.
+an optional checkpoint to resume from), so tests call it directly. It builds one
+:class:`~drawcli.training.state.TrainState` (``start``) and hands it to the loop's sections:
+``train_epoch`` (its steps, each followed by ``check_in``: log rows, stop and divergence checks),
+``stop_now`` and ``end_epoch``; ``finish`` makes the result.
 
 Determinism: data order for epoch e is a permutation drawn from a generator
 seeded with (seed, e); binarisation and the model's noise use their own
@@ -16,7 +19,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -24,11 +26,13 @@ import torch
 
 from drawcli.core.device import autocast, resolve_precision
 from drawcli.core.errors import DrawError, Interrupted
+from drawcli.data.arrays import eval_split_name
 from drawcli.data.loading import to_input
-from drawcli.model import DRAW
-from drawcli.runs.checkpoint import build_model, make_checkpoint, rng_state
+from drawcli.model import DRAW, count_parameters
+from drawcli.runs.checkpoint import build_model
 from drawcli.settings import Settings, TrainSettings
 from drawcli.training.distributed import DistEnv, check_global_batch
+from drawcli.training.state import DivergenceWatch, LogWindow, TrainResult, TrainState, emit
 
 
 class Callback(Protocol):  # every method optional
@@ -39,27 +43,6 @@ class Callback(Protocol):  # every method optional
     def on_checkpoint(self, ckpt: dict, is_best: bool) -> None: ...
     def on_interrupt(self, ckpt: dict) -> None: ...  # mid-epoch checkpoint: becomes last.pt only
     def on_end(self, summary: dict) -> None: ...
-
-
-def _emit(callbacks, name: str, *args) -> None:
-    for cb in callbacks:
-        fn = getattr(cb, name, None)
-        if fn is not None:
-            fn(*args)
-
-
-@dataclass
-class TrainResult:
-    model: DRAW
-    step: int
-    epoch: int  # the last epoch trained in, complete or not (see epoch_images)
-    eval: dict = field(default_factory=dict)  # last evaluation: lx, lz, loss
-    epoch_images: int = 0  # 0: ``epoch`` is complete; else the images of it trained on (a stop inside it)
-    train_images: int = 0  # images in an epoch
-    best_loss: float | None = None
-    seconds: float = 0.0  # wall time of the call: training, evaluations, checkpoints
-    train_seconds: float = 0.0  # training steps alone
-    images_per_second: float = 0.0  # training images over training time
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -259,93 +242,6 @@ def train_step(net, optimizer, params: list, x: torch.Tensor, eps: torch.Tensor,
     return out.lx.detach().sum(), out.lz.detach().sum(), grad_norm
 
 
-class DivergenceWatch:
-    """The first step whose L_x, L_z or gradient norm was not finite, and which of them it was.
-
-    Tracked on the device (no host sync per step); read at log steps only.
-    """
-
-    TERMS = {1: "L_x", 2: "L_z", 3: "the gradient norm"}
-
-    def __init__(self, device: torch.device):
-        self.steps_run = torch.zeros((), dtype=torch.int64, device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self.bad_term = torch.zeros((), dtype=torch.int64, device=device)
-
-    def record(self, lx: torch.Tensor, lz: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        self.steps_run += 1
-        # 1 = L_x, 2 = L_z, 3 = gradient norm: the first non-finite of the three (0 if none).
-        finite = torch.isfinite(torch.stack([lx, lz, grad_norm.to(lx)]))
-        term = torch.where(finite.all(), 0, (~finite).int().argmax() + 1)
-        newly_bad = (self.first_bad < 0) & (term > 0)
-        self.first_bad = torch.where(newly_bad, self.steps_run, self.first_bad)
-        self.bad_term = torch.where(newly_bad, term, self.bad_term)
-
-    def diverged_here(self) -> bool:
-        """Whether this process saw a non-finite step (a host sync)."""
-        return self.first_bad.item() >= 0
-
-    def error(self, step: int, here: bool) -> DrawError:
-        """The one-line error for a run that diverged by global step ``step`` (here or on another rank)."""
-        if here:
-            bad_step = step - int(self.steps_run.item()) + int(self.first_bad.item())
-            where = f"{self.TERMS[int(self.bad_term.item())]} was not finite at step {bad_step}"
-        else:
-            where = f"a loss or gradient was not finite on another process before step {step}"
-        return DrawError(
-            f"training diverged: {where}; the last good checkpoint is kept (resume it with --resume, perhaps with a lower --lr)"
-        )
-
-
-class LogWindow:
-    """The steps since the last log row: summed losses and gradient norms on the device, images, time.
-
-    Its clock counts training only: :meth:`restart` after an evaluation and checkpoint, so that
-    images per second are training images over training time, in every row and in the summary
-    (``seconds``: all training time so far)."""
-
-    def __init__(self, device: torch.device):
-        self.lx = torch.zeros((), device=device)
-        self.lz = torch.zeros((), device=device)
-        self.grad_norm = torch.zeros((), device=device)
-        self.steps, self.images, self.started = 0, 0, time.perf_counter()
-        self.seconds = 0.0
-
-    def restart(self) -> None:
-        """Start the clock again (after work that is not training: evaluation, checkpoints)."""
-        self.started = time.perf_counter()
-
-    def add(self, lx: torch.Tensor, lz: torch.Tensor, grad_norm: torch.Tensor, images: int) -> None:
-        self.lx += lx
-        self.lz += lz
-        self.grad_norm += grad_norm.detach().to(self.grad_norm)
-        self.steps += 1
-        self.images += images
-
-    def row(self, step: int, epoch: int, lr: float, lx_total: float, lz_total: float) -> dict:
-        """The metrics.jsonl row (kind "train"): losses per image over all ranks, throughput, lr, gradient norm."""
-        lx, lz = lx_total / self.images, lz_total / self.images
-        now = time.perf_counter()
-        self.seconds += now - self.started
-        row = {
-            "kind": "train",
-            "step": step,
-            "epoch": epoch,
-            "lx": lx,
-            "lz": lz,
-            "loss": lx + lz,
-            "img_per_s": self.images / max(now - self.started, 1e-9),
-            "lr": lr,
-            "grad_norm": self.grad_norm.item() / max(self.steps, 1),  # before clipping, mean over the rows' steps
-            "time": time.time(),
-        }
-        self.lx.zero_()
-        self.lz.zero_()
-        self.grad_norm.zero_()
-        self.steps, self.images, self.started = 0, 0, now
-        return row
-
-
 def agree_at_log(window: LogWindow, watch: DivergenceWatch, stopping: bool, env: DistEnv) -> tuple[float, float, bool, bool, bool]:
     """Host sync at a log step: (L_x sum, L_z sum, stop?, diverged anywhere?, diverged here?), summed over ranks."""
     here = watch.diverged_here()
@@ -361,40 +257,43 @@ def agree_at_log(window: LogWindow, watch: DivergenceWatch, stopping: bool, env:
     return totals[0], totals[1], stopping, totals[3] > 0, here
 
 
-def stop_now(model: DRAW, optimizer, settings: Settings, epoch: int, step: int, pos: int, rng: dict, metrics: dict,
-             best_loss: float | None, callbacks, env: DistEnv) -> Interrupted:
+def stop_now(state: TrainState) -> Interrupted:
     """A stop request inside an epoch: checkpoint the finished step (``on_interrupt``); returns the exception to raise."""
-    ckpt = make_checkpoint(model, optimizer, settings, epoch, step, rng, metrics, best_loss, epoch_images=pos)
-    _emit(callbacks, "on_interrupt", ckpt)
-    if env.active:
+    state.emit("on_interrupt", state.checkpoint(state.last_metrics, epoch_images=state.pos))
+    if state.env.active:
         import torch.distributed as dist
 
         dist.barrier()  # nobody exits (and gets the job torn down) before rank 0 has saved
-    return Interrupted(step)
+    return Interrupted(state.step)
 
 
-def end_epoch(model: DRAW, optimizer, settings: Settings, eval_x: torch.Tensor, eval_split: str, epoch: int, step: int,
-              pos: int, n: int, rng: dict, best_loss: float | None, last: bool, callbacks, env: DistEnv,
-              engine: str = "auto") -> tuple[dict | None, float, bool]:
+def end_epoch(state: TrainState) -> None:
     """End of an epoch, or an early stop at max_steps: evaluate (when due), report, checkpoint.
 
     The evaluation runs every ``train.eval_every`` epochs, after the run's last step and at a
     stop inside an epoch; a checkpoint without one carries no metrics and is never best.pt.
     A stop inside an epoch checkpoints with epoch_images > 0 (last.pt, not an epoch file).
-    Returns (metrics or None when not evaluated, best_loss, whether the epoch is complete).
+    Then the state moves on: the result says how far training got, the next epoch starts when
+    this one is complete, and the log window's clock restarts.
     """
-    complete = pos >= n
+    settings, epoch, pos = state.settings, state.epoch + 1, state.pos
+    complete = pos >= state.n
     metrics, is_best = None, False
-    if last or not complete or epoch % settings.train.eval_every == 0:
-        metrics = evaluate(model, eval_x, settings.data.binarize, settings.train.eval_batch_size, env=env, engine=engine)
-        is_best = best_loss is None or metrics["loss"] < best_loss
+    if state.step >= state.total_steps or not complete or epoch % settings.train.eval_every == 0:
+        metrics = evaluate(state.model, state.eval_x, settings.data.binarize, settings.train.eval_batch_size, env=state.env,
+                           engine=state.engine)
+        is_best = state.best_loss is None or metrics["loss"] < state.best_loss
         if is_best:
-            best_loss = metrics["loss"]
-        _emit(callbacks, "on_epoch", {"kind": "eval", "split": eval_split, "step": step, "epoch": epoch, **metrics,
-                                      "epoch_complete": complete, "time": time.time()})
-    ckpt = make_checkpoint(model, optimizer, settings, epoch, step, rng, metrics or {}, best_loss, epoch_images=0 if complete else pos)
-    _emit(callbacks, "on_checkpoint", ckpt, is_best)
-    return metrics, best_loss, complete
+            state.best_loss = metrics["loss"]
+        state.emit("on_epoch", {"kind": "eval", "split": state.eval_split, "step": state.step, "epoch": epoch, **metrics,
+                                "epoch_complete": complete, "time": time.time()})
+    state.emit("on_checkpoint", state.checkpoint(metrics or {}, epoch_images=0 if complete else pos), is_best)
+    state.result.epoch, state.result.epoch_images = epoch, 0 if complete else pos
+    if metrics is not None:
+        state.result.eval = state.last_metrics = metrics
+    if complete:
+        state.epoch, state.pos = epoch, 0
+    state.window.restart()  # the evaluation and checkpoint are not training time
 
 
 def _as_device_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -404,6 +303,109 @@ def _as_device_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -
     return torch.as_tensor(np.asarray(images)).to(device)
 
 
+def start(settings: Settings, train_x: torch.Tensor, eval_x: torch.Tensor, device: torch.device, callbacks,
+          resume: dict | None, env: DistEnv, engine, init_weights: dict | None) -> TrainState:
+    """The state training starts from (see :func:`train` for the arguments): the model, optimizer and
+    generators, fresh or continued from checkpoint ``resume``; the callbacks have had ``on_start``."""
+    ts = settings.train
+    n, *shape = train_x.shape  # (N, H, W) grey, (N, C, H, W) colour
+    channels, height, width = (1, *shape) if len(shape) == 2 else shape
+    if n == 0:
+        raise DrawError("the training set is empty")
+    check_global_batch(ts.batch_size, env.world)
+
+    torch.manual_seed(ts.seed)  # parameter initialisation
+    model = build_model(settings, height, width, channels).to(device)
+    if init_weights is not None and resume is None:
+        model.load_state_dict(init_weights)
+    optimizer = make_adam(model.parameters(), ts.lr, (ts.beta1, ts.beta2))
+    data_gen, noise_gen = _generator(device, ts.seed + 1), _generator(device, ts.seed + 2)
+    step, best_loss = restore(resume, model, optimizer, data_gen, noise_gen, ts) if resume is not None else (0, None)
+    precision, precision_why = resolve_precision(ts.precision, device)
+    # Where training stands: epoch (0-based, in progress) and images of it done.
+    epoch, pos = resume_position(resume, n, ts.batch_size) if resume is not None else (0, 0)
+    total_steps = planned_steps(ts, step, epoch, pos, n)
+    eval_split = eval_split_name(settings.data.validation)
+    emit(callbacks, "on_start", {
+        "start_step": step,
+        "total_steps": total_steps,
+        "steps_per_epoch": math.ceil(n / ts.batch_size),
+        "train_images": n,
+        "eval_images": len(eval_x),
+        "eval_split": eval_split,
+        "parameters": count_parameters(model),
+        "device": str(device),
+        "precision": precision,
+        "precision_reason": precision_why,
+        "model": model,  # for callbacks that sample from it (TensorBoard images); they must not change it
+    })
+
+    net = model
+    if env.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Gradients are averaged over ranks during backward; the loss is scaled to match (train_step).
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return TrainState(
+        settings=settings, model=model, net=net, optimizer=optimizer, data_gen=data_gen, noise_gen=noise_gen,
+        train_x=train_x, eval_x=eval_x, eval_split=eval_split, device=device, env=env, engine=engine,
+        precision=precision, callbacks=callbacks, step=step, epoch=epoch, pos=pos, total_steps=total_steps,
+        best_loss=best_loss, last_metrics=dict(resume.get("metrics", {})) if resume is not None else {},
+        window=LogWindow(device), watch=DivergenceWatch(device), started=time.perf_counter(),
+        result=TrainResult(model=model, step=step, epoch=epoch + (pos > 0), best_loss=best_loss, epoch_images=pos, train_images=n),
+    )
+
+
+def train_epoch(state: TrainState, should_stop=None) -> None:
+    """The steps of the epoch in progress, in its seeded order, up to its end or the last planned step."""
+    ts, n = state.settings.train, state.n
+    order = epoch_order(n, ts.seed, state.epoch).to(state.device)
+    while state.pos < n and state.step < state.total_steps:
+        # Binarisation and noise of the whole global batch, from the same generators on every
+        # rank; each rank trains on its slice (with one process: all of it).
+        x, eps = draw_batch(state.train_x, order[state.pos : state.pos + ts.batch_size], state.settings.data.binarize,
+                            state.model, state.data_gen, state.noise_gen)
+        lr = learning_rate(ts, state.step, state.steps_per_epoch, epochs_done=state.epoch + state.pos / n)
+        lx_step, lz_step, grad_norm = train_step(state.net, state.optimizer, state.params, x, eps, lr, ts.grad_clip,
+                                                 state.precision, state.env, state.engine)
+        state.window.add(lx_step, lz_step, grad_norm, len(x))
+        state.watch.record(lx_step, lz_step, grad_norm)
+        state.pos += len(x)
+        state.step += 1
+        state.emit("on_step", state.step, state.epoch + 1)
+        check_in(state, lr, should_stop)
+
+
+def check_in(state: TrainState, lr: float, should_stop=None) -> None:
+    """After a step: a log row, and the stop and divergence checks (host syncs at log steps only).
+    Raises the run's divergence error, or :class:`Interrupted` once the stop's checkpoint is handed over."""
+    step, env = state.step, state.env
+    at_log = step % state.settings.train.log_every == 0 or state.pos >= state.n or step == state.total_steps
+    stopping = should_stop is not None and should_stop()
+    if env.active:
+        stopping = stopping and at_log  # ranks agree at log steps only (one small all-reduce)
+    if at_log or stopping:
+        lx_total, lz_total, stopping, diverged, here = agree_at_log(state.window, state.watch, stopping, env)
+        if diverged:
+            # Parameters after the bad step are unusable: nothing is saved from here on.
+            raise state.watch.error(step, here)
+        state.images_done += state.window.images
+        state.emit("on_log", state.window.row(step, state.epoch + 1, lr, lx_total, lz_total))
+    if stopping:
+        raise stop_now(state)
+
+
+def finish(state: TrainState) -> TrainResult:
+    """The result of the call, also handed to the callbacks (``on_end``)."""
+    result, window = state.result, state.window
+    result.step, result.best_loss, result.seconds = state.step, state.best_loss, time.perf_counter() - state.started
+    result.train_seconds = window.seconds
+    result.images_per_second = state.images_done / window.seconds if window.seconds > 0 else 0.0
+    state.emit("on_end", {"step": state.step, "epoch": result.epoch, "eval": result.eval, "best_loss": state.best_loss,
+                          "seconds": result.seconds, "train_seconds": window.seconds, "img_per_s": result.images_per_second})
+    return result
+
+
 def train(
     settings: Settings,
     train_images: np.ndarray | torch.Tensor,
@@ -411,21 +413,21 @@ def train(
     device: torch.device,
     callbacks: list | tuple = (),
     resume: dict | None = None,
-    eval_split: str = "test",
     should_stop=None,
     env: DistEnv = DistEnv(),
-    engine: str | None = None,
+    engine=None,
     init_weights: dict | None = None,
 ) -> TrainResult:
-    """Train DRAW on uint8 images (N, H, W); evaluate on ``eval_images`` every
-    ``train.eval_every`` epochs and at the end.
+    """Train DRAW on uint8 images, (N, H, W) grey or (N, C, H, W) colour; evaluate on
+    ``eval_images`` every ``train.eval_every`` epochs and at the end.
 
     Stops after ``settings.train.epochs`` epochs or at global step
     ``settings.train.max_steps``; either way the evaluation runs and a checkpoint
     is handed to the callbacks (one after every epoch). ``resume`` is a checkpoint dict from a previous call.
     ``should_stop()`` is polled after every step (a signal handler sets it); when it
     turns true the finished step is checkpointed (``on_interrupt``) and
-    :class:`Interrupted` is raised.
+    :class:`Interrupted` is raised. The evaluation rows name the split as data.validation
+    does (drawcli.data.arrays.eval_split_name: "test" or "valid").
 
     Distributed (``env.active``): ``batch_size`` is the global batch. Every rank
     draws the binarisation and noise of the whole global batch from identical
@@ -437,105 +439,12 @@ def train(
     ``init_weights``: a state dict a new run starts from (train.init_from) in place of the seeded
     initialisation; the optimizer, schedule and step count start fresh. Ignored on resume.
     """
-    ts = settings.train
-    engine = engine or settings.run.engine
     train_x, eval_x = _as_device_tensor(train_images, device), _as_device_tensor(eval_images, device)
-    n, *shape = train_x.shape  # (N, H, W) grey, (N, C, H, W) colour
-    channels, height, width = (1, *shape) if len(shape) == 2 else shape
-    if n == 0:
-        raise DrawError("the training set is empty")
-    check_global_batch(ts.batch_size, env.world)
-
-    # -- set up: model, optimizer, generators; a resumed run continues from its checkpoint
-    torch.manual_seed(ts.seed)  # parameter initialisation
-    model = build_model(settings, height, width, channels).to(device)
-    if init_weights is not None and resume is None:
-        model.load_state_dict(init_weights)
-    optimizer = make_adam(model.parameters(), ts.lr, (ts.beta1, ts.beta2))
-    data_gen, noise_gen = _generator(device, ts.seed + 1), _generator(device, ts.seed + 2)
-    step, best_loss = restore(resume, model, optimizer, data_gen, noise_gen, ts) if resume is not None else (0, None)
-    precision, precision_why = resolve_precision(ts.precision, device)
-    batch = ts.batch_size
-    steps_per_epoch = math.ceil(n / batch)
-    # Where training stands: epoch (0-based, in progress) and images of it done. Counted in
-    # images, not steps, so that a new batch size on resume continues the same epoch.
-    epoch, pos = resume_position(resume, n, batch) if resume is not None else (0, 0)
-    total_steps = planned_steps(ts, step, epoch, pos, n)
-    info = {
-        "start_step": step,
-        "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "train_images": n,
-        "eval_images": len(eval_x),
-        "eval_split": eval_split,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
-        "precision": precision,
-        "precision_reason": precision_why,
-        "model": model,  # for callbacks that sample from it (TensorBoard images); they must not change it
-    }
-    _emit(callbacks, "on_start", info)
-
-    net = model
-    if env.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Gradients are averaged over ranks during backward; the loss is scaled to match (train_step).
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = list(model.parameters())
-    window, watch = LogWindow(device), DivergenceWatch(device)
-    last_metrics = dict(resume.get("metrics", {})) if resume is not None else {}
-    t_start, images_done = time.perf_counter(), 0
-    result = TrainResult(model=model, step=step, epoch=epoch + (pos > 0), best_loss=best_loss, epoch_images=pos, train_images=n)
-    model.train()
-
-    # -- the loop: epochs of seeded orders, steps of global batches
-    while step < total_steps or (pos >= n and epoch < ts.epochs):
-        order = epoch_order(n, ts.seed, epoch).to(device)
-        while pos < n and step < total_steps:
-            # Binarisation and noise of the whole global batch, from the same generators on every
-            # rank; each rank trains on its slice (with one process: all of it).
-            x, eps = draw_batch(train_x, order[pos : pos + batch], settings.data.binarize, model, data_gen, noise_gen)
-            lr = learning_rate(ts, step, steps_per_epoch, epochs_done=epoch + pos / n)
-            lx_step, lz_step, grad_norm = train_step(net, optimizer, params, x, eps, lr, ts.grad_clip, precision, env, engine)
-            window.add(lx_step, lz_step, grad_norm, len(x))
-            watch.record(lx_step, lz_step, grad_norm)
-            pos += len(x)
-            step += 1
-            _emit(callbacks, "on_step", step, epoch + 1)
-
-            # -- a log row, and the stop and divergence checks (host syncs at log steps only)
-            at_log = step % ts.log_every == 0 or pos >= n or step == total_steps
-            stopping = should_stop is not None and should_stop()
-            if env.active:
-                stopping = stopping and at_log  # ranks agree at log steps only (one small all-reduce)
-            if at_log or stopping:
-                lx_total, lz_total, stopping, diverged, here = agree_at_log(window, watch, stopping, env)
-                if diverged:
-                    # Parameters after the bad step are unusable: nothing is saved from here on.
-                    raise watch.error(step, here)
-                images_done += window.images
-                _emit(callbacks, "on_log", window.row(step, epoch + 1, lr, lx_total, lz_total))
-            if stopping:
-                rng = rng_state(data_gen, noise_gen)
-                raise stop_now(model, optimizer, settings, epoch + 1, step, pos, rng, last_metrics, best_loss, callbacks, env)
-
-        # -- end of an epoch (or an early stop at max_steps): evaluate and checkpoint
-        metrics, best_loss, complete = end_epoch(
-            model, optimizer, settings, eval_x, eval_split, epoch + 1, step, pos, n, rng_state(data_gen, noise_gen),
-            best_loss, step >= total_steps, callbacks, env, engine,
-        )
-        result.epoch, result.epoch_images = epoch + 1, 0 if complete else pos
-        if metrics is not None:
-            result.eval = last_metrics = metrics
-        if complete:
-            epoch, pos = epoch + 1, 0
-        window.restart()  # the evaluation and checkpoint are not training time
-
-    elapsed = time.perf_counter() - t_start
-    result.step, result.best_loss, result.seconds = step, best_loss, elapsed
-    result.train_seconds = window.seconds
-    result.images_per_second = images_done / window.seconds if window.seconds > 0 else 0.0
-    _emit(callbacks, "on_end", {"step": step, "epoch": result.epoch, "eval": result.eval, "best_loss": best_loss,
-                                "seconds": elapsed, "train_seconds": window.seconds, "img_per_s": result.images_per_second})
-    return result
+    state = start(settings, train_x, eval_x, device, callbacks, resume, env, engine or settings.run.engine, init_weights)
+    state.model.train()
+    # Epochs of seeded orders, steps of global batches; each epoch's end (or an early stop at
+    # max_steps) evaluates and checkpoints.
+    while state.step < state.total_steps or (state.pos >= state.n and state.epoch < settings.train.epochs):
+        train_epoch(state, should_stop)
+        end_epoch(state)
+    return finish(state)

@@ -1,7 +1,8 @@
 """`draw train`: from resolved settings to a finished run directory.
 
-Resolves the device, data and run directory (new or resumed), then calls
-:func:`drawcli.training.loop.train` with the recorder and progress callbacks.
+Resolves the device, data and run directory (new, or resumed: drawcli/training/resume.py decides
+what a resume continues), then calls :func:`drawcli.training.loop.train` with the recorder and
+progress callbacks. What a run gathers on the way travels in one :class:`TrainingRun`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -22,128 +24,13 @@ from drawcli.core.files import environment
 from drawcli.core.progress import make_console
 from drawcli.data.catalogue import FOLDER_PREFIX, is_folder
 from drawcli.data.folders import folder_path
-from drawcli.runs import checkpoint as ckpt_io
 from drawcli.runs import names
 from drawcli.runs import store as runs
 from drawcli.runs.lock import check_not_locked, run_lock
 from drawcli.runs.names import has_checkpoints
-from drawcli.settings import ModelSettings, Settings, build_settings, changed_settings, check_against_image, from_dict, spell
+from drawcli.settings import ModelSettings, Settings, check_against_image, spell
 from drawcli.training import distributed
-
-# Settings a resumed run may not change, and why: with them the continued run would no longer
-# be the run its config.yaml describes.
-FIXED_ON_RESUME = {
-    "train.seed": "the data order, binarisation and noise streams derive from it",
-    "data.binarize": "the model would be trained on differently binarised images from here on",
-    "data.validation": "best.pt would compare losses on different evaluation splits",
-}
-
-
-@dataclasses.dataclass
-class ResumeFrom:
-    """What a resume continues: the run, the checkpoint file and its contents, and a line to show
-    when the file is not the run's last.pt (an unreadable last.pt, or a file named with --resume)."""
-
-    run_dir: Path
-    source: Path
-    ckpt: dict
-    note: str | None = None
-
-    @property
-    def from_last(self) -> bool:
-        return self.source.name == names.LAST and self.source.parent == self.run_dir / names.CHECKPOINTS
-
-
-def resume_source(run_ref: str, runs_dir: str) -> ResumeFrom:
-    """The checkpoint --resume continues from: a checkpoint file named with --resume
-    (RUN/checkpoints/epoch_002.pt), else the run's last.pt, else, when that is missing, unreadable or
-    without the training state, its readable checkpoint with the most steps that holds the full
-    training state, whatever its kind (best.pt, epoch_NNN.pt; said in one line)."""
-    run_dir = runs.resolve_run(run_ref, Path(runs_dir))
-    named = runs.checkpoint_ref(run_ref)
-    if named is not None:
-        return ResumeFrom(run_dir, named, ckpt_io.load(named))
-    if not has_checkpoints(run_dir):
-        raise DrawError(
-            f"run {run_dir.name!r} has no checkpoint to resume from (it stopped before its first one); "
-            f"start it again with --name {run_dir.name} instead of --resume (its folder {run_dir.absolute()} is then replaced)"
-        )
-    source, ckpt, note = runs.load_readable(run_dir, run_dir / names.CHECKPOINTS / names.LAST, full_state=True)
-    if note is not None:
-        note += "; unreadable and newer checkpoints are moved aside, not overwritten"
-    return ResumeFrom(run_dir, source, ckpt, note)
-
-
-def settings_for_resume(run_ref: str, runs_dir: str, config, flags, sets) -> tuple[Settings, ResumeFrom]:
-    """Saved settings of a run < --config < flags < --set; model shape may not change.
-
-    ``train.max_steps`` is not inherited: a resumed run trains to its epochs
-    unless --max-steps is given again (as a global step count).
-    """
-    found = resume_source(run_ref, runs_dir)
-    run_dir, ckpt = found.run_dir, found.ckpt
-    for key in ("optimizer", "rng"):  # optional for sampling and evaluation, needed to continue training
-        if key not in ckpt:
-            raise DrawError(f"{found.source}: checkpoint lacks {key!r}, so the run cannot be resumed")
-    saved = from_dict(ckpt["settings"])
-    saved = dataclasses.replace(saved, train=dataclasses.replace(saved.train, max_steps=None))
-    settings = build_settings(config, flags, sets, base=saved)
-    if settings.model != saved.model:
-        changed = [
-            f"{f.name} {spell(getattr(saved.model, f.name))} -> {spell(getattr(settings.model, f.name))}"
-            for f in dataclasses.fields(saved.model)
-            if getattr(saved.model, f.name) != getattr(settings.model, f.name)
-        ]
-        raise DrawError(f"--resume {run_dir.name}: cannot change the model shape ({'; '.join(changed)})")
-    settings = same_data_set(settings, saved, run_dir.name)
-    name = settings.run.name
-    # A run is its folder: one copied or renamed (to branch an experiment) continues under its
-    # folder's name; only a --name that differs from both is a contradiction.
-    if name is not None and name not in (run_dir.name, saved.run.name):
-        raise DrawError(f"--resume {run_dir.name} cannot be combined with --name {name}")
-    changes = changed_settings(saved, settings)
-    for key, why in FIXED_ON_RESUME.items():
-        if key in changes:
-            old, new = changes[key]
-            raise DrawError(
-                f"--resume {run_dir.name}: {key} cannot change ({spell(old)} -> {spell(new)}): {why}, so the run would no "
-                f"longer be reproducible; start a new run for that"
-            )
-    settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
-    return settings, found
-
-
-def same_data_set(settings: Settings, saved: Settings, name: str) -> Settings:
-    """The data set may not change on resume, but a folder:PATH that names the run's own folder by
-    another spelling (relative from elsewhere, or absolute) is no change: the run's recorded
-    spelling is kept. Runs made before folders were recorded absolute hold a relative path, which
-    resolves only from where they were started: from elsewhere, an absolute path to an existing
-    folder replaces it (recorded among the resume's changes)."""
-    new, old = settings.data.dataset, saved.data.dataset
-    if new == old:
-        return settings
-    if is_folder(new) and is_folder(old):
-        new_path, old_path = folder_path(new), folder_path(old)
-        if new_path.resolve() == old_path.resolve():
-            return dataclasses.replace(settings, data=dataclasses.replace(settings.data, dataset=old))
-        if not old_path.is_absolute() and not old_path.is_dir() and new_path.is_absolute() and new_path.is_dir():
-            return settings
-    raise DrawError(f"--resume {name}: cannot change the data set ({old} -> {new})")
-
-
-def nothing_to_do(settings: Settings, ckpt: dict, name: str) -> str | None:
-    """The line to show instead of resuming a run that has nothing left to train, or None."""
-    ts, step, epoch = settings.train, int(ckpt["step"]), int(ckpt["epoch"])
-    complete = epoch if not ckpt.get("epoch_images", 0) else epoch - 1
-    if ts.max_steps is not None and ts.max_steps <= step:
-        return (f"nothing to do: run {name} is already at step {step} (--max-steps {ts.max_steps}); "
-                f"give a larger --max-steps, or none to train to its {ts.epochs} epochs")
-    if ts.max_steps is None and complete >= ts.epochs:
-        done = f"has finished its {ts.epochs} epochs" if complete == ts.epochs else f"has already trained {complete} epochs (--epochs {ts.epochs})"
-        return (f"nothing to do: run {name} {done} (step {step}); to train it further, give more: "
-                f"draw train --resume {name} --epochs {complete + 10}")
-    return None
-
+from drawcli.training.resume import ResumeFrom, nothing_to_do, resume_changes, settings_for_resume
 
 # Set by `draw train --nproc N` for its processes: the CPU threads each uses, decided once (and said
 # once) by the launcher, so that N processes do not each measure the others' load.
@@ -234,17 +121,6 @@ def resume_run(run_ref: str, runs_dir: str, config, flags, sets, notes: list[str
         return run_train(settings, resume=found, notes=notes)
 
 
-def resume_changes(settings: Settings, ckpt: dict) -> dict[str, list]:
-    """What this resume changes against the checkpoint's settings (max_steps is never inherited)."""
-    saved = from_dict(ckpt["settings"])
-    saved = dataclasses.replace(
-        saved,
-        train=dataclasses.replace(saved.train, max_steps=None),
-        run=dataclasses.replace(saved.run, name=settings.run.name),
-    )
-    return changed_settings(saved, settings)
-
-
 class StopOnSignal:
     """SIGINT or SIGTERM asks training to stop after the current step (and checkpoint).
 
@@ -305,109 +181,164 @@ def run_train(settings: Settings, resume: ResumeFrom | None = None, console: Con
             distributed.shutdown()
 
 
-def _run(settings: Settings, resume, console: Console | None, env: distributed.DistEnv, notes: list[str],
-         given: dict[str, str] | None = None) -> Path:
-    from drawcli.core.device import describe, resolve_device
-    from drawcli.data.loading import MissingDataset, resolve_data_dir
-    from drawcli.settings import load_data
+@dataclasses.dataclass
+class TrainingRun:
+    """A training run on this process, as :func:`_run` gathers it: the settings it trains with, its
+    place in a job, its console (quiet on ranks other than 0), and step by step the device, engine,
+    data, starting weights and run directory; :func:`_train_in` trains it."""
+
+    settings: Settings
+    env: distributed.DistEnv
+    console: Console
+    resume: ResumeFrom | None = None
+    init_from: Any = None  # train.init_from loaded (drawcli.runs.store.LoadedRun) for a new run, else None
+    tensorboard: bool = False
+    device: Any = None  # torch.device
+    engine: Any = None  # drawcli.model.Resolved: what every model call runs
+    splits: Any = None  # drawcli.data.arrays.Splits
+    changes: dict = dataclasses.field(default_factory=dict)  # what a resume changes (resume_changes)
+    init_weights: dict | None = None  # the state dict a new run starts from (train.init_from)
+    run_dir: Path | None = None  # None on ranks other than 0 of a new run
+    created: bool = False  # run_dir was made by this process for a new run
+
+    @property
+    def ckpt(self) -> dict | None:
+        """The checkpoint a resume continues from, else None."""
+        return self.resume.ckpt if self.resume is not None else None
+
+    def say(self, line: str) -> None:
+        self.console.print(line, highlight=False)
+
+
+def _run(settings: Settings, resume: ResumeFrom | None, console: Console | None, env: distributed.DistEnv,
+         notes: list[str], given: dict[str, str] | None = None) -> Path:
+    """One process's run, in order: settings, device, data, the checks, the run directory, training."""
     from drawcli.training.tensorboard_log import use_tensorboard
 
-    note = None
+    source, note = None, None
     if resume is None:
-        settings = absolute_folders(settings)
-    source = None
-    if resume is None and settings.train.init_from:  # before anything reads settings.model
-        source = init_source(settings)
-        settings = adopt_model_settings(settings, source.settings.model, given, settings.train.init_from)
-    if resume is None and env.is_main:
-        note = runs.check_new_run(Path(settings.run.runs_dir), settings.run.name)  # before torch and minutes of setup
+        settings, source = _new_run_settings(settings, given)
+        if env.is_main:
+            note = runs.check_new_run(Path(settings.run.runs_dir), settings.run.name)  # before torch and minutes of setup
     tensorboard = use_tensorboard(settings.run.tensorboard)  # run.tensorboard=true without the package: refused here
     # Rank 0 alone speaks; the others compute.
-    console = console or make_console(quiet=not env.is_main)
+    job = TrainingRun(settings, env, console or make_console(quiet=not env.is_main), resume, source, tensorboard)
     for line in [*notes, note] if note else notes:
-        console.print(line, highlight=False)
-    if env.active:
-        device = distributed.init(env, settings.run.device)
-        console.print(f"device: {describe(device)} x {env.world} processes", highlight=False)
-    else:
-        device = resolve_device(settings.run.device)
-        console.print(f"device: {describe(device)}", highlight=False)
-    apply_threads(settings, device, env, console)
-    engine = apply_engine(settings, device, console)
-
-    data_dir = resolve_data_dir(settings.data.data_dir)
-    try:
-        splits = load_data(settings.data, data_dir)
-    except MissingDataset:
-        from drawcli.data.download import ensure_dataset
-
-        ensure_dataset(settings.data.dataset, data_dir, console=console)
-        splits = load_data(settings.data, data_dir)
-    for note in splits.notes:
-        console.print(note, highlight=False)
-    check_against_image(settings, splits.spec.height, splits.spec.width)
-    changes = resume_changes(settings, resume.ckpt) if resume is not None else {}
-    if "train.init_from" in changes:
-        raise DrawError("train.init_from sets the weights a run starts from; a resumed run continues from its checkpoint, so it cannot change")
-    init = None
-    if source is not None:
-        init = initial_weights(settings, splits.spec.height, splits.spec.width, splits.spec.channels, source)
-        console.print(init[1], highlight=False)
-    binarize = settings.data.binarize
-    if splits.spec.prebinarized and binarize != "none":
-        # Already 0/1: every binarisation is the identity; record what really happens.
-        settings = dataclasses.replace(settings, data=dataclasses.replace(settings.data, binarize="none"))
-        console.print(f"{splits.spec.name} is already binarised: data.binarize={binarize} has no effect", highlight=False)
-
-    distributed.check_global_batch(settings.train.batch_size, env.world)
-    check_batch_fits_split(settings.train.batch_size, len(splits.train), splits.spec.name)
-    # Rank 0 alone creates the run directory, holds its lock and writes its files; it tells the
-    # others how that went. config.yaml is written once, when the run is created: a resume
-    # records its changes in metrics.jsonl instead, so the file keeps reproducing the run.
-    run_dir, ckpt, error = None, None, None
-    if resume is not None:
-        run_dir, ckpt = resume.run_dir, resume.ckpt
-        if resume.note:
-            console.print(resume.note, highlight=False)
+        job.say(line)
+    _use_device(job)
+    _load_data(job)
+    _check_start(job)
     with contextlib.ExitStack() as held:
-        created = False
-        if env.is_main:
-            try:
-                check_step_memory(settings, splits, device, env)
-                if run_dir is None:
-                    run_dir = runs.new_run_dir(Path(settings.run.runs_dir), settings.run.name)
-                    created = True
-                    held.enter_context(run_lock(run_dir))
-                    settings = dataclasses.replace(settings, run=dataclasses.replace(settings.run, name=run_dir.name))
-                    runs.write_config(run_dir, settings)
-                else:
-                    held.enter_context(run_lock(run_dir))
-                    if not resume.from_last:  # continuing from an older file: the newer ones are kept aside
-                        moved = runs.set_aside_newer(run_dir, resume.source, ckpt)
-                        if moved:
-                            console.print(moved, highlight=False)
-                    runs.append_resume(
-                        run_dir, {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"]), "changes": changes, "time": time.time()}
-                    )
-            except DrawError as e:
-                error = str(e)
-                if created:
-                    _remove_unfinished(run_dir)
-        distributed.agree(error, env)
-        if error is not None:
-            raise DrawError(error)
+        _open_run_dir(job, held)
         try:
-            return _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard, engine,
-                             init_weights=init[0] if init else None)
+            return _train_in(job)
         except KeyboardInterrupt:
-            if created and not has_checkpoints(run_dir):
+            if job.created and not has_checkpoints(job.run_dir):
                 # A second Ctrl-C before the first checkpoint: nothing in the run to resume, so
                 # leave no half-made run behind to block --name (other failures say what to do).
-                _remove_unfinished(run_dir)
-                err = DrawError(f"interrupted before the first checkpoint; removed the unfinished run {run_dir}")
+                _remove_unfinished(job.run_dir)
+                err = DrawError(f"interrupted before the first checkpoint; removed the unfinished run {job.run_dir}")
                 err.exit_code = 130
                 raise err from None
             raise
+
+
+def _new_run_settings(settings: Settings, given: dict[str, str] | None) -> tuple[Settings, Any]:
+    """A new run's settings: its folders absolute, and with train.init_from the model settings of the
+    weights it starts from (loaded here, before anything reads settings.model); (settings, loaded or None)."""
+    settings = absolute_folders(settings)
+    if not settings.train.init_from:
+        return settings, None
+    source = init_source(settings)
+    return adopt_model_settings(settings, source.settings.model, given, settings.train.init_from), source
+
+
+def _use_device(job: TrainingRun) -> None:
+    """The device (joining the job's process group in a job), the CPU threads and the engine, each said in a line."""
+    from drawcli.core.device import describe, resolve_device
+
+    settings, env = job.settings, job.env
+    if env.active:
+        job.device = distributed.init(env, settings.run.device)
+        job.say(f"device: {describe(job.device)} x {env.world} processes")
+    else:
+        job.device = resolve_device(settings.run.device)
+        job.say(f"device: {describe(job.device)}")
+    apply_threads(settings, job.device, env, job.console)
+    job.engine = apply_engine(settings, job.device, job.console)
+
+
+def _load_data(job: TrainingRun) -> None:
+    """The data set's splits (downloaded first when missing), its notes said, checked against the model."""
+    from drawcli.data.loading import MissingDataset, resolve_data_dir
+    from drawcli.settings import load_data
+
+    data, data_dir = job.settings.data, resolve_data_dir(job.settings.data.data_dir)
+    try:
+        job.splits = load_data(data, data_dir)
+    except MissingDataset:
+        from drawcli.data.download import ensure_dataset
+
+        ensure_dataset(data.dataset, data_dir, console=job.console)
+        job.splits = load_data(data, data_dir)
+    for note in job.splits.notes:
+        job.say(note)
+    check_against_image(job.settings, job.splits.spec.height, job.splits.spec.width)
+
+
+def _check_start(job: TrainingRun) -> None:
+    """What the run starts from, checked before its directory is touched: a resume's changes, a new
+    run's initial weights, the binarisation a pre-binarised set really gets, the batch size."""
+    spec = job.splits.spec
+    job.changes = resume_changes(job.settings, job.ckpt) if job.resume is not None else {}
+    if job.init_from is not None:
+        job.init_weights, line = initial_weights(job.settings, spec.height, spec.width, spec.channels, job.init_from)
+        job.say(line)
+    binarize = job.settings.data.binarize
+    if spec.prebinarized and binarize != "none":
+        # Already 0/1: every binarisation is the identity; record what really happens.
+        job.settings = dataclasses.replace(job.settings, data=dataclasses.replace(job.settings.data, binarize="none"))
+        job.say(f"{spec.name} is already binarised: data.binarize={binarize} has no effect")
+    distributed.check_global_batch(job.settings.train.batch_size, job.env.world)
+    check_batch_fits_split(job.settings.train.batch_size, len(job.splits.train), spec.name)
+
+
+def _open_run_dir(job: TrainingRun, held: contextlib.ExitStack) -> None:
+    """Rank 0 alone creates the run directory (or continues a resumed one), holds its lock in
+    ``held`` and writes its files; it tells the others how that went. config.yaml is written once,
+    when the run is created: a resume records its changes in metrics.jsonl instead, so the file
+    keeps reproducing the run."""
+    resume, error = job.resume, None
+    if resume is not None:
+        job.run_dir = resume.run_dir
+        if resume.note:
+            job.say(resume.note)
+    if job.env.is_main:
+        try:
+            check_step_memory(job.settings, job.splits, job.device, job.env)
+            if resume is None:
+                job.run_dir = runs.new_run_dir(Path(job.settings.run.runs_dir), job.settings.run.name)
+                job.created = True
+                held.enter_context(run_lock(job.run_dir))
+                job.settings = dataclasses.replace(job.settings, run=dataclasses.replace(job.settings.run, name=job.run_dir.name))
+                runs.write_config(job.run_dir, job.settings)
+            else:
+                held.enter_context(run_lock(job.run_dir))
+                if not resume.from_last:  # continuing from an older file: the newer ones are kept aside
+                    moved = runs.set_aside_newer(job.run_dir, resume.source, resume.ckpt)
+                    if moved:
+                        job.say(moved)
+                ckpt = resume.ckpt
+                runs.append_resume(
+                    job.run_dir, {"step": int(ckpt["step"]), "epoch": int(ckpt["epoch"]), "changes": job.changes, "time": time.time()}
+                )
+        except DrawError as e:
+            error = str(e)
+            if job.created:
+                _remove_unfinished(job.run_dir)
+    distributed.agree(error, job.env)
+    if error is not None:
+        raise DrawError(error)
 
 
 def init_source(settings: Settings):
@@ -487,11 +418,12 @@ def check_step_memory(settings: Settings, splits, device, env: distributed.DistE
 
     from drawcli.core.device import resolve_precision
     from drawcli.core.memory import available_memory, check_step_fits, model_step_memory
+    from drawcli.model import count_parameters
     from drawcli.runs.checkpoint import build_model
 
     spec = splits.spec
     with torch.device("meta"):  # shapes only: nothing is allocated
-        parameters = sum(p.numel() for p in build_model(settings, spec.height, spec.width, spec.channels).parameters())
+        parameters = count_parameters(build_model(settings, spec.height, spec.width, spec.channels))
     precision, _ = resolve_precision(settings.train.precision, device)
     need = model_step_memory(settings.model, spec.height, spec.width, spec.channels, parameters, precision)
     if device.type != "cpu":  # the images are copied to the device
@@ -506,44 +438,45 @@ def _remove_unfinished(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, tensorboard: bool, engine: str,
-              init_weights: dict | None = None) -> Path:
+
+def _train_in(job: TrainingRun) -> Path:
     """Train with the run directory ready (and locked, on rank 0); print the summary."""
-    from drawcli.core.progress import TrainProgress, summary_table
+    if job.env.is_main:
+        _say_start(job)
+    result = _fit(job)
+    if job.env.is_main:
+        _report(job, result)
+    return job.run_dir
+
+
+def _say_start(job: TrainingRun) -> None:
+    """The run's folder, and what a resume changes."""
+    ckpt, changes = job.ckpt, job.changes
+    job.say(f"run: {job.run_dir}" + (f" (resuming at step {ckpt['step']})" if ckpt else ""))
+    if ckpt is not None:
+        shown = "; ".join(f"{key} {spell(old)} -> {spell(new)}" for key, (old, new) in changes.items())
+        job.say(f"changed on resume: {shown}" if shown else "no settings changed on resume")
+        if "train.batch_size" in changes:
+            job.say("warning: a new train.batch_size continues the same epochs image by image, but the run is no "
+                    "longer bit-identical to one trained without the change, nor reproducible from config.yaml")
+
+
+def _fit(job: TrainingRun):
+    """drawcli.training.loop.train with the recorder, the progress bar and TensorBoard (rank 0), stopping
+    after the step in flight at SIGINT or SIGTERM; an interrupt says where last.pt is and how to continue."""
+    from drawcli.core.progress import TrainProgress
     from drawcli.training.loop import train
     from drawcli.training.tensorboard_log import TensorBoardLogger
 
-    if env.is_main:
-        console.print(f"run: {run_dir}" + (f" (resuming at step {ckpt['step']})" if ckpt else ""), highlight=False)
-        if ckpt is not None:
-            shown = "; ".join(f"{key} {spell(old)} -> {spell(new)}" for key, (old, new) in changes.items())
-            console.print(f"changed on resume: {shown}" if shown else "no settings changed on resume", highlight=False)
-            if "train.batch_size" in changes:
-                console.print(
-                    "warning: a new train.batch_size continues the same epochs image by image, but the run is no "
-                    "longer bit-identical to one trained without the change, nor reproducible from config.yaml",
-                    highlight=False,
-                )
-
-    progress = TrainProgress(console)
+    settings, env, run_dir = job.settings, job.env, job.run_dir
+    progress = TrainProgress(job.console)
     callbacks = [runs.RunRecorder(run_dir), progress] if env.is_main else []
-    tb = TensorBoardLogger(run_dir / names.TB_DIR, seed=settings.train.seed) if tensorboard and env.is_main else None
+    tb = TensorBoardLogger(run_dir / names.TB_DIR, seed=settings.train.seed) if job.tensorboard and env.is_main else None
     callbacks += [tb] if tb is not None else []
     try:
         with StopOnSignal(announce=env.is_main) as stop:
-            result = train(
-                settings,
-                splits.train,
-                splits.eval,
-                device,
-                callbacks=callbacks,
-                resume=ckpt,
-                eval_split=splits.eval_name,
-                should_stop=stop.requested,
-                env=env,
-                engine=engine,
-                init_weights=init_weights,
-            )
+            return train(settings, job.splits.train, job.splits.eval, job.device, callbacks=callbacks, resume=job.ckpt,
+                         should_stop=stop.requested, env=env, engine=job.engine, init_weights=job.init_weights)
     except Interrupted as e:
         if run_dir is None:  # ranks other than 0 do not know the run directory, and stay quiet anyway
             raise
@@ -553,15 +486,20 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
         progress.close()
         if tb is not None:
             tb.close()  # readable event files however training ended
-    if not env.is_main:
-        return run_dir
+
+
+def _report(job: TrainingRun, result) -> None:
+    """After training: the importance-weighted bound (train.eval_samples, also a metrics.jsonl row) and the summary table."""
+    from drawcli.core.progress import summary_table
+
+    settings, splits, run_dir = job.settings, job.splits, job.run_dir
     if result.eval and settings.train.eval_samples:
         from drawcli.evaluation.bounds import iwae_report, report_line
 
-        console.print(f"importance-weighted bound with K={settings.train.eval_samples} on {splits.eval_name}...", highlight=False)
+        job.say(f"importance-weighted bound with K={settings.train.eval_samples} on {splits.eval_name}...")
         report = iwae_report(result.model, splits.eval, settings.data.binarize, settings.train.eval_samples, seed=settings.train.seed,
-                             engine=engine)
-        console.print(report_line(report, splits.eval_name), highlight=False)
+                             engine=job.engine)
+        job.say(report_line(report, splits.eval_name))
         row = {k: v for k, v in report.items() if k != "binarization"}
         runs.RunRecorder(run_dir).on_epoch(
             {"kind": "iwae", "split": splits.eval_name, "step": result.step, "epoch": result.epoch, **row,
@@ -580,7 +518,6 @@ def _train_in(settings, splits, device, run_dir, ckpt, changes, console, env, te
             "train_seconds": result.train_seconds,
             "img_per_s": result.images_per_second,
         }
-        console.print(summary_table(run_dir, summary, splits.eval_name))
+        job.console.print(summary_table(run_dir, summary, splits.eval_name))
     else:
-        console.print(f"nothing to do: run {run_dir.name} is already at step {result.step}", highlight=False)
-    return run_dir
+        job.say(f"nothing to do: run {run_dir.name} is already at step {result.step}")
