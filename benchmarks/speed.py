@@ -79,9 +79,9 @@ from drawcli.model import native_loop, python_loop  # noqa: E402
 from drawcli.model.packed_gemm import packed_gemm_works  # noqa: E402
 from drawcli.training.loop import make_adam  # noqa: E402
 
-PAPER = dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5)
+PAPER = dict(height=28, width=28, glimpses=64, hidden=256, latent=100, attention=True, read_n=2, write_n=5)
 # sample_configs/colour_quick.yaml's model, at its 32 x 32 image size and batch
-COLOUR = dict(height=32, width=32, channels=3, steps=16, hidden=256, embed=20, attention=True, read_n=4, write_n=6)
+COLOUR = dict(height=32, width=32, channels=3, glimpses=16, hidden=256, latent=20, attention=True, read_n=4, write_n=6)
 COLOUR_BATCH = 32
 # the model without attention (Table 2's 87.40-nat row: the paper's config, --T/--hidden/--embed), at batch 128
 PLAIN_BATCH = 128
@@ -98,7 +98,7 @@ def step_gemms(cfg: dict, batch: int) -> dict[str, list[tuple[int, int, int, int
     Without attention the read is [x, x_hat] (2 H W inputs to the encoder) and the write
     head emits H W values.
     """
-    hd, z = cfg["hidden"], cfg["embed"]
+    hd, z = cfg["hidden"], cfg["latent"]
     pixels = cfg["height"] * cfg["width"]
     read = 2 * cfg["read_n"] ** 2 if cfg["attention"] else 2 * pixels
     write = cfg["write_n"] ** 2 if cfg["attention"] else pixels
@@ -137,10 +137,10 @@ def flops_per_image(cfg: dict) -> dict[str, float]:
     gemms = step_gemms(cfg, 1)
     per_step = {k: sum(2 * m * kk * n * c for m, kk, n, c in v) for k, v in gemms.items()}
     read_bmm, write_bmm = attention_flops(cfg)
-    forward = cfg["steps"] * (sum(per_step.values()) + read_bmm + write_bmm)
+    forward = cfg["glimpses"] * (sum(per_step.values()) + read_bmm + write_bmm)
     write = cfg["write_n"] ** 2 if cfg["attention"] else cfg["height"] * cfg["width"]
     sample_heads = 2 * cfg["hidden"] * (write + (5 if cfg["attention"] else 0))
-    sampling = cfg["steps"] * (per_step["decoder"] + sample_heads + write_bmm)
+    sampling = cfg["glimpses"] * (per_step["decoder"] + sample_heads + write_bmm)
     return {"forward": float(forward), "training": 3.0 * forward, "sampling": float(sampling),
             "forward_per_step": {k: float(v) for k, v in per_step.items()},
             "attention_bmm_per_step": {"read": float(read_bmm), "write": float(write_bmm)}}
@@ -248,7 +248,7 @@ def training_gemms(cfg: dict, batch: int) -> list[tuple[int, int, int, int]]:
     """Every product of one training step: per time step the forward products, the input-
     gradient products (same FLOPs), and the weight gradients as one (T * batch)-row product
     each (as the fast path computes them)."""
-    T, out = cfg["steps"], []
+    T, out = cfg["glimpses"], []
     for (m, k, n, _), in step_gemms(cfg, batch).values():
         out.append((m, k, n, T))  # forward
         out.append((m, n, k, T))  # gradient w.r.t. the inputs
@@ -259,7 +259,7 @@ def training_gemms(cfg: dict, batch: int) -> list[tuple[int, int, int, int]]:
 def sampling_gemms(cfg: dict, n: int) -> list[tuple[int, int, int, int]]:
     (m, k, nn, _), = step_gemms(cfg, n)["decoder"]
     write = cfg["write_n"] ** 2 if cfg["attention"] else cfg["height"] * cfg["width"]
-    return [(m, k, nn, cfg["steps"]), (n, cfg["hidden"], write + (5 if cfg["attention"] else 0), cfg["steps"])]
+    return [(m, k, nn, cfg["glimpses"]), (n, cfg["hidden"], write + (5 if cfg["attention"] else 0), cfg["glimpses"])]
 
 
 # ----------------------------------------------------------------------------- the runs
@@ -480,9 +480,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads-mode", action="store_true",
                     help="only measure the thread policy: 1 vs 2 threads vs the default, quiet and with one core busy")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 timed steps, 1 warm-up")
-    for key in ("steps", "hidden", "embed", "read_n", "write_n"):
-        ap.add_argument("--" + ("T" if key == "steps" else key.replace("_", "-")), dest="cfg_" + key, type=int,
-                        default=PAPER[key])
+    for key, flag in (("glimpses", "--T"), ("hidden", "--hidden"), ("latent", "--embed"), ("read_n", "--read-n"), ("write_n", "--write-n")):
+        ap.add_argument(flag, dest="cfg_" + key, type=int, default=PAPER[key])
     ap.add_argument("--no-attention", action="store_true")
     ap.add_argument("--eval-rows", type=int, default=800, help="image copies per evaluation pass (0: no evaluation rows)")
     ap.add_argument("--no-colour", action="store_true", help="skip the colour training rows")
@@ -872,7 +871,7 @@ def mixed_rate(cfg, size: int, device, repeats: int, f32: dict, kind: str) -> di
     lstm = step_gemms(cfg, size)["encoder"] + step_gemms(cfg, size)["decoder"]
     lstm_shapes = set()
     for m, k, n, _ in lstm:
-        lstm_shapes |= {(m, k, n), (m, n, k), (n, cfg["steps"] * m, k)}
+        lstm_shapes |= {(m, k, n), (m, n, k), (n, cfg["glimpses"] * m, k)}
     shapes = training_gemms(cfg, size) if kind == "training" else sampling_gemms(cfg, size)
     low = [s for s in shapes if s[:3] in lstm_shapes]
     r16 = gemm_rate(low, device, repeats, torch.bfloat16)

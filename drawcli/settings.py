@@ -243,8 +243,8 @@ def _synonym(section: str, key: str) -> str | None:
 
 
 def model_arguments(model: ModelSettings) -> dict[str, Any]:
-    """DRAW's constructor arguments for ``model`` (DRAW keeps the paper's T = steps and Z = embed)."""
-    return dict(steps=model.glimpses, hidden=model.hidden, embed=model.latent, attention=model.attention,
+    """DRAW's constructor arguments for ``model``: the same names."""
+    return dict(glimpses=model.glimpses, hidden=model.hidden, latent=model.latent, attention=model.attention,
                 read_n=model.read_n, write_n=model.write_n)
 
 

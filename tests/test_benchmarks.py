@@ -32,7 +32,7 @@ def test_a_tiny_benchmark_run_writes_every_section(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
-    assert r["config"]["steps"] == 2 and r["config"]["hidden"] == 16
+    assert r["config"]["glimpses"] == 2 and r["config"]["hidden"] == 16 and r["config"]["latent"] == 4
     assert r["baseline_max_relative_loss_difference"] < 1e-4
     assert set(r["training"]["drawcli"]) == {"4"} and set(r["training"]["baseline"]) == {"4"}
     assert {"drawcli", "baseline", "drawcli-every-step"} <= set(r["sampling"])

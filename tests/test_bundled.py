@@ -39,8 +39,8 @@ def test_the_bundled_folder_is_small_safetensors_and_matches_its_sha256s():
     assert builtin.sha256_of(folder / "config.json") == entry.config_sha256
     config = json.loads((folder / "config.json").read_text())
     image = config["image"]
-    model = {"height": image["height"], "width": image["width"], "channels": image["channels"], "steps": config["model"]["glimpses"],
-             "hidden": config["model"]["hidden"], "embed": config["model"]["latent"],
+    model = {"height": image["height"], "width": image["width"], "channels": image["channels"], "glimpses": config["model"]["glimpses"],
+             "hidden": config["model"]["hidden"], "latent": config["model"]["latent"],
              **{k: config["model"][k] for k in ("attention", "read_n", "write_n")}}
     assert model == entry.model and config["data"]["dataset"] == entry.dataset
     assert "optimizer" not in config and "data_dir" not in config["data"] and "runs_dir" not in config["run"]

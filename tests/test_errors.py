@@ -389,11 +389,11 @@ CHECKPOINT_CASES = [
     ("tensor", "not a drawcli checkpoint (a Tensor, not a dict)"),
     ("newer-format", "written by a newer drawcli (9.0, checkpoint format 2); this one reads format 1: upgrade drawcli"),
     ("lacks-model", "checkpoint lacks 'model'"),
-    ("other-hidden", ("model weights do not match its model_config (steps=2, hidden=16, embed=4, attention=True, "
+    ("other-hidden", ("model weights do not match its model_config (glimpses=2, hidden=16, latent=4, attention=True, "
                       "read_n=2, write_n=3): {first_differing} is {shape8}, expected {shape16}")),
     ("config-vs-settings", ("model_config (hidden=8) disagrees with its saved settings (model.hidden=16): "
                             "the file was altered or is corrupt")),
-    ("missing-weight", ("model weights do not match its model_config (steps=2, hidden=16, embed=4, attention=True, "
+    ("missing-weight", ("model weights do not match its model_config (glimpses=2, hidden=16, latent=4, attention=True, "
                         "read_n=2, write_n=3): missing {first_weight}")),
     ("bad-settings", "saved settings: model.stepz: unknown key (did you mean 'steps'?)"),
     ("bad-model-config", "model_config: model.hidden: must be >= 1, got -4"),

@@ -216,3 +216,24 @@ def test_colour_read_and_write_equal_a_per_channel_loop_of_the_grey_functions():
     for c in range(3):
         assert torch.allclose(out[:, c], grey.write_patch(w[:, c], p), atol=1e-6)
     assert colour.encoder.linear.in_features == 2 * 3 * 9 + 2 * 8 and colour.write_head.out_features == 3 * 16
+
+
+def test_the_constructor_takes_the_settings_names_and_the_old_ones_warn():
+    """DRAW(glimpses=, latent=) as the settings say model.glimpses and model.latent; steps= and embed=
+    still work with a FutureWarning, and stored configurations with the old names load silently."""
+    import warnings
+
+    from drawcli.model.draw import canonical_config
+
+    new = DRAW(height=8, width=8, glimpses=3, hidden=8, latent=2)
+    assert (new.glimpses, new.latent, new.steps, new.embed) == (3, 2, 3, 2)
+    assert {"glimpses": 3, "latent": 2} .items() <= new.config().items() and "steps" not in new.config()
+    with pytest.warns(FutureWarning, match=r"DRAW\(steps=...\) is now DRAW\(glimpses=...\)"):
+        old = DRAW(height=8, width=8, steps=3, hidden=8, embed=2)
+    assert old.config() == new.config()
+    with pytest.raises(TypeError, match="both glimpses= and its old name steps="):
+        DRAW(glimpses=3, steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stored = canonical_config({"height": 8, "width": 8, "steps": 3, "hidden": 8, "embed": 2})
+        assert DRAW(**stored).config() == new.config()

@@ -39,7 +39,7 @@ BINARIZE_BLOCK = 10_000
 # Both numbers are variational bounds (eq 12), so they sit beside our ELBO.
 PAPER_DATASET = "binarized-mnist"
 PAPER_SPLIT = "test"
-PAPER_MODEL = {"height": 28, "width": 28, "steps": 64, "hidden": 256, "embed": 100}
+PAPER_MODEL = {"height": 28, "width": 28, "glimpses": 64, "hidden": 256, "latent": 100}
 PAPER_ATTENTION_WINDOWS = {"read_n": 2, "write_n": 5}
 PAPER_TABLE2 = {True: 80.97, False: 87.40}  # keyed by attention
 PAPER_APPLIES_TO = ("binarized-mnist", "mnist")  # Table 2's numbers are for binarized MNIST only
@@ -377,7 +377,10 @@ def paper_comparison(
     applies = (dataset in PAPER_APPLIES_TO and model_config.get("height") == 28 and model_config.get("width") == 28
                and model_config.get("channels", 1) == 1)
     differences = []
-    names = {"height": "image height", "width": "image width", "steps": "T", "hidden": "LSTM units", "embed": "z size"}
+    from drawcli.model.draw import canonical_config
+
+    model_config = canonical_config(model_config)  # a JSON of an older version may say steps and embed
+    names = {"height": "image height", "width": "image width", "glimpses": "T", "hidden": "LSTM units", "latent": "z size"}
     wanted = dict(PAPER_MODEL, **(PAPER_ATTENTION_WINDOWS if attention else {}))
     names.update({"read_n": "read N", "write_n": "write N"})
     for key, value in wanted.items():

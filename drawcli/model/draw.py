@@ -16,6 +16,7 @@ write apply one set of attention parameters and filterbanks to every channel (Se
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -47,24 +48,42 @@ class DrawOutput:
         return self.lx + self.lz
 
 
+# The constructor's old argument names, accepted with a FutureWarning (and in stored configurations
+# silently, see canonical_config): the settings' names are the constructor's.
+OLD_NAMES = {"steps": "glimpses", "embed": "latent"}
+
+
+def canonical_config(config: dict) -> dict:
+    """Constructor arguments as stored by any version (older checkpoints say steps and embed)."""
+    return {OLD_NAMES.get(k, k): v for k, v in config.items()}
+
+
 class DRAW(nn.Module):
-    """DRAW with or without attention (Sections 2-3); ``config()`` gives its constructor arguments."""
+    """DRAW with or without attention (Sections 2-3); ``config()`` gives its constructor arguments.
+
+    The arguments carry the settings' names (model.glimpses is T, model.latent is Z); the model also
+    answers to the paper's letters, ``steps`` (T) and ``embed`` (Z), as the engines read them."""
 
     def __init__(
         self,
         height: int = 28,
         width: int = 28,
-        steps: int = 64,
+        glimpses: int | None = None,
         hidden: int = 256,
-        embed: int = 100,
+        latent: int | None = None,
         attention: bool = True,
         read_n: int = 2,
         write_n: int = 5,
         channels: int = 1,
+        *,
+        steps: int | None = None,
+        embed: int | None = None,
     ):
         super().__init__()
+        glimpses = _renamed("steps", steps, "glimpses", glimpses, 64)
+        latent = _renamed("embed", embed, "latent", latent, 100)
         self.height, self.width, self.channels = height, width, channels
-        self.steps, self.hidden, self.embed = steps, hidden, embed
+        self.glimpses, self.hidden, self.latent = glimpses, hidden, latent
         self.attention = attention
         self.read_n, self.write_n = read_n, write_n
 
@@ -72,8 +91,8 @@ class DRAW(nn.Module):
         read_size = 2 * channels * read_n * read_n if attention else 2 * values  # eq 27 / eq 17
         write_size = channels * write_n * write_n if attention else values  # eq 28 / eq 18
         self.encoder = LSTMCell(read_size + hidden, hidden)  # eq 5: input [r_t, h^dec_{t-1}]
-        self.decoder = LSTMCell(embed, hidden)  # eq 7
-        self.q = nn.Linear(hidden, 2 * embed)  # eq 1-2: mu_t and log sigma_t from h^enc_t
+        self.decoder = LSTMCell(latent, hidden)  # eq 7
+        self.q = nn.Linear(hidden, 2 * latent)  # eq 1-2: mu_t and log sigma_t from h^enc_t
         self.write_head = nn.Linear(hidden, write_size)  # eq 18 / 28: w_t = W(h^dec_t)
         if attention:
             # eq 21: (g~_X, g~_Y, log sigma^2, log delta~, log gamma) = W(h^dec); separate heads.
@@ -90,15 +109,25 @@ class DRAW(nn.Module):
         for name, n in (("read_offsets", read_n), ("write_offsets", write_n)):
             self.register_buffer(name, torch.arange(1, n + 1, dtype=torch.float32) - n / 2 - 0.5, persistent=False)
 
+    @property
+    def steps(self) -> int:
+        """T, the number of glimpses (model.glimpses)."""
+        return self.glimpses
+
+    @property
+    def embed(self) -> int:
+        """Z, the size of each z_t (model.latent)."""
+        return self.latent
+
     # ----------------------------------------------------------------- configuration
     def config(self) -> dict:
         """Plain-typed constructor arguments (stored in checkpoints)."""
         return dict(
             height=self.height,
             width=self.width,
-            steps=self.steps,
+            glimpses=self.glimpses,
             hidden=self.hidden,
-            embed=self.embed,
+            latent=self.latent,
             attention=self.attention,
             read_n=self.read_n,
             write_n=self.write_n,
@@ -323,6 +352,16 @@ class DRAW(nn.Module):
                 writes.append(write_params)
         return torch.stack(canvases), (torch.stack(writes) if self.attention else None)
 
+
+
+def _renamed(old: str, old_value, new: str, value, default):
+    """A constructor argument given by its new name, its old one (with a FutureWarning) or neither."""
+    if old_value is None:
+        return default if value is None else value
+    if value is not None:
+        raise TypeError(f"DRAW() got both {new}= and its old name {old}=; give {new}=")
+    warnings.warn(f"DRAW({old}=...) is now DRAW({new}=...), the settings' name; {old}= will go", FutureWarning, stacklevel=3)
+    return old_value
 
 
 def count_parameters(model: nn.Module) -> int:

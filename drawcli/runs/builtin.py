@@ -59,7 +59,7 @@ BUILTINS: dict[str, BuiltinModel] = {
         config_sha256="c4e0ba18dfe9da001b2177af644f07baa8d69eb9088c797684b9898e06ce9a00",
         description="DRAW with attention on MNIST, the paper's Table 3 model (the reproduction run's last epoch)",
         dataset="mnist",
-        model=dict(height=28, width=28, steps=64, hidden=256, embed=100, attention=True, read_n=2, write_n=5, channels=1),
+        model=dict(height=28, width=28, glimpses=64, hidden=256, latent=100, attention=True, read_n=2, write_n=5, channels=1),
         trained="400 epochs in four cycles (160 + 90 + 85 + 65), 11.4 h on a 2-core Intel Xeon: "
                 "sample_configs/mnist_reproduce.yaml, each cycle from the last one's weights (docs/results.md)",
         results={

@@ -69,8 +69,7 @@ def atomic_link(src: Path, dst: Path) -> None:
 
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since PyTorch 1.6
-MODEL_KEYS = ("steps", "hidden", "embed", "attention", "read_n", "write_n")  # model_config beyond height, width
-SETTING_OF = {"steps": "glimpses", "embed": "latent"}  # DRAW's argument -> its settings key (settings.model_arguments)
+MODEL_KEYS = ("glimpses", "hidden", "latent", "attention", "read_n", "write_n")  # model_config beyond height, width
 
 
 def _first_sentence(e: BaseException) -> str:
@@ -183,6 +182,10 @@ def _check_contents(ckpt: dict) -> None:
             raise DrawError(f"{key} must be a whole number >= 0, got {spell(value)}")
 
     cfg = ckpt["model_config"]
+    if isinstance(cfg, dict):  # checkpoints written before the rename say steps and embed: read as today's names
+        from drawcli.model.draw import canonical_config
+
+        cfg = ckpt["model_config"] = canonical_config(cfg)
     # channels is optional: checkpoints written before colour support are one-channel.
     if not isinstance(cfg, dict) or set(cfg) - {"channels"} != {"height", "width", *MODEL_KEYS}:
         got = sorted(map(str, cfg)) if isinstance(cfg, dict) else type(cfg).__name__
@@ -202,7 +205,7 @@ def _check_contents(ckpt: dict) -> None:
         if saved[key] != cfg[key]:
             raise DrawError(
                 f"model_config ({key}={spell(cfg[key])}) disagrees with its saved settings "
-                f"(model.{SETTING_OF.get(key, key)}={spell(saved[key])}): the file was altered or is corrupt"
+                f"(model.{key}={spell(saved[key])}): the file was altered or is corrupt"
             )
 
     weights = ckpt["model"]

@@ -198,8 +198,10 @@ def read_config(folder: Path) -> FolderConfig:
 def make_config(model_config: dict, settings: dict | None = None, training: dict | None = None) -> dict:
     """config.json's contents for a model (DRAW's constructor arguments), the settings it was trained
     with (a Settings.to_dict(); None: only the model's own) and its training history (or None)."""
-    model = {"glimpses": model_config["steps"], "hidden": model_config["hidden"], "latent": model_config["embed"],
-             "attention": model_config["attention"], "read_n": model_config["read_n"], "write_n": model_config["write_n"]}
+    from drawcli.model.draw import canonical_config
+
+    model_config = canonical_config(model_config)
+    model = {key: model_config[key] for key in ("glimpses", "hidden", "latent", "attention", "read_n", "write_n")}
     out: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
                            "image": {"channels": model_config.get("channels", 1), "height": model_config["height"],
                                      "width": model_config["width"]},

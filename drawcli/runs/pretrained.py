@@ -50,8 +50,10 @@ class DRAW(PaperDRAW):
 
 
 def make_model(**config: Any) -> DRAW:
-    """A fresh model from DRAW's constructor arguments (the one place drawcli builds one)."""
-    return DRAW(**config)
+    """A fresh model from DRAW's constructor arguments (the one place drawcli builds one; older names read)."""
+    from drawcli.model.draw import canonical_config
+
+    return DRAW(**canonical_config(config))
 
 
 # ----------------------------------------------------------------------------- weights against a model
@@ -59,6 +61,9 @@ def weights_mismatch(config: dict, weights: dict) -> str | None:
     """How ``weights`` (name -> tensor) differ from what DRAW(**config) holds, or None when they fit."""
     import torch
 
+    from drawcli.model.draw import canonical_config
+
+    config = canonical_config(config)
     try:
         try:
             with torch.device("meta"):  # shapes only: nothing is allocated
@@ -86,10 +91,12 @@ def describe_model(config: dict) -> str:
     """DRAW's constructor arguments as config.json names them: 'image 1x28x28, glimpses=64, hidden=256, ...'."""
     from drawcli.settings import spell
 
-    names = {"steps": "glimpses", "embed": "latent"}
-    keys = ("steps", "hidden", "embed", "attention", "read_n", "write_n")
+    from drawcli.model.draw import canonical_config
+
+    config = canonical_config(config)
+    keys = ("glimpses", "hidden", "latent", "attention", "read_n", "write_n")
     image = f"image {config.get('channels', 1)}x{config.get('height')}x{config.get('width')}"
-    return ", ".join([image] + [f"{names.get(k, k)}={spell(config[k])}" for k in keys if k in config])
+    return ", ".join([image] + [f"{k}={spell(config[k])}" for k in keys if k in config])
 
 
 # ----------------------------------------------------------------------------- model folders
