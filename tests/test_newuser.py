@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from drawcli.cli import app
 from drawcli.core.errors import DrawError
-from drawcli.pictures import render
+from drawcli.pictures import writers
 from drawcli.runs import checkpoint as ckpt_io
 from drawcli.runs import lock, names
 
@@ -292,9 +292,9 @@ def test_item6_an_unwritable_gif_is_one_error_and_no_finaliser_traceback(monkeyp
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     frames = np.zeros((3, 8, 8), dtype=np.uint8)
     with pytest.raises(DrawError, match="cannot write .*: Permission denied"):
-        render.write_animation(where / "a.gif", frames, fps=10, hold=1)
+        writers.write_animation(where / "a.gif", frames, fps=10, hold=1)
     with pytest.raises(DrawError, match="cannot write"):
-        render.write_png(where / "a.png", np.zeros((8, 8), dtype=np.uint8))
+        writers.write_png(where / "a.png", np.zeros((8, 8), dtype=np.uint8))
     gc.collect()
     assert unraisable == []  # imageio's writer never held the failed file
 
@@ -510,7 +510,7 @@ def test_item20_the_mp4_message_says_what_the_file_holds(tiny, monkeypatch, tmp_
         def append_data(self, frame):
             appended.append(frame.shape)
 
-    monkeypatch.setattr(render, "ffmpeg_available", lambda: True)
+    monkeypatch.setattr(writers, "ffmpeg_available", lambda: True)
     monkeypatch.setattr(imageio.v2, "get_writer", lambda *a, **k: FakeWriter())
     out = tmp_path / "a.mp4"
     r = cli("animate", "tiny", "-o", out, "--fps", "10", "--hold", "2")

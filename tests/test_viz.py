@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from drawcli.cli import app
 from drawcli.commands import pictures as pictures_cmd
 from drawcli.core.errors import DrawError
-from drawcli.pictures import render, viz
+from drawcli.pictures import frames as framing
+from drawcli.pictures import layout, palette, viz, writers
 from drawcli.runs.checkpoint import atomic_save, build_model, make_checkpoint
 from drawcli.runs.store import load_run, write_config
 from drawcli.settings import build_settings
@@ -114,27 +115,27 @@ def assert_one_line_error(result, *fragments):
 
 # ----------------------------------------------------------------------------- pure image building
 def test_to_uint8_scales_and_rounds():
-    out = render.to_uint8(np.array([0.0, 0.5, 1.0, 1.2, -0.1, np.nan], dtype=np.float32))
+    out = palette.to_uint8(np.array([0.0, 0.5, 1.0, 1.2, -0.1, np.nan], dtype=np.float32))
     assert out.dtype == np.uint8
     assert out.tolist() == [0, 128, 255, 255, 0, 0]
 
 
 def test_upscale_is_nearest_neighbour():
     img = np.array([[1, 2], [3, 4]], np.uint8)
-    assert render.upscale(img, 2).tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
-    assert render.upscale(np.zeros((5, 3, 7, 6)), 3).shape == (5, 3, 21, 18)
+    assert layout.upscale(img, 2).tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    assert layout.upscale(np.zeros((5, 3, 7, 6)), 3).shape == (5, 3, 21, 18)
 
 
 def test_default_scale_makes_a_digit_about_112_pixels():
-    assert render.default_scale(28, 28) == 4
-    assert render.default_scale(64, 32) == 2
-    assert render.default_scale(500, 500) == 1
+    assert layout.default_scale(28, 28) == 4
+    assert layout.default_scale(64, 32) == 2
+    assert layout.default_scale(500, 500) == 1
 
 
 def test_grid_places_cells_with_padding():
-    grid = render.grid_for(5, 3, 2, 3)  # 5 cells of 2x3 pixels, 3 per row -> 2 rows
+    grid = layout.grid_for(5, 3, 2, 3)  # 5 cells of 2x3 pixels, 3 per row -> 2 rows
     assert (grid.rows, grid.cols) == (2, 3)
-    pad = render.PAD
+    pad = layout.PAD
     assert grid.shape == (pad + 2 * (2 + pad), pad + 3 * (3 + pad))
     cells = np.arange(1, 6, dtype=np.uint8)[:, None, None] * np.ones((5, 2, 3), np.uint8)
     out = grid.place(cells, pad_value=0)
@@ -147,11 +148,11 @@ def test_grid_places_cells_with_padding():
 
 
 def test_grid_groups_add_a_gap_between_panels():
-    grid = render.Grid(rows=1, cols=4, cell_h=2, cell_w=2, col_group=2)
+    grid = layout.Grid(rows=1, cols=4, cell_h=2, cell_w=2, col_group=2)
     xs = [grid.origin(c)[1] for c in range(4)]
-    step = 2 + render.PAD
+    step = 2 + layout.PAD
     assert xs[1] - xs[0] == step and xs[3] - xs[2] == step
-    assert xs[2] - xs[1] == step + render.GROUP_GAP
+    assert xs[2] - xs[1] == step + layout.GROUP_GAP
 
 
 def params(gx, gy, delta, sigma2, gamma=1.0):
@@ -163,13 +164,13 @@ def test_window_lands_on_expected_pixels():
     # apart: the window spans 10 image pixels, array columns 9..18, so frame pixels
     # 36..75 at scale 4. A tiny sigma gives a 1-pixel border.
     p = params(14.5, 14.5, 2.0, 0.04)
-    assert render.window_boxes(p, 5, 4).tolist() == [36, 36, 76, 76]
-    assert render.border_widths(p, 4) == 1
+    assert framing.window_boxes(p, 5, 4).tolist() == [36, 36, 76, 76]
+    assert framing.border_widths(p, 4) == 1
     img = np.zeros((112, 112, 3), np.uint8)
-    render.draw_windows(img[None], render.Grid(1, 1, 112, 112, pad=0), [0], p[None, None], 5, 4, render.WRITE_COLOR)
+    framing.draw_windows(img[None], layout.Grid(1, 1, 112, 112, pad=0), [0], p[None, None], 5, 4, palette.WRITE_COLOR)
     expected = np.zeros((112, 112), bool)
     expected[36:76, 36] = expected[36:76, 75] = expected[36, 36:76] = expected[75, 36:76] = True
-    red = (img == render.WRITE_COLOR).all(-1)
+    red = (img == palette.WRITE_COLOR).all(-1)
     assert (red == expected).all()
     assert ((img != 0).any(-1) == expected).all()  # nothing else touched
 
@@ -177,60 +178,60 @@ def test_window_lands_on_expected_pixels():
 def test_window_in_one_based_coordinates_off_centre():
     # One filter (N = 1) centred on 1-based pixel (3, 10) with delta 1 covers exactly that pixel:
     # array row 9, column 2 -> frame rows 18..19, columns 4..5 at scale 2.
-    box = render.window_boxes(params(3, 10, 1.0, 0.01), 1, 2)
+    box = framing.window_boxes(params(3, 10, 1.0, 0.01), 1, 2)
     assert box.tolist() == [4, 18, 6, 20]
 
 
 def test_border_grows_with_sigma_and_is_clipped_to_the_cell():
-    widths = render.border_widths(np.stack([params(14, 14, 3, s) for s in (0.01, 4.0, 9.0, 100.0)]), 4)
+    widths = framing.border_widths(np.stack([params(14, 14, 3, s) for s in (0.01, 4.0, 9.0, 100.0)]), 4)
     assert widths.tolist() == [1, 2, 3, 4]  # a quarter of the standard deviation, capped at one image pixel
     # A window hanging off the top-left corner: only its bottom and right edges are visible.
     img = np.zeros((40, 40, 3), np.uint8)
-    render.draw_box(img, (-10, -10, 20, 30), 3, render.READ_COLOR)
-    green = (img == render.READ_COLOR).all(-1)
+    framing.draw_box(img, (-10, -10, 20, 30), 3, palette.READ_COLOR)
+    green = (img == palette.READ_COLOR).all(-1)
     expected = np.zeros((40, 40), bool)
     expected[27:30, 0:20] = True  # bottom band
     expected[0:30, 17:20] = True  # right band
     assert (green == expected).all()
     # Entirely outside: nothing drawn, no error.
-    render.draw_box(img, (100, 100, 120, 120), 2, render.WRITE_COLOR)
-    assert not (img == render.WRITE_COLOR).all(-1).any()
+    framing.draw_box(img, (100, 100, 120, 120), 2, palette.WRITE_COLOR)
+    assert not (img == palette.WRITE_COLOR).all(-1).any()
 
 
 def test_extreme_parameters_do_not_overflow():
-    boxes = render.window_boxes(np.array([[1e30, -1e30, 1e30, 1e30, 1.0], [np.nan, 0, 0, np.nan, 1]]), 5, 4)
+    boxes = framing.window_boxes(np.array([[1e30, -1e30, 1e30, 1e30, 1.0], [np.nan, 0, 0, np.nan, 1]]), 5, 4)
     img = np.zeros((10, 10, 3), np.uint8)
     for box in boxes:
-        render.draw_box(img, box, 1, render.WRITE_COLOR)
+        framing.draw_box(img, box, 1, palette.WRITE_COLOR)
 
 
 def test_palette_keeps_greys_and_window_colours_exact():
-    assert len({tuple(c) for c in render.PALETTE}) == 256  # pillow maps colours back to indices: no duplicates
+    assert len({tuple(c) for c in palette.PALETTE}) == 256  # pillow maps colours back to indices: no duplicates
     grey = np.arange(256, dtype=np.uint8)
-    assert np.abs(render.to_rgb(render.to_indexed(grey))[:, 0].astype(int) - grey).max() <= 1
-    assert render.to_rgb(np.uint8(render.WRITE_INDEX)).tolist() == [255, 0, 0]
-    assert render.to_rgb(np.uint8(render.READ_INDEX)).tolist() == [0, 255, 0]
+    assert np.abs(palette.to_rgb(palette.to_indexed(grey))[:, 0].astype(int) - grey).max() <= 1
+    assert palette.to_rgb(np.uint8(palette.WRITE_INDEX)).tolist() == [255, 0, 0]
+    assert palette.to_rgb(np.uint8(palette.READ_INDEX)).tolist() == [0, 255, 0]
 
 
 def test_gif_round_trip_is_exact(tmp_path):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(3, 30, 40), dtype=np.uint8)
-    frames[1] = render.WRITE_INDEX  # a frame of one colour only
-    render.write_animation(tmp_path / "r.gif", frames, fps=20, hold=0.3)
+    frames[1] = palette.WRITE_INDEX  # a frame of one colour only
+    writers.write_animation(tmp_path / "r.gif", frames, fps=20, hold=0.3)
     decoded, durations, loop = gif_info(tmp_path / "r.gif")
-    assert (decoded[..., :3] == render.to_rgb(frames)).all()
+    assert (decoded[..., :3] == palette.to_rgb(frames)).all()
     assert durations == [50, 50, 300] and loop == 0
 
 
 def test_gif_durations_in_milliseconds_with_hold():
-    assert render.gif_durations(4, 10, 2.0) == [100, 100, 100, 2000]
-    assert render.gif_durations(3, 12, 0.0) == [80, 80, 80]  # 83.3 ms rounds to GIF's 10 ms grid
-    assert render.gif_durations(2, 50, 0.5) == [20, 500]
+    assert writers.gif_durations(4, 10, 2.0) == [100, 100, 100, 2000]
+    assert writers.gif_durations(3, 12, 0.0) == [80, 80, 80]  # 83.3 ms rounds to GIF's 10 ms grid
+    assert writers.gif_durations(2, 50, 0.5) == [20, 500]
 
 
 def test_strip_steps_keep_first_and_last():
-    assert render.strip_steps(4).tolist() == [0, 1, 2, 3]
-    steps = render.strip_steps(64, 16)
+    assert framing.strip_steps(4).tolist() == [0, 1, 2, 3]
+    steps = framing.strip_steps(64, 16)
     assert len(steps) == 16 and steps[0] == 0 and steps[-1] == 63
 
 
@@ -245,10 +246,10 @@ def test_parse_indices():
 
 def test_progress_bar_makes_every_frame_distinct():
     frames = np.zeros((5, 8, 20), np.uint8)  # five identical frames
-    out = render.add_progress(frames)
-    assert out.shape == (5, 8 + render.PROGRESS_HEIGHT, 20)
+    out = framing.add_progress(frames)
+    assert out.shape == (5, 8 + framing.PROGRESS_HEIGHT, 20)
     assert all((out[i] != out[i + 1]).any() for i in range(4))
-    assert (out[-1, -1] == render.GREY_INDEX[render.PROGRESS_VALUE]).all()  # the last frame's bar is full
+    assert (out[-1, -1] == palette.GREY_INDEX[palette.PROGRESS_VALUE]).all()  # the last frame's bar is full
 
 
 # ----------------------------------------------------------------------------- draw sample
@@ -257,13 +258,13 @@ def test_sample_png_size_values_and_npy(runs, tmp_path):
     written = pictures_cmd.sample_command("att", n=6, nrow=3, scale=2, npy=True, device="cpu", output=out, runs_dir=runs, console=_quiet())
     assert written == [out, tmp_path / "s.npy"]
     img = iio.imread(out)
-    assert img.dtype == np.uint8 and img.shape == (render.PAD + 2 * (56 + render.PAD), render.PAD + 3 * (56 + render.PAD))
+    assert img.dtype == np.uint8 and img.shape == (layout.PAD + 2 * (56 + layout.PAD), layout.PAD + 3 * (56 + layout.PAD))
     assert len(np.unique(img)) > 10  # a real picture, not one colour
     raw = np.load(tmp_path / "s.npy")
     assert raw.shape == (6, 28, 28) and raw.dtype == np.float32 and 0 <= raw.min() and raw.max() <= 1
     # The PNG shows exactly these pixels, upscaled.
-    y, x = render.grid_for(6, 3, 56, 56).origin(4)
-    assert (img[y : y + 56, x : x + 56] == render.upscale(render.to_uint8(raw[4]), 2)).all()
+    y, x = layout.grid_for(6, 3, 56, 56).origin(4)
+    assert (img[y : y + 56, x : x + 56] == layout.upscale(palette.to_uint8(raw[4]), 2)).all()
 
 
 def test_sample_default_output_binary_and_seed(runs, tmp_path):
@@ -290,8 +291,8 @@ def test_animate_gif_frames_timing_loop_and_content(runs, tmp_path):
     out = tmp_path / "a.gif"
     pictures_cmd.animate_command("att", output=out, n=4, scale=2, fps=10, hold=1.5, device="cpu", runs_dir=runs, console=_quiet())
     frames, durations, loop = gif_info(out)
-    grid = render.grid_for(4, None, 56, 56)
-    assert frames.shape[:3] == (T, grid.shape[0] + render.PROGRESS_HEIGHT, grid.shape[1])
+    grid = layout.grid_for(4, None, 56, 56)
+    assert frames.shape[:3] == (T, grid.shape[0] + framing.PROGRESS_HEIGHT, grid.shape[1])
     assert durations == [100] * (T - 1) + [1500]
     assert loop == 0  # loops forever
     assert all((frames[t] != frames[t + 1]).any() for t in range(T - 1))
@@ -304,10 +305,10 @@ def test_animate_gif_frames_timing_loop_and_content(runs, tmp_path):
 def test_animate_frames_match_the_model_canvases(runs):
     loaded = load_run("att", None, "cpu", runs)
     probs, _ = viz.sample_prior(loaded, 3, torch.Generator().manual_seed(0))
-    frames = render.animation_frames(probs, 1, progress=False)
-    grid = render.grid_for(3, None, 28, 28)
+    frames = framing.animation_frames(probs, 1, progress=False)
+    grid = layout.grid_for(3, None, 28, 28)
     y, x = grid.origin(2)
-    assert (frames[:, y : y + 28, x : x + 28] == render.to_indexed(render.to_uint8(probs[:, 2]))).all()
+    assert (frames[:, y : y + 28, x : x + 28] == palette.to_indexed(palette.to_uint8(probs[:, 2]))).all()
 
 
 def test_animate_boxes_are_red_and_reconstruct_adds_green(runs, tmp_path):
@@ -342,14 +343,14 @@ def test_animate_without_attention_draws_no_windows(runs, tmp_path):
 
 
 def test_animate_mp4_without_ffmpeg_is_one_clear_line(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(render, "ffmpeg_available", lambda: False)
+    monkeypatch.setattr(writers, "ffmpeg_available", lambda: False)
     result = cli("animate", "att", "-o", tmp_path / "a.mp4", "--runs-dir", runs, "--device", "cpu")
     assert_one_line_error(result, "pip install imageio-ffmpeg")
     assert not (tmp_path / "a.mp4").exists()
 
 
 def test_animate_mp4_with_ffmpeg(runs, tmp_path):
-    if not render.ffmpeg_available():
+    if not writers.ffmpeg_available():
         pytest.skip("imageio-ffmpeg is not installed")
     out = tmp_path / "a.mp4"
     pictures_cmd.animate_command("att", output=out, n=3, fps=10, hold=1.0, device="cpu", runs_dir=runs, console=_quiet())
@@ -381,7 +382,7 @@ def test_inspect_attention_gif_strip_and_json(runs, tmp_path):
     assert green.any(axis=(1, 2)).all() and red.any(axis=(1, 2)).all()
 
     strip = iio.imread(tmp_path / "att.png")
-    grid = render.Grid(3 * 2, T, 112, 112, row_group=2)  # per image: input row over canvas row; T columns
+    grid = layout.Grid(3 * 2, T, 112, 112, row_group=2)  # per image: input row over canvas row; T columns
     assert strip.shape == (*grid.shape, 3)
 
     doc = json.loads(js.read_text())
@@ -418,7 +419,7 @@ def test_inspect_attention_generate_has_write_windows_only(runs, tmp_path):
     frames, _, _ = gif_info(tmp_path / "gen.gif")
     assert not ((frames[..., 1] > 200) & (frames[..., 0] < 60)).any()  # no green
     strip = iio.imread(tmp_path / "gen.png")
-    assert strip.shape == (*render.Grid(3, T, 112, 112).shape, 3)
+    assert strip.shape == (*layout.Grid(3, T, 112, 112).shape, 3)
 
 
 def test_inspect_attention_same_seed_same_json(runs, tmp_path):
@@ -480,6 +481,6 @@ def test_inspect_attention_on_real_mnist(mnist_data_dir, tmp_path):
     assert [im["index"] for im in doc["images"]] == [0, 9999]
     strip = iio.imread(tmp_path / "real.png")
     # Input row of the first image, first column: a real digit (some bright pixels, mostly dark).
-    y, x = render.Grid(4, T, 112, 112, row_group=2).origin(0)
+    y, x = layout.Grid(4, T, 112, 112, row_group=2).origin(0)
     cell = strip[y + 10 : y + 102, x + 10 : x + 102, 0]
     assert 0.02 < (cell > 128).mean() < 0.5

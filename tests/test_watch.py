@@ -127,7 +127,7 @@ def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_a
     assert all(e.value > 0 for e in acc.Scalars("optim/grad_norm"))
     assert acc.Scalars("L_x/test")[-1].value + acc.Scalars("L_z/test")[-1].value == pytest.approx(
         acc.Scalars("loss/test")[-1].value, rel=1e-5)
-    from drawcli.pictures.render import grid_for
+    from drawcli.pictures.layout import grid_for
 
     prior, strip = acc.Images("samples/prior"), acc.Images("samples/glimpses")
     assert [e.step for e in prior] == [e.step for e in strip] == [3, 6, 9]

@@ -1,11 +1,11 @@
 """The picture commands: `draw sample`, `draw animate`, `draw inspect-attention`.
 
 Grey and colour models alike: a colour model's canvases keep their channel axis,
-(T, n, C, H, W), and drawcli.pictures.render draws them as RGB.
+(T, n, C, H, W), and drawcli.pictures.frames draws them as RGB.
 
 Each checks its options, loads the model (drawcli.runs.store.load_run: a run or a built-in @NAME),
-runs it under the requested precision, and hands numpy arrays to drawcli.pictures.render, which builds
-the frames and writes the files.
+runs it under the requested precision, and hands numpy arrays on: drawcli.pictures.frames builds
+the frames and drawcli.pictures.writers writes the files.
 """
 
 from __future__ import annotations
@@ -157,12 +157,6 @@ def sample_prior(loaded: LoadedRun, n: int, generator, engine: str = "auto", eve
                                               z=z)
         probs = torch.sigmoid(logits.float()).cpu().numpy()
     return probs, (None if write is None else write.float().cpu().numpy())
-
-
-# ----------------------------------------------------------------------------- draw sample
-
-
-# ----------------------------------------------------------------------------- draw animate
 
 
 # ----------------------------------------------------------------------------- draw inspect-attention
