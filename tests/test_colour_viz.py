@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from drawcli.cli import app
 from drawcli.commands import pictures as pictures_cmd
 from drawcli.pictures import frames as framing
-from drawcli.pictures import layout, palette, viz, writers
+from drawcli.pictures import grids, palette, viz, writers
 from drawcli.runs.store import load_run
 from drawcli.settings import load_data
 
@@ -52,7 +52,7 @@ def _quiet():
 
 def _rgb_cell(probs_one: np.ndarray, scale: int) -> np.ndarray:
     """One canvas (3, H, W) as the pictures show it: uint8, upscaled, channels last."""
-    return np.moveaxis(layout.upscale(palette.to_uint8(probs_one), scale), 0, -1)
+    return np.moveaxis(grids.upscale(palette.to_uint8(probs_one), scale), 0, -1)
 
 
 # ----------------------------------------------------------------------------- pure image building
@@ -83,7 +83,7 @@ def test_colour_windows_have_a_black_outline():
     img = np.full((1, 40, 40, 3), 128, np.uint8)
     p = np.array([[[10.5, 10.5, 2.0, 16.0, 1.0]]])  # centre at image pixel 10 (scale 2), 5 filters 2 apart
     assert framing.window_boxes(p, 5, 2).tolist() == [[[10, 10, 30, 30]]]
-    framing.draw_windows(img, layout.Grid(1, 1, 40, 40, pad=0), [0], p, 5, 2, palette.WRITE_COLOR, palette.OUTLINE_COLOR)
+    framing.draw_windows(img, grids.Grid(1, 1, 40, 40, pad=0), [0], p, 5, 2, palette.WRITE_COLOR, palette.OUTLINE_COLOR)
     row = img[0, 20]
     assert framing.border_widths(p, 2)[0, 0] == 2
     assert (row[10:12] == palette.WRITE_COLOR).all() and (row[28:30] == palette.WRITE_COLOR).all()
@@ -97,7 +97,7 @@ def test_sample_writes_the_rgb_canvas_of_every_channel(colour, tmp_path):
     out = tmp_path / "s.png"
     pictures_cmd.sample_command("rgb", n=5, nrow=3, scale=3, npy=True, seed=4, device="cpu", output=out, runs_dir=runs, console=_quiet())
     img = iio.imread(out)
-    grid = layout.grid_for(5, 3, H * 3, W * 3)
+    grid = grids.grid_for(5, 3, H * 3, W * 3)
     assert img.shape == (*grid.shape, 3) and img.dtype == np.uint8
     # The model's own final canvases, per channel, from the same seed.
     loaded = load_run("rgb", None, "cpu", runs)
@@ -118,7 +118,7 @@ def test_animate_gif_shows_every_canvas_in_colour(colour, tmp_path):
     scale = 8  # a multiple of the dither's 4x4 period: each image pixel's block averages to its colour
     pictures_cmd.animate_command("rgb", output=out, n=4, scale=scale, seed=2, device="cpu", runs_dir=runs, console=_quiet())
     frames = iio.imread(out, index=None)[..., :3].astype(float)
-    grid = layout.grid_for(4, None, H * scale, W * scale)
+    grid = grids.grid_for(4, None, H * scale, W * scale)
     assert frames.shape == (T, grid.shape[0] + framing.PROGRESS_HEIGHT, grid.shape[1], 3)
     loaded = load_run("rgb", None, "cpu", runs)
     probs, _ = viz.sample_prior(loaded, 4, torch.Generator().manual_seed(2))
@@ -143,7 +143,7 @@ def test_animate_boxes_in_window_colour_with_outline(colour, tmp_path):
     _, write = viz.sample_prior(loaded, 1, torch.Generator().manual_seed(0))
     boxes = framing.window_boxes(write[:, 0], loaded.model.write_n, scale)
     widths = framing.border_widths(write[:, 0], scale)
-    y0, x0 = layout.grid_for(1, None, H * scale, W * scale).origin(0)
+    y0, x0 = grids.grid_for(1, None, H * scale, W * scale).origin(0)
     checked = 0
     for t in range(T):
         cell = frames[t, y0 : y0 + H * scale, x0 : x0 + W * scale]
@@ -193,7 +193,7 @@ def test_inspect_attention_on_a_colour_folder_run(colour, tmp_path):
     # where the read window is drawn on it.
     test_images = load_data(settings.data, data_dir).eval
     assert test_images.shape[1:] == (3, H, W)
-    y, x = layout.Grid(4, T, H * 4, W * 4, row_group=2).origin(0)
+    y, x = grids.Grid(4, T, H * 4, W * 4, row_group=2).origin(0)
     cell = strip[y : y + H * 4, x : x + W * 4]
     expected = _rgb_cell(test_images[0] / 255.0, 4)
     assert (cell == expected).all(-1).mean() > 0.5

@@ -25,7 +25,7 @@ from drawcli.cli import app
 from drawcli.commands import pictures as pictures_cmd
 from drawcli.core.errors import DrawError
 from drawcli.pictures import frames as framing
-from drawcli.pictures import layout, palette, viz, writers
+from drawcli.pictures import grids, palette, viz, writers
 from drawcli.runs.checkpoint import atomic_save, build_model, make_checkpoint
 from drawcli.runs.store import load_run, write_config
 from drawcli.settings import build_settings
@@ -122,20 +122,20 @@ def test_to_uint8_scales_and_rounds():
 
 def test_upscale_is_nearest_neighbour():
     img = np.array([[1, 2], [3, 4]], np.uint8)
-    assert layout.upscale(img, 2).tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
-    assert layout.upscale(np.zeros((5, 3, 7, 6)), 3).shape == (5, 3, 21, 18)
+    assert grids.upscale(img, 2).tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    assert grids.upscale(np.zeros((5, 3, 7, 6)), 3).shape == (5, 3, 21, 18)
 
 
 def test_default_scale_makes_a_digit_about_112_pixels():
-    assert layout.default_scale(28, 28) == 4
-    assert layout.default_scale(64, 32) == 2
-    assert layout.default_scale(500, 500) == 1
+    assert grids.default_scale(28, 28) == 4
+    assert grids.default_scale(64, 32) == 2
+    assert grids.default_scale(500, 500) == 1
 
 
 def test_grid_places_cells_with_padding():
-    grid = layout.grid_for(5, 3, 2, 3)  # 5 cells of 2x3 pixels, 3 per row -> 2 rows
+    grid = grids.grid_for(5, 3, 2, 3)  # 5 cells of 2x3 pixels, 3 per row -> 2 rows
     assert (grid.rows, grid.cols) == (2, 3)
-    pad = layout.PAD
+    pad = grids.PAD
     assert grid.shape == (pad + 2 * (2 + pad), pad + 3 * (3 + pad))
     cells = np.arange(1, 6, dtype=np.uint8)[:, None, None] * np.ones((5, 2, 3), np.uint8)
     out = grid.place(cells, pad_value=0)
@@ -148,11 +148,11 @@ def test_grid_places_cells_with_padding():
 
 
 def test_grid_groups_add_a_gap_between_panels():
-    grid = layout.Grid(rows=1, cols=4, cell_h=2, cell_w=2, col_group=2)
+    grid = grids.Grid(rows=1, cols=4, cell_h=2, cell_w=2, col_group=2)
     xs = [grid.origin(c)[1] for c in range(4)]
-    step = 2 + layout.PAD
+    step = 2 + grids.PAD
     assert xs[1] - xs[0] == step and xs[3] - xs[2] == step
-    assert xs[2] - xs[1] == step + layout.GROUP_GAP
+    assert xs[2] - xs[1] == step + grids.GROUP_GAP
 
 
 def params(gx, gy, delta, sigma2, gamma=1.0):
@@ -167,7 +167,7 @@ def test_window_lands_on_expected_pixels():
     assert framing.window_boxes(p, 5, 4).tolist() == [36, 36, 76, 76]
     assert framing.border_widths(p, 4) == 1
     img = np.zeros((112, 112, 3), np.uint8)
-    framing.draw_windows(img[None], layout.Grid(1, 1, 112, 112, pad=0), [0], p[None, None], 5, 4, palette.WRITE_COLOR)
+    framing.draw_windows(img[None], grids.Grid(1, 1, 112, 112, pad=0), [0], p[None, None], 5, 4, palette.WRITE_COLOR)
     expected = np.zeros((112, 112), bool)
     expected[36:76, 36] = expected[36:76, 75] = expected[36, 36:76] = expected[75, 36:76] = True
     red = (img == palette.WRITE_COLOR).all(-1)
@@ -199,10 +199,19 @@ def test_border_grows_with_sigma_and_is_clipped_to_the_cell():
 
 
 def test_extreme_parameters_do_not_overflow():
-    boxes = framing.window_boxes(np.array([[1e30, -1e30, 1e30, 1e30, 1.0], [np.nan, 0, 0, np.nan, 1]]), 5, 4)
+    """An untrained model's wild windows: the edges are clipped to +-1e6 frame pixels before the int cast
+    (no overflow, no warning), NaN counts as 0, and a box whose border lies outside the image draws nothing."""
+    params = np.array([[1e30, -1e30, 1e30, 1e30, 1.0], [np.nan, 0, 0, np.nan, 1]])
+    with np.errstate(all="raise"):  # an overflowing cast would raise here
+        boxes = framing.window_boxes(params, 5, 4)
+        widths = framing.border_widths(params, 4)
+    assert boxes.dtype == np.int64
+    assert boxes.tolist() == [[-1_000_000, -1_000_000, 1_000_000, 1_000_000], [0, -2, 1, -1]]
+    assert widths.tolist() == [4, 1]  # at most one image pixel (scale 4); NaN sigma: the thinnest border
     img = np.zeros((10, 10, 3), np.uint8)
-    for box in boxes:
-        framing.draw_box(img, box, 1, palette.WRITE_COLOR)
+    for box, width in zip(boxes, widths):
+        assert framing.draw_box(img, box, width, palette.WRITE_COLOR) is img
+    assert not img.any()  # both borders lie outside the 10x10 image
 
 
 def test_palette_keeps_greys_and_window_colours_exact():
@@ -258,13 +267,13 @@ def test_sample_png_size_values_and_npy(runs, tmp_path):
     written = pictures_cmd.sample_command("att", n=6, nrow=3, scale=2, npy=True, device="cpu", output=out, runs_dir=runs, console=_quiet())
     assert written == [out, tmp_path / "s.npy"]
     img = iio.imread(out)
-    assert img.dtype == np.uint8 and img.shape == (layout.PAD + 2 * (56 + layout.PAD), layout.PAD + 3 * (56 + layout.PAD))
+    assert img.dtype == np.uint8 and img.shape == (grids.PAD + 2 * (56 + grids.PAD), grids.PAD + 3 * (56 + grids.PAD))
     assert len(np.unique(img)) > 10  # a real picture, not one colour
     raw = np.load(tmp_path / "s.npy")
     assert raw.shape == (6, 28, 28) and raw.dtype == np.float32 and 0 <= raw.min() and raw.max() <= 1
     # The PNG shows exactly these pixels, upscaled.
-    y, x = layout.grid_for(6, 3, 56, 56).origin(4)
-    assert (img[y : y + 56, x : x + 56] == layout.upscale(palette.to_uint8(raw[4]), 2)).all()
+    y, x = grids.grid_for(6, 3, 56, 56).origin(4)
+    assert (img[y : y + 56, x : x + 56] == grids.upscale(palette.to_uint8(raw[4]), 2)).all()
 
 
 def test_sample_default_output_binary_and_seed(runs, tmp_path):
@@ -291,7 +300,7 @@ def test_animate_gif_frames_timing_loop_and_content(runs, tmp_path):
     out = tmp_path / "a.gif"
     pictures_cmd.animate_command("att", output=out, n=4, scale=2, fps=10, hold=1.5, device="cpu", runs_dir=runs, console=_quiet())
     frames, durations, loop = gif_info(out)
-    grid = layout.grid_for(4, None, 56, 56)
+    grid = grids.grid_for(4, None, 56, 56)
     assert frames.shape[:3] == (T, grid.shape[0] + framing.PROGRESS_HEIGHT, grid.shape[1])
     assert durations == [100] * (T - 1) + [1500]
     assert loop == 0  # loops forever
@@ -306,7 +315,7 @@ def test_animate_frames_match_the_model_canvases(runs):
     loaded = load_run("att", None, "cpu", runs)
     probs, _ = viz.sample_prior(loaded, 3, torch.Generator().manual_seed(0))
     frames = framing.animation_frames(probs, 1, progress=False)
-    grid = layout.grid_for(3, None, 28, 28)
+    grid = grids.grid_for(3, None, 28, 28)
     y, x = grid.origin(2)
     assert (frames[:, y : y + 28, x : x + 28] == palette.to_indexed(palette.to_uint8(probs[:, 2]))).all()
 
@@ -382,7 +391,7 @@ def test_inspect_attention_gif_strip_and_json(runs, tmp_path):
     assert green.any(axis=(1, 2)).all() and red.any(axis=(1, 2)).all()
 
     strip = iio.imread(tmp_path / "att.png")
-    grid = layout.Grid(3 * 2, T, 112, 112, row_group=2)  # per image: input row over canvas row; T columns
+    grid = grids.Grid(3 * 2, T, 112, 112, row_group=2)  # per image: input row over canvas row; T columns
     assert strip.shape == (*grid.shape, 3)
 
     doc = json.loads(js.read_text())
@@ -419,7 +428,7 @@ def test_inspect_attention_generate_has_write_windows_only(runs, tmp_path):
     frames, _, _ = gif_info(tmp_path / "gen.gif")
     assert not ((frames[..., 1] > 200) & (frames[..., 0] < 60)).any()  # no green
     strip = iio.imread(tmp_path / "gen.png")
-    assert strip.shape == (*layout.Grid(3, T, 112, 112).shape, 3)
+    assert strip.shape == (*grids.Grid(3, T, 112, 112).shape, 3)
 
 
 def test_inspect_attention_same_seed_same_json(runs, tmp_path):
@@ -481,6 +490,6 @@ def test_inspect_attention_on_real_mnist(mnist_data_dir, tmp_path):
     assert [im["index"] for im in doc["images"]] == [0, 9999]
     strip = iio.imread(tmp_path / "real.png")
     # Input row of the first image, first column: a real digit (some bright pixels, mostly dark).
-    y, x = layout.Grid(4, T, 112, 112, row_group=2).origin(0)
+    y, x = grids.Grid(4, T, 112, 112, row_group=2).origin(0)
     cell = strip[y + 10 : y + 102, x + 10 : x + 102, 0]
     assert 0.02 < (cell > 128).mean() < 0.5

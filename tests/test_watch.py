@@ -5,8 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -84,11 +84,18 @@ def events(logdir):
     return acc
 
 
-def next_second():
-    """Event file names start with the wall-clock second: keep a second writer's file after the first's."""
-    start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.02)
+@pytest.fixture
+def event_clock(monkeypatch):
+    """The clock of TensorBoard's event files, set by the test. A file's name starts with the second
+    it was made in and TensorBoard reads a folder's files in name order, so a resumed run's file
+    must be made in a later second than the first run's: the test moves this clock on
+    (``event_clock.now += 1``) instead of waiting for the wall clock's second to change."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import event_file_writer
+
+    clock = SimpleNamespace(now=1_700_000_000.0)
+    monkeypatch.setattr(event_file_writer, "time", SimpleNamespace(time=lambda: clock.now))
+    return clock
 
 
 def test_train_rows_carry_the_gradient_norm():
@@ -99,8 +106,7 @@ def test_train_rows_carry_the_gradient_norm():
     assert all(r["grad_norm"] > 0 and r["grad_norm"] < float("inf") for r in cb.logs)
 
 
-def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_and_change_nothing(tmp_path):
-    pytest.importorskip("tensorboard")
+def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_and_change_nothing(tmp_path, event_clock):
     images, cpu = synthetic_images(), torch.device("cpu")
     logdir = tmp_path / "tb"
 
@@ -113,7 +119,7 @@ def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_a
     assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3, 4, 5]
     assert [e.step for e in acc.Scalars("loss/test")] == [3]
 
-    next_second()
+    event_clock.now += 1  # the resumed run's event file sorts after the first one's
     resumed = Collect()
     result = train(tiny(), images, images[:40], cpu, callbacks=[resumed, TensorBoardLogger(logdir, seed=0)],
                    resume=cut.interrupted)
@@ -127,7 +133,7 @@ def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_a
     assert all(e.value > 0 for e in acc.Scalars("optim/grad_norm"))
     assert acc.Scalars("L_x/test")[-1].value + acc.Scalars("L_z/test")[-1].value == pytest.approx(
         acc.Scalars("loss/test")[-1].value, rel=1e-5)
-    from drawcli.pictures.layout import grid_for
+    from drawcli.pictures.grids import grid_for
 
     prior, strip = acc.Images("samples/prior"), acc.Images("samples/glimpses")
     assert [e.step for e in prior] == [e.step for e in strip] == [3, 6, 9]
@@ -142,15 +148,14 @@ def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_a
         assert torch.equal(value, result.model.state_dict()[key]), key
 
 
-def test_a_resume_from_an_older_checkpoint_hides_the_steps_logged_after_it(tmp_path):
+def test_a_resume_from_an_older_checkpoint_hides_the_steps_logged_after_it(tmp_path, event_clock):
     """A run that died after logging past its last checkpoint: the resumed run's curve replaces it."""
-    pytest.importorskip("tensorboard")
     images, cpu = synthetic_images(), torch.device("cpu")
     first = Collect()
     train(tiny(), images, images[:40], cpu, callbacks=[first, TensorBoardLogger(tmp_path, seed=0)])
     epoch1 = first.ckpts[0]
     assert epoch1["step"] == 3
-    next_second()
+    event_clock.now += 1  # the resumed run's event file sorts after the first one's
     again = Collect()  # another learning rate after step 3, so the two histories differ
     train(tiny("train.lr=3e-3"), images, images[:40], cpu, callbacks=[again, TensorBoardLogger(tmp_path, seed=0)],
           resume=epoch1)

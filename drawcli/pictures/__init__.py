@@ -1,7 +1,7 @@
 """pictures: images, animations and plots of a model and its runs.
 
 Owns the model's outputs as pictures (viz: prior samples, reconstructions, attention records),
-turning arrays into pictures with numpy alone (palette: colours and pixels; layout: upscaling and
+turning arrays into pictures with numpy alone (palette: colours and pixels; grids: upscaling and
 grids; frames: the frames of the commands with their attention windows; writers: PNG, GIF and MP4
 files), and training curves (plot). render only re-exports for old imports.
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from drawcli.core.errors import DrawError
-from drawcli.pictures.layout import Grid, grid_for, image_cells
+from drawcli.pictures.grids import Grid, grid_for, image_cells
 from drawcli.pictures.palette import (
     GREY_INDEX,
     OUTLINE_COLOR,

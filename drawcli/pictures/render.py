@@ -1,4 +1,4 @@
-"""Old home of the picture code, now split by concern: palette.py (colours and pixels), layout.py
+"""Old home of the picture code, now split by concern: palette.py (colours and pixels), grids.py
 (upscaling and grids), frames.py (the frames of the commands, attention windows) and writers.py
 (PNG, GIF, MP4).
 
@@ -15,7 +15,7 @@ from drawcli.pictures.frames import (
     strip_rgb,
     strip_steps,
 )
-from drawcli.pictures.layout import default_scale, grid_for, image_cells, upscale
+from drawcli.pictures.grids import default_scale, grid_for, image_cells, upscale
 from drawcli.pictures.palette import to_uint8
 from drawcli.pictures.writers import MAX_FPS, check_animation_path, write_animation, write_png
 

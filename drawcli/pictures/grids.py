@@ -1,4 +1,4 @@
-"""Layout of pictures: the default upscaling, nearest-neighbour upscaling, and grids of equal cells
+"""Grids of pictures: the default upscaling, nearest-neighbour upscaling, and grids of equal cells
 with padding and grouping. Pure numpy, no torch.
 """
 
