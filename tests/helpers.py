@@ -194,3 +194,18 @@ def draw_process(*args, cwd, env, **kw) -> subprocess.Popen:
     """`python -m drawcli ARGS` started in the background, its output in pipes."""
     return subprocess.Popen([sys.executable, "-m", "drawcli", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def gif_info(path: Path):
+    """A GIF's frames as arrays, plus the per-frame delays and the loop count pillow reads back."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    with Image.open(path) as im:
+        loop = im.info.get("loop")
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+    frames = iio.imread(path, index=None)
+    return frames, durations, loop

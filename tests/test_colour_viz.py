@@ -55,42 +55,6 @@ def _rgb_cell(probs_one: np.ndarray, scale: int) -> np.ndarray:
     return np.moveaxis(grids.upscale(palette.to_uint8(probs_one), scale), 0, -1)
 
 
-# ----------------------------------------------------------------------------- pure image building
-def test_colour_palette_and_quantisation():
-    pal = palette.COLOUR_PALETTE
-    assert pal[palette.WRITE_INDEX].tolist() == list(palette.WRITE_COLOR)
-    assert pal[palette.READ_INDEX].tolist() == list(palette.READ_COLOR)
-    assert len({tuple(c) for c in pal[: palette.CUBE_SIZE]}) == palette.CUBE_SIZE
-    # Padding, timeline bar and windows map to their own entries; a flat colour dithers to a
-    # 4x4 pattern whose mean is that colour within about one unit.
-    frames = np.zeros((2, 8, 8, 3), np.uint8)
-    frames[0] = palette.PAD_VALUE
-    frames[0, :, :2] = palette.WRITE_COLOR
-    frames[0, :, 2:4] = palette.READ_COLOR
-    frames[0, :, 4:6] = palette.PROGRESS_VALUE
-    frames[1] = (200, 30, 117)
-    q = palette.quantise(frames)
-    assert (q[0, :, :2] == palette.WRITE_INDEX).all() and (q[0, :, 2:4] == palette.READ_INDEX).all()
-    assert (q[0, :, 4:6] == palette.PROGRESS_INDEX_RGB).all() and (q[0, :, 6:] == palette.PAD_INDEX_RGB).all()
-    shown = pal[q[1]].astype(float)
-    assert np.abs(shown.reshape(-1, 3).mean(0) - (200, 30, 117)).max() < 2.5
-    assert np.abs(shown - (200, 30, 117)).max() <= 52  # no pixel further than one level of the cube
-
-
-def test_colour_windows_have_a_black_outline():
-    # A window from frame pixel 10 to 30 with a 2-pixel border: red at 10..11 and 28..29,
-    # black just outside (9, 30) and just inside (12, 27); the image elsewhere untouched.
-    img = np.full((1, 40, 40, 3), 128, np.uint8)
-    p = np.array([[[10.5, 10.5, 2.0, 16.0, 1.0]]])  # centre at image pixel 10 (scale 2), 5 filters 2 apart
-    assert framing.window_boxes(p, 5, 2).tolist() == [[[10, 10, 30, 30]]]
-    framing.draw_windows(img, grids.Grid(1, 1, 40, 40, pad=0), [0], p, 5, 2, palette.WRITE_COLOR, palette.OUTLINE_COLOR)
-    row = img[0, 20]
-    assert framing.border_widths(p, 2)[0, 0] == 2
-    assert (row[10:12] == palette.WRITE_COLOR).all() and (row[28:30] == palette.WRITE_COLOR).all()
-    assert (row[[9, 12, 27, 30]] == 0).all()
-    assert (row[13:27] == 128).all() and (row[:9] == 128).all() and (row[31:] == 128).all()
-
-
 # ----------------------------------------------------------------------------- draw sample
 def test_sample_writes_the_rgb_canvas_of_every_channel(colour, tmp_path):
     runs, _, _, _ = colour

@@ -17,7 +17,7 @@ from drawcli.settings import build_settings
 from drawcli.training.loop import Interrupted, train
 from drawcli.training.tensorboard_log import TensorBoardLogger
 
-from helpers import cli_in_fresh_interpreter, run_cli, synthetic_images
+from helpers import cli_in_fresh_interpreter, ok, run_cli, synthetic_images
 
 TINY = ["--steps", "3", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu",
         "--set", "train.eval_batch_size=50", "--set", "train.log_every=1"]
@@ -487,3 +487,39 @@ def test_plot_after_a_batch_size_change_is_against_epochs_by_default(tmp_path, m
     monkeypatch.chdir(tmp_path)
     path, notes = plot_runs(["b"], "b.png")
     assert path.is_file() and any("batch size changed" in n for n in notes)
+
+
+def test_plot_of_a_builtin_model_says_it_has_no_curves():
+    one_error_line(run_cli("plot", "@mnist"), "@mnist is a built-in model: it ships without learning curves")
+
+
+def test_runs_in_a_folder_without_runs_says_where_it_looked(workdir):
+    assert f"no runs in {workdir / 'runs'} (--runs-dir DIR lists another folder" in ok(run_cli("runs")).stdout
+
+
+def test_runs_shows_the_targets_in_effect_whole_epochs_limited_iwae_and_failed_runs(tiny_run, env):
+    def info(name="tiny"):
+        return {row["name"]: row for row in json.loads(ok(run_cli("runs", "--json")).stdout)}[name]
+
+    # Stopped inside epoch 2 (--max-steps 4 of 3 steps per epoch): 1 whole epoch, of the 2 the resume set.
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "2", "--max-steps", "4", env=env))
+    row = info()
+    assert (row["epochs"], row["epochs_target"], row["steps"], row["max_steps"]) == (1, 2, 4, 4)
+    assert row["status"] == "stopped at max-steps"  # at its --max-steps, before its epochs (issue 37)
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "5", "--max-steps", "5", env=env))
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "3", env=env))  # no --max-steps: none is in effect
+    row = info()
+    assert (row["epochs"], row["epochs_target"], row["steps"], row["max_steps"], row["status"]) == (3, 3, 9, None, "finished")
+    table = ok(run_cli("runs")).stdout
+    assert " 3/3 " in table and " 9 " in table
+
+    ok(run_cli("evaluate", "tiny", "--samples", "2", "--limit", "8", env=env))
+    assert info()["iwae"]["limit"] == 8
+    assert "K2 (8 img)" in ok(run_cli("runs")).stdout  # not the whole test split: said beside the number
+
+    dead = tiny_run.parent / "dead"  # killed (kill -9, the OOM killer) before its first checkpoint
+    (dead / "checkpoints").mkdir(parents=True)
+    (dead / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    (dead / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "epoch": 1, "lx": 1, "lz": 1, "loss": 2}\n')
+    assert info("dead")["status"] == "failed"
+    assert all(line == line.rstrip() for line in ok(run_cli("runs")).stdout.splitlines())  # no padding off a terminal
