@@ -11,7 +11,8 @@ The command line is ``draw``; from Python::
     model = drawcli.create_model(glimpses=16, read_n=3)   # an untrained DRAW (torch.nn.Module)
 
 ``drawcli.DRAW`` is the ``torch.nn.Module`` itself (drawcli/model/draw.py, the paper equation by
-equation), with ``from_pretrained``, ``save_pretrained`` and ``push_to_hub`` (drawcli/runs/pretrained.py).
+equation), with ``from_pretrained``, ``save_pretrained`` and ``push_to_hub``: the class
+``PretrainedDRAW`` of drawcli/runs/pretrained.py.
 Importing drawcli does not import torch; the first call that needs it does.
 """
 
@@ -24,12 +25,14 @@ from drawcli.core.version import __version__
 
 if TYPE_CHECKING:
     from drawcli.api import Drawer, Glimpses, create_model, load, load_images
-    from drawcli.runs.pretrained import DRAW
+    from drawcli.runs.pretrained import PretrainedDRAW as DRAW
 
 __all__ = ["DRAW", "DrawError", "Drawer", "Glimpses", "__version__", "create_model", "load", "load_images"]
 
-_LAZY = {"load": "drawcli.api", "load_images": "drawcli.api", "create_model": "drawcli.api", "Drawer": "drawcli.api", "Glimpses": "drawcli.api",
-         "DRAW": "drawcli.runs.pretrained"}
+# public name -> (module, name there)
+_LAZY = {"load": ("drawcli.api", "load"), "load_images": ("drawcli.api", "load_images"),
+         "create_model": ("drawcli.api", "create_model"), "Drawer": ("drawcli.api", "Drawer"),
+         "Glimpses": ("drawcli.api", "Glimpses"), "DRAW": ("drawcli.runs.pretrained", "PretrainedDRAW")}
 
 
 def __getattr__(name: str):
@@ -37,7 +40,8 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'drawcli' has no attribute {name!r}")
 
 

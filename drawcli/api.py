@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from drawcli.settings import Settings
 
 
+WORK = ("sample", "evaluate", "inspect-attention")  # what a Drawer runs, each with its own engine
+
+
 @dataclasses.dataclass(frozen=True)
 class Glimpses:
     """The canvas after every glimpse t = 1..T, and where the attention windows went.
@@ -61,9 +64,12 @@ class Drawer:
         self._engines: dict = {}
 
     def engine(self, work: str = "evaluate") -> str:
-        """The engine this object runs for ``work`` (``"sample"``, ``"evaluate"`` or
-        ``"inspect-attention"``): native, python or reference, resolved from :func:`load`'s
-        ``engine`` as the commands resolve it (drawcli.model.engine.resolve)."""
+        """The engine this object runs for ``work``, one of WORK: ``"sample"`` (sample,
+        sample_glimpses, decode), ``"evaluate"`` (elbo, iwae) or ``"inspect-attention"`` (attention,
+        reconstruct): native, python or reference, resolved from :func:`load`'s ``engine`` as the
+        commands resolve it (drawcli.model.engine.resolve)."""
+        if work not in WORK:
+            raise DrawError(f"work: expected one of {', '.join(WORK)}, got {work!r}")
         return self._resolved(work).name
 
     def _resolved(self, work: str):

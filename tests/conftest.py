@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import idx_bytes, synthetic_images
+from helpers import TINY_TRAIN, idx_bytes, ok, run_cli, synthetic_images
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -78,3 +78,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """tmp_path as the current folder: runs/ and the pictures of the commands go there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_run(workdir, env) -> Path:
+    """runs/tiny in the current folder (workdir): one epoch of 3 steps of helpers.TINY_TRAIN,
+    trained through the CLI."""
+    ok(run_cli("train", *TINY_TRAIN, "--epochs", "1", "--name", "tiny", env=env))
+    return workdir / "runs" / "tiny"
+
+
+@pytest.fixture
+def proc_env(synthetic_data_dir) -> dict:
+    """The environment of a `python -m drawcli` subprocess on the synthetic mnist. OMP_NUM_THREADS
+    set: torchrun would otherwise print a notice that it sets it."""
+    return {**os.environ, "DRAW_DATA_DIR": str(synthetic_data_dir), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

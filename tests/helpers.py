@@ -1,4 +1,4 @@
-"""Helpers shared by the tests (fixtures live in conftest.py): synthetic images, tiny settings, a tiny colour run, a callback that collects, a `draw serve` process."""
+"""Helpers shared by the tests (fixtures live in conftest.py): synthetic images, tiny settings, a tiny colour run, a callback that collects, a `draw serve` process, and the flags and checks of tiny runs through the CLI."""
 
 from __future__ import annotations
 
@@ -126,3 +126,86 @@ def start_server(args: list[str], cwd: Path, env_extra: dict | None = None) -> t
 
 def url_in(lines: list[str]) -> str:
     return next(w for line in lines for w in line.split() if w.startswith("http://"))
+
+
+# ----------------------------------------------------------------------------- tiny runs through the CLI
+ROOT = Path(__file__).resolve().parent.parent
+# A tiny model (T=2, 16 LSTM units, z of 4) for `draw train` on conftest's synthetic mnist (96 training,
+# 40 test images): one epoch is 3 optimizer steps of batch 32.
+TINY_TRAIN = ["--glimpses", "2", "--hidden", "16", "--latent", "4", "-b", "32", "--device", "cpu",
+              "--set", "train.eval_batch_size=50"]
+
+
+def ok(result):
+    """A CliRunner result that succeeded."""
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def one_error_line(result, fragment: str, code: int = 1) -> str:
+    """A CliRunner result that failed with ``code`` and one line on stderr, 'error: ...', holding
+    ``fragment``, and no traceback anywhere."""
+    for text in (result.stdout, result.stderr):
+        assert "Traceback" not in text, text
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0], f"\nexpected: {fragment}\n     got: {lines[0]}"
+    return lines[0]
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def unwritable_folder() -> Path:
+    """A folder nobody can create files in, root included (sysfs); skips the test where there is none."""
+    import pytest
+
+    where = Path("/sys")
+    probe = where / f"drawcli-probe-{os.getpid()}"
+    try:
+        probe.open("wb").close()
+    except OSError:
+        return where
+    probe.unlink()
+    pytest.skip("no folder here refuses a new file to this user")
+
+
+def picture_folder(folder: Path, n: int = 30, sizes=((20, 16), (24, 24))) -> Path:
+    """n small RGB PNGs of two sizes (so data.image_size is needed), in two class subfolders a/ and b/."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        img = np.full((h, w, 3), 30, np.uint8)
+        img[g.integers(0, h - 6) :, g.integers(0, w - 6) :][:6, :6] = g.integers(80, 256, 3)
+        (folder / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / "ab"[i % 2] / f"{i}.png")
+    return folder
+
+
+def draw_process(*args, cwd, env, **kw) -> subprocess.Popen:
+    """`python -m drawcli ARGS` started in the background, its output in pipes."""
+    return subprocess.Popen([sys.executable, "-m", "drawcli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def gif_info(path: Path):
+    """A GIF's frames as arrays, plus the per-frame delays and the loop count pillow reads back."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    with Image.open(path) as im:
+        loop = im.info.get("loop")
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+    frames = iio.imread(path, index=None)
+    return frames, durations, loop

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import drawcli
+from drawcli.api import WORK
 from drawcli.core.errors import DrawError
 
 from helpers import run_cli, synthetic_images
@@ -155,6 +156,14 @@ def test_a_wrong_source_is_one_clear_error(tmp_path):
         drawcli.load("ghost", runs_dir=tmp_path)
     with pytest.raises(DrawError, match="run.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"):
         drawcli.load("@mnist", device="gpu")
+
+
+def test_engine_answers_for_each_work_the_drawer_runs_and_only_those():
+    drawer = drawcli.load("@mnist", device="cpu", engine="python")
+    assert WORK == ("sample", "evaluate", "inspect-attention")
+    assert [drawer.engine(work) for work in WORK] == ["python"] * 3
+    with pytest.raises(DrawError, match="work: expected one of sample, evaluate, inspect-attention, got 'train'"):
+        drawer.engine("train")
 
 
 def test_create_model_takes_the_documented_names_and_checks_them():

@@ -1,4 +1,5 @@
-"""drawcli/runs/checkpoint.py: the format is written, read back weights-only, and rebuilds the model."""
+"""drawcli/runs/checkpoint.py: the format is written, read back weights-only, and rebuilds the model;
+a corrupt checkpoint is passed over for the newest readable one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from drawcli.runs import checkpoint as ckpt_io
 from drawcli.training.loop import train
 
-from helpers import Collect, synthetic_images, tiny_settings
+from helpers import TINY_TRAIN, Collect, ok, run_cli, synthetic_images, tiny_settings
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path):
@@ -46,3 +47,33 @@ def test_old_checkpoints_without_channels_or_epoch_images_still_load(tmp_path):
     path = tmp_path / "old.pt"
     ckpt_io.atomic_save(ckpt, path)
     assert ckpt_io.model_from_checkpoint(ckpt_io.load(path), "cpu").config()["channels"] == 1
+
+
+def test_a_corrupt_last_pt_falls_back_to_the_newest_readable_checkpoint(workdir, env):
+    import json
+    import os
+
+    from drawcli.runs import names
+
+    ok(run_cli("train", *TINY_TRAIN, "--epochs", "3", "--name", "c", env=env))
+    ckpts = workdir / "runs" / "c" / "checkpoints"
+    last = ckpts / "last.pt"
+    os.truncate(last, 10000)  # last.pt is a hard link to epoch_003.pt: both are cut
+    r = ok(run_cli("sample", "c", "-n", "4", env=env))
+    assert "not a readable checkpoint" in r.stdout and "using epoch_002.pt instead (epoch 2, step 6)" in r.stdout
+    assert (workdir / "runs" / "c" / "samples-epoch_002-n4-seed0.png").is_file()
+    status = json.loads(run_cli("runs", "--json").stdout)[0]
+    assert "last.pt" in status["unreadable"] and "last.pt" in run_cli("runs").stdout.split("unreadable")[0]
+
+    r = ok(run_cli("train", "--resume", "c", "--epochs", "4", env=env))
+    assert "using epoch_002.pt instead" in r.stdout and "moved last.pt, epoch_003.pt" in r.stdout
+    aside = [p for p in ckpts.iterdir() if p.name.startswith("set-aside-")]
+    assert len(aside) == 1 and (aside[0] / "last.pt").stat().st_size == 10000  # the evidence, as it was
+    assert ckpt_io.load(ckpts / "epoch_004.pt")["step"] == 12 and ckpt_io.load(ckpts / "last.pt")["step"] == 12
+    assert not run_cli("runs", "--json").stdout.count('"last.pt"')
+
+    # A chosen checkpoint file: resume from epoch 1; the newer files move aside, nothing is overwritten.
+    r = ok(run_cli("train", "--resume", ckpts / "epoch_001.pt", "--epochs", "2", env=env))
+    assert "moved last.pt, epoch_002.pt, epoch_003.pt, epoch_004.pt" in r.stdout
+    assert ckpt_io.load(ckpts / "epoch_002.pt")["step"] == 6 and names.list_epochs(ckpts) == [1, 2]
+    assert len([p for p in ckpts.iterdir() if p.name.startswith("set-aside-")]) == 2

@@ -1,4 +1,5 @@
-"""drawcli/cli.py: shared options, help defaults from the settings, --precision on the model commands."""
+"""drawcli/cli.py: shared options, help defaults from the settings, --precision on the model commands,
+usage errors in one line (before torch loads), and the examples of --help."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from drawcli.commands import pictures as pictures_cmd
 from drawcli.commands.options import SampleOptions
 from drawcli.settings import ModelSettings, TrainSettings
 
+from helpers import ok, one_error_line, run_cli
 from test_viz import make_run
 
 
@@ -158,3 +160,84 @@ def test_picture_commands_print_no_engine_line(runs, tmp_path):
     for argv in (["sample", "att", "-n", "2", "-o", tmp_path / "s.png"], ["animate", "att", "-n", "2", "-o", tmp_path / "a.gif"]):
         r = CliRunner().invoke(app, [str(a) for a in argv] + ["--device", "cpu", "--runs-dir", str(runs)])
         assert r.exit_code == 0 and "engine" not in r.output, r.output
+
+
+# ----------------------------------------------------------------------------- usage errors
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--epocs", "3"], "draw train: unknown option --epocs (did you mean --epochs?)"),
+        (["train", "--lr", "abc"], "draw train: invalid value for '--lr'"),
+        (["sample"], "draw sample: missing argument 'run' (see draw sample --help)"),
+        (["trian"], "unknown command 'trian' (did you mean 'train'?)"),
+        (["evaluate", "x", "--sampels", "3"], "draw evaluate: unknown option --sampels (did you mean --samples?)"),
+    ],
+    ids=["unknown-option", "bad-number", "missing-argument", "unknown-command", "evaluate-option"],
+)
+def test_usage_errors_are_one_line_with_a_suggestion(argv, fragment):
+    one_error_line(run_cli(*argv), fragment, code=2)
+
+
+def test_the_installed_entry_point_says_the_same():
+    r = subprocess.run([sys.executable, "-m", "drawcli", "train", "--epocs", "3"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr == "error: draw train: unknown option --epocs (did you mean --epochs?)\n"
+
+
+def test_lookup_errors_are_answered_before_torch_is_imported(tmp_path):
+    run = tmp_path / "runs" / "tiny"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {steps: 2}\n")
+    (run / "checkpoints" / "last.pt").write_bytes(b"")  # only looked up, never loaded, in these cases
+    cases = [
+        (["sample", "nosuch"], "run 'nosuch' not found in"),
+        (["animate", "tiny", "-o", "a.png"], "a.png: the animation must be a .gif or .mp4 file"),
+        (["inspect-attention", "tiny", "-o", "a.avi"], "a.avi: the animation must be a .gif or .mp4 file"),
+        (["evaluate", "nosuch"], "run 'nosuch' not found in"),
+        (["evaluate", "tiny", "--split", "dev"], "--split: expected one of test, valid, train"),
+        (["sample", "tiny", "--load", "7"], "has no checkpoint for epoch 7"),
+        (["sample", "tiny", "--device", "tpu"], "run.device: expected auto, cpu, cuda, cuda:N or mps"),
+        (["train", "--resume", "nosuch"], "run 'nosuch' not found in"),
+        (["train", "--name", "tiny"], "run 'tiny' already exists"),
+    ]
+    for argv, fragment in cases:
+        code = (
+            "import sys\n"
+            "from drawcli.cli import app\n"
+            f"try:\n    app({argv!r}, prog_name='draw')\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH', code)\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert fragment in r.stderr and r.stderr.count("\n") == 1, (argv, r.stderr)
+        assert r.stdout.split() == ["NO_TORCH", "1"], (argv, r.stdout)
+
+
+# ----------------------------------------------------------------------------- the examples of --help
+def help_examples(command: str) -> list[str]:
+    """The `draw ...` lines of a command's --help epilog, without their comments."""
+    epilog = typer.main.get_command(app).commands[command].epilog
+    return [line.strip().split("  (")[0].strip() for line in epilog.splitlines() if line.strip().startswith("draw ")]
+
+
+def test_help_examples_run_as_written(workdir):
+    """Every example of sample, animate, inspect-attention and evaluate that names the built-in
+    model runs as written (MNIST here: 16 synthetic test images); no example names a run a
+    newcomer does not have, like run1."""
+    import shlex
+
+    from helpers import idx_bytes, synthetic_images
+
+    data = workdir / "data" / "mnist"
+    data.mkdir(parents=True)
+    (data / "train-images-idx3-ubyte").write_bytes(idx_bytes(synthetic_images(96, seed=1)))
+    (data / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(synthetic_images(16, seed=2)))
+    ran = 0
+    for command in ("train", "download", "sample", "animate", "inspect-attention", "evaluate", "plot", "runs", "models"):
+        for example in help_examples(command):
+            assert "run1" not in example, example
+            if command in ("sample", "animate", "inspect-attention", "evaluate") and "@mnist" in example and ".mp4" not in example:
+                ok(run_cli(*shlex.split(example)[1:], env={"DRAW_DATA_DIR": str(workdir / "data")}))
+                ran += 1
+    assert ran >= 11
+    assert {p.name for p in workdir.iterdir()} >= {"digits.png", "out.gif", "boxes.gif", "recon.gif", "attention.json", "prior.gif",
+                                                   "results", "mnist-samples-n64-seed0.png"}

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from drawcli.cli import app
 from drawcli.commands import pictures as pictures_cmd
 from drawcli.commands.options import AnimateOptions, InspectOptions, SampleOptions
-from drawcli.pictures import render, viz
+from drawcli.pictures import frames as framing
+from drawcli.pictures import grids, palette, viz, writers
 from drawcli.runs.store import load_run
 from drawcli.settings import load_data
 
@@ -52,43 +53,7 @@ def _quiet():
 
 def _rgb_cell(probs_one: np.ndarray, scale: int) -> np.ndarray:
     """One canvas (3, H, W) as the pictures show it: uint8, upscaled, channels last."""
-    return np.moveaxis(render.upscale(render.to_uint8(probs_one), scale), 0, -1)
-
-
-# ----------------------------------------------------------------------------- pure image building
-def test_colour_palette_and_quantisation():
-    pal = render.COLOUR_PALETTE
-    assert pal[render.WRITE_INDEX].tolist() == list(render.WRITE_COLOR)
-    assert pal[render.READ_INDEX].tolist() == list(render.READ_COLOR)
-    assert len({tuple(c) for c in pal[: render.CUBE_SIZE]}) == render.CUBE_SIZE
-    # Padding, timeline bar and windows map to their own entries; a flat colour dithers to a
-    # 4x4 pattern whose mean is that colour within about one unit.
-    frames = np.zeros((2, 8, 8, 3), np.uint8)
-    frames[0] = render.PAD_VALUE
-    frames[0, :, :2] = render.WRITE_COLOR
-    frames[0, :, 2:4] = render.READ_COLOR
-    frames[0, :, 4:6] = render.PROGRESS_VALUE
-    frames[1] = (200, 30, 117)
-    q = render.quantise(frames)
-    assert (q[0, :, :2] == render.WRITE_INDEX).all() and (q[0, :, 2:4] == render.READ_INDEX).all()
-    assert (q[0, :, 4:6] == render.PROGRESS_INDEX_RGB).all() and (q[0, :, 6:] == render.PAD_INDEX_RGB).all()
-    shown = pal[q[1]].astype(float)
-    assert np.abs(shown.reshape(-1, 3).mean(0) - (200, 30, 117)).max() < 2.5
-    assert np.abs(shown - (200, 30, 117)).max() <= 52  # no pixel further than one level of the cube
-
-
-def test_colour_windows_have_a_black_outline():
-    # A window from frame pixel 10 to 30 with a 2-pixel border: red at 10..11 and 28..29,
-    # black just outside (9, 30) and just inside (12, 27); the image elsewhere untouched.
-    img = np.full((1, 40, 40, 3), 128, np.uint8)
-    p = np.array([[[10.5, 10.5, 2.0, 16.0, 1.0]]])  # centre at image pixel 10 (scale 2), 5 filters 2 apart
-    assert render.window_boxes(p, 5, 2).tolist() == [[[10, 10, 30, 30]]]
-    render.draw_windows(img, render.Grid(1, 1, 40, 40, pad=0), [0], p, 5, 2, render.WRITE_COLOR, render.OUTLINE_COLOR)
-    row = img[0, 20]
-    assert render.border_widths(p, 2)[0, 0] == 2
-    assert (row[10:12] == render.WRITE_COLOR).all() and (row[28:30] == render.WRITE_COLOR).all()
-    assert (row[[9, 12, 27, 30]] == 0).all()
-    assert (row[13:27] == 128).all() and (row[:9] == 128).all() and (row[31:] == 128).all()
+    return np.moveaxis(grids.upscale(palette.to_uint8(probs_one), scale), 0, -1)
 
 
 # ----------------------------------------------------------------------------- draw sample
@@ -97,7 +62,7 @@ def test_sample_writes_the_rgb_canvas_of_every_channel(colour, tmp_path):
     out = tmp_path / "s.png"
     pictures_cmd.sample_command(SampleOptions("rgb", n=5, nrow=3, scale=3, npy=True, seed=4, device="cpu", output=out, runs_dir=runs), console=_quiet())
     img = iio.imread(out)
-    grid = render.grid_for(5, 3, H * 3, W * 3)
+    grid = grids.grid_for(5, 3, H * 3, W * 3)
     assert img.shape == (*grid.shape, 3) and img.dtype == np.uint8
     # The model's own final canvases, per channel, from the same seed.
     loaded = load_run("rgb", None, "cpu", runs)
@@ -118,8 +83,8 @@ def test_animate_gif_shows_every_canvas_in_colour(colour, tmp_path):
     scale = 8  # a multiple of the dither's 4x4 period: each image pixel's block averages to its colour
     pictures_cmd.animate_command(AnimateOptions("rgb", output=out, n=4, scale=scale, seed=2, device="cpu", runs_dir=runs), console=_quiet())
     frames = iio.imread(out, index=None)[..., :3].astype(float)
-    grid = render.grid_for(4, None, H * scale, W * scale)
-    assert frames.shape == (T, grid.shape[0] + render.PROGRESS_HEIGHT, grid.shape[1], 3)
+    grid = grids.grid_for(4, None, H * scale, W * scale)
+    assert frames.shape == (T, grid.shape[0] + framing.PROGRESS_HEIGHT, grid.shape[1], 3)
     loaded = load_run("rgb", None, "cpu", runs)
     probs, _ = viz.sample_prior(loaded, 4, torch.Generator().manual_seed(2))
     assert probs.shape == (T, 4, 3, H, W)
@@ -129,7 +94,7 @@ def test_animate_gif_shows_every_canvas_in_colour(colour, tmp_path):
         true = np.stack([_rgb_cell(probs[t, i], scale) for t in range(T)]).astype(float)
         assert np.abs(shown - true).max() <= 52  # within one level of the 6x7x6 cube
         blocks = shown.reshape(T, H, scale, W, scale, 3).mean((2, 4))
-        assert np.abs(blocks - render.to_uint8(probs[:, i]).transpose(0, 2, 3, 1)).max() < 2.5
+        assert np.abs(blocks - palette.to_uint8(probs[:, i]).transpose(0, 2, 3, 1)).max() < 2.5
 
 
 def test_animate_boxes_in_window_colour_with_outline(colour, tmp_path):
@@ -140,9 +105,9 @@ def test_animate_boxes_in_window_colour_with_outline(colour, tmp_path):
     frames = iio.imread(out, index=None)[..., :3]
     loaded = load_run("rgb", None, "cpu", runs)
     _, write = viz.sample_prior(loaded, 1, torch.Generator().manual_seed(0))
-    boxes = render.window_boxes(write[:, 0], loaded.model.write_n, scale)
-    widths = render.border_widths(write[:, 0], scale)
-    y0, x0 = render.grid_for(1, None, H * scale, W * scale).origin(0)
+    boxes = framing.window_boxes(write[:, 0], loaded.model.write_n, scale)
+    widths = framing.border_widths(write[:, 0], scale)
+    y0, x0 = grids.grid_for(1, None, H * scale, W * scale).origin(0)
     checked = 0
     for t in range(T):
         cell = frames[t, y0 : y0 + H * scale, x0 : x0 + W * scale]
@@ -151,9 +116,9 @@ def test_animate_boxes_in_window_colour_with_outline(colour, tmp_path):
         for edge, outside, lo, hi in ((by0, by0 - 1, bx0, bx1), (by1 - widths[t], by1, bx0, bx1)):
             a, b = max(lo, 0), min(hi, W * scale)
             if 0 <= edge < H * scale and a < b:
-                assert (cell[edge, a:b] == render.WRITE_COLOR).all()
+                assert (cell[edge, a:b] == palette.WRITE_COLOR).all()
                 if 0 <= outside < H * scale:
-                    assert (cell[outside, max(a, 1) : b - 1] == render.OUTLINE_COLOR).all()
+                    assert (cell[outside, max(a, 1) : b - 1] == palette.OUTLINE_COLOR).all()
                 checked += 1
     assert checked >= T  # the untrained model's windows sit on the canvas
 
@@ -164,11 +129,11 @@ def test_animate_reconstructs_folder_test_images_with_both_windows(colour, tmp_p
     pictures_cmd.animate_command(AnimateOptions("rgb", output=out, n=2, reconstruct=True, device="cpu", runs_dir=runs), console=_quiet())
     frames = iio.imread(out, index=None)[..., :3]
     assert len(frames) == T
-    for colour_ in (render.WRITE_COLOR, render.READ_COLOR):
+    for colour_ in (palette.WRITE_COLOR, palette.READ_COLOR):
         assert (frames == colour_).all(-1).any(axis=(1, 2)).all()
 
 
-@pytest.mark.skipif(not render.ffmpeg_available(), reason="imageio-ffmpeg is not installed")
+@pytest.mark.skipif(not writers.ffmpeg_available(), reason="imageio-ffmpeg is not installed")
 def test_animate_mp4_takes_rgb_frames(colour, tmp_path):
     runs, _, _, _ = colour
     out = tmp_path / "a.mp4"
@@ -192,7 +157,7 @@ def test_inspect_attention_on_a_colour_folder_run(colour, tmp_path):
     # where the read window is drawn on it.
     test_images = load_data(settings.data, data_dir).eval
     assert test_images.shape[1:] == (3, H, W)
-    y, x = render.Grid(4, T, H * 4, W * 4, row_group=2).origin(0)
+    y, x = grids.Grid(4, T, H * 4, W * 4, row_group=2).origin(0)
     cell = strip[y : y + H * 4, x : x + W * 4]
     expected = _rgb_cell(test_images[0] / 255.0, 4)
     assert (cell == expected).all(-1).mean() > 0.5

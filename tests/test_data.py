@@ -11,7 +11,7 @@ import torch
 from drawcli.core.errors import DrawError
 from drawcli.data import loading as data
 
-from helpers import idx_bytes, synthetic_images
+from helpers import idx_bytes, one_error_line, run_cli, synthetic_images
 
 
 def test_idx_files_parse_plain_or_gzipped_by_their_bytes_not_their_name(tmp_path):
@@ -81,3 +81,20 @@ def test_model_input_for_each_binarisation():
     assert draws[:, 0, 0, 0].sum() == 0 and draws[:, 0, 0, 3].sum() == 400
     with pytest.raises(DrawError, match="unknown binarisation 'blur'"):
         data.to_input(images, "blur")
+
+
+def test_missing_data_hints_carry_the_data_dir(tmp_path, monkeypatch):
+    from drawcli.data.catalogue import get_spec
+
+    monkeypatch.setenv("DRAW_DATA_DIR", str(tmp_path / "default"))
+    with pytest.raises(data.MissingDataset) as info:
+        data.load_images(get_spec("mnist"), tmp_path / "x" / "mnist", "test_images")
+    assert f"`draw download mnist --data-dir {tmp_path / 'x'}`" in str(info.value)
+    with pytest.raises(data.MissingDataset) as info:
+        data.load_images(get_spec("mnist"), tmp_path / "default" / "mnist", "test_images")
+    assert "`draw download mnist`" in str(info.value)  # the default folder needs no flag
+
+
+def test_data_set_names_get_a_suggestion(workdir):
+    one_error_line(run_cli("download", "mnst", "--data-dir", workdir), "unknown data set 'mnst' (did you mean 'mnist'?)")
+    one_error_line(run_cli("train", "--dataset", "fashion-mnst"), "got 'fashion-mnst' (did you mean 'fashion-mnist'?)")

@@ -1,7 +1,9 @@
 """The docs cannot go stale: every `draw …` command line in README.md and docs/*.md (and every
 example at the end of a command's --help) names a real command and only options it has; every
 settings key the docs mention exists; every relative link and image resolves; every `drawcli/…` path
-and `drawcli.…` name exists; the Python examples of README.md, docs/sharing.md and docs/api.md run.
+and `drawcli.…` name exists; the Python examples of README.md, docs/sharing.md and docs/api.md run;
+the README starts with the install commands, docs/training.md documents every `draw train` flag
+and setting, and the examples' outputs in a clone are ignored by git.
 
 Command lines are checked against Typer's command tree (Click's, as typer bundles it) without running them.
 """
@@ -12,10 +14,14 @@ import dataclasses
 import importlib
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import typer
+import typer.main
+import yaml
 
 from drawcli.cli import app
 from drawcli.settings import ALIASES, Settings
@@ -223,6 +229,35 @@ def test_the_python_examples_run_as_written(tmp_path, monkeypatch, synthetic_dat
         for block in blocks:
             exec(compile(block.replace("path/to/clone", str(ROOT)), str(page), "exec"), namespace)
     assert namespace["drawer"].name == "@mnist" and namespace["model"].steps == 16  # api.md ran to its end
+
+
+def test_the_first_commands_of_the_readme_install_torch_and_the_package_as_ci_does():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    top = re.findall(r"```bash\n(.*?)\n```", readme, re.S)[:2]
+    assert len(top) == 2 and all(block.startswith("pip install torch==2.13.0 && pip install -e ") for block in top), top
+    assert "download.pytorch.org/whl/cpu" in (ROOT / ".ci" / "run").read_text()  # CI installs the CPU wheel
+
+
+def test_the_training_page_documents_every_train_flag_and_setting():
+    section = (ROOT / "docs" / "training.md").read_text(encoding="utf-8").split("## `draw train`")[1].split("## Runs")[0]
+    command = typer.main.get_command(app).commands["train"]
+    flags = [opt for p in command.params for opt in p.opts if opt.startswith("--") and opt != "--help"]
+    missing = [f for f in flags if f"`{f}" not in section]
+    assert not missing, missing
+    block = yaml.safe_load(section.split("```yaml\n")[1].split("```")[0])
+    defaults = Settings().to_dict()
+    assert {s: set(v) for s, v in block.items()} == {s: set(v) for s, v in defaults.items()}
+
+
+def test_the_outputs_of_the_examples_in_a_clone_are_ignored_by_git():
+    if shutil.which("git") is None or subprocess.run(["git", "-C", ROOT, "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    names = ["quick.gif", "out.gif", "out.mp4", "recon.gif", "prior.gif", "attention.json", "digits.png", "digits.npy"]
+    r = subprocess.run(["git", "-C", ROOT, "check-ignore", *names], capture_output=True, text=True)
+    assert sorted(r.stdout.split()) == sorted(names)
+    r = subprocess.run(["git", "-C", ROOT, "check-ignore", "docs/quick.gif", "docs/quick-samples.png"],
+                       capture_output=True, text=True)
+    assert r.stdout == ""  # the committed pictures stay tracked
 
 
 # ----------------------------------------------------------------------------- the checker itself

@@ -925,6 +925,16 @@ def test_list_shows_the_new_sets_with_sizes(tmp_path):
     assert "folder" not in table
 
 
+def test_list_shows_download_and_unpacked_sizes(tmp_path):
+    from helpers import run_cli
+
+    r = run_cli("download", "--list", "--data-dir", tmp_path)
+    assert r.exit_code == 0, r.output
+    mnist = next(line for line in r.stdout.splitlines() if " mnist " in line)
+    assert "download" in r.stdout and "unpacked" in r.stdout
+    assert "~11.6 MB" in mnist and "55.0 MB" in mnist
+
+
 # --------------------------------------------------------------------------- two-digit-mnist (built here)
 
 

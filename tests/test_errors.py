@@ -442,7 +442,7 @@ def test_bad_checkpoint(runs, env, command, kind, fragment):
     (runs / "alpha" / "checkpoints" / "best.pt").unlink()  # evaluate falls back to last.pt
     before = sorted(p.name for p in (runs / "alpha").rglob("*"))
     # The file is named (--load last, or its path): without that, both would go on from the run's
-    # newest readable checkpoint, epoch_002.pt (issue 26 item 3, tests/test_newuser3.py).
+    # newest readable checkpoint, epoch_002.pt (issue 26 item 3, tests/test_checkpoint.py).
     if command == "evaluate":
         result = draw("evaluate", "alpha", "--load", "last", "--device", "cpu", "--samples", "1", "--limit", "2", env=env)
     else:

@@ -46,6 +46,8 @@ from drawcli.settings import (
 )
 from drawcli.training.loop import evaluate, train
 
+from helpers import ok, one_error_line, run_cli
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -407,3 +409,21 @@ def test_evaluate_prints_the_estimate_in_its_first_progress_line(tmp_path, data_
     progress = [line for line in lines if line.startswith("K=2: ")]
     assert "in all" in progress[0] and "left (estimated from them)" in progress[0], progress
     assert progress[-1].startswith("K=2: 48/48 images")
+
+
+def test_evaluations_keep_their_own_files_and_check_the_output_before_the_work(tiny_run, env, tmp_path):
+    common = ["--device", "cpu", "--limit", "8"]
+    ok(run_cli("evaluate", "tiny", *common, "--samples", "2", env=env))
+    ok(run_cli("evaluate", "tiny", *common, "--samples", "1", "--split", "train", env=env))
+    named = sorted(p.name for p in tiny_run.glob("eval-*.json"))
+    assert named == ["eval-test-k2-limit8-best.json", "eval-train-k1-limit8-best.json"]
+    out = tmp_path / "mine" / "result.json"
+    ok(run_cli("evaluate", "tiny", *common, "-o", out, env=env))
+    assert json.loads(out.read_text())["samples"] == 100
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    r = run_cli("evaluate", "tiny", *common, "--samples", "2", "-o", blocker / "x.json", env=env)
+    one_error_line(r, f"cannot write {blocker / 'x.json'}: {blocker} is not a folder")
+    assert "IWAE bound, K=2" not in r.stdout  # refused before the work (issue 26 item 5)
+    one_error_line(run_cli("evaluate", "tiny", "-o", "x.txt", env=env), "x.txt: the results are written as JSON")

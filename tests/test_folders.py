@@ -18,6 +18,8 @@ from drawcli.data import folders
 from drawcli.data import loading as data
 from drawcli.settings import build_settings, load_data
 
+from helpers import TINY_TRAIN, ok, one_error_line, picture_folder, run_cli
+
 
 def flat(mode: str, size: tuple[int, int], colour) -> Image.Image:
     return Image.new(mode, size, colour)
@@ -272,3 +274,55 @@ def test_registry_sets_refuse_folder_only_settings(tmp_path):
         data.load_splits("mnist", tmp_path, image_size=32)
     with pytest.raises(DrawError, match="data.channels: cifar10 has 3 channel"):
         data.load_splits("cifar10", tmp_path, channels=1)
+
+
+# ----------------------------------------------------------------------------- through draw train
+def test_a_relative_folder_is_recorded_absolute_and_any_spelling_of_it_is_the_same(workdir, env, monkeypatch):
+    import json
+
+    import yaml
+
+    start, elsewhere = workdir / "start", workdir / "elsewhere"
+    picture_folder(start / "pics")
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    flags = ["--glimpses", "2", "--hidden", "16", "--latent", "4", "--read-n", "2", "--write-n", "3", "-b", "8",
+             "--device", "cpu", "--set", "data.binarize=none", "--set", "data.image_size=12", "--data-dir", workdir / "data"]
+    ok(run_cli("train", "--dataset", "folder:./pics", *flags, "--max-steps", "2", "--name", "rel", env=env))
+    config = yaml.safe_load((start / "runs" / "rel" / "config.yaml").read_text())
+    assert config["data"]["dataset"] == f"folder:{start / 'pics'}"
+
+    monkeypatch.chdir(elsewhere)
+    runs = ["--runs-dir", start / "runs"]
+    ok(run_cli("train", "--resume", "rel", *runs, "--max-steps", "3", env=env))
+    r = ok(run_cli("train", "--resume", "rel", *runs, "--max-steps", "4", "--dataset", f"folder:{start / 'pics'}", env=env))
+    assert "changed on resume: train.max_steps null -> 4\n" in r.stdout
+    r = ok(run_cli("train", "--resume", "rel", *runs, "--max-steps", "5", "--dataset", "folder:../start/./pics", env=env))
+    assert "changed on resume: train.max_steps null -> 5\n" in r.stdout
+
+    # evaluate and --reconstruct read the pictures at the run's size and channels, from anywhere
+    ok(run_cli("evaluate", "rel", *runs, "--samples", "1", "--dataset", "folder:../start/pics", "-o", "e.json", env=env))
+    assert json.loads((elsewhere / "e.json").read_text())["values_per_image"] == 3 * 12 * 12
+    picture_folder(elsewhere / "other", n=12, sizes=((40, 30),))  # another folder: read at the run's 12x12 in colour
+    one_error_line(run_cli("train", "--resume", "rel", *runs, "--dataset", "folder:other", env=env), "cannot change the data set")
+    ok(run_cli("evaluate", "rel", *runs, "--samples", "1", "--dataset", "folder:other", "-o", "o.json", env=env))
+    assert json.loads((elsewhere / "o.json").read_text())["images"] >= 1
+    ok(run_cli("animate", "rel", *runs, "--reconstruct", "-n", "2", "-o", "r.gif", env=env))
+
+
+def test_the_image_size_flag_and_skipping_unreadable_pictures(workdir, env):
+    import yaml
+
+    pics = picture_folder(workdir / "pics")
+    flags = ["--glimpses", "2", "--hidden", "16", "--latent", "4", "--read-n", "2", "--write-n", "3", "-b", "8", "--device", "cpu",
+             "--dataset", "folder:pics", "--set", "data.binarize=none", "--data-dir", workdir / "data", "--max-steps", "1"]
+    one_error_line(run_cli("train", *flags, "--name", "a", env=env), "set data.image_size (--image-size S) to resize")
+    (pics / "a" / "broken.png").write_bytes(b"not a picture")
+    one_error_line(run_cli("train", *flags, "--image-size", "12", "--name", "a", env=env),
+                   "broken.png: cannot read this image (not an image Pillow can identify); set data.skip_unreadable: true")
+    for note in ("", " (from the cache)"):
+        r = ok(run_cli("train", *flags, "--image-size", "12", "--set", "data.skip_unreadable=true", "--name", f"a{len(note)}", env=env))
+        assert f"30 images 12x12, 3 channels: 27 train, 3 test{note}" in r.stdout
+        assert "skipped 1 unreadable picture (a/broken.png; data.skip_unreadable)" in r.stdout
+    assert yaml.safe_load((workdir / "runs" / "a0" / "config.yaml").read_text())["data"]["image_size"] == 12
+    one_error_line(run_cli("train", *TINY_TRAIN, "--image-size", "12", env=env), "data.image_size: only for folder:PATH data sets")

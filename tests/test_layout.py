@@ -1,8 +1,8 @@
 """The package's layout (issue 24, point 3): sub-packages by concern, each importing only its own
 package and the layers below it, no import cycles (function-level and TYPE_CHECKING imports
-included), a docstring on every sub-package and no module over MAX_LINES lines; and no function
-outside cli.py with more than MAX_PARAMETERS parameters (issue 39: parameters that travel together
-are one frozen dataclass).
+included), a docstring on every sub-package, no module over MAX_LINES lines, no function outside
+cli.py with more than MAX_PARAMETERS parameters (parameters that travel together are one frozen
+dataclass), and one name for each class: no two modules define a class of the same name (issue 39).
 
 The checker reads the source with ``ast`` (nothing is imported) and is tested on a small fake
 package too, so that a broken rule is seen to fail.
@@ -185,6 +185,16 @@ def long_signatures(package_dir: Path, limit: int = MAX_PARAMETERS, exempt=PARAM
     return found
 
 
+def shared_class_names(package_dir: Path) -> dict[str, list[str]]:
+    """Class names defined (at any depth) in more than one module: name -> 'path:line' of each."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(f"{path.relative_to(package_dir.parent)}:{node.lineno}")
+    return {name: places for name, places in where.items() if len({p.split(":")[0] for p in places}) > 1}
+
+
 # ------------------------------------------------------------------------------ the package itself
 def test_drawcli_has_no_import_cycle():
     cycle = find_cycle(imports(PACKAGE_DIR))
@@ -214,6 +224,11 @@ def test_no_function_outside_cli_takes_more_than_ten_parameters():
     assert not over, f"more than {MAX_PARAMETERS} parameters (group those that travel together in a frozen dataclass): {over}"
     fixed = LONG_SIGNATURES_ALLOWED - set(found)
     assert not fixed, f"now within {MAX_PARAMETERS} parameters or gone: remove from LONG_SIGNATURES_ALLOWED: {sorted(fixed)}"
+
+
+def test_no_two_modules_define_a_class_of_the_same_name():
+    shared = shared_class_names(PACKAGE_DIR)
+    assert not shared, "\n".join(f"{name}: {', '.join(places)}" for name, places in sorted(shared.items()))
 
 
 # ------------------------------------------------------------------------------ the checker, on a fake package
@@ -256,6 +271,17 @@ def test_the_checker_reports_an_upward_import_with_its_line(bad_package):
 def test_the_checker_finds_missing_docstrings_and_long_modules(bad_package):
     assert [Path(p).parent.name for p in packages_without_docstring(bad_package)] == ["core"]
     assert [Path(line.split(":")[0]).name for line in long_modules(bad_package, limit=5)] == ["c.py"]
+
+
+def test_the_checker_finds_a_class_name_defined_in_two_modules(tmp_path):
+    package = _fake_package(tmp_path, {
+        "core/a.py": "class Workspace:\n    pass\n\n\nclass Only:\n    class Inner:\n        pass\n",
+        "data/b.py": "def f():\n    class Workspace:\n        pass\n",
+        "data/c.py": "class Inner:\n    pass\n",
+        "data/d.py": "class Twice:\n    pass\n\n\nif True:\n    class Twice:\n        pass\n",  # one module
+    })
+    assert shared_class_names(package) == {"Workspace": ["drawcli/core/a.py:1", "drawcli/data/b.py:2"],
+                                           "Inner": ["drawcli/core/a.py:6", "drawcli/data/c.py:1"]}
 
 
 def test_the_checker_passes_a_clean_package(tmp_path):

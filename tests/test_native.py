@@ -417,12 +417,12 @@ def test_opcheck_every_registered_op():
 @pytest.mark.usefixtures("loaded")
 def test_the_glue_names_every_argument_of_the_schemas():
     """Every argument of both ops is a field of native_loop's dataclasses (or one of the few
-    given per call), and every Workspace buffer is an argument of one of them: the schemas and
+    given per call), and every NativeWorkspace buffer is an argument of one of them: the schemas and
     the glue cannot drift apart unnoticed."""
     given = {"mu_ls", "canvas", "lz", "log_ratio", "filter_eps", "chunks", "d_canvas", "dx", "d_lz", "d_mu_ls", "enc_base",
              "attention"}
     fields = set()
-    for cls in (native_loop.Inputs, native_loop.Products, native_loop.Workspace):
+    for cls in (native_loop.Inputs, native_loop.Products, native_loop.NativeWorkspace):
         fields |= {f.name for f in dataclasses.fields(cls)}
     fields |= set(LoopWeights._fields)
     args = set()
@@ -430,7 +430,7 @@ def test_the_glue_names_every_argument_of_the_schemas():
         names = {a.name for a in op._schema.arguments}
         assert names <= fields | given, names - fields - given
         args |= names
-    assert {f.name for f in dataclasses.fields(native_loop.Workspace)} - {"key"} <= args
+    assert {f.name for f in dataclasses.fields(native_loop.NativeWorkspace)} - {"key"} <= args
 
 
 @needs_compiler

@@ -15,6 +15,7 @@ from drawcli.core.errors import DrawError
 from drawcli.runs import store as runs
 from drawcli.runs.store import new_run_dir, resolve_run, validate_name
 
+from helpers import ok, one_error_line, run_cli
 from test_builtin import tiny_builtin, tiny_ckpt  # noqa: F401 - fixtures
 
 
@@ -122,6 +123,15 @@ def test_models_json_lists_the_registry(tiny_builtin):  # noqa: F811
     assert max(len(line.rstrip()) for line in r.output.splitlines()) < 200
 
 
+def test_draw_models_reads_cleanly_and_lists_the_model_settings_by_their_names():
+    from drawcli.commands.models import list_models
+
+    assert [set(m["model"]) for m in list_models()][0] == {"glimpses", "hidden", "latent", "attention", "read_n", "write_n",
+                                                             "height", "width", "channels"}
+    lines = ok(run_cli("models")).stdout.splitlines()
+    assert all(line == line.rstrip() for line in lines) and "  settings  T=64 glimpses, LSTM 256, z 100, read 2x2, write 5x5" in lines
+
+
 def test_no_import_loop_between_settings_runs_and_checkpoint():
     for first in ("drawcli.settings", "drawcli.runs.store", "drawcli.runs.checkpoint"):
         code = f"import sys, {first}; import drawcli.runs.store, drawcli.runs.checkpoint, drawcli.settings; print('torch' in sys.modules)"
@@ -140,3 +150,24 @@ def test_run_names(tmp_path):
             validate_name(bad)
     with pytest.raises(DrawError, match=r"no runs there yet"):
         resolve_run("nope", tmp_path / "empty")
+
+
+def test_a_name_starting_with_a_dash_is_explained(workdir):
+    one_error_line(run_cli("train", "--name", "-dash"), "invalid run name '-dash': start with a letter or digit")
+
+
+def test_a_checkpoint_file_is_taken_wherever_a_run_is(tiny_run, env):
+    ckpt = "runs/tiny/checkpoints/epoch_001.pt"
+    ok(run_cli("sample", ckpt, "-n", "2", env=env))
+    assert (tiny_run / "samples-epoch_001-n2-seed0.png").is_file()
+    ok(run_cli("evaluate", ckpt, "--samples", "1", "--limit", "4", env=env))
+    assert (tiny_run / "eval-test-k1-limit4-epoch_001.json").is_file()
+    one_error_line(run_cli("sample", ckpt, "--load", "best", env=env), f"--load picks a run's checkpoint; {ckpt} is a checkpoint file already")
+    one_error_line(run_cli("sample", "runs/tiny/checkpoints/epoch_009.pt", env=env), "checkpoint not found: runs/tiny/checkpoints/epoch_009.pt")
+    # outside a run: the outputs go to the current folder, named after the file
+    (tiny_run.parent.parent / "loose.pt").write_bytes((tiny_run / "checkpoints" / "epoch_001.pt").read_bytes())
+    ok(run_cli("sample", "loose.pt", "-n", "2", env=env))
+    assert (tiny_run.parent.parent / "loose-samples-n2-seed0.png").is_file()
+    one_error_line(run_cli("train", "--resume", "loose.pt", env=env), "loose.pt is a checkpoint file outside a run directory")
+    if __import__("importlib").util.find_spec("matplotlib"):
+        ok(run_cli("plot", ckpt, "-o", "c.png"))

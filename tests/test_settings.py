@@ -11,6 +11,8 @@ import yaml
 from drawcli.core.errors import DrawError
 from drawcli.settings import Settings, build_settings, check_against_image, from_dict, parse_set
 
+from helpers import TINY_TRAIN, one_error_line, run_cli
+
 CONFIGS = sorted((Path(__file__).parent.parent / "sample_configs").glob("*.yaml"))
 
 
@@ -231,3 +233,27 @@ def test_every_setting_declares_its_help_and_rules_beside_it():
             if meta["choices"]:
                 with pytest.raises(DrawError, match=rf"^{section}\.{f.name}: expected one of {', '.join(map(str, meta['choices']))}"):
                     apply_overrides(Settings(), {section: {f.name: "no-such-value"}}, together=False)
+
+
+def test_the_quick_config_uses_the_faster_recipe():
+    quick = build_settings(Path(__file__).parent.parent / "sample_configs" / "quick.yaml")
+    assert (quick.train.batch_size, quick.train.beta1) == (64, 0.9)  # learned faster per epoch than 128 and 0.5
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("train:\n  lr: 1e-3\n  epochs: 2\n  lr: 3e-3\n", "duplicate key 'train.lr' at line 4 (first at line 2)"),
+        ("train: {epochs: 2}\nmodel:\n  steps: 3\ntrain:\n  lr: 3e-3\n", "duplicate section 'train' at line 4 (first at line 1)"),
+        ("model: {steps: 3, steps: 4}\n", "duplicate key 'model.steps' at line 1 (first at line 1)"),
+    ],
+    ids=["key", "section", "flow"],
+)
+def test_a_duplicate_yaml_key_or_section_is_refused(workdir, text, fragment):
+    cfg = write(workdir, text)
+    one_error_line(run_cli("train", "--config", cfg), f"{cfg}: {fragment}")
+
+
+def test_set_values_of_the_wrong_type_or_null_are_one_line_from_the_cli(workdir, env):
+    one_error_line(run_cli("train", *TINY_TRAIN, "--set", "train.lr=true", env=env), "train.lr: expected a number, got true")
+    one_error_line(run_cli("train", *TINY_TRAIN, "--set", "data.binarize=null", env=env), "data.binarize: a value is required, got null")

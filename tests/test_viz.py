@@ -17,7 +17,6 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -25,10 +24,13 @@ from drawcli.cli import app
 from drawcli.commands import pictures as pictures_cmd
 from drawcli.commands.options import AnimateOptions, InspectOptions, SampleOptions
 from drawcli.core.errors import DrawError
-from drawcli.pictures import render, viz
+from drawcli.pictures import frames as framing
+from drawcli.pictures import grids, palette, viz, writers
 from drawcli.runs.checkpoint import atomic_save, build_model, make_checkpoint
 from drawcli.runs.store import load_run, write_config
 from drawcli.settings import build_settings
+
+from helpers import gif_info, ok, one_error_line, run_cli, unwritable_folder
 
 T = 4
 N_TEST = 12  # synthetic test images
@@ -82,18 +84,6 @@ def runs(tmp_path_factory, data_dir) -> Path:
     return root
 
 
-def gif_info(path: Path):
-    """Frames as arrays plus the per-frame delays and loop count pillow reads back."""
-    with Image.open(path) as im:
-        loop = im.info.get("loop")
-        durations = []
-        for i in range(im.n_frames):
-            im.seek(i)
-            durations.append(im.info["duration"])
-    frames = iio.imread(path, index=None)
-    return frames, durations, loop
-
-
 def _quiet():
     """A console that keeps the commands' output out of the test log."""
     return Console(file=io.StringIO(), width=120)
@@ -113,128 +103,7 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0]
 
 
-# ----------------------------------------------------------------------------- pure image building
-def test_to_uint8_scales_and_rounds():
-    out = render.to_uint8(np.array([0.0, 0.5, 1.0, 1.2, -0.1, np.nan], dtype=np.float32))
-    assert out.dtype == np.uint8
-    assert out.tolist() == [0, 128, 255, 255, 0, 0]
-
-
-def test_upscale_is_nearest_neighbour():
-    img = np.array([[1, 2], [3, 4]], np.uint8)
-    assert render.upscale(img, 2).tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
-    assert render.upscale(np.zeros((5, 3, 7, 6)), 3).shape == (5, 3, 21, 18)
-
-
-def test_default_scale_makes_a_digit_about_112_pixels():
-    assert render.default_scale(28, 28) == 4
-    assert render.default_scale(64, 32) == 2
-    assert render.default_scale(500, 500) == 1
-
-
-def test_grid_places_cells_with_padding():
-    grid = render.grid_for(5, 3, 2, 3)  # 5 cells of 2x3 pixels, 3 per row -> 2 rows
-    assert (grid.rows, grid.cols) == (2, 3)
-    pad = render.PAD
-    assert grid.shape == (pad + 2 * (2 + pad), pad + 3 * (3 + pad))
-    cells = np.arange(1, 6, dtype=np.uint8)[:, None, None] * np.ones((5, 2, 3), np.uint8)
-    out = grid.place(cells, pad_value=0)
-    for i in range(5):
-        y, x = grid.origin(i)
-        assert (out[y : y + 2, x : x + 3] == i + 1).all()
-    assert (out > 0).sum() == 5 * 6  # everything else, the sixth cell included, is padding
-    # Leading axes (time) are carried through.
-    assert grid.place(np.zeros((7, 5, 2, 3), np.uint8)).shape == (7, *grid.shape)
-
-
-def test_grid_groups_add_a_gap_between_panels():
-    grid = render.Grid(rows=1, cols=4, cell_h=2, cell_w=2, col_group=2)
-    xs = [grid.origin(c)[1] for c in range(4)]
-    step = 2 + render.PAD
-    assert xs[1] - xs[0] == step and xs[3] - xs[2] == step
-    assert xs[2] - xs[1] == step + render.GROUP_GAP
-
-
-def params(gx, gy, delta, sigma2, gamma=1.0):
-    return np.array([gx, gy, delta, sigma2, gamma], dtype=np.float64)
-
-
-def test_window_lands_on_expected_pixels():
-    # Centre at 1-based pixel 14.5 (between array pixels 13 and 14), N = 5 filters spaced 2
-    # apart: the window spans 10 image pixels, array columns 9..18, so frame pixels
-    # 36..75 at scale 4. A tiny sigma gives a 1-pixel border.
-    p = params(14.5, 14.5, 2.0, 0.04)
-    assert render.window_boxes(p, 5, 4).tolist() == [36, 36, 76, 76]
-    assert render.border_widths(p, 4) == 1
-    img = np.zeros((112, 112, 3), np.uint8)
-    render.draw_windows(img[None], render.Grid(1, 1, 112, 112, pad=0), [0], p[None, None], 5, 4, render.WRITE_COLOR)
-    expected = np.zeros((112, 112), bool)
-    expected[36:76, 36] = expected[36:76, 75] = expected[36, 36:76] = expected[75, 36:76] = True
-    red = (img == render.WRITE_COLOR).all(-1)
-    assert (red == expected).all()
-    assert ((img != 0).any(-1) == expected).all()  # nothing else touched
-
-
-def test_window_in_one_based_coordinates_off_centre():
-    # One filter (N = 1) centred on 1-based pixel (3, 10) with delta 1 covers exactly that pixel:
-    # array row 9, column 2 -> frame rows 18..19, columns 4..5 at scale 2.
-    box = render.window_boxes(params(3, 10, 1.0, 0.01), 1, 2)
-    assert box.tolist() == [4, 18, 6, 20]
-
-
-def test_border_grows_with_sigma_and_is_clipped_to_the_cell():
-    widths = render.border_widths(np.stack([params(14, 14, 3, s) for s in (0.01, 4.0, 9.0, 100.0)]), 4)
-    assert widths.tolist() == [1, 2, 3, 4]  # a quarter of the standard deviation, capped at one image pixel
-    # A window hanging off the top-left corner: only its bottom and right edges are visible.
-    img = np.zeros((40, 40, 3), np.uint8)
-    render.draw_box(img, (-10, -10, 20, 30), 3, render.READ_COLOR)
-    green = (img == render.READ_COLOR).all(-1)
-    expected = np.zeros((40, 40), bool)
-    expected[27:30, 0:20] = True  # bottom band
-    expected[0:30, 17:20] = True  # right band
-    assert (green == expected).all()
-    # Entirely outside: nothing drawn, no error.
-    render.draw_box(img, (100, 100, 120, 120), 2, render.WRITE_COLOR)
-    assert not (img == render.WRITE_COLOR).all(-1).any()
-
-
-def test_extreme_parameters_do_not_overflow():
-    boxes = render.window_boxes(np.array([[1e30, -1e30, 1e30, 1e30, 1.0], [np.nan, 0, 0, np.nan, 1]]), 5, 4)
-    img = np.zeros((10, 10, 3), np.uint8)
-    for box in boxes:
-        render.draw_box(img, box, 1, render.WRITE_COLOR)
-
-
-def test_palette_keeps_greys_and_window_colours_exact():
-    assert len({tuple(c) for c in render.PALETTE}) == 256  # pillow maps colours back to indices: no duplicates
-    grey = np.arange(256, dtype=np.uint8)
-    assert np.abs(render.to_rgb(render.to_indexed(grey))[:, 0].astype(int) - grey).max() <= 1
-    assert render.to_rgb(np.uint8(render.WRITE_INDEX)).tolist() == [255, 0, 0]
-    assert render.to_rgb(np.uint8(render.READ_INDEX)).tolist() == [0, 255, 0]
-
-
-def test_gif_round_trip_is_exact(tmp_path):
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, size=(3, 30, 40), dtype=np.uint8)
-    frames[1] = render.WRITE_INDEX  # a frame of one colour only
-    render.write_animation(tmp_path / "r.gif", frames, fps=20, hold=0.3)
-    decoded, durations, loop = gif_info(tmp_path / "r.gif")
-    assert (decoded[..., :3] == render.to_rgb(frames)).all()
-    assert durations == [50, 50, 300] and loop == 0
-
-
-def test_gif_durations_in_milliseconds_with_hold():
-    assert render.gif_durations(4, 10, 2.0) == [100, 100, 100, 2000]
-    assert render.gif_durations(3, 12, 0.0) == [80, 80, 80]  # 83.3 ms rounds to GIF's 10 ms grid
-    assert render.gif_durations(2, 50, 0.5) == [20, 500]
-
-
-def test_strip_steps_keep_first_and_last():
-    assert render.strip_steps(4).tolist() == [0, 1, 2, 3]
-    steps = render.strip_steps(64, 16)
-    assert len(steps) == 16 and steps[0] == 0 and steps[-1] == 63
-
-
+# ----------------------------------------------------------------------------- viz
 def test_parse_indices():
     assert viz.parse_indices("0,5,7", 10) == [0, 5, 7]
     assert viz.parse_indices("2-4, 9", 10) == [2, 3, 4, 9]
@@ -244,27 +113,19 @@ def test_parse_indices():
         viz.parse_indices("a,b", 10)
 
 
-def test_progress_bar_makes_every_frame_distinct():
-    frames = np.zeros((5, 8, 20), np.uint8)  # five identical frames
-    out = render.add_progress(frames)
-    assert out.shape == (5, 8 + render.PROGRESS_HEIGHT, 20)
-    assert all((out[i] != out[i + 1]).any() for i in range(4))
-    assert (out[-1, -1] == render.GREY_INDEX[render.PROGRESS_VALUE]).all()  # the last frame's bar is full
-
-
 # ----------------------------------------------------------------------------- draw sample
 def test_sample_png_size_values_and_npy(runs, tmp_path):
     out = tmp_path / "s.png"
     written = pictures_cmd.sample_command(SampleOptions("att", n=6, nrow=3, scale=2, npy=True, device="cpu", output=out, runs_dir=runs), console=_quiet())
     assert written == [out, tmp_path / "s.npy"]
     img = iio.imread(out)
-    assert img.dtype == np.uint8 and img.shape == (render.PAD + 2 * (56 + render.PAD), render.PAD + 3 * (56 + render.PAD))
+    assert img.dtype == np.uint8 and img.shape == (grids.PAD + 2 * (56 + grids.PAD), grids.PAD + 3 * (56 + grids.PAD))
     assert len(np.unique(img)) > 10  # a real picture, not one colour
     raw = np.load(tmp_path / "s.npy")
     assert raw.shape == (6, 28, 28) and raw.dtype == np.float32 and 0 <= raw.min() and raw.max() <= 1
     # The PNG shows exactly these pixels, upscaled.
-    y, x = render.grid_for(6, 3, 56, 56).origin(4)
-    assert (img[y : y + 56, x : x + 56] == render.upscale(render.to_uint8(raw[4]), 2)).all()
+    y, x = grids.grid_for(6, 3, 56, 56).origin(4)
+    assert (img[y : y + 56, x : x + 56] == grids.upscale(palette.to_uint8(raw[4]), 2)).all()
 
 
 def test_sample_default_output_binary_and_seed(runs, tmp_path):
@@ -286,13 +147,25 @@ def test_sample_cli_prints_path_and_works_without_attention(runs, tmp_path):
     assert str(out) in result.output and out.is_file()
 
 
+def test_default_picture_names_say_what_they_hold_so_examples_do_not_overwrite_each_other(tiny_run, env):
+    """The default file names carry the options that change the picture, so the documented
+    examples, run one after another, each keep their file."""
+    ok(run_cli("sample", "tiny"))
+    ok(run_cli("sample", "tiny", "-n", "16", "--nrow", "4", "--binary", "--npy"))
+    assert sorted(p.name for p in tiny_run.glob("samples*")) == [
+        "samples-best-n16-seed0-binary.npy", "samples-best-n16-seed0-binary.png", "samples-best-n64-seed0.png"]
+    for args in ((), ("--boxes",), ("--reconstruct",)):
+        ok(run_cli("animate", "tiny", "-n", "2", *args, env=env))
+    assert len(list(tiny_run.glob("animation-*.gif"))) == 3
+
+
 # ----------------------------------------------------------------------------- draw animate
 def test_animate_gif_frames_timing_loop_and_content(runs, tmp_path):
     out = tmp_path / "a.gif"
     pictures_cmd.animate_command(AnimateOptions("att", output=out, n=4, scale=2, fps=10, hold=1.5, device="cpu", runs_dir=runs), console=_quiet())
     frames, durations, loop = gif_info(out)
-    grid = render.grid_for(4, None, 56, 56)
-    assert frames.shape[:3] == (T, grid.shape[0] + render.PROGRESS_HEIGHT, grid.shape[1])
+    grid = grids.grid_for(4, None, 56, 56)
+    assert frames.shape[:3] == (T, grid.shape[0] + framing.PROGRESS_HEIGHT, grid.shape[1])
     assert durations == [100] * (T - 1) + [1500]
     assert loop == 0  # loops forever
     assert all((frames[t] != frames[t + 1]).any() for t in range(T - 1))
@@ -305,10 +178,10 @@ def test_animate_gif_frames_timing_loop_and_content(runs, tmp_path):
 def test_animate_frames_match_the_model_canvases(runs):
     loaded = load_run("att", None, "cpu", runs)
     probs, _ = viz.sample_prior(loaded, 3, torch.Generator().manual_seed(0))
-    frames = render.animation_frames(probs, 1, progress=False)
-    grid = render.grid_for(3, None, 28, 28)
+    frames = framing.animation_frames(probs, 1, progress=False)
+    grid = grids.grid_for(3, None, 28, 28)
     y, x = grid.origin(2)
-    assert (frames[:, y : y + 28, x : x + 28] == render.to_indexed(render.to_uint8(probs[:, 2]))).all()
+    assert (frames[:, y : y + 28, x : x + 28] == palette.to_indexed(palette.to_uint8(probs[:, 2]))).all()
 
 
 def test_animate_boxes_are_red_and_reconstruct_adds_green(runs, tmp_path):
@@ -343,14 +216,14 @@ def test_animate_without_attention_draws_no_windows(runs, tmp_path):
 
 
 def test_animate_mp4_without_ffmpeg_is_one_clear_line(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(render, "ffmpeg_available", lambda: False)
+    monkeypatch.setattr(writers, "ffmpeg_available", lambda: False)
     result = cli("animate", "att", "-o", tmp_path / "a.mp4", "--runs-dir", runs, "--device", "cpu")
     assert_one_line_error(result, "pip install imageio-ffmpeg")
     assert not (tmp_path / "a.mp4").exists()
 
 
 def test_animate_mp4_with_ffmpeg(runs, tmp_path):
-    if not render.ffmpeg_available():
+    if not writers.ffmpeg_available():
         pytest.skip("imageio-ffmpeg is not installed")
     out = tmp_path / "a.mp4"
     pictures_cmd.animate_command(AnimateOptions("att", output=out, n=3, fps=10, hold=1.0, device="cpu", runs_dir=runs), console=_quiet())
@@ -364,6 +237,45 @@ def test_animate_mp4_with_ffmpeg(runs, tmp_path):
 def test_animate_rejects_other_suffixes(runs, tmp_path):
     result = cli("animate", "att", "-o", tmp_path / "a.avi", "--runs-dir", runs)
     assert_one_line_error(result, ".gif or .mp4")
+
+
+def test_the_mp4_message_says_what_the_file_holds(tiny_run, monkeypatch, tmp_path):
+    import imageio.v2
+
+    appended = []
+
+    class FakeWriter:  # stands in for imageio-ffmpeg, which this machine may not have
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def append_data(self, frame):
+            appended.append(frame.shape)
+
+    monkeypatch.setattr(writers, "ffmpeg_available", lambda: True)
+    monkeypatch.setattr(imageio.v2, "get_writer", lambda *a, **k: FakeWriter())
+    out = tmp_path / "a.mp4"
+    r = ok(run_cli("animate", "tiny", "-o", out, "--fps", "10", "--hold", "2"))
+    height, width = appended[0][:2]
+    assert width % 2 == 0 and height % 2 == 0 and len(appended) == 2 + 19  # T glimpses, then 2 s at 10 fps
+    assert f"wrote {out} ({len(appended)} frames: 2 glimpses, then the last held, {width}x{height})" in r.stdout
+
+
+def test_animate_and_inspect_attention_to_an_unwritable_folder(tiny_run, proc_env):
+    where = unwritable_folder()
+    for command in ("animate", "inspect-attention"):
+        r = subprocess.run([sys.executable, "-m", "drawcli", command, "tiny", "-n", "1", "-o", where / "x.gif"],
+                           cwd=tiny_run.parent.parent, env=proc_env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.splitlines() == [
+            f"error: cannot write {where / 'x.gif'}: Permission denied (the previous file, if any, is unchanged)"], r.stderr
+
+
+def test_reconstruct_with_a_data_dir_without_the_data_names_the_download(tiny_run, tmp_path):
+    empty = tmp_path / "empty-data"
+    one_error_line(run_cli("animate", "tiny", "--reconstruct", "--data-dir", empty, "-n", "1"),
+                   f"run `draw download mnist --data-dir {empty}`")
 
 
 # ----------------------------------------------------------------------------- draw inspect-attention
@@ -382,7 +294,7 @@ def test_inspect_attention_gif_strip_and_json(runs, tmp_path):
     assert green.any(axis=(1, 2)).all() and red.any(axis=(1, 2)).all()
 
     strip = iio.imread(tmp_path / "att.png")
-    grid = render.Grid(3 * 2, T, 112, 112, row_group=2)  # per image: input row over canvas row; T columns
+    grid = grids.Grid(3 * 2, T, 112, 112, row_group=2)  # per image: input row over canvas row; T columns
     assert strip.shape == (*grid.shape, 3)
 
     doc = json.loads(js.read_text())
@@ -419,7 +331,7 @@ def test_inspect_attention_generate_has_write_windows_only(runs, tmp_path):
     frames, _, _ = gif_info(tmp_path / "gen.gif")
     assert not ((frames[..., 1] > 200) & (frames[..., 0] < 60)).any()  # no green
     strip = iio.imread(tmp_path / "gen.png")
-    assert strip.shape == (*render.Grid(3, T, 112, 112).shape, 3)
+    assert strip.shape == (*grids.Grid(3, T, 112, 112).shape, 3)
 
 
 def test_inspect_attention_same_seed_same_json(runs, tmp_path):
@@ -430,6 +342,17 @@ def test_inspect_attention_same_seed_same_json(runs, tmp_path):
         )
         texts.append(json.loads((tmp_path / f"{name}.json").read_text())["images"])
     assert texts[0] == texts[1]
+
+
+def test_the_attention_table_reads_cleanly():
+    write = np.zeros((2, 3, 5))
+    write[:, :, 0] = 14.1  # g_x, the same for every image: a standard deviation of 0
+    write[:, :, 3] = [[1.0, 1.0, 1.0 + 2e-6], [2.5, 2.5, 2.5]]  # sigma^2 with a spread of about 1e-6
+    console = Console(record=True, width=200)
+    for table in viz.attention_tables(None, write, 2, 5):
+        console.print(table)
+    text = console.export_text()
+    assert "14.1 ± 0.0" in text and "1.00 ± 0.00" in text and "e-0" not in text and "±0 " not in text
 
 
 # ----------------------------------------------------------------------------- errors
@@ -481,6 +404,6 @@ def test_inspect_attention_on_real_mnist(mnist_data_dir, tmp_path):
     assert [im["index"] for im in doc["images"]] == [0, 9999]
     strip = iio.imread(tmp_path / "real.png")
     # Input row of the first image, first column: a real digit (some bright pixels, mostly dark).
-    y, x = render.Grid(4, T, 112, 112, row_group=2).origin(0)
+    y, x = grids.Grid(4, T, 112, 112, row_group=2).origin(0)
     cell = strip[y + 10 : y + 102, x + 10 : x + 102, 0]
     assert 0.02 < (cell > 128).mean() < 0.5

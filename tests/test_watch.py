@@ -5,8 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ from drawcli.settings import build_settings
 from drawcli.training.loop import Interrupted, train
 from drawcli.training.tensorboard_log import TensorBoardLogger
 
-from helpers import cli_in_fresh_interpreter, run_cli, synthetic_images
+from helpers import cli_in_fresh_interpreter, ok, run_cli, synthetic_images
 
 TINY = ["--steps", "3", "--hidden", "16", "--embed", "4", "-b", "32", "--device", "cpu",
         "--set", "train.eval_batch_size=50", "--set", "train.log_every=1"]
@@ -84,11 +84,18 @@ def events(logdir):
     return acc
 
 
-def next_second():
-    """Event file names start with the wall-clock second: keep a second writer's file after the first's."""
-    start = int(time.time())
-    while int(time.time()) == start:
-        time.sleep(0.02)
+@pytest.fixture
+def event_clock(monkeypatch):
+    """The clock of TensorBoard's event files, set by the test. A file's name starts with the second
+    it was made in and TensorBoard reads a folder's files in name order, so a resumed run's file
+    must be made in a later second than the first run's: the test moves this clock on
+    (``event_clock.now += 1``) instead of waiting for the wall clock's second to change."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import event_file_writer
+
+    clock = SimpleNamespace(now=1_700_000_000.0)
+    monkeypatch.setattr(event_file_writer, "time", SimpleNamespace(time=lambda: clock.now))
+    return clock
 
 
 def test_train_rows_carry_the_gradient_norm():
@@ -99,8 +106,7 @@ def test_train_rows_carry_the_gradient_norm():
     assert all(r["grad_norm"] > 0 and r["grad_norm"] < float("inf") for r in cb.logs)
 
 
-def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_and_change_nothing(tmp_path):
-    pytest.importorskip("tensorboard")
+def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_and_change_nothing(tmp_path, event_clock):
     images, cpu = synthetic_images(), torch.device("cpu")
     logdir = tmp_path / "tb"
 
@@ -113,7 +119,7 @@ def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_a
     assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3, 4, 5]
     assert [e.step for e in acc.Scalars("loss/test")] == [3]
 
-    next_second()
+    event_clock.now += 1  # the resumed run's event file sorts after the first one's
     resumed = Collect()
     result = train(tiny(), images, images[:40], cpu, callbacks=[resumed, TensorBoardLogger(logdir, seed=0)],
                    resume=cut.interrupted)
@@ -127,7 +133,7 @@ def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_a
     assert all(e.value > 0 for e in acc.Scalars("optim/grad_norm"))
     assert acc.Scalars("L_x/test")[-1].value + acc.Scalars("L_z/test")[-1].value == pytest.approx(
         acc.Scalars("loss/test")[-1].value, rel=1e-5)
-    from drawcli.pictures.render import grid_for
+    from drawcli.pictures.grids import grid_for
 
     prior, strip = acc.Images("samples/prior"), acc.Images("samples/glimpses")
     assert [e.step for e in prior] == [e.step for e in strip] == [3, 6, 9]
@@ -142,15 +148,14 @@ def test_tensorboard_events_are_readable_monotonic_across_interrupt_and_resume_a
         assert torch.equal(value, result.model.state_dict()[key]), key
 
 
-def test_a_resume_from_an_older_checkpoint_hides_the_steps_logged_after_it(tmp_path):
+def test_a_resume_from_an_older_checkpoint_hides_the_steps_logged_after_it(tmp_path, event_clock):
     """A run that died after logging past its last checkpoint: the resumed run's curve replaces it."""
-    pytest.importorskip("tensorboard")
     images, cpu = synthetic_images(), torch.device("cpu")
     first = Collect()
     train(tiny(), images, images[:40], cpu, callbacks=[first, TensorBoardLogger(tmp_path, seed=0)])
     epoch1 = first.ckpts[0]
     assert epoch1["step"] == 3
-    next_second()
+    event_clock.now += 1  # the resumed run's event file sorts after the first one's
     again = Collect()  # another learning rate after step 3, so the two histories differ
     train(tiny("train.lr=3e-3"), images, images[:40], cpu, callbacks=[again, TensorBoardLogger(tmp_path, seed=0)],
           resume=epoch1)
@@ -482,3 +487,39 @@ def test_plot_after_a_batch_size_change_is_against_epochs_by_default(tmp_path, m
     monkeypatch.chdir(tmp_path)
     path, notes = plot_runs(["b"], "b.png")
     assert path.is_file() and any("batch size changed" in n for n in notes)
+
+
+def test_plot_of_a_builtin_model_says_it_has_no_curves():
+    one_error_line(run_cli("plot", "@mnist"), "@mnist is a built-in model: it ships without learning curves")
+
+
+def test_runs_in_a_folder_without_runs_says_where_it_looked(workdir):
+    assert f"no runs in {workdir / 'runs'} (--runs-dir DIR lists another folder" in ok(run_cli("runs")).stdout
+
+
+def test_runs_shows_the_targets_in_effect_whole_epochs_limited_iwae_and_failed_runs(tiny_run, env):
+    def info(name="tiny"):
+        return {row["name"]: row for row in json.loads(ok(run_cli("runs", "--json")).stdout)}[name]
+
+    # Stopped inside epoch 2 (--max-steps 4 of 3 steps per epoch): 1 whole epoch, of the 2 the resume set.
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "2", "--max-steps", "4", env=env))
+    row = info()
+    assert (row["epochs"], row["epochs_target"], row["steps"], row["max_steps"]) == (1, 2, 4, 4)
+    assert row["status"] == "stopped at max-steps"  # at its --max-steps, before its epochs (issue 37)
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "5", "--max-steps", "5", env=env))
+    ok(run_cli("train", "--resume", "tiny", "--epochs", "3", env=env))  # no --max-steps: none is in effect
+    row = info()
+    assert (row["epochs"], row["epochs_target"], row["steps"], row["max_steps"], row["status"]) == (3, 3, 9, None, "finished")
+    table = ok(run_cli("runs")).stdout
+    assert " 3/3 " in table and " 9 " in table
+
+    ok(run_cli("evaluate", "tiny", "--samples", "2", "--limit", "8", env=env))
+    assert info()["iwae"]["limit"] == 8
+    assert "K2 (8 img)" in ok(run_cli("runs")).stdout  # not the whole test split: said beside the number
+
+    dead = tiny_run.parent / "dead"  # killed (kill -9, the OOM killer) before its first checkpoint
+    (dead / "checkpoints").mkdir(parents=True)
+    (dead / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    (dead / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "epoch": 1, "lx": 1, "lz": 1, "loss": 2}\n')
+    assert info("dead")["status"] == "failed"
+    assert all(line == line.rstrip() for line in ok(run_cli("runs")).stdout.splitlines())  # no padding off a terminal

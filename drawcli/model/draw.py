@@ -75,13 +75,14 @@ class DRAW(nn.Module):
         read_n: int = 2,
         write_n: int = 5,
         channels: int = 1,
-        *,
-        steps: int | None = None,
-        embed: int | None = None,
+        **old_names: int,
     ):
         super().__init__()
-        glimpses = _renamed("steps", steps, "glimpses", glimpses, 64)
-        latent = _renamed("embed", embed, "latent", latent, 100)
+        unknown = set(old_names) - set(OLD_NAMES)
+        if unknown:
+            raise TypeError(f"DRAW() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        glimpses = _renamed("steps", old_names.get("steps"), "glimpses", glimpses, 64)
+        latent = _renamed("embed", old_names.get("embed"), "latent", latent, 100)
         self.height, self.width, self.channels = height, width, channels
         self.glimpses, self.hidden, self.latent = glimpses, hidden, latent
         self.attention = attention

@@ -112,10 +112,11 @@ def flags(cxx: str) -> tuple[list[str], list[str]]:
     CPU's, e.g. AVX2 only: benchmarks/speed.py --isa), and DRAWCLI_AMX=0 adds -DDRAWCLI_NO_AMX, which
     leaves the AMX kernels out; both are part of the build key.
 
-    -ffast-math and -march=native stay because they were measured to matter (README, Performance;
-    Intel Xeon with AMX, one thread, medians of three interleaved rounds): without -ffast-math,
-    which lets gcc call libmvec's vector exp, paper-config training in bfloat16 ran 31% slower,
-    evaluation 41% and colour training 24%; without -march=native (no AVX-512) 20%, 18% and 21%.
+    -ffast-math and -march=native stay because they were measured to matter (docs/performance.md,
+    its table of compile flags; Intel Xeon with AMX, one thread, medians of three interleaved
+    rounds): without -ffast-math, which lets gcc call libmvec's vector exp, paper-config training
+    in bfloat16 ran 31% slower, evaluation 41% and colour training 24%; without -march=native (no
+    AVX-512) 20%, 18% and 21%.
     On x86, -mprefer-vector-width=512 (AVX-512 where the CPU has it; gcc's tuning otherwise keeps
     to 256-bit vectors, e.g. in the LSTM cells) made training 3-4% faster in six of six interleaved
     pairs and changed nothing measurable elsewhere. -ffast-math is given

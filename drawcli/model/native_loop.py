@@ -56,7 +56,7 @@ class Products:
 
 
 @dataclass
-class Workspace:
+class NativeWorkspace:
     """The loop's buffers for one batch shape. S_in = T + 1 slots (training) or 2 (evaluation)
     for the products' inputs and the cell states, S = T or 1 for the rest; step t uses slot
     t % S_in (and hands h_t, c_t to slot t + 1) and t % S. "Lanes" buffers hold each block of V
@@ -103,7 +103,7 @@ def sizes(m) -> tuple[int, int, int]:
     return (2 * C * n * n, C * nw * nw, 0) if m.attention else (chw, chw, chw)
 
 
-def workspace(m, b: int, dtype: torch.dtype, ke: int, kd: int, lowp: bool, keep: bool) -> Workspace:
+def workspace(m, b: int, dtype: torch.dtype, ke: int, kd: int, lowp: bool, keep: bool) -> NativeWorkspace:
     T, hd, Z, C, H, W = m.steps, m.hidden, m.embed, m.channels, m.height, m.width
     R, kw, _ = sizes(m)
     # without attention there are no windows: the per-image buffers of the read and write are empty
@@ -114,7 +114,7 @@ def workspace(m, b: int, dtype: torch.dtype, ke: int, kd: int, lowp: bool, keep:
     def new(*shape, dt=dtype, zero=False):
         return torch.zeros(shape, dtype=dt) if zero else torch.empty(shape, dtype=dt)
 
-    ws = Workspace(key=(), enc_in=new(s_in, b, ke, zero=True), dec_in=new(s_in, b, kd, zero=True),
+    ws = NativeWorkspace(key=(), enc_in=new(s_in, b, ke, zero=True), dec_in=new(s_in, b, kd, zero=True),
                    c_enc=new(s_in, b, hd), c_dec=new(s_in, b, hd), heads=new(s_in, b, hw),
                    g_enc=new(s, b, 4 * hd), g_dec=new(s, b, 4 * hd), tc_enc=new(s, b, hd), tc_dec=new(s, b, hd),
                    se=new(s, b, Z), xhat=new(s, b, C * H * W if m.attention else 0), f_r=new(s, b, 2 * n * L),
@@ -199,7 +199,7 @@ _AMX: dict = {}
 
 
 def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed: bool, backward: bool,
-             ws: Workspace | None = None, amx: bool = True) -> Products:
+             ws: NativeWorkspace | None = None, amx: bool = True) -> Products:
     """The LSTM weights for the products (see Products), packed for ``rows`` rows where that
     applies. (q's and the heads' products, 64 x 256 x 200 and smaller, stay at::addmm: packing
     did not make them faster.)
@@ -227,7 +227,7 @@ def products(m, w: LoopWeights, rows: int, mm_dtype: torch.dtype | None, packed:
     return p
 
 
-def amx_weights(m, w: LoopWeights, ws: Workspace, backward: bool) -> None:
+def amx_weights(m, w: LoopWeights, ws: NativeWorkspace, backward: bool) -> None:
     """w's LSTM weights laid out for AMX into ws (made on first use, then rewritten in place)."""
     hd = m.hidden
     ce, cd = sizes(m)[0] + 2 * hd, m.embed + hd
@@ -266,7 +266,7 @@ def chunks_for(b: int) -> int:
     return max(1, min(torch.get_num_threads(), b // 8))
 
 
-def _start(m, ws: Workspace, heads_b: torch.Tensor) -> None:
+def _start(m, ws: NativeWorkspace, heads_b: torch.Tensor) -> None:
     """Slot 0 as step 1 finds it: h_0 = 0 and c_0 = 0 (both LSTMs), the first read window from
     the heads' bias alone (h^dec_0 = 0), its delta, sigma^2 and gamma from their logs."""
     R, hd, Z = sizes(m)[0], m.hidden, m.embed
@@ -284,7 +284,7 @@ def _start(m, ws: Workspace, heads_b: torch.Tensor) -> None:
     ws.heads[0, :, kw:].view(-1, 2, 5)[:, :, 2:].exp_()
 
 
-def _workspace(store, m, key: tuple, b: int, dtype, w: LoopWeights, lowp: bool, keep: bool) -> Workspace:
+def _workspace(store, m, key: tuple, b: int, dtype, w: LoopWeights, lowp: bool, keep: bool) -> NativeWorkspace:
     ws = store.pop(m, None)
     if ws is None or ws.key != key:
         with torch.inference_mode(False):
@@ -294,10 +294,10 @@ def _workspace(store, m, key: tuple, b: int, dtype, w: LoopWeights, lowp: bool, 
 
 
 @dataclass
-class Saved:
+class NativeSaved:
     """What a training forward keeps for backward."""
 
-    ws: Workspace
+    ws: NativeWorkspace
     inputs: Inputs
     weights: LoopWeights
     products: Products
@@ -309,7 +309,7 @@ class Saved:
 def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtype: torch.dtype | None, packed: bool = True,
             amx: bool = True):
     """python_loop.forward(save=True) natively: (c_T, [mu | log sigma] (T, B, 2Z), L^z (eq 11,
-    summed as the loop goes), Saved). amx=False keeps bfloat16 products off AMX (see products)."""
+    summed as the loop goes), NativeSaved). amx=False keeps bfloat16 products off AMX (see products)."""
     T, Z = m.steps, m.embed
     b = x.shape[0]
     w = LoopWeights(*(t.detach().contiguous() for t in weights))
@@ -323,10 +323,10 @@ def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, mm_dtyp
     mu_ls, canvas, lz = x.new_empty(T, b, 2 * Z), torch.empty_like(ins.x), x.new_empty(b)
     call(torch.ops.drawcli.loop_forward.default, ins, w, prods, ws, mu_ls=mu_ls, canvas=canvas, lz=lz, log_ratio=None,
          enc_base=base, attention=m.attention, filter_eps=FILTER_EPS, chunks=chunks)
-    return canvas, mu_ls, lz, Saved(ws, ins, w, prods, mm_dtype, chunks, w_x)
+    return canvas, mu_ls, lz, NativeSaved(ws, ins, w, prods, mm_dtype, chunks, w_x)
 
 
-def backward(m, sv: Saved, d_canvas, d_mu_ls, d_lz, mu_ls: torch.Tensor, need_x: bool):
+def backward(m, sv: NativeSaved, d_canvas, d_mu_ls, d_lz, mu_ls: torch.Tensor, need_x: bool):
     """python_backward.backward for a native forward: the recurrence in C++, the weight gradients here."""
     ws, x = sv.ws, sv.inputs.x
     T, hd = m.steps, m.hidden

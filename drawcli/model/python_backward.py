@@ -11,7 +11,7 @@ import torch
 
 from drawcli.model.layout import offsets
 from drawcli.model.packed_gemm import matmul, step_matmul
-from drawcli.model.python_loop import TRAINING, Bank, Cell, Saved
+from drawcli.model.python_loop import TRAINING, Bank, Cell, PythonSaved
 
 _aten = torch.ops.aten
 
@@ -182,7 +182,7 @@ def kl_grad(dq: torch.Tensor, mu_ls: torch.Tensor, d_lz: torch.Tensor | None, Z:
     torch.mul(log_sigma, 2, out=dq[..., Z:]).exp_().sub_(1).mul_(d_lz.view(1, b, 1))
 
 
-def backward(m, sv: Saved, d_canvas, d_mu_ls, d_lz, mu_ls: torch.Tensor, need_x: bool):
+def backward(m, sv: PythonSaved, d_canvas, d_mu_ls, d_lz, mu_ls: torch.Tensor, need_x: bool):
     """(dx or None, the gradients of the LoopWeights) from dL/dc_T, dL/d[mu | log sigma], dL/dL^z."""
     ws, x = sv.ws, sv.x
     enc_w, dec_w, q_w, q_b, heads_w, heads_b = sv.weights

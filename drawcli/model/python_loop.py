@@ -3,7 +3,7 @@
 Per step the matrix products are small (batch x 520 x 1024), so eager autograd would spend more
 time on per-op bookkeeping than on arithmetic, and T small weight-gradient products run far below
 the machine's rate. Here the loop writes every step's inputs into preallocated (T, B, .) buffers
-(a Workspace, made once per shape and reused by the next call of the same kind), python_backward
+(a PythonWorkspace, made once per shape and reused by the next call of the same kind), python_backward
 runs the recurrence backwards, and each weight gradient is one (T*B)-row product, as cuDNN does
 for RNNs. Every view into the buffers is made once per workspace (Step, Bank, Cell), constants
 are cached 0-dim tensors, and on the CPU the per-step LSTM products use oneDNN packed weights
@@ -69,19 +69,19 @@ def bank(m, p: torch.Tensor, f: torch.Tensor, d: torch.Tensor, n: int) -> Bank:
 
 
 @dataclass
-class Grid:
+class FilterGrid:
     """Pixel coordinates of both axes (2, 1, L) and the mask of their padding (None if A = B)."""
 
     coords: torch.Tensor
     mask: torch.Tensor | None
 
 
-def grid_of(m, dtype: torch.dtype) -> Grid:
+def grid_of(m, dtype: torch.dtype) -> FilterGrid:
     coords, mask = pixel_grid(m, dtype)
-    return Grid(coords[:, None, :], None if mask is None else mask[:, None, :])
+    return FilterGrid(coords[:, None, :], None if mask is None else mask[:, None, :])
 
 
-def filters(v: Bank, offs: torch.Tensor, grid: Grid, k: Numbers) -> None:
+def filters(v: Bank, offs: torch.Tensor, grid: FilterGrid, k: Numbers) -> None:
     """F_X, F_Y (eq 25-26) into v.f and grid - mu into v.d, from the window v.p (eq 19-20)."""
     torch.addcmul(v.g, v.delta, offs, out=v.mu)  # eq 19-20: mu = g + (i - N/2 - 0.5) delta
     torch.sub(grid.coords, v.mu4, out=v.d)  # a - mu_i, b - mu_j: (B, 2, N, L)
@@ -167,7 +167,7 @@ class Step:
 
 
 @dataclass
-class Workspace:
+class PythonWorkspace:
     """Step buffers of one loop and the views of every step into them.
 
     save=True (training) keeps every step's inputs and activations for backward: T + 1 slots of
@@ -189,13 +189,13 @@ class Workspace:
     tc_dec: torch.Tensor
     se: torch.Tensor  # (steps, B, Z): sigma_t eps_t
     sig: torch.Tensor  # (B, H, C, W): sigmoid(c_{t-1})
-    grid: Grid | None = None
+    grid: FilterGrid | None = None
     xb: torch.Tensor | None = None  # (steps, B, H, 2, C, W): [x | x_hat_t]
     plan: list[Step] = field(default_factory=list)
     backward: Any = None  # python_backward.BackwardViews, added by the first backward (this module does not import its backward)
 
 
-def workspace(m, x: torch.Tensor, ke: int, kd: int, heads_width: int, save: bool) -> Workspace:
+def workspace(m, x: torch.Tensor, ke: int, kd: int, heads_width: int, save: bool) -> PythonWorkspace:
     T, hd, Z, att = m.steps, m.hidden, m.embed, m.attention
     b, C, Hi, Wi = x.shape
     n, nw = m.read_n, m.write_n
@@ -208,7 +208,7 @@ def workspace(m, x: torch.Tensor, ke: int, kd: int, heads_width: int, save: bool
     enc_in, dec_in = x.new_zeros(slots, b, ke), x.new_zeros(slots, b, kd)
     enc_in[:, :, R + 2 * hd].fill_(1)
     dec_in[:, :, Z + hd].fill_(1)
-    ws = Workspace(key=(b, x.dtype, x.device, save), k=numbers(x.device, x.dtype), enc_in=enc_in, dec_in=dec_in,
+    ws = PythonWorkspace(key=(b, x.dtype, x.device, save), k=numbers(x.device, x.dtype), enc_in=enc_in, dec_in=dec_in,
                    c_enc=new(slots, b, hd), c_dec=new(slots, b, hd), heads=new(slots, b, heads_width),
                    g_enc=new(steps, b, 4 * hd), g_dec=new(steps, b, 4 * hd), tc_enc=new(steps, b, hd),
                    tc_dec=new(steps, b, hd), se=new(steps, b, Z), sig=new(b, Hi, C, Wi))
@@ -241,10 +241,10 @@ def workspace(m, x: torch.Tensor, ke: int, kd: int, heads_width: int, save: bool
 
 
 @dataclass
-class Saved:
+class PythonSaved:
     """What a training forward keeps for python_backward."""
 
-    ws: Workspace
+    ws: PythonWorkspace
     x: torch.Tensor
     weights: LoopWeights
     reads: list  # per step: F_Y [x | x_hat] (B, N, 2CW)
@@ -256,7 +256,7 @@ class Saved:
 def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, save: bool, record: bool,
             mm_dtype: torch.dtype | None = None, packed: bool = True):
     """eq 3-8 for t = 1..T on x (B, C, H, W). Returns (c_T, [mu | log sigma] as (T, B, 2Z), records,
-    Saved or None).
+    PythonSaved or None).
 
     save=True keeps every step's inputs and activations for python_backward.backward; save=False
     (evaluation) keeps two slots and reuses them. mm_dtype (bfloat16 or None): the LSTM
@@ -361,4 +361,4 @@ def forward(m, x: torch.Tensor, eps: torch.Tensor, weights: LoopWeights, save: b
     if not save:
         EVALUATION[m] = ws
         return canvas, mu_ls, records, None
-    return canvas, mu_ls, records, Saved(ws, x, weights, reads, writes, mm_dtype, packed)
+    return canvas, mu_ls, records, PythonSaved(ws, x, weights, reads, writes, mm_dtype, packed)

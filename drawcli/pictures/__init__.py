@@ -1,7 +1,9 @@
 """pictures: images, animations and plots of a model and its runs.
 
 Owns the model's outputs as pictures (viz: prior samples, reconstructions, attention records),
-turning arrays into image grids, GIF/MP4 frames and files (render), and training curves (plot).
+turning arrays into pictures with numpy alone (palette: colours and pixels; grids: upscaling and
+grids; frames: the frames of the commands with their attention windows; writers: PNG, GIF and MP4
+files), and training curves (plot). render only re-exports for old imports.
 
 Layer: above evaluation. May import drawcli.core, data, settings, model, runs and evaluation.
 """

@@ -1,11 +1,11 @@
 """The picture commands: `draw sample`, `draw animate`, `draw inspect-attention`.
 
 Grey and colour models alike: a colour model's canvases keep their channel axis,
-(T, n, C, H, W), and drawcli.pictures.render draws them as RGB.
+(T, n, C, H, W), and drawcli.pictures.frames draws them as RGB.
 
 Each checks its options, loads the model (drawcli.runs.store.load_run: a run or a built-in @NAME),
-runs it under the requested precision, and hands numpy arrays to drawcli.pictures.render, which builds
-the frames and writes the files.
+runs it under the requested precision, and hands numpy arrays on: drawcli.pictures.frames builds
+the frames and drawcli.pictures.writers writes the files.
 """
 
 from __future__ import annotations
@@ -166,9 +166,6 @@ def binary_pixels(loaded: LoadedRun, probs: np.ndarray, generator) -> np.ndarray
 
     with running(loaded):
         return torch.bernoulli(torch.from_numpy(probs).to(loaded.device), generator=generator).cpu().numpy()
-
-
-# ----------------------------------------------------------------------------- draw animate
 
 
 # ----------------------------------------------------------------------------- draw inspect-attention

@@ -1,5 +1,6 @@
-"""``drawcli.DRAW``: the model with ``from_pretrained``, ``save_pretrained`` and ``push_to_hub``, and the
-loading and writing of model folders (drawcli/runs/folder.py) with their weights.
+"""``PretrainedDRAW``, public as ``drawcli.DRAW``: the model with ``from_pretrained``,
+``save_pretrained`` and ``push_to_hub``, and the loading and writing of model folders
+(drawcli/runs/folder.py) with their weights.
 
 drawcli/model/draw.py is the paper and does no I/O, so the methods that read and write live here, in
 a subclass that adds nothing else: every model drawcli builds (``drawcli.load``, ``create_model``,
@@ -16,18 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drawcli.core.errors import DrawError
-from drawcli.model.draw import DRAW as PaperDRAW
+from drawcli.model.draw import DRAW
 from drawcli.runs import folder as folders
 from drawcli.runs import hub, safetensors
 
 if TYPE_CHECKING:
     import torch
 
-class DRAW(PaperDRAW):
+class PretrainedDRAW(DRAW):
     """DRAW (drawcli/model/draw.py) that saves to and loads from a model folder or the Hugging Face Hub."""
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, *, revision: str | None = None, device: str = "cpu") -> DRAW:
+    def from_pretrained(cls, source: str | Path, *, revision: str | None = None, device: str = "cpu") -> PretrainedDRAW:
         """The model in a model folder (config.json + model.safetensors), or in a Hub repository
         (``"owner/name"`` or ``"hf:owner/name"``; needs the ``hub`` extra), in eval mode on ``device``."""
         model, _ = load_folder(resolve_source(source, revision), device, cls)
@@ -49,11 +50,11 @@ class DRAW(PaperDRAW):
                            private=private, token=token, commit_message=commit_message)
 
 
-def make_model(**config: Any) -> DRAW:
+def make_model(**config: Any) -> PretrainedDRAW:
     """A fresh model from DRAW's constructor arguments (the one place drawcli builds one; older names read)."""
     from drawcli.model.draw import canonical_config
 
-    return DRAW(**canonical_config(config))
+    return PretrainedDRAW(**canonical_config(config))
 
 
 # ----------------------------------------------------------------------------- weights against a model
@@ -67,9 +68,9 @@ def weights_mismatch(config: dict, weights: dict) -> str | None:
     try:
         try:
             with torch.device("meta"):  # shapes only: nothing is allocated
-                expected = PaperDRAW(**config)
+                expected = DRAW(**config)
         except Exception:  # noqa: BLE001 - an __init__ that needs real tensors: build it for real
-            expected = PaperDRAW(**config)
+            expected = DRAW(**config)
     except Exception as e:  # noqa: BLE001 - any failure means the config is unusable
         text = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         return f"it does not describe a DRAW model: {text}"
@@ -100,7 +101,7 @@ def describe_model(config: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- model folders
-def load_folder(folder: Path, device: torch.device | str = "cpu", cls: type = DRAW) -> tuple[DRAW, folders.FolderConfig]:
+def load_folder(folder: Path, device: torch.device | str = "cpu", cls: type = PretrainedDRAW) -> tuple[PretrainedDRAW, folders.FolderConfig]:
     """(the model in eval mode on ``device``, its checked config) from a model folder. Nothing is unpickled."""
     folder = Path(folder)
     folders.check_folder(folder)

@@ -20,7 +20,7 @@ from drawcli.serve.images import encode
 
 
 def _uint8(images) -> np.ndarray:
-    from drawcli.pictures.render import to_uint8
+    from drawcli.pictures.palette import to_uint8
 
     return to_uint8(np.asarray(images, dtype=np.float32))
 

@@ -97,7 +97,7 @@ function fitCanvas(canvas, h, w, side) {
 }
 
 // An attention window: the N x N grid of filter centres around (g_x, g_y), N * delta wide, in the
-// paper's 1-based pixels (as drawcli/pictures/render.py draws them in the GIFs).
+// paper's 1-based pixels (as drawcli/pictures/frames.py draws them in the GIFs).
 function drawWindow(ctx, params, n, scale, colour) {
   const [gx, gy, delta] = params;
   const half = (n * delta) / 2;
