@@ -29,7 +29,7 @@ def _at_least(flag: str, value, minimum: int = 1) -> None:
 
 
 def _check_timing(fps: float, hold: float) -> None:
-    from drawcli.pictures.render import MAX_FPS  # here: `draw --help` imports this module, not numpy
+    from drawcli.pictures.writers import MAX_FPS  # here: `draw --help` imports this module, not numpy
 
     if not 0 < fps <= MAX_FPS:
         raise DrawError(f"--fps must be more than 0 and at most {MAX_FPS}, got {fps:g}")

@@ -14,22 +14,9 @@ import numpy as np
 from drawcli.commands.options import AnimateOptions, InspectOptions, ModelOptions, SampleOptions
 from drawcli.core.errors import DrawError
 from drawcli.core.files import check_output, replace_atomically
-from drawcli.pictures.render import (
-    add_progress,
-    animation_frames,
-    check_animation_path,
-    default_scale,
-    grid_for,
-    image_cells,
-    inspect_animation,
-    inspect_strip,
-    strip_rgb,
-    strip_steps,
-    to_uint8,
-    upscale,
-    write_animation,
-    write_png,
-)
+from drawcli.pictures.frames import add_progress, animation_frames, inspect_animation, inspect_strip, strip_rgb, strip_steps
+from drawcli.pictures.grids import default_scale, grid_for, image_cells, upscale
+from drawcli.pictures.palette import to_uint8
 from drawcli.pictures.viz import (
     attention_records,
     attention_tables,
@@ -41,6 +28,7 @@ from drawcli.pictures.viz import (
     sample_prior,
     seeded_generator,
 )
+from drawcli.pictures.writers import check_animation_path, write_animation, write_png
 from drawcli.runs.store import LoadedRun, Located, load_run, locate
 
 

@@ -6,7 +6,7 @@ config (T = 16) 0.5 MB, so a batch of 100,000 at T = 16 needs tens of gigabytes.
 kernel kills it, silently. :func:`step_memory` estimates the bytes from the model's shapes alone
 (what backpropagation must keep per image and glimpse, the batch's inputs and losses, and the
 parameters with their gradients and Adam state), so it does not depend on either engine's
-private buffers; tests/test_newuser3.py holds it to a measured step within a loose bound.
+private buffers; tests/test_memory.py holds it to a measured step within a loose bound.
 :func:`available_memory` says what the machine offers: ``DRAW_MEMORY_LIMIT`` when set (e.g.
 ``8G``), else the free memory of the CUDA device, else Linux's MemAvailable (and the cgroup's
 limit, in a container). Never imports torch at module level.

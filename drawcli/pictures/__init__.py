@@ -3,7 +3,7 @@
 Owns the model's outputs as pictures (viz: prior samples, reconstructions, attention records),
 turning arrays into pictures with numpy alone (palette: colours and pixels; grids: upscaling and
 grids; frames: the frames of the commands with their attention windows; writers: PNG, GIF and MP4
-files), and training curves (plot). render only re-exports for old imports.
+files), and training curves (plot).
 
 Layer: above evaluation. May import drawcli.core, data, settings, model, runs and evaluation.
 """

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,16 +32,6 @@ from drawcli.runs.checkpoint import build_model
 from drawcli.settings import Settings, TrainSettings
 from drawcli.training.distributed import DistEnv, check_global_batch
 from drawcli.training.state import DivergenceWatch, LogWindow, TrainResult, TrainState, emit
-
-
-class Callback(Protocol):  # every method optional
-    def on_start(self, info: dict) -> None: ...
-    def on_step(self, step: int, epoch: int) -> None: ...
-    def on_log(self, row: dict) -> None: ...
-    def on_epoch(self, row: dict) -> None: ...
-    def on_checkpoint(self, ckpt: dict, is_best: bool) -> None: ...
-    def on_interrupt(self, ckpt: dict) -> None: ...  # mid-epoch checkpoint: becomes last.pt only
-    def on_end(self, summary: dict) -> None: ...
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -30,6 +30,19 @@ def emit(callbacks: Sequence, name: str, *args) -> None:
         fn = getattr(cb, name, None)
         if fn is not None:
             fn(*args)
+
+
+class Callback(Protocol):
+    """What train() tells the objects in ``callbacks``: each may have any of these methods (a missing
+    one is skipped), e.g. the run directory's checkpoints, metrics and TensorBoard logs."""
+
+    def on_start(self, info: dict) -> None: ...
+    def on_step(self, step: int, epoch: int) -> None: ...
+    def on_log(self, row: dict) -> None: ...
+    def on_epoch(self, row: dict) -> None: ...
+    def on_checkpoint(self, ckpt: dict, is_best: bool) -> None: ...
+    def on_interrupt(self, ckpt: dict) -> None: ...  # mid-epoch checkpoint: becomes last.pt only
+    def on_end(self, summary: dict) -> None: ...
 
 
 @dataclass
@@ -155,7 +168,7 @@ class TrainState:
     env: DistEnv
     engine: Any  # what every model call runs: a name, or a drawcli.model.Resolved engine
     precision: str  # resolved (drawcli.core.device.resolve_precision)
-    callbacks: Sequence  # each with any of the methods of drawcli.training.loop.Callback
+    callbacks: Sequence[Callback]  # each with any of Callback's methods
     step: int  # global steps done
     epoch: int
     pos: int

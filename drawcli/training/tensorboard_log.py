@@ -82,7 +82,8 @@ def _images(model, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _images_from(probs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(prior grid, glimpse strip) of one channel's probabilities (T, n, H, W)."""
-    from drawcli.pictures.render import grid_for, to_uint8, upscale
+    from drawcli.pictures.grids import grid_for, upscale
+    from drawcli.pictures.palette import to_uint8
 
     steps = probs.shape[0]
     cells = upscale(to_uint8(probs), SCALE)  # (T, n, h, w)
