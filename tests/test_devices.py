@@ -233,7 +233,7 @@ def test_the_declared_torch_minimum_covers_the_apis_used():
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_path_matches_the_plain_loop_on(device):
     torch.manual_seed(0)
-    fast = DRAW(height=12, width=10, steps=3, hidden=16, embed=4, attention=True, read_n=2, write_n=3).to(device)
+    fast = DRAW(height=12, width=10, glimpses=3, hidden=16, latent=4, attention=True, read_n=2, write_n=3).to(device)
     plain = copy.deepcopy(fast)
     plain.fused = False
     x = torch.rand(5, 12, 10, device=device)

@@ -30,7 +30,7 @@ def at(request, work="train", device=CPU, attention=True, window=2, **kw) -> Res
 
 # ----------------------------------------------------------------------------- one decision: resolve
 def test_reference_and_python_run_as_named():
-    m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)
+    m = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=2)
     assert at("reference") == Resolved("reference", "engine reference")
     assert at("python", "evaluate") == Resolved("python", "engine python")
     assert at(Engine("python", packed_gemm=False)).packed_gemm is False
@@ -73,13 +73,13 @@ def test_the_model_and_its_settings_resolve_alike():
     from drawcli.settings import build_settings
 
     settings = build_settings(None, None, ["model.read_n=3", "model.write_n=4"])
-    m = DRAW(height=28, width=28, steps=2, hidden=8, embed=2, read_n=3, write_n=4)
+    m = DRAW(height=28, width=28, glimpses=2, hidden=8, latent=2, read_n=3, write_n=4)
     assert resolve_for("auto", settings.model, CPU, "train") == resolve_for("auto", m, CPU, "train")
 
 
 def test_a_resolved_engine_is_checked_against_each_call():
     """What the commands pass down: resolved once, and a native one is refused where a call cannot run it."""
-    m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)
+    m = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=2)
     x = torch.rand(3, 1, 8, 8)
     assert m(x, engine=Resolved("python", "given")).loss.shape == (3,)
     with pytest.raises(EngineError, match="engine native: the native engine does not record canvases"):
@@ -92,7 +92,7 @@ FRESH = """
 import sys, torch
 from drawcli.model import DRAW, native_build
 from drawcli.model.engine import resolve_for
-m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)
+m = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=2)
 if sys.argv[1] == "loaded":
     native_build.load()
 before = native_build._STATE["loaded"]
@@ -199,7 +199,7 @@ def test_python_engine_steps_after_the_first_make_no_tensor_from_host_data(chann
     """A training step (forward, backward, clipping, Adam), an evaluation forward and sampling:
     once their buffers and constants exist (first call), nothing is made from Python data."""
     torch.manual_seed(0)
-    m = DRAW(height=10, width=9, steps=3, hidden=16, embed=4, channels=channels, attention=attention, read_n=2, write_n=3)
+    m = DRAW(height=10, width=9, glimpses=3, hidden=16, latent=4, channels=channels, attention=attention, read_n=2, write_n=3)
     opt = make_adam(m.parameters(), 1e-3, (0.5, 0.999))
     x, eps = torch.rand(40, channels, 10, 9), torch.randn(3, 40, 4)
 

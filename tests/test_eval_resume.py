@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def small_model() -> DRAW:
     torch.manual_seed(0)
-    return DRAW(height=8, width=8, steps=3, hidden=16, embed=4, read_n=2, write_n=3, attention=True)
+    return DRAW(height=8, width=8, glimpses=3, hidden=16, latent=4, read_n=2, write_n=3, attention=True)
 
 
 def images(n: int = 11) -> torch.Tensor:

@@ -91,7 +91,7 @@ def quadrature_model() -> DRAW:
     p(x, z) / q(z|x) is bounded: the IWAE estimate then converges at its 1/K rate.
     """
     torch.manual_seed(0)
-    m = DRAW(height=2, width=2, steps=1, hidden=4, embed=1, attention=False)
+    m = DRAW(height=2, width=2, glimpses=1, hidden=4, latent=1, attention=False)
     with torch.no_grad():
         m.decoder.linear.weight.mul_(4.0)
         m.write_head.weight.normal_(0, 3.0)
@@ -224,7 +224,7 @@ def test_paper_comparison_matches_only_the_table_3_setup():
     plain = paper_comparison(dict(paper, attention=False, read_n=7), "binarized-mnist", "test", 10_000, 10_000)
     assert plain["table2"] == 87.40 and plain["comparable"]  # the windows do not matter without attention
     assert paper_comparison(paper, "binarized-mnist", "test", 10_000, 10_000, "binarized-mnist")["comparable"]
-    other = paper_comparison(dict(paper, steps=16, embed=20), "mnist", "valid", 100, 10_000, "mnist")
+    other = paper_comparison(dict(paper, glimpses=16, latent=20), "mnist", "valid", 100, 10_000, "mnist")
     assert not other["comparable"] and other["table2"] == 80.97
     text = "; ".join(other["differences"])
     for part in ("T 16", "z size 20 (paper 100)", "trained on mnist", "data set mnist", "split valid", "first 100 of 10000"):

@@ -81,7 +81,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:2])) + f"-T{c[2]}-att{int(c[5])}-N{c[6]}{c[7]}-B{c[8]}")
 def test_loss_and_every_gradient_match_the_plain_loop(case):
     height, width, steps, hidden, embed, attention, read_n, write_n, batch = case
-    config = dict(height=height, width=width, steps=steps, hidden=hidden, embed=embed,
+    config = dict(height=height, width=width, glimpses=steps, hidden=hidden, latent=embed,
                   attention=attention, read_n=read_n, write_n=write_n)
     fast, base = pair(seed=sum(case), **config)
     x = torch.rand(batch, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -105,7 +105,7 @@ def test_loss_and_every_gradient_match_the_plain_loop(case):
 
 @pytest.mark.parametrize("attention", [True, False])
 def test_gradient_with_respect_to_the_input(attention):
-    config = dict(height=9, width=11, steps=3, hidden=8, embed=3, attention=attention, read_n=3, write_n=2)
+    config = dict(height=9, width=11, glimpses=3, hidden=8, latent=3, attention=attention, read_n=3, write_n=2)
     fast, base = pair(seed=3, **config)
     x = torch.rand(2, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     x_fast, x_base = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -116,7 +116,7 @@ def test_gradient_with_respect_to_the_input(attention):
 
 @pytest.mark.parametrize("attention", [True, False])
 def test_records_evaluation_and_samples_match_the_plain_loop(attention):
-    config = dict(height=10, width=8, steps=4, hidden=12, embed=3, attention=attention, read_n=2, write_n=3)
+    config = dict(height=10, width=8, glimpses=4, hidden=12, latent=3, attention=attention, read_n=2, write_n=3)
     fast, base = pair(seed=11, **config)
     x = torch.rand(3, 10, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     ref = base(x, record=True, generator=torch.Generator().manual_seed(9))
@@ -158,7 +158,7 @@ def test_float32_paper_config_agrees_with_the_plain_loop():
 
 
 def test_backward_twice_through_one_forward_is_refused():
-    fast = DRAW(steps=2, hidden=8, embed=2)
+    fast = DRAW(glimpses=2, hidden=8, latent=2)
     loss = fast(torch.rand(2, 28, 28), engine=PYTHON).loss.sum()
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="only once"):
@@ -168,7 +168,7 @@ def test_backward_twice_through_one_forward_is_refused():
 def test_autocast_keeps_the_fast_paths_outputs_in_the_models_dtype():
     """Under bfloat16 autocast only the LSTM products run in bf16 (tests/test_precision.py); the
     loop's buffers and outputs stay float32 and agree with float32 up to bf16 rounding."""
-    fast, base = pair(seed=2, height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
+    fast, base = pair(seed=2, height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=3)
     fast.model.float()
     base.model.float()
     x = torch.rand(3, 8, 8)
@@ -187,7 +187,7 @@ def test_packed_products_equal_torch_mm_in_float32(attention, monkeypatch):
     loop; the loss, every gradient and the samples must equal the torch.mm path up to rounding."""
     if not packed_gemm.packed_gemm_works():
         pytest.skip("this torch build has no working oneDNN linear: torch.mm is the only path")
-    config = dict(height=12, width=10, steps=5, hidden=32, embed=6, attention=attention, read_n=2, write_n=3)
+    config = dict(height=12, width=10, glimpses=5, hidden=32, latent=6, attention=attention, read_n=2, write_n=3)
     torch.manual_seed(4)
     fast = DRAW(**config)
     randomise(fast, 40)
@@ -218,7 +218,7 @@ def test_packed_products_can_be_switched_off(monkeypatch):
         raise AssertionError("a weight was packed although packed products are off")
 
     monkeypatch.setattr(packed_gemm, "packed_gemm_works", refuse)
-    m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
+    m = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=3)
     engine = Engine(PYTHON, packed_gemm=False)
     out = m(torch.rand(33, 8, 8), engine=engine)  # >= 32 rows: only the option keeps these products off oneDNN
     out.loss.sum().backward()
@@ -230,7 +230,7 @@ def test_packed_products_can_be_switched_off(monkeypatch):
 def test_final_step_sampling_equals_the_last_of_every_step(attention):
     """generate(every_step=False), what `draw sample` uses, returns exactly the last canvas and
     window of the full sequence drawn from the same noise."""
-    fast, base = pair(seed=8, height=9, width=7, steps=4, hidden=10, embed=3, attention=attention, read_n=2, write_n=3)
+    fast, base = pair(seed=8, height=9, width=7, glimpses=4, hidden=10, latent=3, attention=attention, read_n=2, write_n=3)
     every, writes = fast.generate(5, generator=torch.Generator().manual_seed(6))
     last, last_writes = fast.generate(5, generator=torch.Generator().manual_seed(6), every_step=False)
     assert last.shape == (1, 5, 9, 7)
@@ -248,7 +248,7 @@ def test_reused_step_buffers_give_the_same_results_across_shapes_and_modes():
     evaluation per model. Interleaving batch sizes, training and evaluation, and sampling must not
     leak anything from one call into the next."""
     torch.manual_seed(0)
-    m = DRAW(height=9, width=11, steps=3, hidden=16, embed=3, read_n=2, write_n=3).double()
+    m = DRAW(height=9, width=11, glimpses=3, hidden=16, latent=3, read_n=2, write_n=3).double()
     randomise(m, 1)
     m = Named(m, PYTHON)
     xs = {b: torch.rand(b, 9, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(b)) for b in (2, 5)}
@@ -277,7 +277,7 @@ def test_reused_step_buffers_give_the_same_results_across_shapes_and_modes():
 def test_evaluation_after_inference_mode_reuses_buffers_safely():
     """Buffers made under torch.inference_mode are plain tensors, so a later no_grad (or frozen
     model) call that reuses them may write into them."""
-    fast, base = pair(seed=5, height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
+    fast, base = pair(seed=5, height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=3)
     x = torch.rand(3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         first = fast(x, generator=torch.Generator().manual_seed(1)).loss
@@ -295,7 +295,7 @@ def test_a_non_finite_batch_does_not_poison_later_gradients(shape):
     columns): after a batch that produced NaNs, the same clean batch gives the same gradients."""
     h, w = shape
     torch.manual_seed(0)
-    m = Named(DRAW(height=h, width=w, steps=2, hidden=8, embed=2, read_n=2, write_n=3).double(), PYTHON)
+    m = Named(DRAW(height=h, width=w, glimpses=2, hidden=8, latent=2, read_n=2, write_n=3).double(), PYTHON)
     x = torch.rand(4, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
     def grads(inp):
@@ -317,7 +317,7 @@ def test_torch_compile_of_the_model_runs_the_loop_eagerly_and_agrees():
     aot_eager goes through AOTAutograd like the default backend, without needing a C++ compiler;
     tracing into the loop fails there."""
     torch.manual_seed(0)
-    m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
+    m = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=3)
     compiled = torch.compile(m, backend="aot_eager")
     x = torch.rand(33, 8, 8, generator=torch.Generator().manual_seed(0))  # >= 32 rows: the packed path
     eps = torch.randn(2, 33, 2, generator=torch.Generator().manual_seed(1))
@@ -348,7 +348,7 @@ COLOUR_CASES = [
 @pytest.mark.parametrize("case", COLOUR_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}-att{int(c[4])}")
 def test_colour_loss_gradients_records_and_samples_match_the_plain_loop(case):
     height, width, channels, steps, attention, read_n, write_n, batch = case
-    fast, base = pair(seed=sum(case), height=height, width=width, channels=channels, steps=steps, hidden=12, embed=3,
+    fast, base = pair(seed=sum(case), height=height, width=width, channels=channels, glimpses=steps, hidden=12, latent=3,
                       attention=attention, read_n=read_n, write_n=write_n)
     x = torch.rand(batch, channels, height, width, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     xf, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -381,7 +381,7 @@ def test_colour_loss_gradients_records_and_samples_match_the_plain_loop(case):
 
 def test_one_channel_as_three_or_four_dimensions_is_the_same_model():
     """(B, H, W) and (B, 1, H, W) give the same losses and gradients; outputs keep the input's layout."""
-    m, _ = pair(seed=4, height=8, width=9, steps=2, hidden=8, embed=2, read_n=2, write_n=3)
+    m, _ = pair(seed=4, height=8, width=9, glimpses=2, hidden=8, latent=2, read_n=2, write_n=3)
     x = torch.rand(3, 8, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     results = []
     for inp in (x, x[:, None]):
@@ -398,7 +398,7 @@ def test_one_channel_as_three_or_four_dimensions_is_the_same_model():
 
 def test_colour_bf16_agrees_with_float32():
     torch.manual_seed(0)
-    m = Named(DRAW(height=12, width=12, channels=3, steps=3, hidden=32, embed=4, read_n=3, write_n=4), PYTHON)
+    m = Named(DRAW(height=12, width=12, channels=3, glimpses=3, hidden=32, latent=4, read_n=3, write_n=4), PYTHON)
     x = torch.rand(40, 3, 12, 12, generator=torch.Generator().manual_seed(0))
     eps = torch.randn(3, 40, 4, generator=torch.Generator().manual_seed(1))
     with torch.autocast("cpu", dtype=torch.bfloat16):

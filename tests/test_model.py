@@ -23,14 +23,14 @@ def params(model, head, n, **raw):
 
 
 def test_offsets_use_the_papers_one_based_index():
-    m = DRAW(read_n=2, write_n=5, hidden=8, embed=2, steps=1)
+    m = DRAW(read_n=2, write_n=5, hidden=8, latent=2, glimpses=1)
     # (i - N/2 - 0.5) for i = 1..N: symmetric about the centre for even and odd N.
     assert m.read_offsets.tolist() == [-0.5, 0.5]
     assert m.write_offsets.tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
 
 
 def test_attention_params_hand_worked_case():
-    m = DRAW(read_n=5, write_n=5, hidden=8, embed=2, steps=1)
+    m = DRAW(read_n=5, write_n=5, hidden=8, latent=2, glimpses=1)
     p = params(m, m.read_attention, 5, gx_=0.0, gy_=-0.5, log_sigma2=math.log(2.0), log_delta_=0.0, log_gamma=math.log(3.0))
     gx, gy, delta, sigma2, gamma = p[0].tolist()
     assert gx == pytest.approx(14.5)  # (A+1)/2 (0 + 1): the centre of a 1-based 28-pixel row
@@ -41,7 +41,7 @@ def test_attention_params_hand_worked_case():
 
 
 def test_filter_centres_match_the_formula():
-    m = DRAW(read_n=5, write_n=5, hidden=8, embed=2, steps=1)
+    m = DRAW(read_n=5, write_n=5, hidden=8, latent=2, glimpses=1)
     # Tiny sigma: each filter becomes a one-hot at its centre mu_i = g + (i - N/2 - 0.5) delta.
     g_ = 14 / 14.5 - 1  # g = (A+1)/2 (g~ + 1) = 14
     p = params(m, m.read_attention, 5, gx_=g_, gy_=g_, log_sigma2=math.log(0.01), log_delta_=math.log(4 / 6.75))
@@ -55,7 +55,7 @@ def test_filter_centres_match_the_formula():
 @pytest.mark.parametrize("n", [1, 2, 5, 12])
 def test_filterbank_rows_sum_to_one(n):
     g = torch.Generator().manual_seed(0)
-    m = DRAW(read_n=n, write_n=n, hidden=16, embed=2, steps=1)
+    m = DRAW(read_n=n, write_n=n, hidden=16, latent=2, glimpses=1)
     # Windows anywhere on the image (every centre inside it), any spacing, sigma^2 down to 0.1.
     delta = 0.1 + (27 / max(n - 1, 1) - 0.1) * torch.rand(64, generator=g)
     half = (n - 1) / 2 * delta
@@ -69,7 +69,7 @@ def test_filterbank_rows_sum_to_one(n):
 
 
 def test_full_size_centred_read_returns_the_image():
-    m = DRAW(read_n=28, write_n=28, hidden=8, embed=2, steps=1)
+    m = DRAW(read_n=28, write_n=28, hidden=8, latent=2, glimpses=1)
     # N = A, delta = 1, centred: mu_i = i, one filter per pixel; small sigma: (almost) identity.
     p = params(m, m.read_attention, 28, log_sigma2=math.log(0.02))
     assert p[0, 2].item() == pytest.approx(1.0)
@@ -83,7 +83,7 @@ def test_full_size_centred_read_returns_the_image():
 def test_read_and_write_are_adjoint():
     torch.manual_seed(2)
     n = 4
-    m = DRAW(height=20, width=28, read_n=n, write_n=n, hidden=16, embed=2, steps=1)
+    m = DRAW(height=20, width=28, read_n=n, write_n=n, hidden=16, latent=2, glimpses=1)
     p = m.attention_params(torch.randn(8, 16), m.read_attention, n)
     p[:, 4] = 1.0  # gamma = 1
     x = torch.randn(8, 20, 28)
@@ -96,7 +96,7 @@ def test_read_and_write_are_adjoint():
 
 def test_gamma_scales_read_and_inverse_scales_write():
     torch.manual_seed(3)
-    m = DRAW(read_n=3, write_n=3, hidden=16, embed=2, steps=1)
+    m = DRAW(read_n=3, write_n=3, hidden=16, latent=2, glimpses=1)
     p = m.attention_params(torch.randn(2, 16), m.read_attention, 3)
     x, w = torch.rand(2, 28, 28), torch.randn(2, 3, 3)
     p1, p4 = p.clone(), p.clone()
@@ -128,7 +128,7 @@ def test_kl_matches_a_monte_carlo_estimate():
 
 def test_log_ratio_averages_to_the_analytic_kl():
     torch.manual_seed(5)
-    m = DRAW(height=6, width=5, steps=3, hidden=16, embed=4, read_n=2, write_n=3)
+    m = DRAW(height=6, width=5, glimpses=3, hidden=16, latent=4, read_n=2, write_n=3)
     x = torch.rand(1, 6, 5).bernoulli().expand(4000, 6, 5)
     out = m(x, log_ratio=True)
     # Same image, independent z sequences. Given z_<t, E[log q/p at step t] is step t's analytic
@@ -141,7 +141,7 @@ def test_log_ratio_averages_to_the_analytic_kl():
 @pytest.mark.parametrize("attention", [True, False])
 def test_shapes_losses_and_gradients(attention):
     torch.manual_seed(6)
-    m = DRAW(height=12, width=9, steps=4, hidden=32, embed=5, attention=attention, read_n=2, write_n=3)
+    m = DRAW(height=12, width=9, glimpses=4, hidden=32, latent=5, attention=attention, read_n=2, write_n=3)
     x = torch.rand(7, 12, 9).bernoulli()
     out = m(x, record=True)
     assert out.lx.shape == out.lz.shape == (7,)
@@ -164,7 +164,7 @@ def test_shapes_losses_and_gradients(attention):
 
 
 def test_fresh_noise_each_step_and_reproducible_with_a_generator():
-    m = DRAW(steps=5, hidden=16, embed=3)
+    m = DRAW(glimpses=5, hidden=16, latent=3)
     x = torch.rand(2, 28, 28).bernoulli()
     a = m(x, generator=torch.Generator().manual_seed(0)).loss
     b = m(x, generator=torch.Generator().manual_seed(0)).loss
@@ -182,7 +182,7 @@ def test_overfits_one_batch_of_real_mnist(mnist_splits):
     # The best model with independent pixels (per-pixel means of these 32 digits) scores this:
     p = x.mean(0).clamp(1e-6, 1 - 1e-6)
     independent = -(x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2)).mean().item()
-    m = DRAW(steps=8, hidden=128, embed=8, read_n=2, write_n=5)
+    m = DRAW(glimpses=8, hidden=128, latent=8, read_n=2, write_n=5)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3, betas=(0.5, 0.999))
     first = m(x).loss.mean().item()
     for _ in range(300):
@@ -201,8 +201,8 @@ def test_overfits_one_batch_of_real_mnist(mnist_splits):
 def test_colour_read_and_write_equal_a_per_channel_loop_of_the_grey_functions():
     """eq 27-29 for C channels: one set of filterbanks applied to every channel."""
     torch.manual_seed(0)
-    grey = DRAW(height=9, width=11, steps=1, hidden=8, embed=2, read_n=3, write_n=4)
-    colour = DRAW(height=9, width=11, channels=3, steps=1, hidden=8, embed=2, read_n=3, write_n=4)
+    grey = DRAW(height=9, width=11, glimpses=1, hidden=8, latent=2, read_n=3, write_n=4)
+    colour = DRAW(height=9, width=11, channels=3, glimpses=1, hidden=8, latent=2, read_n=3, write_n=4)
     p = torch.tensor([[5.5, 4.0, 1.7, 0.9, 1.3], [3.0, 6.0, 2.2, 1.4, 0.7]])
     x, x_hat = torch.rand(2, 3, 9, 11), torch.rand(2, 3, 9, 11)
     r = colour.read_glimpse(x, x_hat, p).reshape(2, 3, 6, 3)  # (B, i, image, j): images x_1..x_3, x_hat_1..x_3
@@ -219,7 +219,7 @@ def test_colour_read_and_write_equal_a_per_channel_loop_of_the_grey_functions():
 
 
 def test_the_constructor_takes_the_settings_names_and_the_old_ones_warn():
-    """DRAW(glimpses=, latent=) as the settings say model.glimpses and model.latent; steps= and embed=
+    """DRAW(glimpses=, latent=) as the settings say model.glimpses and model.latent; glimpses= and latent=
     still work with a FutureWarning, and stored configurations with the old names load silently."""
     import warnings
 

@@ -109,7 +109,7 @@ def test_native_equals_the_reference_loops_in_float64_forward_and_every_gradient
     """engine="native" against engine="reference" (draw.py's loops, autograd): training forward,
     backward (every parameter and the input) and evaluation forward with the log ratio."""
     channels, height, width, steps, hidden, embed, read_n, write_n, batch = case
-    m = model_for(sum(case), channels=channels, height=height, width=width, steps=steps, hidden=hidden, embed=embed,
+    m = model_for(sum(case), channels=channels, height=height, width=width, glimpses=steps, hidden=hidden, latent=embed,
                   read_n=read_n, write_n=write_n)
     equals_the_reference(m, images(batch, channels, height, width))
 
@@ -120,7 +120,7 @@ def test_native_equals_the_reference_loops_in_float64_forward_and_every_gradient
 def test_without_attention_native_equals_the_reference_loops_in_float64(case):
     """The same for DRAW without attention: r_t = [x, x_hat_t] (eq 17), c_t = c_{t-1} + W(h^dec_t) (eq 18)."""
     channels, height, width, steps, hidden, embed, batch = case
-    m = model_for(sum(case), channels=channels, height=height, width=width, steps=steps, hidden=hidden, embed=embed,
+    m = model_for(sum(case), channels=channels, height=height, width=width, glimpses=steps, hidden=hidden, latent=embed,
                   attention=False)
     equals_the_reference(m, images(batch, channels, height, width))
 
@@ -144,7 +144,7 @@ def equals_the_reference(m: DRAW, x: torch.Tensor) -> None:
 @needs_compiler
 @pytest.mark.usefixtures("loaded")
 def test_chunks_on_two_threads_equal_one_thread():
-    m = model_for(3, height=12, width=9, steps=3, hidden=8, embed=3, read_n=3, write_n=2, channels=3)
+    m = model_for(3, height=12, width=9, glimpses=3, hidden=8, latent=3, read_n=3, write_n=2, channels=3)
     x = images(24, 3, 12, 9, seed=2)
     before = torch.get_num_threads()
     try:
@@ -163,7 +163,7 @@ def test_chunks_on_two_threads_equal_one_thread():
 @needs_compiler
 @pytest.mark.usefixtures("loaded")
 def test_threads_changed_between_forward_and_backward_do_not_change_the_gradient():
-    m = model_for(4, height=12, width=9, steps=3, hidden=8, embed=3, read_n=3, write_n=2)
+    m = model_for(4, height=12, width=9, glimpses=3, hidden=8, latent=3, read_n=3, write_n=2)
     x = images(24, 1, 12, 9, seed=2)[:, 0]
     ref = run(m, x, "reference")
     before = torch.get_num_threads()
@@ -188,7 +188,7 @@ def test_threads_changed_between_forward_and_backward_do_not_change_the_gradient
 def test_float32_with_packed_products_agrees_with_the_python_engine(channels, attention):
     """64 and 97 images (uneven chunks of 49 and 48 rows on two threads, weights packed by oneDNN
     for 49), training and evaluation, float32 and bfloat16 products, with and without attention."""
-    m = model_for(5, dtype=torch.float32, height=28, width=28, steps=4, hidden=64, embed=10, read_n=2, write_n=5,
+    m = model_for(5, dtype=torch.float32, height=28, width=28, glimpses=4, hidden=64, latent=10, read_n=2, write_n=5,
                   channels=channels, attention=attention)
     before = torch.get_num_threads()
     try:
@@ -213,7 +213,7 @@ def test_float32_with_packed_products_agrees_with_the_python_engine(channels, at
 @needs_compiler
 @pytest.mark.usefixtures("loaded")
 def test_bfloat16_products_run_in_bfloat16():
-    m = model_for(6, dtype=torch.float32, height=28, width=28, steps=4, hidden=64, embed=10, read_n=2, write_n=5)
+    m = model_for(6, dtype=torch.float32, height=28, width=28, glimpses=4, hidden=64, latent=10, read_n=2, write_n=5)
     x = images(64, 1, 28, 28, seed=4, dtype=torch.float32).bernoulli()
     for train in (True, False):
         low, full = run(m, x, "native", True, train), run(m, x, "native", False, train)
@@ -227,7 +227,7 @@ def test_bfloat16_products_run_in_bfloat16():
 def test_a_nan_weight_reaches_the_loss(bf16):
     """The compiled loop (-ffast-math) must not turn a NaN into a saturated gate: training's
     finite-loss check would then miss a broken model."""
-    m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)
+    m = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=2)
     with torch.no_grad():
         m.encoder.linear.weight[0, 0] = float("nan")
     x = torch.rand(4, 8, 8)
@@ -247,7 +247,7 @@ def test_infinite_pre_activations_saturate_as_in_the_python_engine(value):
     """Gates pushed to +-infinity (a bias of +-inf or +-1e30) saturate to exactly 0 or 1, as
     torch.sigmoid does: the compiled loop's clamps (under -ffast-math, 1 / (1 + inf) may come
     from a reciprocal estimate) keep loss and gradients finite and equal to the Python engine's."""
-    m = model_for(8, dtype=torch.float32, height=8, width=8, steps=3, hidden=8, embed=2, read_n=2, write_n=2)
+    m = model_for(8, dtype=torch.float32, height=8, width=8, glimpses=3, hidden=8, latent=2, read_n=2, write_n=2)
     with torch.no_grad():
         for cell in (m.encoder, m.decoder):
             cell.linear.bias[8:12] = value  # some forget gates
@@ -265,8 +265,8 @@ def test_infinite_pre_activations_saturate_as_in_the_python_engine(value):
 @pytest.mark.usefixtures("loaded")
 def test_where_it_runs_and_where_it_refuses():
     x = torch.rand(4, 1, 8, 8)
-    att = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)
-    plain = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, attention=False)
+    att = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=2)
+    plain = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, attention=False)
     def auto(m, x, record=False):
         return fast.choose(m, x, record, "auto").name
 
@@ -274,12 +274,12 @@ def test_where_it_runs_and_where_it_refuses():
     assert auto(att, x, record=True) == "python"  # pictures
     assert auto(plain, x) == "native"
     assert auto(att.half(), x.half()) == "python"
-    wide = DRAW(height=70, width=70, steps=1, hidden=8, embed=2, read_n=65, write_n=2)
+    wide = DRAW(height=70, width=70, glimpses=1, hidden=8, latent=2, read_n=65, write_n=2)
     wide_x = torch.rand(2, 1, 70, 70)
     assert auto(wide, wide_x) == "python"
     with pytest.raises(ValueError, match="windows are at most 64 wide, this model's are 65"):
         wide(wide_x, engine="native")
-    widest = DRAW(height=64, width=64, steps=2, hidden=8, embed=2, read_n=64, write_n=64).double()
+    widest = DRAW(height=64, width=64, glimpses=2, hidden=8, latent=2, read_n=64, write_n=64).double()
     assert auto(widest, torch.rand(2, 1, 64, 64, dtype=torch.float64)) == "native"
     # ... and computes it: NATIVE_MAX_WINDOW (engine.py) is the C++ kernels' NMAX
     x64 = torch.rand(3, 1, 64, 64, dtype=torch.float64)
@@ -294,7 +294,7 @@ def test_where_it_runs_and_where_it_refuses():
 @needs_compiler
 @pytest.mark.usefixtures("loaded")
 def test_training_step_runs_natively_and_learns():
-    m = DRAW(height=28, width=28, steps=8, hidden=32, embed=8, read_n=2, write_n=5, channels=3)
+    m = DRAW(height=28, width=28, glimpses=8, hidden=32, latent=8, read_n=2, write_n=5, channels=3)
     x = torch.rand(32, 3, 28, 28, generator=torch.Generator().manual_seed(5)).bernoulli()
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     losses = []
@@ -350,7 +350,7 @@ def test_amx_products_agree_with_onednns_bfloat16_products(channels, b, hidden):
     by oneDNN (at::mm): equal to bfloat16's precision. Uneven shapes: 37 rows (padded to 64), 4H =
     80 (padded to 96), encoder inputs not a multiple of 32."""
     amx_or_skip()
-    m = model_for(11, dtype=torch.float32, height=12, width=10, steps=3, hidden=hidden, embed=5, read_n=3, write_n=4,
+    m = model_for(11, dtype=torch.float32, height=12, width=10, glimpses=3, hidden=hidden, latent=5, read_n=3, write_n=4,
                   channels=channels)
     x = images(b, channels, 12, 10, seed=2, dtype=torch.float32)
     eps = torch.randn(3, b, 5, generator=torch.Generator().manual_seed(4))
@@ -396,7 +396,7 @@ def test_opcheck_every_registered_op():
     x, eps = images(3, 2, 6, 5), torch.randn(2, 3, 2, dtype=torch.float64)
     fwd, bwd = torch.ops.drawcli.loop_forward.default, torch.ops.drawcli.loop_backward.default
     for attention in (True, False):
-        m = model_for(9, height=6, width=5, steps=2, hidden=4, embed=2, read_n=2, write_n=2, channels=2, attention=attention)
+        m = model_for(9, height=6, width=5, glimpses=2, hidden=4, latent=2, read_n=2, write_n=2, channels=2, attention=attention)
         for keep in (True, False):  # training and evaluation buffers
             w, ws, ins, prods, extra = workspace_for(m, x, eps, keep)
             mu_ls = x.new_empty(2, 3, 4) if keep else ws.mu_ls
@@ -436,7 +436,7 @@ def test_the_glue_names_every_argument_of_the_schemas():
 @needs_compiler
 @pytest.mark.usefixtures("loaded")
 def test_wrong_buffers_are_refused_in_one_message():
-    m = model_for(9, height=6, width=5, steps=2, hidden=4, embed=2, read_n=2, write_n=2)
+    m = model_for(9, height=6, width=5, glimpses=2, hidden=4, latent=2, read_n=2, write_n=2)
     x, eps = images(3, 1, 6, 5), torch.randn(2, 3, 2, dtype=torch.float64)
     w, ws, ins, prods, extra = workspace_for(m, x, eps, True)
     fwd = torch.ops.drawcli.loop_forward.default
@@ -490,7 +490,7 @@ assert not native_loop.amx_available()
 torch.manual_seed(0)
 worst = 0.0
 for attention, c in ((True, 1), (False, 3)):
-    m = DRAW(height=9, width=7, steps=3, hidden=8, embed=3, read_n=2, write_n=3, attention=attention, channels=c).double()
+    m = DRAW(height=9, width=7, glimpses=3, hidden=8, latent=3, read_n=2, write_n=3, attention=attention, channels=c).double()
     x = torch.rand(11, c, 9, 7, dtype=torch.float64, requires_grad=True)
     eps = torch.randn(3, 11, 3, dtype=torch.float64)
     got = []
@@ -532,7 +532,7 @@ FALLBACK = (
     "from drawcli.model import DRAW\n"
     "from drawcli.model.engine import resolve_for\n"
     "ok = native.load()\n"
-    "m = DRAW(height=8, width=8, steps=2, hidden=8, embed=2, read_n=2, write_n=2)\n"
+    "m = DRAW(height=8, width=8, glimpses=2, hidden=8, latent=2, read_n=2, write_n=2)\n"
     "x = torch.rand(3, 8, 8)\n"
     "m(x).loss.mean().backward()\n"
     "print(ok, resolve_for('auto', m, 'cpu', 'train').name, native.unavailable_reason())\n"

@@ -21,7 +21,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def paper_like(seed=0, **over):
     torch.manual_seed(seed)
-    cfg = dict(height=28, width=28, steps=8, hidden=64, embed=10, attention=True, read_n=2, write_n=5)
+    cfg = dict(height=28, width=28, glimpses=8, hidden=64, latent=10, attention=True, read_n=2, write_n=5)
     cfg.update(over)
     return DRAW(**cfg)
 
