@@ -163,7 +163,7 @@ def test_glimpses_and_latent_keep_their_old_names_as_aliases(tmp_path):
         build_settings(None, None, ["model.steps=0"])
     from drawcli.settings import model_arguments
 
-    assert model_arguments(old.model)["steps"] == 12 and model_arguments(old.model)["embed"] == 9
+    assert model_arguments(old.model)["glimpses"] == 12 and model_arguments(old.model)["latent"] == 9  # the constructor has the same names
 
 
 @pytest.mark.parametrize("dataset, side", [("svhn", 32), ("cifar10", 32), ("two-digit-mnist", 60), ("mnist", 28)])
