@@ -228,8 +228,10 @@ def test_the_constructor_takes_the_settings_names_and_the_old_ones_warn():
     new = DRAW(height=8, width=8, glimpses=3, hidden=8, latent=2)
     assert (new.glimpses, new.latent, new.steps, new.embed) == (3, 2, 3, 2)
     assert {"glimpses": 3, "latent": 2} .items() <= new.config().items() and "steps" not in new.config()
-    with pytest.warns(FutureWarning, match=r"DRAW\(steps=...\) is now DRAW\(glimpses=...\)"):
+    with pytest.warns(FutureWarning) as said:
         old = DRAW(height=8, width=8, steps=3, hidden=8, embed=2)
+    assert sorted(str(w.message).split(",")[0] for w in said) == ["DRAW(embed=...) is now DRAW(latent=...)",
+                                                                  "DRAW(steps=...) is now DRAW(glimpses=...)"]
     assert old.config() == new.config()
     with pytest.raises(TypeError, match="both glimpses= and its old name steps="):
         DRAW(glimpses=3, steps=3)
