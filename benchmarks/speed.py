@@ -738,12 +738,14 @@ def plain_rows(plain: dict, device, args, mem, loaded: bool, say) -> dict:
 # CPU classes for --isa: the environment of each class's process, and whether its rows run bfloat16
 # products (None: where this CPU multiplies them natively). Caps only lower the instruction set: on a
 # CPU without AVX512-BF16, avx512_core_bf16 runs as avx512_core (the JSON records the CPU's flags).
+# MKL_ENABLE_INSTRUCTIONS caps MKL, whose sgemm runs torch.mm on x86 (oneDNN's cap does not reach it).
 ISA_CLASSES = {
     "native": ({}, None),
-    "avx512_core_bf16": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512", "DRAWCLI_AMX": "0"}, None),
-    "avx512_core": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512", "DRAWCLI_AMX": "0",
-                     "DRAWCLI_NATIVE_ARCH": "x86-64-v4"}, False),
-    "avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "DRAWCLI_AMX": "0",
+    "avx512_core_bf16": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                          "DRAWCLI_AMX": "0"}, None),
+    "avx512_core": ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                     "DRAWCLI_AMX": "0", "DRAWCLI_NATIVE_ARCH": "x86-64-v4"}, False),
+    "avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "DRAWCLI_AMX": "0",
               "DRAWCLI_NATIVE_ARCH": "x86-64-v3"}, False),
 }
 

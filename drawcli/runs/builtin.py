@@ -9,7 +9,6 @@ no torch.
 from __future__ import annotations
 
 import difflib
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from drawcli.core.errors import DrawError
 from drawcli.core.version import __version__
+from drawcli.runs import safetensors
 from drawcli.settings import ModelSettings, Settings, _nearest, apply_overrides, check_against_image, spell
 
 CONFIG = "config.json"
@@ -98,13 +99,6 @@ def portable_settings(settings: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- reading config.json
-def _refuse_duplicates(pairs: list) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise DrawError(f"{key!r} is given twice")
-        out[key] = value
-    return out
 
 
 def _count(where: str, value: Any, low: int = 0) -> int:
@@ -182,7 +176,7 @@ def read_config(folder: Path) -> FolderConfig:
     except OSError as e:
         raise DrawError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        data = json.loads(text, object_pairs_hook=_refuse_duplicates)
+        data = json.loads(text, object_pairs_hook=safetensors.refuse_duplicates("{key} is given twice"))
     except json.JSONDecodeError as e:
         raise DrawError(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
     except DrawError as e:

@@ -32,6 +32,7 @@ from drawcli.runs import names
 from drawcli.runs.lock import lock_holder
 from drawcli.runs.metrics import current_rows, read_config, read_metrics, steps_per_epoch
 
+
 def _section(config: dict, name: str) -> dict:
     value = config.get(name)
     return value if isinstance(value, dict) else {}

@@ -90,9 +90,8 @@ def weights_mismatch(config: dict, weights: dict) -> str | None:
 
 def describe_model(config: dict) -> str:
     """DRAW's constructor arguments as config.json names them: 'image 1x28x28, glimpses=64, hidden=256, ...'."""
-    from drawcli.settings import spell
-
     from drawcli.model.draw import canonical_config
+    from drawcli.settings import spell
 
     config = canonical_config(config)
     keys = ("glimpses", "hidden", "latent", "attention", "read_n", "write_n")

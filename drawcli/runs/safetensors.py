@@ -41,13 +41,18 @@ DTYPES = {
 _ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
 
 
-def _refuse_duplicates(pairs: list) -> dict:
-    seen: dict = {}
-    for key, value in pairs:
-        if key in seen:
-            raise DrawError(f"the header names {key!r} twice")
-        seen[key] = value
-    return seen
+def refuse_duplicates(message: str):
+    """A json.loads object_pairs_hook that refuses a key given twice: DrawError(message with {key})."""
+
+    def pairs_hook(pairs: list) -> dict:
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                raise DrawError(message.format(key=repr(key)))
+            seen[key] = value
+        return seen
+
+    return pairs_hook
 
 
 def _is_count(value) -> bool:
@@ -72,7 +77,7 @@ def parse_header(raw: bytes, size: int) -> tuple[dict[str, tuple[str, tuple[int,
     if not text.startswith("{"):
         raise DrawError("the header is not a JSON object")
     try:
-        entries = json.loads(text, object_pairs_hook=_refuse_duplicates)
+        entries = json.loads(text, object_pairs_hook=refuse_duplicates("the header names {key} twice"))
     except json.JSONDecodeError as e:
         raise DrawError(f"the header is not valid JSON ({e.msg} at byte {e.pos})") from None
     if not isinstance(entries, dict):

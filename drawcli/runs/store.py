@@ -479,9 +479,7 @@ def load_run(ref: str, load: str | None = None, device: str = "auto", runs_dir: 
     """Run name, run directory or @NAME (+ --load) -> the model in eval mode on the device, with its
     settings and the precision (float32, bfloat16 or auto) resolved for that device."""
     from drawcli.core.device import resolve_device, resolve_precision
-    from drawcli.runs import builtin
-
-    from drawcli.runs import hub, pretrained
+    from drawcli.runs import builtin, hub, pretrained
 
     located = located or locate(ref, load, device, runs_dir)
     dev = resolve_device(device)
