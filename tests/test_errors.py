@@ -354,7 +354,7 @@ def _craft(kind: str, good: dict) -> bytes:
     if kind.startswith("lacks-"):
         return torch_bytes({k: v for k, v in good.items() if k != kind.removeprefix("lacks-")})
     if kind == "newer-format":
-        return torch_bytes({**good, "format_version": 2, "package_version": "9.0"})
+        return torch_bytes({**good, "format_version": 3, "package_version": "9.0"})
     if kind == "bad-epoch":
         return torch_bytes({**good, "epoch": "2"})
     if kind == "optimizer-other-hidden":
@@ -372,6 +372,8 @@ def _craft(kind: str, good: dict) -> bytes:
         return torch_bytes({**good, "model": {k: v for i, (k, v) in enumerate(good["model"].items()) if i}})
     if kind == "bad-settings":
         return torch_bytes({**good, "settings": {"model": {"stepz": 3}}})
+    if kind == "window-wider-than-image":
+        return torch_bytes({**good, "model_config": {**good["model_config"], "read_n": 29}})
     if kind == "bad-model-config":
         return torch_bytes({**good, "model_config": {**good["model_config"], "hidden": -4}})
     raise AssertionError(kind)
@@ -387,7 +389,7 @@ CHECKPOINT_CASES = [
     ("text", "not a drawcli checkpoint (not a PyTorch zip file; it starts with 6a757374)"),
     ("not-draw", "not a drawcli checkpoint (no format 'drawcli-checkpoint' in it; its keys: epoch, weights)"),
     ("tensor", "not a drawcli checkpoint (a Tensor, not a dict)"),
-    ("newer-format", "written by a newer drawcli (9.0, checkpoint format 2); this one reads format 1: upgrade drawcli"),
+    ("newer-format", "written by a newer drawcli (9.0, checkpoint format 3); this one reads format 2: upgrade drawcli"),
     ("lacks-model", "checkpoint lacks 'model'"),
     ("other-hidden", ("model weights do not match its model_config (glimpses=2, hidden=16, latent=4, attention=True, "
                       "read_n=2, write_n=3): {first_differing} is {shape8}, expected {shape16}")),
@@ -397,6 +399,7 @@ CHECKPOINT_CASES = [
                         "read_n=2, write_n=3): missing {first_weight}")),
     ("bad-settings", "saved settings: model.stepz: unknown key (did you mean 'steps'?)"),
     ("bad-model-config", "model_config: model.hidden: must be >= 1, got -4"),
+    ("window-wider-than-image", "model_config: model.read_n: must be <= 28 (the image side), got 29"),
     ("bad-epoch", "epoch must be a whole number >= 0, got '2'"),
     ("optimizer-other-hidden", ("optimizer state does not match the model: exp_avg of parameter {first_param} is "
                                 "{param8}, expected {param16}")),

@@ -239,3 +239,5 @@ def test_the_constructor_takes_the_settings_names_and_the_old_ones_warn():
         warnings.simplefilter("error")
         stored = canonical_config({"height": 8, "width": 8, "steps": 3, "hidden": 8, "embed": 2})
         assert DRAW(**stored).config() == new.config()
+    with pytest.raises(ValueError, match="both steps and glimpses"):
+        canonical_config({"steps": 3, "glimpses": 4})

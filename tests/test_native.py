@@ -448,6 +448,8 @@ def test_wrong_buffers_are_refused_in_one_message():
         fwd(**dict(args, heads=args["heads"].float()))
     with pytest.raises(RuntimeError, match="filter offsets come with attention, and only with it"):
         fwd(**dict(args, attention=False))
+    with pytest.raises(RuntimeError, match="enc_base comes without attention, and only without it"):
+        fwd(**dict(args, enc_base=x.new_zeros(3, 16)))
 
 
 # ----------------------------------------------------------------------------- building

@@ -5,7 +5,8 @@ Read this file first. Equation numbers are those of arXiv 1502.04623v2. ``DRAW.f
 by default (``engine="auto"``) they run a faster engine that computes the same function from the
 same parameters: the Python engine or the native C++ loop (engine.resolve says which runs when;
 tests/test_fastpath.py and tests/test_native.py check them against these loops in float64,
-forward and backward). No I/O here.
+forward and backward). No I/O here: with engine "auto", the first forward that can run the native
+engine has engine.resolve build its library, once per machine (20-40 s, said in a warning).
 
 Shapes: B batch, T glimpses, C channels, H x W image (the paper's B x A), Z latent size, N glimpse
 side. Images are float tensors in [0, 1] of shape (B, C, H, W), or (B, H, W) for one channel; every
@@ -54,7 +55,11 @@ OLD_NAMES = {"steps": "glimpses", "embed": "latent"}
 
 
 def canonical_config(config: dict) -> dict:
-    """Constructor arguments as stored by any version (older checkpoints say steps and embed)."""
+    """Constructor arguments as stored by any version (older checkpoints say steps and embed); both
+    names of one argument is a ValueError."""
+    both = [old for old, new in OLD_NAMES.items() if old in config and new in config]
+    if both:
+        raise ValueError(f"both {both[0]} and {OLD_NAMES[both[0]]} are given (the old and the new name of one argument)")
     return {OLD_NAMES.get(k, k): v for k, v in config.items()}
 
 

@@ -73,7 +73,15 @@ def choose(m, x: torch.Tensor, record: bool, engine: str | Engine | Resolved | N
     """The engine that runs this forward of model m on x (engine.resolve)."""
     work = "record" if record else ("train" if torch.is_grad_enabled() else "evaluate")
     return resolve(engine, attention=m.attention, window=_window(m), device=x.device, work=work, dtype=x.dtype,
-                   mm_dtype=low_precision(x))
+                   mm_dtype=low_precision(x), say=_announce)
+
+
+def _announce(line: str) -> None:
+    """A library user's first forward that can run the native engine builds it (once per machine):
+    said as a warning, since the model prints nothing (the commands say it on their console)."""
+    import warnings
+
+    warnings.warn(line, UserWarning, stacklevel=4)
 
 
 @_eager

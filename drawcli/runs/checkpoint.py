@@ -3,9 +3,10 @@
 Plain types and tensors only, written atomically, loaded weights-only. What
 :func:`make_checkpoint` writes today is a dict:
 
-  format: "drawcli-checkpoint", format_version: 1, package_version: str (drawcli's version),
-  model_config: DRAW constructor arguments (height, width, steps, hidden, embed, attention,
-      read_n, write_n, and channels; files written before colour support lack channels: 1),
+  format: "drawcli-checkpoint", format_version: 2, package_version: str (drawcli's version),
+  model_config: DRAW constructor arguments (height, width, glimpses, hidden, latent, attention,
+      read_n, write_n, and channels; files written before colour support lack channels: 1; format 1
+      said steps and embed for glimpses and latent, read as today's names),
   model: state_dict (CPU tensors), optimizer: Adam state_dict,
   epoch: int, epoch_images: int, step: int (global optimizer steps),
   settings: Settings.to_dict(), rng: {"data": uint8 tensor, "noise": uint8 tensor}
@@ -39,11 +40,11 @@ if TYPE_CHECKING:
 from drawcli.core.errors import DrawError
 from drawcli.core.files import replace_atomically
 from drawcli.core.version import __version__
-from drawcli.settings import Settings, apply_overrides, from_dict, model_arguments, spell
+from drawcli.settings import Settings, apply_overrides, check_against_image, from_dict, model_arguments, spell
 
 FORMAT = "drawcli-checkpoint"
-FORMAT_VERSION = 1
-# Weights files (drawcli/runs/builtin.py's export_weights: the @NAME files): weights, settings, epoch and
+FORMAT_VERSION = 2  # 2: model_config says glimpses and latent (1: steps and embed; still read)
+# Weights files (drawcli/runs/builtin.py's export_weights, `draw export NAME.pt`): weights, settings, epoch and
 # step, without optimizer or random state. They load, draw and evaluate as checkpoints do, and start
 # runs (train.init_from), but cannot be resumed.
 WEIGHTS_FORMAT = "drawcli-weights"
@@ -185,7 +186,10 @@ def _check_contents(ckpt: dict) -> None:
     if isinstance(cfg, dict):  # checkpoints written before the rename say steps and embed: read as today's names
         from drawcli.model.draw import canonical_config
 
-        cfg = ckpt["model_config"] = canonical_config(cfg)
+        try:
+            cfg = ckpt["model_config"] = canonical_config(cfg)
+        except ValueError as e:
+            raise DrawError(f"model_config: {e}") from None
     # channels is optional: checkpoints written before colour support are one-channel.
     if not isinstance(cfg, dict) or set(cfg) - {"channels"} != {"height", "width", *MODEL_KEYS}:
         got = sorted(map(str, cfg)) if isinstance(cfg, dict) else type(cfg).__name__
@@ -195,8 +199,10 @@ def _check_contents(ckpt: dict) -> None:
             continue
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise DrawError(f"model_config: {key} must be a whole number >= 1, got {spell(cfg[key])}")
-    # The same rules as for settings: types and ranges of steps, hidden, embed, ...
-    apply_overrides(Settings(), {"model": {k: cfg[k] for k in MODEL_KEYS}}, origin="model_config: ", together=False)
+    # The same rules as for settings: types and ranges of glimpses, hidden, latent, ..., and windows no
+    # wider than the image.
+    model = apply_overrides(Settings(), {"model": {k: cfg[k] for k in MODEL_KEYS}}, origin="model_config: ", together=False)
+    check_against_image(model, cfg["height"], cfg["width"], origin=lambda key: "model_config: ")
 
     if not isinstance(ckpt["settings"], dict):
         raise DrawError(f"settings must be a mapping, got {type(ckpt['settings']).__name__}")

@@ -16,7 +16,6 @@ from drawcli.core.errors import DrawError
 from drawcli.runs import builtin, names
 from drawcli.runs.listing import list_runs, run_info
 from drawcli.runs.store import locate
-from drawcli.settings import ALIASES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +36,7 @@ def _number(value):
 
 
 def _builtin_card(entry: builtin.BuiltinModel) -> dict:
-    model = {ALIASES.get(("model", k), k): v for k, v in entry.model.items()}  # steps -> glimpses, embed -> latent
+    model = dict(entry.model)
     elbo = next((v for k, v in entry.results.items() if k.startswith("test ELBO (all")), None)
     return {
         "kind": "built-in",
@@ -103,7 +102,9 @@ class Catalogue:
                 elif located.run_dir is not None and not ref.lower().endswith(".pt"):
                     entry = Entry(located.run_dir.name, str(located.run_dir), _run_card(run_info(located.run_dir)))
                 else:
-                    entry = Entry(located.label, ref, {"kind": "file", "description": f"weights file {located.label}",
+                    kind, what = (("hub", "Hugging Face Hub model") if located.hub is not None else
+                                  ("folder", "model folder") if located.folder is not None else ("file", "weights file"))
+                    entry = Entry(located.label, ref, {"kind": kind, "description": f"{what} {located.label}",
                                                        "dataset": None, "settings": {}, "shape": None, "trained": None,
                                                        "test_elbo": None, "results": {}})
                 if entry.id in fixed:

@@ -1,7 +1,7 @@
 // DRAW's time loop (eq 3-8, 17-29) and its backpropagation through time, in C++: the native engine.
 //
 // The same computation as drawcli/model/python_loop.py (forward) and python_backward.py, with or
-// without attention, grey or colour, into buffers laid out as native_loop.py's Workspace documents,
+// without attention, grey or colour, into buffers laid out as native_loop.py's NativeWorkspace documents,
 // so that Python's weight-gradient products and everything after them are shared. What changes:
 //   * no Python and one dispatcher call per product: the per-step elementwise work (LSTM cells,
 //     filterbanks, read and write) runs as plain loops that the compiler vectorises, with the
@@ -137,7 +137,7 @@ struct Loop {
   // or the weights packed for AMX (amx.h; the products then need no bfloat16 copies): forward, and
   // for the input gradients
   Tensor enc_amx, dec_amx, enc_amx_t, dec_amx_t;
-  // buffers (native_loop.py's Workspace documents each)
+  // buffers (native_loop.py's NativeWorkspace documents each)
   Tensor enc_in, dec_in, mu_ls, heads, g_enc, g_dec, enc_lp, dec_lp, g_enc_lp, g_dec_lp;
   T *p_enc_in, *p_dec_in, *c_enc, *c_dec, *p_g_enc, *p_g_dec, *tc_enc, *tc_dec, *se, *p_heads, *p_mu_ls, *xhat, *f_r,
       *f_w, *left, *u, *wdiv, *canvas, *lz, *log_ratio;
@@ -929,6 +929,7 @@ void loop_forward(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
       Loop<scalar_t> lp(a);
       TORCH_CHECK(lp.canvas != nullptr && lp.lz != nullptr && lp.D.kd >= lp.D.Z + lp.D.hd + 1, "drawcli loop: outputs missing");
       TORCH_CHECK(!lp.lowp || lp.p_enc_lp != nullptr, "drawcli loop: bfloat16 products need enc_lp and dec_lp");
+      TORCH_CHECK(lp.D.att == (lp.base == nullptr), "drawcli loop: enc_base comes without attention, and only without it");
       over_chunks(lp.D.B, a.integer("chunks"), [&](int64_t b0, int64_t nb) { lp.forward_chunk(b0, nb); });
     });
   }
@@ -977,7 +978,7 @@ void amx_pack(const Tensor& w, int64_t cols, bool transpose, const Tensor& out) 
 }  // namespace
 
 // The schemas: every argument by name, and (a!) ... on what each op writes. native_loop.py's
-// Workspace holds the buffers under these names and passes them by name.
+// NativeWorkspace holds the buffers under these names and passes them by name.
 TORCH_LIBRARY(drawcli, m) {
   m.def(
       "loop_forward(bool attention, Tensor x, Tensor eps, Tensor grid, Tensor read_offsets, Tensor write_offsets, "
