@@ -218,7 +218,7 @@ def test_iwae_is_tighter_than_the_elbo_on_a_trained_model(trained):
 
 
 def test_paper_comparison_matches_only_the_table_3_setup():
-    paper = {"height": 28, "width": 28, "steps": 64, "hidden": 256, "embed": 100, "attention": True, "read_n": 2, "write_n": 5}
+    paper = {"height": 28, "width": 28, "glimpses": 64, "hidden": 256, "latent": 100, "attention": True, "read_n": 2, "write_n": 5}
     same = paper_comparison(paper, "binarized-mnist", "test", 10_000, 10_000)
     assert same == {"table2": 80.97, "row": "DRAW", "comparable": True, "applies": True, "differences": []}
     plain = paper_comparison(dict(paper, attention=False, read_n=7), "binarized-mnist", "test", 10_000, 10_000)
