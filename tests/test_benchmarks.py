@@ -72,3 +72,20 @@ def test_threads_mode_measures_one_two_and_the_default_quiet_and_busy(tmp_path):
     for row in r.values():
         assert {row[k]["threads"] for k in ("threads 1", "threads 2")} == {1, 2}
         assert row["default"]["threads"] >= 1 and row["default_over_best"] > 0 and row["default_reason"]
+
+
+def test_isa_mode_runs_each_class_in_its_own_process_and_tabulates_them(tmp_path):
+    """--isa: every row once per CPU class, in a child process with the caps in its environment; the
+    parent keeps each round and the medians (numbers printed, never asserted)."""
+    out = tmp_path / "isa.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--device", "cpu", "--quick", "--batch-sizes", "4",
+           "--sample-sizes", "", "--T", "2", "--hidden", "16", "--embed", "4", "--eval-rows", "16", "--no-colour",
+           "--isa", "native", "--rounds", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())["isa_classes"]
+    assert list(r) == ["native"] and r["native"]["env"] == {} and len(r["native"]["runs"]) == 1
+    assert r["native"]["median"]["train drawcli B=4"] > 0 and "no_attention drawcli-python" in r["native"]["median"]
+    assert "=== round 1/1, class native: no caps" in proc.stdout and "[native]" in proc.stdout
+    bad = subprocess.run([*cmd[:-4], "--isa", "pentium", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown class 'pentium'" in bad.stderr
